@@ -1,0 +1,134 @@
+"""Build: a spec and a target, through a schedule, to a compiled :class:`~lutc.runtime.Kernel`.
+
+The chain is front end (:func:`lutc.frontend.lut_mpgemm`) -> schedule (``schedules/``, the
+target's default unless one is named) -> ``tvm.compile`` -> :class:`Kernel`.
+
+CUDA without a GPU: on a machine with no CUDA driver, ``tvm.compile`` quietly keeps the CUDA
+source only (a ``CUDAFallbackModule``). :func:`cuda_binary` compiles that source with nvcc to
+PTX or a cubin, so machines without a GPU (CI) still prove the code builds.
+"""
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Optional, Sequence, Union
+
+import tvm
+
+import schedules
+
+from . import target as targets
+from .frontend import lut_mpgemm
+from .runtime import Kernel
+from .spec import MPGemmSpec
+
+ScheduleLike = Union[None, str, ModuleType]
+
+
+def compile(shape: Sequence[int], wbits: int = 2, group_size: Optional[int] = None,
+            format: str = "uniform", zero_point: bool = False, act_dtype: str = "float32",
+            scale_dtype: str = "float16", g: int = 4, symmetrize: bool = True,
+            table_dtype: str = "float32", target: targets.TargetLike = None,
+            schedule: ScheduleLike = None, knobs: Optional[dict] = None) -> Kernel:
+    """Compile the LUT mpGEMM ``y[M, N] = x[M, K] @ W[N, K]^T`` for low-bit ``W``.
+
+    Args:
+        shape: ``(M, N, K)``.
+        wbits, group_size, format, zero_point, scale_dtype: the weight format; they must match
+            the :func:`lutc.quantize` call that packs the weights (``group_size`` defaults to
+            128, or -1 for ternary).
+        act_dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` activations and output.
+        g, symmetrize, table_dtype: the LUT algorithm (see :mod:`lutc.frontend`).
+        target: ``None`` (this CPU), ``"llvm"``/``"x86"``, ``"arm"``, ``"cuda"``,
+            ``"cuda:sm_80"``, or a TVM target dict (see :mod:`lutc.target`).
+        schedule: a module of ``schedules/`` or its name; default: the target's default.
+        knobs: keyword arguments for the schedule (its ``KNOBS``).
+
+    Example:
+        >>> import torch, lutc
+        >>> w, x = torch.randn(512, 1024), torch.randn(1, 1024)
+        >>> qw = lutc.quantize(w, wbits=2, group_size=128)
+        >>> kernel = lutc.compile((1, 512, 1024), wbits=2, group_size=128)
+        >>> y = kernel(x, qw)
+        >>> ref = x.double() @ qw.dequantize().T
+        >>> bool(((y - ref).abs().max() / ref.abs().max()) < 1e-5)
+        True
+    """
+    if len(shape) != 3:
+        raise ValueError(f"shape must be (M, N, K), got {tuple(shape)}")
+    if group_size is None:
+        group_size = -1 if format == "ternary" else 128
+    M, N, K = (int(v) for v in shape)
+    spec = MPGemmSpec(M, N, K, wbits=wbits, format=format, group_size=group_size,
+                      zero_point=zero_point, act_dtype=act_dtype, scale_dtype=scale_dtype, g=g,
+                      symmetrize=symmetrize, table_dtype=table_dtype)
+    return build(spec, target, schedule, knobs)
+
+
+def build(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: ScheduleLike = None,
+          knobs: Optional[dict] = None) -> Kernel:
+    """Schedule and compile ``spec`` for ``target``; see :func:`compile`."""
+    tgt = targets.resolve(target)
+    kind = targets.kind(tgt)
+    module = _schedule_module(schedule, kind)
+    knobs = dict(knobs or {})
+    unknown = set(knobs) - set(module.KNOBS)
+    if unknown:
+        raise ValueError(f"schedule {_name(module)} has no knob(s) {sorted(unknown)}; "
+                         f"its knobs are {sorted(module.KNOBS)}")
+    sch = module.schedule(lut_mpgemm(spec), spec, tgt, **knobs)
+    if kind == "cuda":
+        ex, source, fn = _compile_cuda(sch.mod, tgt)
+    else:
+        ex = tvm.compile(sch.mod, target=tgt)
+        source = ex.mod.inspect_source("ll")
+        fn = ex["main"] if kind == "cpu" else None
+    return Kernel(spec, targets.describe(tgt), "cuda" if kind == "cuda" else "cpu", fn, source,
+                  sch.mod.script(), ex, _name(module), knobs)
+
+
+def cuda_binary(kernel: Kernel, arch: Optional[str] = None, fmt: str = "cubin") -> bytes:
+    """Compile a CUDA kernel's source with nvcc, without needing a GPU or driver.
+
+    Args:
+        arch: e.g. ``"sm_80"``, ``"sm_90a"``; default: the kernel's target arch.
+        fmt: ``"ptx"``, ``"cubin"`` or ``"fatbin"``.
+
+    Example:
+        >>> k = lutc.compile((1, 256, 512), target="cuda:sm_80")   # doctest: +SKIP
+        >>> cubin = lutc.build.cuda_binary(k)                      # doctest: +SKIP
+    """
+    if kernel.device != "cuda":
+        raise ValueError(f"cuda_binary needs a CUDA kernel, this one targets {kernel.target.get('kind')}")
+    from tvm.support import nvcc
+    arch = arch or kernel.target.get("arch", "sm_90a")
+    with targets.cuda_target(arch):
+        return bytes(nvcc.compile_cuda(kernel.source, target_format=fmt, arch=arch, compiler="nvcc"))
+
+
+def _compile_cuda(mod: tvm.IRModule, tgt: tvm.target.Target):
+    # NVRTC needs the cuda-bindings package; nvcc is what CUDA machines (and our CI) have.
+    os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
+    import tvm.support.nvcc  # noqa: F401  (registers the compile callback TVM calls)
+    with tgt:
+        ex = tvm.compile(mod, target=tgt)
+    device_mods = [m for m in ex.mod.imports if m.kind in ("cuda", "CUDAFallbackModule")] or ex.mod.imports
+    source = device_mods[0].inspect_source() if device_mods else ""
+    runnable = tvm.runtime.enabled("cuda") and tvm.cuda(0).exist
+    return ex, source, (ex["main"] if runnable else None)
+
+
+def _schedule_module(schedule: ScheduleLike, kind: str) -> ModuleType:
+    if schedule is None:
+        return schedules.default(kind)
+    if isinstance(schedule, str):
+        import importlib
+        try:
+            return importlib.import_module(f"schedules.{schedule}")
+        except ModuleNotFoundError:
+            raise ValueError(f"no schedule named {schedule!r} in schedules/") from None
+    return schedule
+
+
+def _name(module: ModuleType) -> str:
+    return module.__name__.rsplit(".", 1)[-1]

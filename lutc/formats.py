@@ -1,0 +1,242 @@
+"""Low-bit weight formats: quantize, pack into bit planes, and dequantize (the float64 reference).
+
+Every format is stored the same way, as ``planes`` one-bit planes ``sigma_i[n, k]`` in {-1, +1}
+(bit 1 means +1) plus per-group coefficients; only the coefficients differ:
+
+=========  ===========================================  ==========================================
+format     weight                                       stored coefficients
+=========  ===========================================  ==========================================
+uniform    ``s * (q - z)``, ``q = sum_i 2^i b_i``        ``scales[N, G]`` (+ ``zeros[N, G]``)
+           (``z = (2^b - 1)/2`` without zero points)
+bcq        ``sum_i alpha_i * sigma_i``                  ``scales[N, G, b]`` (one alpha per plane)
+ternary    ``s * t``, ``t in {-1, 0, +1}``,              ``scales[1]`` (one per tensor)
+           ``t = (sigma_0 + sigma_1) / 2``
+=========  ===========================================  ==========================================
+
+(``G`` = groups per row, ``b_i`` = bit ``i`` of the code, ``sigma_i = 2 b_i - 1``.) The ternary
+encoding needs no activation-sum correction: ``+1 = (+1, +1)``, ``0 = (+1, -1)``, ``-1 = (-1, -1)``.
+
+Layout ``bitplane`` version 1 (:data:`lutc.spec.LAYOUT_VERSION`): ``planes`` is a uint8 tensor
+``[b, N, K/8]``; bit ``k % 8`` (least significant first) of byte ``k // 8`` in plane ``i`` is
+``b_i[n, k]``. A group of ``g`` consecutive activations therefore reads ``g`` consecutive bits of
+one byte (``g`` divides 8): that ``g``-bit number is the table index. Target-specific layouts
+(interleaved for SIMD shuffles or coalesced GPU loads) get their own names and versions.
+
+This module uses torch (CPU) for the arithmetic and imports no TVM.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from .spec import LAYOUT_VERSION, MPGemmSpec, SpecError
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+LAYOUT = "bitplane"
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class PackedWeights:
+    """A quantized ``[N, K]`` weight in lutc's packed form (see the module docstring).
+
+    Create it with :func:`quantize`; :meth:`dequantize` is the float64 reference every kernel
+    is tested against.
+
+    Example:
+        >>> import torch, lutc
+        >>> qw = lutc.quantize(torch.randn(256, 512), wbits=2, group_size=128)
+        >>> qw.planes.shape, qw.scales.shape, round(qw.bits_per_weight, 3)
+        (torch.Size([2, 256, 64]), torch.Size([256, 4]), 2.125)
+    """
+
+    format: str
+    wbits: int
+    N: int
+    K: int
+    group_size: int
+    zero_point: bool
+    scale_dtype: str
+    planes: torch.Tensor
+    scales: torch.Tensor
+    zeros: Optional[torch.Tensor] = None
+    layout: str = LAYOUT
+    layout_version: int = LAYOUT_VERSION
+
+    # --- identity ---
+    def weight_spec(self, M: int = 1, **knobs) -> MPGemmSpec:
+        """The :class:`MPGemmSpec` this weight fits, for ``M`` rows of activations."""
+        return MPGemmSpec(M, self.N, self.K, wbits=self.wbits, format=self.format,
+                          group_size=self.group_size, zero_point=self.zero_point,
+                          scale_dtype=self.scale_dtype, **knobs)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Stored bits per weight, planes and coefficients together."""
+        nbytes = sum(t.numel() * t.element_size() for t in self.tensors())
+        return 8.0 * nbytes / (self.N * self.K)
+
+    def tensors(self) -> list:
+        """The stored tensors in kernel-argument order: planes, scales[, zeros]."""
+        return [self.planes, self.scales] + ([self.zeros] if self.zeros is not None else [])
+
+    def check_fits(self, spec: MPGemmSpec) -> None:
+        """Raise ``ValueError`` naming the first field where this weight differs from ``spec``."""
+        if (self.layout, self.layout_version) != (LAYOUT, LAYOUT_VERSION):
+            raise ValueError(f"packed weight has layout {self.layout!r} v{self.layout_version}; this "
+                             f"lutc reads {LAYOUT!r} v{LAYOUT_VERSION}: quantize the weight again")
+        for name in ("N", "K", "wbits", "format", "group_size", "zero_point", "scale_dtype"):
+            mine, theirs = getattr(self, name), getattr(spec, name)
+            if mine != theirs:
+                raise ValueError(f"packed weight has {name}={mine!r} but the kernel was compiled "
+                                 f"for {name}={theirs!r}")
+
+    def to(self, device: Union[str, torch.device]) -> "PackedWeights":
+        """A copy whose tensors live on ``device`` (e.g. ``"cuda"``)."""
+        move = lambda t: None if t is None else t.to(device).contiguous()  # noqa: E731
+        return dataclasses.replace(self, planes=move(self.planes), scales=move(self.scales),
+                                   zeros=move(self.zeros))
+
+    # --- the reference ---
+    def signs(self) -> torch.Tensor:
+        """The bit planes as float64 ``{-1, +1}``, shape ``[planes, N, K]`` (CPU)."""
+        bits = np.unpackbits(self.planes.cpu().numpy(), axis=-1, bitorder="little")
+        return torch.from_numpy(bits[..., : self.K]).to(torch.float64) * 2.0 - 1.0
+
+    def dequantize(self) -> torch.Tensor:
+        """The float64 ``[N, K]`` weight these bits and coefficients stand for (CPU).
+
+        This is the reference: kernels compute ``x @ dequantize().T`` up to rounding.
+        """
+        sig = self.signs()
+        gs = self.K if self.group_size == -1 else self.group_size
+        per_group = lambda c: c.cpu().to(torch.float64).repeat_interleave(gs, dim=1)  # noqa: E731
+        if self.format == "ternary":
+            return float(self.scales.cpu().to(torch.float64)[0]) * (sig[0] + sig[1]) / 2
+        if self.format == "bcq":
+            alpha = self.scales.cpu().to(torch.float64).repeat_interleave(gs, dim=1)  # [N, K, b]
+            return torch.einsum("nkb,bnk->nk", alpha, sig)
+        code = sum((2.0 ** i) * (sig[i] + 1) / 2 for i in range(self.wbits))
+        zero = per_group(self.zeros) if self.zero_point else (2 ** self.wbits - 1) / 2
+        return per_group(self.scales) * (code - zero)
+
+    # --- persistence (plain tensors + metadata, for torch.save / state_dict) ---
+    def state(self) -> dict:
+        """Tensors and metadata as a flat dict of tensors and plain values."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: v for k, v in d.items() if v is not None}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "PackedWeights":
+        """Inverse of :meth:`state`; refuses a layout this lutc does not read."""
+        version = state.get("layout_version")
+        if state.get("layout") != LAYOUT or version != LAYOUT_VERSION:
+            raise ValueError(f"packed weight layout {state.get('layout')!r} v{version} is not "
+                             f"{LAYOUT!r} v{LAYOUT_VERSION}: re-quantize it with this lutc")
+        return cls(**state)
+
+
+def quantize(weight: ArrayLike, wbits: int = 2, group_size: Optional[int] = None,
+             format: str = "uniform", zero_point: bool = False,
+             scale_dtype: str = "float16") -> PackedWeights:
+    """Quantize a float ``[N, K]`` weight and pack it into bit planes.
+
+    Args:
+        weight: torch tensor or numpy array, ``[N, K]`` (``nn.Linear.weight`` layout).
+        wbits: 1-4 (must be 2 for ``ternary``).
+        group_size: 32, 64, 128 or -1 (whole row); default 128, and -1 for ``ternary``.
+        format: ``"uniform"``, ``"bcq"`` or ``"ternary"`` (module docstring).
+        zero_point: uniform only: min-max asymmetric codes with a float zero point per group;
+            without it codes are symmetric around zero, ``w = s * (q - (2^b - 1)/2)``.
+        scale_dtype: ``"float16"`` or ``"float32"`` storage for the coefficients.
+
+    Example:
+        >>> import numpy as np, lutc
+        >>> w = np.random.default_rng(0).standard_normal((128, 256)).astype("float32")
+        >>> qw = lutc.quantize(w, wbits=4, group_size=64, zero_point=True)
+        >>> float(abs(qw.dequantize().numpy() - w).max()) < 0.5
+        True
+    """
+    if group_size is None:
+        group_size = -1 if format == "ternary" else 128
+    w = _as_weight(weight)
+    N, K = w.shape
+    spec = MPGemmSpec(1, N, K, wbits=wbits, format=format, group_size=group_size,
+                      zero_point=zero_point, scale_dtype=scale_dtype, g=2)
+    gs = spec.group
+    wg = w.reshape(N, K // gs, gs)
+    sdt = _TORCH_DTYPES[scale_dtype]
+    zeros = None
+    if format == "ternary":
+        s = w.abs().mean().clamp_min(1e-8).to(sdt)  # BitNet b1.58 absmean
+        t = torch.clamp(torch.round(w / s.float()), -1, 1)
+        bits = torch.stack([t >= 0, t > 0])
+        scales = s.reshape(1)
+    elif format == "bcq":
+        bits, scales = _bcq(wg, wbits, sdt)
+        bits = bits.reshape(wbits, N, K)
+    else:
+        levels = 2 ** wbits - 1
+        if zero_point:
+            lo, hi = wg.amin(-1), wg.amax(-1)
+            s = ((hi - lo) / levels).clamp_min(1e-8).to(sdt)
+            z = (-lo / s.float()).to(sdt)
+            zf = z.float()
+            zeros = z
+        else:
+            # Mid-rise symmetric grid; for 1 bit the MSE-optimal +-mean|w|.
+            amax = wg.abs().mean(-1) * 2 if wbits == 1 else wg.abs().amax(-1) * 2 / levels
+            s = amax.clamp_min(1e-8).to(sdt)
+            zf = torch.full_like(s, levels / 2, dtype=torch.float32)
+        q = torch.clamp(torch.round(wg / s.float()[..., None] + zf[..., None]), 0, levels)
+        q = q.to(torch.int64).reshape(N, K)
+        bits = torch.stack([(q >> i) & 1 for i in range(wbits)]).bool()
+        scales = s
+    return PackedWeights(format=format, wbits=wbits, N=N, K=K, group_size=group_size,
+                         zero_point=zero_point, scale_dtype=scale_dtype, planes=pack_bits(bits),
+                         scales=scales.contiguous(), zeros=None if zeros is None else zeros.contiguous())
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """Pack a bool ``[..., K]`` tensor into uint8 ``[..., K/8]``, least significant bit first."""
+    packed = np.packbits(bits.cpu().numpy().astype(np.uint8), axis=-1, bitorder="little")
+    return torch.from_numpy(packed).contiguous()
+
+
+def _bcq(wg: torch.Tensor, wbits: int, sdt: torch.dtype):
+    """Greedy binary coding (LUT-GEMM) then a least-squares refit of the alphas per group.
+
+    Returns bits ``[b, N, G, gs]`` (True = +1) and alphas ``[N, G, b]`` in ``sdt``.
+    """
+    r = wg.to(torch.float64)
+    sig = []
+    for _ in range(wbits):
+        s = torch.where(r >= 0, 1.0, -1.0).to(torch.float64)
+        a = r.abs().mean(-1, keepdim=True)
+        sig.append(s)
+        r = r - a * s
+    S = torch.stack(sig, -1)                                   # [N, G, gs, b]
+    gram = S.transpose(-1, -2) @ S                             # [N, G, b, b]
+    rhs = S.transpose(-1, -2) @ wg.to(torch.float64)[..., None]
+    ridge = 1e-6 * wg.shape[-1] * torch.eye(wbits, dtype=torch.float64)
+    alpha = torch.linalg.solve(gram + ridge, rhs)[..., 0]     # [N, G, b]
+    return torch.stack(sig) > 0, alpha.to(sdt)
+
+
+def _as_weight(weight: ArrayLike) -> torch.Tensor:
+    if isinstance(weight, np.ndarray):
+        weight = torch.from_numpy(np.ascontiguousarray(weight))
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor or numpy.ndarray, got {type(weight).__name__}")
+    if weight.dim() != 2:
+        raise SpecError(f"weight must be 2-D [N, K], got shape {tuple(weight.shape)}")
+    if not weight.is_floating_point():
+        raise TypeError(f"weight must be a floating-point tensor, got {weight.dtype}")
+    w = weight.detach().to("cpu", torch.float32)
+    if not torch.isfinite(w).all():
+        raise ValueError("weight contains NaN or Inf")
+    return w

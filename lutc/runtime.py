@@ -1,0 +1,134 @@
+"""The runtime: a compiled kernel as a safe Python callable.
+
+TVM kernels trust their arguments: they assume compact, 64-byte-aligned buffers of the right
+shape, dtype and device, and a misaligned buffer can crash the process (a vectorized LUT kernel
+segfaulted on a ``torch.from_numpy`` view). :class:`Kernel` checks every argument at every call
+and either copies it into a safe buffer (inputs that are only non-contiguous or misaligned) or
+raises an error that names the argument and what was expected. It never lets a bad buffer reach
+the kernel.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+
+from .formats import PackedWeights
+from .spec import MPGemmSpec
+
+ALIGN = 64  # bytes; what TVM's buffers declare and its vector code assumes
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+Array = Union[np.ndarray, torch.Tensor]
+
+
+class Kernel:
+    """A compiled LUT mpGEMM for one :class:`~lutc.spec.MPGemmSpec` and target.
+
+    Call it as ``y = kernel(x, qw)`` (``x``: ``[M, K]`` numpy or torch; ``qw``: packed weights
+    from :func:`lutc.quantize`); ``y`` comes back as the same kind of array as ``x``.
+
+    Attributes:
+        spec: the workload.
+        target: the TVM target it was built for (``dict`` form).
+        device: ``"cpu"`` or ``"cuda"``; ``runnable`` says whether this process can call it
+            (a cross-compiled ARM kernel, or CUDA code on a machine without a GPU, cannot).
+        source: the generated code (CUDA C for CUDA, LLVM IR for CPUs).
+        script: the scheduled TensorIR (TVMScript), for reading what the schedule did.
+        executable: the ``tvm.compile`` result, for export.
+
+    Example:
+        >>> import torch, lutc
+        >>> qw = lutc.quantize(torch.randn(64, 256), wbits=2, group_size=64)
+        >>> k = lutc.compile((1, 64, 256), wbits=2, group_size=64)
+        >>> k(torch.randn(1, 256), qw).shape
+        torch.Size([1, 64])
+    """
+
+    def __init__(self, spec: MPGemmSpec, target: dict, device: str, fn: Optional[Callable],
+                 source: str, script: str, executable: Any, schedule: str, knobs: dict):
+        self.spec = spec
+        self.target = target
+        self.device = device
+        self._fn = fn
+        self.source = source
+        self.script = script
+        self.executable = executable
+        self.schedule = schedule
+        self.knobs = dict(knobs)
+
+    @property
+    def runnable(self) -> bool:
+        return self._fn is not None
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return (f"Kernel({s.M}x{s.N}x{s.K}, {s.format} w{s.wbits} g{s.group_size}, x {s.act_dtype}, "
+                f"{self.schedule}{self.knobs or ''} on {self.target.get('kind')})")
+
+    def __call__(self, x: Array, qw: PackedWeights, out: Optional[Array] = None) -> Array:
+        """``y = x @ W^T`` for the weight packed in ``qw``; ``out`` (optional) receives ``y``."""
+        if not self.runnable:
+            raise RuntimeError(f"this kernel was built for {self.target} and cannot run in this "
+                               "process (cross-compiled, or no GPU here): export it instead")
+        spec = self.spec
+        if not isinstance(qw, PackedWeights):
+            raise TypeError(f"qw must be lutc.PackedWeights (from lutc.quantize), got {type(qw).__name__}")
+        qw.check_fits(spec)
+        as_numpy = isinstance(x, np.ndarray)
+        xt = _input("x", x, (spec.M, spec.K), TORCH_DTYPES[spec.act_dtype], self.device)
+        weights = [_input(f"qw.{name}", t, tuple(t.shape), t.dtype, self.device, hint_move=True)
+                   for name, t in zip(("planes", "scales", "zeros"), qw.tensors())]
+        if out is None:
+            y = torch.empty((spec.M, spec.N), dtype=TORCH_DTYPES[spec.act_dtype], device=xt.device)
+        else:
+            y = _output(out, (spec.M, spec.N), TORCH_DTYPES[spec.act_dtype], self.device)
+        self._fn(xt, *weights, y)
+        if out is not None:
+            return out
+        return y.numpy() if as_numpy else y
+
+
+def _input(name: str, t: Array, shape: tuple, dtype: torch.dtype, device: str,
+           hint_move: bool = False) -> torch.Tensor:
+    """A tensor the kernel may read: checked, and copied if non-contiguous or misaligned."""
+    t = _as_torch(name, t)
+    _check(name, t, shape, dtype, device, hint_move)
+    if not t.is_contiguous() or t.data_ptr() % ALIGN:
+        # A fresh allocation is compact and aligned (torch's allocators align to 64+ bytes).
+        t = torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+    return t
+
+
+def _output(t: Array, shape: tuple, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """The caller's ``out`` buffer: written in place, so it must already be exactly right."""
+    t = _as_torch("out", t)
+    _check("out", t, shape, dtype, device)
+    if not t.is_contiguous():
+        raise ValueError("out must be contiguous (it is written in place)")
+    if t.data_ptr() % ALIGN:
+        raise ValueError(f"out must be {ALIGN}-byte aligned, its data starts at "
+                         f"{t.data_ptr() % ALIGN} bytes past a boundary")
+    return t
+
+
+def _as_torch(name: str, t: Array) -> torch.Tensor:
+    if isinstance(t, torch.Tensor):
+        return t
+    if isinstance(t, np.ndarray):
+        if t.dtype.kind != "f" and t.dtype != np.uint8:
+            raise TypeError(f"{name} has numpy dtype {t.dtype}; expected a float array")
+        return torch.from_numpy(t) if t.flags.writeable else torch.from_numpy(t.copy())
+    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(t).__name__}")
+
+
+def _check(name: str, t: torch.Tensor, shape: tuple, dtype: torch.dtype, device: str,
+           hint_move: bool = False) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+    if t.dtype != dtype:
+        raise TypeError(f"{name} has dtype {t.dtype}, expected {dtype}")
+    if t.device.type != device:
+        move = f" (move it once with qw.to({device!r}))" if hint_move else ""
+        raise ValueError(f"{name} is on {t.device}, the kernel runs on {device}{move}")

@@ -1,0 +1,157 @@
+"""The workload: one mixed-precision GEMM ``y[M, N] = x[M, K] @ W[N, K]^T`` with low-bit ``W``.
+
+An :class:`MPGemmSpec` names everything that changes the generated code: the shape, the weight
+format (bit width, grouping, zero points), the activation dtype, and the LUT knobs of the
+algorithm itself (activation group ``g``, table symmetrization, table dtype). Schedules,
+tuning logs and kernel caches are keyed by it, so it is a frozen, hashable value with a
+canonical dict form (:meth:`MPGemmSpec.key`).
+
+This module imports neither TVM nor torch: it is the vocabulary every other layer shares.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+FORMATS = ("uniform", "bcq", "ternary")
+ACT_DTYPES = ("float32", "float16", "bfloat16")
+TABLE_DTYPES = ("float32", "float16", "int8")
+SCALE_DTYPES = ("float32", "float16")
+GROUP_SIZES = (32, 64, 128, -1)
+ACT_GROUPS = (2, 4)
+#: Longest run of activations summed before a (float) scale is applied; see ``MPGemmSpec.block``.
+MAX_BLOCK = 128
+#: Version of the packed-weight layout this lutc reads and writes (see ``lutc.formats``).
+LAYOUT_VERSION = 1
+
+
+class SpecError(ValueError):
+    """A workload that lutc does not support, with the reason in the message."""
+
+
+@dataclass(frozen=True)
+class MPGemmSpec:
+    """One low-bit GEMM workload and the LUT-algorithm choices for it.
+
+    Attributes:
+        M, N, K: ``x`` is ``[M, K]``, the weight is ``[N, K]``, ``y`` is ``[M, N]``.
+        wbits: bit planes per weight, 1-4 (``ternary`` always uses 2 planes).
+        format: ``"uniform"`` integer codes with group scales (and zero points),
+            ``"bcq"`` binary-coding quantization (one alpha per plane per group), or
+            ``"ternary"`` {-1, 0, +1} with one scale per tensor (BitNet b1.58).
+        group_size: weights sharing one scale along K: 32, 64, 128, or -1 (the whole row).
+        zero_point: uniform format only: a per-group zero point (asymmetric quantization).
+        act_dtype: dtype of ``x`` and ``y``.
+        scale_dtype: dtype of the stored scales/zero points/alphas.
+        g: activations per table group (the table has ``2**g`` entries).
+        symmetrize: keep ``2**(g-1)`` table entries and recover the rest by negation.
+        table_dtype: dtype of the stored table; ``"int8"`` quantizes it with one scale per
+            (row of x, block of at most 128 activations: see :attr:`block`).
+
+    Example:
+        >>> spec = MPGemmSpec(1, 4096, 4096, wbits=2, group_size=128)
+        >>> spec.groups, spec.table_entries
+        (32, 8)
+    """
+
+    M: int
+    N: int
+    K: int
+    wbits: int = 2
+    format: str = "uniform"
+    group_size: int = 128
+    zero_point: bool = False
+    act_dtype: str = "float32"
+    scale_dtype: str = "float16"
+    g: int = 4
+    symmetrize: bool = True
+    table_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # --- derived sizes (pure functions of the fields) ---
+    @property
+    def planes(self) -> int:
+        """Number of one-bit weight planes the kernel looks up."""
+        return 2 if self.format == "ternary" else self.wbits
+
+    @property
+    def group(self) -> int:
+        """Effective group size along K (``-1`` resolved to ``K``)."""
+        return self.K if self.group_size == -1 else self.group_size
+
+    @property
+    def groups(self) -> int:
+        """Weight groups per row (scales per row)."""
+        return self.K // self.group
+
+    @property
+    def block(self) -> int:
+        """Activations per partial sum (and per int8 table scale): the weight group, split into
+        slices of at most ``MAX_BLOCK`` when longer, so whole-row groups sum in short runs."""
+        return next(b for b in range(min(self.group, MAX_BLOCK), 0, -1)
+                    if self.group % b == 0 and b % self.g == 0)
+
+    @property
+    def blocks(self) -> int:
+        """Partial sums per row: ``K / block``."""
+        return self.K // self.block
+
+    @property
+    def table_groups(self) -> int:
+        """Activation groups of ``g`` along K: tables per row of ``x``."""
+        return self.K // self.g
+
+    @property
+    def table_entries(self) -> int:
+        """Entries stored per table: ``2**g``, or half of that when symmetrized."""
+        return 2 ** (self.g - 1) if self.symmetrize else 2 ** self.g
+
+    @property
+    def needs_act_sum(self) -> bool:
+        """Whether the epilogue needs per-group activation sums (zero points)."""
+        return self.format == "uniform" and self.zero_point
+
+    def key(self) -> dict:
+        """Canonical, JSON-ready identity of the workload (tuning logs, caches)."""
+        return dataclasses.asdict(self)
+
+    def with_(self, **changes) -> "MPGemmSpec":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def validate(spec: MPGemmSpec) -> None:
+    """Raise :class:`SpecError` naming the first field that lutc cannot build."""
+    for name in ("M", "N", "K"):
+        v = getattr(spec, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise SpecError(f"{name} must be a positive int, got {v!r}")
+    _one_of("format", spec.format, FORMATS)
+    _one_of("act_dtype", spec.act_dtype, ACT_DTYPES)
+    _one_of("scale_dtype", spec.scale_dtype, SCALE_DTYPES)
+    _one_of("table_dtype", spec.table_dtype, TABLE_DTYPES)
+    _one_of("group_size", spec.group_size, GROUP_SIZES)
+    _one_of("g", spec.g, ACT_GROUPS)
+    if spec.format == "ternary":
+        if spec.wbits != 2:
+            raise SpecError(f"ternary weights are stored as 2 bit planes: wbits must be 2, got {spec.wbits}")
+        if spec.group_size != -1:
+            raise SpecError("ternary weights have one scale per tensor: group_size must be -1, "
+                            f"got {spec.group_size}")
+    elif spec.wbits not in (1, 2, 3, 4):
+        raise SpecError(f"wbits must be 1, 2, 3 or 4, got {spec.wbits!r}")
+    if spec.zero_point and spec.format != "uniform":
+        raise SpecError(f"zero_point applies to the uniform format only, not {spec.format!r}")
+    if spec.K % 8:
+        raise SpecError(f"K must be a multiple of 8 (weights are packed 8 per byte), got K={spec.K}")
+    if spec.K % spec.group:
+        raise SpecError(f"K={spec.K} is not a multiple of group_size={spec.group_size}")
+    if spec.group % spec.g:
+        raise SpecError(f"group_size={spec.group} is not a multiple of g={spec.g}")
+
+
+def _one_of(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise SpecError(f"{name} must be one of {list(allowed)}, got {value!r}")

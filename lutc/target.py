@@ -1,0 +1,109 @@
+"""Targets: short names and TVM target dicts, resolved to a ``tvm.target.Target``.
+
+=================  =============================================================================
+name               target
+=================  =============================================================================
+``None``/"host"    the CPU this process runs on (LLVM's host CPU model: AVX2/AVX-512 as present)
+"llvm", "x86"      same as "host" on an x86-64 machine; generic x86-64-v3 (AVX2) elsewhere
+"arm", "aarch64"   64-bit Arm Linux with NEON and dot-product (cross-compiled on x86)
+"cuda"             the visible NVIDIA GPU's architecture, else ``sm_90a`` (H100/H200)
+"cuda:sm_80"       an explicit CUDA architecture
+a dict/Target      passed to TVM as it is (``{"kind": "llvm", "mcpu": "skylake-avx512"}``)
+=================  =============================================================================
+
+CUDA targets carry the limits meta-schedule and the schedules read (threads, shared memory,
+warp size, registers); without them TVM fails with "missing attribute `max_threads_per_block`".
+"""
+from __future__ import annotations
+
+import platform
+from typing import Optional, Union
+
+import tvm
+from tvm.target import codegen
+
+TargetLike = Union[None, str, dict, tvm.target.Target]
+
+_ARM = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1",
+        "mattr": ["+neon", "+dotprod", "+fullfp16"]}
+_CUDA_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152,
+                "thread_warp_size": 32, "registers_per_block": 65536, "max_num_threads": 1024}
+
+
+def resolve(target: TargetLike = None) -> tvm.target.Target:
+    """Turn a short name, dict or Target into a ``tvm.target.Target``.
+
+    Example:
+        >>> resolve("arm").attrs["mtriple"]
+        'aarch64-linux-gnu'
+        >>> resolve("cuda:sm_80").attrs["arch"]
+        'sm_80'
+    """
+    if isinstance(target, tvm.target.Target):
+        return target
+    if isinstance(target, dict):
+        return tvm.target.Target(target)
+    if target is None or target == "host":
+        return tvm.target.Target(host_cpu())
+    if not isinstance(target, str):
+        raise TypeError(f"target must be a name, a dict or a tvm.target.Target, got {type(target).__name__}")
+    name = target.lower()
+    if name in ("llvm", "x86", "cpu"):
+        return tvm.target.Target(host_cpu() if _host_is_x86() else {"kind": "llvm", "mcpu": "x86-64-v3"})
+    if name in ("arm", "aarch64", "neon"):
+        return tvm.target.Target(dict(_ARM))
+    if name == "cuda" or name.startswith("cuda:"):
+        arch = name.split(":", 1)[1] if ":" in name else _visible_cuda_arch() or "sm_90a"
+        return cuda_target(arch)
+    raise ValueError(f"unknown target {target!r}: use 'host', 'llvm'/'x86', 'arm', 'cuda', "
+                     "'cuda:sm_XX', or a TVM target dict")
+
+
+def cuda_target(arch: str = "sm_90a") -> tvm.target.Target:
+    """A CUDA target for ``arch`` with its limits spelled out, host code for this CPU."""
+    return tvm.target.Target({"kind": "cuda", "arch": arch, **_CUDA_LIMITS}, host=host_cpu())
+
+
+def host_cpu() -> dict:
+    """The LLVM target of this machine's CPU (its model name decides AVX2/AVX-512)."""
+    return {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()}
+
+
+def kind(target: tvm.target.Target) -> str:
+    """``"cuda"``, ``"cpu"`` (runs in this process) or ``"cpu-cross"`` (another architecture)."""
+    if target.kind.name == "cuda":
+        return "cuda"
+    if target.kind.name in ("llvm", "c"):
+        triple = str(target.attrs.get("mtriple", "") or "")
+        if triple and not _same_arch(triple):
+            return "cpu-cross"
+        return "cpu"
+    raise ValueError(f"unsupported target kind {target.kind.name!r}: lutc builds llvm (CPU) and cuda")
+
+
+def describe(target: tvm.target.Target) -> dict:
+    """A JSON-ready identity of the target (its TVM export), for logs and caches."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(target.export()).items()
+            if k not in ("host",)}
+
+
+def _host_is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _same_arch(triple: str) -> bool:
+    arch = triple.split("-", 1)[0].lower()
+    host = platform.machine().lower()
+    aliases = {"amd64": "x86_64", "arm64": "aarch64"}
+    return aliases.get(arch, arch) == aliases.get(host, host)
+
+
+def _visible_cuda_arch() -> Optional[str]:
+    try:
+        import torch
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            return f"sm_{major}{minor}" + ("a" if major >= 9 else "")
+    except Exception:  # torch missing or no driver: fall back to the default arch
+        pass
+    return None

@@ -1,0 +1,64 @@
+"""Loop helpers shared by the schedules: find a block's spatial loops, parallelize or bind them.
+
+Blocks built by ``te.create_prim_func`` list their spatial loops first, then their reduction
+loops; these helpers rely on that and never touch the reduction loops.
+"""
+from __future__ import annotations
+
+from tvm import s_tir
+
+DATA_PAR = 0  # tirx.IterVar.DataPar
+
+
+def has_block(sch: s_tir.Schedule, name: str) -> bool:
+    """Whether the function being scheduled has a block called ``name``."""
+    try:
+        sch.get_sblock(name)
+        return True
+    except Exception:  # TVM raises a generic error for a missing block
+        return False
+
+
+def spatial_loops(sch: s_tir.Schedule, block) -> list:
+    """The loops of ``block`` that bind its spatial (data-parallel) iteration variables."""
+    n = sum(1 for iv in sch.get(block).iter_vars if iv.iter_type == DATA_PAR)
+    return sch.get_loops(block)[:n]
+
+
+def loops_below(sch: s_tir.Schedule, block, loop) -> list:
+    """The loops of ``block`` nested inside ``loop`` (one of its outer loops)."""
+    loops = sch.get_loops(block)
+    at = [k for k, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(loop))]
+    return loops[at[0] + 1:]
+
+
+def parallelize(sch: s_tir.Schedule, name: str) -> None:
+    """Fuse the spatial loops of block ``name`` into one and run it on the CPU thread pool."""
+    block = sch.get_sblock(name)
+    loops = spatial_loops(sch, block)
+    sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
+
+
+def bind_threads(sch: s_tir.Schedule, name: str, threads: int) -> None:
+    """Fuse the spatial loops of block ``name`` and spread them over CUDA blocks of ``threads``."""
+    block = sch.get_sblock(name)
+    loops = spatial_loops(sch, block)
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    bx, tx = sch.split(fused, factors=[None, threads])
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")
+
+
+def table_stages(sch: s_tir.Schedule) -> list:
+    """Names of the blocks that run once per activation row, before any weight is read."""
+    names = ("table", "table_absmax", "table_q", "act_sum")
+    return [n for n in names if has_block(sch, n)]
+
+
+def inline_table_scale(sch: s_tir.Schedule) -> None:
+    """Fold ``table_scale = max(absmax, tiny) / 127`` into its readers (it is elementwise)."""
+    if has_block(sch, "table_scale"):
+        sch.compute_inline(sch.get_sblock("table_scale"))
+
+
+
