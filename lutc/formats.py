@@ -180,22 +180,8 @@ def quantize(weight: ArrayLike, wbits: int = 2, group_size: Optional[int] = None
         bits, scales = _bcq(wg, wbits, sdt)
         bits = bits.reshape(wbits, N, K)
     else:
-        levels = 2 ** wbits - 1
-        if zero_point:
-            lo, hi = wg.amin(-1), wg.amax(-1)
-            s = ((hi - lo) / levels).clamp_min(1e-8).to(sdt)
-            z = (-lo / s.float()).to(sdt)
-            zf = z.float()
-            zeros = z
-        else:
-            # Mid-rise symmetric grid; for 1 bit the MSE-optimal +-mean|w|.
-            amax = wg.abs().mean(-1) * 2 if wbits == 1 else wg.abs().amax(-1) * 2 / levels
-            s = amax.clamp_min(1e-8).to(sdt)
-            zf = torch.full_like(s, levels / 2, dtype=torch.float32)
-        q = torch.clamp(torch.round(wg / s.float()[..., None] + zf[..., None]), 0, levels)
-        q = q.to(torch.int64).reshape(N, K)
-        bits = torch.stack([(q >> i) & 1 for i in range(wbits)]).bool()
-        scales = s
+        q, scales, zeros = _uniform(wg, wbits, zero_point, sdt)
+        bits = torch.stack([(q.reshape(N, K) >> i) & 1 for i in range(wbits)]).bool()
     return PackedWeights(format=format, wbits=wbits, N=N, K=K, group_size=group_size,
                          zero_point=zero_point, scale_dtype=scale_dtype, planes=pack_bits(bits),
                          scales=scales.contiguous(), zeros=None if zeros is None else zeros.contiguous())
@@ -207,24 +193,72 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(packed).contiguous()
 
 
-def _bcq(wg: torch.Tensor, wbits: int, sdt: torch.dtype):
-    """Greedy binary coding (LUT-GEMM) then a least-squares refit of the alphas per group.
+#: Fractions of the full range tried per group; the one with the least squared error wins.
+CLIP_RATIOS = tuple(1.0 - 0.05 * i for i in range(17))  # down to 0.2: 1-bit codes want ~0.3
 
+
+def _uniform(wg: torch.Tensor, wbits: int, zero_point: bool, sdt: torch.dtype):
+    """Integer codes ``[N, G, gs]``, scales and zero points (or None) for ``wg [N, G, gs]``.
+
+    Symmetric codes use the mid-rise grid ``s (q - (2^b - 1)/2)``; zero points map the group's
+    (clipped) min and max onto codes 0 and ``2^b - 1``. The range is clipped per group to the
+    ratio of :data:`CLIP_RATIOS` with the least squared error: min-max 2-bit codes lose a
+    quarter of a Gaussian weight's energy, clipped ones about half as much.
+    """
+    levels = 2 ** wbits - 1
+    best = None
+    for ratio in CLIP_RATIOS:
+        if zero_point:
+            lo, hi = wg.amin(-1) * ratio, wg.amax(-1) * ratio
+            s = ((hi - lo) / levels).clamp_min(1e-8).to(sdt)
+            z = (-lo / s.float()).to(sdt)
+            zf = z.float()
+        else:
+            amax = wg.abs().amax(-1) * ratio
+            s = (amax * 2 / levels).clamp_min(1e-8).to(sdt)
+            z, zf = None, torch.full_like(s, levels / 2, dtype=torch.float32)
+        q = torch.clamp(torch.round(wg / s.float()[..., None] + zf[..., None]), 0, levels)
+        err = ((q - zf[..., None]) * s.float()[..., None] - wg).pow(2).sum(-1)
+        if best is None:
+            best = [q, s, z, err]
+            continue
+        better = err < best[3]
+        best[0] = torch.where(better[..., None], q, best[0])
+        best[1] = torch.where(better, s, best[1])
+        best[2] = None if z is None else torch.where(better, z, best[2])
+        best[3] = torch.minimum(err, best[3])
+    q, s, z, _ = best
+    return q.to(torch.int64), s, z
+
+
+def _bcq(wg: torch.Tensor, wbits: int, sdt: torch.dtype, rounds: int = 6):
+    """Binary coding by alternating refinement (LUT-GEMM's BCQ) per group.
+
+    Start from the greedy residual code (``alpha_i = mean |r|``, ``sigma_i = sign r``), then
+    alternate: give each weight the nearest of the ``2^b`` values ``sum_i alpha_i sigma_i``, and
+    refit the alphas by least squares for those signs.
     Returns bits ``[b, N, G, gs]`` (True = +1) and alphas ``[N, G, b]`` in ``sdt``.
     """
-    r = wg.to(torch.float64)
-    sig = []
+    w = wg.to(torch.float64)
+    r, sig, alpha = w, [], []
     for _ in range(wbits):
         s = torch.where(r >= 0, 1.0, -1.0).to(torch.float64)
         a = r.abs().mean(-1, keepdim=True)
         sig.append(s)
+        alpha.append(a[..., 0])
         r = r - a * s
-    S = torch.stack(sig, -1)                                   # [N, G, gs, b]
-    gram = S.transpose(-1, -2) @ S                             # [N, G, b, b]
-    rhs = S.transpose(-1, -2) @ wg.to(torch.float64)[..., None]
-    ridge = 1e-6 * wg.shape[-1] * torch.eye(wbits, dtype=torch.float64)
-    alpha = torch.linalg.solve(gram + ridge, rhs)[..., 0]     # [N, G, b]
-    return torch.stack(sig) > 0, alpha.to(sdt)
+    S, alpha = torch.stack(sig, -1), torch.stack(alpha, -1)    # [N, G, gs, b], [N, G, b]
+    combos = torch.tensor([[1.0 if (c >> i) & 1 else -1.0 for i in range(wbits)]
+                           for c in range(2 ** wbits)], dtype=torch.float64)      # [2^b, b]
+    ridge = 1e-9 * torch.eye(wbits, dtype=torch.float64)
+    for _ in range(rounds):
+        values, order = (alpha @ combos.T).sort(-1)               # [N, G, 2^b]
+        mids = (values[..., 1:] + values[..., :-1]) / 2
+        nearest = torch.searchsorted(mids.contiguous(), w.contiguous())   # [N, G, gs]
+        S = combos[order.gather(-1, nearest)]
+        gram = S.transpose(-1, -2) @ S + ridge * w.shape[-1]
+        alpha = torch.linalg.solve(gram, S.transpose(-1, -2) @ w[..., None])[..., 0]
+    return S.permute(3, 0, 1, 2) > 0, alpha.to(sdt)
 
 
 def _as_weight(weight: ArrayLike) -> torch.Tensor:

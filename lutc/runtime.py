@@ -80,12 +80,14 @@ class Kernel:
         xt = _input("x", x, (spec.M, spec.K), TORCH_DTYPES[spec.act_dtype], self.device)
         weights = [_input(f"qw.{name}", t, tuple(t.shape), t.dtype, self.device, hint_move=True)
                    for name, t in zip(("planes", "scales", "zeros"), qw.tensors())]
-        if out is None:
-            y = torch.empty((spec.M, spec.N), dtype=TORCH_DTYPES[spec.act_dtype], device=xt.device)
-        else:
-            y = _output(out, (spec.M, spec.N), TORCH_DTYPES[spec.act_dtype], self.device)
+        dtype = TORCH_DTYPES[spec.act_dtype]
+        dest = None if out is None else _output(out, (spec.M, spec.N), dtype, self.device)
+        y = dest if dest is not None and _safe(dest) else torch.empty(
+            (spec.M, spec.N), dtype=dtype, device=xt.device)
         self._fn(xt, *weights, y)
-        if out is not None:
+        if dest is not None:
+            if y is not dest:
+                dest.copy_(y)  # out was non-contiguous or misaligned: written through a copy
             return out
         return y.numpy() if as_numpy else y
 
@@ -95,22 +97,22 @@ def _input(name: str, t: Array, shape: tuple, dtype: torch.dtype, device: str,
     """A tensor the kernel may read: checked, and copied if non-contiguous or misaligned."""
     t = _as_torch(name, t)
     _check(name, t, shape, dtype, device, hint_move)
-    if not t.is_contiguous() or t.data_ptr() % ALIGN:
+    if not _safe(t):
         # A fresh allocation is compact and aligned (torch's allocators align to 64+ bytes).
         t = torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
     return t
 
 
 def _output(t: Array, shape: tuple, dtype: torch.dtype, device: str) -> torch.Tensor:
-    """The caller's ``out`` buffer: written in place, so it must already be exactly right."""
+    """The caller's ``out`` buffer (a torch view of it), checked; it receives ``y``."""
     t = _as_torch("out", t)
     _check("out", t, shape, dtype, device)
-    if not t.is_contiguous():
-        raise ValueError("out must be contiguous (it is written in place)")
-    if t.data_ptr() % ALIGN:
-        raise ValueError(f"out must be {ALIGN}-byte aligned, its data starts at "
-                         f"{t.data_ptr() % ALIGN} bytes past a boundary")
     return t
+
+
+def _safe(t: torch.Tensor) -> bool:
+    """Whether the kernel may touch ``t`` directly: compact and 64-byte aligned."""
+    return t.is_contiguous() and t.data_ptr() % ALIGN == 0
 
 
 def _as_torch(name: str, t: Array) -> torch.Tensor:
@@ -119,7 +121,9 @@ def _as_torch(name: str, t: Array) -> torch.Tensor:
     if isinstance(t, np.ndarray):
         if t.dtype.kind != "f" and t.dtype != np.uint8:
             raise TypeError(f"{name} has numpy dtype {t.dtype}; expected a float array")
-        return torch.from_numpy(t) if t.flags.writeable else torch.from_numpy(t.copy())
+        if not t.flags.writeable or any(st < 0 for st in t.strides):
+            t = t.copy()  # torch cannot view read-only memory or negative strides
+        return torch.from_numpy(t)
     raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(t).__name__}")
 
 

@@ -1,0 +1,125 @@
+"""Weight formats: packing bit order, the reference dequantizer, quantization quality, metadata."""
+import numpy as np
+import pytest
+import torch
+
+import lutc
+import lutc.formats
+from lutc.formats import PackedWeights, pack_bits
+
+
+def _weight(N=64, K=256, seed=0):
+    return torch.randn(N, K, generator=torch.Generator().manual_seed(seed))
+
+
+def test_pack_bits_is_lsb_first():
+    bits = torch.zeros(1, 16, dtype=torch.bool)
+    bits[0, 0] = bits[0, 9] = bits[0, 15] = True
+    assert pack_bits(bits).tolist() == [[0b00000001, 0b10000010]]
+
+
+@pytest.mark.parametrize("wbits", [1, 2, 3, 4])
+@pytest.mark.parametrize("zero_point", [False, True])
+def test_uniform_codes_roundtrip(wbits, zero_point):
+    w = _weight()
+    qw = lutc.quantize(w, wbits=wbits, group_size=64, zero_point=zero_point, scale_dtype="float32")
+    deq = qw.dequantize()
+    assert qw.planes.shape == (wbits, 64, 32) and qw.planes.dtype == torch.uint8
+    # Every group uses at most 2^b distinct values, and quantization error shrinks with bits.
+    for row in deq[:4].reshape(-1, 64):
+        assert len(torch.unique(row)) <= 2 ** wbits
+    err = float((deq - w.double()).pow(2).mean() / w.double().pow(2).mean())
+    assert err < {1: 0.4, 2: 0.13, 3: 0.04, 4: 0.011}[wbits]   # Gaussian, near Lloyd-Max
+
+
+def test_uniform_zero_point_without_clipping_maps_min_and_max(monkeypatch):
+    monkeypatch.setattr(lutc.formats, "CLIP_RATIOS", (1.0,))
+    w = _weight(8, 128)
+    qw = lutc.quantize(w, wbits=4, group_size=32, zero_point=True, scale_dtype="float32")
+    deq, wg = qw.dequantize().reshape(8, 4, 32), w.double().reshape(8, 4, 32)
+    assert torch.allclose(deq.amin(-1), wg.amin(-1), atol=1e-5)
+    assert torch.allclose(deq.amax(-1), wg.amax(-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("zero_point", [False, True])
+def test_clip_search_never_loses_to_min_max(monkeypatch, zero_point):
+    w = _weight(32, 256)
+
+    def group_err(qw):
+        return (qw.dequantize() - w.double()).pow(2).reshape(32, 4, 64).sum(-1)
+
+    searched = group_err(lutc.quantize(w, wbits=2, group_size=64, zero_point=zero_point,
+                                       scale_dtype="float32"))
+    monkeypatch.setattr(lutc.formats, "CLIP_RATIOS", (1.0,))
+    plain = group_err(lutc.quantize(w, wbits=2, group_size=64, zero_point=zero_point,
+                                    scale_dtype="float32"))
+    assert (searched <= plain + 1e-9).all() and searched.sum() < 0.8 * plain.sum()
+
+
+@pytest.mark.parametrize("wbits", [1, 2, 3, 4])
+def test_bcq_quality(wbits):
+    w = _weight()
+    qw = lutc.quantize(w, wbits=wbits, group_size=128, format="bcq", scale_dtype="float32")
+    assert qw.scales.shape == (64, 2, wbits)
+    err = float((qw.dequantize() - w.double()).pow(2).mean() / w.double().pow(2).mean())
+    assert err < {1: 0.4, 2: 0.13, 3: 0.045, 4: 0.018}[wbits]
+
+
+def test_ternary_values_and_single_scale():
+    w = _weight()
+    qw = lutc.quantize(w, format="ternary")
+    assert qw.group_size == -1 and qw.scales.shape == (1,)
+    levels = torch.unique(qw.dequantize() / float(qw.scales[0]))
+    assert set(levels.tolist()) <= {-1.0, 0.0, 1.0} and len(levels) == 3
+    # absmean scale (BitNet b1.58)
+    assert abs(float(qw.scales[0]) - float(w.abs().mean())) < 1e-3
+
+
+def test_numpy_and_torch_inputs_agree():
+    w = _weight()
+    a = lutc.quantize(w, wbits=3, group_size=32)
+    b = lutc.quantize(w.numpy(), wbits=3, group_size=32)
+    assert torch.equal(a.planes, b.planes) and torch.equal(a.scales, b.scales)
+
+
+def test_bits_per_weight():
+    qw = lutc.quantize(_weight(256, 512), wbits=2, group_size=128)
+    assert qw.bits_per_weight == pytest.approx(2 + 16 / 128)
+
+
+def test_state_roundtrip_and_layout_version_check():
+    qw = lutc.quantize(_weight(), wbits=2, group_size=64, zero_point=True)
+    back = PackedWeights.from_state(qw.state())
+    assert torch.equal(back.dequantize(), qw.dequantize())
+    old = dict(qw.state(), layout_version=0)
+    with pytest.raises(ValueError, match="layout"):
+        PackedWeights.from_state(old)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(wbits=5), "wbits"),
+    (dict(wbits=0), "wbits"),
+    (dict(group_size=48), "group_size"),
+    (dict(format="nf4"), "format"),
+    (dict(format="bcq", zero_point=True), "zero_point"),
+    (dict(format="ternary", wbits=3), "wbits"),
+    (dict(scale_dtype="int8"), "scale_dtype"),
+])
+def test_bad_quantize_arguments(kwargs, match):
+    with pytest.raises(lutc.SpecError, match=match):
+        lutc.quantize(_weight(), **kwargs)
+
+
+def test_bad_weights():
+    with pytest.raises(lutc.SpecError, match="not a multiple of group_size"):
+        lutc.quantize(_weight(8, 192), group_size=128)
+    with pytest.raises(lutc.SpecError, match="multiple of 8"):
+        lutc.quantize(_weight(8, 100), group_size=-1)
+    with pytest.raises(lutc.SpecError, match="2-D"):
+        lutc.quantize(torch.randn(4, 8, 8))
+    with pytest.raises(TypeError, match="floating-point"):
+        lutc.quantize(torch.ones(8, 128, dtype=torch.int32))
+    bad = _weight(8, 128)
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        lutc.quantize(bad)
