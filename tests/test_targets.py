@@ -1,0 +1,51 @@
+"""Other targets built on this machine: CUDA source compiled by nvcc, ARM cross-compiled."""
+import os
+import shutil
+import struct
+
+import pytest
+
+import lutc
+from lutc.target import kind, resolve
+
+CUDA_SPECS = [
+    lutc.MPGemmSpec(1, 4096, 4096, wbits=2, group_size=128),
+    lutc.MPGemmSpec(16, 130, 11008, wbits=4, group_size=-1, zero_point=True, act_dtype="float16"),
+    lutc.MPGemmSpec(3, 96, 512, wbits=3, format="bcq", group_size=32, act_dtype="bfloat16", g=2,
+                    symmetrize=False),
+    lutc.MPGemmSpec(5, 64, 1024, format="ternary", group_size=-1, table_dtype="int8"),
+]
+
+needs_nvcc = pytest.mark.skipif(
+    shutil.which("nvcc") is None and not os.environ.get("CI"),
+    reason="nvcc not installed (CI has it, and there this test fails instead of skipping)")
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90a"])
+@pytest.mark.parametrize("spec", CUDA_SPECS, ids=lambda s: f"{s.format}-w{s.wbits}-{s.act_dtype}-{s.table_dtype}")
+def test_cuda_source_compiles_with_nvcc(spec, arch):
+    kernel = lutc.build(spec, target=f"cuda:{arch}")
+    assert kernel.device == "cuda"
+    assert "__global__" in kernel.source and "extern \"C\"" in kernel.source
+    cubin = lutc.cuda_binary(kernel, fmt="cubin")
+    assert cubin[:4] == b"\x7fELF"
+    ptx = lutc.cuda_binary(kernel, fmt="ptx").decode()
+    assert f".target {arch}" in ptx
+
+
+@pytest.mark.parametrize("name,expect", [("host", "cpu"), ("llvm", "cpu"), ("arm", "cpu-cross"),
+                                         ("cuda", "cuda"), ("cuda:sm_80", "cuda"),
+                                         ({"kind": "llvm", "mcpu": "x86-64-v3"}, "cpu")])
+def test_target_names(name, expect):
+    assert kind(resolve(name)) == expect
+
+
+def test_arm_object_is_aarch64(tmp_path):
+    kernel = lutc.build(lutc.MPGemmSpec(1, 64, 256, wbits=2, group_size=64), target="arm")
+    path = tmp_path / "k.o"
+    kernel.executable.mod.write_to_file(str(path))
+    header = path.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF"
+    assert struct.unpack("<H", header[18:20])[0] == 183   # EM_AARCH64
+    assert "aarch64" in kernel.source
