@@ -58,7 +58,7 @@ also ``table_absmax`` [M, C], ``table_scale`` [M, C], ``table_q`` [M, K/g, E] (C
 
 Arguments of the PrimFunc, in order: ``x [M, K]``, ``planes [b, N, K/8] uint8``, ``scales``
 (``[N, G]``, ``[N, G, b]`` for bcq, ``[1]`` for ternary), ``zeros [N, G]`` (zero points only),
-``y [M, N]``.
+and the output ``[M, N]`` (buffer ``out`` for float32 activations, ``y`` otherwise).
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def lut_mpgemm(spec: MPGemmSpec) -> tirx.PrimFunc:
         >>> from lutc.spec import MPGemmSpec
         >>> f = lut_mpgemm(MPGemmSpec(1, 64, 128, wbits=2, group_size=32))
         >>> [p.name for p in f.params]
-        ['x_handle', 'planes_handle', 'scales_handle', 'y_handle']
+        ['x', 'planes', 'scales', 'out']
     """
     M, N, K, b = spec.M, spec.N, spec.K, spec.planes
     G, C, B, g = spec.groups, spec.blocks, spec.block, spec.g
