@@ -19,10 +19,10 @@ _os.environ.setdefault(
     "TVM_NUM_THREADS", _os.environ.get("LUTC_NUM_THREADS", str(len(_os.sched_getaffinity(0)))))
 
 from .spec import LAYOUT_VERSION, MPGemmSpec, SpecError  # noqa: E402
-from .formats import PackedWeights, quantize  # noqa: E402
+from .formats import PackedWeights, quantize, repack  # noqa: E402
 from .build import build, compile, cuda_binary  # noqa: E402
 from .runtime import Kernel  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["MPGemmSpec", "SpecError", "LAYOUT_VERSION", "PackedWeights", "quantize", "compile",
+__all__ = ["MPGemmSpec", "SpecError", "LAYOUT_VERSION", "PackedWeights", "quantize", "repack", "compile",
            "build", "cuda_binary", "Kernel", "__version__"]

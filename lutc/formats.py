@@ -16,11 +16,21 @@ ternary    ``s * t``, ``t in {-1, 0, +1}``,              ``scales[1]`` (one per 
 (``G`` = groups per row, ``b_i`` = bit ``i`` of the code, ``sigma_i = 2 b_i - 1``.) The ternary
 encoding needs no activation-sum correction: ``+1 = (+1, +1)``, ``0 = (+1, -1)``, ``-1 = (-1, -1)``.
 
-Layout ``bitplane`` version 1 (:data:`lutc.spec.LAYOUT_VERSION`): ``planes`` is a uint8 tensor
-``[b, N, K/8]``; bit ``k % 8`` (least significant first) of byte ``k // 8`` in plane ``i`` is
-``b_i[n, k]``. A group of ``g`` consecutive activations therefore reads ``g`` consecutive bits of
-one byte (``g`` divides 8): that ``g``-bit number is the table index. Target-specific layouts
-(interleaved for SIMD shuffles or coalesced GPU loads) get their own names and versions.
+Layouts (each version :data:`lutc.spec.LAYOUT_VERSION`; :func:`repack` converts between them):
+
+``bitplane``: ``planes`` is uint8 ``[b, N, K/8]``; bit ``k % 8`` (least significant first) of
+byte ``k // 8`` in plane ``i`` is ``b_i[n, k]``. A group of ``g`` consecutive activations reads
+``g`` consecutive bits of one byte (``g`` divides 8): that number is the table index.
+Coefficients are ``[N, G]`` (``[N, G, b]`` for bcq). Target-neutral; the generic schedules read it.
+
+``tiles{R}`` (``R`` = 32, 64 or 128): for SIMD table lookups with ``g = 4``. Rows are cut into
+tiles of ``R`` (``N`` padded with zero-scale rows to a multiple of ``R``); ``planes`` is uint8
+``[N/R, K/4, b, R/2]`` and byte ``j`` of ``planes[t, kg, i]`` holds the 4-bit index of row
+``t R + j`` in its low nibble and of row ``t R + R/2 + j`` in its high nibble. One ``R/2``-byte
+load (a NEON, AVX2 or AVX-512 register for R = 32, 64, 128) thus feeds two shuffles that look
+up ``R`` rows, and a tile's weights stream contiguously. Coefficients are tile-major so the
+epilogue loads them as vectors: ``scales``/``zeros`` ``[N/R, G, R]``, bcq ``[N/R, G, b, R]``;
+ternary keeps its single scale.
 
 This module uses torch (CPU) for the arithmetic and imports no TVM.
 """
@@ -37,15 +47,16 @@ from .spec import LAYOUT_VERSION, MPGemmSpec, SpecError
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 LAYOUT = "bitplane"
+TILE_ROWS = (32, 64, 128)  # NEON, AVX2, AVX-512BW: two nibbles per byte of a 16/32/64-byte register
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-@dataclass
+@dataclass(eq=False)
 class PackedWeights:
     """A quantized ``[N, K]`` weight in lutc's packed form (see the module docstring).
 
     Create it with :func:`quantize`; :meth:`dequantize` is the float64 reference every kernel
-    is tested against.
+    is tested against. Compared by identity (kernels cache repacked copies per object).
 
     Example:
         >>> import torch, lutc
@@ -86,9 +97,7 @@ class PackedWeights:
 
     def check_fits(self, spec: MPGemmSpec) -> None:
         """Raise ``ValueError`` naming the first field where this weight differs from ``spec``."""
-        if (self.layout, self.layout_version) != (LAYOUT, LAYOUT_VERSION):
-            raise ValueError(f"packed weight has layout {self.layout!r} v{self.layout_version}; this "
-                             f"lutc reads {LAYOUT!r} v{LAYOUT_VERSION}: quantize the weight again")
+        check_layout(self.layout, self.layout_version)
         for name in ("N", "K", "wbits", "format", "group_size", "zero_point", "scale_dtype"):
             mine, theirs = getattr(self, name), getattr(spec, name)
             if mine != theirs:
@@ -103,7 +112,7 @@ class PackedWeights:
 
     # --- the reference ---
     def signs(self) -> torch.Tensor:
-        """The bit planes as float64 ``{-1, +1}``, shape ``[planes, N, K]`` (CPU)."""
+        """The bit planes as float64 ``{-1, +1}``, shape ``[planes, N, K]`` (CPU, bitplane layout)."""
         bits = np.unpackbits(self.planes.cpu().numpy(), axis=-1, bitorder="little")
         return torch.from_numpy(bits[..., : self.K]).to(torch.float64) * 2.0 - 1.0
 
@@ -112,6 +121,8 @@ class PackedWeights:
 
         This is the reference: kernels compute ``x @ dequantize().T`` up to rounding.
         """
+        if self.layout != LAYOUT:
+            return repack(self, LAYOUT).dequantize()
         sig = self.signs()
         gs = self.K if self.group_size == -1 else self.group_size
         per_group = lambda c: c.cpu().to(torch.float64).repeat_interleave(gs, dim=1)  # noqa: E731
@@ -133,16 +144,13 @@ class PackedWeights:
     @classmethod
     def from_state(cls, state: dict) -> "PackedWeights":
         """Inverse of :meth:`state`; refuses a layout this lutc does not read."""
-        version = state.get("layout_version")
-        if state.get("layout") != LAYOUT or version != LAYOUT_VERSION:
-            raise ValueError(f"packed weight layout {state.get('layout')!r} v{version} is not "
-                             f"{LAYOUT!r} v{LAYOUT_VERSION}: re-quantize it with this lutc")
+        check_layout(state.get("layout"), state.get("layout_version"))
         return cls(**state)
 
 
 def quantize(weight: ArrayLike, wbits: int = 2, group_size: Optional[int] = None,
              format: str = "uniform", zero_point: bool = False,
-             scale_dtype: str = "float16") -> PackedWeights:
+             scale_dtype: str = "float16", layout: str = LAYOUT) -> PackedWeights:
     """Quantize a float ``[N, K]`` weight and pack it into bit planes.
 
     Args:
@@ -153,6 +161,8 @@ def quantize(weight: ArrayLike, wbits: int = 2, group_size: Optional[int] = None
         zero_point: uniform only: min-max asymmetric codes with a float zero point per group;
             without it codes are symmetric around zero, ``w = s * (q - (2^b - 1)/2)``.
         scale_dtype: ``"float16"`` or ``"float32"`` storage for the coefficients.
+        layout: ``"bitplane"`` or a kernel's layout (``kernel.layout``, e.g. ``"tiles128"``), so
+            the kernel needs no repacking at its first call.
 
     Example:
         >>> import numpy as np, lutc
@@ -182,9 +192,81 @@ def quantize(weight: ArrayLike, wbits: int = 2, group_size: Optional[int] = None
     else:
         q, scales, zeros = _uniform(wg, wbits, zero_point, sdt)
         bits = torch.stack([(q.reshape(N, K) >> i) & 1 for i in range(wbits)]).bool()
-    return PackedWeights(format=format, wbits=wbits, N=N, K=K, group_size=group_size,
-                         zero_point=zero_point, scale_dtype=scale_dtype, planes=pack_bits(bits),
-                         scales=scales.contiguous(), zeros=None if zeros is None else zeros.contiguous())
+    qw = PackedWeights(format=format, wbits=wbits, N=N, K=K, group_size=group_size,
+                       zero_point=zero_point, scale_dtype=scale_dtype, planes=pack_bits(bits),
+                       scales=scales.contiguous(), zeros=None if zeros is None else zeros.contiguous())
+    return qw if layout == LAYOUT else repack(qw, layout)
+
+
+def tile_rows(layout: str) -> int:
+    """Rows per tile of a ``tiles{R}`` layout (0 for ``bitplane``)."""
+    if layout == LAYOUT:
+        return 0
+    if layout.startswith("tiles") and layout[5:].isdigit() and int(layout[5:]) in TILE_ROWS:
+        return int(layout[5:])
+    raise ValueError(f"unknown weight layout {layout!r}: 'bitplane' or one of "
+                     f"{['tiles%d' % r for r in TILE_ROWS]}")
+
+
+def check_layout(layout, version) -> None:
+    """Refuse a layout name or version this lutc does not read."""
+    tile_rows(str(layout))
+    if version != LAYOUT_VERSION:
+        raise ValueError(f"packed weight layout {layout!r} is version {version}; this lutc reads "
+                         f"version {LAYOUT_VERSION}: quantize the weight again")
+
+
+def repack(qw: PackedWeights, layout: str) -> PackedWeights:
+    """The same weight in another layout (module docstring); exact, no requantization.
+
+    Example:
+        >>> import torch, lutc
+        >>> qw = lutc.quantize(torch.randn(100, 256), wbits=3, group_size=64)
+        >>> t = lutc.repack(qw, "tiles64")
+        >>> t.planes.shape, bool((t.dequantize() == qw.dequantize()).all())
+        (torch.Size([2, 64, 3, 32]), True)
+    """
+    if qw.layout == layout:
+        return qw
+    if qw.layout != LAYOUT:
+        return repack(_untile(qw), layout)
+    R = tile_rows(layout)
+    b, N, K = qw.planes.shape[0], qw.N, qw.K
+    NT, Np = -(-N // R), -(-N // R) * R
+    byte = qw.planes.cpu()
+    idx = torch.stack([byte & 15, byte >> 4], -1).reshape(b, N, K // 4)       # [b, N, KG] 4-bit
+    idx = torch.nn.functional.pad(idx, (0, 0, 0, Np - N))
+    half = idx.reshape(b, NT, 2, R // 2, K // 4).permute(1, 4, 0, 2, 3)       # [NT, KG, b, 2, R/2]
+    planes = (half[..., 0, :] | (half[..., 1, :] << 4)).contiguous()
+    to_tiles = lambda c, dims: None if c is None else _pad_rows(c.cpu(), Np).reshape(  # noqa: E731
+        NT, R, *c.shape[1:]).permute(0, *dims, 1).contiguous()
+    if qw.format == "ternary":
+        scales = qw.scales
+    elif qw.format == "bcq":
+        scales = to_tiles(qw.scales, (2, 3))                                  # [NT, G, b, R]
+    else:
+        scales = to_tiles(qw.scales, (2,))                                    # [NT, G, R]
+    return dataclasses.replace(qw, planes=planes, scales=scales, zeros=to_tiles(qw.zeros, (2,)),
+                               layout=layout)
+
+
+def _untile(qw: PackedWeights) -> PackedWeights:
+    """``tiles{R}`` -> ``bitplane`` (inverse of :func:`repack`)."""
+    R, N, K = tile_rows(qw.layout), qw.N, qw.K
+    NT, KG, b, _ = qw.planes.shape
+    p = qw.planes.cpu()
+    half = torch.stack([p & 15, p >> 4], -2)                                  # [NT, KG, b, 2, R/2]
+    idx = half.permute(2, 0, 3, 4, 1).reshape(b, NT * R, KG)[:, :N]            # [b, N, KG]
+    planes = (idx[..., 0::2] | (idx[..., 1::2] << 4)).contiguous()
+    from_tiles = lambda c: None if c is None else c.cpu().movedim(-1, 1).reshape(  # noqa: E731
+        NT * R, *c.shape[1:-1])[:N].contiguous()
+    scales = qw.scales if qw.format == "ternary" else from_tiles(qw.scales)
+    return dataclasses.replace(qw, planes=planes, scales=scales, zeros=from_tiles(qw.zeros), layout=LAYOUT)
+
+
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    pad = torch.zeros((rows - t.shape[0], *t.shape[1:]), dtype=t.dtype)
+    return torch.cat([t, pad]) if rows > t.shape[0] else t
 
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:

@@ -9,12 +9,13 @@ the kernel.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
 
-from .formats import PackedWeights
+from .formats import PackedWeights, repack
 from .spec import MPGemmSpec
 
 ALIGN = 64  # bytes; what TVM's buffers declare and its vector code assumes
@@ -37,6 +38,10 @@ class Kernel:
         source: the generated code (CUDA C for CUDA, LLVM IR for CPUs).
         script: the scheduled TensorIR (TVMScript), for reading what the schedule did.
         executable: the ``tvm.compile`` result, for export.
+        layout: the packed-weight layout the kernel reads (``"bitplane"``, ``"tiles128"``...).
+            Weights in another layout are repacked at their first call and the copy is cached
+            for as long as the weight object lives; quantize with ``layout=kernel.layout`` (or
+            call :meth:`pack` once) to skip that.
 
     Example:
         >>> import torch, lutc
@@ -47,7 +52,8 @@ class Kernel:
     """
 
     def __init__(self, spec: MPGemmSpec, target: dict, device: str, fn: Optional[Callable],
-                 source: str, script: str, executable: Any, schedule: str, knobs: dict):
+                 source: str, script: str, executable: Any, schedule: str, knobs: dict,
+                 layout: str = "bitplane"):
         self.spec = spec
         self.target = target
         self.device = device
@@ -57,6 +63,15 @@ class Kernel:
         self.executable = executable
         self.schedule = schedule
         self.knobs = dict(knobs)
+        self.layout = layout
+        # weight object -> the same weight in this kernel's layout (the kernel's explicit cache)
+        self._repacked: "weakref.WeakKeyDictionary[PackedWeights, PackedWeights]" = weakref.WeakKeyDictionary()
+
+    def pack(self, qw: PackedWeights) -> PackedWeights:
+        """``qw`` in this kernel's layout, on this kernel's device (a copy unless it already is)."""
+        packed = repack(qw, self.layout)
+        on_device = all(t.device.type == self.device for t in packed.tensors())
+        return packed if on_device else packed.to(self.device)
 
     @property
     def runnable(self) -> bool:
@@ -76,6 +91,10 @@ class Kernel:
         if not isinstance(qw, PackedWeights):
             raise TypeError(f"qw must be lutc.PackedWeights (from lutc.quantize), got {type(qw).__name__}")
         qw.check_fits(spec)
+        if qw.layout != self.layout:
+            if qw not in self._repacked:
+                self._repacked[qw] = repack(qw, self.layout)
+            qw = self._repacked[qw]
         as_numpy = isinstance(x, np.ndarray)
         xt = _input("x", x, (spec.M, spec.K), TORCH_DTYPES[spec.act_dtype], self.device)
         weights = [_input(f"qw.{name}", t, tuple(t.shape), t.dtype, self.device, hint_move=True)

@@ -88,10 +88,25 @@ class MPGemmSpec:
 
     @property
     def block(self) -> int:
-        """Activations per partial sum (and per int8 table scale): the weight group, split into
-        slices of at most ``MAX_BLOCK`` when longer, so whole-row groups sum in short runs."""
-        return next(b for b in range(min(self.group, MAX_BLOCK), 0, -1)
-                    if self.group % b == 0 and b % self.g == 0)
+        """Activations per partial sum (and per int8 table scale).
+
+        The weight group, split into slices of at most ``MAX_BLOCK`` when longer, so whole-row
+        groups sum in short runs. With int8 tables, SIMD kernels add a block's lookups in int16:
+        each lookup is at most 127 in magnitude and a group adds ``plane_weight`` of them
+        (shifted planes), so ``block / g`` groups must keep ``127 * plane_weight * block / g``
+        within 32767; e.g. 4-bit uniform codes (weight 15) get blocks of 64.
+        """
+        limit = min(self.group, MAX_BLOCK)
+        if self.table_dtype == "int8":
+            limit = min(limit, self.g * (32767 // (127 * self.plane_weight)))
+        return next(b for b in range(limit, 0, -1) if self.group % b == 0 and b % self.g == 0)
+
+    @property
+    def plane_weight(self) -> int:
+        """Sum of the integer weights an int16 accumulator gives one group's plane lookups:
+        ``2^b - 1`` for uniform codes (planes shifted by ``i``), 2 for ternary (two planes of
+        equal weight), 1 for BCQ (one accumulator per plane: alphas are not integers)."""
+        return {"uniform": 2 ** self.wbits - 1, "ternary": 2, "bcq": 1}[self.format]
 
     @property
     def blocks(self) -> int:

@@ -1,20 +1,31 @@
 """lutc's schedule library: how each target runs the front end's LUT mpGEMM.
 
-One module per idea. Each exposes ``schedule(func, spec, target, **knobs) -> s_tir.Schedule`` and
-``KNOBS`` (knob name -> candidate values, for the tuner); defaults of the keyword arguments are
-the untuned choice. :func:`default` picks the schedule for a target kind.
+One module per idea. Each exposes:
+
+* ``schedule(func, spec, target, **knobs) -> s_tir.Schedule``: the kernel (``func`` is the
+  front end's PrimFunc; explicit-vector kernels keep it as their reference semantics);
+* ``KNOBS``: knob name -> candidate values, for the tuner (keyword defaults = untuned choice);
+* ``supports(spec, target)``: whether it can build ``spec`` for ``target``;
+* ``layout(spec, target, **knobs)``: the packed-weight layout it reads (``lutc.formats``).
+
+:func:`default` picks, per target kind, the first module in :data:`CANDIDATES` that supports
+the spec: the SIMD kernels where they apply, the generic schedules otherwise.
 """
 from __future__ import annotations
 
-from . import cpu_generic, cuda_generic
+from . import arm, cpu_generic, cuda_generic, x86
 
-#: target kind (see ``lutc.target.kind``) -> schedule module used when nothing is tuned.
-DEFAULTS = {"cpu": cpu_generic, "cpu-cross": cpu_generic, "cuda": cuda_generic}
+#: Schedules that build every spec (no SIMD tables): the fallbacks.
+GENERIC = (cpu_generic, cuda_generic)
+#: target kind (see ``lutc.target.kind``) -> schedule modules, best first.
+CANDIDATES = {"cpu": (x86, arm, cpu_generic), "cpu-cross": (x86, arm, cpu_generic),
+              "cuda": (cuda_generic,)}
 
 
-def default(target_kind: str):
-    """The default schedule module for ``"cpu"``, ``"cpu-cross"`` or ``"cuda"``."""
+def default(target_kind: str, spec, target):
+    """The schedule module used for ``spec`` on ``target`` when nothing is tuned."""
     try:
-        return DEFAULTS[target_kind]
+        candidates = CANDIDATES[target_kind]
     except KeyError:
         raise ValueError(f"no schedule for target kind {target_kind!r}") from None
+    return next(m for m in candidates if m.supports(spec, target))

@@ -30,6 +30,15 @@ from .common import has_block, inline_table_scale, loops_below, parallelize, tab
 KNOBS = {"n_block": (4, 8, 16, 32, 64), "unroll": (1, 8, 16, 32, 64)}
 
 
+def supports(spec, target) -> bool:
+    """Always: any spec on any LLVM target."""
+    return True
+
+
+def layout(spec, target, **_) -> str:
+    return "bitplane"
+
+
 def schedule(func: tirx.PrimFunc, spec, target, n_block: int = 16, unroll: int = 32) -> s_tir.Schedule:
     """Schedule the LUT mpGEMM ``func`` of ``spec`` for a CPU (module docstring)."""
     sch = s_tir.Schedule(IRModule({"main": func}))

@@ -21,6 +21,15 @@ from .common import bind_threads, has_block, inline_table_scale, table_stages
 KNOBS = {"threads": (64, 128, 256)}
 
 
+def supports(spec, target) -> bool:
+    """Always: any spec on CUDA."""
+    return True
+
+
+def layout(spec, target, **_) -> str:
+    return "bitplane"
+
+
 def schedule(func: tirx.PrimFunc, spec, target, threads: int = 128) -> s_tir.Schedule:
     """Schedule the LUT mpGEMM ``func`` of ``spec`` for CUDA (module docstring)."""
     sch = s_tir.Schedule(IRModule({"main": func}))

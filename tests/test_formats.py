@@ -123,3 +123,36 @@ def test_bad_weights():
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         lutc.quantize(bad)
+
+
+@pytest.mark.parametrize("layout", ["tiles32", "tiles64", "tiles128"])
+@pytest.mark.parametrize("fmt,wbits,zp", [("uniform", 3, True), ("bcq", 2, False), ("ternary", 2, False)])
+def test_tile_layouts_are_exact_and_invertible(layout, fmt, wbits, zp):
+    w = _weight(100, 256)                       # 100 rows: not a multiple of any tile
+    qw = lutc.quantize(w, wbits=wbits, group_size=-1 if fmt == "ternary" else 64, format=fmt,
+                       zero_point=zp)
+    tiled = lutc.repack(qw, layout)
+    R = int(layout[5:])
+    assert tiled.layout == layout and tiled.planes.shape == (-(-100 // R), 64, qw.planes.shape[0], R // 2)
+    assert torch.equal(tiled.dequantize(), qw.dequantize())
+    back = lutc.repack(tiled, "bitplane")
+    assert torch.equal(back.planes, qw.planes) and torch.equal(back.scales, qw.scales)
+    direct = lutc.quantize(w, wbits=wbits, group_size=-1 if fmt == "ternary" else 64, format=fmt,
+                           zero_point=zp, layout=layout)
+    assert torch.equal(direct.planes, tiled.planes)
+
+
+def test_tile_layout_nibbles():
+    # row r of a 32-row tile: low nibble of byte r (r < 16) or high nibble of byte r - 16
+    w = _weight(32, 8)
+    qw = lutc.quantize(w, wbits=1, group_size=-1)
+    t = lutc.repack(qw, "tiles32")
+    for r in (0, 5, 16, 31):
+        idx = int(qw.planes[0, r, 0]) & 15      # group 0 of row r
+        byte = int(t.planes[0, 0, 0, r % 16])
+        assert (byte >> 4 if r >= 16 else byte & 15) == idx
+
+
+def test_unknown_layout():
+    with pytest.raises(ValueError, match="unknown weight layout"):
+        lutc.repack(lutc.quantize(_weight()), "tiles48")

@@ -109,12 +109,26 @@ def test_numpy_in_numpy_out():
 
 
 def test_compile_entry_point_and_sources():
-    kernel = lutc.compile((1, 64, 256), wbits=4, group_size=32, zero_point=True, target="llvm")
-    assert kernel.runnable and kernel.device == "cpu"
+    kernel = lutc.compile((1, 64, 256), wbits=4, group_size=32, zero_point=True, target="llvm",
+                          table_dtype="float32")
+    assert kernel.runnable and kernel.device == "cpu" and kernel.schedule == "cpu_generic"
     assert "define" in kernel.source            # LLVM IR
     assert 'T.sblock("partial")' in kernel.script
     x, qw = random_case(kernel.spec, seed=1)
     assert rel_error(kernel(x, qw), reference(x, qw)) < TOL["float32"]
+
+
+def test_default_on_x86_is_the_simd_kernel_with_int8_tables():
+    kernel = lutc.compile((1, 64, 256), wbits=2, group_size=64)
+    assert kernel.spec.table_dtype == "int8" and kernel.schedule == "x86"
+    assert kernel.layout in ("tiles64", "tiles128")
+    assert "pshuf.b" in kernel.source
+    x, qw = random_case(kernel.spec, seed=1)
+    assert qw.layout == "bitplane"              # repacked (and cached) at the first call
+    assert rel_error(kernel(x, qw), reference(x, qw)) < 3e-2
+    assert rel_error(kernel(x, kernel.pack(qw)), reference(x, qw)) < 3e-2
+    # g=2 has no SIMD kernel: float tables and the generic schedule
+    assert lutc.compile((1, 64, 256), g=2).schedule == "cpu_generic"
 
 
 @pytest.mark.parametrize("knobs", [{"n_block": 4, "unroll": 1}, {"n_block": 64, "unroll": 8}])

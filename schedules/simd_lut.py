@@ -1,0 +1,169 @@
+"""The SIMD table-lookup kernel (T-MAC style): int8 tables in registers, byte shuffles.
+
+Same math as :mod:`lutc.frontend` with ``g = 4`` and int8 tables, written as explicit vector
+TensorIR so that each lookup instruction does ``VL`` lookups (AVX2 ``vpshufb`` 32, AVX-512BW
+``vpshufb`` 64, NEON ``tbl`` 16). Weights come in the ``tiles{2 VL}`` layout of
+:mod:`lutc.formats`: one ``VL``-byte load holds the 4-bit indices of ``2 VL`` rows for one
+activation group and one plane.
+
+Loops:
+
+1. **Tables**, parallel over (row of x, block): for each group of 4 activations the 8 table
+   entries whose top bit is 0 are computed and rounded to int8 with the block's scale
+   ``d = max |T| / 127`` (``max |T|`` of a group is ``sum |x_j|``); the other 8 are their
+   negations (symmetrization: ``T[15 - p] = -T[p]``, exact in int8). Each 16-entry table is
+   stored ``VL / 16`` times, once per 128-bit lane, because x86 shuffles look up within a lane.
+   With ``symmetrize=False`` all 16 entries are computed directly (same values, twice the work).
+2. **Lookups**, parallel over row tiles of ``2 VL``: for each block, each row of x, each group
+   (unrolled) and each plane (unrolled): load the table register once per group and the weight
+   register once per plane, split the nibbles (``& 15``, ``>> 4``), two shuffles, widen to int16
+   and add (uniform codes shift plane ``i`` left by ``i``, so one accumulator holds
+   ``sum_i 2^i Q_i``). The int16 sums cannot overflow: ``MPGemmSpec.block`` limits a block to
+   ``32767 / (127 * plane_weight)`` groups. Weights of one block (``block/4 * b * VL`` bytes,
+   at most 8 KiB) stay in L1 while every row of x uses them.
+3. **Epilogue** per block, vectorized over the tile's rows: int16 -> float, times the table
+   scale and the weight coefficients (tile-major, so vector loads), plus the zero-point term.
+   Rows past ``N`` in the last tile are computed on zero scales and never stored.
+
+Why explicit vector TIR with ``call_llvm_pure_intrin`` rather than ``tensorize`` or a C
+micro-kernel: a table lookup is a data-dependent gather, which tensorize cannot match (the
+intrinsic description would need the gather as a buffer index) and which ``vectorize`` lowers
+to slow ``vpgather``; a C micro-kernel would hide the loop nest from TVM's codegen and from the
+"c"/object export. Written this way, LLVM sees the whole kernel, the same template serves x86
+and ARM by changing ``VL`` and the intrinsic, and the exported object stays self-contained.
+"""
+from __future__ import annotations
+
+from tvm.script import tirx as T
+
+
+def lut_kernel(spec, VL: int, shuffle: str, unroll_groups: bool = True):
+    """The PrimFunc of the SIMD LUT mpGEMM for ``spec`` (``g = 4``, int8 tables).
+
+    Args:
+        VL: bytes per shuffle register (16 NEON, 32 AVX2, 64 AVX-512BW).
+        shuffle: the LLVM intrinsic ``(table int8xVL, index int8xVL) -> int8xVL``.
+        unroll_groups: unroll the groups of a block (a knob: code size vs loop overhead).
+
+    Arguments of the PrimFunc: ``x [M, K]``, ``planes [NT, K/4, b, VL]``, ``scales``
+    (tile-major, see :mod:`lutc.formats`), ``zeros`` (zero points only), ``out [M, N]``.
+    """
+    M, N, K, b = spec.M, spec.N, spec.K, spec.planes
+    R = 2 * VL
+    NT = -(-N // R)
+    KG = K // 4
+    B = spec.block
+    GB = B // 4                      # groups per block
+    C = K // B                       # blocks per row
+    G = spec.groups
+    per_group = spec.group // B      # blocks per weight group
+    NACC = b if spec.format == "bcq" else 1
+    fmt, zp, sym = spec.format, spec.zero_point, spec.symmetrize
+    act, sdt = spec.act_dtype, spec.scale_dtype
+    i8, i16 = f"int8x{VL}", f"int16x{VL}"
+    dup = VL // 16
+    const = (2 ** b - 1) / 2.0       # constant of identity (1) in lutc.frontend
+    if fmt == "ternary":
+        scale_shape = (1,)
+    elif fmt == "bcq":
+        scale_shape = (NT, G, b, R)
+    else:
+        scale_shape = (NT, G, R)
+    zero_shape = (NT, G, R) if zp else (1,)
+    group_loop = T.unroll if unroll_groups else T.serial
+
+    @T.prim_func(s_tir=True)
+    def main(x: T.Buffer((M, K), act), planes: T.Buffer((NT, KG, b, VL), "uint8"),
+             scales: T.Buffer(scale_shape, sdt), zeros: T.Buffer(zero_shape, sdt),
+             out: T.Buffer((M, N), act)):
+        T.func_attr({"tirx.noalias": True})
+        table = T.alloc_buffer((M, KG, VL), "int8")
+        tscale = T.alloc_buffer((M, C), "float32")
+        xsum = T.alloc_buffer((M, C), "float32")
+        # 1. tables
+        for mc in T.parallel(M * C):
+            amax = T.alloc_buffer((1,), "float32", scope="local")
+            amax[0] = T.float32(0)
+            for q in range(GB):
+                base = (mc % C) * B + q * 4
+                amax[0] = T.max(amax[0], T.abs(T.Cast("float32", x[mc // C, base]))
+                                + T.abs(T.Cast("float32", x[mc // C, base + 1]))
+                                + T.abs(T.Cast("float32", x[mc // C, base + 2]))
+                                + T.abs(T.Cast("float32", x[mc // C, base + 3])))
+            tscale[mc // C, mc % C] = T.max(amax[0], T.float32(1e-30)) / T.float32(127)
+            for q in range(GB):
+                kg = (mc % C) * GB + q
+                for p in range(8 if sym else 16):
+                    entry = T.round(
+                        (T.Select(p & 1 == 1, T.float32(1), T.float32(-1)) * T.Cast("float32", x[mc // C, kg * 4])
+                         + T.Select(p & 2 == 2, T.float32(1), T.float32(-1)) * T.Cast("float32", x[mc // C, kg * 4 + 1])
+                         + T.Select(p & 4 == 4, T.float32(1), T.float32(-1)) * T.Cast("float32", x[mc // C, kg * 4 + 2])
+                         + T.Select(p & 8 == 8, T.float32(1), T.float32(-1)) * T.Cast("float32", x[mc // C, kg * 4 + 3]))
+                        / tscale[mc // C, mc % C])
+                    for lane in range(dup):
+                        table[mc // C, kg, lane * 16 + p] = T.Cast("int8", entry)
+                        if sym:
+                            table[mc // C, kg, lane * 16 + 15 - p] = T.Cast("int8", T.float32(0) - entry)
+            if zp:
+                xsum[mc // C, mc % C] = T.float32(0)
+                for k in range(B):
+                    xsum[mc // C, mc % C] = xsum[mc // C, mc % C] + T.Cast("float32", x[mc // C, (mc % C) * B + k])
+        # 2. lookups and 3. epilogue
+        for nt in T.parallel(NT):
+            accf = T.alloc_buffer((M, R), "float32", scope="local")
+            acc = T.alloc_buffer((NACC, R), "int16", scope="local")
+            for m in range(M):
+                for r in T.vectorized(R):
+                    accf[m, r] = T.float32(0)
+            for c in range(C):
+                for m in range(M):
+                    for a in range(NACC):
+                        for r in T.vectorized(R):
+                            acc[a, r] = T.int16(0)
+                    for q in group_loop(GB):
+                        tab = table[m, c * GB + q, T.ramp(0, 1, VL)]
+                        for i in T.unroll(b):
+                            w = planes[nt, c * GB + q, i, T.ramp(0, 1, VL)]
+                            lo = T.call_llvm_pure_intrin(i8, shuffle, tab, T.reinterpret(i8, w & T.broadcast(T.uint8(15), VL)))
+                            hi = T.call_llvm_pure_intrin(i8, shuffle, tab, T.reinterpret(i8, T.shift_right(w, T.broadcast(T.uint8(4), VL))))
+                            if fmt == "bcq":
+                                acc[i, T.ramp(0, 1, VL)] = acc[i, T.ramp(0, 1, VL)] + T.Cast(i16, lo)
+                                acc[i, T.ramp(VL, 1, VL)] = acc[i, T.ramp(VL, 1, VL)] + T.Cast(i16, hi)
+                            elif fmt == "ternary":
+                                acc[0, T.ramp(0, 1, VL)] = acc[0, T.ramp(0, 1, VL)] + T.Cast(i16, lo)
+                                acc[0, T.ramp(VL, 1, VL)] = acc[0, T.ramp(VL, 1, VL)] + T.Cast(i16, hi)
+                            else:
+                                acc[0, T.ramp(0, 1, VL)] = acc[0, T.ramp(0, 1, VL)] + T.shift_left(
+                                    T.Cast(i16, lo), T.broadcast(T.Cast("int16", i), VL))
+                                acc[0, T.ramp(VL, 1, VL)] = acc[0, T.ramp(VL, 1, VL)] + T.shift_left(
+                                    T.Cast(i16, hi), T.broadcast(T.Cast("int16", i), VL))
+                    if fmt == "bcq":
+                        for i in T.unroll(b):
+                            for r in T.vectorized(R):
+                                accf[m, r] = accf[m, r] + tscale[m, c] * T.Cast(
+                                    "float32", scales[nt, c // per_group, i, r]) * T.Cast("float32", acc[i, r])
+                    for r in T.vectorized(R):
+                        if fmt == "bcq":
+                            pass
+                        elif fmt == "ternary":
+                            accf[m, r] = accf[m, r] + T.float32(0.5) * T.Cast("float32", scales[0]) * tscale[m, c] * T.Cast("float32", acc[0, r])
+                        elif zp:
+                            accf[m, r] = accf[m, r] + T.Cast("float32", scales[nt, c // per_group, r]) * (
+                                T.float32(0.5) * tscale[m, c] * T.Cast("float32", acc[0, r])
+                                + (T.float32(const) - T.Cast("float32", zeros[nt, c // per_group, r])) * xsum[m, c])
+                        else:
+                            accf[m, r] = accf[m, r] + T.Cast("float32", scales[nt, c // per_group, r]) * (
+                                T.float32(0.5) * tscale[m, c] * T.Cast("float32", acc[0, r]))
+            for m in range(M):
+                for r in range(R):
+                    if nt * R + r < N:
+                        out[m, nt * R + r] = T.Cast(act, accf[m, r])
+
+    return main if zp else drop_param(main, "zeros")
+
+
+def drop_param(func, name: str):
+    """``func`` without its (unused) buffer parameter ``name``: one template, two signatures."""
+    from tvm import tirx
+    keep = [p for p in func.params if p.name != name]
+    return tirx.PrimFunc(keep, func.body, func.ret_type, func.attrs)

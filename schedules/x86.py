@@ -1,0 +1,52 @@
+"""x86 schedules: the SIMD LUT kernel with AVX2 or AVX-512BW byte shuffles.
+
+``vpshufb`` looks up 32 (AVX2, ymm) or 64 (AVX-512BW, zmm) int8 table entries per instruction;
+:mod:`schedules.simd_lut` holds the loop nest. The knob ``vector_bytes`` picks the register
+width (and with it the weight layout ``tiles64`` or ``tiles128``); by default the widest the
+target has. On the 2-core AVX-512 VM both widths reach about the same speed at M = 1 (the
+kernel is bound by memory there), so the tuner decides per shape.
+"""
+from __future__ import annotations
+
+from tvm import IRModule, s_tir
+from tvm.target import codegen
+
+from .simd_lut import lut_kernel
+
+KNOBS = {"vector_bytes": (32, 64), "unroll_groups": (True, False)}
+SHUFFLE = {32: "llvm.x86.avx2.pshuf.b", 64: "llvm.x86.avx512.pshuf.b.512"}
+
+
+def supports(spec, target) -> bool:
+    """g = 4, int8 tables, and an x86 target with AVX2."""
+    return (spec.g == 4 and spec.table_dtype == "int8" and is_x86(target)
+            and codegen.llvm_cpu_has_features(["avx2"], target))
+
+
+def layout(spec, target, vector_bytes=None, **_) -> str:
+    """The weight layout the kernel reads: ``tiles{2 * vector_bytes}``."""
+    return f"tiles{2 * _width(target, vector_bytes)}"
+
+
+def schedule(func, spec, target, vector_bytes=None, unroll_groups: bool = True) -> s_tir.Schedule:
+    """The SIMD LUT kernel for ``spec`` on ``target`` (``func`` is its reference semantics)."""
+    vl = _width(target, vector_bytes)
+    return s_tir.Schedule(IRModule({"main": lut_kernel(spec, vl, SHUFFLE[vl], unroll_groups)}))
+
+
+def is_x86(target) -> bool:
+    triple = str(target.attrs.get("mtriple", "") or "")
+    if triple:
+        return triple.split("-")[0] in ("x86_64", "amd64", "i686")
+    import platform
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _width(target, vector_bytes) -> int:
+    widest = 64 if codegen.llvm_cpu_has_features(["avx512bw"], target) else 32
+    if vector_bytes is None:
+        return widest
+    if vector_bytes not in SHUFFLE or vector_bytes > widest:
+        raise ValueError(f"vector_bytes={vector_bytes} is not available on this target "
+                         f"(widest: {widest})")
+    return vector_bytes

@@ -1,0 +1,102 @@
+"""The SIMD LUT kernels (x86 vpshufb; ARM tbl is tested under qemu in test_arm_qemu.py).
+
+Each kernel is checked twice: against the float64 reference within the int8-table bound (4) of
+lutc.frontend, and against the generic schedule with the same int8 tables, which computes the
+same quantized sums in another order (so it must agree to float32 rounding).
+"""
+import itertools
+
+import pytest
+import torch
+from tvm.target import codegen
+
+import lutc
+from lutc.frontend import int8_table_error_bound
+from lutc.target import resolve
+from lutc.testing import random_case, reference, rel_error
+
+HOST = resolve("host")
+WIDTHS = [32] + ([64] if codegen.llvm_cpu_has_features(["avx512bw"], HOST) else [])
+FORMATS = ([("uniform", b, zp) for b in (1, 2, 3, 4) for zp in (False, True)]
+           + [("bcq", b, False) for b in (1, 2, 3, 4)] + [("ternary", 2, False)])
+GROUP_SIZES = (32, 64, 128, -1)
+SHAPES = ((1, 64, 256), (3, 130, 1024), (16, 40, 11008), (1, 200, 512))
+
+
+def coef_abs(qw):
+    """sum_i |coef[n, j, i]| of lutc.frontend's epilogue, [N, G] (bitplane layout)."""
+    s = qw.scales.double()
+    if qw.format == "ternary":
+        return torch.full((qw.N, 1), float(s[0])).numpy()
+    if qw.format == "bcq":
+        return s.abs().sum(-1).numpy()
+    return (s.abs() * sum(2.0 ** (i - 1) for i in range(qw.wbits))).numpy()
+
+
+def check_simd(spec, kernel, seed=0):
+    x, qw = random_case(spec, seed=seed)
+    packed = kernel.pack(qw)
+    out = torch.full((spec.M, spec.N), float("nan"), dtype=x.dtype)
+    kernel(x, packed, out=out)
+    ref = reference(x, qw)
+    bound = torch.from_numpy(int8_table_error_bound(spec, x.float().numpy(), coef_abs(qw)))
+    half_ulp = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 8e-3}[spec.act_dtype]
+    assert torch.isfinite(out).all()
+    assert ((out.double() - ref).abs() <= bound + half_ulp * ref.abs().max()).all()
+    assert rel_error(out, ref) < 3e-2
+    model = lutc.build(spec, schedule="cpu_generic")(x, qw)
+    assert rel_error(out, model.double()) < 3 * half_ulp
+
+
+def _cases():
+    for idx, ((fmt, wbits, zp), sym) in enumerate(itertools.product(FORMATS, (True, False))):
+        gs = -1 if fmt == "ternary" else GROUP_SIZES[idx % 4]
+        M, N, K = SHAPES[idx % 4]
+        yield pytest.param(
+            lutc.MPGemmSpec(M, N, K, wbits=wbits, format=fmt, group_size=gs, zero_point=zp,
+                            symmetrize=sym, table_dtype="int8"),
+            id=f"{fmt}-w{wbits}{'-zp' if zp else ''}-{'sym' if sym else 'full'}-gs{gs}-M{M}-{N}x{K}")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("spec", list(_cases()))
+def test_x86_simd_kernel(spec, width):
+    kernel = lutc.build(spec, schedule="x86", knobs={"vector_bytes": width})
+    assert kernel.layout == f"tiles{2 * width}"
+    check_simd(spec, kernel, seed=spec.N + spec.wbits)
+
+
+@pytest.mark.parametrize("act_dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("fmt,wbits,zp,gs", [("uniform", 4, True, 128), ("bcq", 2, False, 64),
+                                             ("ternary", 2, False, -1)])
+def test_x86_simd_half_activations(act_dtype, fmt, wbits, zp, gs):
+    spec = lutc.MPGemmSpec(3, 130, 1024, wbits=wbits, format=fmt, group_size=gs, zero_point=zp,
+                           act_dtype=act_dtype, table_dtype="int8")
+    check_simd(spec, lutc.build(spec, schedule="x86"), seed=4)
+
+
+def test_x86_simd_without_unroll_and_float32_scales():
+    spec = lutc.MPGemmSpec(2, 96, 512, wbits=3, group_size=32, scale_dtype="float32", table_dtype="int8")
+    check_simd(spec, lutc.build(spec, schedule="x86", knobs={"unroll_groups": False}), seed=8)
+
+
+def test_simd_kernel_refuses_unsupported_specs():
+    with pytest.raises(ValueError, match="does not support"):
+        lutc.build(lutc.MPGemmSpec(1, 64, 256, g=2, table_dtype="int8"), schedule="x86")
+    with pytest.raises(ValueError, match="does not support"):
+        lutc.build(lutc.MPGemmSpec(1, 64, 256, table_dtype="float32"), schedule="x86")
+
+
+def test_weights_in_a_foreign_layout_are_repacked_once():
+    spec = lutc.MPGemmSpec(1, 64, 256, wbits=2, group_size=64, table_dtype="int8")
+    kernel = lutc.build(spec, schedule="x86", knobs={"vector_bytes": 32})
+    x, qw = random_case(spec)
+    other = lutc.repack(qw, "tiles32")
+    y1 = kernel(x, other)
+    assert len(kernel._repacked) == 1
+    y2 = kernel(x, other)
+    assert len(kernel._repacked) == 1 and torch.equal(y1, y2)
+    del other
+    import gc
+    gc.collect()
+    assert len(kernel._repacked) == 0
