@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .formats import PackedWeights, quantize
+from .formats import LAYOUT, PackedWeights, quantize, repack
+from .frontend import int8_table_error_bound
 from .runtime import TORCH_DTYPES
 from .spec import MPGemmSpec
 
@@ -47,3 +48,21 @@ def rel_error(y, ref: torch.Tensor) -> float:
     if not torch.isfinite(yt).all():
         return float("inf")
     return float((yt - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
+
+
+def int8_table_bound(spec: MPGemmSpec, x, qw: PackedWeights) -> torch.Tensor:
+    """Worst-case ``|y - y_exact|`` ``[M, N]`` of an int8-table kernel: bound (4) of
+    :mod:`lutc.frontend` for these activations and weight coefficients."""
+    return torch.from_numpy(int8_table_error_bound(spec, torch.as_tensor(x).float().numpy(),
+                                                   coef_abs(qw)))
+
+
+def coef_abs(qw: PackedWeights) -> np.ndarray:
+    """``sum_i |coef[n, j, i]|`` of :mod:`lutc.frontend`'s epilogue, ``[N, G]``."""
+    qw = repack(qw, LAYOUT)
+    s = qw.scales.double()
+    if qw.format == "ternary":
+        return np.full((qw.N, 1), float(s[0]))  # two planes of s/2
+    if qw.format == "bcq":
+        return s.abs().sum(-1).numpy()
+    return (s.abs() * sum(2.0 ** (i - 1) for i in range(qw.wbits))).numpy()

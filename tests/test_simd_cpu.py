@@ -11,9 +11,8 @@ import torch
 from tvm.target import codegen
 
 import lutc
-from lutc.frontend import int8_table_error_bound
 from lutc.target import resolve
-from lutc.testing import random_case, reference, rel_error
+from lutc.testing import int8_table_bound, random_case, reference, rel_error
 
 HOST = resolve("host")
 WIDTHS = [32] + ([64] if codegen.llvm_cpu_has_features(["avx512bw"], HOST) else [])
@@ -23,23 +22,13 @@ GROUP_SIZES = (32, 64, 128, -1)
 SHAPES = ((1, 64, 256), (3, 130, 1024), (16, 40, 11008), (1, 200, 512))
 
 
-def coef_abs(qw):
-    """sum_i |coef[n, j, i]| of lutc.frontend's epilogue, [N, G] (bitplane layout)."""
-    s = qw.scales.double()
-    if qw.format == "ternary":
-        return torch.full((qw.N, 1), float(s[0])).numpy()
-    if qw.format == "bcq":
-        return s.abs().sum(-1).numpy()
-    return (s.abs() * sum(2.0 ** (i - 1) for i in range(qw.wbits))).numpy()
-
-
 def check_simd(spec, kernel, seed=0):
     x, qw = random_case(spec, seed=seed)
     packed = kernel.pack(qw)
     out = torch.full((spec.M, spec.N), float("nan"), dtype=x.dtype)
     kernel(x, packed, out=out)
     ref = reference(x, qw)
-    bound = torch.from_numpy(int8_table_error_bound(spec, x.float().numpy(), coef_abs(qw)))
+    bound = int8_table_bound(spec, x, qw)
     half_ulp = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 8e-3}[spec.act_dtype]
     assert torch.isfinite(out).all()
     assert ((out.double() - ref).abs() <= bound + half_ulp * ref.abs().max()).all()
