@@ -59,8 +59,6 @@ def compile(shape: Sequence[int], wbits: int = 2, group_size: Optional[int] = No
     """
     if len(shape) != 3:
         raise ValueError(f"shape must be (M, N, K), got {tuple(shape)}")
-    if group_size is None:
-        group_size = -1 if format == "ternary" else 128
     M, N, K = (int(v) for v in shape)
     tgt = targets.resolve(target)
     fields = dict(wbits=wbits, format=format, group_size=group_size, zero_point=zero_point,

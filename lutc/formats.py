@@ -32,6 +32,15 @@ up ``R`` rows, and a tile's weights stream contiguously. Coefficients are tile-m
 epilogue loads them as vectors: ``scales``/``zeros`` ``[N/R, G, R]``, bcq ``[N/R, G, b, R]``;
 ternary keeps its single scale.
 
+``dot{L}`` (``L`` = 4 or 16): for multiply-add kernels (NEON ``sdot``, AVX-512 VNNI
+``vpdpbusd``), uniform and ternary formats. Each weight is its unsigned code ``q`` (ternary:
+``t + 1``) in a slot of ``w`` bits (1, 2, or 4 for 3- and 4-bit codes); a dot instruction multiplies
+4 consecutive codes of each of ``L`` rows by 4 activations. Rows are cut into tiles of ``L``;
+``planes`` is uint8 ``[N/L, K/(4c), 4L]`` with ``c = 8/w`` codes per byte, and byte ``4r + u``
+of chunk ``kc`` holds, in bits ``[w s, w s + w)``, the code of row ``r``, ``k = 4 c kc + 4 s + u``:
+one ``4L``-byte load, shifted by ``w s`` and masked, is the operand for ``c`` dot instructions.
+Coefficients are tile-major as for ``tiles{R}``.
+
 This module uses torch (CPU) for the arithmetic and imports no TVM.
 """
 from __future__ import annotations
@@ -48,6 +57,7 @@ from .spec import LAYOUT_VERSION, MPGemmSpec, SpecError
 ArrayLike = Union[np.ndarray, torch.Tensor]
 LAYOUT = "bitplane"
 TILE_ROWS = (32, 64, 128)  # NEON, AVX2, AVX-512BW: two nibbles per byte of a 16/32/64-byte register
+DOT_ROWS = (4, 16)          # int32 lanes of a NEON / AVX-512 register
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -171,13 +181,11 @@ def quantize(weight: ArrayLike, wbits: int = 2, group_size: Optional[int] = None
         >>> float(abs(qw.dequantize().numpy() - w).max()) < 0.5
         True
     """
-    if group_size is None:
-        group_size = -1 if format == "ternary" else 128
     w = _as_weight(weight)
     N, K = w.shape
     spec = MPGemmSpec(1, N, K, wbits=wbits, format=format, group_size=group_size,
                       zero_point=zero_point, scale_dtype=scale_dtype, g=2)
-    gs = spec.group
+    gs, group_size = spec.group, spec.group_size
     wg = w.reshape(N, K // gs, gs)
     sdt = _TORCH_DTYPES[scale_dtype]
     zeros = None
@@ -199,13 +207,20 @@ def quantize(weight: ArrayLike, wbits: int = 2, group_size: Optional[int] = None
 
 
 def tile_rows(layout: str) -> int:
-    """Rows per tile of a ``tiles{R}`` layout (0 for ``bitplane``)."""
+    """Rows per tile of a ``tiles{R}`` or ``dot{L}`` layout (0 for ``bitplane``)."""
     if layout == LAYOUT:
         return 0
-    if layout.startswith("tiles") and layout[5:].isdigit() and int(layout[5:]) in TILE_ROWS:
-        return int(layout[5:])
+    for prefix, allowed in (("tiles", TILE_ROWS), ("dot", DOT_ROWS)):
+        rest = layout[len(prefix):]
+        if layout.startswith(prefix) and rest.isdigit() and int(rest) in allowed:
+            return int(rest)
     raise ValueError(f"unknown weight layout {layout!r}: 'bitplane' or one of "
-                     f"{['tiles%d' % r for r in TILE_ROWS]}")
+                     f"{['tiles%d' % r for r in TILE_ROWS] + ['dot%d' % r for r in DOT_ROWS]}")
+
+
+def code_bits(wbits: int) -> int:
+    """Bits of a code's slot in the ``dot{L}`` layouts (3-bit codes take 4-bit slots)."""
+    return {1: 1, 2: 2, 3: 4, 4: 4}[wbits]
 
 
 def check_layout(layout, version) -> None:
@@ -234,10 +249,13 @@ def repack(qw: PackedWeights, layout: str) -> PackedWeights:
     b, N, K = qw.planes.shape[0], qw.N, qw.K
     NT, Np = -(-N // R), -(-N // R) * R
     byte = qw.planes.cpu()
-    idx = torch.stack([byte & 15, byte >> 4], -1).reshape(b, N, K // 4)       # [b, N, KG] 4-bit
-    idx = torch.nn.functional.pad(idx, (0, 0, 0, Np - N))
-    half = idx.reshape(b, NT, 2, R // 2, K // 4).permute(1, 4, 0, 2, 3)       # [NT, KG, b, 2, R/2]
-    planes = (half[..., 0, :] | (half[..., 1, :] << 4)).contiguous()
+    if layout.startswith("dot"):
+        planes = _dot_planes(qw, R, NT, Np)
+    else:
+        idx = torch.stack([byte & 15, byte >> 4], -1).reshape(b, N, K // 4)   # [b, N, KG] 4-bit
+        idx = torch.nn.functional.pad(idx, (0, 0, 0, Np - N))
+        half = idx.reshape(b, NT, 2, R // 2, K // 4).permute(1, 4, 0, 2, 3)   # [NT, KG, b, 2, R/2]
+        planes = (half[..., 0, :] | (half[..., 1, :] << 4)).contiguous()
     to_tiles = lambda c, dims: None if c is None else _pad_rows(c.cpu(), Np).reshape(  # noqa: E731
         NT, R, *c.shape[1:]).permute(0, *dims, 1).contiguous()
     if qw.format == "ternary":
@@ -250,14 +268,46 @@ def repack(qw: PackedWeights, layout: str) -> PackedWeights:
                                layout=layout)
 
 
+def _dot_planes(qw: PackedWeights, L: int, NT: int, Np: int) -> torch.Tensor:
+    """Codes of a bitplane weight in the ``dot{L}`` layout (module docstring)."""
+    if qw.format == "bcq":
+        raise ValueError("the dot layouts hold integer codes: uniform and ternary formats only")
+    bits = torch.from_numpy(np.unpackbits(qw.planes.cpu().numpy(), axis=-1, bitorder="little"))
+    bits = bits[..., : qw.K].to(torch.int32)
+    code = bits[0] + bits[1] if qw.format == "ternary" else sum(bits[i] << i for i in range(qw.wbits))
+    w = code_bits(qw.wbits)
+    c = 8 // w
+    code = torch.nn.functional.pad(code, (0, 0, 0, Np - qw.N))
+    code = code.reshape(NT, L, qw.K // (4 * c), c, 4).permute(0, 2, 1, 4, 3)  # [NT, KC, L, 4, c]
+    packed = sum(code[..., s] << (w * s) for s in range(c))
+    return packed.reshape(NT, qw.K // (4 * c), 4 * L).to(torch.uint8).contiguous()
+
+
+def _dot_bits(qw: PackedWeights) -> torch.Tensor:
+    """Bit planes ``[b, N, K]`` (bool) of a ``dot{L}`` weight: inverse of :func:`_dot_planes`."""
+    L, w = tile_rows(qw.layout), code_bits(qw.wbits)
+    c = 8 // w
+    NT, KC, _ = qw.planes.shape
+    p = qw.planes.cpu().to(torch.int32).reshape(NT, KC, L, 4)
+    code = torch.stack([(p >> (w * s)) & (2 ** w - 1) for s in range(c)], -1)   # [NT, KC, L, 4, c]
+    code = code.permute(0, 2, 1, 4, 3).reshape(NT * L, qw.K)[: qw.N]
+    if qw.format == "ternary":
+        return torch.stack([code >= 1, code >= 2])
+    return torch.stack([(code >> i) & 1 for i in range(qw.wbits)]).bool()
+
+
 def _untile(qw: PackedWeights) -> PackedWeights:
-    """``tiles{R}`` -> ``bitplane`` (inverse of :func:`repack`)."""
+    """``tiles{R}`` or ``dot{L}`` -> ``bitplane`` (inverse of :func:`repack`)."""
     R, N, K = tile_rows(qw.layout), qw.N, qw.K
-    NT, KG, b, _ = qw.planes.shape
-    p = qw.planes.cpu()
-    half = torch.stack([p & 15, p >> 4], -2)                                  # [NT, KG, b, 2, R/2]
-    idx = half.permute(2, 0, 3, 4, 1).reshape(b, NT * R, KG)[:, :N]            # [b, N, KG]
-    planes = (idx[..., 0::2] | (idx[..., 1::2] << 4)).contiguous()
+    if qw.layout.startswith("dot"):
+        NT = qw.planes.shape[0]
+        planes = pack_bits(_dot_bits(qw))
+    else:
+        NT, KG, b, _ = qw.planes.shape
+        p = qw.planes.cpu()
+        half = torch.stack([p & 15, p >> 4], -2)                              # [NT, KG, b, 2, R/2]
+        idx = half.permute(2, 0, 3, 4, 1).reshape(b, NT * R, KG)[:, :N]        # [b, N, KG]
+        planes = (idx[..., 0::2] | (idx[..., 1::2] << 4)).contiguous()
     from_tiles = lambda c: None if c is None else c.cpu().movedim(-1, 1).reshape(  # noqa: E731
         NT * R, *c.shape[1:-1])[:N].contiguous()
     scales = qw.scales if qw.format == "ternary" else from_tiles(qw.scales)

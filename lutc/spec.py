@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Optional
 
 FORMATS = ("uniform", "bcq", "ternary")
 ACT_DTYPES = ("float32", "float16", "bfloat16")
@@ -39,7 +40,8 @@ class MPGemmSpec:
         format: ``"uniform"`` integer codes with group scales (and zero points),
             ``"bcq"`` binary-coding quantization (one alpha per plane per group), or
             ``"ternary"`` {-1, 0, +1} with one scale per tensor (BitNet b1.58).
-        group_size: weights sharing one scale along K: 32, 64, 128, or -1 (the whole row).
+        group_size: weights sharing one scale along K: 32, 64, 128, or -1 (the whole row);
+            default 128, and -1 for ternary.
         zero_point: uniform format only: a per-group zero point (asymmetric quantization).
         act_dtype: dtype of ``x`` and ``y``.
         scale_dtype: dtype of the stored scales/zero points/alphas.
@@ -59,7 +61,7 @@ class MPGemmSpec:
     K: int
     wbits: int = 2
     format: str = "uniform"
-    group_size: int = 128
+    group_size: Optional[int] = None
     zero_point: bool = False
     act_dtype: str = "float32"
     scale_dtype: str = "float16"
@@ -68,6 +70,8 @@ class MPGemmSpec:
     table_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.group_size is None:  # the format's natural grouping
+            object.__setattr__(self, "group_size", -1 if self.format == "ternary" else 128)
         validate(self)
 
     # --- derived sizes (pure functions of the fields) ---

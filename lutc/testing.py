@@ -66,3 +66,12 @@ def coef_abs(qw: PackedWeights) -> np.ndarray:
     if qw.format == "bcq":
         return s.abs().sum(-1).numpy()
     return (s.abs() * sum(2.0 ** (i - 1) for i in range(qw.wbits))).numpy()
+
+
+def int8_activation_bound(spec: MPGemmSpec, x, qw: PackedWeights) -> torch.Tensor:
+    """Worst-case ``|y - y_exact|`` ``[M, N]`` of a multiply-add kernel with int8 activations
+    (``schedules.dot_mac``): ``sum_k |w_k| dx / 2`` per block."""
+    xb = torch.as_tensor(x).double().abs().reshape(spec.M, spec.blocks, spec.block)
+    dx = xb.amax(-1) / 127.0                                                  # [M, C]
+    w_abs = qw.dequantize().abs().reshape(spec.N, spec.blocks, spec.block).sum(-1)  # [N, C]
+    return (dx / 2.0) @ w_abs.T

@@ -9,16 +9,17 @@ One module per idea. Each exposes:
 * ``layout(spec, target, **knobs)``: the packed-weight layout it reads (``lutc.formats``).
 
 :func:`default` picks, per target kind, the first module in :data:`CANDIDATES` that supports
-the spec: the SIMD kernels where they apply, the generic schedules otherwise.
+the spec: the SIMD LUT kernels where they apply, the generic schedules otherwise. The
+multiply-add kernels (``dot_mac``) are alternatives the tuner weighs against the LUT ones.
 """
 from __future__ import annotations
 
-from . import arm, cpu_generic, cuda_generic, x86
+from . import arm, cpu_generic, cuda_generic, dot_mac, x86
 
 #: Schedules that build every spec (no SIMD tables): the fallbacks.
 GENERIC = (cpu_generic, cuda_generic)
 #: target kind (see ``lutc.target.kind``) -> schedule modules, best first.
-CANDIDATES = {"cpu": (x86, arm, cpu_generic), "cpu-cross": (x86, arm, cpu_generic),
+CANDIDATES = {"cpu": (x86, arm, dot_mac, cpu_generic), "cpu-cross": (x86, arm, dot_mac, cpu_generic),
               "cuda": (cuda_generic,)}
 
 

@@ -16,7 +16,7 @@ import torch
 import tvm_ffi.libinfo
 
 import lutc
-from lutc.testing import int8_table_bound, random_case, reference, rel_error
+from lutc.testing import int8_activation_bound, int8_table_bound, random_case, reference, rel_error
 
 CC, QEMU = "aarch64-linux-gnu-gcc", "qemu-aarch64"
 HERE = os.path.dirname(__file__)
@@ -93,3 +93,18 @@ def test_neon_bf16_under_qemu(runner_object, tmp_path):
     x, qw = random_case(spec, seed=5)
     y = run_under_qemu(kernel, [x, *kernel.pack(qw).tensors()], (3, 64), x.dtype, runner_object, tmp_path)
     assert rel_error(y, reference(x, qw)) < 3e-2
+
+
+@pytest.mark.parametrize("fmt,wbits,zp", [("uniform", 1, False), ("uniform", 2, True),
+                                          ("uniform", 3, False), ("uniform", 4, True),
+                                          ("ternary", 2, False)], ids=str)
+def test_neon_sdot_kernel_under_qemu(fmt, wbits, zp, runner_object, tmp_path):
+    spec = lutc.MPGemmSpec(3, 42, 1024, wbits=wbits, format=fmt, zero_point=zp, table_dtype="int8",
+                           group_size=-1 if fmt == "ternary" else 64)
+    kernel = lutc.build(spec, target="arm", schedule="dot_mac")
+    assert kernel.layout == "dot4" and "sdot" in kernel.source
+    x, qw = random_case(spec, seed=wbits)
+    y = run_under_qemu(kernel, [x, *kernel.pack(qw).tensors()], (3, 42), x.dtype, runner_object, tmp_path)
+    ref = reference(x, qw)
+    assert ((y.double() - ref).abs() <= int8_activation_bound(spec, x, qw) + 1e-5 * ref.abs().max()).all()
+    assert rel_error(y, ref) < 3e-2

@@ -12,7 +12,7 @@ from tvm.target import codegen
 
 import lutc
 from lutc.target import resolve
-from lutc.testing import int8_table_bound, random_case, reference, rel_error
+from lutc.testing import int8_activation_bound, int8_table_bound, random_case, reference, rel_error
 
 HOST = resolve("host")
 WIDTHS = [32] + ([64] if codegen.llvm_cpu_has_features(["avx512bw"], HOST) else [])
@@ -89,3 +89,45 @@ def test_weights_in_a_foreign_layout_are_repacked_once():
     import gc
     gc.collect()
     assert len(kernel._repacked) == 0
+
+
+DOT_FORMATS = [("uniform", b, zp) for b in (1, 2, 3, 4) for zp in (False, True)] + [("ternary", 2, False)]
+HAS_VNNI = codegen.llvm_cpu_has_features(["avx512vnni", "avx512bw"], HOST)
+
+
+def check_dot(spec, kernel, seed=0):
+    x, qw = random_case(spec, seed=seed)
+    out = torch.full((spec.M, spec.N), float("nan"), dtype=x.dtype)
+    kernel(x, kernel.pack(qw), out=out)
+    ref = reference(x, qw)
+    half_ulp = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 8e-3}[spec.act_dtype]
+    bound = int8_activation_bound(spec, x, qw)
+    assert torch.isfinite(out).all()
+    assert ((out.double() - ref).abs() <= bound + half_ulp * ref.abs().max()).all()
+    assert rel_error(out, ref) < 3e-2
+
+
+@pytest.mark.skipif(not HAS_VNNI, reason="host has no AVX-512 VNNI")
+@pytest.mark.parametrize("row_tiles", [1, 4])
+@pytest.mark.parametrize("fmt,wbits,zp", DOT_FORMATS, ids=str)
+def test_x86_vnni_multiply_add_kernel(fmt, wbits, zp, row_tiles):
+    gs = -1 if fmt == "ternary" else (32, 64, 128, -1)[wbits - 1]
+    M, N, K = ((1, 100, 512), (3, 40, 11008), (16, 130, 1024))[(wbits + zp) % 3]
+    spec = lutc.MPGemmSpec(M, N, K, wbits=wbits, format=fmt, group_size=gs, zero_point=zp,
+                           table_dtype="int8")
+    kernel = lutc.build(spec, schedule="dot_mac", knobs={"row_tiles": row_tiles})
+    assert kernel.layout == "dot16" and "vpdpbusd" in kernel.source
+    check_dot(spec, kernel, seed=wbits)
+
+
+@pytest.mark.skipif(not HAS_VNNI, reason="host has no AVX-512 VNNI")
+@pytest.mark.parametrize("act_dtype", ["float16", "bfloat16"])
+def test_x86_vnni_half_activations(act_dtype):
+    spec = lutc.MPGemmSpec(3, 70, 1024, wbits=4, group_size=128, zero_point=True,
+                           table_dtype="int8", act_dtype=act_dtype)
+    check_dot(spec, lutc.build(spec, schedule="dot_mac"), seed=6)
+
+
+def test_multiply_add_refuses_bcq():
+    with pytest.raises(ValueError, match="does not support"):
+        lutc.build(lutc.MPGemmSpec(1, 64, 256, format="bcq", table_dtype="int8"), schedule="dot_mac")

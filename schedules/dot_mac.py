@@ -1,0 +1,155 @@
+"""The multiply-add alternative: int8 activations times integer weight codes, by dot instructions.
+
+For the same uniform/ternary specs as the LUT kernels, but computed the way llama.cpp's
+``q*_K x q8_K`` kernels do: activations are quantized to int8 per block
+(``xq = round(x / dx)``, ``dx = max |x| / 127`` over the block), weights stay unsigned codes
+``q``, and one instruction multiplies 4 codes of each of ``L`` rows by 4 activations and adds
+into ``L`` int32 sums: AVX-512 VNNI ``vpdpbusd`` (``L`` = 16, codes as the unsigned operand) or
+NEON ``sdot`` (``L`` = 4, codes fit the signed operand). Per block and row::
+
+    sum_k w x  ~=  s dx (sum_k q xq - z sum_k xq)                 (z = zero point, or (2^b-1)/2;
+                                                                   ternary: q = t + 1, z = 1)
+
+The activation rounding is the only approximation: ``|y - y_exact| <= sum_k |w_k| dx / 2``
+(``lutc.testing.int8_activation_bound``). ONNX Runtime shipped a T-MAC-style LUT kernel and then found
+a VNNI multiply-add kernel faster on some x86 shapes; lutc keeps both and the tuner picks.
+
+Loops: (1) per (row of x, block), in parallel: ``dx``, the int8 activations packed four to an
+int32 word (one broadcast feeds a dot instruction), and ``sum xq``; (2) per group of
+``row_tiles`` tiles of ``L`` rows, in parallel: for each block and row of x, for each chunk of
+the block, one ``4L``-byte weight load; each of its ``8/w`` code slots (shift, mask) meets the
+broadcast activation word in one dot instruction per tile; ``row_tiles`` tiles share each
+broadcast. (3) the epilogue per block scales the int32 sums into float accumulators.
+Weights: the ``dot{L}`` layout of :mod:`lutc.formats`.
+"""
+from __future__ import annotations
+
+import platform
+
+from tvm import IRModule, s_tir
+from tvm.script import tirx as T
+from tvm.target import codegen
+
+from lutc.formats import code_bits
+
+from .simd_lut import drop_param
+
+KNOBS = {"row_tiles": (1, 2, 4)}
+# (int32 lanes, intrinsic, needed LLVM features) per architecture
+DOT = {"x86": (16, "llvm.x86.avx512.vpdpbusd.512", ["avx512vnni", "avx512bw"]),
+       "aarch64": (4, "llvm.aarch64.neon.sdot", ["dotprod"])}
+
+
+def supports(spec, target) -> bool:
+    """uniform/ternary, int8 tables (read here as int8 activations), a CPU with a dot instruction."""
+    arch = _arch(target)
+    return (spec.format in ("uniform", "ternary") and spec.table_dtype == "int8" and arch is not None
+            and spec.block % (4 * (8 // code_bits(spec.wbits))) == 0
+            and codegen.llvm_cpu_has_features(DOT[arch][2], target))
+
+
+def layout(spec, target, **_) -> str:
+    return f"dot{DOT[_arch(target)][0]}"
+
+
+def schedule(func, spec, target, row_tiles: int = 4) -> s_tir.Schedule:
+    """The dot-product kernel for ``spec`` on ``target`` (``func``: its reference semantics)."""
+    lanes, intrin, _ = DOT[_arch(target)]
+    return s_tir.Schedule(IRModule({"main": dot_kernel(spec, lanes, intrin, row_tiles)}))
+
+
+def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4):
+    """The PrimFunc: ``x [M, K]``, ``planes [N/L, K/(4c), 4L]``, ``scales``, [``zeros``], ``out``."""
+    M, N, K = spec.M, spec.N, spec.K
+    w = code_bits(spec.wbits)
+    cpb = 8 // w                              # codes per byte: dot instructions per load
+    B = spec.block
+    C = K // B
+    KC = K // (4 * cpb)                       # weight chunks per row
+    CB = B // (4 * cpb)                       # chunks per block
+    NT = -(-N // L)
+    TT = min(row_tiles, NT)
+    NTG = -(-NT // TT)                        # parallel tasks
+    G = spec.groups
+    per_group = spec.group // B
+    fmt, zp, act, sdt = spec.format, spec.zero_point, spec.act_dtype, spec.scale_dtype
+    zconst = 1.0 if fmt == "ternary" else (2 ** spec.wbits - 1) / 2.0
+    V = 4 * L
+    i8, i32 = f"int8x{V}", f"int32x{L}"
+    mask = 2 ** w - 1
+    scale_shape = (1,) if fmt == "ternary" else (NT, G, L)
+
+    @T.prim_func(s_tir=True)
+    def main(x: T.Buffer((M, K), act), planes: T.Buffer((NT, KC, V), "uint8"),
+             scales: T.Buffer(scale_shape, sdt), zeros: T.Buffer((NT, G, L) if zp else (1,), sdt),
+             out: T.Buffer((M, N), act)):
+        T.func_attr({"tirx.noalias": True})
+        xq = T.alloc_buffer((M, K // 4), "int32")
+        dx = T.alloc_buffer((M, C), "float32")
+        xs = T.alloc_buffer((M, C), "float32")
+        for mc in T.parallel(M * C):
+            amax = T.alloc_buffer((1,), "float32", scope="local")
+            tot = T.alloc_buffer((1,), "int32", scope="local")
+            amax[0] = T.float32(0)
+            for k in range(B):
+                amax[0] = T.max(amax[0], T.abs(T.Cast("float32", x[mc // C, (mc % C) * B + k])))
+            dx[mc // C, mc % C] = T.max(amax[0], T.float32(1e-30)) / T.float32(127)
+            tot[0] = 0
+            for k4 in range(B // 4):
+                word = T.alloc_buffer((4,), "int32", scope="local")
+                for u in range(4):
+                    word[u] = T.Cast("int32", T.round(
+                        T.Cast("float32", x[mc // C, (mc % C) * B + k4 * 4 + u]) / dx[mc // C, mc % C]))
+                    tot[0] = tot[0] + word[u]
+                xq[mc // C, (mc % C) * (B // 4) + k4] = (
+                    (word[0] & 255) | ((word[1] & 255) << 8) | ((word[2] & 255) << 16) | (word[3] << 24))
+            xs[mc // C, mc % C] = T.Cast("float32", tot[0])
+        for task in T.parallel(NTG):
+            accf = T.alloc_buffer((M, TT, L), "float32", scope="local")
+            acc = T.alloc_buffer((TT, L), "int32", scope="local")
+            for m, tt in T.grid(M, TT):
+                for r in T.vectorized(L):
+                    accf[m, tt, r] = T.float32(0)
+            for c in range(C):
+                for m in range(M):
+                    for tt in range(TT):
+                        for r in T.vectorized(L):
+                            acc[tt, r] = 0
+                    for kc in range(CB):
+                        for tt in T.unroll(TT):
+                            wv = planes[T.min(task * TT + tt, NT - 1), c * CB + kc, T.ramp(0, 1, V)]
+                            for s in T.unroll(cpb):
+                                codes = T.reinterpret(i8, T.shift_right(wv, T.broadcast(T.uint8(w * s), V))
+                                                      & T.broadcast(T.uint8(mask), V))
+                                xw = T.reinterpret(i8, T.broadcast(xq[m, (c * CB + kc) * cpb + s], L))
+                                acc[tt, T.ramp(0, 1, L)] = T.call_llvm_pure_intrin(
+                                    i32, intrin, acc[tt, T.ramp(0, 1, L)], codes, xw)
+                    for tt in range(TT):
+                        for r in T.vectorized(L):
+                            if fmt == "ternary":
+                                accf[m, tt, r] = accf[m, tt, r] + T.Cast("float32", scales[0]) * dx[m, c] * (
+                                    T.Cast("float32", acc[tt, r]) - xs[m, c])
+                            elif zp:
+                                accf[m, tt, r] = accf[m, tt, r] + T.Cast(
+                                    "float32", scales[T.min(task * TT + tt, NT - 1), c // per_group, r]) * dx[m, c] * (
+                                    T.Cast("float32", acc[tt, r]) - T.Cast(
+                                        "float32", zeros[T.min(task * TT + tt, NT - 1), c // per_group, r]) * xs[m, c])
+                            else:
+                                accf[m, tt, r] = accf[m, tt, r] + T.Cast(
+                                    "float32", scales[T.min(task * TT + tt, NT - 1), c // per_group, r]) * dx[m, c] * (
+                                    T.Cast("float32", acc[tt, r]) - T.float32(zconst) * xs[m, c])
+            for m, tt, r in T.grid(M, TT, L):
+                if (task * TT + tt) * L + r < N:
+                    out[m, (task * TT + tt) * L + r] = T.Cast(act, accf[m, tt, r])
+
+    return main if zp else drop_param(main, "zeros")
+
+
+def _arch(target):
+    triple = str(target.attrs.get("mtriple", "") or "") or platform.machine()
+    arch = triple.split("-")[0].lower()
+    if arch in ("x86_64", "amd64"):
+        return "x86"
+    if arch in ("aarch64", "arm64"):
+        return "aarch64"
+    return None
