@@ -10,7 +10,8 @@ One module per idea. Each exposes:
 
 :func:`default` picks, per target kind, the first module in :data:`CANDIDATES` that supports
 the spec: the SIMD LUT kernels where they apply, the generic schedules otherwise. The
-multiply-add kernels (``dot_mac``) are alternatives the tuner weighs against the LUT ones.
+multiply-add kernels (``dot_mac``, in :data:`ALTERNATIVES`) compute the same spec another way;
+the tuner weighs them against the LUT ones.
 """
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from . import arm, cpu_generic, cuda_generic, dot_mac, x86
 #: Schedules that build every spec (no SIMD tables): the fallbacks.
 GENERIC = (cpu_generic, cuda_generic)
 #: target kind (see ``lutc.target.kind``) -> schedule modules, best first.
-CANDIDATES = {"cpu": (x86, arm, dot_mac, cpu_generic), "cpu-cross": (x86, arm, dot_mac, cpu_generic),
+CANDIDATES = {"cpu": (x86, arm, cpu_generic), "cpu-cross": (x86, arm, cpu_generic),
               "cuda": (cuda_generic,)}
+#: Other ways to compute the same spec, never chosen by default: the tuner weighs them.
+ALTERNATIVES = {"cpu": (dot_mac,), "cpu-cross": (dot_mac,), "cuda": ()}
 
 
 def default(target_kind: str, spec, target):
