@@ -32,6 +32,13 @@ up ``R`` rows, and a tile's weights stream contiguously. Coefficients are tile-m
 epilogue loads them as vectors: ``scales``/``zeros`` ``[N/R, G, R]``, bcq ``[N/R, G, b, R]``;
 ternary keeps its single scale.
 
+``ptiles{R}`` (``R`` = 32 or 64): paired-plane tiles, for an even number of planes (2- and
+4-bit uniform codes, ternary) on x86. Tiles of ``R`` rows; ``planes`` is uint8
+``[N/R, K/4, b/2, R]``; byte ``j`` of ``planes[t, kg, p]`` holds plane ``2p + j % 2`` of row
+``t R + j // 2`` (low nibble) and of row ``t R + R/2 + j // 2`` (high nibble). A shuffle then
+leaves the two planes of a row in adjacent bytes, and one ``vpmaddubsw`` with weights
+``(2^2p, 2^(2p+1))`` widens and combines them. Coefficients are tile-major as for ``tiles{R}``.
+
 ``dot{L}`` (``L`` = 4 or 16): for multiply-add kernels (NEON ``sdot``, AVX-512 VNNI
 ``vpdpbusd``), uniform and ternary formats. Each weight is its unsigned code ``q`` (ternary:
 ``t + 1``) in a slot of ``w`` bits (1, 2, or 4 for 3- and 4-bit codes); a dot instruction multiplies
@@ -58,6 +65,7 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 LAYOUT = "bitplane"
 TILE_ROWS = (32, 64, 128)  # NEON, AVX2, AVX-512BW: two nibbles per byte of a 16/32/64-byte register
 DOT_ROWS = (4, 16)          # int32 lanes of a NEON / AVX-512 register
+PAIRED_ROWS = (32, 64)      # AVX2, AVX-512BW: two planes of R/2 rows per nibble of an R-byte register
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -210,12 +218,13 @@ def tile_rows(layout: str) -> int:
     """Rows per tile of a ``tiles{R}`` or ``dot{L}`` layout (0 for ``bitplane``)."""
     if layout == LAYOUT:
         return 0
-    for prefix, allowed in (("tiles", TILE_ROWS), ("dot", DOT_ROWS)):
+    for prefix, allowed in (("tiles", TILE_ROWS), ("ptiles", PAIRED_ROWS), ("dot", DOT_ROWS)):
         rest = layout[len(prefix):]
         if layout.startswith(prefix) and rest.isdigit() and int(rest) in allowed:
             return int(rest)
     raise ValueError(f"unknown weight layout {layout!r}: 'bitplane' or one of "
-                     f"{['tiles%d' % r for r in TILE_ROWS] + ['dot%d' % r for r in DOT_ROWS]}")
+                     f"{['tiles%d' % r for r in TILE_ROWS] + ['ptiles%d' % r for r in PAIRED_ROWS]}"
+                     f" or {['dot%d' % r for r in DOT_ROWS]}")
 
 
 def code_bits(wbits: int) -> int:
@@ -251,6 +260,14 @@ def repack(qw: PackedWeights, layout: str) -> PackedWeights:
     byte = qw.planes.cpu()
     if layout.startswith("dot"):
         planes = _dot_planes(qw, R, NT, Np)
+    elif layout.startswith("ptiles"):
+        if b % 2:
+            raise ValueError(f"layout {layout} pairs bit planes: it needs an even number, not {b}")
+        idx = torch.stack([byte & 15, byte >> 4], -1).reshape(b, N, K // 4)
+        idx = torch.nn.functional.pad(idx, (0, 0, 0, Np - N))
+        t = idx.reshape(b // 2, 2, NT, 2, R // 2, K // 4).permute(2, 5, 0, 3, 4, 1)  # nt kg pair half row plane
+        t = t.reshape(NT, K // 4, b // 2, 2, R)
+        planes = (t[..., 0, :] | (t[..., 1, :] << 4)).contiguous()
     else:
         idx = torch.stack([byte & 15, byte >> 4], -1).reshape(b, N, K // 4)   # [b, N, KG] 4-bit
         idx = torch.nn.functional.pad(idx, (0, 0, 0, Np - N))
@@ -302,6 +319,12 @@ def _untile(qw: PackedWeights) -> PackedWeights:
     if qw.layout.startswith("dot"):
         NT = qw.planes.shape[0]
         planes = pack_bits(_dot_bits(qw))
+    elif qw.layout.startswith("ptiles"):
+        NT, KG, pairs, _ = qw.planes.shape
+        p = qw.planes.cpu()
+        t = torch.stack([p & 15, p >> 4], -2).reshape(NT, KG, pairs, 2, R // 2, 2)  # nt kg pair half row plane
+        idx = t.permute(2, 5, 0, 3, 4, 1).reshape(2 * pairs, NT * R, KG)[:, :N]
+        planes = (idx[..., 0::2] | (idx[..., 1::2] << 4)).contiguous()
     else:
         NT, KG, b, _ = qw.planes.shape
         p = qw.planes.cpu()

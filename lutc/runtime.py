@@ -64,8 +64,13 @@ class Kernel:
         self.schedule = schedule
         self.knobs = dict(knobs)
         self.layout = layout
-        # weight object -> the same weight in this kernel's layout (the kernel's explicit cache)
-        self._repacked: "weakref.WeakKeyDictionary[PackedWeights, PackedWeights]" = weakref.WeakKeyDictionary()
+        self._x_shape = (spec.M, spec.K)
+        self._y_shape = (spec.M, spec.N)
+        self._dtype = TORCH_DTYPES[spec.act_dtype]
+        # The kernel's explicit cache: weight object -> (ids of its tensors when checked, the
+        # checked tensors in this kernel's layout). Entries live as long as the weight object;
+        # a weight whose tensors were swapped since is checked (and repacked) again.
+        self._prepared: "weakref.WeakKeyDictionary[PackedWeights, tuple]" = weakref.WeakKeyDictionary()
 
     def pack(self, qw: PackedWeights) -> PackedWeights:
         """``qw`` in this kernel's layout, on this kernel's device (a copy unless it already is)."""
@@ -87,28 +92,39 @@ class Kernel:
         if not self.runnable:
             raise RuntimeError(f"this kernel was built for {self.target} and cannot run in this "
                                "process (cross-compiled, or no GPU here): export it instead")
-        spec = self.spec
-        if not isinstance(qw, PackedWeights):
-            raise TypeError(f"qw must be lutc.PackedWeights (from lutc.quantize), got {type(qw).__name__}")
-        qw.check_fits(spec)
-        if qw.layout != self.layout:
-            if qw not in self._repacked:
-                self._repacked[qw] = repack(qw, self.layout)
-            qw = self._repacked[qw]
+        weights = self._weights(qw)
         as_numpy = isinstance(x, np.ndarray)
-        xt = _input("x", x, (spec.M, spec.K), TORCH_DTYPES[spec.act_dtype], self.device)
-        weights = [_input(f"qw.{name}", t, tuple(t.shape), t.dtype, self.device, hint_move=True)
-                   for name, t in zip(("planes", "scales", "zeros"), qw.tensors())]
-        dtype = TORCH_DTYPES[spec.act_dtype]
-        dest = None if out is None else _output(out, (spec.M, spec.N), dtype, self.device)
+        if (type(x) is torch.Tensor and x.shape == self._x_shape and x.dtype == self._dtype
+                and x.device.type == self.device and _safe(x)):
+            xt = x  # the common case, checked in one expression
+        else:
+            xt = _input("x", x, self._x_shape, self._dtype, self.device)
+        dest = None if out is None else _output(out, self._y_shape, self._dtype, self.device)
         y = dest if dest is not None and _safe(dest) else torch.empty(
-            (spec.M, spec.N), dtype=dtype, device=xt.device)
+            self._y_shape, dtype=self._dtype, device=xt.device)
         self._fn(xt, *weights, y)
         if dest is not None:
             if y is not dest:
                 dest.copy_(y)  # out was non-contiguous or misaligned: written through a copy
             return out
         return y.numpy() if as_numpy else y
+
+    def _weights(self, qw: PackedWeights) -> list:
+        """The checked tensors of ``qw`` in this kernel's layout (cached per weight object)."""
+        if not isinstance(qw, PackedWeights):
+            raise TypeError(f"qw must be lutc.PackedWeights (from lutc.quantize), got {type(qw).__name__}")
+        ids = (id(qw.planes), id(qw.scales), id(qw.zeros), qw.layout)
+        entry = self._prepared.get(qw)
+        if entry is not None and entry[0] == ids:
+            return entry[1]
+        qw.check_fits(self.spec)
+        packed = repack(qw, self.layout)
+        coef = TORCH_DTYPES[self.spec.scale_dtype]
+        tensors = [_input(f"qw.{name}", t, tuple(t.shape), dtype, self.device, hint_move=True)
+                   for name, t, dtype in zip(("planes", "scales", "zeros"), packed.tensors(),
+                                             (torch.uint8, coef, coef))]
+        self._prepared[qw] = (ids, tensors)
+        return tensors
 
 
 def _input(name: str, t: Array, shape: tuple, dtype: torch.dtype, device: str,

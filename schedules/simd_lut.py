@@ -9,11 +9,11 @@ activation group and one plane.
 Loops:
 
 1. **Tables**, parallel over (row of x, block): for each group of 4 activations the 8 table
-   entries whose top bit is 0 are computed and rounded to int8 with the block's scale
-   ``d = max |T| / 127`` (``max |T|`` of a group is ``sum |x_j|``); the other 8 are their
-   negations (symmetrization: ``T[15 - p] = -T[p]``, exact in int8). Each 16-entry table is
-   stored ``VL / 16`` times, once per 128-bit lane, because x86 shuffles look up within a lane.
-   With ``symmetrize=False`` all 16 entries are computed directly (same values, twice the work).
+   entries whose top bit is 0 are computed (one vector expression) and rounded to int8 with
+   the block's scale ``d = max |T| / 127`` (``max |T|`` of a group is ``sum |x_j|``); the other
+   8 are their negations (symmetrization: ``T[15 - p] = -T[p]``, exact in int8). Each 16-entry
+   table is stored ``VL / 16`` times, once per 128-bit lane, because x86 shuffles look up within
+   a lane. With ``symmetrize=False`` all 16 entries are computed directly (same values).
 2. **Lookups**, parallel over row tiles of ``2 VL``: for each block, each row of x, each group
    (unrolled) and each plane (unrolled): load the table register once per group and the weight
    register once per plane, split the nibbles (``& 15``, ``>> 4``), two shuffles, widen to int16
@@ -37,19 +37,26 @@ from __future__ import annotations
 from tvm.script import tirx as T
 
 
-def lut_kernel(spec, VL: int, shuffle: str, unroll_groups: bool = True):
+def lut_kernel(spec, VL: int, shuffle: str, unroll_groups: bool = True, pair_madd: str = ""):
     """The PrimFunc of the SIMD LUT mpGEMM for ``spec`` (``g = 4``, int8 tables).
 
     Args:
         VL: bytes per shuffle register (16 NEON, 32 AVX2, 64 AVX-512BW).
         shuffle: the LLVM intrinsic ``(table int8xVL, index int8xVL) -> int8xVL``.
         unroll_groups: unroll the groups of a block (a knob: code size vs loop overhead).
+        pair_madd: for the ``ptiles{VL}`` layout (planes paired in adjacent bytes), the LLVM
+            intrinsic ``(uint8xVL, int8xVL) -> int16x(VL/2)`` that multiplies adjacent bytes by
+            ``(2^2p, 2^(2p+1))`` and adds each pair (``vpmaddubsw``): one instruction widens
+            and combines two planes, instead of a widening, a shift and an add per plane.
+            Uniform codes with 2 or 4 bits and ternary only.
 
-    Arguments of the PrimFunc: ``x [M, K]``, ``planes [NT, K/4, b, VL]``, ``scales``
-    (tile-major, see :mod:`lutc.formats`), ``zeros`` (zero points only), ``out [M, N]``.
+    Arguments of the PrimFunc: ``x [M, K]``, ``planes [NT, K/4, b, VL]`` (``[NT, K/4, b/2,
+    VL]`` paired), ``scales`` (tile-major, see :mod:`lutc.formats`), ``zeros`` (zero points
+    only), ``out [M, N]``.
     """
     M, N, K, b = spec.M, spec.N, spec.K, spec.planes
-    R = 2 * VL
+    paired = bool(pair_madd)
+    R = VL if paired else 2 * VL
     NT = -(-N // R)
     KG = K // 4
     B = spec.block
@@ -71,9 +78,14 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll_groups: bool = True):
         scale_shape = (NT, G, R)
     zero_shape = (NT, G, R) if zp else (1,)
     group_loop = T.unroll if unroll_groups else T.serial
+    nplanes = b // 2 if paired else b       # weight registers per group
+    H = VL // 2
+    i16h = f"int16x{H}"
+    # uint16 of the byte pair (lo, hi) = (1, 2) for uniform codes (times 4^i for pair i), (1, 1) ternary
+    pair_unit = 1 + 2 * 256 if fmt == "uniform" else 1 + 256
 
     @T.prim_func(s_tir=True)
-    def main(x: T.Buffer((M, K), act), planes: T.Buffer((NT, KG, b, VL), "uint8"),
+    def main(x: T.Buffer((M, K), act), planes: T.Buffer((NT, KG, nplanes, VL), "uint8"),
              scales: T.Buffer(scale_shape, sdt), zeros: T.Buffer(zero_shape, sdt),
              out: T.Buffer((M, N), act)):
         T.func_attr({"tirx.noalias": True})
@@ -93,17 +105,19 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll_groups: bool = True):
             tscale[mc // C, mc % C] = T.max(amax[0], T.float32(1e-30)) / T.float32(127)
             for q in range(GB):
                 kg = (mc % C) * GB + q
-                for p in range(8 if sym else 16):
-                    entry = T.round(
-                        (T.Select(p & 1 == 1, T.float32(1), T.float32(-1)) * T.Cast("float32", x[mc // C, kg * 4])
-                         + T.Select(p & 2 == 2, T.float32(1), T.float32(-1)) * T.Cast("float32", x[mc // C, kg * 4 + 1])
-                         + T.Select(p & 4 == 4, T.float32(1), T.float32(-1)) * T.Cast("float32", x[mc // C, kg * 4 + 2])
-                         + T.Select(p & 8 == 8, T.float32(1), T.float32(-1)) * T.Cast("float32", x[mc // C, kg * 4 + 3]))
-                        / tscale[mc // C, mc % C])
-                    for lane in range(dup):
-                        table[mc // C, kg, lane * 16 + p] = T.Cast("int8", entry)
-                        if sym:
-                            table[mc // C, kg, lane * 16 + 15 - p] = T.Cast("int8", T.float32(0) - entry)
+                for lane in range(dup):
+                    # one vector expression over the entries: 4 sign-selects and adds, a divide,
+                    # a round, a narrowing store
+                    for p in T.vectorized(8 if sym else 16):
+                        table[mc // C, kg, lane * 16 + p] = T.Cast("int8", T.round(
+                            (T.Select(p & 1 == 1, T.float32(1), T.float32(-1)) * T.Cast("float32", x[mc // C, kg * 4])
+                             + T.Select(p & 2 == 2, T.float32(1), T.float32(-1)) * T.Cast("float32", x[mc // C, kg * 4 + 1])
+                             + T.Select(p & 4 == 4, T.float32(1), T.float32(-1)) * T.Cast("float32", x[mc // C, kg * 4 + 2])
+                             + T.Select(p & 8 == 8, T.float32(1), T.float32(-1)) * T.Cast("float32", x[mc // C, kg * 4 + 3]))
+                            / tscale[mc // C, mc % C]))
+                    if sym:  # the other half by negation: T[15 - p] = -T[p]
+                        for p in T.vectorized(8):
+                            table[mc // C, kg, lane * 16 + 15 - p] = T.int8(0) - table[mc // C, kg, lane * 16 + p]
             if zp:
                 xsum[mc // C, mc % C] = T.float32(0)
                 for k in range(B):
@@ -122,11 +136,17 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll_groups: bool = True):
                             acc[a, r] = T.int16(0)
                     for q in group_loop(GB):
                         tab = table[m, c * GB + q, T.ramp(0, 1, VL)]
-                        for i in T.unroll(b):
+                        for i in T.unroll(nplanes):
                             w = planes[nt, c * GB + q, i, T.ramp(0, 1, VL)]
                             lo = T.call_llvm_pure_intrin(i8, shuffle, tab, T.reinterpret(i8, w & T.broadcast(T.uint8(15), VL)))
                             hi = T.call_llvm_pure_intrin(i8, shuffle, tab, T.reinterpret(i8, T.shift_right(w, T.broadcast(T.uint8(4), VL))))
-                            if fmt == "bcq":
+                            if paired:
+                                # bytes (2r, 2r+1) = planes (2i, 2i+1) of row r: weights (4^i, 2 * 4^i)
+                                pw = T.reinterpret(i8, T.broadcast(
+                                    T.Cast("uint16", T.int32(pair_unit) * T.shift_left(T.int32(1), 2 * i)), H))
+                                acc[0, T.ramp(0, 1, H)] = acc[0, T.ramp(0, 1, H)] + T.call_llvm_pure_intrin(i16h, pair_madd, pw, lo)
+                                acc[0, T.ramp(H, 1, H)] = acc[0, T.ramp(H, 1, H)] + T.call_llvm_pure_intrin(i16h, pair_madd, pw, hi)
+                            elif fmt == "bcq":
                                 acc[i, T.ramp(0, 1, VL)] = acc[i, T.ramp(0, 1, VL)] + T.Cast(i16, lo)
                                 acc[i, T.ramp(VL, 1, VL)] = acc[i, T.ramp(VL, 1, VL)] + T.Cast(i16, hi)
                             elif fmt == "ternary":

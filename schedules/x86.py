@@ -13,8 +13,9 @@ from tvm.target import codegen
 
 from .simd_lut import lut_kernel
 
-KNOBS = {"vector_bytes": (32, 64), "unroll_groups": (True, False)}
+KNOBS = {"vector_bytes": (32, 64), "unroll_groups": (True, False), "paired": (True, False)}
 SHUFFLE = {32: "llvm.x86.avx2.pshuf.b", 64: "llvm.x86.avx512.pshuf.b.512"}
+PAIR_MADD = {32: "llvm.x86.avx2.pmadd.ub.sw", 64: "llvm.x86.avx512.pmaddubs.w.512"}
 
 
 def supports(spec, target) -> bool:
@@ -23,15 +24,30 @@ def supports(spec, target) -> bool:
             and codegen.llvm_cpu_has_features(["avx2"], target))
 
 
-def layout(spec, target, vector_bytes=None, **_) -> str:
-    """The weight layout the kernel reads: ``tiles{2 * vector_bytes}``."""
-    return f"tiles{2 * _width(target, vector_bytes)}"
-
-
-def schedule(func, spec, target, vector_bytes=None, unroll_groups: bool = True) -> s_tir.Schedule:
-    """The SIMD LUT kernel for ``spec`` on ``target`` (``func`` is its reference semantics)."""
+def layout(spec, target, vector_bytes=None, paired=None, **_) -> str:
+    """The weight layout the kernel reads: ``ptiles{vector_bytes}`` when planes are paired,
+    else ``tiles{2 * vector_bytes}``."""
     vl = _width(target, vector_bytes)
-    return s_tir.Schedule(IRModule({"main": lut_kernel(spec, vl, SHUFFLE[vl], unroll_groups)}))
+    return f"ptiles{vl}" if _paired(spec, paired) else f"tiles{2 * vl}"
+
+
+def schedule(func, spec, target, vector_bytes=None, unroll_groups: bool = True,
+             paired=None) -> s_tir.Schedule:
+    """The SIMD LUT kernel for ``spec`` on ``target`` (``func`` is its reference semantics).
+
+    ``paired`` (default: wherever it applies) combines planes two at a time with
+    ``vpmaddubsw`` (see :func:`schedules.simd_lut.lut_kernel`).
+    """
+    vl = _width(target, vector_bytes)
+    madd = PAIR_MADD[vl] if _paired(spec, paired) else ""
+    return s_tir.Schedule(IRModule({"main": lut_kernel(spec, vl, SHUFFLE[vl], unroll_groups, madd)}))
+
+
+def _paired(spec, paired) -> bool:
+    possible = spec.format in ("uniform", "ternary") and spec.planes % 2 == 0
+    if paired and not possible:
+        raise ValueError("paired planes need uniform 2/4-bit codes or ternary weights")
+    return possible if paired is None else bool(paired)
 
 
 def is_x86(target) -> bool:

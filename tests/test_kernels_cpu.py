@@ -110,7 +110,7 @@ def test_compile_entry_point_and_sources():
 def test_default_on_x86_is_the_simd_kernel_with_int8_tables():
     kernel = lutc.compile((1, 64, 256), wbits=2, group_size=64)
     assert kernel.spec.table_dtype == "int8" and kernel.schedule == "x86"
-    assert kernel.layout in ("tiles64", "tiles128")
+    assert kernel.layout in ("ptiles32", "ptiles64")   # 2-bit planes paired
     assert "pshuf.b" in kernel.source
     x, qw = random_case(kernel.spec, seed=1)
     assert qw.layout == "bitplane"              # repacked (and cached) at the first call

@@ -51,8 +51,13 @@ def _cases():
 @pytest.mark.parametrize("spec", list(_cases()))
 def test_x86_simd_kernel(spec, width):
     kernel = lutc.build(spec, schedule="x86", knobs={"vector_bytes": width})
-    assert kernel.layout == f"tiles{2 * width}"
+    pairs = spec.format != "bcq" and spec.planes % 2 == 0
+    assert kernel.layout == (f"ptiles{width}" if pairs else f"tiles{2 * width}")
     check_simd(spec, kernel, seed=spec.N + spec.wbits)
+    if pairs:   # the unpaired variant of the same spec
+        kernel = lutc.build(spec, schedule="x86", knobs={"vector_bytes": width, "paired": False})
+        assert kernel.layout == f"tiles{2 * width}"
+        check_simd(spec, kernel, seed=spec.N + spec.wbits)
 
 
 @pytest.mark.parametrize("act_dtype", ["float16", "bfloat16"])
@@ -70,6 +75,9 @@ def test_x86_simd_without_unroll_and_float32_scales():
 
 
 def test_simd_kernel_refuses_unsupported_specs():
+    with pytest.raises(ValueError, match="paired planes need"):
+        lutc.build(lutc.MPGemmSpec(1, 64, 256, wbits=3, table_dtype="int8"), schedule="x86",
+                   knobs={"paired": True})
     with pytest.raises(ValueError, match="does not support"):
         lutc.build(lutc.MPGemmSpec(1, 64, 256, g=2, table_dtype="int8"), schedule="x86")
     with pytest.raises(ValueError, match="does not support"):
@@ -80,15 +88,26 @@ def test_weights_in_a_foreign_layout_are_repacked_once():
     spec = lutc.MPGemmSpec(1, 64, 256, wbits=2, group_size=64, table_dtype="int8")
     kernel = lutc.build(spec, schedule="x86", knobs={"vector_bytes": 32})
     x, qw = random_case(spec)
-    other = lutc.repack(qw, "tiles32")
+    other = lutc.repack(qw, "tiles128")
     y1 = kernel(x, other)
-    assert len(kernel._repacked) == 1
+    assert len(kernel._prepared) == 1
     y2 = kernel(x, other)
-    assert len(kernel._repacked) == 1 and torch.equal(y1, y2)
+    assert len(kernel._prepared) == 1 and torch.equal(y1, y2)
     del other
     import gc
     gc.collect()
-    assert len(kernel._repacked) == 0
+    assert len(kernel._prepared) == 0
+
+
+def test_swapped_weight_tensors_are_checked_again():
+    spec = lutc.MPGemmSpec(1, 64, 256, wbits=2, group_size=64, table_dtype="int8")
+    kernel = lutc.build(spec, schedule="x86")
+    x, qw = random_case(spec)
+    qw = kernel.pack(qw)
+    kernel(x, qw)
+    qw.scales = qw.scales.double()
+    with pytest.raises(TypeError, match="qw.scales has dtype torch.float64"):
+        kernel(x, qw)
 
 
 DOT_FORMATS = [("uniform", b, zp) for b in (1, 2, 3, 4) for zp in (False, True)] + [("ternary", 2, False)]
