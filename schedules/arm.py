@@ -10,7 +10,7 @@ from tvm import IRModule, s_tir
 
 from .simd_lut import lut_kernel
 
-KNOBS = {"unroll_groups": (True, False)}
+KNOBS = {"unroll": (2, 4, 8, 16, 32)}
 SHUFFLE = "llvm.aarch64.neon.tbl1"
 
 
@@ -24,6 +24,6 @@ def layout(spec, target, **_) -> str:
     return "tiles32"
 
 
-def schedule(func, spec, target, unroll_groups: bool = True) -> s_tir.Schedule:
+def schedule(func, spec, target, unroll: int = 16) -> s_tir.Schedule:
     """The NEON LUT kernel for ``spec`` (``func`` is its reference semantics)."""
-    return s_tir.Schedule(IRModule({"main": lut_kernel(spec, 16, SHUFFLE, unroll_groups)}))
+    return s_tir.Schedule(IRModule({"main": lut_kernel(spec, 16, SHUFFLE, unroll)}))

@@ -17,12 +17,15 @@ Loops:
 2. **Lookups**, parallel over row tiles of ``2 VL``: for each block, each row of x, each group
    (unrolled) and each plane (unrolled): load the table register once per group and the weight
    register once per plane, split the nibbles (``& 15``, ``>> 4``), two shuffles, widen to int16
-   and add (uniform codes shift plane ``i`` left by ``i``, so one accumulator holds
-   ``sum_i 2^i Q_i``). The int16 sums cannot overflow: ``MPGemmSpec.block`` limits a block to
+   and add into the plane's own accumulator: ``b`` independent add chains (one chain was
+   latency-bound: llvm-mca gave IPC 1.2-1.6 on Neoverse-V1), and widen+add fuse (NEON
+   ``saddw``). With paired planes (x86 ``vpmaddubsw``, see ``pair_madd``) one accumulator holds
+   ``sum_i 2^i Q_i``. The int16 sums cannot overflow: ``MPGemmSpec.block`` limits a block to
    ``32767 / (127 * plane_weight)`` groups. Weights of one block (``block/4 * b * VL`` bytes,
    at most 8 KiB) stay in L1 while every row of x uses them.
 3. **Epilogue** per block, vectorized over the tile's rows: int16 -> float, times the table
-   scale and the weight coefficients (tile-major, so vector loads), plus the zero-point term.
+   scale and each plane's coefficient (``2^(i-1) s``, ``alpha_i`` or ``s/2``; tile-major, so
+   vector loads), plus the zero-point term.
    Rows past ``N`` in the last tile are computed on zero scales and never stored.
 
 Why explicit vector TIR with ``call_llvm_pure_intrin`` rather than ``tensorize`` or a C
@@ -37,13 +40,14 @@ from __future__ import annotations
 from tvm.script import tirx as T
 
 
-def lut_kernel(spec, VL: int, shuffle: str, unroll_groups: bool = True, pair_madd: str = ""):
+def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""):
     """The PrimFunc of the SIMD LUT mpGEMM for ``spec`` (``g = 4``, int8 tables).
 
     Args:
         VL: bytes per shuffle register (16 NEON, 32 AVX2, 64 AVX-512BW).
         shuffle: the LLVM intrinsic ``(table int8xVL, index int8xVL) -> int8xVL``.
-        unroll_groups: unroll the groups of a block (a knob: code size vs loop overhead).
+        unroll: groups of a block unrolled together (a knob: unrolling all 32 groups made LLVM
+            hoist every weight load of the block and spill on NEON at 2 bits).
         pair_madd: for the ``ptiles{VL}`` layout (planes paired in adjacent bytes), the LLVM
             intrinsic ``(uint8xVL, int8xVL) -> int16x(VL/2)`` that multiplies adjacent bytes by
             ``(2^2p, 2^(2p+1))`` and adds each pair (``vpmaddubsw``): one instruction widens
@@ -64,7 +68,7 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll_groups: bool = True, pair_mad
     C = K // B                       # blocks per row
     G = spec.groups
     per_group = spec.group // B      # blocks per weight group
-    NACC = b if spec.format == "bcq" else 1
+    NACC = 1 if pair_madd else b     # int16 accumulators per row: one per plane unless paired
     fmt, zp, sym = spec.format, spec.zero_point, spec.symmetrize
     act, sdt = spec.act_dtype, spec.scale_dtype
     i8, i16 = f"int8x{VL}", f"int16x{VL}"
@@ -77,7 +81,7 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll_groups: bool = True, pair_mad
     else:
         scale_shape = (NT, G, R)
     zero_shape = (NT, G, R) if zp else (1,)
-    group_loop = T.unroll if unroll_groups else T.serial
+    U = next(u for u in range(min(unroll, GB), 0, -1) if GB % u == 0)   # a divisor of GB
     nplanes = b // 2 if paired else b       # weight registers per group
     H = VL // 2
     i16h = f"int16x{H}"
@@ -134,10 +138,11 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll_groups: bool = True, pair_mad
                     for a in range(NACC):
                         for r in T.vectorized(R):
                             acc[a, r] = T.int16(0)
-                    for q in group_loop(GB):
-                        tab = table[m, c * GB + q, T.ramp(0, 1, VL)]
+                    for qo in range(GB // U):
+                      for qi in T.unroll(U):  # noqa: E111 (keeps the body's indentation)
+                        tab = table[m, c * GB + qo * U + qi, T.ramp(0, 1, VL)]
                         for i in T.unroll(nplanes):
-                            w = planes[nt, c * GB + q, i, T.ramp(0, 1, VL)]
+                            w = planes[nt, c * GB + qo * U + qi, i, T.ramp(0, 1, VL)]
                             lo = T.call_llvm_pure_intrin(i8, shuffle, tab, T.reinterpret(i8, w & T.broadcast(T.uint8(15), VL)))
                             hi = T.call_llvm_pure_intrin(i8, shuffle, tab, T.reinterpret(i8, T.shift_right(w, T.broadcast(T.uint8(4), VL))))
                             if paired:
@@ -146,34 +151,26 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll_groups: bool = True, pair_mad
                                     T.Cast("uint16", T.int32(pair_unit) * T.shift_left(T.int32(1), 2 * i)), H))
                                 acc[0, T.ramp(0, 1, H)] = acc[0, T.ramp(0, 1, H)] + T.call_llvm_pure_intrin(i16h, pair_madd, pw, lo)
                                 acc[0, T.ramp(H, 1, H)] = acc[0, T.ramp(H, 1, H)] + T.call_llvm_pure_intrin(i16h, pair_madd, pw, hi)
-                            elif fmt == "bcq":
+                            else:
                                 acc[i, T.ramp(0, 1, VL)] = acc[i, T.ramp(0, 1, VL)] + T.Cast(i16, lo)
                                 acc[i, T.ramp(VL, 1, VL)] = acc[i, T.ramp(VL, 1, VL)] + T.Cast(i16, hi)
-                            elif fmt == "ternary":
-                                acc[0, T.ramp(0, 1, VL)] = acc[0, T.ramp(0, 1, VL)] + T.Cast(i16, lo)
-                                acc[0, T.ramp(VL, 1, VL)] = acc[0, T.ramp(VL, 1, VL)] + T.Cast(i16, hi)
-                            else:
-                                acc[0, T.ramp(0, 1, VL)] = acc[0, T.ramp(0, 1, VL)] + T.shift_left(
-                                    T.Cast(i16, lo), T.broadcast(T.Cast("int16", i), VL))
-                                acc[0, T.ramp(VL, 1, VL)] = acc[0, T.ramp(VL, 1, VL)] + T.shift_left(
-                                    T.Cast(i16, hi), T.broadcast(T.Cast("int16", i), VL))
-                    if fmt == "bcq":
-                        for i in T.unroll(b):
-                            for r in T.vectorized(R):
+                    # 3. epilogue: y += d * sum_i coef_i * acc_i (+ zero-point term)
+                    for i in T.unroll(NACC):
+                        for r in T.vectorized(R):
+                            if fmt == "bcq":
                                 accf[m, r] = accf[m, r] + tscale[m, c] * T.Cast(
                                     "float32", scales[nt, c // per_group, i, r]) * T.Cast("float32", acc[i, r])
-                    for r in T.vectorized(R):
-                        if fmt == "bcq":
-                            pass
-                        elif fmt == "ternary":
-                            accf[m, r] = accf[m, r] + T.float32(0.5) * T.Cast("float32", scales[0]) * tscale[m, c] * T.Cast("float32", acc[0, r])
-                        elif zp:
+                            elif fmt == "ternary":
+                                accf[m, r] = accf[m, r] + tscale[m, c] * T.float32(0.5) * T.Cast(
+                                    "float32", scales[0]) * T.Cast("float32", acc[i, r])
+                            else:  # 2^(i-1): identity (1); a paired accumulator already holds sum 2^i Q_i
+                                accf[m, r] = accf[m, r] + tscale[m, c] * T.Cast(
+                                    "float32", scales[nt, c // per_group, r]) * T.Cast(
+                                    "float32", T.shift_left(T.int32(1), i)) * T.float32(0.5) * T.Cast("float32", acc[i, r])
+                    if zp:
+                        for r in T.vectorized(R):
                             accf[m, r] = accf[m, r] + T.Cast("float32", scales[nt, c // per_group, r]) * (
-                                T.float32(0.5) * tscale[m, c] * T.Cast("float32", acc[0, r])
-                                + (T.float32(const) - T.Cast("float32", zeros[nt, c // per_group, r])) * xsum[m, c])
-                        else:
-                            accf[m, r] = accf[m, r] + T.Cast("float32", scales[nt, c // per_group, r]) * (
-                                T.float32(0.5) * tscale[m, c] * T.Cast("float32", acc[0, r]))
+                                T.float32(const) - T.Cast("float32", zeros[nt, c // per_group, r])) * xsum[m, c]
             for m in range(M):
                 for r in range(R):
                     if nt * R + r < N:

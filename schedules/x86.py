@@ -13,7 +13,7 @@ from tvm.target import codegen
 
 from .simd_lut import lut_kernel
 
-KNOBS = {"vector_bytes": (32, 64), "unroll_groups": (True, False), "paired": (True, False)}
+KNOBS = {"vector_bytes": (32, 64), "unroll": (2, 4, 8, 16, 32), "paired": (True, False)}
 SHUFFLE = {32: "llvm.x86.avx2.pshuf.b", 64: "llvm.x86.avx512.pshuf.b.512"}
 PAIR_MADD = {32: "llvm.x86.avx2.pmadd.ub.sw", 64: "llvm.x86.avx512.pmaddubs.w.512"}
 
@@ -31,7 +31,7 @@ def layout(spec, target, vector_bytes=None, paired=None, **_) -> str:
     return f"ptiles{vl}" if _paired(spec, paired) else f"tiles{2 * vl}"
 
 
-def schedule(func, spec, target, vector_bytes=None, unroll_groups: bool = True,
+def schedule(func, spec, target, vector_bytes=None, unroll: int = 16,
              paired=None) -> s_tir.Schedule:
     """The SIMD LUT kernel for ``spec`` on ``target`` (``func`` is its reference semantics).
 
@@ -40,7 +40,7 @@ def schedule(func, spec, target, vector_bytes=None, unroll_groups: bool = True,
     """
     vl = _width(target, vector_bytes)
     madd = PAIR_MADD[vl] if _paired(spec, paired) else ""
-    return s_tir.Schedule(IRModule({"main": lut_kernel(spec, vl, SHUFFLE[vl], unroll_groups, madd)}))
+    return s_tir.Schedule(IRModule({"main": lut_kernel(spec, vl, SHUFFLE[vl], unroll, madd)}))
 
 
 def _paired(spec, paired) -> bool:

@@ -71,7 +71,7 @@ def test_x86_simd_half_activations(act_dtype, fmt, wbits, zp, gs):
 
 def test_x86_simd_without_unroll_and_float32_scales():
     spec = lutc.MPGemmSpec(2, 96, 512, wbits=3, group_size=32, scale_dtype="float32", table_dtype="int8")
-    check_simd(spec, lutc.build(spec, schedule="x86", knobs={"unroll_groups": False}), seed=8)
+    check_simd(spec, lutc.build(spec, schedule="x86", knobs={"unroll": 1}), seed=8)
 
 
 def test_simd_kernel_refuses_unsupported_specs():
