@@ -7,7 +7,9 @@
 
 Layers, each importing only the ones before it: ``spec``/``formats`` (the vocabulary and the
 weight formats) -> ``frontend`` (what is computed, in TensorIR) -> ``schedules/`` (how, per
-target) -> ``build`` (compile) -> ``runtime`` (the safe callable).
+target) -> ``tuner`` (which knobs: space, cost model, logs) -> ``build``/``cache`` (compile,
+the best tuned candidate, on-disk cache) -> ``runtime`` (the safe callable) -> ``autotune``
+(the driver that builds and measures candidates).
 
 Threads: TVM's CPU thread pool reads ``TVM_NUM_THREADS`` when it starts. lutc sets it to the
 number of cores this process may use unless it is already set (TVM's own default used one
@@ -22,7 +24,8 @@ from .spec import LAYOUT_VERSION, MPGemmSpec, SpecError  # noqa: E402
 from .formats import PackedWeights, quantize, repack  # noqa: E402
 from .build import build, compile, cuda_binary  # noqa: E402
 from .runtime import Kernel  # noqa: E402
+from .autotune import tune  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["MPGemmSpec", "SpecError", "LAYOUT_VERSION", "PackedWeights", "quantize", "repack", "compile",
-           "build", "cuda_binary", "Kernel", "__version__"]
+           "build", "cuda_binary", "Kernel", "tune", "__version__"]

@@ -18,9 +18,13 @@ import tvm
 import schedules
 
 from . import target as targets
+from .cache import KernelCache
 from .frontend import lut_mpgemm
 from .runtime import Kernel
 from .spec import MPGemmSpec
+from .tuner.records import best_for, log_for
+
+_FROM_ENV = object()  # sentinel: "use KernelCache.from_env()"
 
 ScheduleLike = Union[None, str, ModuleType]
 
@@ -29,7 +33,8 @@ def compile(shape: Sequence[int], wbits: int = 2, group_size: Optional[int] = No
             format: str = "uniform", zero_point: bool = False, act_dtype: str = "float32",
             scale_dtype: str = "float16", g: int = 4, symmetrize: bool = True,
             table_dtype: Optional[str] = None, target: targets.TargetLike = None,
-            schedule: ScheduleLike = None, knobs: Optional[dict] = None) -> Kernel:
+            schedule: ScheduleLike = None, knobs: Optional[dict] = None,
+            cache=_FROM_ENV, tuned: bool = True) -> Kernel:
     """Compile the LUT mpGEMM ``y[M, N] = x[M, K] @ W[N, K]^T`` for low-bit ``W``.
 
     Args:
@@ -44,8 +49,13 @@ def compile(shape: Sequence[int], wbits: int = 2, group_size: Optional[int] = No
             ``max |y|``, bound in :mod:`lutc.frontend`) and ``"float32"`` elsewhere.
         target: ``None`` (this CPU), ``"llvm"``/``"x86"``, ``"arm"``, ``"cuda"``,
             ``"cuda:sm_80"``, or a TVM target dict (see :mod:`lutc.target`).
-        schedule: a module of ``schedules/`` or its name; default: the target's default.
+        schedule: a module of ``schedules/`` or its name; default: the best tuned candidate in
+            the tuning logs for this workload and target (``lutc.tune``), else the target's
+            default schedule.
         knobs: keyword arguments for the schedule (its ``KNOBS``).
+        cache: a :class:`lutc.cache.KernelCache`, or None for none; default: ``$LUTC_CACHE_DIR``
+            (``~/.cache/lutc/kernels``) unless ``LUTC_CACHE=0``.
+        tuned: look up the tuning logs (when no schedule is named).
 
     Example:
         >>> import torch, lutc
@@ -65,20 +75,40 @@ def compile(shape: Sequence[int], wbits: int = 2, group_size: Optional[int] = No
                   act_dtype=act_dtype, scale_dtype=scale_dtype, g=g, symmetrize=symmetrize)
     if table_dtype is None:
         table_dtype = _default_table_dtype(MPGemmSpec(M, N, K, **fields), tgt)
-    return build(MPGemmSpec(M, N, K, table_dtype=table_dtype, **fields), tgt, schedule, knobs)
+    return build(MPGemmSpec(M, N, K, table_dtype=table_dtype, **fields), tgt, schedule, knobs,
+                 cache=cache, tuned=tuned)
 
 
 def build(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: ScheduleLike = None,
-          knobs: Optional[dict] = None) -> Kernel:
+          knobs: Optional[dict] = None, cache=_FROM_ENV, tuned: bool = True) -> Kernel:
     """Schedule and compile ``spec`` for ``target``; see :func:`compile`."""
     tgt = targets.resolve(target)
     kind = targets.kind(tgt)
+    described = targets.describe(tgt)
+    record = None
+    if schedule is None and knobs is None and tuned:
+        record = best_for(log_for(kind, described), spec.key(), described, targets.device_name(tgt))
+        if record is not None:
+            schedule, knobs = record["schedule"], record["knobs"]
     module = _schedule_module(schedule, kind, spec, tgt)
     knobs = dict(knobs or {})
     unknown = set(knobs) - set(module.KNOBS)
     if unknown:
         raise ValueError(f"schedule {_name(module)} has no knob(s) {sorted(unknown)}; "
                          f"its knobs are {sorted(module.KNOBS)}")
+    if cache is _FROM_ENV:
+        cache = KernelCache.from_env()
+    key = KernelCache.key(spec, described, _name(module), knobs)
+    kernel = cache.load(key, spec) if cache is not None and kind != "cpu-cross" else None
+    if kernel is None:
+        kernel = _compile(spec, tgt, kind, module, knobs)
+        if cache is not None and kernel.runnable:
+            cache.store(key, kernel)
+    kernel.tuned = record
+    return kernel
+
+
+def _compile(spec: MPGemmSpec, tgt, kind: str, module: ModuleType, knobs: dict) -> Kernel:
     sch = module.schedule(lut_mpgemm(spec), spec, tgt, **knobs)
     if kind == "cuda":
         ex, source, fn = _compile_cuda(sch.mod, tgt)

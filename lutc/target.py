@@ -82,9 +82,50 @@ def kind(target: tvm.target.Target) -> str:
 
 
 def describe(target: tvm.target.Target) -> dict:
-    """A JSON-ready identity of the target (its TVM export), for logs and caches."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(target.export()).items()
-            if k not in ("host",)}
+    """A JSON-ready identity of the target (its TVM export, host excluded), for logs and caches."""
+    return {k: _plain(v) for k, v in dict(target.export()).items() if k != "host"}
+
+
+def _plain(v):
+    """TVM containers (Array, Map, String) as plain JSON values."""
+    if isinstance(v, (bool, int, float)) or v is None:
+        return v
+    if isinstance(v, str):
+        return str(v)
+    if hasattr(v, "items"):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if hasattr(v, "__iter__"):
+        return [_plain(x) for x in v]
+    return str(v)
+
+
+def device_name(target: tvm.target.Target) -> str:
+    """The hardware a measurement was taken on: GPU name and capability, or CPU model and
+    its SIMD features (what decides which kernel is fastest). Cross targets: the triple."""
+    k = kind(target)
+    if k == "cuda":
+        try:
+            import torch
+            if torch.cuda.is_available():
+                major, minor = torch.cuda.get_device_capability()
+                return f"{torch.cuda.get_device_name()} | sm_{major}{minor}"
+        except Exception:  # no torch/driver: name the target only
+            pass
+        return f"cuda | {target.attrs.get('arch', '')}"
+    if k == "cpu-cross":
+        return f"cross | {target.attrs.get('mtriple')}"
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    simd = sorted(f for f in flags if f.startswith(("avx", "amx", "asimd", "sve", "neon", "fma")))
+    return f"{model} | {','.join(simd)}"
 
 
 def _host_is_x86() -> bool:

@@ -1,0 +1,304 @@
+"""The autotuner: search each workload's space of (schedule, knobs), guided by a cost model.
+
+For one workload on one target (:func:`tune_spec`):
+
+1. the space is every valid candidate of every schedule that supports the spec (LUT and
+   multiply-add kernels alike: :mod:`lutc.tuner.space`); candidates already in the tuning log
+   for this workload, target and device are not measured again (resume);
+2. the default kernel (what ``lutc.compile`` builds untuned) is measured first;
+3. then batches: the first at random, later ones by the XGBoost cost model trained on all
+   valid measurements so far (the predicted-fastest unmeasured candidates, plus a fraction
+   ``epsilon`` at random to keep exploring). Before each batch is measured, the model's
+   predictions for it are kept: comparing them with the measurements gives the rank
+   correlation on candidates the model never trained on;
+4. each candidate is built (in a thread pool: TVM's compiler releases the GIL), checked
+   against the float64 reference (a wrong result is an error record), and timed: warm-up
+   calls, then the median of per-call times with the weights rotating through ``pool_mib`` of
+   copies (a decode step reads each layer once, so cached weights would flatter);
+5. every measurement, valid or not, is appended to the log at once (kill-safe); the search
+   stops at ``trials`` measurements, after ``seconds``, when the space is exhausted, or when
+   ``patience`` batches in a row found nothing faster;
+6. the default and the best kernel are timed again, alternately, and those medians are the
+   reported default and tuned times (the machine's speed drifts; only a same-setting
+   comparison makes a speedup).
+
+``lutc.compile`` then builds the best record for the workload with no tuning.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+import torch
+import tvm
+
+from . import target as targets
+from .build import build
+from .runtime import Kernel
+from .spec import MPGemmSpec
+from .testing import random_case, reference, rel_error
+from .tuner import CostModel, TuningLog, best, candidates, default_candidate, features, rank_correlation
+from .tuner.records import log_for
+from .tuner.space import Candidate
+
+
+@dataclass
+class TuneResult:
+    """What tuning one workload found (times in microseconds)."""
+
+    spec: MPGemmSpec
+    default_us: float
+    best_us: float
+    best: Optional[Candidate]
+    trials: int
+    invalid: int
+    wall_s: float
+    rank_corr: float                # Spearman, model predictions vs measurements, unseen candidates
+    space: int
+    history: list = field(default_factory=list)   # (candidate, us or None, error)
+
+    @property
+    def speedup(self) -> float:
+        return self.default_us / self.best_us if self.best_us else float("nan")
+
+
+def tune(workloads: Iterable, target: targets.TargetLike = None, trials: int = 64,
+         seconds: Optional[float] = None, log: Optional[TuningLog] = None, progress: bool = True,
+         **options) -> list:
+    """Tune several workloads; returns one :class:`TuneResult` each.
+
+    Args:
+        workloads: :class:`~lutc.spec.MPGemmSpec` objects, or ``(M, N, K)`` shapes (then the
+            other spec fields come from ``options``: wbits, group_size, format, ...).
+        trials: measurements per workload (the default kernel counts as one).
+        seconds: wall-clock budget per workload (None: no limit).
+        log: where records go; default: ``tuning_logs/<family>.jsonl`` (see
+            :func:`lutc.tuner.records.log_dir`).
+        options: spec fields for shapes, and :func:`tune_spec` options (batch, epsilon, ...).
+
+    Example:
+        >>> res = lutc.tune([(1, 4096, 4096)], wbits=2, trials=16)    # doctest: +SKIP
+        >>> print(lutc.autotune.report(res))                          # doctest: +SKIP
+    """
+    spec_fields = {k: options.pop(k) for k in list(options) if k in MPGemmSpec.__dataclass_fields__}
+    tgt = targets.resolve(target)
+    results = []
+    for w in workloads:
+        spec = w if isinstance(w, MPGemmSpec) else _spec_for(tuple(w), tgt, spec_fields)
+        results.append(tune_spec(spec, tgt, trials=trials, seconds=seconds, log=log,
+                                 progress=progress, **options))
+    return results
+
+
+def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int = 64,
+              seconds: Optional[float] = None, log: Optional[TuningLog] = None, batch: int = 8,
+              epsilon: float = 0.25, patience: int = 4, pool_mib: int = 512, calls: int = 30,
+              seed: int = 0, progress: bool = True) -> TuneResult:
+    """Tune one workload (module docstring). Returns a :class:`TuneResult`."""
+    tgt = targets.resolve(target)
+    kind = targets.kind(tgt)
+    if kind == "cpu-cross":
+        raise ValueError("cannot tune a cross-compiled target: tune on the machine itself")
+    described, device = targets.describe(tgt), targets.device_name(tgt)
+    log = log or log_for(kind, described)
+    t_start = time.time()
+    rng = random.Random(seed)
+    space = candidates(spec, tgt, kind)
+    schedule_names = sorted({c.schedule for c in space})
+    knob_names = sorted({k for c in space for k, _ in c.knobs})
+    featurize = lambda c: features(spec, c, schedule_names, knob_names)  # noqa: E731
+
+    bench = _Bench(spec, pool_mib, calls, device_type="cuda" if kind == "cuda" else "cpu")
+    done = {}          # candidate -> us (None when invalid)
+    history = []
+    for rec in log.matching(spec.key(), described):   # resume
+        if rec.get("device") == device:
+            cand = Candidate(rec["schedule"], tuple(sorted(rec["knobs"].items())))
+            done[cand] = None if rec.get("error") else rec["us"]
+
+    def record(cand: Candidate, us: Optional[float], error: Optional[str]) -> None:
+        done[cand] = us
+        history.append((cand, us, error))
+        log.append({"workload": spec.key(), "target": described, "device": device,
+                    "versions": _versions(), "schedule": cand.schedule, "knobs": cand.knob_dict,
+                    "us": us, "error": error, "time": datetime.datetime.now().isoformat(timespec="seconds")})
+
+    default = default_candidate(spec, tgt, kind)
+    default_us = done.get(default)
+    if default not in done:
+        default_us, err = bench.measure(_builder(spec, tgt, default)())
+        record(default, default_us, err)
+    measured_here = 1 if history else 0
+
+    model = CostModel(seed)
+    held_out_pred, held_out_meas = [], []
+    best_so_far = min((u for u in done.values() if u), default=float("inf"))
+    stale = 0
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        while measured_here < trials:
+            if seconds is not None and time.time() - t_start > seconds:
+                break
+            todo = [c for c in space if c not in done]
+            if not todo:
+                break
+            valid = [(c, u) for c, u in done.items() if u is not None and c.knobs]
+            n = min(batch, trials - measured_here, len(todo))
+            if len(valid) >= 4:
+                model.fit([featurize(c) for c, _ in valid], [u for _, u in valid])
+                pred = model.predict([featurize(c) for c in todo])
+                ranked = [c for _, c in sorted(zip(pred, range(len(todo))), key=lambda t: t[0])]
+                n_explore = int(round(epsilon * n))
+                chosen_idx = ranked[: n - n_explore]
+                rest = [i for i in range(len(todo)) if i not in set(chosen_idx)]
+                chosen_idx += rng.sample(rest, min(n_explore, len(rest)))
+                chosen = [todo[i] for i in chosen_idx]
+                predictions = {todo[i]: pred[i] for i in chosen_idx}
+            else:
+                chosen, predictions = rng.sample(todo, n), {}
+            builds = [pool.submit(_builder(spec, tgt, c)) for c in chosen]
+            improved = False
+            for cand, fut in zip(chosen, builds):
+                try:
+                    kernel = fut.result()
+                except Exception as e:  # build failure: recorded, never chosen
+                    us, err = None, f"build failed: {str(e).splitlines()[-1][:300] if str(e) else type(e).__name__}"
+                else:
+                    us, err = bench.measure(kernel)
+                record(cand, us, err)
+                measured_here += 1
+                if us is not None and cand in predictions:
+                    held_out_pred.append(predictions[cand])
+                    held_out_meas.append(us)
+                if us is not None and us < best_so_far:
+                    best_so_far, improved = us, True
+                if progress:
+                    _progress(spec, measured_here, trials, best_so_far, time.time() - t_start)
+            stale = 0 if improved else stale + 1
+            if stale >= patience:
+                break
+    if progress:
+        print(file=sys.stderr)
+    mine = [r for r in log.matching(spec.key(), described) if r.get("device") == device]
+    top = best(mine)
+    winner = Candidate(top["schedule"], tuple(sorted(top["knobs"].items()))) if top else None
+    if winner is not None:
+        # Confirm in one setting: default and winner timed alternately, so drift in the
+        # machine's speed between their first measurements cannot make up a speedup.
+        default_us, best_us = bench.compare(_builder(spec, tgt, default)(), _builder(spec, tgt, winner)())
+    else:
+        best_us = float("nan")
+    return TuneResult(spec=spec, default_us=default_us or float("nan"), best_us=best_us, best=winner,
+                      trials=measured_here, invalid=sum(1 for _, u, _ in history if u is None),
+                      wall_s=time.time() - t_start, rank_corr=rank_correlation(held_out_pred, held_out_meas),
+                      space=len(space), history=history)
+
+
+def report(results: list) -> str:
+    """A Markdown table: default vs tuned time, speedup, trials, wall time, rank correlation."""
+    lines = ["| M x N x K | weights | default µs | tuned µs | speedup | best candidate | trials (invalid) / space "
+             "| wall s | rank corr. |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        s = r.spec
+        fmt = f"{s.format} W{s.wbits} g{s.group_size}" + (" zp" if s.zero_point else "")
+        corr = "-" if r.rank_corr != r.rank_corr else f"{r.rank_corr:.2f}"
+        lines.append(f"| {s.M}x{s.N}x{s.K} | {fmt} | {r.default_us:.1f} | {r.best_us:.1f} | {r.speedup:.2f}x "
+                     f"| {r.best} | {r.trials} ({r.invalid}) / {r.space} | {r.wall_s:.0f} | {corr} |")
+    return "\n".join(lines)
+
+
+class _Bench:
+    """Times kernels of one workload on shared data: one random case, weight pools per layout."""
+
+    def __init__(self, spec: MPGemmSpec, pool_mib: int, calls: int, device_type: str):
+        self.spec, self.calls, self.device_type = spec, calls, device_type
+        self.pool_bytes = pool_mib << 20
+        x, self.qw = random_case(spec, seed=1)
+        self.ref = reference(x, self.qw)
+        self.x = x.to(device_type)
+        self.tol = 3e-2 if spec.table_dtype == "int8" else {"float32": 1e-4, "float16": 2e-3,
+                                                             "bfloat16": 1.5e-2}[spec.act_dtype]
+        self._pools = {}
+
+    def _pool(self, kernel: Kernel) -> list:
+        if kernel.layout not in self._pools:
+            packed = kernel.pack(self.qw)
+            nbytes = sum(t.numel() * t.element_size() for t in packed.tensors())
+            copies = max(2, -(-self.pool_bytes // nbytes))
+            self._pools[kernel.layout] = [[t.clone() for t in packed.tensors()] for _ in range(copies)]
+        return self._pools[kernel.layout]
+
+    def measure(self, kernel: Kernel):
+        """(median us, None) or (None, error message)."""
+        try:
+            out = torch.full((self.spec.M, self.spec.N), float("nan"), dtype=self.x.dtype, device=self.x.device)
+            pool = self._pool(kernel)
+            kernel._fn(self.x, *pool[0], out)
+            _sync(self.device_type)
+            err = rel_error(out.cpu(), self.ref)
+            if not err < self.tol:
+                return None, f"wrong result: relative error {err:.2e} > {self.tol:.0e}"
+            fn, x = kernel._fn, self.x
+            for i in range(3):
+                fn(x, *pool[i % len(pool)], out)
+            times = []
+            for i in range(self.calls):
+                _sync(self.device_type)
+                t0 = time.perf_counter()
+                fn(x, *pool[i % len(pool)], out)
+                _sync(self.device_type)
+                times.append(time.perf_counter() - t0)
+            return statistics.median(times) * 1e6, None
+        except Exception as e:
+            return None, f"run failed: {str(e).splitlines()[-1][:300] if str(e) else type(e).__name__}"
+
+
+    def compare(self, a: Kernel, b: Kernel, rounds: int = 7) -> tuple:
+        """Median times of kernels ``a`` and ``b``, measured alternately ``rounds`` times each."""
+        ta, tb = [], []
+        for _ in range(rounds):
+            ta.append(self.measure(a)[0] or float("nan"))
+            tb.append(self.measure(b)[0] or float("nan"))
+        return statistics.median(ta), statistics.median(tb)
+
+
+def _builder(spec: MPGemmSpec, tgt, cand: Candidate) -> Callable[[], Kernel]:
+    if not cand.knobs:   # the default candidate: what lutc.compile builds untuned
+        return lambda: build(spec, tgt, schedule=cand.schedule, cache=None, tuned=False)
+    return lambda: build(spec, tgt, schedule=cand.schedule, knobs=cand.knob_dict, cache=None, tuned=False)
+
+
+def _spec_for(shape: tuple, tgt, fields: dict) -> MPGemmSpec:
+    from .build import _default_table_dtype
+    M, N, K = shape
+    fields = dict(fields)
+    if fields.get("table_dtype") is None:
+        fields["table_dtype"] = _default_table_dtype(MPGemmSpec(M, N, K, **{k: v for k, v in fields.items()
+                                                                            if k != "table_dtype"}), tgt)
+    return MPGemmSpec(M, N, K, **fields)
+
+
+def _sync(device_type: str) -> None:
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _progress(spec, done: int, total: int, best_us: float, elapsed: float) -> None:
+    width = 24
+    filled = int(width * done / max(total, 1))
+    bar = "#" * filled + "." * (width - filled)
+    print(f"\r{spec.M}x{spec.N}x{spec.K} W{spec.wbits} [{bar}] {done}/{total} best {best_us:8.1f} us "
+          f"{elapsed:5.0f} s", end="", file=sys.stderr, flush=True)
+
+
+def _versions() -> dict:
+    from . import __version__
+    return {"lutc": __version__, "tvm": tvm.__version__}
+
+
+__all__ = ["tune", "tune_spec", "report", "TuneResult"]

@@ -1,0 +1,127 @@
+"""Tuning logs: one JSON line per measured candidate, append-only, safe for concurrent tuners.
+
+A record::
+
+    {"workload": {...MPGemmSpec.key()...}, "target": {...lutc.target.describe()...},
+     "device": "Intel(R) Xeon(R) ... | avx512bw,avx512vnni,..." or "NVIDIA H100 80GB HBM3 | sm_90",
+     "versions": {"lutc": "0.1.0", "tvm": "0.27.0.post1"},
+     "schedule": "x86", "knobs": {"vector_bytes": 64, ...},
+     "us": 231.4 | null, "error": null | "build failed: ...", "time": "2026-11-21T20:30:00"}
+
+``us`` is the median kernel time in microseconds; a record with ``error`` set (build failure,
+wrong result) is kept so the tuner never tries that candidate again, and never chosen.
+
+Durability: each record is one ``write`` of one line to a file opened with ``O_APPEND``, under
+an exclusive ``flock``; two tuners appending at once interleave whole lines and lose nothing,
+and a process killed mid-write leaves at most one partial last line. Reading skips any line
+that is not a complete JSON object (with a warning naming the file and line) and leaves it in
+the file: nothing on disk is ever rewritten or truncated by lutc.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import warnings
+from typing import Iterable, Iterator, Optional
+
+
+class TuningLog:
+    """The JSON-lines tuning log at ``path`` (created on first append).
+
+    Example:
+        >>> import tempfile, os
+        >>> log = TuningLog(os.path.join(tempfile.mkdtemp(), "cpu.jsonl"))
+        >>> log.append({"workload": {"M": 1}, "target": {"kind": "llvm"}, "schedule": "x86",
+        ...             "knobs": {}, "us": 10.0, "error": None})
+        >>> [r["us"] for r in log.records()]
+        [10.0]
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def append(self, record: dict) -> None:
+        """Append one record atomically (one line, one write, under an exclusive lock)."""
+        line = (json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode()
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # A previous writer killed mid-line left no newline: start on a fresh line so that
+            # only its partial record is lost, not ours.
+            if os.fstat(fd).st_size and _last_byte(self.path) != b"\n":
+                line = b"\n" + line
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def records(self) -> Iterator[dict]:
+        """Every complete record; corrupt lines are skipped with a warning (and kept)."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, "rb") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+            try:
+                data = f.read()
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        for number, raw in enumerate(data.split(b"\n"), 1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw)
+                if not isinstance(rec, dict) or "workload" not in rec or "knobs" not in rec:
+                    raise ValueError("not a tuning record")
+            except ValueError as e:
+                warnings.warn(f"{self.path}:{number}: skipping a corrupt tuning record ({e})", stacklevel=2)
+                continue
+            yield rec
+
+    def matching(self, workload: dict, target: dict) -> list:
+        """Records of this workload on this target (any lutc/TVM version)."""
+        return [r for r in self.records() if r["workload"] == workload and r.get("target") == target]
+
+
+def log_dir() -> str:
+    """Where tuning logs live: ``$LUTC_TUNING_LOGS``, else the ``tuning_logs/`` directory of
+    this checkout (the committed reference logs), else ``~/.cache/lutc/tuning_logs``."""
+    if os.environ.get("LUTC_TUNING_LOGS"):
+        return os.environ["LUTC_TUNING_LOGS"]
+    repo = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                        "tuning_logs")
+    if os.path.isdir(repo):
+        return repo
+    return os.path.join(os.path.expanduser("~"), ".cache", "lutc", "tuning_logs")
+
+
+def log_for(target_kind: str, target_attrs: dict, directory: Optional[str] = None) -> TuningLog:
+    """The log file for a target family: ``cuda.jsonl``, ``cpu-x86_64.jsonl``, ``cpu-aarch64.jsonl``."""
+    if target_kind == "cuda":
+        name = "cuda"
+    else:
+        import platform
+        triple = str(target_attrs.get("mtriple") or "") or platform.machine()
+        name = "cpu-" + triple.split("-")[0]
+    return TuningLog(os.path.join(directory or log_dir(), name + ".jsonl"))
+
+
+def best_for(log: TuningLog, workload: dict, target: dict, device: str) -> Optional[dict]:
+    """The best valid record for this workload and target: measured on this device if any,
+    else on any device with the same target."""
+    records = log.matching(workload, target)
+    return best(r for r in records if r.get("device") == device) or best(records)
+
+
+def best(records: Iterable[dict]) -> Optional[dict]:
+    """The fastest valid record (``error`` unset, ``us`` a number), or None."""
+    valid = [r for r in records if not r.get("error") and isinstance(r.get("us"), (int, float))]
+    return min(valid, key=lambda r: r["us"]) if valid else None
+
+
+def _last_byte(path: str) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)

@@ -1,0 +1,162 @@
+"""The tuner: logs that survive concurrency, kills and corruption; compile from logs and cache."""
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import lutc
+from lutc.autotune import tune
+from lutc.cache import KernelCache
+from lutc.target import describe, device_name, resolve
+from lutc.tuner import CostModel, TuningLog, best, candidates, rank_correlation
+from lutc.tuner.records import best_for, log_for
+
+SPEC = lutc.MPGemmSpec(1, 256, 512, wbits=2, group_size=64, table_dtype="int8")
+
+
+def _record(us, knobs=None, error=None, schedule="x86", spec=SPEC, device=None):
+    tgt = resolve("host")
+    return {"workload": spec.key(), "target": describe(tgt), "device": device or device_name(tgt),
+            "versions": {}, "schedule": schedule, "knobs": knobs or {}, "us": us, "error": error}
+
+
+def _append_many(path, tag, n):
+    log = TuningLog(path)
+    for i in range(n):
+        log.append(_record(float(i), knobs={"unroll": 4}, schedule=f"{tag}"))
+
+
+def test_concurrent_appends_lose_nothing(tmp_path):
+    path = str(tmp_path / "log.jsonl")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_append_many, args=(path, f"p{p}", 150)) for p in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    recs = list(TuningLog(path).records())
+    assert len(recs) == 450
+    assert sorted({r["schedule"] for r in recs}) == ["p0", "p1", "p2"]
+
+
+def test_a_killed_writer_loses_only_its_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    log = TuningLog(str(path))
+    log.append(_record(10.0))
+    with open(path, "ab") as f:                  # what kill -9 mid-write leaves behind
+        f.write(b'{"workload": {"M": 1}, "knobs": {"un')
+    log.append(_record(5.0))
+    with pytest.warns(UserWarning, match="log.jsonl:2: skipping a corrupt tuning record"):
+        recs = list(log.records())
+    assert [r["us"] for r in recs] == [10.0, 5.0]
+
+
+def test_corrupt_lines_are_skipped_and_kept(tmp_path):
+    path = tmp_path / "log.jsonl"
+    log = TuningLog(str(path))
+    log.append(_record(7.0))
+    with open(path, "a") as f:
+        f.write("not json at all\n[1, 2]\n")
+    before = path.read_bytes()
+    with pytest.warns(UserWarning, match="corrupt"):
+        assert [r["us"] for r in log.records()] == [7.0]
+    assert path.read_bytes() == before           # nothing on disk is lost or rewritten
+
+
+def test_invalid_records_are_never_chosen():
+    recs = [_record(None, error="build failed: x"), _record(3.0, error="wrong result"), _record(9.0)]
+    assert best(recs)["us"] == 9.0
+    assert best([_record(None, error="x")]) is None
+
+
+def test_compile_builds_the_best_tuned_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
+    tgt = resolve("host")
+    log = log_for("cpu", describe(tgt))
+    log.append(_record(50.0, knobs={"unroll": 4, "paired": False}))
+    log.append(_record(20.0, knobs={"unroll": 2, "paired": True, "vector_bytes": 32}))
+    log.append(_record(1.0, knobs={"unroll": 8}, error="wrong result: relative error 1e+00"))
+    log.append(_record(30.0, schedule="dot_mac", knobs={"row_tiles": 2}))
+    kernel = lutc.compile((1, 256, 512), wbits=2, group_size=64, cache=None)
+    assert kernel.schedule == "x86" and kernel.knobs == {"unroll": 2, "paired": True, "vector_bytes": 32}
+    assert kernel.tuned["us"] == 20.0
+    assert lutc.compile((1, 256, 512), wbits=2, group_size=64, cache=None, tuned=False).tuned is None
+    # a record from another device with the same target is used when this device has none
+    other = lutc.MPGemmSpec(1, 128, 512, wbits=2, group_size=64, table_dtype="int8")
+    log.append(_record(40.0, knobs={"row_tiles": 1}, schedule="dot_mac", spec=other, device="elsewhere"))
+    assert lutc.compile((1, 128, 512), wbits=2, group_size=64, cache=None).schedule == "dot_mac"
+    assert best_for(log, other.key(), describe(tgt), device_name(tgt))["device"] == "elsewhere"
+
+
+def test_second_process_compiles_from_cache_in_under_a_second(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, time, json
+        os.environ["LUTC_CACHE"] = "1"
+        os.environ["LUTC_CACHE_DIR"] = {str(tmp_path / "cache")!r}
+        os.environ["LUTC_TUNING_LOGS"] = {str(tmp_path / "logs")!r}
+        import lutc, torch
+        from lutc.testing import random_case, reference, rel_error
+        t0 = time.perf_counter()
+        k = lutc.compile((1, 1024, 2048), wbits=2, group_size=128)
+        dt = time.perf_counter() - t0
+        x, qw = random_case(k.spec, seed=3)
+        print(json.dumps({{"s": dt, "cached": k.from_cache, "err": rel_error(k(x, qw), reference(x, qw)),
+                          "schedule": k.schedule, "layout": k.layout}}))
+    """)
+    runs = [json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                      check=True).stdout.strip().splitlines()[-1]) for _ in range(2)]
+    assert not runs[0]["cached"] and runs[1]["cached"]
+    assert runs[1]["s"] < 1.0, runs
+    assert runs[1]["err"] < 3e-2 and runs[1]["schedule"] == runs[0]["schedule"]
+    assert runs[1]["layout"] == runs[0]["layout"]
+
+
+def test_corrupt_cache_entry_is_rebuilt(tmp_path):
+    cache = KernelCache(str(tmp_path))
+    spec = lutc.MPGemmSpec(1, 64, 256, wbits=2, group_size=64)
+    k = lutc.build(spec, cache=cache, tuned=False)
+    lib = [f for f in os.listdir(tmp_path) if f.endswith(".so")][0]
+    (tmp_path / lib).write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="unreadable"):
+        again = lutc.build(spec, cache=cache, tuned=False)
+    assert not again.from_cache and again.schedule == k.schedule
+
+
+def test_space_respects_the_target():
+    avx2 = resolve({"kind": "llvm", "mcpu": "x86-64-v3"})
+    space = candidates(SPEC, avx2, "cpu")
+    assert space and all(dict(c.knobs).get("vector_bytes", 32) == 32 for c in space)
+    assert not any(c.schedule == "dot_mac" for c in space)          # no VNNI on x86-64-v3
+    odd = lutc.MPGemmSpec(1, 256, 512, wbits=3, group_size=64, table_dtype="int8")
+    assert not any(dict(c.knobs).get("paired") for c in candidates(odd, resolve("host"), "cpu"))
+
+
+def test_cost_model_and_rank_correlation():
+    X = [[float(i), float(i % 3)] for i in range(30)]
+    us = [10.0 * (1 + i) for i in range(30)]
+    model = CostModel()
+    model.fit(X, us)
+    assert rank_correlation(model.predict(X), us) > 0.95
+    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_tune_end_to_end_and_resume(tmp_path, monkeypatch):
+    monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
+    log = log_for("cpu", describe(resolve("host")))
+    (res,) = tune([(1, 256, 512)], wbits=2, group_size=64, trials=6, batch=3, pool_mib=8, calls=5,
+                  log=log, progress=False)
+    recs = list(log.records())
+    assert res.trials == 6 and len(recs) == 6 and res.best is not None
+    assert res.best_us > 0 and res.default_us > 0 and res.space >= 20
+    (res2,) = tune([(1, 256, 512)], wbits=2, group_size=64, trials=4, batch=2, pool_mib=8, calls=5,
+                   log=log, progress=False)
+    recs2 = list(log.records())
+    keys = [(r["schedule"], json.dumps(r["knobs"], sort_keys=True)) for r in recs2]
+    assert len(recs2) == 10 and len(set(keys)) == 10      # resumed: nothing measured twice
+    kernel = lutc.compile((1, 256, 512), wbits=2, group_size=64, cache=None)
+    assert (kernel.schedule, kernel.knobs) == (res2.best.schedule, res2.best.knob_dict)
