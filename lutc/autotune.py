@@ -301,4 +301,64 @@ def _versions() -> dict:
     return {"lutc": __version__, "tvm": tvm.__version__}
 
 
-__all__ = ["tune", "tune_spec", "report", "TuneResult"]
+
+
+def linear_shapes(model, ms: Iterable[int]) -> list:
+    """``(M, N, K)`` for every distinct ``nn.Linear`` of ``model`` and each M in ``ms``."""
+    import torch.nn as nn
+    nk = sorted({(m.out_features, m.in_features) for m in model.modules() if isinstance(m, nn.Linear)})
+    return [(M, N, K) for N, K in nk for M in ms]
+
+
+def main(argv: Optional[list] = None) -> int:
+    """``lutc tune``: tune shapes from the command line or a model's Linear layers.
+
+    Examples::
+
+        lutc tune --shapes 1x4096x4096,1x11008x4096 --wbits 2 --trials 64
+        lutc tune --model mypkg.models:build_model --m 1,16 --wbits 4 --seconds 120 --report tuned.md
+    """
+    import argparse
+    import importlib
+    ap = argparse.ArgumentParser(prog="lutc tune", description="Tune lutc kernels; records go to the tuning logs.")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--shapes", help="comma-separated MxNxK, e.g. 1x4096x4096,16x11008x4096")
+    src.add_argument("--model", help="module:callable returning an nn.Module; its Linear layers are tuned")
+    ap.add_argument("--m", default="1", help="with --model: comma-separated M values (default 1)")
+    ap.add_argument("--wbits", type=int, default=2)
+    ap.add_argument("--group-size", type=int, default=None)
+    ap.add_argument("--format", default="uniform", choices=["uniform", "bcq", "ternary"])
+    ap.add_argument("--zero-point", action="store_true")
+    ap.add_argument("--act-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--table-dtype", default=None, choices=["float32", "float16", "int8"])
+    ap.add_argument("--target", default=None, help="host (default), llvm, cuda, cuda:sm_80, ...")
+    ap.add_argument("--trials", type=int, default=64, help="measurements per shape")
+    ap.add_argument("--seconds", type=float, default=None, help="time budget per shape")
+    ap.add_argument("--log", default=None, help="tuning log file (default: tuning_logs/<family>.jsonl)")
+    ap.add_argument("--report", default=None, help="also write the closing table (Markdown) here")
+    ap.add_argument("--pool-mib", type=int, default=512, help="weight copies rotated while timing")
+    args = ap.parse_args(argv)
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
+        if any(len(s) != 3 for s in shapes):
+            ap.error("--shapes takes MxNxK triples, e.g. 1x4096x4096")
+    else:
+        module_name, _, attr = args.model.partition(":")
+        model = getattr(importlib.import_module(module_name), attr or "model")
+        model = model() if callable(model) and not hasattr(model, "modules") else model
+        shapes = linear_shapes(model, [int(m) for m in args.m.split(",")])
+        if not shapes:
+            ap.error(f"{args.model} has no nn.Linear layers")
+    results = tune(shapes, target=args.target, trials=args.trials, seconds=args.seconds,
+                   log=TuningLog(args.log) if args.log else None, pool_mib=args.pool_mib,
+                   wbits=args.wbits, group_size=args.group_size, format=args.format,
+                   zero_point=args.zero_point, act_dtype=args.act_dtype, table_dtype=args.table_dtype)
+    text = report(results)
+    print(text)
+    if args.report:
+        with open(args.report, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+__all__ = ["tune", "tune_spec", "report", "TuneResult", "linear_shapes", "main"]
