@@ -7,7 +7,9 @@
 
 Layers, each importing only the ones before it: ``spec``/``formats`` (the vocabulary and the
 weight formats) -> ``frontend`` (what is computed, in TensorIR) -> ``schedules/`` (how, per
-target) -> ``build`` (compile) -> ``runtime`` (the safe callable).
+target) -> ``build`` (compile) -> ``runtime`` (the safe callable) and its users: ``torch_ops``
+(``torch.ops.lutc.mpgemm``, registered on import), ``nn`` (``LUTLinear``, ``quantize_model``),
+``exporter`` (``export``, packed weights as files) and ``cli`` (the ``lutc`` command).
 
 Threads: TVM's CPU thread pool reads ``TVM_NUM_THREADS`` when it starts. lutc sets it to the
 number of cores this process may use unless it is already set (TVM's own default used one
@@ -22,7 +24,11 @@ from .spec import LAYOUT_VERSION, MPGemmSpec, SpecError  # noqa: E402
 from .formats import PackedWeights, quantize  # noqa: E402
 from .build import build, compile, cuda_binary  # noqa: E402
 from .runtime import Kernel  # noqa: E402
+from . import torch_ops  # noqa: E402,F401  (registers torch.ops.lutc.mpgemm: ~30 ms)
+from .nn import LUTLinear, quantize_model  # noqa: E402
+from .exporter import export, load_weights, save_weights  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["MPGemmSpec", "SpecError", "LAYOUT_VERSION", "PackedWeights", "quantize", "compile",
-           "build", "cuda_binary", "Kernel", "__version__"]
+           "build", "cuda_binary", "Kernel", "LUTLinear", "quantize_model", "export",
+           "save_weights", "load_weights", "__version__"]
