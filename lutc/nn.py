@@ -55,7 +55,9 @@ class LUTLinear(nn.Module):
         device, dtype: where the (zero-initialized) buffers live, and the bias dtype.
 
     A new module holds zero weights: fill it with :meth:`from_linear`, :meth:`from_packed` or
-    ``load_state_dict``.
+    ``load_state_dict``. It has no float ``weight`` attribute (code that reads ``layer.weight``,
+    such as weight tying, needs that layer excluded); ``packed().dequantize()`` gives the float64
+    weight the kernels compute with. Inference only: backward through it raises.
 
     Example:
         >>> import torch
@@ -219,6 +221,9 @@ def quantize_model(model: nn.Module, wbits: int = 2, group_size: Optional[int] =
 
     A selected layer whose ``in_features`` the format cannot pack (not a multiple of 8 or of
     the group size) raises :class:`lutc.SpecError` naming the layer; exclude it to keep it float.
+    Only modules whose type is exactly ``nn.Linear`` are replaced: subclasses may have their own
+    forward or be read through ``.weight`` by their parent (``nn.MultiheadAttention.out_proj``),
+    and a ``LUTLinear`` has no float ``weight``.
 
     Example:
         >>> import torch
@@ -242,10 +247,10 @@ def quantize_model(model: nn.Module, wbits: int = 2, group_size: Optional[int] =
             raise SpecError(f"layer {name or '<model>'!r} ({lin.in_features} -> {lin.out_features}): "
                             f"{e}; pass exclude={name!r} to keep it in float") from None
 
-    if isinstance(model, nn.Linear):
+    if type(model) is nn.Linear:
         return convert("", model) if _selected("", model, include, exclude) else model
     for name, module in list(model.named_modules()):
-        if isinstance(module, nn.Linear) and _selected(name, module, include, exclude):
+        if type(module) is nn.Linear and _selected(name, module, include, exclude):
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, convert(name, module))

@@ -91,6 +91,21 @@ class Kernel:
             return out
         return y.numpy() if as_numpy else y
 
+    def launch(self, *tensors: torch.Tensor) -> None:
+        """Run on ``x, planes, scales[, zeros], out`` whose shapes, dtypes, device and
+        contiguity the caller has already checked (the torch op does, with :func:`check_tensor`),
+        skipping :meth:`__call__`'s checks: ~15 us less per call. Alignment is still ensured:
+        misaligned inputs are copied, and ``out`` must be aligned (a fresh torch allocation).
+        """
+        if not self.runnable:
+            raise RuntimeError(f"this kernel was built for {self.target} and cannot run in this "
+                               "process (cross-compiled, or no GPU here): export it instead")
+        *inputs, out = tensors
+        if not _safe(out):
+            raise ValueError(f"out must be contiguous and {ALIGN}-byte aligned for Kernel.launch")
+        self._fn(*[t if _safe(t) else torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+                   for t in inputs], out)
+
 
 def _input(name: str, t: Array, shape: tuple, dtype: torch.dtype, device: str,
            hint_move: bool = False) -> torch.Tensor:

@@ -63,7 +63,7 @@ _ACT_DTYPES = {v: k for k, v in TORCH_DTYPES.items()}
 
 
 class KernelCache:
-    """Compiled kernels keyed by (spec, target), with the ``M`` bucketing of the op.
+    """Compiled kernels keyed by (spec, M bucket, device type -> target), with the op's bucketing.
 
     Args:
         buckets: sorted row counts to compile kernels for (default ``1, 2, 4, ..., 256``);
@@ -136,21 +136,28 @@ class KernelCache:
                     self._kernels[key] = kernel
         return kernel
 
-    def run(self, spec: MPGemmSpec, x: torch.Tensor, qw: PackedWeights) -> torch.Tensor:
-        """``y = x @ W^T`` for any number of rows of ``x`` (``spec.M`` is ignored)."""
+    def run(self, spec: MPGemmSpec, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+        """``y = x @ W^T`` for any number of rows of ``x`` (``spec.M`` is ignored).
+
+        ``weights``: ``planes, scales[, zeros]``. The arguments must have passed
+        :func:`check_args` (this is the op's fast path: the kernels skip their own checks).
+        """
         M, N, K = x.shape[0], spec.N, spec.K
         y = torch.empty((M, N), dtype=x.dtype, device=x.device)
         dev = x.device.type
+        if M and self.bucket(M) == M:  # M is a bucket (decode: M = 1): one call, no slicing
+            self._get(spec, M, dev).launch(x, *weights, y)
+            return y
         for start, rows, bucket in self.plan(M):
             kernel = self._get(spec, bucket, dev)
-            xs = x[start:start + rows]
-            if rows == bucket:
-                kernel(xs, qw, out=y[start:start + rows])
+            if rows == bucket:  # a whole 256-row chunk: 64-byte aligned rows of x and y
+                kernel.launch(x[start:start + rows], *weights, y[start:start + rows])
                 continue
             # Zero rows give all-zero tables and outputs; they are dropped again below.
             xp = torch.zeros((bucket, K), dtype=x.dtype, device=x.device)
-            xp[:rows] = xs
-            yp = kernel(xp, qw)
+            xp[:rows] = x[start:start + rows]
+            yp = torch.empty((bucket, N), dtype=x.dtype, device=x.device)
+            kernel.launch(xp, *weights, yp)
             y[start:start + rows] = yp[:rows]
         return y
 
@@ -260,10 +267,7 @@ def mpgemm(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor,
            g: int = 4, symmetrize: bool = True, table_dtype: str = "float32") -> torch.Tensor:
     """``y[M, N] = x[M, K] @ W[N, K]^T`` for packed ``W`` (module docstring); ``y`` in x's dtype."""
     spec = check_args(x, planes, scales, zeros, wbits, group_size, format, g, symmetrize, table_dtype)
-    qw = PackedWeights(format=spec.format, wbits=spec.wbits, N=spec.N, K=spec.K,
-                       group_size=spec.group_size, zero_point=spec.zero_point,
-                       scale_dtype=spec.scale_dtype, planes=planes, scales=scales, zeros=zeros)
-    return _CACHE.run(spec, x, qw)
+    return _CACHE.run(spec, x, planes, scales, *([zeros] if zeros is not None else []))
 
 
 @mpgemm.register_fake

@@ -193,3 +193,14 @@ def test_quantize_a_bare_linear_and_bad_selectors():
         quantize_model(Tiny(), include=[3])
     with pytest.raises(TypeError, match="torch.nn.Linear"):
         LUTLinear.from_linear(nn.Conv1d(3, 3, 1))
+
+
+def test_linear_subclasses_are_left_alone():
+    # nn.MultiheadAttention reads out_proj.weight itself (out_proj is a Linear subclass).
+    model = nn.ModuleDict({"mha": nn.MultiheadAttention(128, 4, batch_first=True), "proj": _linear(128, 64)})
+    quantize_model(model, wbits=2, group_size=128)
+    assert type(model["mha"].out_proj) is not LUTLinear and isinstance(model["proj"], LUTLinear)
+    x = torch.randn(2, 5, 128, generator=GEN)
+    with torch.no_grad():
+        h, _ = model["mha"](x, x, x)
+    assert model["proj"](h).shape == (2, 5, 64)

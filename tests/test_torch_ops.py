@@ -58,6 +58,18 @@ def test_contiguous_but_misaligned_input_is_safe():
     assert rel_error(_op(x, qw), reference(x, qw)) < 2e-5
 
 
+def test_kernel_launch_copies_misaligned_inputs_and_refuses_misaligned_out():
+    spec = lutc.MPGemmSpec(2, 64, 256, wbits=2, group_size=64)
+    kernel = lutc.build(spec)
+    qw = _weights()
+    x = torch.randn(2 * 256 + 1, generator=GEN)[1:].view(2, 256)
+    out = torch.full((2, 64), float("nan"))
+    kernel.launch(x, qw.planes, qw.scales, out)
+    assert rel_error(out, reference(x, qw)) < 2e-5
+    with pytest.raises(ValueError, match="out must be contiguous and 64-byte aligned"):
+        kernel.launch(x, qw.planes, qw.scales, torch.empty(2 * 64 + 1)[1:].view(2, 64))
+
+
 def test_zero_rows():
     qw = _weights()
     assert _op(torch.empty(0, 256), qw).shape == (0, 64)
