@@ -26,20 +26,20 @@ configuration the script reports, against the float32 model:
 
 Results (2026-11-21) on the 2-core AVX-512 VM of docs/design.md, shared with other jobs:
 Python 3.11.7, torch 2.13.0+cpu (2 threads), TVM_NUM_THREADS=2, lutc 0.1.0 with the default
-(untuned, scalar-gather) CPU schedule; ``python examples/quantize_transformer.py`` (22 s)::
+(untuned, scalar-gather) CPU schedule; ``python examples/quantize_transformer.py`` (22 s, 30 s with the imports)::
 
     model: 2 layers, d=1024, ffn=4096, vocab=4096, 25.2 M weights in quantized layers; prompt 32, 32 new tokens
     machine: x86_64, 2 cpus, load average 1.0, torch 2.13.0+cpu (2 threads), TVM threads 2, OMP_WAIT_POLICY='PASSIVE'
 
     model            rel err top-1 same tok  W err kernel err prefill ms decode tok/s quant s compile s
-    float32            0.000  1.00     1.00  0.000    0.0e+00       29.1         95.2     0.0       0.0
-    w4g128             0.231  0.47     0.19  0.100    3.4e-07      235.7         86.0     4.3       4.6
-    w2g128             0.724  0.06     0.12  0.341    2.4e-07      142.7        118.8     3.4       2.0
+    float32            0.000  1.00     1.00  0.000    0.0e+00       25.4         98.2     0.0       0.0
+    w4g128             0.231  0.47     0.19  0.100    3.4e-07      241.1         78.1     4.1       4.9
+    w2g128             0.724  0.06     0.12  0.341    2.4e-07      126.7        132.7     3.7       1.9
 
-The error columns are the same in every run. The speed columns move a lot on this VM: seven
+The error columns are the same in every run. The speed columns move a lot on this VM: eight
 more runs with OMP_WAIT_POLICY=PASSIVE, some while another process kept a core busy, gave float
-63-109 tok/s, w4g128 45-59 (4 runs), w2g128 76-133, and prefill float 28-62 ms, w4g128
-382-430, w2g128 133-250. ``--compile`` (fullgraph, dynamic shapes) ran w2g128 at 99 tok/s where
+63-109 tok/s, w4g128 45-86 (5 runs), w2g128 76-133, and prefill float 28-62 ms, w4g128
+236-430, w2g128 133-250. ``--compile`` (fullgraph, dynamic shapes) ran w2g128 at 99 tok/s where
 eager ran 98 in the same run (19 s to compile). With ``OMP_WAIT_POLICY=ACTIVE`` (torch's OpenMP
 workers spin between parallel regions, as they do by default) on a quiet VM: float 131.6 tok/s,
 w4g128 29.5, w2g128 54.7; the spinning workers starve TVM's thread pool in the lutc models.
