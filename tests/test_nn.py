@@ -25,7 +25,7 @@ def _reference(module: LUTLinear, x):
     """float64 x @ W^T (+ b) for the module's packed weight."""
     y = x.double().reshape(-1, module.in_features) @ module.packed().dequantize().T
     if module.bias is not None:
-        y = y + module.bias.double()
+        y = y + module.bias.double().cpu()
     return y.reshape(*x.shape[:-1], module.out_features)
 
 
@@ -204,3 +204,15 @@ def test_linear_subclasses_are_left_alone():
     with torch.no_grad():
         h, _ = model["mha"](x, x, x)
     assert model["proj"](h).shape == (2, 5, 64)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_lutlinear_on_cuda_and_state_dict_across_devices(tmp_path):
+    q = LUTLinear.from_linear(_linear().cuda(), wbits=4, group_size=64, zero_point=True)
+    assert q.planes.device.type == "cuda"
+    x = torch.randn(2, 3, 256, generator=GEN)
+    assert rel_error(q(x.cuda()).cpu(), _reference(q, x)) < 2e-5
+    torch.save(q.state_dict(), tmp_path / "q.pt")
+    cpu = LUTLinear(256, 64, wbits=4, group_size=64, zero_point=True)
+    cpu.load_state_dict(torch.load(tmp_path / "q.pt", map_location="cpu", weights_only=True))
+    assert rel_error(cpu(x), _reference(q, x)) < 2e-5
