@@ -8,8 +8,10 @@
 Layers, each importing only the ones before it: ``spec``/``formats`` (the vocabulary and the
 weight formats) -> ``frontend`` (what is computed, in TensorIR) -> ``schedules/`` (how, per
 target) -> ``tuner`` (which knobs: space, cost model, logs) -> ``build``/``cache`` (compile,
-the best tuned candidate, on-disk cache) -> ``runtime`` (the safe callable) -> ``autotune``
-(the driver that builds and measures candidates).
+the best tuned candidate, on-disk cache) -> ``runtime`` (the safe callable) and its users:
+``autotune`` (the driver that builds and measures candidates), ``torch_ops``
+(``torch.ops.lutc.mpgemm``, registered on import), ``nn`` (``LUTLinear``, ``quantize_model``),
+``exporter`` (``export``, packed weights as files) and ``cli`` (the ``lutc`` command).
 
 Threads: TVM's CPU thread pool reads ``TVM_NUM_THREADS`` when it starts. lutc sets it to the
 number of cores this process may use unless it is already set (TVM's own default used one
@@ -25,7 +27,11 @@ from .formats import PackedWeights, quantize, repack  # noqa: E402
 from .build import build, compile, cuda_binary  # noqa: E402
 from .runtime import Kernel  # noqa: E402
 from .autotune import tune  # noqa: E402
+from . import torch_ops  # noqa: E402,F401  (registers torch.ops.lutc.mpgemm: ~30 ms)
+from .nn import LUTLinear, quantize_model  # noqa: E402
+from .exporter import export, load_weights, save_weights  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["MPGemmSpec", "SpecError", "LAYOUT_VERSION", "PackedWeights", "quantize", "repack", "compile",
-           "build", "cuda_binary", "Kernel", "tune", "__version__"]
+           "build", "cuda_binary", "Kernel", "tune", "LUTLinear", "quantize_model", "export",
+           "save_weights", "load_weights", "__version__"]

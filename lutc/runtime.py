@@ -128,12 +128,27 @@ class Kernel:
         self._prepared[qw] = (ids, tensors)
         return tensors
 
+    def launch(self, *tensors: torch.Tensor) -> None:
+        """Run on ``x, planes, scales[, zeros], out`` whose shapes, dtypes, device and
+        contiguity the caller has already checked (the torch op does, with :func:`check_tensor`),
+        skipping :meth:`__call__`'s checks: ~15 us less per call. Alignment is still ensured:
+        misaligned inputs are copied, and ``out`` must be aligned (a fresh torch allocation).
+        """
+        if not self.runnable:
+            raise RuntimeError(f"this kernel was built for {self.target} and cannot run in this "
+                               "process (cross-compiled, or no GPU here): export it instead")
+        *inputs, out = tensors
+        if not _safe(out):
+            raise ValueError(f"out must be contiguous and {ALIGN}-byte aligned for Kernel.launch")
+        self._fn(*[t if _safe(t) else torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+                   for t in inputs], out)
+
 
 def _input(name: str, t: Array, shape: tuple, dtype: torch.dtype, device: str,
            hint_move: bool = False) -> torch.Tensor:
     """A tensor the kernel may read: checked, and copied if non-contiguous or misaligned."""
     t = _as_torch(name, t)
-    _check(name, t, shape, dtype, device, hint_move)
+    check_tensor(name, t, shape, dtype, device, hint_move)
     if not _safe(t):
         # A fresh allocation is compact and aligned (torch's allocators align to 64+ bytes).
         t = torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
@@ -143,8 +158,19 @@ def _input(name: str, t: Array, shape: tuple, dtype: torch.dtype, device: str,
 def _output(t: Array, shape: tuple, dtype: torch.dtype, device: str) -> torch.Tensor:
     """The caller's ``out`` buffer (a torch view of it), checked; it receives ``y``."""
     t = _as_torch("out", t)
-    _check("out", t, shape, dtype, device)
+    check_tensor("out", t, shape, dtype, device)
     return t
+
+
+def check_contiguous(name: str, t: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``t`` is contiguous (row-major, compact).
+
+    :class:`Kernel` copies non-contiguous inputs itself; the torch op refuses them instead, so a
+    copy never hides inside a compiled graph (the caller decides where ``.contiguous()`` goes).
+    """
+    if not t.is_contiguous():
+        raise ValueError(f"{name} is not contiguous (shape {tuple(t.shape)}, strides {tuple(t.stride())}); "
+                         f"expected a contiguous tensor: pass {name}.contiguous()")
 
 
 def _safe(t: torch.Tensor) -> bool:
@@ -164,8 +190,20 @@ def _as_torch(name: str, t: Array) -> torch.Tensor:
     raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(t).__name__}")
 
 
-def _check(name: str, t: torch.Tensor, shape: tuple, dtype: torch.dtype, device: str,
-           hint_move: bool = False) -> None:
+def check_tensor(name: str, t: torch.Tensor, shape: tuple, dtype: torch.dtype, device: str,
+                 hint_move: bool = False) -> None:
+    """Raise an error naming ``name`` unless ``t`` has this shape, dtype and device type.
+
+    Shared by :class:`Kernel` and the torch op (``lutc.torch_ops``), so both word their errors
+    the same way. ``device`` is a device type (``"cpu"``, ``"cuda"``); ``hint_move`` adds how to
+    move packed weights when they are on the wrong device.
+
+    Example:
+        >>> check_tensor("x", torch.zeros(2, 3), (2, 4), torch.float32, "cpu")
+        Traceback (most recent call last):
+        ...
+        ValueError: x has shape (2, 3), expected (2, 4)
+    """
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
     if t.dtype != dtype:

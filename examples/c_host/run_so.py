@@ -1,0 +1,69 @@
+"""Run the exported kernel.so through tvm-ffi alone (numpy + apache-tvm-ffi; no lutc, no TVM).
+
+    python examples/c_host/run_so.py OUT [bound]
+
+Reads OUT/kernel.json (the export's manifest), loads the library with ``tvm_ffi.load_module``,
+reads OUT/weights.lutcw with the few lines of :func:`read_weights` (the format of
+``lutc_weights.h``), runs the kernel on OUT/x.bin and compares with OUT/ref.bin. Exits 1 on a
+mismatch. The tests run it in a process where importing lutc or tvm fails.
+"""
+import json
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import tvm_ffi
+
+HEADER = struct.Struct("<8s31q")  # lutc_weights.h: magic + 31 int64 fields
+
+
+def aligned(a: np.ndarray) -> np.ndarray:
+    """A 64-byte-aligned copy (the kernel assumes aligned buffers and does not check)."""
+    raw = np.empty(a.nbytes + 64, np.uint8)
+    start = (-raw.ctypes.data) % 64
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def read_weights(path) -> dict:
+    data = Path(path).read_bytes()
+    magic, *h = HEADER.unpack_from(data)
+    if magic != b"LUTCWGT\0" or h[0] != 1 or h[1] != 1:
+        raise SystemExit(f"{path}: not a lutc weight file of version 1, layout bitplane v1")
+    planes, N, K, groups, zp, sbits = h[4], h[5], h[6], h[8], h[9], h[10]
+    sdt = np.float16 if sbits == 16 else np.float32
+
+    def arr(off, nbytes, dtype, shape):
+        return np.frombuffer(data, np.uint8, nbytes, off).view(dtype).reshape(shape)
+
+    w = {"planes": arr(h[11], h[12], np.uint8, (planes, N, K // 8)),
+         "scales": arr(h[13], h[14], sdt, tuple(h[18:18 + h[17]]))}
+    if zp:
+        w["zeros"] = arr(h[15], h[16], sdt, (N, groups))
+    return w
+
+
+def main() -> int:
+    out = Path(sys.argv[1])
+    bound = float(sys.argv[2]) if len(sys.argv) > 2 else 1e-4
+    manifest = json.loads((out / "kernel.json").read_text())
+    fn = tvm_ffi.load_module(str(out / manifest["files"]["so"]))[manifest["symbol"]]
+    shapes = {a["name"]: tuple(a["shape"]) for a in manifest["args"]}
+    arrays = dict(read_weights(out / "weights.lutcw"))
+    arrays["x"] = np.fromfile(out / "x.bin", np.float32).reshape(shapes["x"])
+    arrays["out"] = np.full(shapes["out"], np.nan, np.float32)  # poisoned
+    args = [aligned(arrays[a["name"]]) for a in manifest["args"]]
+    fn(*[tvm_ffi.from_dlpack(a) for a in args])
+    y, ref = args[-1].astype(np.float64), np.fromfile(out / "ref.bin", np.float32).reshape(shapes["out"])
+    err = float(np.abs(y - ref).max() / np.abs(ref).max()) if np.isfinite(y).all() else float("inf")
+    ok = err <= bound
+    leaked = [m for m in ("lutc", "tvm") if sys.modules.get(m) is not None]
+    print(f"run_so (tvm-ffi {tvm_ffi.__version__}): max relative error {err:.3e} (bound {bound:.0e}): "
+          f"{'OK' if ok else 'MISMATCH'}; modules lutc/tvm loaded: {leaked or 'none'}")
+    return 0 if ok and not leaked else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The ``lutc`` command line (``lutc = lutc.cli:main``; also ``python -m lutc``).
+
+    lutc export --shape 1,4096,4096 --wbits 2 --group-size 128 -o out/ [--target host]
+                [--name NAME] [--symbol SYM] [--emit so,o,c] [--weights w.pt]
+
+Subcommands register themselves in :data:`COMMANDS`: a function that adds its parser to the
+subparsers and sets ``run`` (``args -> exit code``). The workload options (:func:`add_workload_args`)
+are shared, so a ``tune`` subcommand adds one function, ``add_tune``, and reuses them.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+
+def add_workload_args(p: argparse.ArgumentParser) -> None:
+    """The options naming one workload and target, as :func:`lutc.compile` takes them."""
+    g = p.add_argument_group("workload (see lutc.compile)")
+    g.add_argument("--shape", required=True, help="M,N,K: x is [M, K], the weight [N, K]")
+    g.add_argument("--wbits", type=int, default=2, help="bits per weight, 1-4 (default 2)")
+    g.add_argument("--group-size", type=int, default=None,
+                   help="32, 64, 128 or -1 for one scale per row (default 128; -1 for ternary)")
+    g.add_argument("--format", default="uniform", choices=["uniform", "bcq", "ternary"])
+    g.add_argument("--zero-point", action="store_true", help="uniform: per-group zero points")
+    g.add_argument("--act-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    g.add_argument("--scale-dtype", default="float16", choices=["float16", "float32"])
+    g.add_argument("--g", type=int, default=4, choices=[2, 4], help="activations per table group")
+    g.add_argument("--no-symmetrize", action="store_true", help="store full tables")
+    g.add_argument("--table-dtype", default="float32", choices=["float32", "float16", "int8"])
+    g.add_argument("--target", default=None,
+                   help="host (default), llvm/x86, arm, cuda, cuda:sm_XX (see lutc.target)")
+    g.add_argument("--schedule", default=None, help="a module of schedules/ (default: the target's)")
+    g.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
+                   help="schedule knob, repeatable (e.g. --knob n_block=32)")
+
+
+def compile_from_args(args: argparse.Namespace):
+    """``lutc.compile`` of the workload options."""
+    import lutc
+    try:
+        shape = tuple(int(v) for v in args.shape.split(","))
+    except ValueError:
+        raise ValueError(f"--shape must be M,N,K integers, got {args.shape!r}") from None
+    return lutc.compile(shape, wbits=args.wbits, group_size=args.group_size, format=args.format,
+                        zero_point=args.zero_point, act_dtype=args.act_dtype,
+                        scale_dtype=args.scale_dtype, g=args.g, symmetrize=not args.no_symmetrize,
+                        table_dtype=args.table_dtype, target=args.target, schedule=args.schedule,
+                        knobs=_knobs(args.knob))
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="compile a kernel and write it for other runtimes",
+        description="Compile one kernel and write it as a tvm-ffi shared library, an object, C or "
+                    "CUDA source, with a header documenting the packed layout, the signature and "
+                    "the launch configuration (see lutc.exporter).")
+    add_workload_args(p)
+    p.add_argument("-o", "--out", required=True, help="output directory (created if missing)")
+    p.add_argument("--name", default=None, help="file stem and C prefix (default: from the workload)")
+    p.add_argument("--symbol", default="main",
+                   help="entry symbol __tvm_ffi_SYMBOL (default main); unique per kernel to link several")
+    p.add_argument("--emit", default=None,
+                   help="comma list of so,o,c (CPU) or cu,so (CUDA); default: all that apply")
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="a float weight [N, K] (.pt tensor or .npy) to quantize in this format and "
+                        "write as NAME.lutcw, which lutc_weights.h reads")
+    p.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import lutc
+    kernel = compile_from_args(args)
+    emit = [e.strip() for e in args.emit.split(",") if e.strip()] if args.emit else None
+    result = lutc.export(kernel, args.out, name=args.name, symbol=args.symbol, emit=emit)
+    if args.weights:
+        weight = _load_weight(args.weights)
+        spec = kernel.spec
+        if tuple(weight.shape) != (spec.N, spec.K):
+            raise ValueError(f"--weights has shape {tuple(weight.shape)}, expected [N, K] = "
+                             f"{(spec.N, spec.K)} for --shape {args.shape}")
+        qw = lutc.quantize(weight, wbits=spec.wbits, group_size=spec.group_size, format=spec.format,
+                           zero_point=spec.zero_point, scale_dtype=spec.scale_dtype)
+        result.files["weights"] = lutc.save_weights(qw, Path(args.out) / f"{result.name}.lutcw")
+    print(f"{kernel!r}")
+    for kind, path in result.files.items():
+        print(f"  {kind:<8} {path}")
+    for kind, why in result.skipped.items():
+        print(f"  {kind:<8} skipped: {why}")
+    return 0
+
+
+#: Subcommand registrars, in help order. A later ``add_tune`` goes here.
+def add_tune(sub) -> None:
+    p = sub.add_parser("tune", add_help=False, help="tune kernels for shapes or a model's Linear layers "
+                       "(lutc tune --help)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(run=lambda args: __import__("lutc.autotune", fromlist=["main"]).main(args.rest))
+
+
+COMMANDS: list = [add_export, add_tune]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``lutc`` command; returns its exit code (2 for a bad request)."""
+    parser = argparse.ArgumentParser(prog="lutc", description="lutc: LUT mixed-precision GEMM kernels")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in COMMANDS:
+        register(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, TypeError, RuntimeError, OSError) as e:  # SpecError is a ValueError
+        print(f"lutc {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _knobs(items: Sequence[str]) -> dict:
+    knobs = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--knob takes NAME=VALUE, got {item!r}")
+        knobs[name] = int(value) if value.lstrip("-").isdigit() else value
+    return knobs
+
+
+def _load_weight(path: str):
+    import numpy as np
+    import torch
+    if path.endswith(".npy"):
+        return torch.from_numpy(np.load(path))
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, torch.Tensor):
+        raise TypeError(f"{path} holds a {type(obj).__name__}; expected one float tensor [N, K]")
+    return obj
+
+
+if __name__ == "__main__":
+    sys.exit(main())

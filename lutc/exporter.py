@@ -1,0 +1,678 @@
+r"""Export compiled kernels for other runtimes, and packed weights for their hosts.
+
+:func:`export` (also ``lutc.export`` and the ``lutc export`` command) writes, for a
+:class:`~lutc.runtime.Kernel`:
+
+=================  ==============================================================================
+file               what
+=================  ==============================================================================
+``NAME.so``        CPU: the kernel as a shared library loadable through tvm-ffi, from Python
+                   (``tvm_ffi.load_module(path)[symbol]``) or C++ (``ffi::Module::LoadFromFile``),
+                   without lutc or TVM: ``lutc_backend.c`` is linked in and provides the thread
+                   pool and workspace that libtvm_runtime would. CUDA (only where a GPU compiled
+                   it): the TVM module with its device code (loading needs libtvm_runtime_cuda).
+``NAME.o``         CPU: the same code as a relocatable object for static linking (LLVM, this
+                   target's ISA; a cross-compiled kernel's object is for its target).
+``NAME.c``         CPU: the kernel as plain C source (TVM's "c" target), for embedding where no
+                   LLVM-built object fits. Single-threaded: TVM's C backend emits parallel loops
+                   as serial ones.
+``NAME.cu``        CUDA: the kernels' CUDA C source plus ``NAME_launch()``, a host function that
+                   launches them in order on a stream (grid/block read from the lowered TIR).
+``NAME.h``         the packed-weight layout, the argument order/shapes/dtypes, the entry symbol,
+                   the backend hooks a host must provide (CPU) or the launch configuration and
+                   workspace (CUDA), sizes as macros, and ``NAME_run()`` (CPU) on raw pointers.
+``NAME.json``      the same facts for programs: spec, target, schedule, files, launches.
+``lutc_backend.c`` CPU: the TVM backend services (thread pool, workspace, error hook).
+``lutc_weights.h`` a C reader for the weight files of :func:`save_weights`.
+``include/``       CPU: the tvm-ffi/DLPack C headers the generated code includes.
+=================  ==============================================================================
+
+**The CPU ABI.** The entry point is TVM-FFI's safe call,
+``int __tvm_ffi_SYMBOL(void* self, const TVMFFIAny* args, int32_t num_args, TVMFFIAny* ret)``
+(``SYMBOL`` is ``main`` unless ``symbol=`` renames it: give each kernel its own symbol to link
+several into one program). ``args`` are ``DLTensor*`` (type index ``kTVMFFIDLTensorPtr``) in the
+order ``x, planes, scales[, zeros], out`` of :mod:`lutc.frontend`; every buffer is compact
+row-major and 64-byte aligned (the kernel checks shapes, dtypes, device and strides, not
+alignment). It returns 0, or -1 after reporting the failed check through
+``TVMFFIErrorSetRaisedFromCStrParts``. The object calls the runtime through three weak function
+pointers, ``__TVMBackendParallelLaunch``, ``__TVMBackendAllocWorkspace`` and
+``__TVMBackendFreeWorkspace``, which ``lutc_backend.c`` fills at start-up (a host may assign its
+own; libtvm_runtime, where loaded, fills them with its own).
+
+Example (CPU):
+
+    >>> import lutc, tempfile
+    >>> kernel = lutc.compile((1, 64, 256), wbits=2, group_size=64, table_dtype="float32")
+    >>> out = lutc.export(kernel, tempfile.mkdtemp(), name="k")
+    >>> sorted(out.files)
+    ['c', 'h', 'json', 'o', 'so']
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+import numpy as np
+import torch
+import tvm
+
+from . import target as targets
+from .build import _compile_cuda  # the one place that knows TVM's CUDA-compile quirks
+from .formats import LAYOUT, PackedWeights
+from .frontend import _scale_shape, lut_mpgemm
+from .runtime import Kernel
+from .spec import FORMATS, LAYOUT_VERSION, MPGemmSpec
+
+PathLike = Union[str, os.PathLike]
+C_DIR = Path(__file__).parent / "c"
+CPU_EMIT = ("so", "o", "c")
+#: The tvm-ffi / TVM C headers that the generated C code and the headers include.
+_HEADERS = {"tvm_ffi": ("dlpack/dlpack.h", "tvm/ffi/c_api.h", "tvm/ffi/extra/c_env_api.h"),
+            "tvm": ("tvm/runtime/base.h", "tvm/runtime/c_backend_api.h")}
+_DL = {"float32": ("kDLFloat", 32), "float16": ("kDLFloat", 16), "bfloat16": ("kDLBfloat", 16),
+       "uint8": ("kDLUInt", 8)}
+_C_ELEM = {"float32": "float", "float16": "uint16_t (IEEE half bits)",
+           "bfloat16": "uint16_t (bfloat16 bits)", "uint8": "uint8_t"}
+_NBYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "uint8": 1, "int8": 1, "int32": 4}
+
+LAYOUT_DOC = """\
+Packed weight layout "bitplane" version 1 (lutc.formats), for W [N, K]:
+  planes  uint8 [b, N, K/8]: bit (k % 8), least significant first, of byte k/8 in plane i
+          is bit i of the code of W[n, k]; b = wbits (2 for ternary).
+  scales  uniform [N, G]; bcq [N, G, b] (one alpha per plane); ternary [1].
+  zeros   uniform with zero points only: [N, G], same dtype as scales.
+  G = K / group_size (1 when group_size is -1). The weight each code stands for:
+    uniform  s * (q - z),  q = sum_i 2^i bit_i,  z = zeros[n, j] or (2^b - 1)/2
+    bcq      sum_i alpha_i * (2 bit_i - 1)
+    ternary  s * ((2 bit_0 - 1) + (2 bit_1 - 1)) / 2
+  lutc.exporter.save_weights writes these tensors to a file lutc_weights.h reads."""
+
+
+@dataclass
+class Exported:
+    """What :func:`export` wrote: ``files`` maps a kind (``"so"``, ``"h"``, ...) to its path."""
+
+    directory: Path
+    name: str
+    symbol: str
+    files: dict
+    manifest: dict
+    skipped: dict = field(default_factory=dict)  # kind -> why it was not written
+    extra: dict = field(default_factory=dict)    # CUDA: launches and workspace (in the manifest)
+
+
+def default_name(spec: MPGemmSpec) -> str:
+    """A C identifier naming the kernel of ``spec``, e.g. ``lutc_uniform_w2g128_1x4096x4096_f32``."""
+    zp = "zp" if spec.zero_point else ""
+    act = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}[spec.act_dtype]
+    gs = "row" if spec.group_size == -1 else spec.group_size
+    return f"lutc_{spec.format}_w{spec.wbits}g{gs}{zp}_{spec.M}x{spec.N}x{spec.K}_{act}"
+
+
+def export(kernel: Kernel, directory: PathLike, name: Optional[str] = None, symbol: str = "main",
+           emit: Optional[Iterable[str]] = None) -> Exported:
+    """Write ``kernel`` for other runtimes into ``directory`` (module docstring).
+
+    Args:
+        kernel: from :func:`lutc.compile` / :func:`lutc.build`.
+        directory: created if missing; existing files of the same name are replaced.
+        name: file stem and C prefix (default :func:`default_name`).
+        symbol: the entry's global symbol: ``__tvm_ffi_<symbol>`` in C, ``module[symbol]`` in
+            tvm-ffi, CUDA kernels ``<symbol>_kernel[_i]``. The default ``"main"`` writes
+            ``kernel.executable`` itself; another symbol recompiles the same schedule under it.
+        emit: which of ``"so"``, ``"o"``, ``"c"`` (CPU) / ``"cu"``, ``"so"`` (CUDA) to write;
+            default all that apply (a CUDA ``.so`` only where this process has a GPU). The
+            header and manifest are always written.
+    """
+    if not isinstance(kernel, Kernel):
+        raise TypeError(f"kernel must be a lutc Kernel (lutc.compile), got {type(kernel).__name__}")
+    name = name or default_name(kernel.spec)
+    for what, value in (("name", name), ("symbol", symbol)):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(f"{what} must be a C identifier, got {value!r}")
+    if kernel.layout != LAYOUT:
+        # The header, manifest and weight files document the bitplane layout only.
+        raise ValueError(f"lutc.export writes kernels that read the {LAYOUT!r} weight layout; this one "
+                         f"({kernel.schedule}) reads {kernel.layout!r}: compile with "
+                         "table_dtype='float32' or schedule='cpu_generic'/'cuda_generic' to export")
+    cuda = kernel.device == "cuda"
+    allowed = ("cu", "so") if cuda else CPU_EMIT
+    explicit = emit is not None
+    emit = set(emit) if explicit else set(allowed)
+    unknown = emit - set(allowed)
+    if unknown:
+        raise ValueError(f"emit: {sorted(unknown)} cannot be written for a "
+                         f"{'CUDA' if cuda else 'CPU'} kernel; choose from {list(allowed)}")
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    result = Exported(out, name, symbol, {}, {})
+    if cuda:
+        _export_cuda(kernel, result, emit, explicit)
+    else:
+        _export_cpu(kernel, result, emit, explicit)
+    shutil.copyfile(C_DIR / "lutc_weights.h", out / "lutc_weights.h")
+    result.manifest = _manifest(kernel, result)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(result.manifest, indent=2) + "\n")
+    result.files["json"] = path
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU
+def _export_cpu(kernel: Kernel, res: Exported, emit: set, explicit: bool) -> None:
+    out, name, symbol = res.directory, res.name, res.symbol
+    tgt = tvm.target.Target(dict(kernel.target))
+    ex = kernel.executable if symbol == "main" else tvm.compile(_scheduled(kernel, symbol, tgt), target=tgt)
+    shutil.copyfile(C_DIR / "lutc_backend.c", out / "lutc_backend.c")
+    _copy_headers(out / "include")
+    if "o" in emit:
+        res.files["o"] = out / f"{name}.o"
+        ex.mod.write_to_file(str(res.files["o"]))
+    if "so" in emit:
+        cc = _c_compiler(tgt)
+        if cc is None:
+            _skip(res, "so", f"no C compiler for {tgt.attrs.get('mtriple')} (install its gcc)", explicit)
+        else:
+            res.files["so"] = _shared_library(ex, cc, out / f"{name}.so")
+    if "c" in emit:
+        try:
+            res.files["c"] = out / f"{name}.c"
+            res.files["c"].write_text(_c_source(kernel, symbol))
+        except Exception as e:  # noqa: BLE001  (TVM raises its own error types)
+            res.files.pop("c")
+            _skip(res, "c", f"TVM's C backend cannot emit this schedule ({_first_line(e)}); the "
+                  "C target has no vector types: use a schedule that does not vectorize", explicit)
+    res.files["h"] = out / f"{name}.h"
+    res.files["h"].write_text(_cpu_header(kernel, name, symbol))
+
+
+def _shared_library(ex, cc: str, path: Path) -> Path:
+    # The backend goes inside the library, so tvm-ffi alone can run it (no libtvm_runtime).
+    with tempfile.TemporaryDirectory() as tmp:
+        obj = Path(tmp) / "lutc_backend.o"
+        subprocess.run([cc, "-O2", "-fPIC", "-pthread", "-c", str(C_DIR / "lutc_backend.c"),
+                        "-o", str(obj)], check=True, capture_output=True, text=True)
+        from tvm.support import cc as tvm_cc
+        fcompile = None if cc == _host_cc() else tvm_cc.cross_compiler(cc)
+        ex.export_library(str(path), addons=[str(obj)], fcompile=fcompile)
+    return path
+
+
+def _c_source(kernel: Kernel, symbol: str) -> str:
+    c = tvm.target.Target({"kind": "c"})
+    src = tvm.compile(_scheduled(kernel, symbol, c), target=c).mod.inspect_source()
+    prelude = [
+        f"/* {symbol}: lutc {_version()} kernel for {_describe(kernel.spec)}, as C source (TVM's",
+        " * \"c\" target). Compile with the include/ directory of the export on the include path;",
+        " * link lutc_backend.c built with -DLUTC_STANDALONE (or libtvm_runtime + libtvm_ffi).",
+        " * Single-threaded: TVM's C backend emits parallel loops as serial loops. */",
+        # Several exported C kernels may be linked together: give the module context a
+        # per-kernel name (only a tvm-ffi loader of a .so built from this file would look for it).
+        f"#define __tvm_ffi__library_ctx __tvm_ffi__library_ctx_{symbol}",
+    ]
+    if symbol != "main":
+        # TVM's C backend adds an entry alias __tvm_ffi_main calling __tvm_ffi_<symbol>; rename
+        # it, or two renamed kernels would still both define __tvm_ffi_main.
+        prelude.append(f"#define __tvm_ffi_main __tvm_ffi_main_alias_{symbol}")
+    if re.search(r"\bhalf\b", src):
+        prelude += ["/* TVM's C backend spells float16 `half`; gcc >= 12 and clang have _Float16 on",
+                    " * x86-64 and aarch64. Define LUTC_HALF_TYPE to use another 16-bit float type. */",
+                    "#ifndef LUTC_HALF_TYPE", "#define LUTC_HALF_TYPE _Float16", "#endif",
+                    "typedef LUTC_HALF_TYPE half;"]
+    return "\n".join(prelude) + "\n" + src
+
+
+def _cpu_header(kernel: Kernel, name: str, symbol: str) -> str:
+    spec, args = kernel.spec, _args(kernel.spec)
+    P = name.upper()
+    lines = [f"/* {name}.h: lutc {_version()} kernel export. Generated; do not edit.", " *",
+             f" * Computes y[M, N] = x[M, K] @ W[N, K]^T, {_describe(spec)}.",
+             f" * Target {json.dumps(_jsonable(kernel.target))}; schedule {_schedule_text(kernel)}.",
+             " *", *_comment(LAYOUT_DOC), " *",
+             " * Arguments, in order (compact row-major, 64-byte-aligned buffers; dtypes as DLPack):"]
+    lines += [f" *   {a}  {_C_ELEM[d]} [{', '.join(map(str, s))}]" for a, s, d in args]
+    lines += [
+        " *",
+        f" * Entry (tvm-ffi safe call): int __tvm_ffi_{symbol}(void* self, const TVMFFIAny* args,",
+        " *   int32_t num_args, TVMFFIAny* ret): args are DLTensor* (type index kTVMFFIDLTensorPtr)",
+        " *   in the order above, self and ret unused; returns 0, or -1 after reporting the failed",
+        " *   check through TVMFFIErrorSetRaisedFromCStrParts. " + f"{name}_run() below wraps it.",
+        f" *   In a shared library loaded by tvm-ffi the function is named \"{symbol}\".",
+        " *",
+        " * Backend: the LLVM-built object (.o/.so) calls the runtime through three weak function",
+        " *   pointers, __TVMBackendParallelLaunch, __TVMBackendAllocWorkspace and",
+        " *   __TVMBackendFreeWorkspace; lutc_backend.c fills them at start-up (a pthreads pool and",
+        " *   aligned malloc), or assign your own after start-up. The C source (.c) calls",
+        " *   TVMBackendAllocWorkspace/TVMBackendFreeWorkspace as functions: build lutc_backend.c",
+        " *   with -DLUTC_STANDALONE, which also defines TVMFFIErrorSetRaisedFromCStrParts and",
+        " *   lutc_last_error() for hosts without libtvm_ffi.",
+        " *",
+        " * Build (static C host): cc -O2 -I<export dir>/include host.c NAME.o lutc_backend.c",
+        " *   -DLUTC_STANDALONE -pthread -lm   (or NAME.c instead of NAME.o)",
+        " */",
+        f"#ifndef {P}_H_", f"#define {P}_H_", "",
+        "#include <stdint.h>", "#include <string.h>",
+        "#include <tvm/ffi/c_api.h> /* TVMFFIAny, DLTensor (include/ of the export) */", "",
+    ]
+    lines += _size_macros(P, spec, args)
+    lines += ["", "#ifdef __cplusplus", 'extern "C" {', "#endif",
+              f"int __tvm_ffi_{symbol}(void* self, const TVMFFIAny* args, int32_t num_args, TVMFFIAny* ret);",
+              "#ifdef __cplusplus", "}", "#endif", "",
+              f"/* y = x @ W^T on raw CPU pointers (the argument order above; zeros is ignored",
+              " * without zero points). Returns 0, or -1 on a failed check. */",
+              f"static inline int {name}_run(const void* x, const void* planes, const void* scales,",
+              "                              const void* zeros, void* out) {"]
+    ptrs = {"x": "(void*)x", "planes": "(void*)planes", "scales": "(void*)scales",
+            "zeros": "(void*)zeros", "out": "out"}
+    lines.append("  (void)zeros;")
+    for i, (a, shape, dtype) in enumerate(args):
+        lines.append(f"  static int64_t shape{i}[{len(shape)}] = {{{', '.join(map(str, shape))}}};")
+    lines += [f"  DLTensor t[{len(args)}];", f"  TVMFFIAny a[{len(args)}], ret;",
+              "  memset(t, 0, sizeof t); memset(a, 0, sizeof a); memset(&ret, 0, sizeof ret);"]
+    for i, (a, shape, dtype) in enumerate(args):
+        code, bits = _DL[dtype]
+        lines += [f"  t[{i}].data = {ptrs[a]}; t[{i}].device.device_type = kDLCPU; t[{i}].ndim = {len(shape)};",
+                  f"  t[{i}].dtype.code = {code}; t[{i}].dtype.bits = {bits}; t[{i}].dtype.lanes = 1;"
+                  f" t[{i}].shape = shape{i};",
+                  f"  a[{i}].type_index = kTVMFFIDLTensorPtr; a[{i}].v_ptr = &t[{i}];"]
+    lines += [f"  return __tvm_ffi_{symbol}(NULL, a, {len(args)}, &ret);", "}", "",
+              f"#endif /* {P}_H_ */", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA
+def _export_cuda(kernel: Kernel, res: Exported, emit: set, explicit: bool) -> None:
+    out, name, symbol, spec = res.directory, res.name, res.symbol, kernel.spec
+    tgt = tvm.target.Target(dict(kernel.target), host=targets.host_cpu())
+    mod = _scheduled(kernel, symbol, tgt)
+    if symbol == "main":
+        ex, source = kernel.executable, kernel.source
+    else:
+        ex, source, _ = _compile_cuda(mod, tgt)
+    launches, workspace = cuda_launches(mod, tgt)
+    signatures = _cuda_signatures(source)
+    res.extra.update(launches=launches, workspace=workspace)
+    if "cu" in emit:
+        res.files["cu"] = out / f"{name}.cu"
+        res.files["cu"].write_text(_linkable(source) + "\n"
+                                   + _cuda_launcher(name, spec, launches, workspace, signatures))
+    if "so" in emit:
+        if kernel.runnable:
+            res.files["so"] = out / f"{name}.so"
+            ex.export_library(str(res.files["so"]))
+        else:
+            _skip(res, "so", "no GPU in this process: TVM kept CUDA source only; export the .so "
+                  "on a machine with a GPU, or build NAME.cu with nvcc", explicit)
+    res.files["h"] = out / f"{name}.h"
+    res.files["h"].write_text(_cuda_header(kernel, name, symbol, launches, workspace))
+
+
+def _linkable(source: str) -> str:
+    """Make TVM's CUDA helper functions ``inline``, so several exported .cu files link together.
+
+    TVM's CUDA preamble defines host/device helpers (``max(half, half)``, ``make_half4``, ...)
+    with external linkage; two exported kernels in one program would define them twice.
+    ``inline`` lets the linker merge the identical copies. Kernels (``extern "C" __global__``)
+    are untouched: give each export its own ``symbol`` so their names differ.
+    """
+    return re.sub(r"^((?:__host__\s+)?__device__(?:\s+__host__)?\s+[\w:<>]+\s+\w+\()",
+                  r"inline \1", source, flags=re.M)
+
+
+def cuda_launches(mod: tvm.IRModule, tgt: tvm.target.Target) -> tuple:
+    """The kernel launches and workspace buffers of a scheduled CUDA module, from its lowered TIR.
+
+    Lowers ``mod`` through TVM's default TIR pipeline up to the host/device split and reads the
+    host function: each ``call_ffi_kernel`` gives a kernel's name, buffer arguments and launch
+    extents, each global ``AllocBuffer`` a workspace buffer (the table stages' intermediates).
+
+    Returns ``(launches, workspace)``: ``launches`` is a list of dicts ``name, args, grid, block,
+    dyn_shared_bytes``; ``workspace`` a list of dicts ``name, dtype, elements, bytes, offset``
+    (offsets 256-byte aligned, into one device buffer).
+    """
+    build_mod = importlib.import_module("tvm.tirx.build")
+    bound = tvm.tirx.transform.BindTarget(tgt)(mod)
+    pipeline, _, _ = tvm.tirx.get_default_tir_pipeline(tgt)
+    with tgt:
+        host_mod, device_mods = build_mod.split_host_device_mods(pipeline(bound))
+    params = {}
+    for dmod in device_mods.values():
+        for gv, func in dmod.functions.items():
+            params[str(func.attrs["global_symbol"])] = [str(p) for p in func.attrs["tirx.kernel_launch_params"]]
+    (host,) = list(host_mod.functions.values())
+    launches, workspace = [], []
+
+    def visit(stmt):
+        kind = type(stmt).__name__
+        if kind == "AllocBuffer" and stmt.buffer.scope() == "global":
+            b = stmt.buffer
+            elems = int(np.prod([int(s) for s in b.shape]))
+            workspace.append({"name": str(b.name), "dtype": str(b.dtype), "elements": elems,
+                              "bytes": elems * _NBYTES[str(b.dtype)]})
+        if kind == "Evaluate" and type(stmt.value).__name__ == "Call" and \
+                str(stmt.value.op.name) == "tirx.call_ffi_kernel":
+            args = list(stmt.value.args)
+            kname = str(args[0].value)
+            tags = params[kname]
+            bufs, extents = args[1:len(args) - len(tags)], args[len(args) - len(tags):]
+            launch = {"name": kname, "args": [str(a).removesuffix(".data") for a in bufs],
+                      "grid": [1, 1, 1], "block": [1, 1, 1], "dyn_shared_bytes": 0}
+            for tag, ext in zip(tags, extents):
+                value = int(ext)
+                if tag.startswith("blockIdx."):
+                    launch["grid"]["xyz".index(tag[-1])] = value
+                elif tag.startswith("threadIdx."):
+                    launch["block"]["xyz".index(tag[-1])] = value
+                elif "dyn_shared_memory" in tag:
+                    launch["dyn_shared_bytes"] = value
+            launches.append(launch)
+
+    _walk(host.body, visit)
+    offset = 0
+    for buf in workspace:
+        buf["offset"] = offset
+        offset += (buf["bytes"] + 255) // 256 * 256
+    return launches, workspace
+
+
+def _walk(stmt, visit) -> None:
+    visit(stmt)
+    if type(stmt).__name__ == "SeqStmt":
+        for s in stmt.seq:
+            _walk(s, visit)
+    for fld in ("body", "then_case", "else_case"):
+        child = getattr(stmt, fld, None)
+        if isinstance(child, tvm.tirx.Stmt):
+            _walk(child, visit)
+
+
+def _cuda_signatures(source: str) -> dict:
+    """kernel name -> [(C type, parameter name)] from the ``__global__`` definitions."""
+    sigs = {}
+    for m in re.finditer(r'__global__\s+void\s+(?:__launch_bounds__\(\d+\)\s+)?(\w+)\(([^)]*)\)', source):
+        params = []
+        for decl in m.group(2).split(","):
+            words = decl.replace("__restrict__", " ").split()
+            pname, ctype = words[-1], " ".join(words[:-1])
+            while pname.startswith("*"):
+                pname, ctype = pname[1:], ctype + "*"
+            params.append((ctype, pname))
+        sigs[m.group(1)] = params
+    return sigs
+
+
+def _cuda_launcher(name: str, spec: MPGemmSpec, launches: list, workspace: list, sigs: dict) -> str:
+    args = _args(spec)
+    ws = {w["name"]: w for w in workspace}
+    param_names = {a for a, _, _ in args} | {"y"}  # the PrimFunc names a non-float32 output y
+    lines = ["", f"// ---- {name}_launch: written by lutc export from the lowered TIR ----",
+             f'extern "C" unsigned long long {name}_workspace_bytes(void) {{ return {_ws_total(workspace)}ULL; }}',
+             "",
+             f'extern "C" int {name}_launch(const void* x, const void* planes, const void* scales,',
+             "    const void* zeros, void* out, void* workspace, void* stream) {",
+             "  char* ws = (char*)workspace;",
+             "  cudaStream_t s = (cudaStream_t)stream;",
+             "  (void)ws; (void)zeros;"]
+    for launch in launches:
+        sig = sigs.get(launch["name"])
+        if sig is None or len(sig) != len(launch["args"]):
+            raise RuntimeError(f"cannot match kernel {launch['name']} of the lowered TIR to the CUDA "
+                               "source; export the .cu by hand")
+        exprs = []
+        for (ctype, _), arg in zip(sig, launch["args"]):
+            if arg in ws:
+                exprs.append(f"({ctype})(ws + {ws[arg]['offset']})")
+            elif arg in param_names:
+                exprs.append(f"({ctype}){'out' if arg == 'y' else arg}")
+            else:
+                raise RuntimeError(f"kernel {launch['name']} takes {arg!r}, neither an argument nor "
+                                   "a workspace buffer")
+        g, b = launch["grid"], launch["block"]
+        lines.append(f"  {launch['name']}<<<dim3({g[0]}, {g[1]}, {g[2]}), dim3({b[0]}, {b[1]}, {b[2]}), "
+                     f"{launch['dyn_shared_bytes']}, s>>>({', '.join(exprs)});")
+    lines += ["  return (int)cudaGetLastError();", "}", ""]
+    return "\n".join(lines)
+
+
+def _cuda_header(kernel: Kernel, name: str, symbol: str, launches: list, workspace: list) -> str:
+    spec, args = kernel.spec, _args(kernel.spec)
+    P = name.upper()
+    lines = [f"/* {name}.h: lutc {_version()} CUDA kernel export. Generated; do not edit.", " *",
+             f" * Computes y[M, N] = x[M, K] @ W[N, K]^T, {_describe(spec)}.",
+             f" * Target {json.dumps(_jsonable(kernel.target))}; schedule {_schedule_text(kernel)}.",
+             " *", *_comment(LAYOUT_DOC), " *",
+             " * Arguments of NAME_launch (device pointers; compact row-major, 256-byte aligned as",
+             " * cudaMalloc returns them):"]
+    lines += [f" *   {a}  {_C_ELEM[d]} [{', '.join(map(str, s))}]" for a, s, d in args]
+    lines += [" *   workspace  device buffer of " + f"{P}_WORKSPACE_BYTES bytes (intermediates below)",
+              " *   stream     cudaStream_t; the launches are asynchronous on it",
+              " *", f" * {name}_launch() in {name}.cu runs these kernels in order on the stream:",
+              " *   kernel                 grid            block           dyn smem  arguments"]
+    for L in launches:
+        lines.append(f" *   {L['name']:<22} {str(tuple(L['grid'])):<15} {str(tuple(L['block'])):<15} "
+                     f"{L['dyn_shared_bytes']:<9} {', '.join(L['args'])}")
+    lines += [" *", " * Workspace buffers (offsets into workspace):"]
+    for w in workspace:
+        lines.append(f" *   {w['name']:<14} {w['dtype']:<8} [{w['elements']}]  offset {w['offset']}")
+    lines += [" * Kernel parameters (types, names) are those of the __global__ functions in the .cu.",
+              " *", f" * Build: nvcc -c -arch={kernel.target.get('arch', 'sm_90a')} {name}.cu "
+              "(or -shared -Xcompiler -fPIC)", " */",
+              f"#ifndef {P}_H_", f"#define {P}_H_", ""]
+    lines += _size_macros(P, spec, args)
+    lines += [f"#define {P}_WORKSPACE_BYTES {_ws_total(workspace)}ULL", f"#define {P}_NUM_LAUNCHES {len(launches)}",
+              "", "#ifdef __cplusplus", 'extern "C" {', "#endif",
+              f"unsigned long long {name}_workspace_bytes(void);",
+              "/* Returns 0 or the cudaError_t of the launches. zeros is ignored without zero points. */",
+              f"int {name}_launch(const void* x, const void* planes, const void* scales, const void* zeros,",
+              "    void* out, void* workspace, void* stream /* cudaStream_t */);",
+              "#ifdef __cplusplus", "}", "#endif", "", f"#endif /* {P}_H_ */", ""]
+    return "\n".join(lines)
+
+
+def _schedule_text(kernel: Kernel) -> str:
+    knobs = ", ".join(f"{k}={v}" for k, v in sorted(kernel.knobs.items()))
+    return f"{kernel.schedule}({knobs})" if knobs else kernel.schedule
+
+
+def _ws_total(workspace: list) -> int:
+    return max([w["offset"] + w["bytes"] for w in workspace], default=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# shared helpers
+def _scheduled(kernel: Kernel, symbol: str, tgt: tvm.target.Target) -> tvm.IRModule:
+    """The kernel's schedule applied again (same spec, schedule and knobs), under ``symbol``."""
+    module = importlib.import_module(f"schedules.{kernel.schedule}")
+    func = lut_mpgemm(kernel.spec)
+    if symbol != "main":
+        func = func.with_attr("global_symbol", symbol)
+    return module.schedule(func, kernel.spec, tgt, **kernel.knobs).mod
+
+
+def _args(spec: MPGemmSpec) -> list:
+    """``(name, shape, dtype)`` of the kernel's arguments in call order."""
+    args = [("x", (spec.M, spec.K), spec.act_dtype),
+            ("planes", (spec.planes, spec.N, spec.K // 8), "uint8"),
+            ("scales", _scale_shape(spec), spec.scale_dtype)]
+    if spec.zero_point:
+        args.append(("zeros", (spec.N, spec.groups), spec.scale_dtype))
+    return args + [("out", (spec.M, spec.N), spec.act_dtype)]
+
+
+def _size_macros(P: str, spec: MPGemmSpec, args: list) -> list:
+    lines = [f"#define {P}_M {spec.M}", f"#define {P}_N {spec.N}", f"#define {P}_K {spec.K}",
+             f"#define {P}_WBITS {spec.wbits}", f"#define {P}_PLANES {spec.planes}",
+             f'#define {P}_FORMAT "{spec.format}"', f"#define {P}_FORMAT_CODE {FORMATS.index(spec.format)}",
+             f"#define {P}_GROUP_SIZE {spec.group_size}", f"#define {P}_GROUPS {spec.groups}",
+             f"#define {P}_ZERO_POINT {int(spec.zero_point)}",
+             f'#define {P}_ACT_DTYPE "{spec.act_dtype}"', f'#define {P}_SCALE_DTYPE "{spec.scale_dtype}"',
+             f'#define {P}_LAYOUT "{LAYOUT}"', f"#define {P}_LAYOUT_VERSION {LAYOUT_VERSION}",
+             f"#define {P}_NUM_ARGS {len(args)}"]
+    for a, shape, dtype in args:
+        lines.append(f"#define {P}_{a.upper()}_BYTES {int(np.prod(shape)) * _NBYTES[dtype]}")
+    if not spec.zero_point:
+        lines.append(f"#define {P}_ZEROS_BYTES 0")
+    return lines
+
+
+def _manifest(kernel: Kernel, res: Exported) -> dict:
+    spec = kernel.spec
+    m = {"lutc_version": _version(), "name": res.name, "symbol": res.symbol,
+         "entry": f"__tvm_ffi_{res.symbol}" if kernel.device == "cpu" else f"{res.name}_launch",
+         "device": kernel.device, "spec": spec.key(), "target": _jsonable(kernel.target),
+         "schedule": kernel.schedule, "knobs": kernel.knobs, "layout": LAYOUT,
+         "layout_version": LAYOUT_VERSION,
+         "args": [{"name": a, "shape": list(s), "dtype": d} for a, s, d in _args(spec)],
+         "files": {k: p.name for k, p in res.files.items()}, "skipped": res.skipped}
+    m.update(res.extra)
+    return m
+
+
+def _copy_headers(dest: Path) -> None:
+    roots = {"tvm_ffi": Path(importlib.import_module("tvm_ffi").__file__).parent / "include",
+             "tvm": Path(tvm.__file__).parent / "include"}
+    for pkg, headers in _HEADERS.items():
+        for h in headers:
+            (dest / h).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(roots[pkg] / h, dest / h)
+
+
+def _c_compiler(tgt: tvm.target.Target) -> Optional[str]:
+    triple = str(tgt.attrs.get("mtriple", "") or "")
+    if triple and targets.kind(tgt) == "cpu-cross":
+        return shutil.which(f"{triple}-gcc")
+    return _host_cc()
+
+
+def _host_cc() -> Optional[str]:
+    return shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
+
+
+def _skip(res: Exported, kind: str, why: str, explicit: bool) -> None:
+    if explicit:
+        raise RuntimeError(f"cannot write the {kind!r} export: {why}")
+    warnings.warn(f"lutc.export: skipped {kind!r}: {why}", stacklevel=3)
+    res.skipped[kind] = why
+
+
+def _describe(spec: MPGemmSpec) -> str:
+    zp = " with zero points" if spec.zero_point else ""
+    gs = "per row" if spec.group_size == -1 else f"group {spec.group_size}"
+    return (f"M={spec.M} N={spec.N} K={spec.K}, {spec.format} {spec.wbits}-bit weights ({gs}{zp}, "
+            f"{spec.scale_dtype} scales), {spec.act_dtype} x/y, LUT g={spec.g}"
+            f"{' symmetrized' if spec.symmetrize else ''} {spec.table_dtype} tables")
+
+
+def _comment(text: str) -> list:
+    return [" * " + line if line else " *" for line in text.splitlines()]
+
+
+def _jsonable(target: dict) -> dict:
+    return {k: (list(v) if isinstance(v, (tuple, list)) or type(v).__name__ in ("Array", "List") else v)
+            for k, v in dict(target).items()}
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+# ---------------------------------------------------------------------------------------------
+# packed weights as plain files
+_MAGIC = b"LUTCWGT\0"
+_FILE_VERSION = 1
+_HEADER = struct.Struct("<8s31q")  # 256 bytes; field order of lutc_weights_header in lutc_weights.h
+
+
+def save_weights(qw: PackedWeights, path: PathLike) -> Path:
+    """Write ``qw`` to ``path`` (read in C by ``lutc_weights.h``) plus ``path + ".json"``.
+
+    The file is a 256-byte header (magic, file and layout versions, format, shapes, dtypes,
+    offsets; see ``lutc/c/lutc_weights.h``) followed by ``planes``, ``scales`` and ``zeros`` as
+    raw little-endian arrays at 64-byte-aligned offsets. The JSON repeats the metadata for
+    programs that read the raw arrays themselves.
+
+    Example:
+        >>> import torch, lutc, tempfile, os
+        >>> qw = lutc.quantize(torch.randn(64, 256), wbits=3, group_size=64, zero_point=True)
+        >>> path = save_weights(qw, os.path.join(tempfile.mkdtemp(), "w.lutcw"))
+        >>> torch.equal(load_weights(path).dequantize(), qw.dequantize())
+        True
+    """
+    if not isinstance(qw, PackedWeights):
+        raise TypeError(f"qw must be lutc.PackedWeights, got {type(qw).__name__}")
+    qw.check_fits(qw.weight_spec())  # refuses a layout this lutc does not write
+    tensors = [t.detach().cpu().contiguous() for t in qw.tensors()]
+    blobs = [t.numpy().tobytes() for t in tensors]  # little-endian on every host lutc runs on
+    offsets, pos = [], _HEADER.size
+    for blob in blobs:
+        pos = (pos + 63) // 64 * 64
+        offsets.append(pos)
+        pos += len(blob)
+    spec = qw.weight_spec()
+    scale_shape = list(qw.scales.shape) + [0] * (3 - qw.scales.dim())
+    zeros = (offsets[2], len(blobs[2])) if qw.zeros is not None else (0, 0)
+    fields = [_FILE_VERSION, qw.layout_version, FORMATS.index(qw.format), qw.wbits, spec.planes,
+              qw.N, qw.K, qw.group_size, spec.groups, int(qw.zero_point),
+              {"float16": 16, "float32": 32}[qw.scale_dtype], offsets[0], len(blobs[0]),
+              offsets[1], len(blobs[1]), *zeros, qw.scales.dim(), *scale_shape]
+    fields += [0] * (31 - len(fields))
+    path = Path(path)
+    with open(path, "wb") as f:
+        f.write(_HEADER.pack(_MAGIC, *fields))
+        for off, blob in zip(offsets, blobs):
+            f.write(b"\0" * (off - f.tell()))
+            f.write(blob)
+    meta = {k: v for k, v in qw.state().items() if not isinstance(v, torch.Tensor)}
+    meta.update(file_version=_FILE_VERSION, planes=spec.planes, groups=spec.groups,
+                tensors={n: {"offset": o, "bytes": len(b), "shape": list(t.shape),
+                             "dtype": str(t.dtype).removeprefix("torch.")}
+                         for n, o, b, t in zip(("planes", "scales", "zeros"), offsets, blobs, tensors)},
+                layout_doc=LAYOUT_DOC)
+    Path(str(path) + ".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def load_weights(path: PathLike) -> PackedWeights:
+    """Read a file of :func:`save_weights` back (refusing other file or layout versions)."""
+    data = Path(path).read_bytes()
+    if len(data) < _HEADER.size or data[:8] != _MAGIC:
+        raise ValueError(f"{path} is not a lutc weight file")
+    magic, *h = _HEADER.unpack_from(data)
+    if h[0] != _FILE_VERSION or h[1] != LAYOUT_VERSION:
+        raise ValueError(f"{path}: file version {h[0]}, layout {LAYOUT!r} v{h[1]}; this lutc reads "
+                         f"file v{_FILE_VERSION}, layout v{LAYOUT_VERSION}")
+    fmt, wbits, planes, N, K, gs, groups, zp, sbits = h[2:11]
+    sdt = {16: torch.float16, 32: torch.float32}[sbits]
+
+    def tensor(off, nbytes, dtype, shape):
+        raw = torch.frombuffer(bytearray(data[off:off + nbytes]), dtype=torch.uint8)
+        return raw.view(dtype).reshape(shape).clone()
+
+    scales_shape = h[18:18 + h[17]]
+    return PackedWeights(
+        format=FORMATS[fmt], wbits=wbits, N=N, K=K, group_size=gs, zero_point=bool(zp),
+        scale_dtype={16: "float16", 32: "float32"}[sbits],
+        planes=tensor(h[11], h[12], torch.uint8, (planes, N, K // 8)),
+        scales=tensor(h[13], h[14], sdt, scales_shape),
+        zeros=tensor(h[15], h[16], sdt, (N, groups)) if zp else None)
+
+
+__all__ = ["export", "Exported", "default_name", "save_weights", "load_weights", "cuda_launches",
+           "LAYOUT_DOC"]

@@ -1,0 +1,241 @@
+"""torch.ops.lutc.mpgemm: eager, torch.compile(fullgraph=True), M buckets, and bad arguments."""
+import pytest
+import torch
+
+import lutc
+from lutc.testing import reference, rel_error
+from lutc.torch_ops import OpKernels, check_args
+
+TOL = {torch.float32: 2e-5, torch.float16: 1.5e-3, torch.bfloat16: 1e-2}
+GEN = torch.Generator().manual_seed(0)
+
+
+def _weights(N=64, K=256, **fmt):
+    fmt = {"wbits": 2, "group_size": 64, **fmt}
+    return lutc.quantize(torch.randn(N, K, generator=GEN) * 0.02, **fmt)
+
+
+def _op(x, qw, **knobs):
+    return torch.ops.lutc.mpgemm(x, qw.planes, qw.scales, qw.zeros, qw.wbits, qw.group_size,
+                                 qw.format, **knobs)
+
+
+@pytest.mark.parametrize("M", [1, 3, 16, 37, 300])   # exact, padded buckets, > 256: chunks
+def test_eager_any_m(M):
+    qw = _weights(wbits=3, zero_point=True)
+    x = torch.randn(M, 256, generator=GEN)
+    y = _op(x, qw)
+    assert y.shape == (M, 64) and y.dtype == torch.float32
+    assert rel_error(y, reference(x, qw)) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize("fmt", [dict(format="bcq", wbits=2, group_size=32),
+                                 dict(format="ternary", wbits=2, group_size=-1),
+                                 dict(wbits=4, group_size=128, scale_dtype="float32")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_eager_formats_and_dtypes(fmt, dtype):
+    qw = _weights(N=40, K=512, **fmt)
+    x = torch.randn(5, 512, generator=GEN).to(dtype)
+    y = _op(x, qw)
+    assert y.dtype == dtype
+    assert rel_error(y, reference(x, qw)) < TOL[dtype]
+
+
+def test_lut_knobs_reach_the_kernel():
+    qw = _weights(K=512)
+    x = torch.randn(2, 512, generator=GEN)
+    for knobs in (dict(g=2, symmetrize=False), dict(table_dtype="int8")):
+        y = _op(x, qw, **knobs)
+        assert rel_error(y, reference(x, qw)) < (3e-2 if knobs.get("table_dtype") else 2e-5)
+    specs = {k.spec for k in lutc.torch_ops.kernel_cache().kernels()}
+    assert any(s.g == 2 and not s.symmetrize for s in specs) and any(s.table_dtype == "int8" for s in specs)
+
+
+def test_contiguous_but_misaligned_input_is_safe():
+    qw = _weights()
+    x = torch.randn(3 * 256 + 1, generator=GEN)[1:].view(3, 256)   # 4 bytes past an aligned start
+    assert x.is_contiguous() and x.data_ptr() % 64
+    assert rel_error(_op(x, qw), reference(x, qw)) < 2e-5
+
+
+def test_kernel_launch_copies_misaligned_inputs_and_refuses_misaligned_out():
+    spec = lutc.MPGemmSpec(2, 64, 256, wbits=2, group_size=64)
+    kernel = lutc.build(spec)
+    qw = _weights()
+    x = torch.randn(2 * 256 + 1, generator=GEN)[1:].view(2, 256)
+    out = torch.full((2, 64), float("nan"))
+    kernel.launch(x, qw.planes, qw.scales, out)
+    assert rel_error(out, reference(x, qw)) < 2e-5
+    with pytest.raises(ValueError, match="out must be contiguous and 64-byte aligned"):
+        kernel.launch(x, qw.planes, qw.scales, torch.empty(2 * 64 + 1)[1:].view(2, 64))
+
+
+def test_zero_rows():
+    qw = _weights()
+    assert _op(torch.empty(0, 256), qw).shape == (0, 64)
+
+
+def test_compile_fullgraph_no_graph_break():
+    qw = _weights(wbits=4, zero_point=True)
+
+    def f(x):
+        return torch.relu(lutc.torch_ops.linear(x, qw)) * 2
+
+    x = torch.randn(2, 3, 256, generator=GEN)
+    explanation = torch._dynamo.explain(f)(x)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    compiled = torch.compile(f, fullgraph=True)
+    ref = torch.relu(reference(x.reshape(6, 256), qw)).reshape(2, 3, 64) * 2
+    assert rel_error(compiled(x), ref) < 2e-5
+
+
+def test_compile_dynamic_m():
+    qw = _weights()
+    compiled = torch.compile(lambda x: _op(x, qw) + 1, fullgraph=True, dynamic=True)
+    for M in (1, 5, 33):
+        x = torch.randn(M, 256, generator=GEN)
+        assert rel_error(compiled(x), reference(x, qw) + 1) < 2e-5
+
+
+def test_fake_tensor_shapes_and_meta_inputs():
+    qw = _weights(wbits=3)
+    meta = [t.to("meta") for t in (qw.planes, qw.scales)]
+    y = torch.ops.lutc.mpgemm(torch.empty(7, 256, device="meta"), *meta, None, 3, 64)
+    assert y.device.type == "meta" and y.shape == (7, 64) and y.dtype == torch.float32
+    y16 = torch.ops.lutc.mpgemm(torch.empty(2, 256, device="meta", dtype=torch.float16), *meta, None, 3, 64)
+    assert y16.dtype == torch.float16
+
+
+# --- bad arguments: the message names the argument and what was expected ---
+@pytest.fixture(scope="module")
+def qw2():
+    return _weights()
+
+
+@pytest.fixture
+def x():
+    return torch.randn(3, 256, generator=GEN)
+
+
+def test_bad_dtypes(qw2, x):
+    with pytest.raises(TypeError, match=r"x has dtype torch.float64, expected one of torch.float32"):
+        _op(x.double(), qw2)
+    with pytest.raises(TypeError, match=r"planes has dtype torch.int8, expected torch.uint8"):
+        torch.ops.lutc.mpgemm(x, qw2.planes.to(torch.int8), qw2.scales, None, 2, 64)
+    with pytest.raises(TypeError, match=r"scales has dtype torch.bfloat16, expected torch.float16 or torch.float32"):
+        torch.ops.lutc.mpgemm(x, qw2.planes, qw2.scales.bfloat16(), None, 2, 64)
+
+
+def test_bad_devices(qw2, x):
+    with pytest.raises(ValueError, match=r"planes is on cpu, expected meta \(the device of x\)"):
+        _op(x.to("meta"), qw2)
+    with pytest.raises(ValueError, match=r"scales is on meta, expected cpu"):
+        torch.ops.lutc.mpgemm(x, qw2.planes, qw2.scales.to("meta"), None, 2, 64)
+
+
+def test_bad_shapes(qw2, x):
+    with pytest.raises(ValueError, match=r"x has shape \(2, 3, 256\), expected 2-D \[M, K\]"):
+        _op(x.reshape(1, 3, 256).expand(2, 3, 256).contiguous(), qw2)
+    with pytest.raises(ValueError, match=r"planes has shape \(2, 64, 32\), expected \(2, 64, 16\)"):
+        _op(x[:, :128].contiguous(), qw2)
+    with pytest.raises(ValueError, match=r"scales has shape \(64, 2\), expected \(64, 4\)"):
+        torch.ops.lutc.mpgemm(x, qw2.planes, qw2.scales[:, :2].contiguous(), None, 2, 64)
+    with pytest.raises(ValueError, match=r"zeros has shape \(64, 3\), expected \(64, 4\)"):
+        torch.ops.lutc.mpgemm(x, qw2.planes, qw2.scales, torch.zeros(64, 3, dtype=torch.float16), 2, 64)
+
+
+def test_non_contiguous(qw2, x):
+    xt = x.t().contiguous().t()
+    with pytest.raises(ValueError, match=r"x is not contiguous .*pass x.contiguous\(\)"):
+        _op(xt, qw2)
+    planes = qw2.planes.transpose(1, 2).contiguous().transpose(1, 2)
+    with pytest.raises(ValueError, match=r"planes is not contiguous"):
+        torch.ops.lutc.mpgemm(x, planes, qw2.scales, None, 2, 64)
+
+
+def test_bad_bit_width_and_format(qw2, x):
+    with pytest.raises(ValueError, match=r"planes holds 2 bit planes, expected 3 for wbits=3"):
+        torch.ops.lutc.mpgemm(x, qw2.planes, qw2.scales, None, 3, 64)
+    with pytest.raises(lutc.SpecError, match=r"wbits must be 1, 2, 3 or 4, got 5"):
+        torch.ops.lutc.mpgemm(x, qw2.planes, qw2.scales, None, 5, 64)
+    with pytest.raises(lutc.SpecError, match=r"zero_point applies to the uniform format only"):
+        torch.ops.lutc.mpgemm(x, qw2.planes, qw2.scales, torch.zeros(64, 4, dtype=torch.float16), 2, 64, "bcq")
+    with pytest.raises(lutc.SpecError, match=r"group_size must be one of"):
+        torch.ops.lutc.mpgemm(x, qw2.planes, qw2.scales, None, 2, 48)
+
+
+def test_errors_under_compile_name_the_argument(qw2):
+    compiled = torch.compile(lambda x: _op(x, qw2), fullgraph=True)
+    with pytest.raises(Exception, match=r"x has dtype torch.float64"):
+        compiled(torch.randn(3, 256, dtype=torch.float64))
+
+
+def test_check_args_returns_the_spec(qw2, x):
+    spec = check_args(x, qw2.planes, qw2.scales, None, 2, 64)
+    assert (spec.N, spec.K, spec.wbits, spec.scale_dtype, spec.zero_point) == (64, 256, 2, "float16", False)
+
+
+# --- the cache ---
+def test_buckets_and_plan():
+    cache = OpKernels()
+    assert [cache.bucket(m) for m in (1, 2, 3, 5, 255, 256, 257)] == [1, 2, 4, 8, 256, 256, 256]
+    assert cache.plan(600) == [(0, 256, 256), (256, 256, 256), (512, 88, 128)]
+    assert cache.plan(0) == []
+    exact = OpKernels(buckets="exact")
+    assert exact.bucket(37) == 37 and exact.plan(37) == [(0, 37, 37)]
+    with pytest.raises(ValueError, match="buckets must be positive"):
+        OpKernels(buckets=(0, 4))
+
+
+def test_cache_compiles_once_per_bucket():
+    qw = _weights(N=48, K=128, group_size=32)
+    cache = OpKernels(buckets=(1, 4, 16))
+    old = lutc.torch_ops.set_kernel_cache(cache)
+    try:
+        for M in (1, 2, 3, 4, 9, 1, 3, 40):   # buckets 1, 4, 16 (40 = 16 + 16 + 8 -> 16)
+            x = torch.randn(M, 128, generator=GEN)
+            assert rel_error(_op(x, qw), reference(x, qw)) < 2e-5
+        assert sorted(k.spec.M for k in cache.kernels()) == [1, 4, 16]
+    finally:
+        lutc.torch_ops.set_kernel_cache(old)
+    with pytest.raises(TypeError, match="OpKernels"):
+        lutc.torch_ops.set_kernel_cache({})
+
+
+# --- CUDA (skipped without a GPU) ---
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.parametrize("M", [1, 5, 300])
+def test_cuda_eager(M):
+    qw = _weights(K=512, wbits=4, zero_point=True)
+    x = torch.randn(M, 512, generator=GEN)
+    y = _op(x.cuda(), qw.to("cuda"))
+    assert y.device.type == "cuda"
+    assert rel_error(y.cpu(), reference(x, qw)) < 2e-5
+
+
+@cuda
+def test_cuda_compile_and_graph_capture():
+    qw = _weights(K=512).to("cuda")
+    x = torch.randn(3, 512, generator=GEN).cuda()
+    ref = reference(x.cpu(), qw)
+    compiled = torch.compile(lambda x: _op(x, qw) * 2, fullgraph=True)
+    assert rel_error(compiled(x).cpu(), ref * 2) < 2e-5
+    _op(x, qw)                       # warm-up: compile the kernel outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = _op(x, qw)
+    x.copy_(torch.randn(3, 512, generator=GEN).cuda())
+    graph.replay()
+    torch.cuda.synchronize()
+    assert rel_error(y.cpu(), reference(x.cpu(), qw)) < 2e-5
+
+
+@cuda
+def test_cuda_device_mismatch_is_named():
+    qw = _weights(K=512)
+    with pytest.raises(ValueError, match=r"planes is on cpu, expected cuda:0"):
+        _op(torch.randn(2, 512, device="cuda"), qw)
