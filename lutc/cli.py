@@ -95,8 +95,7 @@ def run_export(args: argparse.Namespace) -> int:
 def add_tune(sub) -> None:
     p = sub.add_parser("tune", add_help=False, help="tune kernels for shapes or a model's Linear layers "
                        "(lutc tune --help)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(run=lambda args: __import__("lutc.autotune", fromlist=["main"]).main(args.rest))
+    p.set_defaults(run=None)  # main() hands "tune ..." to lutc.autotune.main before parsing
 
 
 COMMANDS: list = [add_export, add_tune]
@@ -104,6 +103,10 @@ COMMANDS: list = [add_export, add_tune]
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``lutc`` command; returns its exit code (2 for a bad request)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["tune"]:  # its own parser (lutc.autotune.main): argparse cannot nest it whole
+        from .autotune import main as tune_main
+        return tune_main(argv[1:])
     parser = argparse.ArgumentParser(prog="lutc", description="lutc: LUT mixed-precision GEMM kernels")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in COMMANDS:

@@ -160,3 +160,15 @@ def test_tune_end_to_end_and_resume(tmp_path, monkeypatch):
     assert len(recs2) == 10 and len(set(keys)) == 10      # resumed: nothing measured twice
     kernel = lutc.compile((1, 256, 512), wbits=2, group_size=64, cache=None)
     assert (kernel.schedule, kernel.knobs) == (res2.best.schedule, res2.best.knob_dict)
+
+
+def test_lutc_tune_command(tmp_path, monkeypatch, capsys):
+    from lutc.cli import main
+    monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
+    report = tmp_path / "report.md"
+    assert main(["tune", "--shapes", "1x128x256", "--wbits", "2", "--group-size", "64", "--trials", "3",
+                 "--pool-mib", "4", "--report", str(report)]) == 0
+    assert "| 1x128x256 | uniform W2 g64 |" in report.read_text()
+    assert len(list(log_for("cpu", describe(resolve("host"))).records())) == 3
+    with pytest.raises(SystemExit):
+        main(["tune", "--shapes", "1x128"])
