@@ -45,13 +45,16 @@ def main() -> None:
         kernel(x, pool[i % len(pool)])
         times.append(time.perf_counter() - t)
 
-    print(kernel)
+    print(kernel, "(tuned)" if kernel.tuned else "(default schedule)")
     print(f"quantize {t1 - t0:.2f} s, compile {t2 - t1:.2f} s, {qw.bits_per_weight:.3f} bits/weight")
     print(f"relative error vs float64 reference: {err:.2e}")
     print(f"median time per call: {statistics.median(times) * 1e6:.0f} us "
           f"({len(pool)} weight copies rotating, {os.environ['TVM_NUM_THREADS']} threads)")
-    if err > 1e-4:
-        raise SystemExit(f"error {err:.2e} is too large")
+    # int8 tables (the default where SIMD kernels exist) round each table entry: about 1e-2 of
+    # max |y| (bound (4) in lutc/frontend.py); float tables are exact to float rounding.
+    limit = 3e-2 if kernel.spec.table_dtype == "int8" else 1e-4
+    if err > limit:
+        raise SystemExit(f"error {err:.2e} is larger than {limit:.0e}")
 
 
 if __name__ == "__main__":
