@@ -20,9 +20,9 @@ _os.environ.setdefault(
 
 from .spec import LAYOUT_VERSION, MPGemmSpec, SpecError  # noqa: E402
 from .formats import PackedWeights, quantize, repack  # noqa: E402
-from .build import build, compile, cuda_binary  # noqa: E402
+from .build import build, compile, cuda_binary, precompile  # noqa: E402
 from .runtime import Kernel  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["MPGemmSpec", "SpecError", "LAYOUT_VERSION", "PackedWeights", "quantize", "repack", "compile",
-           "build", "cuda_binary", "Kernel", "__version__"]
+           "build", "cuda_binary", "precompile", "Kernel", "__version__"]

@@ -82,10 +82,10 @@ def test_weights_in_a_foreign_layout_are_repacked_once():
     x, qw = random_case(spec)
     other = lutc.repack(qw, "tiles32")
     y1 = kernel(x, other)
-    assert len(kernel._repacked) == 1
+    assert len(kernel._ready) == 1
     y2 = kernel(x, other)
-    assert len(kernel._repacked) == 1 and torch.equal(y1, y2)
+    assert len(kernel._ready) == 1 and torch.equal(y1, y2)
     del other
     import gc
     gc.collect()
-    assert len(kernel._repacked) == 0
+    assert len(kernel._ready) == 0
