@@ -24,7 +24,7 @@ _os.environ.setdefault(
 
 from .spec import LAYOUT_VERSION, MPGemmSpec, SpecError  # noqa: E402
 from .formats import PackedWeights, quantize, repack  # noqa: E402
-from .build import build, compile, cuda_binary  # noqa: E402
+from .build import build, compile, cuda_binary, precompile  # noqa: E402
 from .runtime import Kernel  # noqa: E402
 from .autotune import tune  # noqa: E402
 from . import torch_ops  # noqa: E402,F401  (registers torch.ops.lutc.mpgemm: ~30 ms)
@@ -33,5 +33,5 @@ from .exporter import export, load_weights, save_weights  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["MPGemmSpec", "SpecError", "LAYOUT_VERSION", "PackedWeights", "quantize", "repack", "compile",
-           "build", "cuda_binary", "Kernel", "tune", "LUTLinear", "quantize_model", "export",
+           "build", "cuda_binary", "precompile", "Kernel", "tune", "LUTLinear", "quantize_model", "export",
            "save_weights", "load_weights", "__version__"]

@@ -6,10 +6,17 @@ target's default unless one is named) -> ``tvm.compile`` -> :class:`Kernel`.
 CUDA without a GPU: on a machine with no CUDA driver, ``tvm.compile`` quietly keeps the CUDA
 source only (a ``CUDAFallbackModule``). :func:`cuda_binary` compiles that source with nvcc to
 PTX or a cubin, so machines without a GPU (CI) still prove the code builds.
+
+Kernel cache: lutc compiles CUDA source with nvcc through a disk cache keyed by the source, the
+architecture and the nvcc version (``$LUTC_CACHE_DIR``, default ``~/.cache/lutc``). A machine
+without a GPU can fill it ahead of time (:func:`precompile`), so the GPU machine skips nvcc.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
+from pathlib import Path
 from types import ModuleType
 from typing import Optional, Sequence, Union
 
@@ -111,7 +118,7 @@ def build(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: Schedul
 def _compile(spec: MPGemmSpec, tgt, kind: str, module: ModuleType, knobs: dict) -> Kernel:
     sch = module.schedule(lut_mpgemm(spec), spec, tgt, **knobs)
     if kind == "cuda":
-        ex, source, fn = _compile_cuda(sch.mod, tgt)
+        ex, source, fn = _compile_cuda(sch.mod, tgt, getattr(module, "PASS_CONFIG", None))
     else:
         ex = tvm.compile(sch.mod, target=tgt)
         source = ex.mod.inspect_source("ll")
@@ -139,11 +146,76 @@ def cuda_binary(kernel: Kernel, arch: Optional[str] = None, fmt: str = "cubin") 
         return bytes(nvcc.compile_cuda(kernel.source, target_format=fmt, arch=arch, compiler="nvcc"))
 
 
-def _compile_cuda(mod: tvm.IRModule, tgt: tvm.target.Target):
-    # NVRTC needs the cuda-bindings package; nvcc is what CUDA machines (and our CI) have.
+def precompile(kernel: Kernel) -> Path:
+    """Compile a CUDA kernel's source with nvcc into the kernel cache (no GPU needed), so that
+    building the same kernel on a GPU machine that shares the cache skips nvcc."""
+    if kernel.device != "cuda":
+        raise ValueError("precompile needs a CUDA kernel")
+    arch = kernel.target.get("arch", "sm_90a")
+    with targets.cuda_target(arch):
+        _cached_fatbin(kernel.source, arch)
+    return _cache_path(kernel.source, arch)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LUTC_CACHE_DIR", Path.home() / ".cache" / "lutc"))
+
+
+_NVCC_VERSION: Optional[str] = None
+
+
+def _cache_path(code: str, arch: str) -> Path:
+    global _NVCC_VERSION
+    if _NVCC_VERSION is None:
+        try:
+            _NVCC_VERSION = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout
+        except OSError:
+            _NVCC_VERSION = "no nvcc"
+    key = hashlib.sha256("\0".join((code, arch, _NVCC_VERSION)).encode()).hexdigest()[:32]
+    return cache_dir() / f"{key}.fatbin"
+
+
+def _cached_fatbin(code: str, arch: str) -> bytearray:
+    """nvcc's fatbin for ``code`` (the current target scope gives the arch), through the cache."""
+    from tvm.support import nvcc
+    path = _cache_path(code, arch)
+    if path.exists():
+        return bytearray(path.read_bytes())
+    binary = nvcc.compile_cuda(code, target_format="fatbin", compiler="nvcc")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(bytes(binary))
+        tmp.replace(path)
+    except OSError:  # a read-only cache still compiles
+        pass
+    return binary
+
+
+_CALLBACK_INSTALLED = False
+
+
+def _install_compile_callback() -> None:
+    """Route TVM's CUDA compile callback through :func:`_cached_fatbin` (nvcc, not NVRTC:
+    NVRTC needs the cuda-bindings package; nvcc is what CUDA machines and our CI have)."""
+    global _CALLBACK_INSTALLED
+    if _CALLBACK_INSTALLED:
+        return
+    import tvm_ffi
+    import tvm.support.nvcc  # noqa: F401  (registers TVM's own callback first)
+
+    def callback(code, *_):
+        tgt = tvm.target.Target.current(allow_none=True)
+        return _cached_fatbin(code, str(tgt.attrs.get("arch", "")) if tgt is not None else "")
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", callback, override=True)
+    _CALLBACK_INSTALLED = True
+
+
+def _compile_cuda(mod: tvm.IRModule, tgt: tvm.target.Target, config: Optional[dict] = None):
     os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
-    import tvm.support.nvcc  # noqa: F401  (registers the compile callback TVM calls)
-    with tgt:
+    _install_compile_callback()
+    with tgt, tvm.transform.PassContext(opt_level=3, config=config or {}):
         ex = tvm.compile(mod, target=tgt)
     device_mods = [m for m in ex.mod.imports if m.kind in ("cuda", "CUDAFallbackModule")] or ex.mod.imports
     source = device_mods[0].inspect_source() if device_mods else ""
@@ -152,7 +224,10 @@ def _compile_cuda(mod: tvm.IRModule, tgt: tvm.target.Target):
 
 
 def _default_table_dtype(spec: MPGemmSpec, tgt: tvm.target.Target) -> str:
-    """int8 where an int8-table SIMD kernel would be chosen for this spec, else float32."""
+    """int8 where an int8-table SIMD kernel would be chosen for this spec (CPUs), else float32
+    (the CUDA kernels use float tables)."""
+    if targets.kind(tgt) == "cuda":
+        return "float32"
     as_int8 = spec.with_(table_dtype="int8")
     simd = schedules.default(targets.kind(tgt), as_int8, tgt)
     return "int8" if simd not in schedules.GENERIC else "float32"

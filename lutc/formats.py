@@ -48,7 +48,32 @@ of chunk ``kc`` holds, in bits ``[w s, w s + w)``, the code of row ``r``, ``k = 
 one ``4L``-byte load, shifted by ``w s`` and masked, is the operand for ``c`` dot instructions.
 Coefficients are tile-major as for ``tiles{R}``.
 
-This module uses torch (CPU) for the arithmetic and imports no TVM.
+
+``warp32``: for CUDA kernels, where lane ``l`` of a warp owns row ``32 t + l`` of a 32-row tile
+``t`` and reads its weights with 16-byte loads (K must be a multiple of 128). ``planes`` is int32
+``[N/32, K/128, b, 32, 4]`` (``N`` padded with zero-scale rows to a multiple of 32): the 16 bytes
+of ``planes[t, u, i, l]`` are bytes ``16 u .. 16 u + 15`` of row ``32 t + l`` of bitplane plane
+``i``, so word ``q`` holds bits ``k = 128 u + 32 q .. + 31`` (least significant first) and its
+nibble ``j`` is the 4-bit table index of activation group ``k / 4 = 32 u + 8 q + j``. One warp load
+instruction reads 512 contiguous bytes (one 128-weight slice of one plane for 32 rows).
+Coefficients are tile-major as for ``tiles32``: ``scales``/``zeros`` ``[N/32, G, 32]``, bcq
+``[N/32, G, b, 32]``, so a warp reads a group's 32 scales as one 64-byte segment.
+
+``tc16``: for tensor-core (``mma.sync m16n8k16``) kernels, uniform weights with 2 or 4 bits only
+(K a multiple of 128): integer codes ``q = sum_i 2^i b_i`` placed where one lane of a warp needs
+them as ``mma`` B fragments, two codes of consecutive k per 32-bit half pair, so that one
+``LOP3`` with the fp16 magic ``0x6400`` turns them into a ``half2``. Rows come in 16-row tiles
+(``N`` padded with zero-scale rows), K in 128-weight units; ``planes`` is int32
+``[N/16, K/128, b/2, 32, 4]`` and lane ``l = 4 g + c`` of tile ``T``, unit ``u`` owns the ``2 b``
+words ``W[j] = planes[T, u, j // 4, l, j % 4]``. They hold 32 pairs ``P = 4 s + 2 t + h``
+(``s`` < 8, ``t``, ``h`` < 2): the codes of row ``16 T + 8 t + g`` at ``k = 128 u + 32 c + 4 s
++ 2 h + e`` (``e`` < 2), pair ``P`` in word ``P // (16/b)``, slot ``v = P % (16/b)``, code ``e`` at
+bit ``8 (v // (8/b)) + b (v % (8/b)) + 16 e``. (Lane ``c`` owns a contiguous 32-k range of the
+unit: the kernel pairs the same permuted k with its activations, so the products are those of
+the plain order.) Coefficients are tile-major with 16 rows: ``[N/16, G, 16]``.
+
+Every layout keeps the device of the tensors it is given (arithmetic may run on the CPU).
+This module uses torch for the arithmetic and imports no TVM.
 """
 from __future__ import annotations
 
@@ -66,6 +91,10 @@ LAYOUT = "bitplane"
 TILE_ROWS = (32, 64, 128)  # NEON, AVX2, AVX-512BW: two nibbles per byte of a 16/32/64-byte register
 DOT_ROWS = (4, 16)          # int32 lanes of a NEON / AVX-512 register
 PAIRED_ROWS = (32, 64)      # AVX2, AVX-512BW: two planes of R/2 rows per nibble of an R-byte register
+#: CUDA layout: 32 rows (one per lane), 128-weight slices (one 16-byte load per lane and plane).
+WARP_LAYOUT, WARP_ROWS, WARP_K = "warp32", 32, 128
+#: Tensor-core layout (uniform W2/W4): 16-row tiles, 128-weight units.
+TC_LAYOUT, TC_ROWS = "tc16", 16
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -215,14 +244,19 @@ def quantize(weight: ArrayLike, wbits: int = 2, group_size: Optional[int] = None
 
 
 def tile_rows(layout: str) -> int:
-    """Rows per tile of a ``tiles{R}`` or ``dot{L}`` layout (0 for ``bitplane``)."""
+    """Rows per tile of a ``tiles{R}``, ``ptiles{R}``, ``dot{L}``, ``warp32`` or ``tc16`` layout
+    (0 for ``bitplane``)."""
     if layout == LAYOUT:
         return 0
+    if layout == WARP_LAYOUT:
+        return WARP_ROWS
+    if layout == TC_LAYOUT:
+        return TC_ROWS
     for prefix, allowed in (("tiles", TILE_ROWS), ("ptiles", PAIRED_ROWS), ("dot", DOT_ROWS)):
         rest = layout[len(prefix):]
         if layout.startswith(prefix) and rest.isdigit() and int(rest) in allowed:
             return int(rest)
-    raise ValueError(f"unknown weight layout {layout!r}: 'bitplane' or one of "
+    raise ValueError(f"unknown weight layout {layout!r}: 'bitplane', {WARP_LAYOUT!r}, {TC_LAYOUT!r} or one of "
                      f"{['tiles%d' % r for r in TILE_ROWS] + ['ptiles%d' % r for r in PAIRED_ROWS]}"
                      f" or {['dot%d' % r for r in DOT_ROWS]}")
 
@@ -252,8 +286,16 @@ def repack(qw: PackedWeights, layout: str) -> PackedWeights:
     """
     if qw.layout == layout:
         return qw
+    tile_rows(layout)  # refuses unknown names
+    device = qw.planes.device
     if qw.layout != LAYOUT:
-        return repack(_untile(qw), layout)
+        return _to_device(repack(_untile(qw), layout), device)
+    if layout == LAYOUT:
+        return qw
+    if layout == WARP_LAYOUT:
+        return _to_device(_to_warp(qw), device)
+    if layout == TC_LAYOUT:
+        return _to_device(_to_tc(qw), device)
     R = tile_rows(layout)
     b, N, K = qw.planes.shape[0], qw.N, qw.K
     NT, Np = -(-N // R), -(-N // R) * R
@@ -281,8 +323,92 @@ def repack(qw: PackedWeights, layout: str) -> PackedWeights:
         scales = to_tiles(qw.scales, (2, 3))                                  # [NT, G, b, R]
     else:
         scales = to_tiles(qw.scales, (2,))                                    # [NT, G, R]
-    return dataclasses.replace(qw, planes=planes, scales=scales, zeros=to_tiles(qw.zeros, (2,)),
-                               layout=layout)
+    return _to_device(dataclasses.replace(qw, planes=planes, scales=scales,
+                                          zeros=to_tiles(qw.zeros, (2,)), layout=layout), device)
+
+
+def _to_device(qw: PackedWeights, device) -> PackedWeights:
+    """``qw`` with every tensor on ``device`` (repacking computes on the CPU)."""
+    return qw if all(t.device == device for t in qw.tensors()) else qw.to(device)
+
+
+def _tile_coef(c: Optional[torch.Tensor], R: int, NT: int, fmt: str) -> Optional[torch.Tensor]:
+    """Row-major coefficients ``[N, G(, b)]`` -> tile-major ``[NT, G(, b), R]`` (zero-padded rows)."""
+    if c is None or fmt == "ternary":
+        return c
+    c = _pad_rows(c.cpu(), NT * R).reshape(NT, R, *c.shape[1:])
+    return c.permute(0, *range(2, c.dim()), 1).contiguous()
+
+
+def _untile_coef(c: Optional[torch.Tensor], N: int, fmt: str) -> Optional[torch.Tensor]:
+    """Inverse of :func:`_tile_coef`."""
+    if c is None or fmt == "ternary":
+        return c
+    c = c.cpu()
+    return c.movedim(-1, 1).reshape(c.shape[0] * c.shape[-1], *c.shape[1:-1])[:N].contiguous()
+
+
+def _to_warp(qw: PackedWeights) -> PackedWeights:
+    """``bitplane`` -> ``warp32`` (module docstring)."""
+    b, N, K = qw.planes.shape[0], qw.N, qw.K
+    if K % WARP_K:
+        raise ValueError(f"layout {WARP_LAYOUT!r} needs K to be a multiple of {WARP_K}, got K={K}")
+    NT = -(-N // WARP_ROWS)
+    p = torch.nn.functional.pad(qw.planes.cpu(), (0, 0, 0, NT * WARP_ROWS - N))   # [b, NT*32, K/8]
+    p = p.reshape(b, NT, WARP_ROWS, K // WARP_K, 16).permute(1, 3, 0, 2, 4).contiguous()
+    planes = p.view(torch.int32)                                                  # [NT, KU, b, 32, 4]
+    return dataclasses.replace(qw, planes=planes, scales=_tile_coef(qw.scales, WARP_ROWS, NT, qw.format),
+                               zeros=_tile_coef(qw.zeros, WARP_ROWS, NT, qw.format), layout=WARP_LAYOUT)
+
+
+def _from_warp(qw: PackedWeights) -> PackedWeights:
+    """``warp32`` -> ``bitplane`` (inverse of :func:`_to_warp`)."""
+    NT, KU, b, R, _ = qw.planes.shape
+    p = qw.planes.cpu().contiguous().view(torch.uint8).reshape(NT, KU, b, R, 16)
+    planes = p.permute(2, 0, 3, 1, 4).reshape(b, NT * R, KU * 16)[:, :qw.N].contiguous()
+    return dataclasses.replace(qw, planes=planes, scales=_untile_coef(qw.scales, qw.N, qw.format),
+                               zeros=_untile_coef(qw.zeros, qw.N, qw.format), layout=LAYOUT)
+
+
+def _tc_shifts(b: int) -> torch.Tensor:
+    """Bit position of code ``e`` of slot ``v`` in a ``tc16`` word: ``[16/b, 2]``."""
+    v = torch.arange(16 // b)[:, None]
+    return 8 * (v // (8 // b)) + b * (v % (8 // b)) + 16 * torch.arange(2)[None, :]
+
+
+def _to_tc(qw: PackedWeights) -> PackedWeights:
+    """``bitplane`` -> ``tc16`` (module docstring)."""
+    b, N, K = qw.wbits, qw.N, qw.K
+    if qw.format != "uniform" or b not in (2, 4):
+        raise ValueError(f"layout {TC_LAYOUT!r} holds uniform 2- or 4-bit codes, not {qw.format} "
+                         f"with wbits={b}")
+    if K % 128:
+        raise ValueError(f"layout {TC_LAYOUT!r} needs K to be a multiple of 128, got K={K}")
+    NT = -(-N // TC_ROWS)
+    bits = np.unpackbits(qw.planes.cpu().numpy(), axis=-1, bitorder="little")[..., :K]
+    q = torch.from_numpy(sum(bits[i].astype(np.int64) << i for i in range(b)))           # [N, K]
+    q = torch.nn.functional.pad(q, (0, 0, 0, NT * TC_ROWS - N))
+    # n = (T 2 + t) 8 + g ; k = u 128 + c 32 + s 4 + h 2 + e
+    q = q.reshape(NT, 2, 8, K // 128, 4, 8, 2, 2).permute(0, 3, 2, 4, 5, 1, 6, 7)   # T u g c s t h e
+    q = q.reshape(NT, K // 128, 32, 2 * b, 16 // b, 2)                               # lane, word, slot, e
+    words = (q << _tc_shifts(b)).sum((-1, -2))                                        # [NT, KU, 32, 2b]
+    words = torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)
+    planes = words.reshape(NT, K // 128, 32, b // 2, 4).permute(0, 1, 3, 2, 4).contiguous()
+    return dataclasses.replace(qw, planes=planes, scales=_tile_coef(qw.scales, TC_ROWS, NT, qw.format),
+                               zeros=_tile_coef(qw.zeros, TC_ROWS, NT, qw.format), layout=TC_LAYOUT)
+
+
+def _from_tc(qw: PackedWeights) -> PackedWeights:
+    """``tc16`` -> ``bitplane`` (inverse of :func:`_to_tc`)."""
+    b, N, K = qw.wbits, qw.N, qw.K
+    NT, KU = qw.planes.shape[:2]
+    words = qw.planes.cpu().to(torch.int64) & 0xFFFFFFFF
+    words = words.permute(0, 1, 3, 2, 4).reshape(NT, KU, 32, 2 * b, 1, 1)
+    q = (words >> _tc_shifts(b)) & (2 ** b - 1)                                        # [NT, KU, 32, 2b, PW, 2]
+    q = q.reshape(NT, KU, 8, 4, 8, 2, 2, 2).permute(0, 5, 2, 1, 3, 4, 6, 7).reshape(NT * TC_ROWS, K)[:N]
+    bits = torch.stack([(q >> i) & 1 for i in range(b)]).bool()
+    return dataclasses.replace(qw, planes=pack_bits(bits), scales=_untile_coef(qw.scales, N, qw.format),
+                               zeros=_untile_coef(qw.zeros, N, qw.format), layout=LAYOUT)
 
 
 def _dot_planes(qw: PackedWeights, L: int, NT: int, Np: int) -> torch.Tensor:
@@ -314,7 +440,11 @@ def _dot_bits(qw: PackedWeights) -> torch.Tensor:
 
 
 def _untile(qw: PackedWeights) -> PackedWeights:
-    """``tiles{R}`` or ``dot{L}`` -> ``bitplane`` (inverse of :func:`repack`)."""
+    """``tiles{R}``, ``ptiles{R}``, ``dot{L}``, ``warp32`` or ``tc16`` -> ``bitplane`` (inverse of :func:`repack`), on the CPU."""
+    if qw.layout == WARP_LAYOUT:
+        return _from_warp(qw)
+    if qw.layout == TC_LAYOUT:
+        return _from_tc(qw)
     R, N, K = tile_rows(qw.layout), qw.N, qw.K
     if qw.layout.startswith("dot"):
         NT = qw.planes.shape[0]

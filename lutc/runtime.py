@@ -90,8 +90,14 @@ class Kernel:
                 f"{self.schedule}{self.knobs or ''} on {self.target.get('kind')})")
 
     def __call__(self, x: Array, qw: PackedWeights, out: Optional[Array] = None) -> Array:
-        """``y = x @ W^T`` for the weight packed in ``qw``; ``out`` (optional) receives ``y``."""
-        if not self.runnable:
+        """``y = x @ W^T`` for the weight packed in ``qw``; ``out`` (optional) receives ``y``.
+
+        CUDA kernels run on the current torch stream of ``x``'s device (tvm-ffi sets its stream
+        to torch's at every call), never synchronize the host, and may be captured in a CUDA
+        graph once a first call has prepared ``qw`` (a repack, if its layout differs, happens
+        at that first call).
+        """
+        if self._fn is None:
             raise RuntimeError(f"this kernel was built for {self.target} and cannot run in this "
                                "process (cross-compiled, or no GPU here): export it instead")
         weights = self._weights(qw)

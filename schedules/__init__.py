@@ -6,22 +6,25 @@ One module per idea. Each exposes:
   front end's PrimFunc; explicit-vector kernels keep it as their reference semantics);
 * ``KNOBS``: knob name -> candidate values, for the tuner (keyword defaults = untuned choice);
 * ``supports(spec, target)``: whether it can build ``spec`` for ``target``;
-* ``layout(spec, target, **knobs)``: the packed-weight layout it reads (``lutc.formats``).
+* ``layout(spec, target, **knobs)``: the packed-weight layout it reads (``lutc.formats``);
+* optionally ``preferred(spec, target)``: False where another candidate is known to be faster.
 
 :func:`default` picks, per target kind, the first module in :data:`CANDIDATES` that supports
 the spec: the SIMD LUT kernels where they apply, the generic schedules otherwise. The
 multiply-add kernels (``dot_mac``, in :data:`ALTERNATIVES`) compute the same spec another way;
-the tuner weighs them against the LUT ones.
+the tuner weighs them against the LUT ones. On CUDA: ``cuda_lut`` (shared-memory tables,
+``warp32`` weights; builds M <= 8, preferred for M <= 2), then ``cuda_mma`` (dequantize +
+``mma.sync``, ``tc16`` weights: fp16, uniform W2/W4), and ``cuda_generic`` for everything else.
 """
 from __future__ import annotations
 
-from . import arm, cpu_generic, cuda_generic, dot_mac, x86
+from . import arm, cpu_generic, cuda_generic, cuda_lut, cuda_mma, dot_mac, x86
 
 #: Schedules that build every spec (no SIMD tables): the fallbacks.
 GENERIC = (cpu_generic, cuda_generic)
 #: target kind (see ``lutc.target.kind``) -> schedule modules, best first.
 CANDIDATES = {"cpu": (x86, arm, cpu_generic), "cpu-cross": (x86, arm, cpu_generic),
-              "cuda": (cuda_generic,)}
+              "cuda": (cuda_lut, cuda_mma, cuda_generic)}
 #: Other ways to compute the same spec, never chosen by default: the tuner weighs them.
 ALTERNATIVES = {"cpu": (dot_mac,), "cpu-cross": (dot_mac,), "cuda": ()}
 
@@ -32,4 +35,10 @@ def default(target_kind: str, spec, target):
         candidates = CANDIDATES[target_kind]
     except KeyError:
         raise ValueError(f"no schedule for target kind {target_kind!r}") from None
-    return next(m for m in candidates if m.supports(spec, target))
+    usable = [m for m in candidates if m.supports(spec, target)]
+    for i, m in enumerate(usable):
+        # a kernel that is not preferred still beats the generic fallbacks
+        if (getattr(m, "preferred", lambda s, t: True)(spec, target)
+                or all(n in GENERIC for n in usable[i + 1:])):
+            return m
+    return usable[0]

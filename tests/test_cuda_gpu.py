@@ -1,13 +1,110 @@
-"""CUDA kernels run on a GPU (skipped without one): the default schedule against the reference."""
+"""CUDA kernels on a GPU (the module skips without one): every CUDA schedule against the float64
+reference, and the runtime's stream, graph-capture and no-sync behaviour.
+
+Cases rotate so that every format x bit width (x zero points) meets several group sizes, every
+M of {1, 2, 3, 5, 16, 33, 128} and every activation dtype; N = 1000 is a multiple of no tile
+(32, 64, 128 rows), and K = 11008 (LLaMA MLP, 86 slices of 128) appears. Each schedule that
+supports a case runs it; outputs are poisoned with NaN first, so an unwritten element fails.
+"""
+import itertools
+
 import pytest
 import torch
 
 import lutc
+import schedules
 from lutc.testing import random_case, reference, rel_error
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-SPECS = [
+FORMATS = ([("uniform", b, zp) for b in (1, 2, 3, 4) for zp in (False, True)]
+           + [("bcq", b, False) for b in (1, 2, 3, 4)] + [("ternary", 2, False)])
+GROUP_SIZES = (32, 64, 128, -1)
+MS = (1, 2, 3, 5, 16, 33, 128)
+NKS = ((1000, 1024), (200, 11008), (1000, 512))
+ACTS = ("float16", "bfloat16", "float32")
+# max |y - ref| / max |ref|: float32 accumulation, then rounding to the output dtype
+TOL = {"float32": 2e-5, "float16": 1.5e-3, "bfloat16": 1e-2}
+CUDA_SCHEDULES = [m for m in schedules.CANDIDATES["cuda"]]
+
+
+def _cases():
+    for idx, ((fmt, wbits, zp), rep) in enumerate(itertools.product(FORMATS, range(3))):
+        gs = -1 if fmt == "ternary" else GROUP_SIZES[(idx + rep) % 4]
+        M = MS[idx % len(MS)]
+        N, K = NKS[(idx // 7 + rep) % len(NKS)]
+        act = ACTS[(idx + idx // 3) % 3]
+        yield lutc.MPGemmSpec(M, N, K, wbits=wbits, format=fmt, group_size=gs, zero_point=zp,
+                              act_dtype=act, symmetrize=bool(idx % 2))
+
+
+CASES = list(_cases())
+
+
+def _id(spec):
+    return (f"{spec.format}-w{spec.wbits}{'-zp' if spec.zero_point else ''}-gs{spec.group_size}"
+            f"-M{spec.M}-{spec.N}x{spec.K}-{spec.act_dtype}{'-sym' if spec.symmetrize else ''}")
+
+
+def _params():
+    for spec in CASES:
+        for module in CUDA_SCHEDULES:
+            name = module.__name__.rsplit(".", 1)[-1]
+            if module.supports(spec, lutc.target.resolve("cuda")):
+                yield pytest.param(spec, name, id=f"{name}-{_id(spec)}")
+
+
+def test_cases_cover_the_issue_grid():
+    assert {s.M for s in CASES} == set(MS)
+    assert {s.group_size for s in CASES} == set(GROUP_SIZES)
+    assert {(s.format, s.wbits, s.zero_point) for s in CASES} == set(FORMATS)
+    assert all(s.N % 32 for s in CASES)
+    # every M that the LUT kernel supports is run by it
+    lut = {s.M for s in CASES if schedules.cuda_lut.supports(s, lutc.target.resolve("cuda"))}
+    assert lut == {m for m in MS if m <= schedules.cuda_lut.MAX_M}
+
+
+@pytest.mark.parametrize("spec,schedule", list(_params()))
+def test_schedule_matches_reference(spec, schedule):
+    kernel = lutc.build(spec, target="cuda", schedule=schedule)
+    assert kernel.runnable and kernel.schedule == schedule
+    x, qw = random_case(spec, seed=spec.N + spec.M + spec.wbits)
+    out = torch.full((spec.M, spec.N), float("nan"), dtype=x.dtype, device="cuda")
+    kernel(x.cuda(), qw.to("cuda"), out=out)
+    torch.cuda.synchronize()
+    assert rel_error(out.cpu(), reference(x, qw)) < TOL[spec.act_dtype]
+
+
+LUT_KNOBS = [dict(warps=1, tiles=1, rows=1, units=1), dict(warps=4, tiles=1, rows=2, units=1),
+             dict(warps=1, tiles=4, rows=2, units=4)]
+# N = 1000 leaves the last row tiles of a block empty; K = 11008 leaves chunks ragged.
+KNOB_SPEC = lutc.MPGemmSpec(2, 1000, 11008, wbits=3, group_size=64, zero_point=True, act_dtype="float16")
+MMA_KNOBS = [dict(warps=2, wn=2, nw=2, mt=1, xsm=False), dict(warps=2, wn=2, nw=2, mt=2, xsm=True),
+             dict(warps=1, wn=4, nw=2, mt=8, xsm=False), dict(warps=2, wn=2, nw=2, mt=1, xsm=True, units=2),
+             dict(warps=1, wn=4, nw=2, mt=4, xsm=False, units=2)]
+MMA_SPEC = lutc.MPGemmSpec(40, 1000, 11008, wbits=4, group_size=32, zero_point=True, act_dtype="float16")
+
+
+@pytest.mark.parametrize("knobs", LUT_KNOBS)
+def test_lut_knobs_keep_results(knobs):
+    spec = KNOB_SPEC
+    kernel = lutc.build(spec, target="cuda", schedule="cuda_lut", knobs=knobs)
+    x, qw = random_case(spec, seed=4)
+    out = torch.full((spec.M, spec.N), float("nan"), dtype=x.dtype, device="cuda")
+    kernel(x.cuda(), qw.to("cuda"), out=out)
+    assert rel_error(out.cpu(), reference(x, qw)) < TOL["float16"]
+
+
+@pytest.mark.parametrize("knobs", MMA_KNOBS)
+def test_mma_knobs_keep_results(knobs):
+    kernel = lutc.build(MMA_SPEC, target="cuda", schedule="cuda_mma", knobs=knobs)
+    x, qw = random_case(MMA_SPEC, seed=5)
+    out = torch.full((MMA_SPEC.M, MMA_SPEC.N), float("nan"), dtype=x.dtype, device="cuda")
+    kernel(x.cuda(), qw.to("cuda"), out=out)
+    assert rel_error(out.cpu(), reference(x, qw)) < TOL["float16"]
+
+
+GENERIC_SPECS = [
     lutc.MPGemmSpec(1, 4096, 4096, wbits=2, group_size=128),
     lutc.MPGemmSpec(3, 130, 11008, wbits=4, group_size=-1, zero_point=True, act_dtype="float16"),
     lutc.MPGemmSpec(16, 96, 512, wbits=3, format="bcq", group_size=32, act_dtype="bfloat16", g=2,
@@ -15,10 +112,9 @@ SPECS = [
     lutc.MPGemmSpec(5, 64, 1024, format="ternary", group_size=-1),
     lutc.MPGemmSpec(2, 200, 1024, wbits=1, group_size=64, table_dtype="int8"),
 ]
-TOL = {"float32": 2e-5, "float16": 1.5e-3, "bfloat16": 1e-2}
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.format}-w{s.wbits}-M{s.M}-{s.N}x{s.K}")
+@pytest.mark.parametrize("spec", GENERIC_SPECS, ids=lambda s: f"{s.format}-w{s.wbits}-M{s.M}-{s.N}x{s.K}")
 def test_cuda_default_schedule_matches_reference(spec):
     kernel = lutc.build(spec, target="cuda")
     assert kernel.runnable
@@ -31,10 +127,75 @@ def test_cuda_default_schedule_matches_reference(spec):
 
 
 def test_cuda_kernel_refuses_cpu_tensors():
-    spec = SPECS[0]
+    spec = GENERIC_SPECS[0]
     kernel = lutc.build(spec, target="cuda")
     x, qw = random_case(spec)
     with pytest.raises(ValueError, match=r"qw.planes is on cpu, the kernel runs on cuda \(move it once"):
         kernel(x.cuda(), qw)
     with pytest.raises(ValueError, match="x is on cpu"):
         kernel(x, qw.to("cuda"))
+
+
+# --- runtime: streams, CUDA graphs, no host synchronization -------------------------------
+
+RUNTIME_SPEC = lutc.MPGemmSpec(4, 4096, 4096, wbits=2, group_size=128, act_dtype="float16")
+
+
+@pytest.fixture(scope="module")
+def runtime_case():
+    kernel = lutc.build(RUNTIME_SPEC, target="cuda")
+    x, qw = random_case(RUNTIME_SPEC, seed=21)
+    qw = qw.to("cuda")
+    kernel(x.cuda(), qw)               # first call: repack into the kernel's layout, cached
+    torch.cuda.synchronize()
+    return kernel, qw
+
+
+def test_runs_on_the_current_torch_stream(runtime_case):
+    kernel, qw = runtime_case
+    x_old = torch.randn(RUNTIME_SPEC.M, RUNTIME_SPEC.K, dtype=torch.float16, device="cuda")
+    x_new = torch.randn_like(x_old)
+    x = x_old.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(50_000_000)  # ~ tens of ms: a kernel on another stream would overtake
+        x.copy_(x_new)
+        y = kernel(x, qw)
+    side.synchronize()
+    assert rel_error(y.cpu(), reference(x_new.cpu(), qw)) < TOL["float16"]
+
+
+def test_captured_in_a_cuda_graph(runtime_case):
+    kernel, qw = runtime_case
+    x = torch.randn(RUNTIME_SPEC.M, RUNTIME_SPEC.K, dtype=torch.float16, device="cuda")
+    out = torch.full((RUNTIME_SPEC.M, RUNTIME_SPEC.N), float("nan"), dtype=torch.float16, device="cuda")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        kernel(x, qw, out=out)
+        y = kernel(x, qw)              # an output allocated inside the capture
+    for _ in range(2):                 # replay with new inputs, written in place
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = reference(x.cpu(), qw)
+        assert rel_error(out.cpu(), ref) < TOL["float16"]
+        assert rel_error(y.cpu(), ref) < TOL["float16"]
+
+
+def test_calls_never_synchronize_the_host(runtime_case):
+    kernel, qw = runtime_case
+    x = torch.randn(RUNTIME_SPEC.M, RUNTIME_SPEC.K, dtype=torch.float16, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(20_000_000)
+        start.record()
+        y = kernel(x, qw)
+        end.record()
+        assert not end.query()          # the host got past the call while the GPU still sleeps
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert rel_error(y.cpu(), reference(x.cpu(), qw)) < TOL["float16"]

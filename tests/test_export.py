@@ -186,7 +186,7 @@ CUDA_SPECS = [lutc.MPGemmSpec(3, 64, 256, wbits=2, group_size=64),
 
 
 def test_cuda_launches_from_lowered_tir(tmp_path):
-    kernel = lutc.build(CUDA_SPECS[1], target="cuda:sm_80")
+    kernel = lutc.build(CUDA_SPECS[1], target="cuda:sm_80", schedule="cuda_generic")
     with pytest.warns(UserWarning, match="skipped 'so'") if not kernel.runnable else _nothing():
         res = lutc.export(kernel, tmp_path, name="kcu", symbol="kcu")
     launches, workspace = res.extra["launches"], res.extra["workspace"]
@@ -216,7 +216,7 @@ class _nothing:
 def test_cuda_exports_compile_and_link_together(tmp_path):
     objs = []
     for i, spec in enumerate(CUDA_SPECS):
-        kernel = lutc.build(spec, target="cuda:sm_80")
+        kernel = lutc.build(spec, target="cuda:sm_80", schedule="cuda_generic")
         lutc.export(kernel, tmp_path, name=f"k{i}", symbol=f"lutc_k{i}", emit=["cu"])
         objs.append(tmp_path / f"k{i}.o")
         nvcc = _run(["nvcc", "-w", "-c", "-arch=sm_80", tmp_path / f"k{i}.cu", "-o", objs[-1]])
@@ -233,7 +233,7 @@ def test_cuda_exports_compile_and_link_together(tmp_path):
                     reason="needs a CUDA GPU and nvcc")
 @pytest.mark.parametrize("spec", CUDA_SPECS, ids=lambda s: f"{s.format}-w{s.wbits}-{s.act_dtype}")
 def test_cuda_launcher_runs_on_the_gpu(spec, tmp_path):
-    kernel = lutc.build(spec, target="cuda")
+    kernel = lutc.build(spec, target="cuda", schedule="cuda_generic")
     res = lutc.export(kernel, tmp_path, name="k", symbol="lutc_k", emit=["cu"])
     arch = kernel.target["arch"]
     build = _run(["nvcc", "-w", "-shared", "-Xcompiler", "-fPIC", f"-arch={arch}", res.files["cu"],

@@ -156,3 +156,64 @@ def test_tile_layout_nibbles():
 def test_unknown_layout():
     with pytest.raises(ValueError, match="unknown weight layout"):
         lutc.repack(lutc.quantize(_weight()), "tiles48")
+
+
+@pytest.mark.parametrize("fmt,wbits,zp,gs", [("uniform", 3, True, 64), ("bcq", 2, False, 32),
+                                             ("ternary", 2, False, -1), ("uniform", 1, False, 128),
+                                             ("uniform", 4, False, -1)])
+def test_warp32_layout_is_exact_and_invertible(fmt, wbits, zp, gs):
+    w = _weight(100, 384)                       # 100 rows: not a multiple of 32
+    qw = lutc.quantize(w, wbits=wbits, group_size=gs, format=fmt, zero_point=zp)
+    t = lutc.repack(qw, "warp32")
+    b = qw.planes.shape[0]
+    assert t.layout == "warp32" and t.planes.dtype == torch.int32 and t.planes.shape == (4, 3, b, 32, 4)
+    assert torch.equal(t.dequantize(), qw.dequantize())
+    back = lutc.repack(t, "bitplane")
+    assert torch.equal(back.planes, qw.planes) and torch.equal(back.scales, qw.scales)
+    # lane l of tile t, slice u, plane i: word q, nibble j = table index of group 32 u + 8 q + j
+    for row, kg, i in ((37, 53, b - 1), (99, 95, 0), (0, 0, 0)):
+        u, q, j = kg // 32, (kg % 32) // 8, kg % 8
+        nib = (int(t.planes[row // 32, u, i, row % 32, q]) >> (4 * j)) & 15
+        assert nib == (int(qw.planes[i, row, kg // 2]) >> (4 * (kg % 2))) & 15
+    # padded rows carry zero coefficients
+    if fmt != "ternary":
+        assert (t.scales[-1, ..., 100 % 32:] == 0).all()
+
+
+@pytest.mark.parametrize("wbits,zp,gs", [(2, False, 128), (4, True, 32), (2, True, -1), (4, False, 64)])
+def test_tc16_layout_is_exact_and_invertible(wbits, zp, gs):
+    w = _weight(100, 384)
+    qw = lutc.quantize(w, wbits=wbits, group_size=gs, zero_point=zp)
+    t = lutc.repack(qw, "tc16")
+    assert t.planes.shape == (7, 3, wbits // 2, 32, 4) and t.planes.dtype == torch.int32
+    assert torch.equal(t.dequantize(), qw.dequantize())
+    assert torch.equal(lutc.repack(t, "bitplane").planes, qw.planes)
+    bits = np.unpackbits(qw.planes.numpy(), axis=-1, bitorder="little")
+    code = sum(bits[i].astype(np.int64) << i for i in range(wbits))
+    for T, u, g, c, s, tt, h, e in ((1, 2, 5, 3, 6, 1, 1, 0), (0, 0, 0, 0, 0, 0, 0, 1), (6, 1, 3, 2, 7, 0, 1, 1)):
+        n, k = 16 * T + 8 * tt + g, 128 * u + 32 * c + 4 * s + 2 * h + e
+        if n >= 100:
+            continue
+        P, PW = 4 * s + 2 * tt + h, 16 // wbits
+        word = int(t.planes[T, u, (P // PW) // 4, 4 * g + c, (P // PW) % 4]) & 0xFFFFFFFF
+        v = P % PW
+        pos = 8 * (v // (8 // wbits)) + wbits * (v % (8 // wbits)) + 16 * e
+        assert (word >> pos) & (2 ** wbits - 1) == code[n, k]
+
+
+def test_cuda_layouts_refuse_what_they_cannot_hold():
+    with pytest.raises(ValueError, match="multiple of 128"):
+        lutc.repack(lutc.quantize(_weight(32, 64), group_size=32), "warp32")
+    with pytest.raises(ValueError, match="uniform 2- or 4-bit"):
+        lutc.repack(lutc.quantize(_weight(32, 128), wbits=3), "tc16")
+    with pytest.raises(ValueError, match="uniform 2- or 4-bit"):
+        lutc.repack(lutc.quantize(_weight(32, 128), format="bcq"), "tc16")
+
+
+def test_repack_keeps_the_device():
+    # (tests/test_cuda_gpu.py repacks CUDA weights: the kernel would refuse them elsewhere)
+    qw = lutc.quantize(_weight(64, 256), wbits=2)
+    for layout in ("warp32", "tc16", "tiles64"):
+        packed = lutc.repack(qw, layout)
+        assert all(t.device.type == "cpu" for t in packed.tensors())
+        assert all(t.device.type == "cpu" for t in lutc.repack(packed, "bitplane").tensors())

@@ -1,5 +1,6 @@
 """Other targets built on this machine: CUDA source compiled by nvcc, ARM cross-compiled."""
 import os
+import re
 import shutil
 import struct
 
@@ -14,6 +15,19 @@ CUDA_SPECS = [
     lutc.MPGemmSpec(3, 96, 512, wbits=3, format="bcq", group_size=32, act_dtype="bfloat16", g=2,
                     symmetrize=False),
     lutc.MPGemmSpec(5, 64, 1024, format="ternary", group_size=-1, table_dtype="int8"),
+]
+
+# (spec, schedule): every CUDA schedule lutc has, on specs that reach its code paths
+SCHEDULE_SPECS = [
+    (lutc.MPGemmSpec(1, 4096, 4096, wbits=2, group_size=128, act_dtype="float16"), "cuda_lut"),
+    (lutc.MPGemmSpec(5, 1000, 11008, wbits=3, group_size=64, zero_point=True, act_dtype="bfloat16",
+                     symmetrize=False), "cuda_lut"),
+    (lutc.MPGemmSpec(8, 200, 1024, wbits=4, format="bcq", group_size=32), "cuda_lut"),
+    (lutc.MPGemmSpec(2, 96, 512, format="ternary", group_size=-1, act_dtype="float16"), "cuda_lut"),
+    (lutc.MPGemmSpec(16, 4096, 4096, wbits=2, group_size=128, act_dtype="float16"), "cuda_mma"),
+    (lutc.MPGemmSpec(33, 1000, 11008, wbits=4, group_size=-1, zero_point=True, act_dtype="float16"), "cuda_mma"),
+    (lutc.MPGemmSpec(128, 200, 1024, wbits=2, group_size=32, act_dtype="float16"), "cuda_mma"),
+    (lutc.MPGemmSpec(5, 1000, 1024, wbits=4, group_size=64, act_dtype="float16"), "cuda_mma"),
 ]
 
 needs_nvcc = pytest.mark.skipif(
@@ -32,6 +46,34 @@ def test_cuda_source_compiles_with_nvcc(spec, arch):
     assert cubin[:4] == b"\x7fELF"
     ptx = lutc.cuda_binary(kernel, fmt="ptx").decode()
     assert f".target {arch}" in ptx
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90a"])
+@pytest.mark.parametrize("spec,schedule", SCHEDULE_SPECS,
+                         ids=[f"{n}-M{s.M}-{s.format}-w{s.wbits}-{s.act_dtype}" for s, n in SCHEDULE_SPECS])
+def test_cuda_schedules_compile_with_nvcc(spec, schedule, arch):
+    kernel = lutc.build(spec, target=f"cuda:{arch}", schedule=schedule)
+    assert kernel.schedule == schedule
+    cubin = lutc.cuda_binary(kernel, fmt="cubin")
+    assert cubin[:4] == b"\x7fELF"
+    ptx = lutc.cuda_binary(kernel, fmt="ptx").decode()
+    assert f".target {arch}" in ptx
+    if schedule == "cuda_lut":
+        assert re.search(r"ld\.global(\.nc)?\.v4\.u32", ptx)   # 16-byte weight loads
+        assert "ld.shared.f32" in ptx         # table lookups
+    else:
+        assert "mma.sync.aligned.m16n8k16" in ptx
+
+
+def test_cuda_default_picks_lut_for_small_m_and_mma_beyond():
+    assert lutc.build(lutc.MPGemmSpec(1, 256, 512, act_dtype="float16"), target="cuda:sm_90a").schedule == "cuda_lut"
+    assert lutc.build(lutc.MPGemmSpec(16, 256, 512, act_dtype="float16"), target="cuda:sm_90a").schedule == "cuda_mma"
+    assert lutc.build(lutc.MPGemmSpec(16, 256, 512, wbits=3), target="cuda:sm_90a").schedule == "cuda_generic"
+    assert lutc.build(lutc.MPGemmSpec(4, 256, 512, act_dtype="float16"), target="cuda:sm_90a").schedule == "cuda_mma"
+    # no mma kernel for bf16 activations or 3 bits: the LUT kernel takes small M
+    assert lutc.build(lutc.MPGemmSpec(4, 256, 512, act_dtype="bfloat16"), target="cuda:sm_90a").schedule == "cuda_lut"
+    assert lutc.build(lutc.MPGemmSpec(4, 256, 512, wbits=3), target="cuda:sm_90a").schedule == "cuda_lut"
 
 
 @pytest.mark.parametrize("name,expect", [("host", "cpu"), ("llvm", "cpu"), ("arm", "cpu-cross"),

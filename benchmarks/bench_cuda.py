@@ -1,0 +1,483 @@
+"""CUDA benchmark: lutc's CUDA kernels against the kernels a user would pick today, one run.
+
+For each N x K in SHAPES, M in MS and 2/4-bit weights (group 128, fp16 activations), it times
+
+* **kernel time**: a CUDA graph of many calls, replayed (launch gaps gone), per call;
+* **eager time**: the same calls made one after another from Python through each library's
+  PyTorch-facing call (for lutc ``kernel(x, qw)``: argument checks, output allocation, launch);
+
+with weights rotating through copies that together exceed twice the L2 (a decode step reads
+each layer's weights once), for:
+
+* lutc ``cuda_lut`` (M <= 8) and any other lutc CUDA schedule that supports the shape;
+* torch fp16 ``F.linear`` (cuBLAS) on an fp16 weight;
+* torch's int4 kernel ``torch._weight_int4pack_mm`` (W4, group 128, bf16 activations);
+* gemlite ``A16Wn`` W2 / W4 group 128 (Triton), if importable;
+* bitsandbytes NF4 (``matmul_4bit``, blocksize 64), if importable (4-bit rows only).
+
+The **floor** of a row is the bytes it must move (packed weight bits + one fp16 scale per 128
+weights + x + y) over the device-to-device copy bandwidth measured in the same run (bytes read
++ written); ``of floor`` is floor / kernel time. lutc's outputs are checked against an fp32
+reference (dequantized on the GPU) before timing. Writes ``bench_cuda.json`` and
+``bench_cuda.md`` into ``--out`` and prints the table.
+
+    python benchmarks/bench_cuda.py --out results/          # on a GPU machine
+    python benchmarks/bench_cuda.py --precompile             # no GPU: fill lutc's nvcc cache
+    python benchmarks/plot_cuda.py results/bench_cuda.json   # the roofline-style PNG
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import lutc  # noqa: E402
+import schedules  # noqa: E402
+from lutc.formats import PackedWeights  # noqa: E402
+
+SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (28672, 8192), (8192, 28672))
+MS = (1, 4, 16, 64, 128)
+WBITS = (2, 4)
+GROUP = 128
+LUTC_SCHEDULES = ("cuda_lut", "cuda_mma")
+
+
+def lutc_specs(N, K, M, wbits):
+    return lutc.MPGemmSpec(M, N, K, wbits=wbits, group_size=GROUP, act_dtype="float16")
+
+
+def lutc_modules(spec):
+    """(name, module) of the lutc CUDA schedules that build ``spec``."""
+    tgt = lutc.target.resolve("cuda:sm_90a")
+    out = []
+    for name in LUTC_SCHEDULES:
+        module = getattr(schedules, name, None)
+        if module is not None and module.supports(spec, tgt):
+            out.append((name, module))
+    return out
+
+
+# --- timing --------------------------------------------------------------------------------
+
+def copy_bandwidth(nbytes=1 << 30) -> float:
+    """Device-to-device copy rate in bytes/s, counting bytes read plus bytes written."""
+    a = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda").random_(0, 255)
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    times = []
+    for _ in range(10):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        b.copy_(a)
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    del a, b
+    return nbytes / statistics.median(times)
+
+
+def time_graph(call, copies: int, target_calls: int = 40, replays: int = 10) -> float:
+    """Median per-call time (us) of a CUDA graph of ``call(i)`` over rotating copies."""
+    n = copies * max(1, math.ceil(target_calls / copies))
+    for i in range(copies):
+        call(i)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        with torch.cuda.graph(graph, stream=stream):
+            for j in range(n):
+                call(j % copies)
+    torch.cuda.synchronize()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        graph.replay()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) * 1e3 / n)
+    del graph
+    return statistics.median(times)
+
+
+def time_eager(call, copies: int, n: int = 100, repeats: int = 5) -> float:
+    """Median per-call time (us) of ``n`` eager calls back to back (host overhead included)."""
+    for i in range(copies):
+        call(i)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for j in range(n):
+            call(j % copies)
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) * 1e3 / n)
+    return statistics.median(times)
+
+
+def copies_for(nbytes: int, l2: int) -> int:
+    """Weight copies whose total exceeds twice the L2 (at least 2)."""
+    return max(2, math.ceil(2.2 * l2 / max(nbytes, 1)))
+
+
+# --- weights -------------------------------------------------------------------------------
+
+def random_packed(layout: str, N, K, wbits, gen) -> PackedWeights:
+    """Random uniform-format weights already in a CUDA kernel's layout, on the GPU."""
+    R = {"warp32": 32, "tc16": 16}[layout]
+    NT = -(-N // R)
+    shape = (NT, K // 128, wbits, 32, 4) if layout == "warp32" else (NT, K // 128, wbits // 2, 32, 4)
+    planes = torch.randint(-2 ** 31, 2 ** 31 - 1, shape, dtype=torch.int32, device="cuda", generator=gen)
+    scales = (torch.rand((NT, K // GROUP, R), device="cuda", generator=gen) * 0.02 + 0.005).half()
+    if N % R:
+        scales[-1, :, N % R:] = 0
+    return PackedWeights(format="uniform", wbits=wbits, N=N, K=K, group_size=GROUP, zero_point=False,
+                         scale_dtype="float16", planes=planes, scales=scales, layout=layout)
+
+
+def dequant_packed(qw: PackedWeights) -> torch.Tensor:
+    """fp32 ``[N, K]`` of a uniform ``warp32``/``tc16`` weight, computed on the GPU (checks)."""
+    b = qw.wbits
+    if qw.layout == "warp32":
+        NT, KU, _, R, _ = qw.planes.shape
+        words = qw.planes.permute(0, 3, 1, 4, 2).reshape(NT * R, KU * 4, b)      # [N', K/32, b]
+        shifts = torch.arange(32, device=words.device, dtype=torch.int32)
+        bits = (words.unsqueeze(-1) >> shifts) & 1                                # [N', K/32, b, 32]
+        code = sum(bits[:, :, i, :].float() * (2 ** i) for i in range(b)).reshape(NT * R, -1)
+    else:
+        from lutc.formats import _tc_shifts
+        NT, KU = qw.planes.shape[:2]
+        R = 16
+        words = qw.planes.permute(0, 1, 3, 2, 4).reshape(NT, KU, 32, 2 * b, 1, 1).long() & 0xFFFFFFFF
+        q = (words >> _tc_shifts(b).to(words.device)) & (2 ** b - 1)
+        code = q.reshape(NT, KU, 8, 4, 8, 2, 2, 2).permute(0, 5, 2, 1, 3, 4, 6, 7).reshape(NT * R, -1).float()
+    scale = qw.scales.permute(0, 2, 1).reshape(NT * R, -1).float().repeat_interleave(GROUP, 1)
+    return (scale * (code - (2 ** b - 1) / 2))[: qw.N]
+
+
+# --- peers ---------------------------------------------------------------------------------
+
+def peer_fp16(N, K, M, copies, gen):
+    ws = [(torch.randn(N, K, device="cuda", generator=gen) * 0.02).half() for _ in range(copies)]
+    x = torch.randn(M, K, device="cuda", generator=gen).half()
+    return lambda i: F.linear(x, ws[i])
+
+
+def peer_int4(N, K, M, copies, gen):
+    ws, sz = [], []
+    for _ in range(copies):
+        q = torch.randint(0, 256, (N, K // 2), dtype=torch.uint8, device="cuda", generator=gen)
+        ws.append(torch._convert_weight_to_int4pack(q, 8))
+        s = torch.rand(K // GROUP, N, 1, device="cuda", generator=gen) * 0.02 + 0.005
+        sz.append(torch.cat([s, torch.zeros_like(s)], -1).to(torch.bfloat16).contiguous())
+    x = torch.randn(M, K, device="cuda", generator=gen).to(torch.bfloat16)
+    return lambda i: torch._weight_int4pack_mm(x, ws[i], GROUP, sz[i])
+
+
+def peer_gemlite(N, K, M, copies, gen, wbits):
+    from gemlite.helper import A16Wn
+    mods = []
+    for _ in range(copies):
+        wq = torch.randint(0, 2 ** wbits, (N, K), dtype=torch.uint8, device="cuda", generator=gen)
+        s = (torch.rand(N, K // GROUP, device="cuda", generator=gen) * 0.02 + 0.005).half()
+        z = torch.full((N, K // GROUP), (2 ** wbits - 1) / 2, device="cuda").half()
+        mods.append(A16Wn(device="cuda", dtype=torch.float16).from_weights(wq, s, z, W_nbits=wbits,
+                                                                           group_size=GROUP))
+    x = torch.randn(M, K, device="cuda", generator=gen).half()
+    return lambda i: mods[i](x)
+
+
+def peer_bnb(N, K, M, copies, gen):
+    import bitsandbytes as bnb
+    packs = []
+    for _ in range(copies):
+        w = (torch.randn(N, K, device="cuda", generator=gen) * 0.02).half()
+        packs.append(bnb.functional.quantize_4bit(w, blocksize=64, quant_type="nf4"))
+        del w
+    x = torch.randn(M, K, device="cuda", generator=gen).half()
+    return lambda i: bnb.matmul_4bit(x, packs[i][0].t(), quant_state=packs[i][1])
+
+
+def weight_bytes(N, K, wbits):
+    return N * K * wbits // 8 + (N * K // GROUP) * 2
+
+
+# --- the run -------------------------------------------------------------------------------
+
+def run(args) -> dict:
+    props = torch.cuda.get_device_properties(0)
+    l2 = props.L2_cache_size
+    bw = copy_bandwidth()
+    print(f"# {props.name}, {props.multi_processor_count} SMs, L2 {l2 / 2**20:.0f} MiB, "
+          f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write)", flush=True)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    result = {"device": props.name, "sms": props.multi_processor_count, "l2_bytes": l2,
+              "copy_bw_Bps": bw, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+              "rows": []}
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
+    ms = [int(m) for m in args.ms] if args.ms else MS
+    for (N, K) in shapes:
+        for M in ms:
+            row = {"N": N, "K": K, "M": M, "kernel_us": {}, "eager_us": {}, "floor_us": {}, "notes": {}}
+            for wbits in WBITS:
+                nbytes = weight_bytes(N, K, wbits) + M * K * 2 + M * N * 2
+                row["floor_us"][f"W{wbits}"] = nbytes / bw * 1e6
+            result["rows"].append(row)
+
+            def measure(name, factory, nbytes):
+                copies = copies_for(nbytes, l2)
+                try:
+                    call = factory(copies)
+                    row["kernel_us"][name] = time_graph(call, copies)
+                    row["eager_us"][name] = time_eager(call, copies)
+                except Exception as exc:  # a peer that fails is reported, not fatal
+                    row["notes"][name] = f"{type(exc).__name__}: {str(exc)[:160]}"
+                    if args.verbose:
+                        traceback.print_exc()
+                finally:
+                    call = None
+                    torch.cuda.empty_cache()
+
+            for wbits in WBITS:
+                spec = lutc_specs(N, K, M, wbits)
+                for sname, _ in lutc_modules(spec):
+                    kernel = lutc.build(spec, target="cuda", schedule=sname)
+
+                    def factory(copies, kernel=kernel, wbits=wbits):
+                        qws = [random_packed(kernel.layout, N, K, wbits, gen) for _ in range(copies)]
+                        x = torch.randn(M, K, device="cuda", generator=gen).half()
+                        y = kernel(x, qws[0])
+                        ref = x.float() @ dequant_packed(qws[0]).T
+                        err = float((y.float() - ref).abs().max() / ref.abs().max())
+                        row["notes"][f"lutc {sname} W{wbits} rel_err"] = err
+                        if not err < 2e-3:
+                            raise AssertionError(f"lutc {sname} W{wbits} wrong: rel err {err:.2e}")
+                        return lambda i: kernel(x, qws[i])
+                    measure(f"lutc {sname} W{wbits}", factory, weight_bytes(N, K, wbits))
+                    row["notes"][f"lutc {sname} W{wbits} knobs"] = effective_knobs(sname, spec, kernel)
+            measure("fp16 cuBLAS", lambda c: peer_fp16(N, K, M, c, gen), N * K * 2)
+            measure("torch int4 W4", lambda c: peer_int4(N, K, M, c, gen), weight_bytes(N, K, 4))
+            if not args.no_gemlite:
+                for wbits in WBITS:
+                    measure(f"gemlite W{wbits}", lambda c, w=wbits: peer_gemlite(N, K, M, c, gen, w),
+                            weight_bytes(N, K, wbits))
+            if not args.no_bnb:
+                measure("bnb NF4", lambda c: peer_bnb(N, K, M, c, gen), N * K // 2 + N * K // 64 * 4)
+            print(format_row(row), flush=True)
+            if args.out:  # partial results survive a time limit
+                os.makedirs(args.out, exist_ok=True)
+                with open(os.path.join(args.out, "bench_cuda.json"), "w") as f:
+                    json.dump(result, f, indent=1)
+    return result
+
+
+def effective_knobs(sname, spec, kernel) -> dict:
+    module = getattr(schedules, sname)
+    knobs = dict(module.default_knobs(spec)) if hasattr(module, "default_knobs") else {}
+    knobs.update(kernel.knobs)
+    return knobs
+
+
+def candidates(sname: str, M: int) -> list:
+    """Knob sets tried by ``--sweep`` (those over the shared-memory limit drop)."""
+    if sname == "cuda_mma":
+        mt = 1 << (min(8, -(-M // 16)) - 1).bit_length()
+        if mt == 1:  # (warps, wn, nw, mt, xsm, units)
+            sets = ((2, 2, 2, 1, True, 1), (4, 2, 2, 1, True, 1), (2, 2, 2, 1, True, 2), (4, 1, 4, 1, False, 1),
+                    (4, 1, 4, 1, False, 2), (2, 2, 2, 1, False, 2), (4, 2, 2, 1, False, 2), (2, 4, 2, 1, False, 2))
+        else:
+            sets = ((1, 4, 2, mt, True, 1), (1, 4, 2, mt, False, 2), (1, 4, 2, min(mt, 4), True, 1),
+                    (1, 4, 2, min(mt, 4), False, 2), (2, 2, 2, min(mt, 4), False, 1), (1, 4, 2, 2, True, 2),
+                    (2, 2, 2, 2, False, 2))
+        cands = [dict(warps=w, wn=n, nw=t, mt=m, xsm=x, units=u) for (w, n, t, m, x, u) in sets]
+        spec = lutc.MPGemmSpec(M, 4096, 4096, wbits=2, group_size=GROUP, act_dtype="float16")
+        return [k for k in cands if schedules.cuda_mma.smem_bytes(spec, **k) <= schedules.cuda_mma.SMEM_LIMIT]
+    return lut_candidates(M)
+
+
+def lut_candidates(M: int) -> list:
+    """Knob sets of ``cuda_lut`` tried by ``--sweep`` (those over the shared-memory limit drop)."""
+    cands = [dict(warps=w, tiles=t, rows=r, units=u) for (w, t, r, u) in (
+        (4, 2, 1, 2), (4, 1, 1, 2), (8, 1, 1, 1), (4, 2, 1, 1), (4, 1, 2, 1), (2, 4, 1, 2),
+        (2, 4, 1, 1), (2, 2, 2, 1), (1, 4, 1, 2), (2, 2, 1, 1))]
+    ok = []
+    for k in cands:
+        spec = lutc.MPGemmSpec(M, 4096, 4096, wbits=2, group_size=GROUP, act_dtype="float16")
+        if schedules.cuda_lut.smem_bytes(spec, **k) <= schedules.cuda_lut.SMEM_LIMIT and k not in ok:
+            ok.append(k)
+    return ok
+
+
+def sweep(args) -> dict:
+    """Time knob sets of ``--sweep`` (a lutc CUDA schedule) per shape (kernel time in a CUDA
+    graph): the tuner's input."""
+    props = torch.cuda.get_device_properties(0)
+    l2 = props.L2_cache_size
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
+    ms = [int(m) for m in args.ms] if args.ms else (1, 4)
+    sname = args.sweep
+    out = {"device": props.name, "schedule": sname, "records": []}
+    for (N, K) in shapes:
+        for M in ms:
+            for wbits in WBITS:
+                spec = lutc_specs(N, K, M, wbits)
+                copies = copies_for(weight_bytes(N, K, wbits), l2)
+                layout = getattr(schedules, sname).layout(spec, None)
+                qws = [random_packed(layout, N, K, wbits, gen) for _ in range(copies)]
+                x = torch.randn(M, K, device="cuda", generator=gen).half()
+                ref = x.float() @ dequant_packed(qws[0]).T
+                line = []
+                for knobs in candidates(sname, M):
+                    try:
+                        kernel = lutc.build(spec, target="cuda", schedule=sname, knobs=knobs)
+                        y = kernel(x, qws[0])
+                        err = float((y.float() - ref).abs().max() / ref.abs().max())
+                        t = time_graph(lambda i: kernel(x, qws[i]), copies) if err < 2e-3 else float("nan")
+                    except Exception as exc:
+                        err, t = repr(exc)[:100], float("nan")
+                    out["records"].append({"N": N, "K": K, "M": M, "wbits": wbits, "knobs": knobs,
+                                           "kernel_us": t, "rel_err": err})
+                    line.append(f"{'/'.join(str(v) for v in knobs.values())}:{t:.1f}")
+                print(f"{N}x{K} M={M} W{wbits} {sname} ({'/'.join(candidates(sname, M)[0])}:us) "
+                      + " ".join(line), flush=True)
+                del qws
+                torch.cuda.empty_cache()
+    return out
+
+
+def format_row(row) -> str:
+    parts = [f"{row['N']}x{row['K']} M={row['M']}"]
+    parts += [f"floor W{w} {row['floor_us'][f'W{w}']:.1f}" for w in WBITS]
+    parts += [f"{k}: {v:.1f}/{row['eager_us'].get(k, float('nan')):.1f}" for k, v in row["kernel_us"].items()]
+    fails = [k for k, v in row["notes"].items() if isinstance(v, str)]
+    if fails:
+        parts.append("failed: " + ", ".join(fails))
+    return " | ".join(parts)
+
+
+COLUMNS = ["lutc cuda_lut W2", "lutc cuda_lut W4", "lutc cuda_mma W2", "lutc cuda_mma W4", "fp16 cuBLAS",
+           "torch int4 W4", "gemlite W2", "gemlite W4", "bnb NF4"]
+
+
+def markdown(result) -> str:
+    cols = [c for c in COLUMNS if any(c in r["kernel_us"] for r in result["rows"])]
+    head = (f"Measured {result['date']} on {result['device']} ({result['sms']} SMs, L2 "
+            f"{result['l2_bytes'] / 2**20:.0f} MiB), torch {result['torch']}; copy bandwidth "
+            f"{result['copy_bw_Bps'] / 1e12:.2f} TB/s (read + write). Each cell: kernel time in a CUDA "
+            "graph / eager call time, us (median); weights rotate through > 2x L2. Floors: bytes moved "
+            "/ copy bandwidth. `of floor` = floor / kernel time for lutc's best kernel of that bit width.\n")
+    lines = [head, "| N x K | M | W2 floor | W4 floor | " + " | ".join(cols) + " | lutc W2 of floor | lutc W4 of floor |",
+             "|" + "---|" * (len(cols) + 6)]
+    for r in result["rows"]:
+        cells = [f"{r['N']}x{r['K']}", str(r["M"]), f"{r['floor_us']['W2']:.1f}", f"{r['floor_us']['W4']:.1f}"]
+        for c in cols:
+            if c in r["kernel_us"]:
+                cells.append(f"{r['kernel_us'][c]:.1f} / {r['eager_us'][c]:.1f}")
+            elif isinstance(r["notes"].get(c), str):
+                cells.append("failed")
+            else:
+                cells.append("-")
+        for w in WBITS:
+            best = [v for k, v in r["kernel_us"].items() if k.startswith("lutc") and k.endswith(f"W{w}")]
+            cells.append(f"{r['floor_us'][f'W{w}'] / min(best):.0%}" if best else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"- {r['N']}x{r['K']} M={r['M']} {k}: {v}" for r in result["rows"]
+             for k, v in r["notes"].items() if isinstance(v, str)]
+    if notes:
+        lines += ["", "Failures:"] + notes
+    return "\n".join(lines) + "\n"
+
+
+def precompile(args) -> None:
+    """Build every lutc kernel this benchmark (and tests/test_cuda_gpu.py) uses, for sm_90a,
+    into lutc's nvcc cache, on a machine without a GPU."""
+    from lutc.build import precompile as pc
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
+    ms = [int(m) for m in args.ms] if args.ms else MS
+    kernels = []
+    for (N, K) in shapes:
+        for M in ms:
+            for wbits in WBITS:
+                spec = lutc_specs(N, K, M, wbits)
+                for sname, _ in lutc_modules(spec):
+                    kernels.append(lutc.build(spec, target="cuda:sm_90a", schedule=sname))
+    if args.tests:
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+        import test_cuda_gpu as t
+        for p in t._params():
+            spec, sname = p.values
+            kernels.append(lutc.build(spec, target="cuda:sm_90a", schedule=sname))
+        for knobs in t.LUT_KNOBS:
+            kernels.append(lutc.build(t.KNOB_SPEC, target="cuda:sm_90a", schedule="cuda_lut", knobs=knobs))
+        for knobs in t.MMA_KNOBS:
+            kernels.append(lutc.build(t.MMA_SPEC, target="cuda:sm_90a", schedule="cuda_mma", knobs=knobs))
+        for spec in t.GENERIC_SPECS + [t.RUNTIME_SPEC]:
+            kernels.append(lutc.build(spec, target="cuda:sm_90a"))
+    if args.sweep:
+        for (N, K) in shapes:
+            for M in (int(m) for m in args.ms) if args.ms else (1, 4):
+                for wbits in WBITS:
+                    for knobs in candidates(args.sweep, M):
+                        kernels.append(lutc.build(lutc_specs(N, K, M, wbits), target="cuda:sm_90a",
+                                                  schedule=args.sweep, knobs=knobs))
+    from concurrent.futures import ThreadPoolExecutor
+    from lutc.build import cache_dir
+    t0 = time.time()
+    with ThreadPoolExecutor(max(1, len(os.sched_getaffinity(0)))) as pool:
+        list(pool.map(pc, kernels))
+    print(f"{len(kernels)} kernels in {cache_dir()} ({time.time() - t0:.0f} s)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=None, help="folder for bench_cuda.json / bench_cuda.md")
+    ap.add_argument("--shapes", nargs="*", help="NxK ... (default: the issue's five)")
+    ap.add_argument("--ms", nargs="*", help="M values (default 1 4 16 64 128)")
+    ap.add_argument("--no-gemlite", action="store_true")
+    ap.add_argument("--no-bnb", action="store_true")
+    ap.add_argument("--precompile", action="store_true", help="no GPU: fill lutc's nvcc cache")
+    ap.add_argument("--tests", action="store_true", help="with --precompile: the GPU tests' kernels too")
+    ap.add_argument("--sweep", default=None, help="a lutc CUDA schedule: time its knob sets instead")
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args()
+    if args.precompile:
+        precompile(args)
+        return
+    if args.sweep:
+        result = sweep(args)
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            with open(os.path.join(args.out, f"sweep_{args.sweep}.json"), "w") as f:
+                json.dump(result, f, indent=1)
+        return
+    result = run(args)
+    md = markdown(result)
+    print(md)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "bench_cuda.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        with open(os.path.join(args.out, "bench_cuda.md"), "w") as f:
+            f.write(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""CUDA LUT kernel for small M: tables in shared memory, one weight row per lane, 16-byte loads.
+
+Same math as :mod:`lutc.frontend` (``g = 4``, float32 tables), written as explicit TensorIR
+(TVMScript) like :mod:`schedules.simd_lut`, because the parts that make it fast are decisions
+about threads and registers that the front end's loop nest does not express: which lane owns
+which row, which bytes one load instruction brings, when a block synchronizes.
+
+Weights come in the ``warp32`` layout of :mod:`lutc.formats`: lane ``l`` of a warp owns row
+``32 t + l`` of tile ``t``, and one 16-byte load gives it a 128-weight slice of one bit plane
+(32 table indices); the warp's 32 loads are one contiguous 512-byte segment.
+
+Thread block = ``warps`` x ``tiles`` warps: ``tiles`` row tiles side by side, each split along K
+over ``warps`` warps (the split-K knob: narrow N still fills the GPU). Each lane owns ``rows``
+rows (tiles ``rows`` apart in the block's range). K is walked in chunks of
+``128 * units * warps`` activations, one chunk ahead: iteration ``i`` issues the loads of chunk
+``i``, does the lookups of chunk ``i - 1``, builds the tables of chunk ``i``, then one barrier.
+
+1. **Loads**: every lane issues its 16-byte weight loads (``units`` slices x ``rows`` x ``b``
+   planes) and the group coefficients they need into one of two register sets, and the 4
+   activations of the tables it will build; they fly during a chunk of lookups.
+2. **Tables** (per thread block, shared memory, double-buffered so one barrier per chunk
+   suffices): for each row of ``x`` and each group of 4 activations, the 16 signed partial sums
+   of equation (2); each thread builds 4 entries of one table (one 16-byte store, conflict-free).
+   With ``symmetrize`` the entries whose top bit is 1 are the negations of the others,
+   ``T[15 - p] = -T[p]`` (equation (3)), exact; all 16 are stored: a lookup is then one
+   ``LDS`` with no sign fix-up (2-3 integer instructions saved per lookup), and the table is
+   small next to the 228 KB of shared memory per SM (``32 * chunk * M`` bytes).
+3. **Lookups**: for each 32-bit word of a plane, 8 table indices (nibbles); all lanes of a warp
+   read the same 64-byte table at once (16 distinct banks, no conflicts), one lookup per row of
+   ``x``, multiplied by the plane's coefficient and accumulated in float32: ``s 2^(i-1)``
+   (uniform), ``alpha_i`` (bcq), ``s / 2`` (ternary). The group coefficients are fused here, and
+   zero points add ``s ((2^b - 1)/2 - z) X`` with the word's activation sum ``X`` (built with the
+   table).
+
+The epilogue adds the ``warps`` partial sums of a row through shared memory and writes ``y`` in
+the activation dtype (coalesced: lane = row).
+
+Limits (``supports``): ``g = 4``, float32 tables, K a multiple of 128, M <= 8 (the tables of a
+chunk grow with M; beyond small M the tensor-core schedule wins anyway).
+"""
+from __future__ import annotations
+
+from tvm import IRModule, s_tir
+from tvm.script import tirx as T
+
+from .simd_lut import drop_param
+
+KNOBS = {"warps": (1, 2, 4, 8), "tiles": (1, 2, 4), "rows": (1, 2), "units": (1, 2, 4)}
+MAX_M = 8
+SMEM_LIMIT = 48 * 1024
+#: TVM cannot see the shared-memory reads made by inline PTX (the table lookups here, the x
+#: tile of ``cuda_mma``): StorageRewrite reused the tables' storage for the split-K reduction
+#: buffer as if the tables were dead, so it is off for these kernels (they place their buffers
+#: themselves), and a buffer read only through PTX is either fully written by TIR or flat, so
+#: that buffer compaction keeps its strides (compaction of ``cuda_mma``'s padded x tile to its
+#: written columns gave an illegal address on the H100).
+PASS_CONFIG = {"tirx.disable_storage_rewrite": True}
+
+
+def supports(spec, target) -> bool:
+    """CUDA, g = 4, float32 tables, K % 128 == 0, M <= 8."""
+    return (target.kind.name == "cuda" and spec.g == 4 and spec.table_dtype == "float32"
+            and spec.K % 128 == 0 and spec.M <= MAX_M)
+
+
+def layout(spec, target, **_) -> str:
+    return "warp32"
+
+
+def default_knobs(spec) -> dict:
+    """Untuned choice, from the H100 sweep of ``benchmarks/bench_cuda.py --sweep cuda_lut``:
+    8 warps on one 32-row tile (split K 8 ways) was best or within 6% at M = 1 on all of
+    28672x8192, 8192x28672 and 4096x4096; larger M needs smaller chunks (tables grow with M)."""
+    KU = spec.K // 128
+    warps, units = 8, 1
+    while warps > 1 and (warps * units * spec.M > 8 or warps * units > KU):
+        warps //= 2
+    return {"warps": warps, "tiles": 1 if warps >= 4 else 4 // warps, "rows": 1, "units": units}
+
+
+def preferred(spec, target) -> bool:
+    """Whether ``schedules.default`` should pick this kernel when another also builds ``spec``:
+    on the H100 the LUT kernel beat dequantize + mma at M = 1 and lost from M = 4 on."""
+    return spec.M <= 2
+
+
+def smem_bytes(spec, warps: int, tiles: int, rows: int, units: int) -> int:
+    """Shared memory of one block: two table buffers, act sums, the split-K reduction."""
+    KT = 128 * units * warps
+    table = 2 * (KT // 4) * spec.M * 16 * 4
+    sums = 2 * (KT // 32) * spec.M * 4 if spec.needs_act_sum else 0
+    red = warps * tiles * rows * spec.M * 32 * 4 if warps > 1 else 0
+    return table + sums + red
+
+
+def schedule(func, spec, target, warps=None, tiles=None, rows=None, units=None) -> s_tir.Schedule:
+    """The CUDA LUT kernel for ``spec`` (``func`` is its reference semantics)."""
+    knobs = default_knobs(spec)
+    for name, value in (("warps", warps), ("tiles", tiles), ("rows", rows), ("units", units)):
+        if value is not None:
+            if value not in KNOBS[name]:
+                raise ValueError(f"cuda_lut knob {name}={value!r} is not one of {KNOBS[name]}")
+            knobs[name] = value
+    used = smem_bytes(spec, **knobs)
+    if used > SMEM_LIMIT:
+        raise ValueError(f"cuda_lut knobs {knobs} need {used} bytes of shared memory for M={spec.M} "
+                         f"(limit {SMEM_LIMIT}): lower warps or units")
+    return s_tir.Schedule(IRModule({"main": lut_kernel(spec, **knobs)}))
+
+
+def lut_kernel(spec, warps: int, tiles: int, rows: int, units: int):
+    """The PrimFunc (module docstring). Arguments: ``x [M, K]``, ``planes [NT, K/128, b, 32, 4]``
+    int32, ``scales`` (tile-major), ``zeros`` (zero points only), ``out [M, N]``."""
+    M, N, K, b = spec.M, spec.N, spec.K, spec.planes
+    S, WT, RL, UW = warps, tiles, rows, units
+    NT, KU, G, gs = -(-N // 32), K // 128, spec.groups, spec.group
+    threads = 32 * S * WT
+    KT = 128 * UW * S                 # activations per chunk
+    GT = KT // 4                      # table groups per chunk
+    WDS = KT // 32                    # 32-bit words per chunk (activation sums)
+    chunks = -(-KU // (UW * S))
+    nblocks = -(-NT // (WT * RL))
+    SPU = 128 // gs if gs <= 128 else 1   # coefficient groups per 128-weight slice
+    wide = gs > 128                       # one group spans several slices
+    quads = M * GT * 4
+    qpt = -(-quads // threads)
+    zpt = -(-(WDS * M) // threads)
+    opt = -(-(WT * RL * M * 32) // threads)
+    fmt, zp, sym = spec.format, spec.zero_point, spec.symmetrize
+    act, sdt = spec.act_dtype, spec.scale_dtype
+    const = (2 ** b - 1) / 2.0
+    NS = b if fmt == "bcq" else 1         # coefficients per group
+    if fmt == "ternary":
+        scale_shape = (1,)
+    elif fmt == "bcq":
+        scale_shape = (NT, G, b, 32)
+    else:
+        scale_shape = (NT, G, 32)
+    zero_shape = (NT, G, 32) if zp else (1,)
+    red_shape = (S, WT, RL, M, 32) if S > 1 else (1,)
+    xs_shape = (2, WDS, M) if zp else (1,)
+
+    @T.prim_func(s_tir=True)
+    def main(x: T.Buffer((M, K), act), planes: T.Buffer((NT, KU, b, 32, 4), "int32"),
+             scales: T.Buffer(scale_shape, sdt), zeros: T.Buffer(zero_shape, sdt),
+             out: T.Buffer((M, N), act)):
+        T.func_attr({"tirx.noalias": True})
+        for bx in T.thread_binding(nblocks, thread="blockIdx.x"):
+            for tx in T.thread_binding(threads, thread="threadIdx.x"):
+                tab = T.alloc_buffer((2, GT, M, 16), "float32", scope="shared")
+                xs = T.alloc_buffer(xs_shape, "float32", scope="shared")
+                red = T.alloc_buffer(red_shape, "float32", scope="shared")
+                wreg = T.alloc_buffer((2, UW, RL, b, 4), "int32", scope="local")
+                sreg = T.alloc_buffer((2, UW, RL, SPU, NS), "float32", scope="local")
+                zreg = T.alloc_buffer((2, UW, RL, SPU), "float32", scope="local")
+                acc = T.alloc_buffer((RL, M, 2), "float32", scope="local")
+                xv = T.alloc_buffer((qpt, 4), "float32", scope="local")
+                tq = T.alloc_buffer((3,), "float32", scope="local")
+                tot = T.alloc_buffer((1,), "float32", scope="local")
+                tbase = T.alloc_buffer((1,), "uint32", scope="local")
+                for r in T.unroll(RL):
+                    for m in T.unroll(M):
+                        acc[r, m, 0] = T.float32(0)
+                        acc[r, m, 1] = T.float32(0)
+                # Iteration i loads chunk i (weights into register set i % 2, x for its tables),
+                # looks up chunk i - 1 (tables built in iteration i - 1, then a barrier), then
+                # builds the tables of chunk i: each warp's loads fly during a chunk of lookups.
+                for i2 in range((chunks + 2) // 2):
+                    for par in T.unroll(2):
+                        if i2 * 2 + par <= chunks:
+                            # 1. loads of chunk i (weights, coefficients, activations)
+                            if i2 * 2 + par < chunks:
+                                for u in T.unroll(UW):
+                                    if (i2 * 2 + par) * (UW * S) + ((tx // 32) % S) * UW + u < KU:
+                                        for r in T.unroll(RL):
+                                            if (bx * WT + tx // (32 * S)) * RL + r < NT:
+                                                for i in T.unroll(b):
+                                                    wreg[par, u, r, i, T.ramp(0, 1, 4)] = planes[
+                                                        (bx * WT + tx // (32 * S)) * RL + r,
+                                                        (i2 * 2 + par) * (UW * S) + ((tx // 32) % S) * UW + u,
+                                                        i, tx % 32, T.ramp(0, 1, 4)]
+                                                if fmt != "ternary":
+                                                    for jj in T.unroll(SPU):
+                                                        for i in T.unroll(NS):
+                                                            if fmt == "bcq":
+                                                                sreg[par, u, r, jj, i] = T.Cast("float32", scales[
+                                                                    (bx * WT + tx // (32 * S)) * RL + r,
+                                                                    (((i2 * 2 + par) * (UW * S) + ((tx // 32) % S) * UW + u) * 128) // gs + jj,
+                                                                    i, tx % 32])
+                                                            else:
+                                                                sreg[par, u, r, jj, i] = T.Cast("float32", scales[
+                                                                    (bx * WT + tx // (32 * S)) * RL + r,
+                                                                    (((i2 * 2 + par) * (UW * S) + ((tx // 32) % S) * UW + u) * 128) // gs + jj,
+                                                                    tx % 32])
+                                                        if zp:
+                                                            zreg[par, u, r, jj] = T.Cast("float32", zeros[
+                                                                (bx * WT + tx // (32 * S)) * RL + r,
+                                                                (((i2 * 2 + par) * (UW * S) + ((tx // 32) % S) * UW + u) * 128) // gs + jj,
+                                                                tx % 32])
+                                for e in T.unroll(qpt):
+                                    if tx + e * threads < quads:
+                                        if (i2 * 2 + par) * GT + ((tx + e * threads) // 4) % GT < K // 4:
+                                            for j in T.unroll(4):
+                                                xv[e, j] = T.Cast("float32", x[
+                                                    (tx + e * threads) // (GT * 4),
+                                                    ((i2 * 2 + par) * GT + ((tx + e * threads) // 4) % GT) * 4 + j])
+                            # 2. lookups of chunk i - 1 (register set 1 - par, table buffer (i - 1) % 2)
+                            if i2 * 2 + par >= 1:
+                                tbase[0] = T.cuda.cvta_generic_to_shared(T.address_of(
+                                    tab[1 - par, ((tx // 32) % S) * (UW * 32), 0, 0]))
+                                for u in T.unroll(UW):
+                                    if (i2 * 2 + par - 1) * (UW * S) + ((tx // 32) % S) * UW + u < KU:
+                                        for r in T.unroll(RL):
+                                            if (bx * WT + tx // (32 * S)) * RL + r < NT:
+                                                for q in T.unroll(4):
+                                                    for nib in T.unroll(8):
+                                                        for i in T.unroll(b):
+                                                            for m in T.unroll(M):
+                                                                acc[r, m, nib % 2] = acc[r, m, nib % 2] + _lds(
+                                                                    tbase[0], wreg[1 - par, u, r, i, q], nib,
+                                                                    ((u * 32 + q * 8 + nib) * M + m) * 64) * _coef(
+                                                                    fmt, sreg, scales, 1 - par, u, r,
+                                                                    (q * 32) // gs if not wide else 0, i)
+                                                    if zp:
+                                                        for m in T.unroll(M):
+                                                            acc[r, m, 0] = acc[r, m, 0] + (
+                                                                sreg[1 - par, u, r, (q * 32) // gs if not wide else 0, 0]
+                                                                * (T.float32(const) - zreg[1 - par, u, r, (q * 32) // gs if not wide else 0])
+                                                                * T.cuda.func_call("lutc_lds", T.cuda.cvta_generic_to_shared(
+                                                                    T.address_of(xs[1 - par, (((tx // 32) % S) * UW + u) * 4 + q, m])),
+                                                                    source_code=LDS_SRC, return_type="float32"))
+                            # 3. tables of chunk i (buffer i % 2): 4 entries of one (row of x, group)
+                            # per thread. With q = the quad (entries 4 q .. 4 q + 3) and
+                            # f = (-x0-x1, x0-x1, -x0+x1, x0+x1): T = base + f, base = +-x2 +-x3 by q's
+                            # bits; symmetrized, quads 2 and 3 are the negated mirrors of 1 and 0:
+                            # T[15 - p] = -T[p], i.e. base = -(base of quad 3 - q), same f.
+                            if i2 * 2 + par < chunks:
+                                for e in T.unroll(qpt):
+                                    if tx + e * threads < quads:
+                                        if (i2 * 2 + par) * GT + ((tx + e * threads) // 4) % GT < K // 4:
+                                            tq[0] = xv[e, 0] + xv[e, 1]
+                                            tq[1] = xv[e, 0] - xv[e, 1]
+                                            if sym:
+                                                tq[2] = T.Select((tx + e * threads) % 4 >= 2, T.float32(-1), T.float32(1)) * (
+                                                    T.Select(((3 - (tx + e * threads) % 4) & 1 == 1) == ((tx + e * threads) % 4 >= 2),
+                                                             xv[e, 2], T.float32(0) - xv[e, 2]) - xv[e, 3])
+                                            else:
+                                                tq[2] = (T.Select((tx + e * threads) % 4 & 1 == 1, xv[e, 2], T.float32(0) - xv[e, 2])
+                                                         + T.Select((tx + e * threads) % 4 & 2 == 2, xv[e, 3], T.float32(0) - xv[e, 3]))
+                                            for pp in T.unroll(4):
+                                                tab[par, ((tx + e * threads) // 4) % GT, (tx + e * threads) // (GT * 4),
+                                                    ((tx + e * threads) % 4) * 4 + pp] = tq[2] + _fsel(tq, pp)
+                                if zp:
+                                    for e in range(zpt):
+                                        if tx + e * threads < WDS * M:
+                                            if (i2 * 2 + par) * KT + ((tx + e * threads) % WDS) * 32 < K:
+                                                tot[0] = T.float32(0)
+                                                for k in T.unroll(32):
+                                                    tot[0] = tot[0] + T.Cast("float32", x[
+                                                        (tx + e * threads) // WDS,
+                                                        (i2 * 2 + par) * KT + ((tx + e * threads) % WDS) * 32 + k])
+                                                xs[par, (tx + e * threads) % WDS, (tx + e * threads) // WDS] = tot[0]
+                            T.tvm_storage_sync("shared")
+                # epilogue
+                if S == 1:
+                    for r in T.unroll(RL):
+                        if ((bx * WT + tx // 32) * RL + r) * 32 + tx % 32 < N:
+                            for m in T.unroll(M):
+                                out[m, ((bx * WT + tx // 32) * RL + r) * 32 + tx % 32] = T.Cast(
+                                    act, acc[r, m, 0] + acc[r, m, 1])
+                else:
+                    # TVM cannot see the lookups' reads of ``tab`` (inline PTX) and may give ``red``
+                    # the same storage: no warp may overwrite it before all have finished.
+                    T.tvm_storage_sync("shared")
+                    for r in T.unroll(RL):
+                        for m in T.unroll(M):
+                            red[(tx // 32) % S, tx // (32 * S), r, m, tx % 32] = acc[r, m, 0] + acc[r, m, 1]
+                    T.tvm_storage_sync("shared")
+                    for e in range(opt):
+                        if tx + e * threads < WT * RL * M * 32:
+                            if ((bx * WT + (tx + e * threads) // (32 * M * RL)) * RL
+                                    + ((tx + e * threads) // (32 * M)) % RL) * 32 + (tx + e * threads) % 32 < N:
+                                tot[0] = T.float32(0)
+                                for s in T.unroll(S):
+                                    tot[0] = tot[0] + red[s, (tx + e * threads) // (32 * M * RL),
+                                                          ((tx + e * threads) // (32 * M)) % RL,
+                                                          ((tx + e * threads) // 32) % M, (tx + e * threads) % 32]
+                                out[((tx + e * threads) // 32) % M,
+                                    ((bx * WT + (tx + e * threads) // (32 * M * RL)) * RL
+                                     + ((tx + e * threads) // (32 * M)) % RL) * 32 + (tx + e * threads) % 32] = T.Cast(
+                                    act, tot[0])
+
+    return main if zp else drop_param(main, "zeros")
+
+
+#: ``ld.shared.f32`` at a 32-bit shared-memory address: written as PTX so that the address is
+#: ``(table base | 4 * index) + constant`` (one LOP3; the constant folds into the load's
+#: immediate). Through a C array index nvcc spent 4 integer instructions per lookup, not 2.
+LDS_SRC = """
+__device__ __forceinline__ float lutc_lds(unsigned addr) {
+  float v;
+  asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(addr));
+  return v;
+}
+"""
+
+
+def _lds(base, word, nib, offset):
+    """Table entry for nibble ``nib`` of ``word``: ``base | 4 * index``, plus ``offset`` bytes."""
+    w = T.Cast("uint32", word)
+    four_idx = T.if_then_else(nib == 0, T.shift_left(w, T.uint32(2)),
+                              T.shift_right(w, T.Cast("uint32", T.max(nib * 4 - 2, 0)))) & T.uint32(60)
+    return T.cuda.func_call("lutc_lds", T.bitwise_or(base, four_idx) + T.Cast("uint32", offset),
+                            source_code=LDS_SRC, return_type="float32")
+
+
+def _coef(fmt, sreg, scales, par, u, r, jj, i):
+    """The float32 coefficient of plane ``i`` (module docstring, step 3)."""
+    if fmt == "ternary":
+        return T.float32(0.5) * T.Cast("float32", scales[0])
+    if fmt == "bcq":
+        return sreg[par, u, r, jj, i]
+    return sreg[par, u, r, jj, 0] * T.Cast("float32", T.shift_left(1, i)) * T.float32(0.5)
+
+
+def _fsel(tq, pp):
+    """``f[pp]`` of the table build: ``-(x0+x1), x0-x1, -(x0-x1), x0+x1`` (``tq[0]``, ``tq[1]``)."""
+    return T.Select(pp == 0, T.float32(0) - tq[0], T.Select(pp == 1, tq[1], T.Select(
+        pp == 2, T.float32(0) - tq[1], tq[0])))

@@ -1,0 +1,356 @@
+"""CUDA dequantize + tensor-core kernel (``mma.sync.m16n8k16``, fp16) for larger M and 4 bits.
+
+The LUT kernel's cost grows with M (one table lookup per row of ``x`` per weight nibble and
+plane); a tensor core multiplies a 16 x 16 tile of ``x`` by a 16 x 8 tile of weights in one
+instruction, so past a few rows it pays to turn the weights back into fp16 in registers and let
+the tensor cores do the products (what LUT Tensor Core and LUT-GEMM users report on current
+GPUs). This schedule computes the same ``y = x @ W^T`` as :mod:`lutc.frontend` for uniform 2- and
+4-bit weights (zero points or not) with fp16 activations.
+
+Why ``mma.sync`` written as inline PTX in TVMScript (through ``T.cuda.func_call``), not TVM's
+tensor intrinsics or ``wgmma``: the B operand is made in registers by bit tricks that no
+``tensorize`` description of a plain matmul matches (the same reason :mod:`schedules.simd_lut`
+writes its shuffles explicitly), and ``mma.sync`` takes register operands, so the dequantized
+fragments go straight into it. ``wgmma`` wants B in shared memory in a swizzled layout and a
+warpgroup pipeline (sm_90a only): worth it at large M, where the kernel is bound by the tensor
+cores; at the M of decoding and small batches the kernel is bound by reading the weights.
+
+Weights come in the ``tc16`` layout of :mod:`lutc.formats`: integer codes pre-permuted so that
+one 16-byte load per lane gives it the B fragments of two 8-row tiles for a 128-weight unit
+(W2; two loads for W4), coalesced across the warp. Dequantization of two codes (a ``half2``):
+``LOP3`` (mask + fp16 magic ``0x6400``: ``1024 + q 2^(b v)``), ``HFMA2`` (exactly ``q``), ``HFMA2``
+with the group scale and ``-c s`` (``c = (2^b - 1)/2`` or the zero point): 1.5 instructions per
+weight. Lane ``c`` of a quad reads a contiguous 32-k range of the unit; the activations are read
+with the same permutation of k (16-byte shared-memory loads), so the products are unchanged.
+
+Loops: blocks of ``wn`` x ``warps`` warps; ``wn`` warps side by side along N (``nw`` 16-row tiles
+each), ``warps`` along K (split-K, added in shared memory at the end); ``mt`` 16-row tiles of M
+per block (blockIdx.y walks M). K goes in chunks of 128 weights per warp, one chunk ahead: while
+a warp multiplies chunk i - 1 (x staged in shared memory, fp16 rows padded by 16 bytes against
+bank conflicts; 8 k16 steps of ``mt x nw x 2`` mma), the weight words, scales and x of chunk i
+are on their way into registers; then x of chunk i goes to shared memory. Knobs: ``xsm=False``
+reads x fragments straight from global memory (L1/L2) instead, no barriers in the loop;
+``units`` = 128-weight units per warp per chunk (more bytes in flight per warp).
+
+Limits (``supports``): CUDA sm_80+, fp16 activations, uniform format, wbits 2 or 4, K % 128 == 0.
+Numerics: each weight becomes the fp16 ``(q - c) s`` (``q - c`` exact, one rounding), products
+are exact in the fp32 tensor-core accumulation; an earlier ``q s - c s`` form rounded ``c s``
+per group, a bias that failed the fp16 test tolerance at W4.
+"""
+from __future__ import annotations
+
+from tvm import IRModule, s_tir
+from tvm.script import tirx as T
+
+from .simd_lut import drop_param
+
+KNOBS = {"warps": (1, 2, 4, 8), "wn": (1, 2, 4, 8), "nw": (1, 2, 4), "mt": (1, 2, 4, 8), "xsm": (True, False),
+         "units": (1, 2)}
+SMEM_LIMIT = 48 * 1024
+#: See ``schedules.cuda_lut.PASS_CONFIG`` (TVM cannot see reads made by inline PTX).
+PASS_CONFIG = {"tirx.disable_storage_rewrite": True}
+
+
+def supports(spec, target) -> bool:
+    arch = str(target.attrs.get("arch", "")) if target.kind.name == "cuda" else ""
+    return (arch.startswith("sm_") and int(arch[3:5]) >= 80 and spec.act_dtype == "float16"
+            and spec.format == "uniform" and spec.wbits in (2, 4) and spec.K % 128 == 0)
+
+
+def layout(spec, target, **_) -> str:
+    return "tc16"
+
+
+def default_knobs(spec) -> dict:
+    """Untuned choice, from the H100 sweeps of ``benchmarks/bench_cuda.py --sweep cuda_mma``
+    (``benchmarks/results/sweep_cuda_mma_h100*.json``): for M <= 16 with wide N, 4 warps along K on
+    64 rows reading x directly; with narrow N (fewer row tiles to spread), 2 x 2 warps and x in
+    shared memory. For M > 16, all of M in one block when N is wide; when N is narrow, 32 rows of
+    M per block (blockIdx.y), which gives the GPU enough blocks (2x faster at 8192 x 28672)."""
+    mt = min(8, -(-spec.M // 16))
+    mt = 1 << (mt - 1).bit_length()
+    NT = -(-spec.N // 16)
+    wide = NT > 1024
+    if mt == 1:
+        knobs = ({"warps": 4, "wn": 1, "nw": 4, "mt": 1, "xsm": False, "units": 1} if wide else
+                 {"warps": 4, "wn": 2, "nw": 2, "mt": 1, "xsm": True, "units": 1})
+    elif wide:
+        knobs = {"warps": 1, "wn": 4, "nw": 2, "mt": mt, "xsm": True, "units": 1}
+    else:
+        knobs = {"warps": 1, "wn": 4, "nw": 2, "mt": 2, "xsm": True, "units": 2}
+    while knobs["wn"] > 1 and NT < 132 * knobs["wn"] * knobs["nw"] // 4:
+        knobs["wn"] //= 2
+    return knobs
+
+
+def smem_bytes(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, units: int = 1) -> int:
+    xs = 16 * mt * (128 * warps * units + 8) * 2 if xsm else 0
+    red = warps * wn * 16 * mt * 16 * nw * 4 if warps > 1 else 0
+    return xs + red
+
+
+def schedule(func, spec, target, warps=None, wn=None, nw=None, mt=None, xsm=None,
+             units=None) -> s_tir.Schedule:
+    """The dequantize + mma kernel for ``spec`` (``func`` is its reference semantics)."""
+    knobs = default_knobs(spec)
+    for name, value in (("warps", warps), ("wn", wn), ("nw", nw), ("mt", mt), ("xsm", xsm),
+                        ("units", units)):
+        if value is not None:
+            if value not in KNOBS[name]:
+                raise ValueError(f"cuda_mma knob {name}={value!r} is not one of {KNOBS[name]}")
+            knobs[name] = value
+    if units is None and smem_bytes(spec, **knobs) > SMEM_LIMIT:
+        knobs["units"] = 1          # a default that does not fit beside the knobs given
+    used = smem_bytes(spec, **knobs)
+    if used > SMEM_LIMIT:
+        raise ValueError(f"cuda_mma knobs {knobs} need {used} bytes of shared memory (limit {SMEM_LIMIT})")
+    return s_tir.Schedule(IRModule({"main": mma_kernel(spec, **knobs)}))
+
+
+H2_SRC = """
+__device__ __forceinline__ unsigned lutc_h2(float v) {
+  __half2 h = __float2half2_rn(v);
+  return *reinterpret_cast<unsigned*>(&h);
+}
+"""
+DEQ_SRC = """
+__device__ __forceinline__ unsigned lutc_deq(unsigned w, unsigned mask, unsigned mul, unsigned add,
+                                             unsigned s2, unsigned z2) {
+  unsigned h = (w & mask) | 0x64006400u;
+  __half2 q = __hfma2(*reinterpret_cast<__half2*>(&h), *reinterpret_cast<__half2*>(&mul),
+                      *reinterpret_cast<__half2*>(&add));
+  __half2 r = __hmul2(__hsub2(q, *reinterpret_cast<__half2*>(&z2)), *reinterpret_cast<__half2*>(&s2));
+  return *reinterpret_cast<unsigned*>(&r);
+}
+"""
+LDG128_SRC = """
+__device__ __forceinline__ void lutc_ldg128(const half* p, bool valid, unsigned* d) {
+  uint4 v = make_uint4(0u, 0u, 0u, 0u);
+  if (valid) v = __ldg(reinterpret_cast<const uint4*>(p));
+  d[0] = v.x; d[1] = v.y; d[2] = v.z; d[3] = v.w;
+}
+"""
+MMA_SRC = """
+__device__ __forceinline__ void lutc_mma(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                         unsigned b0, unsigned b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+               "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+"""
+LDS128_SRC = """
+__device__ __forceinline__ void lutc_lds128(unsigned addr, unsigned* d) {
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]) : "r"(addr));
+}
+"""
+
+
+def _h2(v):
+    return T.cuda.func_call("lutc_h2", v, source_code=H2_SRC, return_type="uint32")
+
+
+def _deq(word, b, v, s2, zs2):
+    """``half2`` of the two codes in slot position ``v`` of ``word`` (already shifted by 8 u):
+    ``(q - c) s`` with ``q - c`` exact in fp16 (``c`` = (2^b - 1)/2 or the zero point), one
+    rounding by the multiply."""
+    e = b * v                                            # the codes sit at bits e.. and 16 + e..
+    mask = T.shift_left(T.uint32((2 ** b - 1) * 0x10001), T.Cast("uint32", e))
+    mul_h = T.shift_left(T.Cast("uint32", 15 - e), T.uint32(10))         # 2^-e
+    add_h = T.uint32(0x8000) | T.shift_left(T.Cast("uint32", 25 - e), T.uint32(10))  # -2^(10-e)
+    return T.cuda.func_call("lutc_deq", word, mask, mul_h | T.shift_left(mul_h, T.uint32(16)),
+                            add_h | T.shift_left(add_h, T.uint32(16)), s2, zs2,
+                            source_code=DEQ_SRC, return_type="uint32")
+
+
+def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, units: int = 1):
+    """The PrimFunc (module docstring). Arguments: ``x [M, K]`` fp16, ``planes`` (``tc16``),
+    ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``."""
+    M, N, K, b = spec.M, spec.N, spec.K, spec.wbits
+    S, WN, NW, MT, UW = warps, wn, nw, mt, units
+    NT, KU, G, gs = -(-N // 16), K // 128, spec.groups, spec.group
+    MP = 16 * MT                          # rows of x per block
+    threads = 32 * S * WN
+    KC = 128 * S * UW                     # activations per chunk
+    XR = KC + 8                           # padded smem row (halfs)
+    chunks = -(-KU // (S * UW))
+    nbx, nby = -(-NT // (WN * NW)), -(-M // MP)
+    PW, VC = 16 // b, 8 // b              # pairs per word, slots per byte pair
+    vecs = MP * KC // 8
+    vpt = -(-vecs // threads)
+    XPRE = xsm and vpt <= 4               # x of the next chunk through registers (else: copied late)
+    outs = WN * MP * NW * 16
+    opt = -(-outs // threads)
+    zp, sdt = spec.zero_point, spec.scale_dtype
+    const = (2 ** b - 1) / 2.0
+    zero_shape = (NT, G, 16) if zp else (1,)
+    red_shape = (S, WN, MP, NW * 16) if S > 1 else (1,)
+
+    @T.prim_func(s_tir=True)
+    def main(x: T.Buffer((M, K), "float16"), planes: T.Buffer((NT, KU, b // 2, 32, 4), "int32"),
+             scales: T.Buffer((NT, G, 16), sdt), zeros: T.Buffer(zero_shape, sdt),
+             out: T.Buffer((M, N), "float16")):
+        T.func_attr({"tirx.noalias": True})
+        for by in T.thread_binding(nby, thread="blockIdx.y"):
+            for bx in T.thread_binding(nbx, thread="blockIdx.x"):
+                for tx in T.thread_binding(threads, thread="threadIdx.x"):
+                    # flat, so that TVM's buffer compaction (it sees only the stores; the loads
+                    # are inline PTX) cannot drop the row padding and change the row stride
+                    xs = T.alloc_buffer((MP * XR if xsm else 8,), "float16", scope="shared")
+                    red = T.alloc_buffer(red_shape, "float32", scope="shared")
+                    wreg = T.alloc_buffer((2, UW, NW, b // 2, 4), "int32", scope="local")
+                    sreg = T.alloc_buffer((2, UW, NW, 2), "uint32", scope="local")
+                    zreg = T.alloc_buffer((2, UW, NW, 2), "uint32", scope="local")
+                    xreg = T.alloc_buffer((vpt if XPRE else 1, 8), "float16", scope="local")
+                    areg = T.alloc_buffer((2, 4), "uint32", scope="local")
+                    bfrag = T.alloc_buffer((2, NW, 2, 2), "uint32", scope="local")
+                    acc = T.alloc_buffer((MT, NW, 2, 4), "float32", scope="local")
+                    sv = T.alloc_buffer((1,), "float32", scope="local")
+                    tot = T.alloc_buffer((1,), "float32", scope="local")
+                    xbase = T.alloc_buffer((1,), "uint32", scope="local")
+                    xbase[0] = T.cuda.cvta_generic_to_shared(T.address_of(xs[0]))
+                    for i0 in T.unroll(MT):
+                        for i1 in T.unroll(NW):
+                            for i2 in T.unroll(2):
+                                for i3 in T.unroll(4):
+                                    acc[i0, i1, i2, i3] = T.float32(0)
+                    # Iteration i loads chunk i (weights into register set i % 2, x into registers),
+                    # multiplies chunk i - 1 (x in shared memory), then stores x of chunk i.
+                    for k2 in range((chunks + 2) // 2):
+                        for par in T.unroll(2):
+                            if k2 * 2 + par <= chunks:
+                                # 1. loads of chunk i: weight words, coefficients (rows g, g + 8), x
+                                if k2 * 2 + par < chunks:
+                                    for u in T.unroll(UW):
+                                        if ((k2 * 2 + par) * S + (tx // 32) % S) * UW + u < KU:
+                                            for t in T.unroll(NW):
+                                                if (bx * WN + tx // (32 * S)) * NW + t < NT:
+                                                    for j4 in T.unroll(b // 2):
+                                                        wreg[par, u, t, j4, T.ramp(0, 1, 4)] = planes[
+                                                            (bx * WN + tx // (32 * S)) * NW + t, ((k2 * 2 + par) * S + (tx // 32) % S) * UW + u,
+                                                            j4, tx % 32, T.ramp(0, 1, 4)]
+                                                    for t8 in T.unroll(2):
+                                                        sv[0] = T.Cast("float32", scales[
+                                                            (bx * WN + tx // (32 * S)) * NW + t,
+                                                            ((((k2 * 2 + par) * S + (tx // 32) % S) * UW + u) * 128 + (tx % 4) * 32) // gs,
+                                                            t8 * 8 + (tx % 32) // 4])
+                                                        sreg[par, u, t, t8] = _h2(sv[0])
+                                                        if zp:
+                                                            zreg[par, u, t, t8] = _h2(T.Cast("float32", zeros[
+                                                                (bx * WN + tx // (32 * S)) * NW + t,
+                                                                ((((k2 * 2 + par) * S + (tx // 32) % S) * UW + u) * 128 + (tx % 4) * 32) // gs,
+                                                                t8 * 8 + (tx % 32) // 4]))
+                                                        else:
+                                                            zreg[par, u, t, t8] = _h2(T.float32(const))
+                                    if XPRE:
+                                        for e in T.unroll(vpt):
+                                            if tx + e * threads < vecs:
+                                                if (by * MP + (tx + e * threads) // (KC // 8) < M
+                                                        and (k2 * 2 + par) * KC + ((tx + e * threads) % (KC // 8)) * 8 < K):
+                                                    xreg[e, T.ramp(0, 1, 8)] = x[
+                                                        by * MP + (tx + e * threads) // (KC // 8),
+                                                        T.ramp((k2 * 2 + par) * KC + ((tx + e * threads) % (KC // 8)) * 8, 1, 8)]
+                                                else:
+                                                    xreg[e, T.ramp(0, 1, 8)] = T.broadcast(T.float16(0), 8)
+                                # 2. chunk i - 1: 8 k16 steps (two per 16-byte shared load of x)
+                                if k2 * 2 + par >= 1:
+                                    for u in T.unroll(UW):
+                                        if ((k2 * 2 + par - 1) * S + (tx // 32) % S) * UW + u < KU:
+                                            for s2 in T.unroll(4):
+                                                # B fragments of two k16 steps, then each 16-row tile of x
+                                                for sp in T.unroll(2):
+                                                    for t in T.unroll(NW):
+                                                        for t8 in T.unroll(2):
+                                                            for h in T.unroll(2):
+                                                                bfrag[sp, t, t8, h] = _deq(
+                                                                    T.shift_right(
+                                                                        T.Cast("uint32", wreg[1 - par, u, t, ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) // 4),
+                                                                                              ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) % 4)]),
+                                                                        T.Cast("uint32", 8 * ((((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) // VC))),
+                                                                    b, (((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) % VC,
+                                                                    sreg[1 - par, u, t, t8], zreg[1 - par, u, t, t8])
+                                                for i in T.unroll(MT):
+                                                    for r in T.unroll(2):
+                                                        if xsm:
+                                                            T.evaluate(T.cuda.func_call(
+                                                                "lutc_lds128",
+                                                                xbase[0] + T.Cast("uint32", ((i * 16 + r * 8 + (tx % 32) // 4) * XR
+                                                                                             + (((tx // 32) % S) * UW + u) * 128 + (tx % 4) * 32
+                                                                                             + s2 * 8) * 2),
+                                                                T.address_of(areg[r, 0]), source_code=LDS128_SRC))
+                                                        else:
+                                                            T.evaluate(T.cuda.func_call(
+                                                                "lutc_ldg128",
+                                                                T.address_of(x[T.min(by * MP + i * 16 + r * 8 + (tx % 32) // 4, M - 1),
+                                                                               (((k2 * 2 + par - 1) * S + (tx // 32) % S) * UW + u) * 128
+                                                                               + (tx % 4) * 32 + s2 * 8]),
+                                                                by * MP + i * 16 + r * 8 + (tx % 32) // 4 < M,
+                                                                T.address_of(areg[r, 0]), source_code=LDG128_SRC))
+                                                    for sp in T.unroll(2):
+                                                        for t in T.unroll(NW):
+                                                            if (bx * WN + tx // (32 * S)) * NW + t < NT:
+                                                                for t8 in T.unroll(2):
+                                                                    T.evaluate(T.cuda.func_call(
+                                                                        "lutc_mma", T.address_of(acc[i, t, t8, 0]),
+                                                                        areg[0, sp * 2], areg[1, sp * 2],
+                                                                        areg[0, sp * 2 + 1], areg[1, sp * 2 + 1],
+                                                                        bfrag[sp, t, t8, 0], bfrag[sp, t, t8, 1],
+                                                                        source_code=MMA_SRC))
+                                if xsm:
+                                    T.tvm_storage_sync("shared")
+                                # 3. x of chunk i -> shared memory (zeros past M and K)
+                                if xsm and k2 * 2 + par < chunks:
+                                    if XPRE:
+                                        for e in T.unroll(vpt):
+                                            if tx + e * threads < vecs:
+                                                xs[T.ramp(((tx + e * threads) // (KC // 8)) * XR
+                                                          + ((tx + e * threads) % (KC // 8)) * 8, 1, 8)] = xreg[e, T.ramp(0, 1, 8)]
+                                    for e in range(1 if XPRE else vpt):
+                                        if not XPRE and tx + e * threads < vecs:
+                                            if (by * MP + (tx + e * threads) // (KC // 8) < M
+                                                    and (k2 * 2 + par) * KC + ((tx + e * threads) % (KC // 8)) * 8 < K):
+                                                xs[T.ramp(((tx + e * threads) // (KC // 8)) * XR
+                                                          + ((tx + e * threads) % (KC // 8)) * 8, 1, 8)] = x[
+                                                    by * MP + (tx + e * threads) // (KC // 8),
+                                                    T.ramp((k2 * 2 + par) * KC + ((tx + e * threads) % (KC // 8)) * 8, 1, 8)]
+                                            else:
+                                                xs[T.ramp(((tx + e * threads) // (KC // 8)) * XR
+                                                          + ((tx + e * threads) % (KC // 8)) * 8, 1, 8)] = T.broadcast(
+                                                    T.float16(0), 8)
+                                if xsm:
+                                    T.tvm_storage_sync("shared")
+                    # epilogue: lane holds rows g, g + 8 and columns 2c, 2c + 1 of each 16 x 8 tile
+                    if S == 1:
+                        for i in T.unroll(MT):
+                            for t in T.unroll(NW):
+                                for t8 in T.unroll(2):
+                                    for q in T.unroll(4):
+                                        if (by * MP + i * 16 + (tx % 32) // 4 + (q // 2) * 8 < M
+                                                and ((bx * WN + tx // 32) * NW + t) * 16 + t8 * 8 + (tx % 4) * 2 + q % 2 < N):
+                                            out[by * MP + i * 16 + (tx % 32) // 4 + (q // 2) * 8,
+                                                ((bx * WN + tx // 32) * NW + t) * 16 + t8 * 8 + (tx % 4) * 2 + q % 2] = T.Cast(
+                                                "float16", acc[i, t, t8, q])
+                    else:
+                        for i in T.unroll(MT):
+                            for t in T.unroll(NW):
+                                for t8 in T.unroll(2):
+                                    for q in T.unroll(4):
+                                        red[(tx // 32) % S, tx // (32 * S), i * 16 + (tx % 32) // 4 + (q // 2) * 8,
+                                            t * 16 + t8 * 8 + (tx % 4) * 2 + q % 2] = acc[i, t, t8, q]
+                        T.tvm_storage_sync("shared")
+                        for e in range(opt):
+                            if tx + e * threads < outs:
+                                if (by * MP + ((tx + e * threads) // (NW * 16)) % MP < M
+                                        and (bx * WN + (tx + e * threads) // (MP * NW * 16)) * NW * 16
+                                        + (tx + e * threads) % (NW * 16) < N):
+                                    tot[0] = T.float32(0)
+                                    for s in T.unroll(S):
+                                        tot[0] = tot[0] + red[s, (tx + e * threads) // (MP * NW * 16),
+                                                              ((tx + e * threads) // (NW * 16)) % MP,
+                                                              (tx + e * threads) % (NW * 16)]
+                                    out[by * MP + ((tx + e * threads) // (NW * 16)) % MP,
+                                        (bx * WN + (tx + e * threads) // (MP * NW * 16)) * NW * 16
+                                        + (tx + e * threads) % (NW * 16)] = T.Cast("float16", tot[0])
+
+    return main if zp else drop_param(main, "zeros")
