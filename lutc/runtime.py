@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 
-from .formats import PackedWeights, repack
+from .formats import TC_LAYOUT, WARP_LAYOUT, PackedWeights, repack
 from .spec import MPGemmSpec
 
 ALIGN = 64  # bytes; what TVM's buffers declare and its vector code assumes
@@ -128,9 +128,10 @@ class Kernel:
         qw.check_fits(self.spec)
         packed = repack(qw, self.layout)
         coef = TORCH_DTYPES[self.spec.scale_dtype]
+        bits = torch.int32 if self.layout in (WARP_LAYOUT, TC_LAYOUT) else torch.uint8  # GPU layouts: words
         tensors = [_input(f"qw.{name}", t, tuple(t.shape), dtype, self.device, hint_move=True)
                    for name, t, dtype in zip(("planes", "scales", "zeros"), packed.tensors(),
-                                             (torch.uint8, coef, coef))]
+                                             (bits, coef, coef))]
         self._prepared[qw] = (ids, tensors)
         return tensors
 
