@@ -233,14 +233,19 @@ def _c_source(kernel: Kernel, symbol: str) -> str:
     return "\n".join(prelude) + "\n" + src
 
 
+def _header_intro(kernel: Kernel, name: str, what: str) -> list:
+    """The opening lines both headers share: what is computed, for which target, the layout."""
+    return [f"/* {name}.h: lutc {_version()} {what}. Generated; do not edit.", " *",
+            f" * Computes y[M, N] = x[M, K] @ W[N, K]^T, {_describe(kernel.spec)}.",
+            f" * Target {json.dumps(_jsonable(kernel.target))}; schedule {_schedule_text(kernel)}.",
+            " *", *_comment(LAYOUT_DOC), " *"]
+
+
 def _cpu_header(kernel: Kernel, name: str, symbol: str) -> str:
     spec, args = kernel.spec, _args(kernel.spec)
     P = name.upper()
-    lines = [f"/* {name}.h: lutc {_version()} kernel export. Generated; do not edit.", " *",
-             f" * Computes y[M, N] = x[M, K] @ W[N, K]^T, {_describe(spec)}.",
-             f" * Target {json.dumps(_jsonable(kernel.target))}; schedule {_schedule_text(kernel)}.",
-             " *", *_comment(LAYOUT_DOC), " *",
-             " * Arguments, in order (compact row-major, 64-byte-aligned buffers; dtypes as DLPack):"]
+    lines = _header_intro(kernel, name, "kernel export") + [
+        " * Arguments, in order (compact row-major, 64-byte-aligned buffers; dtypes as DLPack):"]
     lines += [f" *   {a}  {_C_ELEM[d]} [{', '.join(map(str, s))}]" for a, s, d in args]
     lines += [
         " *",
@@ -449,10 +454,7 @@ def _cuda_launcher(name: str, spec: MPGemmSpec, launches: list, workspace: list,
 def _cuda_header(kernel: Kernel, name: str, symbol: str, launches: list, workspace: list) -> str:
     spec, args = kernel.spec, _args(kernel.spec)
     P = name.upper()
-    lines = [f"/* {name}.h: lutc {_version()} CUDA kernel export. Generated; do not edit.", " *",
-             f" * Computes y[M, N] = x[M, K] @ W[N, K]^T, {_describe(spec)}.",
-             f" * Target {json.dumps(_jsonable(kernel.target))}; schedule {_schedule_text(kernel)}.",
-             " *", *_comment(LAYOUT_DOC), " *",
+    lines = _header_intro(kernel, name, "CUDA kernel export") + [
              " * Arguments of NAME_launch (device pointers; compact row-major, 256-byte aligned as",
              " * cudaMalloc returns them):"]
     lines += [f" *   {a}  {_C_ELEM[d]} [{', '.join(map(str, s))}]" for a, s, d in args]
