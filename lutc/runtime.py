@@ -97,9 +97,7 @@ class Kernel:
         graph once a first call has prepared ``qw`` (a repack, if its layout differs, happens
         at that first call).
         """
-        if self._fn is None:
-            raise RuntimeError(f"this kernel was built for {self.target} and cannot run in this "
-                               "process (cross-compiled, or no GPU here): export it instead")
+        self._require_runnable()
         weights = self._weights(qw)
         as_numpy = isinstance(x, np.ndarray)
         if (type(x) is torch.Tensor and x.shape == self._x_shape and x.dtype == self._dtype
@@ -141,14 +139,16 @@ class Kernel:
         skipping :meth:`__call__`'s checks: ~15 us less per call. Alignment is still ensured:
         misaligned inputs are copied, and ``out`` must be aligned (a fresh torch allocation).
         """
-        if not self.runnable:
-            raise RuntimeError(f"this kernel was built for {self.target} and cannot run in this "
-                               "process (cross-compiled, or no GPU here): export it instead")
+        self._require_runnable()
         *inputs, out = tensors
         if not _safe(out):
             raise ValueError(f"out must be contiguous and {ALIGN}-byte aligned for Kernel.launch")
-        self._fn(*[t if _safe(t) else torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
-                   for t in inputs], out)
+        self._fn(*[_aligned(t) for t in inputs], out)
+
+    def _require_runnable(self) -> None:
+        if self._fn is None:
+            raise RuntimeError(f"this kernel was built for {self.target} and cannot run in this "
+                               "process (cross-compiled, or no GPU here): export it instead")
 
 
 def _input(name: str, t: Array, shape: tuple, dtype: torch.dtype, device: str,
@@ -156,10 +156,13 @@ def _input(name: str, t: Array, shape: tuple, dtype: torch.dtype, device: str,
     """A tensor the kernel may read: checked, and copied if non-contiguous or misaligned."""
     t = _as_torch(name, t)
     check_tensor(name, t, shape, dtype, device, hint_move)
-    if not _safe(t):
-        # A fresh allocation is compact and aligned (torch's allocators align to 64+ bytes).
-        t = torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
-    return t
+    return _aligned(t)
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself if compact and aligned, else a copy that is (a fresh torch allocation is:
+    torch's allocators align to 64+ bytes)."""
+    return t if _safe(t) else torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
 
 
 def _output(t: Array, shape: tuple, dtype: torch.dtype, device: str) -> torch.Tensor:
