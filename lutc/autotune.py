@@ -11,23 +11,29 @@ For one workload on one target (:func:`tune_spec`):
    ``epsilon`` at random to keep exploring). Before each batch is measured, the model's
    predictions for it are kept: comparing them with the measurements gives the rank
    correlation on candidates the model never trained on;
-4. each candidate is built (in a thread pool: TVM's compiler releases the GIL), checked
-   against the float64 reference (a wrong result is an error record), and timed: warm-up
-   calls, then the median of per-call times with the weights rotating through ``pool_mib`` of
-   copies (a decode step reads each layer once, so cached weights would flatter);
+4. each batch is built in a thread pool (TVM's compiler releases the GIL; CUDA builds are
+   nvcc processes), then each candidate is checked against the float64 reference (a wrong
+   result is an error record) and timed with the weights rotating through ``pool_mib`` of
+   copies (a decode step reads each layer once, so cached weights would flatter): on CPUs the
+   median per-call wall time, on CUDA the kernel time inside a CUDA graph (:class:`_Bench`);
 5. every measurement, valid or not, is appended to the log at once (kill-safe); the search
    stops at ``trials`` measurements, after ``seconds``, when the space is exhausted, or when
    ``patience`` batches in a row found nothing faster;
-6. the default and the best kernel are timed again, alternately, and those medians are the
-   reported default and tuned times (the machine's speed drifts; only a same-setting
-   comparison makes a speedup).
+6. the default and the ``finalists`` fastest candidates are timed again, in turns, and those
+   medians are the reported default and tuned times (the machine's speed drifts, and a search
+   time can be a lucky draw; only a same-setting comparison makes a speedup). They are logged
+   as a confirmation, which ``lutc.compile`` trusts over the search's records; if the default
+   wins it, the default is what gets built.
 
-``lutc.compile`` then builds the best record for the workload with no tuning.
+``lutc.compile`` then builds the best record for the workload with no tuning; the winner is
+also put in the kernel cache (:mod:`lutc.cache`), so a later process loads it in milliseconds.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import functools
+import os
 import random
 import statistics
 import sys
@@ -40,9 +46,9 @@ import tvm
 
 from . import target as targets
 from .build import build
-from .runtime import Kernel
+from .runtime import TORCH_DTYPES, Kernel
 from .spec import MPGemmSpec
-from .testing import random_case, reference, rel_error
+from .testing import random_weights, rel_error
 from .tuner import CostModel, TuningLog, best, candidates, default_candidate, features, rank_correlation
 from .tuner.records import log_for
 from .tuner.space import Candidate
@@ -93,15 +99,25 @@ def tune(workloads: Iterable, target: targets.TargetLike = None, trials: int = 6
         spec = w if isinstance(w, MPGemmSpec) else _spec_for(tuple(w), tgt, spec_fields)
         results.append(tune_spec(spec, tgt, trials=trials, seconds=seconds, log=log,
                                  progress=progress, **options))
+        if progress:   # each row as it comes: a long run that gets cut off still says something
+            print(report(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    _weights.cache_clear()
     return results
 
 
 def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int = 64,
-              seconds: Optional[float] = None, log: Optional[TuningLog] = None, batch: int = 8,
-              epsilon: float = 0.25, patience: int = 4, pool_mib: int = 512, calls: int = 30,
+              seconds: Optional[float] = None, log: Optional[TuningLog] = None,
+              batch: Optional[int] = None, jobs: Optional[int] = None, epsilon: float = 0.25,
+              patience: int = 4, finalists: int = 3, pool_mib: int = 512, calls: int = 30,
               seed: int = 0, progress: bool = True) -> TuneResult:
-    """Tune one workload (module docstring). Returns a :class:`TuneResult`."""
+    """Tune one workload (module docstring). Returns a :class:`TuneResult`.
+
+    ``jobs`` builds run at once (default: the usable cores; CUDA builds are mostly nvcc
+    processes), ``batch`` candidates are chosen per round (default: ``max(8, jobs)``);
+    ``finalists`` fastest candidates are confirmed against the default at the end."""
     tgt = targets.resolve(target)
+    jobs = jobs or len(os.sched_getaffinity(0))
+    batch = batch or max(8, jobs)
     kind = targets.kind(tgt)
     if kind == "cpu-cross":
         raise ValueError("cannot tune a cross-compiled target: tune on the machine itself")
@@ -122,12 +138,16 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
             cand = Candidate(rec["schedule"], tuple(sorted(rec["knobs"].items())))
             done[cand] = None if rec.get("error") else rec["us"]
 
-    def record(cand: Candidate, us: Optional[float], error: Optional[str]) -> None:
-        done[cand] = us
-        history.append((cand, us, error))
-        log.append({"workload": spec.key(), "target": described, "device": device,
-                    "versions": _versions(), "schedule": cand.schedule, "knobs": cand.knob_dict,
-                    "us": us, "error": error, "time": datetime.datetime.now().isoformat(timespec="seconds")})
+    def record(cand: Candidate, us: Optional[float], error: Optional[str], confirm: Optional[str] = None) -> None:
+        rec = {"workload": spec.key(), "target": described, "device": device, "versions": _versions(),
+               "schedule": cand.schedule, "knobs": cand.knob_dict, "us": us, "error": error,
+               "time": datetime.datetime.now().isoformat(timespec="seconds")}
+        if confirm:
+            rec["confirm"] = confirm
+        else:
+            done[cand] = us
+            history.append((cand, us, error))
+        log.append(rec)
 
     default = default_candidate(spec, tgt, kind)
     default_us = done.get(default)
@@ -140,7 +160,7 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
     held_out_pred, held_out_meas = [], []
     best_so_far = min((u for u in done.values() if u), default=float("inf"))
     stale = 0
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         while measured_here < trials:
             if seconds is not None and time.time() - t_start > seconds:
                 break
@@ -162,6 +182,9 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
             else:
                 chosen, predictions = rng.sample(todo, n), {}
             builds = [pool.submit(_builder(spec, tgt, c)) for c in chosen]
+            # Measure only once the whole batch is built: builds running beside a CPU
+            # measurement would share its cores and skew it.
+            concurrent.futures.wait(builds)
             improved = False
             for cand, fut in zip(chosen, builds):
                 try:
@@ -184,16 +207,30 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
                 break
     if progress:
         print(file=sys.stderr)
-    mine = [r for r in log.matching(spec.key(), described) if r.get("device") == device]
-    top = best(mine)
-    winner = Candidate(top["schedule"], tuple(sorted(top["knobs"].items()))) if top else None
+    # Confirm in one setting: the default and the fastest few, timed alternately, so drift in
+    # the machine's speed or a lucky draw during the search cannot make up a speedup. These
+    # records outrank the search's (lutc.tuner.records.best).
+    searched = sorted((u, i, c) for i, (c, u) in enumerate(done.items()) if u is not None and c != default)
+    final = [default] + [c for _, _, c in searched[:finalists]]
+    default_us = best_us = done.get(default) or float("nan")
+    winner = default if default_us == default_us else None
+    if len(final) > 1:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+            kernels = list(pool.map(lambda c: _builder(spec, tgt, c)(), final))
+        times = bench.compare(kernels)
+        run_id = f"{datetime.datetime.now().isoformat(timespec='seconds')}/{os.getpid()}"
+        for cand, us in zip(final, times):
+            if us == us:
+                record(cand, us, None, confirm=run_id)
+        default_us = times[0]
+        ok = [(us, i) for i, us in enumerate(times) if us == us]
+        if ok:
+            best_us, winner = min(ok)[0], final[min(ok)[1]]
     if winner is not None:
-        # Confirm in one setting: default and winner timed alternately, so drift in the
-        # machine's speed between their first measurements cannot make up a speedup.
-        default_us, best_us = bench.compare(_builder(spec, tgt, default)(), _builder(spec, tgt, winner)())
-    else:
-        best_us = float("nan")
-    return TuneResult(spec=spec, default_us=default_us or float("nan"), best_us=best_us, best=winner,
+        # into the kernel cache ($LUTC_CACHE_DIR, unless LUTC_CACHE=0): the next process's
+        # lutc.compile of this workload finds the record and loads the built kernel
+        build(spec, tgt, schedule=winner.schedule, knobs=winner.knob_dict)
+    return TuneResult(spec=spec, default_us=default_us, best_us=best_us, best=winner,
                       trials=measured_here, invalid=sum(1 for _, u, _ in history if u is None),
                       wall_s=time.time() - t_start, rank_corr=rank_correlation(held_out_pred, held_out_meas),
                       space=len(space), history=history)
@@ -212,59 +249,120 @@ def report(results: list) -> str:
     return "\n".join(lines)
 
 
+#: Least time spent timing one CPU kernel (seconds).
+MIN_SECONDS = 0.05
+
+
 class _Bench:
-    """Times kernels of one workload on shared data: one random case, weight pools per layout."""
+    """Times kernels of one workload on shared data: one random case, weight pools per layout.
+
+    Each kernel is first checked against the float64 reference (a wrong result is an error
+    record), then timed as a decode step runs it: every call reads a weight copy that was last
+    read a whole pool ago (a cursor walks the pool across measurements, so repeated
+    measurements never find the weights in cache). On CPUs a time is the median of per-call
+    wall times; on CUDA it is the kernel time: a CUDA graph of ``calls`` launches over
+    successive copies, replayed, per launch (no host launch gaps; see :func:`graph_time_us`).
+    """
 
     def __init__(self, spec: MPGemmSpec, pool_mib: int, calls: int, device_type: str):
         self.spec, self.calls, self.device_type = spec, calls, device_type
         self.pool_bytes = pool_mib << 20
-        x, self.qw = random_case(spec, seed=1)
-        self.ref = reference(x, self.qw)
+        self.qw, w64 = _weights(spec.N, spec.K, spec.wbits, spec.format, spec.group_size,
+                                spec.zero_point, spec.scale_dtype)
+        x = torch.randn(spec.M, spec.K, generator=torch.Generator().manual_seed(1))
+        x = x.to(TORCH_DTYPES[spec.act_dtype])
+        self.ref = x.double() @ w64.T
         self.x = x.to(device_type)
         self.tol = 3e-2 if spec.table_dtype == "int8" else {"float32": 1e-4, "float16": 2e-3,
                                                              "bfloat16": 1.5e-2}[spec.act_dtype]
         self._pools = {}
+        self._cursor = 0
 
     def _pool(self, kernel: Kernel) -> list:
         if kernel.layout not in self._pools:
             packed = kernel.pack(self.qw)
-            nbytes = sum(t.numel() * t.element_size() for t in packed.tensors())
+            tensors = packed.tensors()
+            nbytes = sum(t.numel() * t.element_size() for t in tensors)
             copies = max(2, -(-self.pool_bytes // nbytes))
-            self._pools[kernel.layout] = [[t.clone() for t in packed.tensors()] for _ in range(copies)]
+            self._pools[kernel.layout] = [[t.clone() for t in tensors] for _ in range(copies)]
         return self._pools[kernel.layout]
+
+    def _next(self, pool: list) -> list:
+        self._cursor += 1
+        return pool[self._cursor % len(pool)]
 
     def measure(self, kernel: Kernel):
         """(median us, None) or (None, error message)."""
         try:
             out = torch.full((self.spec.M, self.spec.N), float("nan"), dtype=self.x.dtype, device=self.x.device)
             pool = self._pool(kernel)
-            kernel._fn(self.x, *pool[0], out)
+            fn, x = kernel._fn, self.x
+            fn(x, *pool[0], out)
             _sync(self.device_type)
             err = rel_error(out.cpu(), self.ref)
             if not err < self.tol:
                 return None, f"wrong result: relative error {err:.2e} > {self.tol:.0e}"
-            fn, x = kernel._fn, self.x
-            for i in range(3):
-                fn(x, *pool[i % len(pool)], out)
+            if self.device_type == "cuda":
+                return graph_time_us(lambda: fn(x, *self._next(pool), out), self.calls), None
+            for _ in range(3):
+                fn(x, *self._next(pool), out)
             times = []
-            for i in range(self.calls):
-                _sync(self.device_type)
+            # at least `calls` calls and MIN_SECONDS: a median over a few ms would follow the
+            # momentary load of a shared host
+            while len(times) < self.calls or (sum(times) < MIN_SECONDS and len(times) < 100 * self.calls):
+                w = self._next(pool)
                 t0 = time.perf_counter()
-                fn(x, *pool[i % len(pool)], out)
-                _sync(self.device_type)
+                fn(x, *w, out)
                 times.append(time.perf_counter() - t0)
             return statistics.median(times) * 1e6, None
         except Exception as e:
             return None, f"run failed: {str(e).splitlines()[-1][:300] if str(e) else type(e).__name__}"
 
-
-    def compare(self, a: Kernel, b: Kernel, rounds: int = 7) -> tuple:
-        """Median times of kernels ``a`` and ``b``, measured alternately ``rounds`` times each."""
-        ta, tb = [], []
+    def compare(self, kernels: list, rounds: int = 7) -> list:
+        """Median time of each kernel over ``rounds`` rounds, each round timing every kernel
+        once in turn (NaN for one that fails)."""
+        times = [[] for _ in kernels]
         for _ in range(rounds):
-            ta.append(self.measure(a)[0] or float("nan"))
-            tb.append(self.measure(b)[0] or float("nan"))
-        return statistics.median(ta), statistics.median(tb)
+            for t, k in zip(times, kernels):
+                t.append(self.measure(k)[0] or float("nan"))
+        return [statistics.median(t) for t in times]
+
+
+@functools.lru_cache(maxsize=1)
+def _weights(N: int, K: int, wbits: int, format: str, group_size: int, zero_point: bool,
+             scale_dtype: str) -> tuple:
+    """Random packed weights of these fields and their float64 dequantization. The explicit
+    cache (one entry) serves the next workload too when only M differs (``tune`` runs shapes
+    in order): the dequantization of a 28672x8192 weight takes seconds."""
+    qw = random_weights(MPGemmSpec(1, N, K, wbits=wbits, format=format, group_size=group_size,
+                                   zero_point=zero_point, scale_dtype=scale_dtype), seed=1)
+    return qw, qw.dequantize()
+
+
+def graph_time_us(launch: Callable[[], None], calls: int = 30, replays: int = 5) -> float:
+    """Kernel time of a CUDA launch, in microseconds: ``calls`` calls of ``launch()`` captured in
+    one CUDA graph on a side stream, the graph replayed ``replays`` times (timed with CUDA
+    events), median per call. ``launch`` may differ per call (e.g. rotate weight copies): each
+    captured call keeps the arguments it had at capture."""
+    for _ in range(2):
+        launch()
+    torch.cuda.synchronize()
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        for _ in range(calls):
+            launch()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    return statistics.median(times)
 
 
 def _builder(spec: MPGemmSpec, tgt, cand: Candidate) -> Callable[[], Kernel]:

@@ -36,6 +36,38 @@ def random_case(spec: MPGemmSpec, seed: int = 0) -> tuple:
     return x, qw
 
 
+def random_weights(spec: MPGemmSpec, seed: int = 0) -> PackedWeights:
+    """Random packed weights for ``spec`` (bitplane layout), made directly rather than by
+    quantizing: every bit random, coefficients random and nonzero. For timing and checking
+    kernels on large shapes, where :func:`random_case`'s quantization (a clip search per group)
+    takes a minute.
+
+    Example:
+        >>> import lutc
+        >>> qw = random_weights(lutc.MPGemmSpec(1, 64, 256, wbits=3, format="bcq"))
+        >>> qw.planes.shape, qw.scales.shape
+        (torch.Size([3, 64, 32]), torch.Size([64, 2, 3]))
+    """
+    gen = torch.Generator().manual_seed(seed)
+    N, K, b = spec.N, spec.K, spec.wbits
+    groups = spec.groups
+    sdt = TORCH_DTYPES[spec.scale_dtype]
+    planes = torch.randint(0, 256, (b, N, K // 8), dtype=torch.uint8, generator=gen)
+    coef = lambda *shape: (torch.rand(shape, generator=gen) * 0.02 + 0.005).to(sdt)  # noqa: E731
+    zeros = None
+    if spec.format == "ternary":
+        scales = coef(1)
+    elif spec.format == "bcq":
+        scales = coef(N, groups, b)
+    else:
+        scales = coef(N, groups)
+        if spec.zero_point:
+            zeros = (torch.rand((N, groups), generator=gen) * (2 ** b - 1)).to(sdt)
+    return PackedWeights(format=spec.format, wbits=b, N=N, K=K, group_size=spec.group_size,
+                         zero_point=spec.zero_point, scale_dtype=spec.scale_dtype, planes=planes,
+                         scales=scales, zeros=zeros)
+
+
 def reference(x, qw: PackedWeights) -> torch.Tensor:
     """``x @ qw.dequantize().T`` in float64 (``x`` taken exactly as given)."""
     xt = torch.as_tensor(x) if isinstance(x, np.ndarray) else x

@@ -63,7 +63,9 @@ def supports(spec, target) -> bool:
             and spec.K % 128 == 0 and spec.M <= MAX_M)
 
 
-def layout(spec, target, **_) -> str:
+def layout(spec, target, **knobs) -> str:
+    if knobs:
+        resolve_knobs(spec, **knobs)    # refuses impossible combinations
     return "warp32"
 
 
@@ -84,6 +86,22 @@ def preferred(spec, target) -> bool:
     return spec.M <= 2
 
 
+def resolve_knobs(spec, **given) -> dict:
+    """The knobs a kernel is built with: ``given`` (None = default) over :func:`default_knobs`.
+    Raises ValueError for a value outside ``KNOBS`` or more shared memory than a block has."""
+    knobs = default_knobs(spec)
+    for name, value in given.items():
+        if value is not None:
+            if value not in KNOBS[name]:
+                raise ValueError(f"cuda_lut knob {name}={value!r} is not one of {KNOBS[name]}")
+            knobs[name] = value
+    used = smem_bytes(spec, **knobs)
+    if used > SMEM_LIMIT:
+        raise ValueError(f"cuda_lut knobs {knobs} need {used} bytes of shared memory for M={spec.M} "
+                         f"(limit {SMEM_LIMIT}): lower warps or units")
+    return knobs
+
+
 def smem_bytes(spec, warps: int, tiles: int, rows: int, units: int) -> int:
     """Shared memory of one block: two table buffers, act sums, the split-K reduction."""
     KT = 128 * units * warps
@@ -95,16 +113,7 @@ def smem_bytes(spec, warps: int, tiles: int, rows: int, units: int) -> int:
 
 def schedule(func, spec, target, warps=None, tiles=None, rows=None, units=None) -> s_tir.Schedule:
     """The CUDA LUT kernel for ``spec`` (``func`` is its reference semantics)."""
-    knobs = default_knobs(spec)
-    for name, value in (("warps", warps), ("tiles", tiles), ("rows", rows), ("units", units)):
-        if value is not None:
-            if value not in KNOBS[name]:
-                raise ValueError(f"cuda_lut knob {name}={value!r} is not one of {KNOBS[name]}")
-            knobs[name] = value
-    used = smem_bytes(spec, **knobs)
-    if used > SMEM_LIMIT:
-        raise ValueError(f"cuda_lut knobs {knobs} need {used} bytes of shared memory for M={spec.M} "
-                         f"(limit {SMEM_LIMIT}): lower warps or units")
+    knobs = resolve_knobs(spec, warps=warps, tiles=tiles, rows=rows, units=units)
     return s_tir.Schedule(IRModule({"main": lut_kernel(spec, **knobs)}))
 
 

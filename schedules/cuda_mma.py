@@ -57,7 +57,9 @@ def supports(spec, target) -> bool:
             and spec.format == "uniform" and spec.wbits in (2, 4) and spec.K % 128 == 0)
 
 
-def layout(spec, target, **_) -> str:
+def layout(spec, target, **knobs) -> str:
+    if knobs:
+        resolve_knobs(spec, **knobs)    # refuses impossible combinations
     return "tc16"
 
 
@@ -83,6 +85,27 @@ def default_knobs(spec) -> dict:
     return knobs
 
 
+def resolve_knobs(spec, **given) -> dict:
+    """The knobs a kernel is built with: ``given`` (None = default) over :func:`default_knobs`.
+    Raises ValueError for a value outside ``KNOBS``, more M tiles than M needs (padding rows
+    only), or more shared memory than a block has: the tuner's space drops those."""
+    knobs = default_knobs(spec)
+    for name, value in given.items():
+        if value is not None:
+            if value not in KNOBS[name]:
+                raise ValueError(f"cuda_mma knob {name}={value!r} is not one of {KNOBS[name]}")
+            knobs[name] = value
+    if given.get("units") is None and smem_bytes(spec, **knobs) > SMEM_LIMIT:
+        knobs["units"] = 1          # a default that does not fit beside the knobs given
+    need = 1 << (-(-spec.M // 16) - 1).bit_length()
+    if knobs["mt"] > max(need, default_knobs(spec)["mt"]):
+        raise ValueError(f"cuda_mma knob mt={knobs['mt']}: {16 * knobs['mt']} rows of M per block, M is {spec.M}")
+    used = smem_bytes(spec, **knobs)
+    if used > SMEM_LIMIT:
+        raise ValueError(f"cuda_mma knobs {knobs} need {used} bytes of shared memory (limit {SMEM_LIMIT})")
+    return knobs
+
+
 def smem_bytes(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, units: int = 1) -> int:
     xs = 16 * mt * (128 * warps * units + 8) * 2 if xsm else 0
     red = warps * wn * 16 * mt * 16 * nw * 4 if warps > 1 else 0
@@ -92,18 +115,7 @@ def smem_bytes(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
 def schedule(func, spec, target, warps=None, wn=None, nw=None, mt=None, xsm=None,
              units=None) -> s_tir.Schedule:
     """The dequantize + mma kernel for ``spec`` (``func`` is its reference semantics)."""
-    knobs = default_knobs(spec)
-    for name, value in (("warps", warps), ("wn", wn), ("nw", nw), ("mt", mt), ("xsm", xsm),
-                        ("units", units)):
-        if value is not None:
-            if value not in KNOBS[name]:
-                raise ValueError(f"cuda_mma knob {name}={value!r} is not one of {KNOBS[name]}")
-            knobs[name] = value
-    if units is None and smem_bytes(spec, **knobs) > SMEM_LIMIT:
-        knobs["units"] = 1          # a default that does not fit beside the knobs given
-    used = smem_bytes(spec, **knobs)
-    if used > SMEM_LIMIT:
-        raise ValueError(f"cuda_mma knobs {knobs} need {used} bytes of shared memory (limit {SMEM_LIMIT})")
+    knobs = resolve_knobs(spec, warps=warps, wn=wn, nw=nw, mt=mt, xsm=xsm, units=units)
     return s_tir.Schedule(IRModule({"main": mma_kernel(spec, **knobs)}))
 
 

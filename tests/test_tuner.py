@@ -74,6 +74,16 @@ def test_invalid_records_are_never_chosen():
     assert best([_record(None, error="x")]) is None
 
 
+def test_the_newest_confirmation_outranks_search_times():
+    search = [_record(5.0, {"unroll": 4}), _record(9.0, {"unroll": 8})]
+    first = [dict(_record(7.0, {"unroll": 4}), confirm="a"), dict(_record(6.0, {}), confirm="a")]
+    second = [dict(_record(8.0, {"unroll": 8}), confirm="b"), dict(_record(8.5, {}), confirm="b")]
+    assert best(search)["us"] == 5.0
+    assert best(search + first)["knobs"] == {}               # the default won its confirmation
+    assert best(search + first + second)["knobs"] == {"unroll": 8}
+    assert best([dict(_record(None, {}, error="wrong result"), confirm="c")] + search)["us"] == 5.0
+
+
 def test_compile_builds_the_best_tuned_record(tmp_path, monkeypatch):
     monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
     tgt = resolve("host")
@@ -150,12 +160,17 @@ def test_tune_end_to_end_and_resume(tmp_path, monkeypatch):
     log = log_for("cpu", describe(resolve("host")))
     (res,) = tune([(1, 256, 512)], wbits=2, group_size=64, trials=6, batch=3, pool_mib=8, calls=5,
                   log=log, progress=False)
-    recs = list(log.records())
+    recs = [r for r in log.records() if "confirm" not in r]
+    confirmed = [r for r in log.records() if "confirm" in r]
     assert res.trials == 6 and len(recs) == 6 and res.best is not None
+    assert [r["error"] for r in recs] == [None] * 6      # every candidate of this CPU is valid
+    # the default and the 3 fastest others were timed again; the result is their best
+    assert len(confirmed) == 4 and confirmed[0]["knobs"] == {}
+    assert res.best_us == min(r["us"] for r in confirmed) and res.default_us == confirmed[0]["us"]
     assert res.best_us > 0 and res.default_us > 0 and res.space >= 20
     (res2,) = tune([(1, 256, 512)], wbits=2, group_size=64, trials=4, batch=2, pool_mib=8, calls=5,
                    log=log, progress=False)
-    recs2 = list(log.records())
+    recs2 = [r for r in log.records() if "confirm" not in r]
     keys = [(r["schedule"], json.dumps(r["knobs"], sort_keys=True)) for r in recs2]
     assert len(recs2) == 10 and len(set(keys)) == 10      # resumed: nothing measured twice
     kernel = lutc.compile((1, 256, 512), wbits=2, group_size=64, cache=None)
@@ -169,6 +184,23 @@ def test_lutc_tune_command(tmp_path, monkeypatch, capsys):
     assert main(["tune", "--shapes", "1x128x256", "--wbits", "2", "--group-size", "64", "--trials", "3",
                  "--pool-mib", "4", "--report", str(report)]) == 0
     assert "| 1x128x256 | uniform W2 g64 |" in report.read_text()
-    assert len(list(log_for("cpu", describe(resolve("host"))).records())) == 3
+    recs = list(log_for("cpu", describe(resolve("host"))).records())
+    assert len([r for r in recs if "confirm" not in r]) == 3
     with pytest.raises(SystemExit):
         main(["tune", "--shapes", "1x128"])
+
+
+@pytest.mark.parametrize("fields", [dict(wbits=2), dict(wbits=3, zero_point=True), dict(wbits=2, format="bcq"),
+                                    dict(wbits=2, format="ternary")])
+def test_bench_checks_then_times_random_weights(fields):
+    """The tuner's random weights are valid inputs (the kernel matches their float64 reference),
+    and a wrong result is reported as an error, not a time."""
+    from lutc.autotune import _Bench
+    spec = lutc.MPGemmSpec(2, 96, 512, table_dtype="int8", **fields)
+    bench = _Bench(spec, pool_mib=4, calls=3, device_type="cpu")
+    kernel = lutc.build(spec, cache=None, tuned=False)
+    us, err = bench.measure(kernel)
+    assert err is None and us > 0
+    bench.ref = bench.ref * 1.5
+    us, err = bench.measure(kernel)
+    assert us is None and err.startswith("wrong result")

@@ -11,6 +11,11 @@ A record::
 ``us`` is the median kernel time in microseconds; a record with ``error`` set (build failure,
 wrong result) is kept so the tuner never tries that candidate again, and never chosen.
 
+A tuning run ends by timing its finalists (the default and the fastest few) again, alternately,
+in one setting; those records carry ``"confirm": "<run id>"``. They outrank the search's
+single measurements: :func:`best` picks from the newest confirmation when there is one, so a
+candidate whose search time was a lucky draw is not what ``lutc.compile`` builds.
+
 Durability: each record is one ``write`` of one line to a file opened with ``O_APPEND``, under
 an exclusive ``flock``; two tuners appending at once interleave whole lines and lose nothing,
 and a process killed mid-write leaves at most one partial last line. Reading skips any line
@@ -116,8 +121,12 @@ def best_for(log: TuningLog, workload: dict, target: dict, device: str) -> Optio
 
 
 def best(records: Iterable[dict]) -> Optional[dict]:
-    """The fastest valid record (``error`` unset, ``us`` a number), or None."""
+    """The fastest valid record (``error`` unset, ``us`` a number) of the newest confirmation
+    among ``records`` (module docstring), else of all of them; None if none is valid."""
     valid = [r for r in records if not r.get("error") and isinstance(r.get("us"), (int, float))]
+    confirms = [r["confirm"] for r in valid if r.get("confirm")]
+    if confirms:
+        valid = [r for r in valid if r.get("confirm") == confirms[-1]]   # file order: newest last
     return min(valid, key=lambda r: r["us"]) if valid else None
 
 
