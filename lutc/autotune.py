@@ -192,7 +192,7 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
                 except Exception as e:  # build failure: recorded, never chosen
                     us, err = None, f"build failed: {str(e).splitlines()[-1][:300] if str(e) else type(e).__name__}"
                 else:
-                    us, err = bench.measure(kernel)
+                    us, err = bench.measure(kernel, cutoff_us=CUTOFF * best_so_far)
                 record(cand, us, err)
                 measured_here += 1
                 if us is not None and cand in predictions:
@@ -214,18 +214,14 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
     final = [default] + [c for _, _, c in searched[:finalists]]
     default_us = best_us = done.get(default) or float("nan")
     winner = default if default_us == default_us else None
-    if len(final) > 1:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-            kernels = list(pool.map(lambda c: _builder(spec, tgt, c)(), final))
-        times = bench.compare(kernels)
+    confirmed = _confirm(spec, tgt, bench, final, jobs) if len(final) > 1 else {}
+    if default in confirmed and len(confirmed) > 1:     # only a comparison with the default counts
         run_id = f"{datetime.datetime.now().isoformat(timespec='seconds')}/{os.getpid()}"
-        for cand, us in zip(final, times):
-            if us == us:
-                record(cand, us, None, confirm=run_id)
-        default_us = times[0]
-        ok = [(us, i) for i, us in enumerate(times) if us == us]
-        if ok:
-            best_us, winner = min(ok)[0], final[min(ok)[1]]
+        for cand, us in confirmed.items():
+            record(cand, us, None, confirm=run_id)
+        default_us = confirmed[default]
+        winner = min(confirmed, key=confirmed.get)
+        best_us = confirmed[winner]
     if winner is not None:
         # into the kernel cache ($LUTC_CACHE_DIR, unless LUTC_CACHE=0): the next process's
         # lutc.compile of this workload finds the record and loads the built kernel
@@ -251,6 +247,9 @@ def report(results: list) -> str:
 
 #: Least time spent timing one CPU kernel (seconds).
 MIN_SECONDS = 0.05
+#: A CPU candidate whose warm-up calls take more than this many times the best time so far is
+#: not timed further (see ``_Bench.measure``).
+CUTOFF = 4.0
 
 
 class _Bench:
@@ -291,8 +290,13 @@ class _Bench:
         self._cursor += 1
         return pool[self._cursor % len(pool)]
 
-    def measure(self, kernel: Kernel):
-        """(median us, None) or (None, error message)."""
+    def measure(self, kernel: Kernel, cutoff_us: float = float("inf")):
+        """(median us, None) or (None, error message).
+
+        On CPUs a kernel whose warm-up calls already take more than ``cutoff_us`` each gets
+        the warm-up median as its time, with no further calls (the tuner passes a multiple of
+        the best time so far: such a kernel cannot win, and a generic float-table kernel at
+        M = 16 costs tens of ms per call)."""
         try:
             out = torch.full((self.spec.M, self.spec.N), float("nan"), dtype=self.x.dtype, device=self.x.device)
             pool = self._pool(kernel)
@@ -304,8 +308,14 @@ class _Bench:
                 return None, f"wrong result: relative error {err:.2e} > {self.tol:.0e}"
             if self.device_type == "cuda":
                 return graph_time_us(lambda: fn(x, *self._next(pool), out), self.calls), None
+            warm = []
             for _ in range(3):
-                fn(x, *self._next(pool), out)
+                w = self._next(pool)
+                t0 = time.perf_counter()
+                fn(x, *w, out)
+                warm.append(time.perf_counter() - t0)
+            if statistics.median(warm) * 1e6 > cutoff_us:
+                return statistics.median(warm) * 1e6, None
             times = []
             # at least `calls` calls and MIN_SECONDS: a median over a few ms would follow the
             # momentary load of a shared host
@@ -363,6 +373,16 @@ def graph_time_us(launch: Callable[[], None], calls: int = 30, replays: int = 5)
         end.synchronize()
         times.append(start.elapsed_time(end) * 1e3 / calls)
     return statistics.median(times)
+
+
+def _confirm(spec: MPGemmSpec, tgt, bench: "_Bench", finalists: list, jobs: int) -> dict:
+    """Candidate -> median time over rounds in which every finalist is timed in turn; those
+    that fail to build or run are left out."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        builds = [pool.submit(_builder(spec, tgt, c)) for c in finalists]
+    built = [(c, f.result()) for c, f in zip(finalists, builds) if f.exception() is None]
+    times = bench.compare([k for _, k in built])
+    return {c: us for (c, _), us in zip(built, times) if us == us}
 
 
 def _builder(spec: MPGemmSpec, tgt, cand: Candidate) -> Callable[[], Kernel]:

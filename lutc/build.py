@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Optional, Sequence, Union
@@ -115,8 +116,15 @@ def build(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: Schedul
     return kernel
 
 
+#: Serializes writing the TensorIR (front end and schedule), which parses TVMScript with
+#: ``ast.parse``: run from two threads at once, CPython 3.11 fails with "AST constructor
+#: recursion depth mismatch". Lowering and code generation (``tvm.compile``, nvcc) stay parallel.
+_SCRIPT_LOCK = threading.Lock()
+
+
 def _compile(spec: MPGemmSpec, tgt, kind: str, module: ModuleType, knobs: dict) -> Kernel:
-    sch = module.schedule(lut_mpgemm(spec), spec, tgt, **knobs)
+    with _SCRIPT_LOCK:
+        sch = module.schedule(lut_mpgemm(spec), spec, tgt, **knobs)
     if kind == "cuda":
         ex, source, fn = _compile_cuda(sch.mod, tgt, getattr(module, "PASS_CONFIG", None))
     else:

@@ -7,7 +7,9 @@ One module per idea. Each exposes:
 * ``KNOBS``: knob name -> candidate values, for the tuner (keyword defaults = untuned choice);
 * ``supports(spec, target)``: whether it can build ``spec`` for ``target``;
 * ``layout(spec, target, **knobs)``: the packed-weight layout it reads (``lutc.formats``);
-* optionally ``preferred(spec, target)``: False where another candidate is known to be faster.
+* optionally ``preferred(spec, target)``: False where another candidate is known to be faster;
+* optionally ``worth_tuning(spec, target, **knobs)``: False for knob values that build but can
+  only be slower (the tuner's space leaves them out).
 
 :func:`default` picks, per target kind, the first module in :data:`CANDIDATES` that supports
 the spec: the SIMD LUT kernels where they apply, the generic schedules otherwise. The

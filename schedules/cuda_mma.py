@@ -63,6 +63,12 @@ def layout(spec, target, **knobs) -> str:
     return "tc16"
 
 
+def worth_tuning(spec, target, mt: int = 1, **_) -> bool:
+    """False for more M tiles than M needs: they only pad M with rows of zeros (never faster;
+    ``schedule`` still builds them), so the tuner's space leaves them out."""
+    return mt <= 1 << (-(-spec.M // 16) - 1).bit_length()
+
+
 def default_knobs(spec) -> dict:
     """Untuned choice, from the H100 sweeps of ``benchmarks/bench_cuda.py --sweep cuda_mma``
     (``benchmarks/results/sweep_cuda_mma_h100*.json``): for M <= 16 with wide N, 4 warps along K on
@@ -87,8 +93,7 @@ def default_knobs(spec) -> dict:
 
 def resolve_knobs(spec, **given) -> dict:
     """The knobs a kernel is built with: ``given`` (None = default) over :func:`default_knobs`.
-    Raises ValueError for a value outside ``KNOBS``, more M tiles than M needs (padding rows
-    only), or more shared memory than a block has: the tuner's space drops those."""
+    Raises ValueError for a value outside ``KNOBS`` or more shared memory than a block has."""
     knobs = default_knobs(spec)
     for name, value in given.items():
         if value is not None:
@@ -97,9 +102,6 @@ def resolve_knobs(spec, **given) -> dict:
             knobs[name] = value
     if given.get("units") is None and smem_bytes(spec, **knobs) > SMEM_LIMIT:
         knobs["units"] = 1          # a default that does not fit beside the knobs given
-    need = 1 << (-(-spec.M // 16) - 1).bit_length()
-    if knobs["mt"] > max(need, default_knobs(spec)["mt"]):
-        raise ValueError(f"cuda_mma knob mt={knobs['mt']}: {16 * knobs['mt']} rows of M per block, M is {spec.M}")
     used = smem_bytes(spec, **knobs)
     if used > SMEM_LIMIT:
         raise ValueError(f"cuda_mma knobs {knobs} need {used} bytes of shared memory (limit {SMEM_LIMIT})")

@@ -199,3 +199,22 @@ def test_calls_never_synchronize_the_host(runtime_case):
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     assert rel_error(y.cpu(), reference(x.cpu(), qw)) < TOL["float16"]
+
+
+def test_tuner_on_the_gpu(tmp_path, monkeypatch):
+    """``lutc.tune`` on CUDA: every candidate checked and timed in a CUDA graph, a confirmation
+    logged, and ``lutc.compile`` building the confirmed winner from the log."""
+    from lutc.autotune import tune
+    from lutc.tuner.records import TuningLog
+    monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
+    log = TuningLog(str(tmp_path / "cuda.jsonl"))
+    (res,) = tune([(4, 1024, 2048)], target="cuda", wbits=2, group_size=128, act_dtype="float16",
+                  trials=12, batch=6, pool_mib=128, log=log, progress=False)
+    recs = list(log.records())
+    search = [r for r in recs if "confirm" not in r]
+    assert len(search) == 12 and all(r["error"] is None and r["us"] > 0 for r in search)
+    assert len([r for r in recs if "confirm" in r]) == 4
+    assert res.best_us <= res.default_us
+    kernel = lutc.compile((4, 1024, 2048), wbits=2, group_size=128, act_dtype="float16", target="cuda",
+                          cache=None)
+    assert (kernel.schedule, kernel.knobs) == (res.best.schedule, res.best.knob_dict)

@@ -201,6 +201,20 @@ def test_bench_checks_then_times_random_weights(fields):
     kernel = lutc.build(spec, cache=None, tuned=False)
     us, err = bench.measure(kernel)
     assert err is None and us > 0
+    us_cut, err = bench.measure(kernel, cutoff_us=0.0)    # slower than the cutoff: warm-up time only
+    assert err is None and us_cut > 0
     bench.ref = bench.ref * 1.5
     us, err = bench.measure(kernel)
     assert us is None and err.startswith("wrong result")
+
+
+def test_builds_from_many_threads_at_once():
+    """The tuner builds a batch in threads: writing TensorIR parses TVMScript, which CPython 3.11
+    cannot do from two threads at once (lutc.build serializes it; lowering stays parallel)."""
+    import concurrent.futures
+    tgt = resolve("host")
+    space = [c for c in candidates(SPEC, tgt, "cpu") if c.schedule == "x86"][:8]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        kernels = list(pool.map(lambda c: lutc.build(SPEC, tgt, schedule=c.schedule, knobs=c.knob_dict,
+                                                     cache=None), space))
+    assert [(k.schedule, k.knobs) for k in kernels] == [(c.schedule, c.knob_dict) for c in space]

@@ -3,7 +3,9 @@
 The space is the union, over the schedules that support the spec (the target kind's defaults
 and its alternatives, e.g. LUT vs multiply-add on CPUs), of the cartesian product of each
 schedule's ``KNOBS``. Combinations a schedule rejects for this spec and target (a vector width
-the CPU lacks, pairing odd planes) are dropped here, by asking the schedule for its layout.
+the CPU lacks, pairing odd planes, too much shared memory) are dropped here, by asking the
+schedule for its layout, and so are those its optional ``worth_tuning`` rules out (builds that
+can only be slower, e.g. tiles of M rows that are all padding).
 
 Features for the cost model are numbers that describe the candidate *and* the workload, so one
 model can learn across shapes: log2 of M, N, K, the bit width, the group, one-hot of the
@@ -51,6 +53,8 @@ def candidates(spec: MPGemmSpec, target, target_kind: str) -> list:
             try:
                 module.layout(spec, target, **knobs)   # rejects impossible combinations
             except ValueError:
+                continue
+            if not getattr(module, "worth_tuning", lambda *a, **k: True)(spec, target, **knobs):
                 continue
             out.append(Candidate(name, tuple(sorted(knobs.items()))))
     return out
