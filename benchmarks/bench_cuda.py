@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import math
 import os
@@ -43,6 +44,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lutc  # noqa: E402
 import schedules  # noqa: E402
+from lutc.autotune import graph_time_us  # noqa: E402
 from lutc.formats import PackedWeights  # noqa: E402
 
 SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (28672, 8192), (8192, 28672))
@@ -88,31 +90,13 @@ def copy_bandwidth(nbytes=1 << 30) -> float:
 
 
 def time_graph(call, copies: int, target_calls: int = 40, replays: int = 10) -> float:
-    """Median per-call time (us) of a CUDA graph of ``call(i)`` over rotating copies."""
+    """Median per-call time (us) of a CUDA graph of ``call(i)`` over rotating copies (lutc's
+    :func:`~lutc.autotune.graph_time_us`, after one eager call per copy: first calls prepare)."""
     n = copies * max(1, math.ceil(target_calls / copies))
     for i in range(copies):
         call(i)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        with torch.cuda.graph(graph, stream=stream):
-            for j in range(n):
-                call(j % copies)
-    torch.cuda.synchronize()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        graph.replay()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) * 1e3 / n)
-    del graph
-    return statistics.median(times)
+    turn = itertools.count()
+    return graph_time_us(lambda: call(next(turn) % copies), n, replays)
 
 
 def time_eager(call, copies: int, n: int = 100, repeats: int = 5) -> float:

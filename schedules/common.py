@@ -1,4 +1,5 @@
-"""Loop helpers shared by the schedules: find a block's spatial loops, parallelize or bind them.
+"""Helpers shared by the schedules: find a block's spatial loops, parallelize or bind them;
+merge given knob values over a schedule's defaults.
 
 Blocks built by ``te.create_prim_func`` list their spatial loops first, then their reduction
 loops; these helpers rely on that and never touch the reduction loops.
@@ -61,4 +62,13 @@ def inline_table_scale(sch: s_tir.Schedule) -> None:
         sch.compute_inline(sch.get_sblock("table_scale"))
 
 
-
+def merge_knobs(schedule: str, domains: dict, defaults: dict, given: dict) -> dict:
+    """``defaults`` with the values in ``given`` that are not None; a value outside its domain
+    in ``domains`` (the schedule's ``KNOBS``) raises ValueError naming ``schedule``."""
+    knobs = dict(defaults)
+    for name, value in given.items():
+        if value is not None:
+            if value not in domains[name]:
+                raise ValueError(f"{schedule} knob {name}={value!r} is not one of {domains[name]}")
+            knobs[name] = value
+    return knobs

@@ -43,6 +43,7 @@ from __future__ import annotations
 from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
+from .common import merge_knobs
 from .simd_lut import drop_param
 
 KNOBS = {"warps": (1, 2, 4, 8), "tiles": (1, 2, 4), "rows": (1, 2), "units": (1, 2, 4)}
@@ -89,12 +90,7 @@ def preferred(spec, target) -> bool:
 def resolve_knobs(spec, **given) -> dict:
     """The knobs a kernel is built with: ``given`` (None = default) over :func:`default_knobs`.
     Raises ValueError for a value outside ``KNOBS`` or more shared memory than a block has."""
-    knobs = default_knobs(spec)
-    for name, value in given.items():
-        if value is not None:
-            if value not in KNOBS[name]:
-                raise ValueError(f"cuda_lut knob {name}={value!r} is not one of {KNOBS[name]}")
-            knobs[name] = value
+    knobs = merge_knobs("cuda_lut", KNOBS, default_knobs(spec), given)
     used = smem_bytes(spec, **knobs)
     if used > SMEM_LIMIT:
         raise ValueError(f"cuda_lut knobs {knobs} need {used} bytes of shared memory for M={spec.M} "

@@ -42,6 +42,7 @@ from __future__ import annotations
 from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
+from .common import merge_knobs
 from .simd_lut import drop_param
 
 KNOBS = {"warps": (1, 2, 4, 8), "wn": (1, 2, 4, 8), "nw": (1, 2, 4), "mt": (1, 2, 4, 8), "xsm": (True, False),
@@ -94,12 +95,7 @@ def default_knobs(spec) -> dict:
 def resolve_knobs(spec, **given) -> dict:
     """The knobs a kernel is built with: ``given`` (None = default) over :func:`default_knobs`.
     Raises ValueError for a value outside ``KNOBS`` or more shared memory than a block has."""
-    knobs = default_knobs(spec)
-    for name, value in given.items():
-        if value is not None:
-            if value not in KNOBS[name]:
-                raise ValueError(f"cuda_mma knob {name}={value!r} is not one of {KNOBS[name]}")
-            knobs[name] = value
+    knobs = merge_knobs("cuda_mma", KNOBS, default_knobs(spec), given)
     if given.get("units") is None and smem_bytes(spec, **knobs) > SMEM_LIMIT:
         knobs["units"] = 1          # a default that does not fit beside the knobs given
     used = smem_bytes(spec, **knobs)
