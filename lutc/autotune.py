@@ -49,7 +49,7 @@ from .build import build
 from .runtime import TORCH_DTYPES, Kernel
 from .spec import MPGemmSpec
 from .testing import random_weights, rel_error
-from .tuner import CostModel, TuningLog, best, candidates, default_candidate, features, rank_correlation
+from .tuner import CostModel, TuningLog, candidates, default_candidate, features, rank_correlation
 from .tuner.records import log_for
 from .tuner.space import Candidate
 
@@ -253,7 +253,8 @@ CUTOFF = 4.0
 
 
 class _Bench:
-    """Times kernels of one workload on shared data: one random case, weight pools per layout.
+    """Times kernels of one workload on shared data: random weights (:func:`_weights`) and
+    activations, the float64 reference, and a pool of weight copies per layout.
 
     Each kernel is first checked against the float64 reference (a wrong result is an error
     record), then timed as a decode step runs it: every call reads a weight copy that was last
