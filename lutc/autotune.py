@@ -121,6 +121,9 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
     kind = targets.kind(tgt)
     if kind == "cpu-cross":
         raise ValueError("cannot tune a cross-compiled target: tune on the machine itself")
+    if kind == "cuda" and not torch.cuda.is_available():
+        # every candidate would fail to run and be logged as invalid, never to be tried again
+        raise ValueError("cannot tune a CUDA target without a visible GPU: tune on the GPU machine")
     described, device = targets.describe(tgt), targets.device_name(tgt)
     log = log or log_for(kind, described)
     t_start = time.time()

@@ -218,3 +218,11 @@ def test_builds_from_many_threads_at_once():
         kernels = list(pool.map(lambda c: lutc.build(SPEC, tgt, schedule=c.schedule, knobs=c.knob_dict,
                                                      cache=None), space))
     assert [(k.schedule, k.knobs) for k in kernels] == [(c.schedule, c.knob_dict) for c in space]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU refusal")
+def test_tuning_cuda_without_a_gpu_is_refused_and_logs_nothing(tmp_path):
+    log = TuningLog(str(tmp_path / "cuda.jsonl"))
+    with pytest.raises(ValueError, match="without a visible GPU"):
+        tune([(1, 256, 512)], target="cuda", wbits=2, act_dtype="float16", trials=2, log=log, progress=False)
+    assert not os.path.exists(log.path)
