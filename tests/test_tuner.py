@@ -226,3 +226,21 @@ def test_tuning_cuda_without_a_gpu_is_refused_and_logs_nothing(tmp_path):
     with pytest.raises(ValueError, match="without a visible GPU"):
         tune([(1, 256, 512)], target="cuda", wbits=2, act_dtype="float16", trials=2, log=log, progress=False)
     assert not os.path.exists(log.path)
+
+
+def test_lutc_tune_takes_a_models_linear_layers(tmp_path, monkeypatch):
+    from lutc.autotune import linear_shapes
+    from lutc.cli import main
+    (tmp_path / "tiny_model.py").write_text(textwrap.dedent("""
+        import torch.nn as nn
+        def build():
+            return nn.Sequential(nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 256), nn.Linear(256, 128))
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
+    import tiny_model
+    assert linear_shapes(tiny_model.build(), [1, 4]) == [(1, 128, 256), (4, 128, 256), (1, 256, 128), (4, 256, 128)]
+    assert main(["tune", "--model", "tiny_model:build", "--wbits", "2", "--group-size", "64", "--trials", "2",
+                 "--pool-mib", "4"]) == 0
+    recs = [r for r in log_for("cpu", describe(resolve("host"))).records() if "confirm" not in r]
+    assert sorted({(r["workload"]["N"], r["workload"]["K"]) for r in recs}) == [(128, 256), (256, 128)]
