@@ -24,6 +24,7 @@ the file: nothing on disk is ever rewritten or truncated by lutc.
 """
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import os
@@ -64,30 +65,58 @@ class TuningLog:
             os.close(fd)
 
     def records(self) -> Iterator[dict]:
-        """Every complete record; corrupt lines are skipped with a warning (and kept)."""
-        if not os.path.exists(self.path):
+        """Every complete record; corrupt lines are skipped with a warning (and kept). The
+        records are shared with the parse cache (:data:`_PARSED`): copy one before changing it."""
+        parsed = _parse(self.path)
+        if parsed is None:
             return
-        with open(self.path, "rb") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_SH)
-            try:
-                data = f.read()
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-        for number, raw in enumerate(data.split(b"\n"), 1):
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw)
-                if not isinstance(rec, dict) or "workload" not in rec or "knobs" not in rec:
-                    raise ValueError("not a tuning record")
-            except ValueError as e:
-                warnings.warn(f"{self.path}:{number}: skipping a corrupt tuning record ({e})", stacklevel=2)
-                continue
-            yield rec
+        records, problems = parsed
+        for problem in problems:
+            warnings.warn(problem, stacklevel=2)
+        yield from records
 
     def matching(self, workload: dict, target: dict) -> list:
         """Records of this workload on this target (any lutc/TVM version)."""
         return [r for r in self.records() if r["workload"] == workload and r.get("target") == target]
+
+
+#: The explicit cache of parsed logs: path -> ((mtime_ns, size), records, warnings). Every
+#: untuned ``lutc.compile`` looks its workload up; parsing a 4000-line log costs ~30 ms, a
+#: lookup in an unchanged file (same modification time and size) nothing.
+_PARSED: dict = {}
+
+
+def _parse(path: str) -> Optional[tuple]:
+    """(records, warnings) of the log at ``path``, or None if there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    stamp = (st.st_mtime_ns, st.st_size)
+    hit = _PARSED.get(path)
+    if hit is not None and hit[0] == stamp:
+        return hit[1], hit[2]
+    with open(path, "rb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+        try:
+            data = f.read()
+            stamp = (os.fstat(f.fileno()).st_mtime_ns, len(data))
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    records, problems = [], []
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+            if not isinstance(rec, dict) or "workload" not in rec or "knobs" not in rec:
+                raise ValueError("not a tuning record")
+        except ValueError as e:
+            problems.append(f"{path}:{number}: skipping a corrupt tuning record ({e})")
+            continue
+        records.append(rec)
+    _PARSED[path] = (stamp, records, problems)
+    return records, problems
 
 
 def log_dir() -> str:
@@ -117,7 +146,8 @@ def best_for(log: TuningLog, workload: dict, target: dict, device: str) -> Optio
     """The best valid record for this workload and target: measured on this device if any,
     else on any device with the same target."""
     records = log.matching(workload, target)
-    return best(r for r in records if r.get("device") == device) or best(records)
+    found = best(r for r in records if r.get("device") == device) or best(records)
+    return copy.deepcopy(found)     # the caller's own: records are shared with the parse cache
 
 
 def best(records: Iterable[dict]) -> Optional[dict]:
