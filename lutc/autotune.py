@@ -45,7 +45,7 @@ import torch
 import tvm
 
 from . import target as targets
-from .build import build
+from .build import build, spec_for
 from .runtime import TORCH_DTYPES, Kernel
 from .spec import MPGemmSpec
 from .testing import random_weights, rel_error
@@ -96,7 +96,7 @@ def tune(workloads: Iterable, target: targets.TargetLike = None, trials: int = 6
     tgt = targets.resolve(target)
     results = []
     for w in workloads:
-        spec = w if isinstance(w, MPGemmSpec) else _spec_for(tuple(w), tgt, spec_fields)
+        spec = w if isinstance(w, MPGemmSpec) else spec_for(w, tgt, **spec_fields)
         results.append(tune_spec(spec, tgt, trials=trials, seconds=seconds, log=log,
                                  progress=progress, **options))
         if progress:   # each row as it comes: a long run that gets cut off still says something
@@ -153,10 +153,8 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
         log.append(rec)
 
     default = default_candidate(spec, tgt, kind)
-    default_us = done.get(default)
     if default not in done:
-        default_us, err = bench.measure(_builder(spec, tgt, default)())
-        record(default, default_us, err)
+        record(default, *bench.measure(_builder(spec, tgt, default)()))
     measured_here = 1 if history else 0
 
     model = CostModel(seed)
@@ -390,19 +388,8 @@ def _confirm(spec: MPGemmSpec, tgt, bench: "_Bench", finalists: list, jobs: int)
 
 
 def _builder(spec: MPGemmSpec, tgt, cand: Candidate) -> Callable[[], Kernel]:
-    if not cand.knobs:   # the default candidate: what lutc.compile builds untuned
-        return lambda: build(spec, tgt, schedule=cand.schedule, cache=None, tuned=False)
+    # the default candidate has no knobs: the schedule's own defaults, what lutc.compile builds untuned
     return lambda: build(spec, tgt, schedule=cand.schedule, knobs=cand.knob_dict, cache=None, tuned=False)
-
-
-def _spec_for(shape: tuple, tgt, fields: dict) -> MPGemmSpec:
-    from .build import _default_table_dtype
-    M, N, K = shape
-    fields = dict(fields)
-    if fields.get("table_dtype") is None:
-        fields["table_dtype"] = _default_table_dtype(MPGemmSpec(M, N, K, **{k: v for k, v in fields.items()
-                                                                            if k != "table_dtype"}), tgt)
-    return MPGemmSpec(M, N, K, **fields)
 
 
 def _sync(device_type: str) -> None:

@@ -75,16 +75,29 @@ def compile(shape: Sequence[int], wbits: int = 2, group_size: Optional[int] = No
         >>> bool(((y - ref).abs().max() / ref.abs().max()) < 3e-2)   # int8 tables
         True
     """
+    tgt = targets.resolve(target)
+    spec = spec_for(shape, tgt, wbits=wbits, format=format, group_size=group_size,
+                    zero_point=zero_point, act_dtype=act_dtype, scale_dtype=scale_dtype, g=g,
+                    symmetrize=symmetrize, table_dtype=table_dtype)
+    return build(spec, tgt, schedule, knobs, cache=cache, tuned=tuned)
+
+
+def spec_for(shape: Sequence[int], target: targets.TargetLike = None,
+             table_dtype: Optional[str] = None, **fields) -> MPGemmSpec:
+    """The workload :func:`compile` builds for ``shape`` and the spec ``fields`` on ``target``:
+    ``table_dtype=None`` becomes the target's default (int8 where a SIMD lookup kernel would
+    be chosen, else float32).
+
+    Example:
+        >>> spec_for((1, 256, 512), "cuda:sm_80", wbits=4).table_dtype
+        'float32'
+    """
     if len(shape) != 3:
         raise ValueError(f"shape must be (M, N, K), got {tuple(shape)}")
     M, N, K = (int(v) for v in shape)
-    tgt = targets.resolve(target)
-    fields = dict(wbits=wbits, format=format, group_size=group_size, zero_point=zero_point,
-                  act_dtype=act_dtype, scale_dtype=scale_dtype, g=g, symmetrize=symmetrize)
     if table_dtype is None:
-        table_dtype = _default_table_dtype(MPGemmSpec(M, N, K, **fields), tgt)
-    return build(MPGemmSpec(M, N, K, table_dtype=table_dtype, **fields), tgt, schedule, knobs,
-                 cache=cache, tuned=tuned)
+        table_dtype = _default_table_dtype(MPGemmSpec(M, N, K, **fields), targets.resolve(target))
+    return MPGemmSpec(M, N, K, table_dtype=table_dtype, **fields)
 
 
 def build(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: ScheduleLike = None,
@@ -109,7 +122,7 @@ def build(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: Schedul
     key = KernelCache.key(spec, described, _name(module), knobs)
     kernel = cache.load(key, spec) if cache is not None and kind != "cpu-cross" else None
     if kernel is None:
-        kernel = _compile(spec, tgt, kind, module, knobs)
+        kernel = _compile(spec, tgt, kind, described, module, knobs)
         if cache is not None and kernel.runnable:
             cache.store(key, kernel)
     kernel.tuned = record
@@ -122,7 +135,7 @@ def build(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: Schedul
 _SCRIPT_LOCK = threading.Lock()
 
 
-def _compile(spec: MPGemmSpec, tgt, kind: str, module: ModuleType, knobs: dict) -> Kernel:
+def _compile(spec: MPGemmSpec, tgt, kind: str, described: dict, module: ModuleType, knobs: dict) -> Kernel:
     with _SCRIPT_LOCK:
         sch = module.schedule(lut_mpgemm(spec), spec, tgt, **knobs)
     if kind == "cuda":
@@ -131,7 +144,7 @@ def _compile(spec: MPGemmSpec, tgt, kind: str, module: ModuleType, knobs: dict) 
         ex = tvm.compile(sch.mod, target=tgt)
         source = ex.mod.inspect_source("ll")
         fn = ex["main"] if kind == "cpu" else None
-    return Kernel(spec, targets.describe(tgt), "cuda" if kind == "cuda" else "cpu", fn, source,
+    return Kernel(spec, described, "cuda" if kind == "cuda" else "cpu", fn, source,
                   sch.mod.script(), ex, _name(module), knobs, module.layout(spec, tgt, **knobs))
 
 
