@@ -315,16 +315,8 @@ def repack(qw: PackedWeights, layout: str) -> PackedWeights:
         idx = torch.nn.functional.pad(idx, (0, 0, 0, Np - N))
         half = idx.reshape(b, NT, 2, R // 2, K // 4).permute(1, 4, 0, 2, 3)   # [NT, KG, b, 2, R/2]
         planes = (half[..., 0, :] | (half[..., 1, :] << 4)).contiguous()
-    to_tiles = lambda c, dims: None if c is None else _pad_rows(c.cpu(), Np).reshape(  # noqa: E731
-        NT, R, *c.shape[1:]).permute(0, *dims, 1).contiguous()
-    if qw.format == "ternary":
-        scales = qw.scales
-    elif qw.format == "bcq":
-        scales = to_tiles(qw.scales, (2, 3))                                  # [NT, G, b, R]
-    else:
-        scales = to_tiles(qw.scales, (2,))                                    # [NT, G, R]
-    return _to_device(dataclasses.replace(qw, planes=planes, scales=scales,
-                                          zeros=to_tiles(qw.zeros, (2,)), layout=layout), device)
+    return _to_device(dataclasses.replace(qw, planes=planes, scales=_tile_coef(qw.scales, R, NT, qw.format),
+                                          zeros=_tile_coef(qw.zeros, R, NT, qw.format), layout=layout), device)
 
 
 def _to_device(qw: PackedWeights, device) -> PackedWeights:
@@ -445,9 +437,8 @@ def _untile(qw: PackedWeights) -> PackedWeights:
         return _from_warp(qw)
     if qw.layout == TC_LAYOUT:
         return _from_tc(qw)
-    R, N, K = tile_rows(qw.layout), qw.N, qw.K
+    R, N = tile_rows(qw.layout), qw.N
     if qw.layout.startswith("dot"):
-        NT = qw.planes.shape[0]
         planes = pack_bits(_dot_bits(qw))
     elif qw.layout.startswith("ptiles"):
         NT, KG, pairs, _ = qw.planes.shape
@@ -461,10 +452,8 @@ def _untile(qw: PackedWeights) -> PackedWeights:
         half = torch.stack([p & 15, p >> 4], -2)                              # [NT, KG, b, 2, R/2]
         idx = half.permute(2, 0, 3, 4, 1).reshape(b, NT * R, KG)[:, :N]        # [b, N, KG]
         planes = (idx[..., 0::2] | (idx[..., 1::2] << 4)).contiguous()
-    from_tiles = lambda c: None if c is None else c.cpu().movedim(-1, 1).reshape(  # noqa: E731
-        NT * R, *c.shape[1:-1])[:N].contiguous()
-    scales = qw.scales if qw.format == "ternary" else from_tiles(qw.scales)
-    return dataclasses.replace(qw, planes=planes, scales=scales, zeros=from_tiles(qw.zeros), layout=LAYOUT)
+    return dataclasses.replace(qw, planes=planes, scales=_untile_coef(qw.scales, N, qw.format),
+                               zeros=_untile_coef(qw.zeros, N, qw.format), layout=LAYOUT)
 
 
 def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
