@@ -1,5 +1,5 @@
 """Helpers shared by the schedules: find a block's spatial loops, parallelize or bind them;
-merge given knob values over a schedule's defaults.
+merge given knob values over a schedule's defaults; drop a template's unused parameter.
 
 Blocks built by ``te.create_prim_func`` list their spatial loops first, then their reduction
 loops; these helpers rely on that and never touch the reduction loops.
@@ -72,3 +72,10 @@ def merge_knobs(schedule: str, domains: dict, defaults: dict, given: dict) -> di
                 raise ValueError(f"{schedule} knob {name}={value!r} is not one of {domains[name]}")
             knobs[name] = value
     return knobs
+
+
+def drop_param(func, name: str):
+    """``func`` without its (unused) buffer parameter ``name``: one template, two signatures."""
+    from tvm import tirx
+    keep = [p for p in func.params if p.name != name]
+    return tirx.PrimFunc(keep, func.body, func.ret_type, func.attrs)

@@ -43,8 +43,7 @@ from __future__ import annotations
 from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
-from .common import merge_knobs
-from .simd_lut import drop_param
+from .common import drop_param, merge_knobs
 
 KNOBS = {"warps": (1, 2, 4, 8), "tiles": (1, 2, 4), "rows": (1, 2), "units": (1, 2, 4)}
 MAX_M = 8

@@ -42,14 +42,11 @@ from __future__ import annotations
 from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
-from .common import merge_knobs
-from .simd_lut import drop_param
+from .common import drop_param, merge_knobs
+from .cuda_lut import PASS_CONFIG, SMEM_LIMIT  # noqa: F401  (one limit; TVM cannot see reads made by inline PTX)
 
 KNOBS = {"warps": (1, 2, 4, 8), "wn": (1, 2, 4, 8), "nw": (1, 2, 4), "mt": (1, 2, 4, 8), "xsm": (True, False),
          "units": (1, 2)}
-SMEM_LIMIT = 48 * 1024
-#: See ``schedules.cuda_lut.PASS_CONFIG`` (TVM cannot see reads made by inline PTX).
-PASS_CONFIG = {"tirx.disable_storage_rewrite": True}
 
 
 def supports(spec, target) -> bool:
@@ -67,7 +64,12 @@ def layout(spec, target, **knobs) -> str:
 def worth_tuning(spec, target, mt: int = 1, **_) -> bool:
     """False for more M tiles than M needs: they only pad M with rows of zeros (never faster;
     ``schedule`` still builds them), so the tuner's space leaves them out."""
-    return mt <= 1 << (-(-spec.M // 16) - 1).bit_length()
+    return mt <= _m_tiles(spec)
+
+
+def _m_tiles(spec) -> int:
+    """16-row tiles that cover M, rounded up to a power of two."""
+    return 1 << (-(-spec.M // 16) - 1).bit_length()
 
 
 def default_knobs(spec) -> dict:
@@ -76,8 +78,7 @@ def default_knobs(spec) -> dict:
     64 rows reading x directly; with narrow N (fewer row tiles to spread), 2 x 2 warps and x in
     shared memory. For M > 16, all of M in one block when N is wide; when N is narrow, 32 rows of
     M per block (blockIdx.y), which gives the GPU enough blocks (2x faster at 8192 x 28672)."""
-    mt = min(8, -(-spec.M // 16))
-    mt = 1 << (mt - 1).bit_length()
+    mt = min(8, _m_tiles(spec))
     NT = -(-spec.N // 16)
     wide = NT > 1024
     if mt == 1:

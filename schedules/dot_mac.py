@@ -32,7 +32,7 @@ from tvm.target import codegen
 
 from lutc.formats import code_bits
 
-from .simd_lut import drop_param
+from .common import drop_param
 
 KNOBS = {"row_tiles": (1, 2, 4)}
 # (int32 lanes, intrinsic, needed LLVM features) per architecture

@@ -39,6 +39,8 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
+from .common import drop_param
+
 
 def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""):
     """The PrimFunc of the SIMD LUT mpGEMM for ``spec`` (``g = 4``, int8 tables).
@@ -177,10 +179,3 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""
                         out[m, nt * R + r] = T.Cast(act, accf[m, r])
 
     return main if zp else drop_param(main, "zeros")
-
-
-def drop_param(func, name: str):
-    """``func`` without its (unused) buffer parameter ``name``: one template, two signatures."""
-    from tvm import tirx
-    keep = [p for p in func.params if p.name != name]
-    return tirx.PrimFunc(keep, func.body, func.ret_type, func.attrs)
