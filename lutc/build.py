@@ -101,11 +101,18 @@ def spec_for(shape: Sequence[int], target: targets.TargetLike = None,
 
 
 def build(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: ScheduleLike = None,
-          knobs: Optional[dict] = None, cache=_FROM_ENV, tuned: bool = True) -> Kernel:
-    """Schedule and compile ``spec`` for ``target``; see :func:`compile`."""
+          knobs: Optional[dict] = None, cache=_FROM_ENV, tuned: bool = True,
+          layout: Optional[str] = None) -> Kernel:
+    """Schedule and compile ``spec`` for ``target``; see :func:`compile`.
+
+    ``layout``: the weight layout the kernel must read. A tuned or default schedule that reads
+    another is replaced, before anything is compiled, by the target's generic schedule (which
+    reads ``bitplane``: same math, slower); a schedule named here that reads another raises.
+    """
     tgt = targets.resolve(target)
     kind = targets.kind(tgt)
     described = targets.describe(tgt)
+    named = schedule is not None
     record = None
     if schedule is None and knobs is None and tuned:
         record = best_for(log_for(kind, described), spec.key(), described, targets.device_name(tgt))
@@ -117,6 +124,11 @@ def build(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: Schedul
     if unknown:
         raise ValueError(f"schedule {_name(module)} has no knob(s) {sorted(unknown)}; "
                          f"its knobs are {sorted(module.KNOBS)}")
+    if layout is not None and module.layout(spec, tgt, **knobs) != layout:
+        if named:
+            raise ValueError(f"schedule {_name(module)} reads weights in layout "
+                             f"{module.layout(spec, tgt, **knobs)!r}, not {layout!r}")
+        module, knobs, record = next(m for m in schedules.CANDIDATES[kind] if m in schedules.GENERIC), {}, None
     if cache is _FROM_ENV:
         cache = KernelCache.from_env()
     key = KernelCache.key(spec, described, _name(module), knobs)

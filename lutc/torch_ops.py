@@ -129,16 +129,11 @@ class OpKernels:
             with self._lock:  # one compile per key even when threads race
                 kernel = self._kernels.get(key)
                 if kernel is None:
-                    kernel = build(spec.with_(M=M), self._target(dev), self.schedule, self.knobs)
-                    if kernel.layout != LAYOUT and self.schedule is None:
-                        # The op's weights are bitplane v1; kernels reading another layout (the
-                        # SIMD ones) would need the weights repacked per call: use the generic
-                        # schedule of the target, which reads bitplane (same math, slower).
-                        generic = "cuda_generic" if dev == "cuda" else "cpu_generic"
-                        kernel = build(spec.with_(M=M), self._target(dev), generic, None)
-                    if kernel.layout != LAYOUT:
-                        raise ValueError(f"schedule {kernel.schedule} reads weights in layout "
-                                         f"{kernel.layout!r}; the op passes {LAYOUT!r}")
+                    # The op's weights are bitplane v1; kernels reading another layout (the SIMD
+                    # ones) would need the weights repacked per call: build() then takes the
+                    # target's generic schedule, which reads bitplane (same math, slower).
+                    kernel = build(spec.with_(M=M), self._target(dev), self.schedule, self.knobs,
+                                   layout=LAYOUT)
                     if not kernel.runnable:
                         raise RuntimeError(f"lutc built {kernel!r} for {dev} but cannot run it in "
                                            "this process (no GPU driver?)")
