@@ -31,10 +31,10 @@ from torch import nn
 
 from .formats import LAYOUT, PackedWeights, quantize
 from .frontend import _scale_shape  # the single definition of the scales' shape per format
+from .runtime import TORCH_DTYPES
 from .spec import LAYOUT_VERSION, MPGemmSpec, SpecError
-from . import torch_ops  # noqa: F401  (registers torch.ops.lutc.mpgemm)
+from . import torch_ops  # registers torch.ops.lutc.mpgemm
 
-_SCALE_TORCH = {"float32": torch.float32, "float16": torch.float16}
 #: Weight-format fields a checkpoint must share with the module it is loaded into.
 _FORMAT_FIELDS = ("format", "wbits", "group_size", "zero_point", "scale_dtype", "N", "K")
 #: LUT knobs: how the kernel computes, taken from the checkpoint when it has them.
@@ -74,17 +74,15 @@ class LUTLinear(nn.Module):
                  scale_dtype: str = "float16", g: int = 4, symmetrize: bool = True,
                  table_dtype: str = "float32", device=None, dtype=None):
         super().__init__()
-        if group_size is None:
-            group_size = -1 if format == "ternary" else 128
         # Validates every field (SpecError names the first bad one) before any buffer exists.
         spec = MPGemmSpec(1, out_features, in_features, wbits=wbits, format=format,
                           group_size=group_size, zero_point=zero_point, scale_dtype=scale_dtype,
                           g=g, symmetrize=symmetrize, table_dtype=table_dtype)
         self.in_features, self.out_features = in_features, out_features
-        self.wbits, self.group_size, self.format = wbits, group_size, format
+        self.wbits, self.group_size, self.format = wbits, spec.group_size, format   # None: the format's default
         self.zero_point, self.scale_dtype = zero_point, scale_dtype
         self.g, self.symmetrize, self.table_dtype = g, symmetrize, table_dtype
-        sdt = _SCALE_TORCH[scale_dtype]
+        sdt = TORCH_DTYPES[scale_dtype]
         self.register_buffer("planes", torch.zeros(
             (spec.planes, out_features, in_features // 8), dtype=torch.uint8, device=device))
         self.register_buffer("scales", torch.zeros(_scale_shape(spec), dtype=sdt, device=device))
@@ -135,16 +133,9 @@ class LUTLinear(nn.Module):
 
     # --- compute ---
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        K = self.in_features
-        if x.shape[-1] != K:
-            # Checked here: a reshape to [-1, K] would otherwise silently regroup the numbers.
-            raise ValueError(f"x has shape {tuple(x.shape)}, expected last dimension "
-                             f"in_features={K}")
-        y = torch.ops.lutc.mpgemm(x.reshape(-1, K).contiguous(), self.planes, self.scales,
-                                  self.zeros, self.wbits, self.group_size, self.format, self.g,
-                                  self.symmetrize, self.table_dtype)
-        y = y.reshape(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias.to(y.dtype)
+        return torch_ops._linear(x, self.planes, self.scales, self.zeros, self.out_features,
+                                 self.in_features, self.wbits, self.group_size, self.format,
+                                 self.bias, self.g, self.symmetrize, self.table_dtype)
 
     def extra_repr(self) -> str:
         zp = " zp" if self.zero_point else ""
@@ -238,9 +229,8 @@ def quantize_model(model: nn.Module, wbits: int = 2, group_size: Optional[int] =
     def convert(name: str, lin: nn.Linear) -> LUTLinear:
         try:
             if empty:
-                gs = group_size if group_size is not None else (-1 if format == "ternary" else 128)
                 return LUTLinear(lin.in_features, lin.out_features, lin.bias is not None,
-                                 **dict(fmt, group_size=gs), device=lin.weight.device,
+                                 **fmt, device=lin.weight.device,
                                  dtype=None if lin.bias is None else lin.bias.dtype, **knobs)
             return LUTLinear.from_linear(lin, **fmt, **knobs)
         except SpecError as e:

@@ -294,11 +294,20 @@ def linear(x: torch.Tensor, qw: PackedWeights, bias: Optional[torch.Tensor] = No
         >>> linear(torch.randn(2, 3, 256), qw).shape
         torch.Size([2, 3, 64])
     """
-    if x.shape[-1] != qw.K:
-        raise ValueError(f"x has shape {tuple(x.shape)}, expected last dimension K={qw.K}")
-    y = torch.ops.lutc.mpgemm(x.reshape(-1, qw.K).contiguous(), qw.planes, qw.scales, qw.zeros,
-                              qw.wbits, qw.group_size, qw.format, g, symmetrize, table_dtype)
-    y = y.reshape(*x.shape[:-1], qw.N)
+    return _linear(x, qw.planes, qw.scales, qw.zeros, qw.N, qw.K, qw.wbits, qw.group_size, qw.format,
+                   bias, g, symmetrize, table_dtype)
+
+
+def _linear(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
+            N: int, K: int, wbits: int, group_size: int, format: str, bias: Optional[torch.Tensor],
+            g: int, symmetrize: bool, table_dtype: str) -> torch.Tensor:
+    """:func:`linear` on the packed tensors themselves (``LUTLinear.forward`` holds buffers)."""
+    if x.shape[-1] != K:
+        # Checked here: a reshape to [-1, K] would otherwise silently regroup the numbers.
+        raise ValueError(f"x has shape {tuple(x.shape)}, expected last dimension in_features={K}")
+    y = torch.ops.lutc.mpgemm(x.reshape(-1, K).contiguous(), planes, scales, zeros, wbits, group_size,
+                              format, g, symmetrize, table_dtype)
+    y = y.reshape(*x.shape[:-1], N)
     return y if bias is None else y + bias.to(y.dtype)
 
 
