@@ -237,7 +237,7 @@ def _header_intro(kernel: Kernel, name: str, what: str) -> list:
     """The opening lines both headers share: what is computed, for which target, the layout."""
     return [f"/* {name}.h: lutc {_version()} {what}. Generated; do not edit.", " *",
             f" * Computes y[M, N] = x[M, K] @ W[N, K]^T, {_describe(kernel.spec)}.",
-            f" * Target {json.dumps(_jsonable(kernel.target))}; schedule {_schedule_text(kernel)}.",
+            f" * Target {json.dumps(kernel.target)}; schedule {_schedule_text(kernel)}.",
             " *", *_comment(LAYOUT_DOC), " *"]
 
 
@@ -533,7 +533,7 @@ def _manifest(kernel: Kernel, res: Exported) -> dict:
     spec = kernel.spec
     m = {"lutc_version": _version(), "name": res.name, "symbol": res.symbol,
          "entry": f"__tvm_ffi_{res.symbol}" if kernel.device == "cpu" else f"{res.name}_launch",
-         "device": kernel.device, "spec": spec.key(), "target": _jsonable(kernel.target),
+         "device": kernel.device, "spec": spec.key(), "target": kernel.target,
          "schedule": kernel.schedule, "knobs": kernel.knobs, "layout": LAYOUT,
          "layout_version": LAYOUT_VERSION,
          "args": [{"name": a, "shape": list(s), "dtype": d} for a, s, d in _args(spec)],
@@ -579,11 +579,6 @@ def _describe(spec: MPGemmSpec) -> str:
 
 def _comment(text: str) -> list:
     return [" * " + line if line else " *" for line in text.splitlines()]
-
-
-def _jsonable(target: dict) -> dict:
-    return {k: (list(v) if isinstance(v, (tuple, list)) or type(v).__name__ in ("Array", "List") else v)
-            for k, v in dict(target).items()}
 
 
 def _first_line(e: Exception) -> str:
@@ -663,8 +658,10 @@ def load_weights(path: PathLike) -> PackedWeights:
     fmt, wbits, planes, N, K, gs, groups, zp, sbits = h[2:11]
     sdt = {16: torch.float16, 32: torch.float32}[sbits]
 
+    buf = bytearray(data)   # one writable copy for torch.frombuffer; each tensor clones its part
+
     def tensor(off, nbytes, dtype, shape):
-        raw = torch.frombuffer(bytearray(data[off:off + nbytes]), dtype=torch.uint8)
+        raw = torch.frombuffer(buf, dtype=torch.uint8, count=nbytes, offset=off)
         return raw.view(dtype).reshape(shape).clone()
 
     scales_shape = h[18:18 + h[17]]
