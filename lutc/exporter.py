@@ -68,7 +68,7 @@ import tvm
 
 from . import target as targets
 from .build import _compile_cuda  # the one place that knows TVM's CUDA-compile quirks
-from .formats import LAYOUT, PackedWeights
+from .formats import LAYOUT, PackedWeights, check_layout, repack
 from .frontend import _scale_shape, lut_mpgemm
 from .runtime import Kernel
 from .spec import FORMATS, LAYOUT_VERSION, MPGemmSpec
@@ -614,7 +614,8 @@ def save_weights(qw: PackedWeights, path: PathLike) -> Path:
     """
     if not isinstance(qw, PackedWeights):
         raise TypeError(f"qw must be lutc.PackedWeights, got {type(qw).__name__}")
-    qw.check_fits(qw.weight_spec())  # refuses a layout this lutc does not write
+    check_layout(qw.layout, qw.layout_version)  # refuses a layout this lutc does not read
+    qw = repack(qw, LAYOUT)                      # the file holds bitplane tensors, as its header says
     tensors = [t.detach().cpu().contiguous() for t in qw.tensors()]
     blobs = [t.numpy().tobytes() for t in tensors]  # little-endian on every host lutc runs on
     offsets, pos = [], _HEADER.size

@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Optional, Union
 import torch
 from torch import nn
 
-from .formats import LAYOUT, PackedWeights, quantize
+from .formats import LAYOUT, PackedWeights, check_layout, quantize, repack
 from .frontend import _scale_shape  # the single definition of the scales' shape per format
 from .runtime import TORCH_DTYPES
 from .spec import LAYOUT_VERSION, MPGemmSpec, SpecError
@@ -112,7 +112,8 @@ class LUTLinear(nn.Module):
         """A module holding already packed weights ``qw`` (and an optional ``bias [N]``)."""
         if not isinstance(qw, PackedWeights):
             raise TypeError(f"qw must be lutc.PackedWeights, got {type(qw).__name__}")
-        qw.check_fits(qw.weight_spec())  # refuses a layout this lutc does not read
+        check_layout(qw.layout, qw.layout_version)  # refuses a layout this lutc does not read
+        qw = repack(qw, LAYOUT)                      # the buffers are bitplane
         device = device if device is not None else qw.planes.device
         module = cls(qw.K, qw.N, bias is not None, wbits=qw.wbits, group_size=qw.group_size,
                      format=qw.format, zero_point=qw.zero_point, scale_dtype=qw.scale_dtype,

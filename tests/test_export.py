@@ -272,6 +272,12 @@ def test_weight_file_round_trip(tmp_path, fmt):
     assert meta["tensors"]["planes"]["offset"] % 64 == 0
 
 
+def test_weight_file_of_a_kernel_layout_holds_bitplane(tmp_path):
+    qw = lutc.quantize(torch.randn(40, 256), wbits=2, group_size=64)
+    back = load_weights(save_weights(lutc.repack(qw, "tiles64"), tmp_path / "w.lutcw"))
+    assert back.layout == "bitplane" and torch.equal(back.dequantize(), qw.dequantize())
+
+
 def test_weight_file_refuses_other_versions(tmp_path):
     path = save_weights(lutc.quantize(torch.randn(16, 128), wbits=2, group_size=64), tmp_path / "w.lutcw")
     data = bytearray(path.read_bytes())

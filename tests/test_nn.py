@@ -216,3 +216,10 @@ def test_lutlinear_on_cuda_and_state_dict_across_devices(tmp_path):
     cpu = LUTLinear(256, 64, wbits=4, group_size=64, zero_point=True)
     cpu.load_state_dict(torch.load(tmp_path / "q.pt", map_location="cpu", weights_only=True))
     assert rel_error(cpu(x), _reference(q, x)) < 2e-5
+
+
+def test_from_packed_takes_a_kernel_layout():
+    qw = lutc.quantize(torch.randn(48, 256), wbits=2, group_size=64)
+    a = lutc.LUTLinear.from_packed(qw, bias=None)
+    b = lutc.LUTLinear.from_packed(lutc.repack(qw, "tiles64"), bias=None)
+    assert all(torch.equal(s, t) for s, t in zip(a.packed().tensors(), b.packed().tensors()))
