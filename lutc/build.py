@@ -147,17 +147,27 @@ def build(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: Schedul
 _SCRIPT_LOCK = threading.Lock()
 
 
-def _compile(spec: MPGemmSpec, tgt, kind: str, described: dict, module: ModuleType, knobs: dict) -> Kernel:
+def scheduled(spec: MPGemmSpec, tgt, module: ModuleType, knobs: dict, symbol: str = "main") -> tvm.IRModule:
+    """The front end's function for ``spec`` under ``module``'s schedule with ``knobs``, named
+    ``symbol``: what :func:`build` compiles (and :mod:`lutc.exporter` compiles again under
+    another name or for another target)."""
     with _SCRIPT_LOCK:
-        sch = module.schedule(lut_mpgemm(spec), spec, tgt, **knobs)
+        func = lut_mpgemm(spec)
+        if symbol != "main":
+            func = func.with_attr("global_symbol", symbol)
+        return module.schedule(func, spec, tgt, **knobs).mod
+
+
+def _compile(spec: MPGemmSpec, tgt, kind: str, described: dict, module: ModuleType, knobs: dict) -> Kernel:
+    mod = scheduled(spec, tgt, module, knobs)
     if kind == "cuda":
-        ex, source, fn = _compile_cuda(sch.mod, tgt, getattr(module, "PASS_CONFIG", None))
+        ex, source, fn = _compile_cuda(mod, tgt, getattr(module, "PASS_CONFIG", None))
     else:
-        ex = tvm.compile(sch.mod, target=tgt)
+        ex = tvm.compile(mod, target=tgt)
         source = ex.mod.inspect_source("ll")
         fn = ex["main"] if kind == "cpu" else None
     return Kernel(spec, described, "cuda" if kind == "cuda" else "cpu", fn, source,
-                  sch.mod.script(), ex, _name(module), knobs, module.layout(spec, tgt, **knobs))
+                  mod.script(), ex, _name(module), knobs, module.layout(spec, tgt, **knobs))
 
 
 def cuda_binary(kernel: Kernel, arch: Optional[str] = None, fmt: str = "cubin") -> bytes:

@@ -67,9 +67,9 @@ import torch
 import tvm
 
 from . import target as targets
-from .build import _compile_cuda  # the one place that knows TVM's CUDA-compile quirks
+from .build import _compile_cuda, scheduled  # the one place that knows TVM's CUDA-compile quirks
 from .formats import LAYOUT, PackedWeights, check_layout, repack
-from .frontend import _scale_shape, lut_mpgemm
+from .frontend import _scale_shape
 from .runtime import Kernel
 from .spec import FORMATS, LAYOUT_VERSION, MPGemmSpec
 
@@ -129,7 +129,8 @@ def export(kernel: Kernel, directory: PathLike, name: Optional[str] = None, symb
         name: file stem and C prefix (default :func:`default_name`).
         symbol: the entry's global symbol: ``__tvm_ffi_<symbol>`` in C, ``module[symbol]`` in
             tvm-ffi, CUDA kernels ``<symbol>_kernel[_i]``. The default ``"main"`` writes
-            ``kernel.executable`` itself; another symbol recompiles the same schedule under it.
+            ``kernel.executable`` itself (unless it was loaded from the disk cache); another
+            symbol recompiles the same schedule under it.
         emit: which of ``"so"``, ``"o"``, ``"c"`` (CPU) / ``"cu"``, ``"so"`` (CUDA) to write;
             default all that apply (a CUDA ``.so`` only where this process has a GPU). The
             header and manifest are always written.
@@ -173,7 +174,7 @@ def export(kernel: Kernel, directory: PathLike, name: Optional[str] = None, symb
 def _export_cpu(kernel: Kernel, res: Exported, emit: set, explicit: bool) -> None:
     out, name, symbol = res.directory, res.name, res.symbol
     tgt = tvm.target.Target(dict(kernel.target))
-    ex = kernel.executable if symbol == "main" else tvm.compile(_scheduled(kernel, symbol, tgt), target=tgt)
+    ex = kernel.executable if _reusable(kernel, symbol) else tvm.compile(_scheduled(kernel, symbol, tgt), target=tgt)
     shutil.copyfile(C_DIR / "lutc_backend.c", out / "lutc_backend.c")
     _copy_headers(out / "include")
     if "o" in emit:
@@ -302,7 +303,7 @@ def _export_cuda(kernel: Kernel, res: Exported, emit: set, explicit: bool) -> No
     out, name, symbol, spec = res.directory, res.name, res.symbol, kernel.spec
     tgt = tvm.target.Target(dict(kernel.target), host=targets.host_cpu())
     mod = _scheduled(kernel, symbol, tgt)
-    if symbol == "main":
+    if _reusable(kernel, symbol):
         ex, source = kernel.executable, kernel.source
     else:
         ex, source, _ = _compile_cuda(mod, tgt)
@@ -497,10 +498,13 @@ def _ws_total(workspace: list) -> int:
 def _scheduled(kernel: Kernel, symbol: str, tgt: tvm.target.Target) -> tvm.IRModule:
     """The kernel's schedule applied again (same spec, schedule and knobs), under ``symbol``."""
     module = importlib.import_module(f"schedules.{kernel.schedule}")
-    func = lut_mpgemm(kernel.spec)
-    if symbol != "main":
-        func = func.with_attr("global_symbol", symbol)
-    return module.schedule(func, kernel.spec, tgt, **kernel.knobs).mod
+    return scheduled(kernel.spec, tgt, module, kernel.knobs, symbol)
+
+
+def _reusable(kernel: Kernel, symbol: str) -> bool:
+    """Whether ``kernel.executable`` can be written out as is: compiled under ``symbol`` in this
+    process (one loaded from the disk cache is a shared library, which TVM cannot write again)."""
+    return symbol == "main" and not kernel.from_cache
 
 
 def _args(spec: MPGemmSpec) -> list:

@@ -316,3 +316,15 @@ def test_lutc_console_script(tmp_path):
                 "--name", "k", "--emit", "o"])
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "k.o").exists() and (tmp_path / "k.h").exists()
+
+
+def test_export_of_a_kernel_loaded_from_the_disk_cache(tmp_path):
+    """``lutc.compile`` caches kernels on disk; one loaded back is a shared library, which TVM
+    cannot write out as an object file: the exporter compiles the schedule again."""
+    from lutc.cache import KernelCache
+    cache = KernelCache(str(tmp_path / "cache"))
+    lutc.compile((1, 128, 256), wbits=2, group_size=64, table_dtype="float32", cache=cache)
+    kernel = lutc.compile((1, 128, 256), wbits=2, group_size=64, table_dtype="float32", cache=cache)
+    assert kernel.from_cache
+    res = lutc.export(kernel, tmp_path / "out")
+    assert {"o", "so", "h"} <= set(res.files) and res.files["o"].stat().st_size > 0
