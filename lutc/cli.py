@@ -2,10 +2,11 @@
 
     lutc export --shape 1,4096,4096 --wbits 2 --group-size 128 -o out/ [--target host]
                 [--name NAME] [--symbol SYM] [--emit so,o,c] [--weights w.pt]
+    lutc tune --shapes 1x4096x4096,1x11008x4096 --wbits 2 [--trials 64] [--target cuda]
 
 Subcommands register themselves in :data:`COMMANDS`: a function that adds its parser to the
-subparsers and sets ``run`` (``args -> exit code``). The workload options (:func:`add_workload_args`)
-are shared, so a ``tune`` subcommand adds one function, ``add_tune``, and reuses them.
+subparsers and sets ``run`` (``args -> exit code``). The weight-format options
+(:func:`add_format_args`) are shared by ``export`` and ``tune``.
 """
 from __future__ import annotations
 
@@ -15,22 +16,27 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 
-def add_workload_args(p: argparse.ArgumentParser) -> None:
-    """The options naming one workload and target, as :func:`lutc.compile` takes them."""
-    g = p.add_argument_group("workload (see lutc.compile)")
-    g.add_argument("--shape", required=True, help="M,N,K: x is [M, K], the weight [N, K]")
+def add_format_args(g) -> None:
+    """The weight-format, activation and target options every subcommand shares."""
     g.add_argument("--wbits", type=int, default=2, help="bits per weight, 1-4 (default 2)")
     g.add_argument("--group-size", type=int, default=None,
                    help="32, 64, 128 or -1 for one scale per row (default 128; -1 for ternary)")
     g.add_argument("--format", default="uniform", choices=["uniform", "bcq", "ternary"])
     g.add_argument("--zero-point", action="store_true", help="uniform: per-group zero points")
     g.add_argument("--act-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    g.add_argument("--target", default=None,
+                   help="host (default), llvm/x86, arm, cuda, cuda:sm_XX (see lutc.target)")
+
+
+def add_workload_args(p: argparse.ArgumentParser) -> None:
+    """The options naming one workload and target, as :func:`lutc.compile` takes them."""
+    g = p.add_argument_group("workload (see lutc.compile)")
+    g.add_argument("--shape", required=True, help="M,N,K: x is [M, K], the weight [N, K]")
+    add_format_args(g)
     g.add_argument("--scale-dtype", default="float16", choices=["float16", "float32"])
     g.add_argument("--g", type=int, default=4, choices=[2, 4], help="activations per table group")
     g.add_argument("--no-symmetrize", action="store_true", help="store full tables")
     g.add_argument("--table-dtype", default="float32", choices=["float32", "float16", "int8"])
-    g.add_argument("--target", default=None,
-                   help="host (default), llvm/x86, arm, cuda, cuda:sm_XX (see lutc.target)")
     g.add_argument("--schedule", default=None, help="a module of schedules/ (default: the target's)")
     g.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
                    help="schedule knob, repeatable (e.g. --knob n_block=32)")
@@ -91,22 +97,61 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Subcommand registrars, in help order. A later ``add_tune`` goes here.
 def add_tune(sub) -> None:
-    p = sub.add_parser("tune", add_help=False, help="tune kernels for shapes or a model's Linear layers "
-                       "(lutc tune --help)")
-    p.set_defaults(run=None)  # main() hands "tune ..." to lutc.autotune.main before parsing
+    p = sub.add_parser(
+        "tune", help="tune kernels for shapes or a model's Linear layers",
+        description="Tune lutc kernels (lutc.tune); records go to the tuning logs. Examples: "
+                    "lutc tune --shapes 1x4096x4096,1x11008x4096 --wbits 2 --trials 64; "
+                    "lutc tune --model mypkg.models:build_model --m 1,16 --wbits 4 --seconds 120 --report tuned.md")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--shapes", help="comma-separated MxNxK, e.g. 1x4096x4096,16x11008x4096")
+    src.add_argument("--model", help="module:callable returning an nn.Module; its Linear layers are tuned")
+    p.add_argument("--m", default="1", help="with --model: comma-separated M values (default 1)")
+    add_format_args(p)
+    p.add_argument("--table-dtype", default=None, choices=["float32", "float16", "int8"],
+                   help="default: the target's (int8 where a SIMD lookup kernel exists)")
+    p.add_argument("--trials", type=int, default=64, help="measurements per shape")
+    p.add_argument("--seconds", type=float, default=None, help="time budget per shape")
+    p.add_argument("--log", default=None, help="tuning log file (default: tuning_logs/<family>.jsonl)")
+    p.add_argument("--report", default=None, help="also write the closing table (Markdown) here")
+    p.add_argument("--pool-mib", type=int, default=512, help="weight copies rotated while timing")
+    p.set_defaults(run=run_tune, parser=p)
 
 
+def run_tune(args: argparse.Namespace) -> int:
+    import importlib
+    from .autotune import linear_shapes, report, tune
+    from .tuner import TuningLog
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
+        if any(len(s) != 3 for s in shapes):
+            args.parser.error("--shapes takes MxNxK triples, e.g. 1x4096x4096")
+    else:
+        module_name, _, attr = args.model.partition(":")
+        model = getattr(importlib.import_module(module_name), attr or "model")
+        model = model() if callable(model) and not hasattr(model, "modules") else model
+        shapes = linear_shapes(model, [int(m) for m in args.m.split(",")])
+        if not shapes:
+            args.parser.error(f"{args.model} has no nn.Linear layers")
+    results = tune(shapes, target=args.target, trials=args.trials, seconds=args.seconds,
+                   log=TuningLog(args.log) if args.log else None, pool_mib=args.pool_mib,
+                   wbits=args.wbits, group_size=args.group_size, format=args.format,
+                   zero_point=args.zero_point, act_dtype=args.act_dtype, table_dtype=args.table_dtype)
+    text = report(results)
+    print(text)
+    if args.report:
+        with open(args.report, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+#: Subcommand registrars, in help order.
 COMMANDS: list = [add_export, add_tune]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``lutc`` command; returns its exit code (2 for a bad request)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["tune"]:  # its own parser (lutc.autotune.main): argparse cannot nest it whole
-        from .autotune import main as tune_main
-        return tune_main(argv[1:])
     parser = argparse.ArgumentParser(prog="lutc", description="lutc: LUT mixed-precision GEMM kernels")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in COMMANDS:
