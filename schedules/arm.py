@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from tvm import IRModule, s_tir
 
+from .common import arch
 from .simd_lut import lut_kernel
 
 KNOBS = {"unroll": (2, 4, 8, 16, 32)}
@@ -15,9 +16,8 @@ SHUFFLE = "llvm.aarch64.neon.tbl1"
 
 
 def supports(spec, target) -> bool:
-    """g = 4, int8 tables, and an aarch64 target."""
-    triple = str(target.attrs.get("mtriple", "") or "")
-    return spec.g == 4 and spec.table_dtype == "int8" and triple.startswith("aarch64")
+    """g = 4, int8 tables, and an aarch64 target (cross, or this machine)."""
+    return spec.g == 4 and spec.table_dtype == "int8" and arch(target) == "aarch64"
 
 
 def layout(spec, target, **_) -> str:

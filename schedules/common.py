@@ -1,10 +1,14 @@
 """Helpers shared by the schedules: find a block's spatial loops, parallelize or bind them;
-merge given knob values over a schedule's defaults; drop a template's unused parameter.
+merge given knob values over a schedule's defaults; drop a template's unused parameter; name
+a CPU target's architecture.
 
 Blocks built by ``te.create_prim_func`` list their spatial loops first, then their reduction
 loops; these helpers rely on that and never touch the reduction loops.
 """
 from __future__ import annotations
+
+import platform
+from typing import Optional
 
 from tvm import s_tir
 
@@ -79,3 +83,14 @@ def drop_param(func, name: str):
     from tvm import tirx
     keep = [p for p in func.params if p.name != name]
     return tirx.PrimFunc(keep, func.body, func.ret_type, func.attrs)
+
+
+#: Architecture names of LLVM triples and ``platform.machine()``, per SIMD family.
+_ARCHES = {"x86_64": "x86", "amd64": "x86", "i686": "x86", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+def arch(target) -> Optional[str]:
+    """``"x86"``, ``"aarch64"`` or None for an LLVM target: from its ``mtriple``, else (a host
+    target names none) from this machine."""
+    triple = str(target.attrs.get("mtriple", "") or "") or platform.machine()
+    return _ARCHES.get(triple.split("-")[0].lower())

@@ -24,15 +24,13 @@ Weights: the ``dot{L}`` layout of :mod:`lutc.formats`.
 """
 from __future__ import annotations
 
-import platform
-
 from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 from tvm.target import codegen
 
 from lutc.formats import code_bits
 
-from .common import drop_param
+from .common import arch, drop_param
 
 KNOBS = {"row_tiles": (1, 2, 4)}
 # (int32 lanes, intrinsic, needed LLVM features) per architecture
@@ -42,19 +40,19 @@ DOT = {"x86": (16, "llvm.x86.avx512.vpdpbusd.512", ["avx512vnni", "avx512bw"]),
 
 def supports(spec, target) -> bool:
     """uniform/ternary, int8 tables (read here as int8 activations), a CPU with a dot instruction."""
-    arch = _arch(target)
-    return (spec.format in ("uniform", "ternary") and spec.table_dtype == "int8" and arch is not None
+    family = arch(target)
+    return (spec.format in ("uniform", "ternary") and spec.table_dtype == "int8" and family is not None
             and spec.block % (4 * (8 // code_bits(spec.wbits))) == 0
-            and codegen.llvm_cpu_has_features(DOT[arch][2], target))
+            and codegen.llvm_cpu_has_features(DOT[family][2], target))
 
 
 def layout(spec, target, **_) -> str:
-    return f"dot{DOT[_arch(target)][0]}"
+    return f"dot{DOT[arch(target)][0]}"
 
 
 def schedule(func, spec, target, row_tiles: int = 4) -> s_tir.Schedule:
     """The dot-product kernel for ``spec`` on ``target`` (``func``: its reference semantics)."""
-    lanes, intrin, _ = DOT[_arch(target)]
+    lanes, intrin, _ = DOT[arch(target)]
     return s_tir.Schedule(IRModule({"main": dot_kernel(spec, lanes, intrin, row_tiles)}))
 
 
@@ -143,13 +141,3 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4):
                     out[m, (task * TT + tt) * L + r] = T.Cast(act, accf[m, tt, r])
 
     return main if zp else drop_param(main, "zeros")
-
-
-def _arch(target):
-    triple = str(target.attrs.get("mtriple", "") or "") or platform.machine()
-    arch = triple.split("-")[0].lower()
-    if arch in ("x86_64", "amd64"):
-        return "x86"
-    if arch in ("aarch64", "arm64"):
-        return "aarch64"
-    return None

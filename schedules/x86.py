@@ -11,6 +11,7 @@ from __future__ import annotations
 from tvm import IRModule, s_tir
 from tvm.target import codegen
 
+from .common import arch
 from .simd_lut import lut_kernel
 
 KNOBS = {"vector_bytes": (32, 64), "unroll": (2, 4, 8, 16, 32), "paired": (True, False)}
@@ -20,7 +21,7 @@ PAIR_MADD = {32: "llvm.x86.avx2.pmadd.ub.sw", 64: "llvm.x86.avx512.pmaddubs.w.51
 
 def supports(spec, target) -> bool:
     """g = 4, int8 tables, and an x86 target with AVX2."""
-    return (spec.g == 4 and spec.table_dtype == "int8" and is_x86(target)
+    return (spec.g == 4 and spec.table_dtype == "int8" and arch(target) == "x86"
             and codegen.llvm_cpu_has_features(["avx2"], target))
 
 
@@ -48,14 +49,6 @@ def _paired(spec, paired) -> bool:
     if paired and not possible:
         raise ValueError("paired planes need uniform 2/4-bit codes or ternary weights")
     return possible if paired is None else bool(paired)
-
-
-def is_x86(target) -> bool:
-    triple = str(target.attrs.get("mtriple", "") or "")
-    if triple:
-        return triple.split("-")[0] in ("x86_64", "amd64", "i686")
-    import platform
-    return platform.machine().lower() in ("x86_64", "amd64")
 
 
 def _width(target, vector_bytes) -> int:

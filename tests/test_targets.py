@@ -91,3 +91,21 @@ def test_arm_object_is_aarch64(tmp_path):
     assert header[:4] == b"\x7fELF"
     assert struct.unpack("<H", header[18:20])[0] == 183   # EM_AARCH64
     assert "aarch64" in kernel.source
+
+
+def test_simd_schedules_name_the_host_architecture(monkeypatch):
+    """A host target names no triple: the architecture is this machine's (an ARM host gets the
+    NEON kernel, as a cross target to aarch64 does)."""
+    import tvm
+    import schedules
+    from schedules import arm, common, x86
+    spec = lutc.MPGemmSpec(1, 64, 256, table_dtype="int8")
+    host = resolve(None)
+    assert not host.attrs.get("mtriple")
+    monkeypatch.setattr(common.platform, "machine", lambda: "aarch64")
+    assert common.arch(host) == "aarch64" and arm.supports(spec, host) and not x86.supports(spec, host)
+    assert common.arch(tvm.target.Target({"kind": "llvm", "mtriple": "arm64-apple-macos"})) == "aarch64"
+    assert common.arch(tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu"})) == "x86"
+    monkeypatch.setattr(common.platform, "machine", lambda: "x86_64")
+    assert common.arch(host) == "x86" and not arm.supports(spec, host)
+    assert schedules.default("cpu-cross", spec, lutc.target.resolve("arm")) is arm
