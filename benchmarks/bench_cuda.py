@@ -273,10 +273,8 @@ def run(args) -> dict:
 
 
 def effective_knobs(sname, spec, kernel) -> dict:
-    module = getattr(schedules, sname)
-    knobs = dict(module.default_knobs(spec)) if hasattr(module, "default_knobs") else {}
-    knobs.update(kernel.knobs)
-    return knobs
+    """The knobs the kernel was built with (its own over the schedule's defaults)."""
+    return getattr(schedules, sname).resolve_knobs(spec, **kernel.knobs)
 
 
 def candidates(sname: str, M: int) -> list:
@@ -291,22 +289,21 @@ def candidates(sname: str, M: int) -> list:
                     (1, 4, 2, min(mt, 4), False, 2), (2, 2, 2, min(mt, 4), False, 1), (1, 4, 2, 2, True, 2),
                     (2, 2, 2, 2, False, 2))
         cands = [dict(warps=w, wn=n, nw=t, mt=m, xsm=x, units=u) for (w, n, t, m, x, u) in sets]
-        spec = lutc.MPGemmSpec(M, 4096, 4096, wbits=2, group_size=GROUP, act_dtype="float16")
-        return [k for k in cands if schedules.cuda_mma.smem_bytes(spec, **k) <= schedules.cuda_mma.SMEM_LIMIT]
-    return lut_candidates(M)
+    else:
+        cands = [dict(warps=w, tiles=t, rows=r, units=u) for (w, t, r, u) in (
+            (4, 2, 1, 2), (4, 1, 1, 2), (8, 1, 1, 1), (4, 2, 1, 1), (4, 1, 2, 1), (2, 4, 1, 2),
+            (2, 4, 1, 1), (2, 2, 2, 1), (1, 4, 1, 2), (2, 2, 1, 1))]
+    spec = lutc.MPGemmSpec(M, 4096, 4096, wbits=2, group_size=GROUP, act_dtype="float16")
+    return [k for k in cands if _builds(getattr(schedules, sname), spec, k)]
 
 
-def lut_candidates(M: int) -> list:
-    """Knob sets of ``cuda_lut`` tried by ``--sweep`` (those over the shared-memory limit drop)."""
-    cands = [dict(warps=w, tiles=t, rows=r, units=u) for (w, t, r, u) in (
-        (4, 2, 1, 2), (4, 1, 1, 2), (8, 1, 1, 1), (4, 2, 1, 1), (4, 1, 2, 1), (2, 4, 1, 2),
-        (2, 4, 1, 1), (2, 2, 2, 1), (1, 4, 1, 2), (2, 2, 1, 1))]
-    ok = []
-    for k in cands:
-        spec = lutc.MPGemmSpec(M, 4096, 4096, wbits=2, group_size=GROUP, act_dtype="float16")
-        if schedules.cuda_lut.smem_bytes(spec, **k) <= schedules.cuda_lut.SMEM_LIMIT and k not in ok:
-            ok.append(k)
-    return ok
+def _builds(module, spec, knobs: dict) -> bool:
+    """Whether the schedule accepts these knobs for ``spec`` (e.g. its shared memory fits)."""
+    try:
+        module.resolve_knobs(spec, **knobs)
+        return True
+    except ValueError:
+        return False
 
 
 def sweep(args) -> dict:
