@@ -67,12 +67,11 @@ def main() -> None:
             block = hottest_block(kernel.executable.mod.inspect_source("asm"), mnemonic)
             count = sum(1 for ins in block if ins.split()[0] == mnemonic)
             # tbl: 16 lookups each; sdot: 4 rows x 4 codes = 16 weights (of one plane set)
-            units = count
             work = count * 16
             for cpu in CPUS:
                 cyc, ipc = mca_cycles(block, cpu, mca)
                 lines.append(f"| {schedule} ({mnemonic}) | {fmt} W{wbits} | {len(block)} | {work} | {cpu} "
-                             f"| {cyc:.1f} | {ipc:.2f} | {cyc / units:.2f} |")
+                             f"| {cyc:.1f} | {ipc:.2f} | {cyc / count:.2f} |")
                 print(lines[-1], flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
