@@ -420,11 +420,11 @@ def precompile(args) -> None:
                         kernels.append(lutc.build(lutc_specs(N, K, M, wbits), target="cuda:sm_90a",
                                                   schedule=args.sweep, knobs=knobs))
     from concurrent.futures import ThreadPoolExecutor
-    from lutc.build import cache_dir
+    from lutc.cache import cache_root
     t0 = time.time()
     with ThreadPoolExecutor(max(1, len(os.sched_getaffinity(0)))) as pool:
         list(pool.map(pc, kernels))
-    print(f"{len(kernels)} kernels in {cache_dir()} ({time.time() - t0:.0f} s)")
+    print(f"{len(kernels)} kernels in {cache_root()} ({time.time() - t0:.0f} s)")
 
 
 def main() -> None:

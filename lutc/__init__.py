@@ -13,25 +13,66 @@ the best tuned candidate, on-disk cache) -> ``runtime`` (the safe callable) and 
 (``torch.ops.lutc.mpgemm``, registered on import), ``nn`` (``LUTLinear``, ``quantize_model``),
 ``exporter`` (``export``, packed weights as files) and ``cli`` (the ``lutc`` command).
 
+Imports: ``import lutc`` loads the vocabulary only; every other name loads on first use, and
+when torch is already imported ``torch.ops.lutc.mpgemm`` is registered at once (``import
+lutc.torch_ops`` registers it in any case).
+
 Threads: TVM's CPU thread pool reads ``TVM_NUM_THREADS`` when it starts. lutc sets it to the
 number of cores this process may use unless it is already set (TVM's own default used one
 thread on a 2-core VM). Set it, or ``LUTC_NUM_THREADS``, before importing lutc to choose.
 """
 import os as _os
+import sys as _sys
 
 _os.environ.setdefault(
     "TVM_NUM_THREADS", _os.environ.get("LUTC_NUM_THREADS", str(len(_os.sched_getaffinity(0)))))
 
-from .spec import LAYOUT_VERSION, MPGemmSpec, SpecError  # noqa: E402
-from .formats import PackedWeights, quantize, repack  # noqa: E402
-from .build import build, compile, cuda_binary, precompile  # noqa: E402
-from .runtime import Kernel  # noqa: E402
-from .autotune import tune  # noqa: E402
-from . import torch_ops  # noqa: E402,F401  (registers torch.ops.lutc.mpgemm: ~30 ms)
-from .nn import LUTLinear, quantize_model  # noqa: E402
-from .exporter import export, load_weights, save_weights  # noqa: E402
+from .spec import LAYOUT_VERSION, MPGemmSpec, SpecError  # noqa: E402  (no torch, no TVM)
+
+#: Public names -> the module that defines them. They load on first use (PEP 562), so that
+#: ``lutc --help`` answers without importing torch and TVM (~2.5 s).
+_LAZY = {"PackedWeights": "formats", "quantize": "formats", "repack": "formats",
+         "build": "build", "compile": "build", "cuda_binary": "build", "precompile": "build",
+         "Kernel": "runtime", "tune": "autotune", "LUTLinear": "nn", "quantize_model": "nn",
+         "export": "exporter", "load_weights": "exporter", "save_weights": "exporter"}
+_MODULES = ("layouts", "formats", "frontend", "target", "build", "cache", "runtime", "testing", "autotune",
+            "torch_ops", "nn", "exporter", "tuner", "dtypes", "cli")
 
 __version__ = "0.1.0"
 __all__ = ["MPGemmSpec", "SpecError", "LAYOUT_VERSION", "PackedWeights", "quantize", "repack", "compile",
            "build", "cuda_binary", "precompile", "Kernel", "tune", "LUTLinear", "quantize_model", "export",
            "save_weights", "load_weights", "__version__"]
+
+
+def __getattr__(name: str):
+    import importlib
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'lutc' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY) | set(_MODULES))
+
+
+class _Package(type(_sys)):
+    """lutc's module type: the import system sets a package attribute for each submodule it
+    loads, and ``lutc.build`` names the function, not the module ``lutc/build.py``."""
+
+    def __setattr__(self, name, value):
+        if name == "build" and isinstance(value, type(_sys)):
+            value = value.build
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
+
+if "torch" in _sys.modules:
+    # Code that imported torch uses lutc from PyTorch: register torch.ops.lutc.mpgemm now, as
+    # `import lutc` always did (~1 s for TVM); the command line stays fast.
+    from . import torch_ops  # noqa: E402,F401

@@ -46,7 +46,8 @@ import tvm
 
 from . import target as targets
 from .build import build, spec_for
-from .runtime import TORCH_DTYPES, Kernel
+from .dtypes import TORCH_DTYPES
+from .runtime import Kernel
 from .spec import MPGemmSpec
 from .testing import random_weights, rel_error
 from .tuner import CostModel, TuningLog, candidates, default_candidate, features, rank_correlation

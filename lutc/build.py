@@ -7,17 +7,15 @@ CUDA without a GPU: on a machine with no CUDA driver, ``tvm.compile`` quietly ke
 source only (a ``CUDAFallbackModule``). :func:`cuda_binary` compiles that source with nvcc to
 PTX or a cubin, so machines without a GPU (CI) still prove the code builds.
 
-Kernel cache: lutc compiles CUDA source with nvcc through a disk cache keyed by the source, the
-architecture and the nvcc version (``$LUTC_CACHE_DIR``, default ``~/.cache/lutc``). A machine
-without a GPU can fill it ahead of time (:func:`precompile`), so the GPU machine skips nvcc.
+Disk caches (:mod:`lutc.cache`): built kernels, and nvcc's binaries keyed by the CUDA source,
+the architecture and the nvcc version. A machine without a GPU can fill the nvcc cache ahead of
+time (:func:`precompile`), so the GPU machine skips nvcc.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import subprocess
 import threading
-from pathlib import Path
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Optional, Sequence, Union
 
@@ -26,7 +24,7 @@ import tvm
 import schedules
 
 from . import target as targets
-from .cache import KernelCache
+from .cache import KernelCache, nvcc_fatbin
 from .frontend import lut_mpgemm
 from .runtime import Kernel
 from .spec import MPGemmSpec
@@ -94,50 +92,120 @@ def spec_for(shape: Sequence[int], target: targets.TargetLike = None,
     """
     if len(shape) != 3:
         raise ValueError(f"shape must be (M, N, K), got {tuple(shape)}")
-    M, N, K = (int(v) for v in shape)
+    M, N, K = shape   # MPGemmSpec refuses floats and bools (no silent truncation of 1.5 to 1)
     if table_dtype is None:
-        table_dtype = _default_table_dtype(MPGemmSpec(M, N, K, **fields), targets.resolve(target))
+        table_dtype = default_table_dtype(MPGemmSpec(M, N, K, **fields), targets.resolve(target))
     return MPGemmSpec(M, N, K, table_dtype=table_dtype, **fields)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What :func:`build` compiles for a spec: the schedule module, its knobs, the tuning record
+    they came from (None: the default), and the weight layout the kernel reads."""
+
+    module: ModuleType
+    knobs: dict
+    record: Optional[dict]
+    layout: str
+
+    @property
+    def schedule(self) -> str:
+        return _name(self.module)
+
+
+def choose(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: ScheduleLike = None,
+           knobs: Optional[dict] = None, tuned: bool = True, layout: Optional[str] = None) -> Optional[Choice]:
+    """The kernel :func:`build` would compile for ``spec`` on ``target``, without compiling.
+
+    A named ``schedule`` is used as given (knobs checked against its ``KNOBS``). Otherwise the
+    fastest usable record of the tuning log for this workload and target, else the target's
+    default schedule. With ``layout``, only kernels that read weights in that layout count
+    (tuned records too; the default becomes :func:`schedules.for_layout`), and None means no
+    kernel of this target reads it for ``spec``; a named schedule reading another raises.
+
+    Example:
+        >>> choose(MPGemmSpec(1, 256, 512, wbits=2, table_dtype="int8"), "x86", tuned=False).schedule
+        'x86'
+    """
+    tgt = targets.resolve(target)
+    kind = targets.kind(tgt)
+    if schedule is not None:
+        module = _schedule_module(schedule, kind, spec, tgt)
+        knobs = checked_knobs(module, knobs or {})
+        read = module.layout(spec, tgt, **knobs)
+        if layout is not None and read != layout:
+            raise ValueError(f"schedule {_name(module)} reads weights in layout {read!r}, not {layout!r}")
+        return Choice(module, knobs, None, read)
+    if knobs is None and tuned:
+        described = targets.describe(tgt)
+        record = best_for(log_for(kind, described), spec.key(), described, targets.device_name(tgt),
+                          usable=lambda r: _record_layout(r, kind, spec, tgt) is not None,
+                          where=None if layout is None else lambda r: _record_layout(r, kind, spec, tgt) == layout)
+        if record is not None:
+            module = _schedule_module(record["schedule"], kind, spec, tgt)
+            return Choice(module, dict(record["knobs"]), record, module.layout(spec, tgt, **record["knobs"]))
+    if knobs is not None:   # knobs for the default schedule
+        module = _schedule_module(None, kind, spec, tgt)
+        knobs = checked_knobs(module, knobs)
+        return choose(spec, tgt, module, knobs, layout=layout)
+    if layout is None:
+        module = schedules.default(kind, spec, tgt)
+        return Choice(module, {}, None, module.layout(spec, tgt))
+    found = schedules.for_layout(kind, spec, tgt, layout)
+    return None if found is None else Choice(found[0], found[1], None, layout)
+
+
+def checked_knobs(module: ModuleType, knobs: dict) -> dict:
+    """``knobs`` for ``module`` if every name is one of its ``KNOBS`` and every value in that
+    knob's domain; ``ValueError`` naming the schedule and the knob otherwise."""
+    if not isinstance(knobs, dict):
+        raise ValueError(f"knobs must be a dict of knob name -> value, got {knobs!r}")
+    unknown = set(knobs) - set(module.KNOBS)
+    if unknown:
+        raise ValueError(f"schedule {_name(module)} has no knob(s) {sorted(unknown)}; "
+                         f"its knobs are {sorted(module.KNOBS)}")
+    for name, value in knobs.items():
+        domain = module.KNOBS[name]
+        # `True == 1` in Python: compare types too, so "False" or 1 is not a bool knob's value
+        if value is not None and not any(value == d and type(value) is type(d) for d in domain):
+            raise ValueError(f"schedule {_name(module)} knob {name}={value!r} is not one of {list(domain)}")
+    return dict(knobs)
+
+
+def _record_layout(record: dict, kind: str, spec: MPGemmSpec, tgt):
+    """The layout a tuning record's kernel reads, or None if this lutc cannot build the record
+    for ``spec`` (unknown schedule, bad knobs, unsupported): such records are skipped."""
+    try:
+        module = _schedule_module(record["schedule"], kind, spec, tgt)
+        return module.layout(spec, tgt, **checked_knobs(module, record["knobs"]))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
 
 
 def build(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: ScheduleLike = None,
           knobs: Optional[dict] = None, cache=_FROM_ENV, tuned: bool = True,
           layout: Optional[str] = None) -> Kernel:
-    """Schedule and compile ``spec`` for ``target``; see :func:`compile`.
+    """Schedule and compile ``spec`` for ``target``; see :func:`compile` and :func:`choose`.
 
-    ``layout``: the weight layout the kernel must read. A tuned or default schedule that reads
-    another is replaced, before anything is compiled, by the target's generic schedule (which
-    reads ``bitplane``: same math, slower); a schedule named here that reads another raises.
+    ``layout``: the weight layout the kernel must read (weights already packed): the fastest
+    kernel reading it is built; ``ValueError`` if no kernel of this target reads it for ``spec``.
     """
     tgt = targets.resolve(target)
     kind = targets.kind(tgt)
+    choice = choose(spec, tgt, schedule, knobs, tuned, layout)
+    if choice is None:
+        raise ValueError(f"no lutc kernel for {targets.describe(tgt).get('kind')} reads weights in layout "
+                         f"{layout!r} for {spec}")
     described = targets.describe(tgt)
-    named = schedule is not None
-    record = None
-    if schedule is None and knobs is None and tuned:
-        record = best_for(log_for(kind, described), spec.key(), described, targets.device_name(tgt))
-        if record is not None:
-            schedule, knobs = record["schedule"], record["knobs"]
-    module = _schedule_module(schedule, kind, spec, tgt)
-    knobs = dict(knobs or {})
-    unknown = set(knobs) - set(module.KNOBS)
-    if unknown:
-        raise ValueError(f"schedule {_name(module)} has no knob(s) {sorted(unknown)}; "
-                         f"its knobs are {sorted(module.KNOBS)}")
-    if layout is not None and module.layout(spec, tgt, **knobs) != layout:
-        if named:
-            raise ValueError(f"schedule {_name(module)} reads weights in layout "
-                             f"{module.layout(spec, tgt, **knobs)!r}, not {layout!r}")
-        module, knobs, record = next(m for m in schedules.CANDIDATES[kind] if m in schedules.GENERIC), {}, None
     if cache is _FROM_ENV:
         cache = KernelCache.from_env()
-    key = KernelCache.key(spec, described, _name(module), knobs)
+    key = KernelCache.key(spec, described, choice.schedule, choice.knobs)
     kernel = cache.load(key, spec) if cache is not None and kind != "cpu-cross" else None
     if kernel is None:
-        kernel = _compile(spec, tgt, kind, described, module, knobs)
+        kernel = _compile(spec, tgt, kind, described, choice.module, choice.knobs)
         if cache is not None and kernel.runnable:
             cache.store(key, kernel)
-    kernel.tuned = record
+    kernel.tuned = choice.record
     return kernel
 
 
@@ -189,57 +257,22 @@ def cuda_binary(kernel: Kernel, arch: Optional[str] = None, fmt: str = "cubin") 
         return bytes(nvcc.compile_cuda(kernel.source, target_format=fmt, arch=arch, compiler="nvcc"))
 
 
-def precompile(kernel: Kernel) -> Path:
-    """Compile a CUDA kernel's source with nvcc into the kernel cache (no GPU needed), so that
-    building the same kernel on a GPU machine that shares the cache skips nvcc."""
+def precompile(kernel: Kernel) -> Optional[str]:
+    """Compile a CUDA kernel's source with nvcc into the nvcc cache (no GPU needed), so that
+    building the same kernel on a GPU machine that shares the cache skips nvcc; returns the
+    cache file (None when ``LUTC_CACHE=0``)."""
     if kernel.device != "cuda":
         raise ValueError("precompile needs a CUDA kernel")
     arch = kernel.target.get("arch", "sm_90a")
     with targets.cuda_target(arch):
-        _cached_fatbin(kernel.source, arch)
-    return _cache_path(kernel.source, arch)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LUTC_CACHE_DIR", Path.home() / ".cache" / "lutc"))
-
-
-_NVCC_VERSION: Optional[str] = None
-
-
-def _cache_path(code: str, arch: str) -> Path:
-    global _NVCC_VERSION
-    if _NVCC_VERSION is None:
-        try:
-            _NVCC_VERSION = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout
-        except OSError:
-            _NVCC_VERSION = "no nvcc"
-    key = hashlib.sha256("\0".join((code, arch, _NVCC_VERSION)).encode()).hexdigest()[:32]
-    return cache_dir() / f"{key}.fatbin"
-
-
-def _cached_fatbin(code: str, arch: str) -> bytearray:
-    """nvcc's fatbin for ``code`` (the current target scope gives the arch), through the cache."""
-    from tvm.support import nvcc
-    path = _cache_path(code, arch)
-    if path.exists():
-        return bytearray(path.read_bytes())
-    binary = nvcc.compile_cuda(code, target_format="fatbin", compiler="nvcc")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(bytes(binary))
-        tmp.replace(path)
-    except OSError:  # a read-only cache still compiles
-        pass
-    return binary
+        return nvcc_fatbin(kernel.source, arch)[1]
 
 
 _CALLBACK_INSTALLED = False
 
 
 def _install_compile_callback() -> None:
-    """Route TVM's CUDA compile callback through :func:`_cached_fatbin` (nvcc, not NVRTC:
+    """Route TVM's CUDA compile callback through :func:`lutc.cache.nvcc_fatbin` (nvcc, not NVRTC:
     NVRTC needs the cuda-bindings package; nvcc is what CUDA machines and our CI have)."""
     global _CALLBACK_INSTALLED
     if _CALLBACK_INSTALLED:
@@ -249,7 +282,7 @@ def _install_compile_callback() -> None:
 
     def callback(code, *_):
         tgt = tvm.target.Target.current(allow_none=True)
-        return _cached_fatbin(code, str(tgt.attrs.get("arch", "")) if tgt is not None else "")
+        return nvcc_fatbin(code, str(tgt.attrs.get("arch", "")) if tgt is not None else "")[0]
 
     tvm_ffi.register_global_func("tvm_callback_cuda_compile", callback, override=True)
     _CALLBACK_INSTALLED = True
@@ -266,9 +299,11 @@ def _compile_cuda(mod: tvm.IRModule, tgt: tvm.target.Target, config: Optional[di
     return ex, source, (ex["main"] if runnable else None)
 
 
-def _default_table_dtype(spec: MPGemmSpec, tgt: tvm.target.Target) -> str:
-    """int8 where an int8-table SIMD kernel would be chosen for this spec (CPUs), else float32
-    (the CUDA kernels use float tables)."""
+def default_table_dtype(spec: MPGemmSpec, target: targets.TargetLike = None) -> str:
+    """The table dtype lutc uses when none is given (``lutc.compile``, the torch op,
+    ``LUTLinear``, ``lutc export``/``tune``): int8 where an int8-table SIMD kernel would be chosen
+    for this spec (CPUs), else float32 (the CUDA kernels use float tables)."""
+    tgt = targets.resolve(target)
     if targets.kind(tgt) == "cuda":
         return "float32"
     as_int8 = spec.with_(table_dtype="int8")
@@ -280,12 +315,13 @@ def _schedule_module(schedule: ScheduleLike, kind: str, spec: MPGemmSpec,
                      tgt: tvm.target.Target) -> ModuleType:
     if schedule is None:
         return schedules.default(kind, spec, tgt)
+    known = {_name(m): m for m in schedules.CANDIDATES.get(kind, ()) + schedules.ALTERNATIVES.get(kind, ())}
     if isinstance(schedule, str):
-        import importlib
-        try:
-            schedule = importlib.import_module(f"schedules.{schedule}")
-        except ModuleNotFoundError:
-            raise ValueError(f"no schedule named {schedule!r} in schedules/") from None
+        if schedule not in known:
+            raise ValueError(f"no {kind} schedule named {schedule!r} in schedules/; choose from {sorted(known)}")
+        schedule = known[schedule]
+    elif schedule not in known.values():
+        raise ValueError(f"schedule {schedule!r} is not a {kind} schedule of schedules/; choose from {sorted(known)}")
     if not schedule.supports(spec, tgt):
         raise ValueError(f"schedule {_name(schedule)} does not support this spec on this target "
                          f"(see its supports(): e.g. SIMD kernels need g=4 and table_dtype='int8')")

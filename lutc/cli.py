@@ -15,15 +15,21 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+# The vocabulary only (no torch, no TVM): `lutc --help` answers at once.
+from .spec import ACT_DTYPES, ACT_GROUPS, FORMATS, SCALE_DTYPES, TABLE_DTYPES
+
+#: Every subcommand's help shows each option's default.
+HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter
+
 
 def add_format_args(g) -> None:
     """The weight-format, activation and target options every subcommand shares."""
-    g.add_argument("--wbits", type=int, default=2, help="bits per weight, 1-4 (default 2)")
+    g.add_argument("--wbits", type=int, default=2, help="bits per weight, 1-4")
     g.add_argument("--group-size", type=int, default=None,
-                   help="32, 64, 128 or -1 for one scale per row (default 128; -1 for ternary)")
-    g.add_argument("--format", default="uniform", choices=["uniform", "bcq", "ternary"])
+                   help="32, 64, 128 or -1 for one scale per row (None: 128; -1 for ternary)")
+    g.add_argument("--format", default="uniform", choices=FORMATS, help="weight format")
     g.add_argument("--zero-point", action="store_true", help="uniform: per-group zero points")
-    g.add_argument("--act-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    g.add_argument("--act-dtype", default="float32", choices=ACT_DTYPES, help="dtype of x and y")
     g.add_argument("--target", default=None,
                    help="host (default), llvm/x86, arm, cuda, cuda:sm_XX (see lutc.target)")
 
@@ -33,10 +39,11 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("workload (see lutc.compile)")
     g.add_argument("--shape", required=True, help="M,N,K: x is [M, K], the weight [N, K]")
     add_format_args(g)
-    g.add_argument("--scale-dtype", default="float16", choices=["float16", "float32"])
-    g.add_argument("--g", type=int, default=4, choices=[2, 4], help="activations per table group")
+    g.add_argument("--scale-dtype", default="float16", choices=SCALE_DTYPES, help="dtype of the coefficients")
+    g.add_argument("--g", type=int, default=4, choices=ACT_GROUPS, help="activations per table group")
     g.add_argument("--no-symmetrize", action="store_true", help="store full tables")
-    g.add_argument("--table-dtype", default="float32", choices=["float32", "float16", "int8"])
+    g.add_argument("--table-dtype", default=None, choices=TABLE_DTYPES,
+                   help="default: the target's (int8 where a SIMD lookup kernel exists, as lutc.compile)")
     g.add_argument("--schedule", default=None, help="a module of schedules/ (default: the target's)")
     g.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
                    help="schedule knob, repeatable (e.g. --knob n_block=32)")
@@ -58,7 +65,7 @@ def compile_from_args(args: argparse.Namespace):
 
 def add_export(sub) -> None:
     p = sub.add_parser(
-        "export", help="compile a kernel and write it for other runtimes",
+        "export", formatter_class=HELP_FORMAT, help="compile a kernel and write it for other runtimes",
         description="Compile one kernel and write it as a tvm-ffi shared library, an object, C or "
                     "CUDA source, with a header documenting the packed layout, the signature and "
                     "the launch configuration (see lutc.exporter).")
@@ -88,7 +95,9 @@ def run_export(args: argparse.Namespace) -> int:
                              f"{(spec.N, spec.K)} for --shape {args.shape}")
         qw = lutc.quantize(weight, wbits=spec.wbits, group_size=spec.group_size, format=spec.format,
                            zero_point=spec.zero_point, scale_dtype=spec.scale_dtype)
-        result.files["weights"] = lutc.save_weights(qw, Path(args.out) / f"{result.name}.lutcw")
+        # in the kernel's own layout: the exported header checks it (NAME_LAYOUT_CODE)
+        result.files["weights"] = lutc.save_weights(qw, Path(args.out) / f"{result.name}.lutcw",
+                                                    layout=kernel.layout)
     print(f"{kernel!r}")
     for kind, path in result.files.items():
         print(f"  {kind:<8} {path}")
@@ -99,16 +108,16 @@ def run_export(args: argparse.Namespace) -> int:
 
 def add_tune(sub) -> None:
     p = sub.add_parser(
-        "tune", help="tune kernels for shapes or a model's Linear layers",
+        "tune", formatter_class=HELP_FORMAT, help="tune kernels for shapes or a model's Linear layers",
         description="Tune lutc kernels (lutc.tune); records go to the tuning logs. Examples: "
                     "lutc tune --shapes 1x4096x4096,1x11008x4096 --wbits 2 --trials 64; "
                     "lutc tune --model mypkg.models:build_model --m 1,16 --wbits 4 --seconds 120 --report tuned.md")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--shapes", help="comma-separated MxNxK, e.g. 1x4096x4096,16x11008x4096")
     src.add_argument("--model", help="module:callable returning an nn.Module; its Linear layers are tuned")
-    p.add_argument("--m", default="1", help="with --model: comma-separated M values (default 1)")
+    p.add_argument("--m", default="1", help="with --model: comma-separated M values")
     add_format_args(p)
-    p.add_argument("--table-dtype", default=None, choices=["float32", "float16", "int8"],
+    p.add_argument("--table-dtype", default=None, choices=TABLE_DTYPES,
                    help="default: the target's (int8 where a SIMD lookup kernel exists)")
     p.add_argument("--trials", type=int, default=64, help="measurements per shape")
     p.add_argument("--seconds", type=float, default=None, help="time budget per shape")

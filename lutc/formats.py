@@ -16,61 +16,9 @@ ternary    ``s * t``, ``t in {-1, 0, +1}``,              ``scales[1]`` (one per 
 (``G`` = groups per row, ``b_i`` = bit ``i`` of the code, ``sigma_i = 2 b_i - 1``.) The ternary
 encoding needs no activation-sum correction: ``+1 = (+1, +1)``, ``0 = (+1, -1)``, ``-1 = (-1, -1)``.
 
-Layouts (each version :data:`lutc.spec.LAYOUT_VERSION`; :func:`repack` converts between them):
-
-``bitplane``: ``planes`` is uint8 ``[b, N, K/8]``; bit ``k % 8`` (least significant first) of
-byte ``k // 8`` in plane ``i`` is ``b_i[n, k]``. A group of ``g`` consecutive activations reads
-``g`` consecutive bits of one byte (``g`` divides 8): that number is the table index.
-Coefficients are ``[N, G]`` (``[N, G, b]`` for bcq). Target-neutral; the generic schedules read it.
-
-``tiles{R}`` (``R`` = 32, 64 or 128): for SIMD table lookups with ``g = 4``. Rows are cut into
-tiles of ``R`` (``N`` padded with zero-scale rows to a multiple of ``R``); ``planes`` is uint8
-``[N/R, K/4, b, R/2]`` and byte ``j`` of ``planes[t, kg, i]`` holds the 4-bit index of row
-``t R + j`` in its low nibble and of row ``t R + R/2 + j`` in its high nibble. One ``R/2``-byte
-load (a NEON, AVX2 or AVX-512 register for R = 32, 64, 128) thus feeds two shuffles that look
-up ``R`` rows, and a tile's weights stream contiguously. Coefficients are tile-major so the
-epilogue loads them as vectors: ``scales``/``zeros`` ``[N/R, G, R]``, bcq ``[N/R, G, b, R]``;
-ternary keeps its single scale.
-
-``ptiles{R}`` (``R`` = 32 or 64): paired-plane tiles, for an even number of planes (2- and
-4-bit uniform codes, ternary) on x86. Tiles of ``R`` rows; ``planes`` is uint8
-``[N/R, K/4, b/2, R]``; byte ``j`` of ``planes[t, kg, p]`` holds plane ``2p + j % 2`` of row
-``t R + j // 2`` (low nibble) and of row ``t R + R/2 + j // 2`` (high nibble). A shuffle then
-leaves the two planes of a row in adjacent bytes, and one ``vpmaddubsw`` with weights
-``(2^2p, 2^(2p+1))`` widens and combines them. Coefficients are tile-major as for ``tiles{R}``.
-
-``dot{L}`` (``L`` = 4 or 16): for multiply-add kernels (NEON ``sdot``, AVX-512 VNNI
-``vpdpbusd``), uniform and ternary formats. Each weight is its unsigned code ``q`` (ternary:
-``t + 1``) in a slot of ``w`` bits (1, 2, or 4 for 3- and 4-bit codes); a dot instruction multiplies
-4 consecutive codes of each of ``L`` rows by 4 activations. Rows are cut into tiles of ``L``;
-``planes`` is uint8 ``[N/L, K/(4c), 4L]`` with ``c = 8/w`` codes per byte, and byte ``4r + u``
-of chunk ``kc`` holds, in bits ``[w s, w s + w)``, the code of row ``r``, ``k = 4 c kc + 4 s + u``:
-one ``4L``-byte load, shifted by ``w s`` and masked, is the operand for ``c`` dot instructions.
-Coefficients are tile-major as for ``tiles{R}``.
-
-
-``warp32``: for CUDA kernels, where lane ``l`` of a warp owns row ``32 t + l`` of a 32-row tile
-``t`` and reads its weights with 16-byte loads (K must be a multiple of 128). ``planes`` is int32
-``[N/32, K/128, b, 32, 4]`` (``N`` padded with zero-scale rows to a multiple of 32): the 16 bytes
-of ``planes[t, u, i, l]`` are bytes ``16 u .. 16 u + 15`` of row ``32 t + l`` of bitplane plane
-``i``, so word ``q`` holds bits ``k = 128 u + 32 q .. + 31`` (least significant first) and its
-nibble ``j`` is the 4-bit table index of activation group ``k / 4 = 32 u + 8 q + j``. One warp load
-instruction reads 512 contiguous bytes (one 128-weight slice of one plane for 32 rows).
-Coefficients are tile-major as for ``tiles32``: ``scales``/``zeros`` ``[N/32, G, 32]``, bcq
-``[N/32, G, b, 32]``, so a warp reads a group's 32 scales as one 64-byte segment.
-
-``tc16``: for tensor-core (``mma.sync m16n8k16``) kernels, uniform weights with 2 or 4 bits only
-(K a multiple of 128): integer codes ``q = sum_i 2^i b_i`` placed where one lane of a warp needs
-them as ``mma`` B fragments, two codes of consecutive k per 32-bit half pair, so that one
-``LOP3`` with the fp16 magic ``0x6400`` turns them into a ``half2``. Rows come in 16-row tiles
-(``N`` padded with zero-scale rows), K in 128-weight units; ``planes`` is int32
-``[N/16, K/128, b/2, 32, 4]`` and lane ``l = 4 g + c`` of tile ``T``, unit ``u`` owns the ``2 b``
-words ``W[j] = planes[T, u, j // 4, l, j % 4]``. They hold 32 pairs ``P = 4 s + 2 t + h``
-(``s`` < 8, ``t``, ``h`` < 2): the codes of row ``16 T + 8 t + g`` at ``k = 128 u + 32 c + 4 s
-+ 2 h + e`` (``e`` < 2), pair ``P`` in word ``P // (16/b)``, slot ``v = P % (16/b)``, code ``e`` at
-bit ``8 (v // (8/b)) + b (v % (8/b)) + 16 e``. (Lane ``c`` owns a contiguous 32-k range of the
-unit: the kernel pairs the same permuted k with its activations, so the products are those of
-the plain order.) Coefficients are tile-major with 16 rows: ``[N/16, G, 16]``.
+Layouts: a :class:`PackedWeights` holds its tensors in one layout of :mod:`lutc.layouts`
+(``bitplane`` by default; each kernel reads its own, ``kernel.layout``), which owns the shapes,
+the byte order and the exact conversions; :func:`repack` converts between any two.
 
 Every layout keeps the device of the tensors it is given (arithmetic may run on the CPU).
 This module uses torch for the arithmetic and imports no TVM.
@@ -84,26 +32,24 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from . import layouts
+from .dtypes import torch_dtype
+from .layouts import pack_bits
 from .spec import LAYOUT_VERSION, MPGemmSpec, SpecError
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
-LAYOUT = "bitplane"
-TILE_ROWS = (32, 64, 128)  # NEON, AVX2, AVX-512BW: two nibbles per byte of a 16/32/64-byte register
-DOT_ROWS = (4, 16)          # int32 lanes of a NEON / AVX-512 register
-PAIRED_ROWS = (32, 64)      # AVX2, AVX-512BW: two planes of R/2 rows per nibble of an R-byte register
-#: CUDA layout: 32 rows (one per lane), 128-weight slices (one 16-byte load per lane and plane).
-WARP_LAYOUT, WARP_ROWS, WARP_K = "warp32", 32, 128
-#: Tensor-core layout (uniform W2/W4): 16-row tiles, 128-weight units.
-TC_LAYOUT, TC_ROWS = "tc16", 16
-_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+LAYOUT = layouts.BITPLANE
 
 
 @dataclass(eq=False)
 class PackedWeights:
     """A quantized ``[N, K]`` weight in lutc's packed form (see the module docstring).
 
-    Create it with :func:`quantize`; :meth:`dequantize` is the float64 reference every kernel
-    is tested against. Compared by identity (kernels cache repacked copies per object).
+    Create it with :func:`quantize` (or :func:`repack`, :func:`lutc.load_weights`);
+    :meth:`dequantize` is the float64 reference every kernel is tested against. Construction
+    checks every field and each tensor's shape and dtype against :attr:`layout`
+    (:mod:`lutc.layouts`), so a malformed weight fails here, naming the tensor, never in a
+    kernel. Compared by identity.
 
     Example:
         >>> import torch, lutc
@@ -124,6 +70,26 @@ class PackedWeights:
     zeros: Optional[torch.Tensor] = None
     layout: str = LAYOUT
     layout_version: int = LAYOUT_VERSION
+
+    def __post_init__(self) -> None:
+        spec = self.weight_spec()   # validates the format fields (SpecError names the field)
+        layout = layouts.check_version(self.layout, self.layout_version)
+        expected = layout.shapes(spec)
+        given = {"planes": self.planes, "scales": self.scales, "zeros": self.zeros}
+        for name, t in given.items():
+            if name not in expected:
+                if t is not None:
+                    raise ValueError(f"packed weight has zeros but zero_point=False: pass zeros=None, "
+                                     "or zero_point=True")
+                continue
+            want = expected[name]
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"packed weight's {name} must be a torch.Tensor, got {type(t).__name__}"
+                                + (" (zero_point=True needs zeros)" if t is None else ""))
+            if tuple(t.shape) != want.shape or t.dtype != torch_dtype(want.dtype):
+                raise ValueError(f"packed weight's {name} is {t.dtype} {tuple(t.shape)}; layout "
+                                 f"{self.layout!r} of this {self.format} w{self.wbits} [N={self.N}, "
+                                 f"K={self.K}] weight needs {want.dtype} {want.shape}")
 
     # --- identity ---
     def weight_spec(self, M: int = 1, **knobs) -> MPGemmSpec:
@@ -224,10 +190,10 @@ def quantize(weight: ArrayLike, wbits: int = 2, group_size: Optional[int] = None
                       zero_point=zero_point, scale_dtype=scale_dtype, g=2)
     gs, group_size = spec.group, spec.group_size
     wg = w.reshape(N, K // gs, gs)
-    sdt = _TORCH_DTYPES[scale_dtype]
+    sdt = torch_dtype(scale_dtype)
     zeros = None
     if format == "ternary":
-        s = w.abs().mean().clamp_min(1e-8).to(sdt)  # BitNet b1.58 absmean
+        s = w.abs().mean().clamp_min(_SMALLEST_SCALE[sdt]).to(sdt)  # BitNet b1.58 absmean
         t = torch.clamp(torch.round(w / s.float()), -1, 1)
         bits = torch.stack([t >= 0, t > 0])
         scales = s.reshape(1)
@@ -243,39 +209,14 @@ def quantize(weight: ArrayLike, wbits: int = 2, group_size: Optional[int] = None
     return qw if layout == LAYOUT else repack(qw, layout)
 
 
-def tile_rows(layout: str) -> int:
-    """Rows per tile of a ``tiles{R}``, ``ptiles{R}``, ``dot{L}``, ``warp32`` or ``tc16`` layout
-    (0 for ``bitplane``)."""
-    if layout == LAYOUT:
-        return 0
-    if layout == WARP_LAYOUT:
-        return WARP_ROWS
-    if layout == TC_LAYOUT:
-        return TC_ROWS
-    for prefix, allowed in (("tiles", TILE_ROWS), ("ptiles", PAIRED_ROWS), ("dot", DOT_ROWS)):
-        rest = layout[len(prefix):]
-        if layout.startswith(prefix) and rest.isdigit() and int(rest) in allowed:
-            return int(rest)
-    raise ValueError(f"unknown weight layout {layout!r}: 'bitplane', {WARP_LAYOUT!r}, {TC_LAYOUT!r} or one of "
-                     f"{['tiles%d' % r for r in TILE_ROWS] + ['ptiles%d' % r for r in PAIRED_ROWS]}"
-                     f" or {['dot%d' % r for r in DOT_ROWS]}")
-
-
-def code_bits(wbits: int) -> int:
-    """Bits of a code's slot in the ``dot{L}`` layouts (3-bit codes take 4-bit slots)."""
-    return {1: 1, 2: 2, 3: 4, 4: 4}[wbits]
-
-
 def check_layout(layout, version) -> None:
     """Refuse a layout name or version this lutc does not read."""
-    tile_rows(str(layout))
-    if version != LAYOUT_VERSION:
-        raise ValueError(f"packed weight layout {layout!r} is version {version}; this lutc reads "
-                         f"version {LAYOUT_VERSION}: quantize the weight again")
+    layouts.check_version(layout, version)
 
 
 def repack(qw: PackedWeights, layout: str) -> PackedWeights:
-    """The same weight in another layout (module docstring); exact, no requantization.
+    """The same weight in another layout (:mod:`lutc.layouts`); exact, no requantization. The
+    result stays on ``qw``'s device (the conversion itself runs on the CPU).
 
     Example:
         >>> import torch, lutc
@@ -284,188 +225,27 @@ def repack(qw: PackedWeights, layout: str) -> PackedWeights:
         >>> t.planes.shape, bool((t.dequantize() == qw.dequantize()).all())
         (torch.Size([2, 64, 3, 32]), True)
     """
+    target = layouts.get(layout)
     if qw.layout == layout:
         return qw
-    tile_rows(layout)  # refuses unknown names
+    spec = qw.weight_spec()
+    target.check(spec)     # before any work: names what the layout cannot hold
     device = qw.planes.device
+    tensors = qw.tensors() + ([None] if qw.zeros is None else [])
     if qw.layout != LAYOUT:
-        return _to_device(repack(_untile(qw), layout), device)
-    if layout == LAYOUT:
-        return qw
-    if layout == WARP_LAYOUT:
-        return _to_device(_to_warp(qw), device)
-    if layout == TC_LAYOUT:
-        return _to_device(_to_tc(qw), device)
-    R = tile_rows(layout)
-    b, N, K = qw.planes.shape[0], qw.N, qw.K
-    NT, Np = -(-N // R), -(-N // R) * R
-    byte = qw.planes.cpu()
-    if layout.startswith("dot"):
-        planes = _dot_planes(qw, R, NT, Np)
-    elif layout.startswith("ptiles"):
-        if b % 2:
-            raise ValueError(f"layout {layout} pairs bit planes: it needs an even number, not {b}")
-        idx = torch.stack([byte & 15, byte >> 4], -1).reshape(b, N, K // 4)
-        idx = torch.nn.functional.pad(idx, (0, 0, 0, Np - N))
-        t = idx.reshape(b // 2, 2, NT, 2, R // 2, K // 4).permute(2, 5, 0, 3, 4, 1)  # nt kg pair half row plane
-        t = t.reshape(NT, K // 4, b // 2, 2, R)
-        planes = (t[..., 0, :] | (t[..., 1, :] << 4)).contiguous()
-    else:
-        idx = torch.stack([byte & 15, byte >> 4], -1).reshape(b, N, K // 4)   # [b, N, KG] 4-bit
-        idx = torch.nn.functional.pad(idx, (0, 0, 0, Np - N))
-        half = idx.reshape(b, NT, 2, R // 2, K // 4).permute(1, 4, 0, 2, 3)   # [NT, KG, b, 2, R/2]
-        planes = (half[..., 0, :] | (half[..., 1, :] << 4)).contiguous()
-    return _to_device(dataclasses.replace(qw, planes=planes, scales=_tile_coef(qw.scales, R, NT, qw.format),
-                                          zeros=_tile_coef(qw.zeros, R, NT, qw.format), layout=layout), device)
+        tensors = layouts.get(qw.layout).unpack(spec, *tensors)
+    planes, scales, zeros = target.pack(spec, *tensors)
+    out = dataclasses.replace(qw, planes=planes, scales=scales, zeros=zeros, layout=layout)
+    return out if device.type == "cpu" else out.to(device)
 
 
-def _to_device(qw: PackedWeights, device) -> PackedWeights:
-    """``qw`` with every tensor on ``device`` (repacking computes on the CPU)."""
-    return qw if all(t.device == device for t in qw.tensors()) else qw.to(device)
+#: The smallest positive scale each scale dtype holds (float16: the least subnormal), the floor
+#: of every computed scale: a floor that rounds to 0 in the scale dtype would zero the group (and
+#: make its zero point NaN), while this one keeps tiny weights tiny.
+_SMALLEST_SCALE = {torch.float16: 2.0 ** -24, torch.float32: 2.0 ** -149}
 
-
-def _tile_coef(c: Optional[torch.Tensor], R: int, NT: int, fmt: str) -> Optional[torch.Tensor]:
-    """Row-major coefficients ``[N, G(, b)]`` -> tile-major ``[NT, G(, b), R]`` (zero-padded rows)."""
-    if c is None or fmt == "ternary":
-        return c
-    c = _pad_rows(c.cpu(), NT * R).reshape(NT, R, *c.shape[1:])
-    return c.permute(0, *range(2, c.dim()), 1).contiguous()
-
-
-def _untile_coef(c: Optional[torch.Tensor], N: int, fmt: str) -> Optional[torch.Tensor]:
-    """Inverse of :func:`_tile_coef`."""
-    if c is None or fmt == "ternary":
-        return c
-    c = c.cpu()
-    return c.movedim(-1, 1).reshape(c.shape[0] * c.shape[-1], *c.shape[1:-1])[:N].contiguous()
-
-
-def _to_warp(qw: PackedWeights) -> PackedWeights:
-    """``bitplane`` -> ``warp32`` (module docstring)."""
-    b, N, K = qw.planes.shape[0], qw.N, qw.K
-    if K % WARP_K:
-        raise ValueError(f"layout {WARP_LAYOUT!r} needs K to be a multiple of {WARP_K}, got K={K}")
-    NT = -(-N // WARP_ROWS)
-    p = torch.nn.functional.pad(qw.planes.cpu(), (0, 0, 0, NT * WARP_ROWS - N))   # [b, NT*32, K/8]
-    p = p.reshape(b, NT, WARP_ROWS, K // WARP_K, 16).permute(1, 3, 0, 2, 4).contiguous()
-    planes = p.view(torch.int32)                                                  # [NT, KU, b, 32, 4]
-    return dataclasses.replace(qw, planes=planes, scales=_tile_coef(qw.scales, WARP_ROWS, NT, qw.format),
-                               zeros=_tile_coef(qw.zeros, WARP_ROWS, NT, qw.format), layout=WARP_LAYOUT)
-
-
-def _from_warp(qw: PackedWeights) -> PackedWeights:
-    """``warp32`` -> ``bitplane`` (inverse of :func:`_to_warp`)."""
-    NT, KU, b, R, _ = qw.planes.shape
-    p = qw.planes.cpu().contiguous().view(torch.uint8).reshape(NT, KU, b, R, 16)
-    planes = p.permute(2, 0, 3, 1, 4).reshape(b, NT * R, KU * 16)[:, :qw.N].contiguous()
-    return dataclasses.replace(qw, planes=planes, scales=_untile_coef(qw.scales, qw.N, qw.format),
-                               zeros=_untile_coef(qw.zeros, qw.N, qw.format), layout=LAYOUT)
-
-
-def _tc_shifts(b: int) -> torch.Tensor:
-    """Bit position of code ``e`` of slot ``v`` in a ``tc16`` word: ``[16/b, 2]``."""
-    v = torch.arange(16 // b)[:, None]
-    return 8 * (v // (8 // b)) + b * (v % (8 // b)) + 16 * torch.arange(2)[None, :]
-
-
-def _to_tc(qw: PackedWeights) -> PackedWeights:
-    """``bitplane`` -> ``tc16`` (module docstring)."""
-    b, N, K = qw.wbits, qw.N, qw.K
-    if qw.format != "uniform" or b not in (2, 4):
-        raise ValueError(f"layout {TC_LAYOUT!r} holds uniform 2- or 4-bit codes, not {qw.format} "
-                         f"with wbits={b}")
-    if K % 128:
-        raise ValueError(f"layout {TC_LAYOUT!r} needs K to be a multiple of 128, got K={K}")
-    NT = -(-N // TC_ROWS)
-    bits = np.unpackbits(qw.planes.cpu().numpy(), axis=-1, bitorder="little")[..., :K]
-    q = torch.from_numpy(sum(bits[i].astype(np.int64) << i for i in range(b)))           # [N, K]
-    q = torch.nn.functional.pad(q, (0, 0, 0, NT * TC_ROWS - N))
-    # n = (T 2 + t) 8 + g ; k = u 128 + c 32 + s 4 + h 2 + e
-    q = q.reshape(NT, 2, 8, K // 128, 4, 8, 2, 2).permute(0, 3, 2, 4, 5, 1, 6, 7)   # T u g c s t h e
-    q = q.reshape(NT, K // 128, 32, 2 * b, 16 // b, 2)                               # lane, word, slot, e
-    words = (q << _tc_shifts(b)).sum((-1, -2))                                        # [NT, KU, 32, 2b]
-    words = torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)
-    planes = words.reshape(NT, K // 128, 32, b // 2, 4).permute(0, 1, 3, 2, 4).contiguous()
-    return dataclasses.replace(qw, planes=planes, scales=_tile_coef(qw.scales, TC_ROWS, NT, qw.format),
-                               zeros=_tile_coef(qw.zeros, TC_ROWS, NT, qw.format), layout=TC_LAYOUT)
-
-
-def _from_tc(qw: PackedWeights) -> PackedWeights:
-    """``tc16`` -> ``bitplane`` (inverse of :func:`_to_tc`)."""
-    b, N, K = qw.wbits, qw.N, qw.K
-    NT, KU = qw.planes.shape[:2]
-    words = qw.planes.cpu().to(torch.int64) & 0xFFFFFFFF
-    words = words.permute(0, 1, 3, 2, 4).reshape(NT, KU, 32, 2 * b, 1, 1)
-    q = (words >> _tc_shifts(b)) & (2 ** b - 1)                                        # [NT, KU, 32, 2b, PW, 2]
-    q = q.reshape(NT, KU, 8, 4, 8, 2, 2, 2).permute(0, 5, 2, 1, 3, 4, 6, 7).reshape(NT * TC_ROWS, K)[:N]
-    bits = torch.stack([(q >> i) & 1 for i in range(b)]).bool()
-    return dataclasses.replace(qw, planes=pack_bits(bits), scales=_untile_coef(qw.scales, N, qw.format),
-                               zeros=_untile_coef(qw.zeros, N, qw.format), layout=LAYOUT)
-
-
-def _dot_planes(qw: PackedWeights, L: int, NT: int, Np: int) -> torch.Tensor:
-    """Codes of a bitplane weight in the ``dot{L}`` layout (module docstring)."""
-    if qw.format == "bcq":
-        raise ValueError("the dot layouts hold integer codes: uniform and ternary formats only")
-    bits = torch.from_numpy(np.unpackbits(qw.planes.cpu().numpy(), axis=-1, bitorder="little"))
-    bits = bits[..., : qw.K].to(torch.int32)
-    code = bits[0] + bits[1] if qw.format == "ternary" else sum(bits[i] << i for i in range(qw.wbits))
-    w = code_bits(qw.wbits)
-    c = 8 // w
-    code = torch.nn.functional.pad(code, (0, 0, 0, Np - qw.N))
-    code = code.reshape(NT, L, qw.K // (4 * c), c, 4).permute(0, 2, 1, 4, 3)  # [NT, KC, L, 4, c]
-    packed = sum(code[..., s] << (w * s) for s in range(c))
-    return packed.reshape(NT, qw.K // (4 * c), 4 * L).to(torch.uint8).contiguous()
-
-
-def _dot_bits(qw: PackedWeights) -> torch.Tensor:
-    """Bit planes ``[b, N, K]`` (bool) of a ``dot{L}`` weight: inverse of :func:`_dot_planes`."""
-    L, w = tile_rows(qw.layout), code_bits(qw.wbits)
-    c = 8 // w
-    NT, KC, _ = qw.planes.shape
-    p = qw.planes.cpu().to(torch.int32).reshape(NT, KC, L, 4)
-    code = torch.stack([(p >> (w * s)) & (2 ** w - 1) for s in range(c)], -1)   # [NT, KC, L, 4, c]
-    code = code.permute(0, 2, 1, 4, 3).reshape(NT * L, qw.K)[: qw.N]
-    if qw.format == "ternary":
-        return torch.stack([code >= 1, code >= 2])
-    return torch.stack([(code >> i) & 1 for i in range(qw.wbits)]).bool()
-
-
-def _untile(qw: PackedWeights) -> PackedWeights:
-    """``tiles{R}``, ``ptiles{R}``, ``dot{L}``, ``warp32`` or ``tc16`` -> ``bitplane`` (inverse of :func:`repack`), on the CPU."""
-    if qw.layout == WARP_LAYOUT:
-        return _from_warp(qw)
-    if qw.layout == TC_LAYOUT:
-        return _from_tc(qw)
-    R, N = tile_rows(qw.layout), qw.N
-    if qw.layout.startswith("dot"):
-        planes = pack_bits(_dot_bits(qw))
-    elif qw.layout.startswith("ptiles"):
-        NT, KG, pairs, _ = qw.planes.shape
-        p = qw.planes.cpu()
-        t = torch.stack([p & 15, p >> 4], -2).reshape(NT, KG, pairs, 2, R // 2, 2)  # nt kg pair half row plane
-        idx = t.permute(2, 5, 0, 3, 4, 1).reshape(2 * pairs, NT * R, KG)[:, :N]
-        planes = (idx[..., 0::2] | (idx[..., 1::2] << 4)).contiguous()
-    else:
-        NT, KG, b, _ = qw.planes.shape
-        p = qw.planes.cpu()
-        half = torch.stack([p & 15, p >> 4], -2)                              # [NT, KG, b, 2, R/2]
-        idx = half.permute(2, 0, 3, 4, 1).reshape(b, NT * R, KG)[:, :N]        # [b, N, KG]
-        planes = (idx[..., 0::2] | (idx[..., 1::2] << 4)).contiguous()
-    return dataclasses.replace(qw, planes=planes, scales=_untile_coef(qw.scales, N, qw.format),
-                               zeros=_untile_coef(qw.zeros, N, qw.format), layout=LAYOUT)
-
-
-def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
-    pad = torch.zeros((rows - t.shape[0], *t.shape[1:]), dtype=t.dtype)
-    return torch.cat([t, pad]) if rows > t.shape[0] else t
-
-
-def pack_bits(bits: torch.Tensor) -> torch.Tensor:
-    """Pack a bool ``[..., K]`` tensor into uint8 ``[..., K/8]``, least significant bit first."""
-    packed = np.packbits(bits.cpu().numpy().astype(np.uint8), axis=-1, bitorder="little")
-    return torch.from_numpy(packed).contiguous()
-
+#: Rows quantized together (see :func:`_uniform`).
+_QUANT_ROWS = 64
 
 #: Fractions of the full range tried per group; the one with the least squared error wins.
 CLIP_RATIOS = tuple(1.0 - 0.05 * i for i in range(17))  # down to 0.2: 1-bit codes want ~0.3
@@ -479,17 +259,27 @@ def _uniform(wg: torch.Tensor, wbits: int, zero_point: bool, sdt: torch.dtype):
     ratio of :data:`CLIP_RATIOS` with the least squared error: min-max 2-bit codes lose a
     quarter of a Gaussian weight's energy, clipped ones about half as much.
     """
+    if wg.shape[0] > _QUANT_ROWS:
+        # Rows in chunks: each pass of the clip search then stays in the caches (16 M weights in
+        # one piece made every pass a 64 MB memory round trip: 3.5 s for 4096x4096).
+        parts = [_uniform(wg[i:i + _QUANT_ROWS], wbits, zero_point, sdt) for i in range(0, wg.shape[0], _QUANT_ROWS)]
+        return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+                None if parts[0][2] is None else torch.cat([p[2] for p in parts]))
     levels = 2 ** wbits - 1
+    floor = _SMALLEST_SCALE[sdt]
     best = None
     for ratio in CLIP_RATIOS:
         if zero_point:
-            lo, hi = wg.amin(-1) * ratio, wg.amax(-1) * ratio
-            s = ((hi - lo) / levels).clamp_min(1e-8).to(sdt)
+            # The range always includes 0 (as GPTQ's): the zero point z = -lo / s then lies in
+            # [0, 2^b - 1], representable in any scale dtype, and a constant group c (a pruned,
+            # all-zero one too) is exact: codes 0 or 2^b - 1 with s = |c| / (2^b - 1).
+            lo, hi = wg.amin(-1).clamp_max(0) * ratio, wg.amax(-1).clamp_min(0) * ratio
+            s = ((hi - lo) / levels).clamp_min(floor).to(sdt)
             z = (-lo / s.float()).to(sdt)
             zf = z.float()
         else:
             amax = wg.abs().amax(-1) * ratio
-            s = (amax * 2 / levels).clamp_min(1e-8).to(sdt)
+            s = (amax * 2 / levels).clamp_min(floor).to(sdt)
             z, zf = None, torch.full_like(s, levels / 2, dtype=torch.float32)
         q = torch.clamp(torch.round(wg / s.float()[..., None] + zf[..., None]), 0, levels)
         err = ((q - zf[..., None]) * s.float()[..., None] - wg).pow(2).sum(-1)

@@ -52,7 +52,9 @@ rounding errors are independent, so the typical error is about ``1/sqrt(3 B/g)``
 bound. :func:`int8_table_error_bound` evaluates (4) for the tests.
 
 Blocks (names the schedules use): ``table`` [M, K/g, E] (E = 2^g or 2^(g-1)), for int8 tables
-also ``table_absmax`` [M, C], ``table_scale`` [M, C], ``table_q`` [M, K/g, E] (C = K/B);
+also ``table_absmax`` [M, C], ``table_nan`` [M, C] (NaN where the block's activations hold NaN or
+Inf: it is added to the scale, so NaN in ``x`` gives NaN in ``y`` as with float tables),
+``table_scale`` [M, C], ``table_q`` [M, K/g, E] (C = K/B);
 ``act_sum`` [M, C] (zero points only); ``partial`` [M, N, C, b]; ``out`` [M, N] in float32;
 ``y`` [M, N] cast to the activation dtype (absent for float32).
 
@@ -65,6 +67,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx
 
+from . import layouts
 from .spec import MPGemmSpec
 
 F32 = "float32"
@@ -82,14 +85,14 @@ def lut_mpgemm(spec: MPGemmSpec) -> tirx.PrimFunc:
     M, N, K, b = spec.M, spec.N, spec.K, spec.planes
     G, C, B, g = spec.groups, spec.blocks, spec.block, spec.g
     x = te.placeholder((M, K), spec.act_dtype, name="x")
-    planes = te.placeholder((b, N, K // 8), "uint8", name="planes")
-    scales = te.placeholder(_scale_shape(spec), spec.scale_dtype, name="scales")
-    zeros = te.placeholder((N, G), spec.scale_dtype, name="zeros") if spec.zero_point else None
+    weight = layouts.get(layouts.BITPLANE).shapes(spec)   # the front end reads bitplane weights
+    planes, scales, zeros = (te.placeholder(weight[n].shape, weight[n].dtype, name=n) if n in weight else None
+                             for n in ("planes", "scales", "zeros"))
 
     table = _table(spec, x)
     lookup_table, table_scale = table, None
     if spec.table_dtype == "int8":
-        lookup_table, table_scale = _quantize_table(spec, table)
+        lookup_table, table_scale = _quantize_table(spec, table, x)
     acc_dtype = "int32" if spec.table_dtype == "int8" else F32
 
     r = te.reduce_axis((0, B // g), name="r")
@@ -117,14 +120,6 @@ def lut_mpgemm(spec: MPGemmSpec) -> tirx.PrimFunc:
     return te.create_prim_func(args + [y])
 
 
-def _scale_shape(spec: MPGemmSpec) -> tuple:
-    if spec.format == "ternary":
-        return (1,)
-    if spec.format == "bcq":
-        return (spec.N, spec.groups, spec.planes)
-    return (spec.N, spec.groups)
-
-
 def _table(spec: MPGemmSpec, x: te.Tensor) -> te.Tensor:
     """Equation (2); with symmetrization only the patterns whose top bit is 0 (so ``-x`` there)."""
     g = spec.g
@@ -142,7 +137,7 @@ def _table(spec: MPGemmSpec, x: te.Tensor) -> te.Tensor:
     return te.compute((spec.M, spec.table_groups, spec.table_entries), entry, name="table")
 
 
-def _quantize_table(spec: MPGemmSpec, table: te.Tensor):
+def _quantize_table(spec: MPGemmSpec, table: te.Tensor, x: te.Tensor):
     """int8 table with one scale per (row of x, block): ``Q = round(T / d)``."""
     per = spec.block // spec.g
     rk = te.reduce_axis((0, per), name="rk")
@@ -150,14 +145,35 @@ def _quantize_table(spec: MPGemmSpec, table: te.Tensor):
     absmax = te.compute((spec.M, spec.blocks),
                         lambda m, c: te.max(tirx.abs(table[m, c * per + rk, rp]), axis=[rk, rp]),
                         name="table_absmax")
+    # NaN (or Inf) in a block's activations must reach the output, as in F.linear: a max
+    # reduction may drop NaN and an int8 cast cannot hold it, so the scale carries it, through
+    # the block's sum of x - x (0 for finite x, NaN otherwise).
+    rk2 = te.reduce_axis((0, spec.block), name="rk2")
+    nan = te.compute((spec.M, spec.blocks),
+                     lambda m, c: te.max(nonfinite(x[m, c * spec.block + rk2].astype(F32)).astype("int32"),
+                                         axis=rk2),
+                     name="table_nan")
     # A block of zero activations has an all-zero table: any positive scale is exact there.
     scale = te.compute((spec.M, spec.blocks),
-                       lambda m, j: tirx.max(absmax[m, j], tirx.const(1e-30, F32)) / tirx.const(127.0, F32),
+                       lambda m, j: nan_if(nan[m, j] > 0, tirx.max(absmax[m, j], tirx.const(1e-30, F32))
+                                           / tirx.const(127.0, F32)),
                        name="table_scale")
     q = te.compute(table.shape,
                    lambda m, kg, p: tirx.round(table[m, kg, p] / scale[m, kg // per]).astype("int8"),
                    name="table_q")
     return q, scale
+
+
+def nonfinite(v):
+    """``v`` (float32) is NaN or +-Inf (``v - v != 0`` would be simplified away by TVM's
+    arithmetic, and a ``max`` reduction may drop NaN)."""
+    return tirx.bitwise_not(tirx.isfinite(v))
+
+
+def nan_if(flag, v):
+    """``v`` (float32), or NaN where ``flag`` holds: how an int8 kernel passes NaN in ``x`` on
+    to ``y`` (its int8 tables and activations cannot hold NaN; the scale can)."""
+    return tirx.Select(flag, tirx.const(float("nan"), F32), v)
 
 
 def _index(spec: MPGemmSpec, planes: te.Tensor, i, n, kg):

@@ -15,11 +15,12 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 
-from .formats import TC_LAYOUT, WARP_LAYOUT, PackedWeights, repack
+from . import layouts
+from .dtypes import TORCH_DTYPES
+from .formats import PackedWeights, repack
 from .spec import MPGemmSpec
 
 ALIGN = 64  # bytes; what TVM's buffers declare and its vector code assumes
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 Array = Union[np.ndarray, torch.Tensor]
 
@@ -119,17 +120,18 @@ class Kernel:
         """The checked tensors of ``qw`` in this kernel's layout (cached per weight object)."""
         if not isinstance(qw, PackedWeights):
             raise TypeError(f"qw must be lutc.PackedWeights (from lutc.quantize), got {type(qw).__name__}")
-        ids = (id(qw.planes), id(qw.scales), id(qw.zeros), qw.layout)
+        # identity and version counter of each tensor: an in-place change (qw.scales.mul_(2))
+        # or a swapped tensor is seen, and the weight is checked and repacked again
+        ids = tuple((id(t), t._version) for t in qw.tensors()) + (qw.layout,)
         entry = self._prepared.get(qw)
         if entry is not None and entry[0] == ids:
             return entry[1]
         qw.check_fits(self.spec)
         packed = repack(qw, self.layout)
-        coef = TORCH_DTYPES[self.spec.scale_dtype]
-        bits = torch.int32 if self.layout in (WARP_LAYOUT, TC_LAYOUT) else torch.uint8  # GPU layouts: words
-        tensors = [_input(f"qw.{name}", t, tuple(t.shape), dtype, self.device, hint_move=True)
-                   for name, t, dtype in zip(("planes", "scales", "zeros"), packed.tensors(),
-                                             (bits, coef, coef))]
+        expected = layouts.get(self.layout).shapes(self.spec)
+        tensors = [_input(f"qw.{name}", t, expected[name].shape, TORCH_DTYPES[expected[name].dtype],
+                          self.device, hint_move=True)
+                   for name, t in zip(("planes", "scales", "zeros"), packed.tensors())]
         self._prepared[qw] = (ids, tensors)
         return tensors
 

@@ -16,7 +16,9 @@ from typing import Optional
 
 FORMATS = ("uniform", "bcq", "ternary")
 ACT_DTYPES = ("float32", "float16", "bfloat16")
-TABLE_DTYPES = ("float32", "float16", "int8")
+#: float32 tables (exact to float rounding) or int8 tables with a scale per block (bound (4) of
+#: lutc.frontend). No kernel stores float16 tables, so none is offered.
+TABLE_DTYPES = ("float32", "int8")
 SCALE_DTYPES = ("float32", "float16")
 GROUP_SIZES = (32, 64, 128, -1)
 ACT_GROUPS = (2, 4)
@@ -24,6 +26,9 @@ ACT_GROUPS = (2, 4)
 MAX_BLOCK = 128
 #: Version of the packed-weight layout this lutc reads and writes (see ``lutc.formats``).
 LAYOUT_VERSION = 1
+
+
+_INT_FIELDS = ("M", "N", "K", "wbits", "group_size", "g")
 
 
 class SpecError(ValueError):
@@ -70,6 +75,10 @@ class MPGemmSpec:
     table_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        for name in _INT_FIELDS:   # numpy and other integer types become int; floats and bools stay, and fail
+            v = getattr(self, name)
+            if hasattr(type(v), "__index__") and not isinstance(v, bool) and type(v) is not int:
+                object.__setattr__(self, name, int(v))
         if self.group_size is None:  # the format's natural grouping
             object.__setattr__(self, "group_size", -1 if self.format == "ternary" else 128)
         validate(self)
@@ -143,10 +152,15 @@ class MPGemmSpec:
 
 def validate(spec: MPGemmSpec) -> None:
     """Raise :class:`SpecError` naming the first field that lutc cannot build."""
-    for name in ("M", "N", "K"):
+    for name in _INT_FIELDS:
         v = getattr(spec, name)
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise SpecError(f"{name} must be a positive int, got {v!r}")
+        what = "a positive int" if name in ("M", "N", "K") else "an int"
+        if not isinstance(v, int) or isinstance(v, bool) or (name in ("M", "N", "K") and v <= 0):
+            raise SpecError(f"{name} must be {what}, got {v!r}" + ("" if isinstance(v, int) and not isinstance(v, bool)
+                                                                 else f" ({type(v).__name__})"))
+    for name in ("zero_point", "symmetrize"):
+        if not isinstance(getattr(spec, name), bool):
+            raise SpecError(f"{name} must be True or False, got {getattr(spec, name)!r}")
     _one_of("format", spec.format, FORMATS)
     _one_of("act_dtype", spec.act_dtype, ACT_DTYPES)
     _one_of("scale_dtype", spec.scale_dtype, SCALE_DTYPES)

@@ -17,8 +17,26 @@ import torch
 
 from .formats import LAYOUT, PackedWeights, quantize, repack
 from .frontend import int8_table_error_bound
-from .runtime import TORCH_DTYPES
+from .dtypes import TORCH_DTYPES
 from .spec import MPGemmSpec
+
+
+#: Relative error (``max |y - ref| / max |ref|``, :func:`rel_error`) a kernel may have against the
+#: float64 reference of its dequantized weight: the output dtype's rounding (float tables) ...
+OUTPUT_TOLERANCE = {"float32": 2e-5, "float16": 1.5e-3, "bfloat16": 1e-2}
+#: ... or, with int8 tables (or int8 activations, ``dot_mac``), bound (4) of :mod:`lutc.frontend`
+#: as it comes out on Gaussian data: about 1e-2 of ``max |y|``.
+INT8_TOLERANCE = 3e-2
+
+
+def tolerance(spec: MPGemmSpec) -> float:
+    """The relative error lutc's tests, tuner and examples accept for a kernel of ``spec``.
+
+    Example:
+        >>> tolerance(MPGemmSpec(1, 64, 256, table_dtype="int8")), tolerance(MPGemmSpec(1, 64, 256))
+        (0.03, 2e-05)
+    """
+    return INT8_TOLERANCE if spec.table_dtype == "int8" else OUTPUT_TOLERANCE[spec.act_dtype]
 
 
 def random_case(spec: MPGemmSpec, seed: int = 0) -> tuple:

@@ -1,38 +1,58 @@
 r"""The PyTorch op ``torch.ops.lutc.mpgemm`` and the kernel cache behind it.
 
 ``torch.ops.lutc.mpgemm(x, planes, scales, zeros, wbits, group_size, format="uniform", g=4,
-symmetrize=True, table_dtype="float32")`` computes ``y[M, N] = x[M, K] @ W[N, K]^T`` for the
-weight packed in ``planes``/``scales``/``zeros`` (the tensors of :class:`lutc.PackedWeights`,
-layout ``bitplane`` v1). It is a ``torch.library.custom_op``, so it runs in eager mode, traces as
-one node under ``torch.compile(fullgraph=True)`` (its ``register_fake`` gives the output shape
-and dtype, ``[M, N]`` in ``x``'s dtype, and checks the arguments at trace time) and inside CUDA
-graph capture. It takes tensors and plain values only (custom ops cannot take Python objects):
-the weight format travels as ints and strings, and ``scale_dtype``/``zero_point``/``N``/``K``
-are read from the tensors themselves.
+symmetrize=True, table_dtype=None, layout="bitplane", N=-1)`` computes ``y[M, N] = x[M, K] @
+W[N, K]^T`` for the weight packed in ``planes``/``scales``/``zeros`` (the tensors of a
+:class:`lutc.PackedWeights`) in ``layout`` (:mod:`lutc.layouts`; ``N`` is needed for every layout
+but ``bitplane``, whose tiles pad the rows). For each ``M`` it runs the kernel
+:func:`lutc.compile` would pick for that ``M``, target and tuning log *among the kernels that
+read ``layout``* (tuned records apply), so weights packed in a kernel's layout
+(``LUTLinear`` keeps them so; ``lutc.repack(qw, layout)`` makes them) reach lutc's fast
+kernels. No kernel is swapped silently: a layout no kernel of this device reads for the spec
+raises, naming the layout. ``table_dtype=None`` is the device's default
+(:func:`lutc.build.default_table_dtype`: int8 on SIMD CPUs, float32 on CUDA).
+
+It is a ``torch.library.custom_op``, so it runs in eager mode, traces as one node under
+``torch.compile(fullgraph=True)`` (its ``register_fake`` gives the output shape and dtype,
+``[M, N]`` in ``x``'s dtype, and checks the arguments at trace time) and inside CUDA graph
+capture. It takes tensors and plain values only (custom ops cannot take Python objects): the
+weight format travels as ints and strings, and ``scale_dtype``/``zero_point``/``K`` are read from
+the tensors themselves.
 
     >>> import torch, lutc, lutc.torch_ops
     >>> qw = lutc.quantize(torch.randn(64, 256), wbits=2, group_size=64)
     >>> x = torch.randn(3, 256)
-    >>> y = torch.ops.lutc.mpgemm(x, qw.planes, qw.scales, qw.zeros, 2, 64)
-    >>> y.shape
-    torch.Size([3, 64])
+    >>> y = torch.ops.lutc.mpgemm(x, qw.planes, qw.scales, qw.zeros, 2, 64)        # bitplane
+    >>> t = lutc.repack(qw, "tiles128")
+    >>> y2 = torch.ops.lutc.mpgemm(x, t.planes, t.scales, t.zeros, 2, 64, layout="tiles128", N=64)
+    >>> y.shape, y2.shape
+    (torch.Size([3, 64]), torch.Size([3, 64]))
 
-Arguments are checked with the runtime's checks (:func:`lutc.runtime.check_tensor`); a wrong
-dtype, device, shape, contiguity or bit width raises an error that names the argument and says
-what was expected. Unlike :class:`~lutc.runtime.Kernel`, the op refuses non-contiguous inputs
-instead of copying them: a copy should be visible in the caller's code (and graph), not hidden in
-the op. Inputs that are contiguous but not 64-byte aligned (row slices) are still copied safely.
+Arguments are checked against the layout (:meth:`lutc.layouts.Layout.shapes`) with the
+runtime's checks (:func:`lutc.runtime.check_tensor`); a wrong dtype, device, shape, contiguity,
+bit width or layout raises an error that names the argument and says what was expected. Unlike
+:class:`~lutc.runtime.Kernel`, the op refuses non-contiguous inputs instead of copying them: a
+copy should be visible in the caller's code (and graph), not hidden in the op. Inputs that are
+contiguous but not 64-byte aligned (row slices) are still copied safely.
 
 **M buckets.** A compiled kernel has a static ``M``; the op's ``M`` is known only at run time.
 :class:`OpKernels` maps ``M`` to a *bucket*: the next power of two up to 256 (``1, 2, 4, ...,
 256``); the rows are zero-padded to the bucket and the padding rows of ``y`` dropped, and an
-``M`` above 256 runs in chunks of 256 rows. Why not a kernel per exact ``M``: a model sees many
-``M`` (every prompt length), each compile costs ~0.1 s and a kernel, and at small ``M`` a LUT
-GEMM's time is reading the weights (the same for 3 rows or 4) plus building one table per row
-(cheap), so padding at most doubles the cheap part; at large ``M`` the 256-row chunks keep the
-table workspace (``8 M K`` bytes for ``g=4``) and the number of kernels bounded (9 per layer
-shape). ``OpKernels(buckets="exact")`` compiles one kernel per ``M`` instead (decode-only
-serving with a few fixed batch sizes).
+``M`` above the largest bucket runs in chunks of it. The largest bucket of a layout is the
+largest whose kernels read it (``cuda_lut``, the only CUDA kernel reading ``warp32``, builds
+``M <= 8``: such weights run larger ``M`` in chunks of 8). Why not a kernel per exact ``M``: a
+model sees many ``M`` (every prompt length), each compile costs ~0.1 s and a kernel, and at
+small ``M`` a LUT GEMM's time is reading the weights (the same for 3 rows or 4) plus building
+one table per row (cheap), so padding at most doubles the cheap part; at large ``M`` the
+chunks keep the table workspace (``8 M K`` bytes for ``g=4``) and the number of kernels bounded
+(9 per layer shape). ``OpKernels(buckets="exact")`` compiles one kernel per ``M`` instead
+(decode-only serving with a few fixed batch sizes).
+
+**Layout plans.** :meth:`OpKernels.layout_plan` says in which layout(s) a weight should be held
+on a device so that every bucket runs its fastest kernel: the layout of the ``M = 1`` (decode)
+kernel, and on CUDA a second copy where the batch kernels read another (``cuda_lut``'s
+``warp32`` for decode, ``cuda_mma``'s ``tc16`` from the first bucket it is chosen for): see
+:class:`LayoutPlan`. ``LUTLinear`` holds its weights by that plan.
 
 CUDA graphs: the op allocates its output (and any padding) with torch on ``x``'s device, never
 synchronizes, and TVM launches on torch's current stream (tvm-ffi reads it from the tensors).
@@ -45,25 +65,51 @@ backward through it raises torch's "no autograd formula" error.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
+from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
 
-from .build import build
+from . import layouts
+from .build import build, choose, default_table_dtype
+from .dtypes import TORCH_DTYPES, dtype_name
 from .formats import LAYOUT, PackedWeights
-from .frontend import _scale_shape  # the single definition of the scales' shape per format
-from .runtime import TORCH_DTYPES, Kernel, check_contiguous, check_tensor
-from .spec import MPGemmSpec
+from .runtime import Kernel, check_contiguous, check_tensor
+from .spec import ACT_DTYPES, MPGemmSpec
 
 #: Row counts lutc compiles kernels for by default (see the module docstring).
 DEFAULT_BUCKETS = tuple(2 ** i for i in range(9))  # 1 .. 256
-_SCALE_DTYPES = {torch.float32: "float32", torch.float16: "float16"}
-_ACT_DTYPES = {v: k for k, v in TORCH_DTYPES.items()}
+_ACT_DTYPES = {TORCH_DTYPES[n]: n for n in ACT_DTYPES}
+_LOG = logging.getLogger("lutc")
+
+
+@dataclass(frozen=True)
+class LayoutPlan:
+    """How a weight is held on one device: ``layouts[0]`` serves ``M <= split`` (every ``M`` when
+    ``split`` is None), ``layouts[1]`` (if any) the larger ``M``.
+
+    A second copy is planned only on CUDA, where the decode kernel (``cuda_lut``, ``warp32``) and
+    the batch kernel (``cuda_mma``, ``tc16``) read different layouts: on an H200 at 28672x8192 W2
+    the LUT kernel takes 29.7 us at M = 1 where ``cuda_mma`` takes 50.2, and at M = 128
+    ``cuda_mma`` takes 258 us where ``cuda_lut`` (M <= 8) would need 16 launches. The copy costs
+    the packed bits once more (W2: 2 more bits per weight). CPUs hold one copy: the decode
+    kernel's layout, and every other bucket runs the fastest kernel that reads it.
+    """
+
+    layouts: tuple
+    split: Optional[int]
+    table_dtype: str
+
+    def layout_for(self, M: int) -> int:
+        """Index into :attr:`layouts` of the copy that serves ``M`` rows."""
+        return 0 if self.split is None or M <= self.split else 1
 
 
 class OpKernels:
-    """Compiled kernels keyed by (spec, M bucket, device type -> target), with the op's bucketing.
+    """Compiled kernels keyed by (spec, M bucket, device type -> target, layout), with the op's
+    bucketing.
 
     Args:
         buckets: sorted row counts to compile kernels for (default ``1, 2, 4, ..., 256``);
@@ -71,7 +117,8 @@ class OpKernels:
             chunks of that size. ``"exact"``: one kernel per distinct ``M``, no padding.
         targets: device type -> lutc target, e.g. ``{"cpu": "x86", "cuda": "cuda:sm_80"}``;
             default: this CPU, and the visible GPU's architecture.
-        schedule, knobs: passed to :func:`lutc.build` (default: the target's schedule).
+        schedule, knobs: passed to :func:`lutc.build` (default: the fastest kernel that reads
+            the weights' layout).
 
     The op uses the process-wide :func:`kernel_cache`. Example:
 
@@ -80,6 +127,8 @@ class OpKernels:
         [1, 4, 16, 32, 256]
         >>> cache.plan(300)          # (first row, rows, bucket) per kernel call
         [(0, 256, 256), (256, 44, 64)]
+        >>> cache.plan(20, limit=8)  # a layout whose kernels build at most 8 rows
+        [(0, 8, 8), (8, 8, 8), (16, 4, 4)]
     """
 
     def __init__(self, buckets: Union[Sequence[int], str] = DEFAULT_BUCKETS,
@@ -94,67 +143,147 @@ class OpKernels:
         self.schedule = schedule
         self.knobs = dict(knobs or {})
         self._kernels: dict = {}
-        self._lock = threading.Lock()
+        self._limits: dict = {}
+        self._plans: dict = {}
+        self._whole: dict = {}    # (spec, M, device, layout) -> kernel, for M that needs no padding
+        self._lock = threading.RLock()
 
-    def bucket(self, M: int) -> int:
-        """The kernel ``M`` that ``M`` rows run with (for ``M`` up to the largest bucket)."""
+    # --- buckets ---
+    def bucket(self, M: int, limit: Optional[int] = None) -> int:
+        """The kernel ``M`` that ``M`` rows run with (``M`` up to the largest bucket or ``limit``)."""
         if self.buckets is None:
             return M
         for b in self.buckets:
-            if b >= M:
+            if b >= M and (limit is None or b <= limit):
                 return b
-        return self.buckets[-1]
+        return self.buckets[-1] if limit is None else max(b for b in self.buckets if b <= limit)
 
-    def plan(self, M: int) -> list:
-        """``(first row, rows, bucket)`` for each kernel call that ``M`` rows take."""
-        if self.buckets is None:
-            return [(0, M, M)] if M else []
-        top, calls, start = self.buckets[-1], [], 0
+    def plan(self, M: int, limit: Optional[int] = None) -> list:
+        """``(first row, rows, bucket)`` for each kernel call that ``M`` rows take, when the
+        kernels build at most ``limit`` rows (None: the largest bucket)."""
+        top = self.buckets[-1] if self.buckets is not None else M
+        if limit is not None:
+            top = min(top, limit) if self.buckets is None else self.bucket(limit, limit)
+        calls, start = [], 0
         while start < M:
             rows = min(top, M - start)
-            calls.append((start, rows, self.bucket(rows)))
+            calls.append((start, rows, self.bucket(rows, limit)))
             start += rows
         return calls
 
-    def get(self, spec: MPGemmSpec, device: Union[str, torch.device] = "cpu") -> Kernel:
-        """The kernel for ``spec`` (its ``M`` as given) on ``device``'s type, compiled on first use."""
-        return self._get(spec, spec.M, torch.device(device).type)
+    def _ladder(self) -> tuple:
+        return self.buckets if self.buckets is not None else DEFAULT_BUCKETS
 
-    def _get(self, spec: MPGemmSpec, M: int, dev: str) -> Kernel:
-        # Keyed by (spec, M, device type) so a hit costs no new MPGemmSpec (run() passes the
-        # M = 1 spec of the op and the bucket).
-        key = (spec, M, dev)
+    # --- targets and layouts ---
+    def target(self, dev: str):
+        """The lutc target kernels for device type ``dev`` are built for."""
+        if dev in self.targets:
+            return self.targets[dev]
+        if dev == "cpu":
+            return None
+        if dev == "cuda":
+            return "cuda"
+        raise ValueError(f"lutc kernels run on cpu or cuda, not {dev}")
+
+    def rows_limit(self, spec: MPGemmSpec, dev: str, layout: str) -> int:
+        """The largest bucket whose kernels read ``layout`` for ``spec`` on ``dev``; larger ``M``
+        runs in chunks of it. ``ValueError`` if no kernel reads ``layout`` at all."""
+        key = (spec, dev, layout)
+        limit = self._limits.get(key)
+        if limit is None:
+            tgt = self.target(dev)
+            limit = next((b for b in reversed(self._ladder())
+                          if self._choice(spec.with_(M=b), tgt, layout) is not None), None)
+            if limit is None:
+                raise ValueError(
+                    f"no lutc kernel for {dev} reads weights in layout {layout!r} for {_describe(spec)}: "
+                    f"repack the weight (lutc.repack(qw, layout)) into the layout of this device's "
+                    f"kernels (LUTLinear does so on .to(device))")
+            self._limits[key] = limit
+        return limit
+
+    def _choice(self, spec: MPGemmSpec, tgt, layout: Optional[str]):
+        try:
+            return choose(spec, tgt, self.schedule, self.knobs or None, layout=layout)
+        except ValueError:      # a named schedule that cannot build this M or reads another layout
+            return None
+
+    def layout_plan(self, spec: MPGemmSpec, device: Union[str, torch.device], single: bool = False) -> LayoutPlan:
+        """The layout(s) to hold a weight of ``spec`` in on ``device`` (:class:`LayoutPlan`).
+
+        ``spec.table_dtype`` and ``act_dtype`` are taken as given (the op resolves a None table
+        dtype with :func:`lutc.build.default_table_dtype`). ``single``: one copy on CUDA too.
+
+        Example:
+            >>> spec = MPGemmSpec(1, 4096, 4096, wbits=2, table_dtype="int8")
+            >>> kernel_cache().layout_plan(spec, "cpu").layouts[0] in ("ptiles64", "ptiles32", "tiles64", "tiles128")
+            True
+        """
+        dev = torch.device(device).type
+        key = (spec.with_(M=1), dev, bool(single))
+        plan = self._plans.get(key)
+        if plan is None:
+            tgt = self.target(dev)
+            picks = [(b, self._choice(spec.with_(M=b), tgt, None)) for b in self._ladder()]
+            decode, batch = picks[0][1], picks[-1][1]      # the M = 1 kernel, the largest bucket's
+            if (dev != "cuda" or single or batch.layout == decode.layout
+                    or batch.schedule in _GENERIC):
+                plan = LayoutPlan((decode.layout,), None, spec.table_dtype)
+            else:   # the decode layout serves the buckets before the first that reads the batch layout
+                first_batch = next(b for b, c in picks if c.layout == batch.layout)
+                split = max(b for b, _ in picks if b < first_batch)
+                plan = LayoutPlan((decode.layout, batch.layout), split, spec.table_dtype)
+            self._plans[key] = plan
+        return plan
+
+    # --- kernels ---
+    def get(self, spec: MPGemmSpec, device: Union[str, torch.device] = "cpu", layout: str = LAYOUT) -> Kernel:
+        """The kernel for ``spec`` (its ``M`` as given) reading ``layout`` on ``device``'s type,
+        compiled on first use."""
+        return self._get(spec, spec.M, torch.device(device).type, layout)
+
+    def _get(self, spec: MPGemmSpec, M: int, dev: str, layout: str) -> Kernel:
+        # Keyed by (spec, M, device type, layout) so a hit costs no new MPGemmSpec (run() passes
+        # the M = 1 spec of the op and the bucket).
+        key = (spec, M, dev, layout)
         kernel = self._kernels.get(key)
         if kernel is None:
             with self._lock:  # one compile per key even when threads race
                 kernel = self._kernels.get(key)
                 if kernel is None:
-                    # The op's weights are bitplane v1; kernels reading another layout (the SIMD
-                    # ones) would need the weights repacked per call: build() then takes the
-                    # target's generic schedule, which reads bitplane (same math, slower).
-                    kernel = build(spec.with_(M=M), self._target(dev), self.schedule, self.knobs,
-                                   layout=LAYOUT)
+                    kernel = build(spec.with_(M=M), self.target(dev), self.schedule, self.knobs or None,
+                                   layout=layout)
                     if not kernel.runnable:
                         raise RuntimeError(f"lutc built {kernel!r} for {dev} but cannot run it in "
                                            "this process (no GPU driver?)")
+                    if not self._kernels:   # said once: the first forward of a model waits here
+                        _LOG.warning("lutc: compiling kernels on first use, per layer shape and M bucket "
+                                     "(0.1-1 s each, then cached on disk); run the model once to warm up")
+                    _LOG.info("lutc: compiled %r for M = %d (first use of this bucket)", kernel, M)
                     self._kernels[key] = kernel
         return kernel
 
-    def run(self, spec: MPGemmSpec, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+    def run(self, spec: MPGemmSpec, x: torch.Tensor, layout: str, *weights: torch.Tensor) -> torch.Tensor:
         """``y = x @ W^T`` for any number of rows of ``x`` (``spec.M`` is ignored).
 
-        ``weights``: ``planes, scales[, zeros]``. The arguments must have passed
+        ``weights``: ``planes, scales[, zeros]`` in ``layout``. The arguments must have passed
         :func:`check_args` (this is the op's fast path: the kernels skip their own checks).
         """
         M, N, K = x.shape[0], spec.N, spec.K
         y = torch.empty((M, N), dtype=x.dtype, device=x.device)
         dev = x.device.type
-        if M and self.bucket(M) == M:  # M is a bucket (decode: M = 1): one call, no slicing
-            self._get(spec, M, dev).launch(x, *weights, y)
+        whole = self._whole.get((spec, M, dev, layout))
+        if whole is not None:   # M is a bucket its kernels build (decode: M = 1): one call
+            whole.launch(x, *weights, y)
             return y
-        for start, rows, bucket in self.plan(M):
-            kernel = self._get(spec, bucket, dev)
-            if rows == bucket:  # a whole 256-row chunk: 64-byte aligned rows of x and y
+        limit = self.rows_limit(spec, dev, layout)
+        if M and M <= limit and self.bucket(M, limit) == M:
+            kernel = self._whole[(spec, M, dev, layout)] = self._get(spec, M, dev, layout)
+            kernel.launch(x, *weights, y)
+            return y
+        for start, rows, bucket in self.plan(M, limit):
+            kernel = self._get(spec, bucket, dev, layout)
+            if rows == bucket:  # a whole chunk: rows of x and y start 64-byte aligned or are copied
                 kernel.launch(x[start:start + rows], *weights, y[start:start + rows])
                 continue
             # Zero rows give all-zero tables and outputs; they are dropped again below.
@@ -172,20 +301,15 @@ class OpKernels:
     def clear(self) -> None:
         with self._lock:
             self._kernels.clear()
+            self._limits.clear()
+            self._plans.clear()
+            self._whole.clear()
 
     def __len__(self) -> int:
         return len(self._kernels)
 
-    def _target(self, dev: str):
-        if dev in self.targets:
-            return self.targets[dev]
-        if dev == "cpu":
-            return None
-        if dev == "cuda":
-            return "cuda"
-        raise ValueError(f"lutc kernels run on cpu or cuda, not {dev}")
 
-
+_GENERIC = ("cpu_generic", "cuda_generic")
 _CACHE = OpKernels()
 
 
@@ -204,21 +328,34 @@ def set_kernel_cache(cache: OpKernels) -> OpKernels:
 
 
 @functools.lru_cache(maxsize=4096)
-def _spec(N: int, K: int, wbits: int, format: str, group_size: int, zero_point: bool,
-          act_dtype: str, scale_dtype: str, g: int, symmetrize: bool, table_dtype: str) -> MPGemmSpec:
-    # Validation raises SpecError naming the field; cached so a call costs a dict lookup.
-    return MPGemmSpec(1, N, K, wbits=wbits, format=format, group_size=group_size,
-                      zero_point=zero_point, act_dtype=act_dtype, scale_dtype=scale_dtype, g=g,
-                      symmetrize=symmetrize, table_dtype=table_dtype)
+def weight_spec(N: int, K: int, wbits: int, format: str, group_size: int, zero_point: bool,
+                act_dtype: str, scale_dtype: str, g: int, symmetrize: bool, table_dtype: Optional[str],
+                device_type: str) -> MPGemmSpec:
+    """The ``M = 1`` spec of a packed weight and the LUT knobs (the op's arguments), with a None
+    ``table_dtype`` resolved for ``device_type`` (:func:`lutc.build.default_table_dtype`).
+    Validation raises :class:`lutc.SpecError` naming the field; cached, so a call costs a lookup."""
+    fields = dict(wbits=wbits, format=format, group_size=group_size, zero_point=zero_point,
+                  act_dtype=act_dtype, scale_dtype=scale_dtype, g=g, symmetrize=symmetrize)
+    if table_dtype is None:
+        probe = MPGemmSpec(1, N, K, **fields)
+        table_dtype = ("float32" if device_type == "meta" else
+                       default_table_dtype(probe, _CACHE.target(device_type)))
+    return MPGemmSpec(1, N, K, table_dtype=table_dtype, **fields)
+
+
+@functools.lru_cache(maxsize=4096)
+def _shapes(spec: MPGemmSpec, layout: str) -> dict:
+    return layouts.get(layout).shapes(spec)
 
 
 def check_args(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor,
                zeros: Optional[torch.Tensor], wbits: int, group_size: int, format: str = "uniform",
-               g: int = 4, symmetrize: bool = True, table_dtype: str = "float32") -> MPGemmSpec:
+               g: int = 4, symmetrize: bool = True, table_dtype: Optional[str] = None,
+               layout: str = LAYOUT, N: int = -1) -> MPGemmSpec:
     """Check the op's arguments (no data is read) and return their spec (with ``M = 1``).
 
-    Raises ``TypeError`` (dtype), ``ValueError`` (shape, device, contiguity, bit planes) or
-    :class:`lutc.SpecError` (an unsupported format), each naming the argument.
+    Raises ``TypeError`` (dtype), ``ValueError`` (shape, device, contiguity, bit planes, layout)
+    or :class:`lutc.SpecError` (an unsupported format), each naming the argument.
 
     Example:
         >>> import lutc
@@ -226,7 +363,7 @@ def check_args(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor,
         >>> check_args(torch.randn(3, 256), qw.planes, qw.scales, None, wbits=3, group_size=64)
         Traceback (most recent call last):
         ...
-        ValueError: planes holds 2 bit planes, expected 3 for wbits=3, format='uniform'
+        ValueError: planes has shape (2, 64, 32), expected (3, 64, 32) (layout 'bitplane', uniform w3)
     """
     if x.dim() != 2:
         raise ValueError(f"x has shape {tuple(x.shape)}, expected 2-D [M, K] (reshape leading "
@@ -234,11 +371,8 @@ def check_args(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor,
     if x.dtype not in _ACT_DTYPES:
         raise TypeError(f"x has dtype {x.dtype}, expected one of "
                         f"{', '.join(str(d) for d in _ACT_DTYPES)}")
-    if planes.dtype != torch.uint8:
-        raise TypeError(f"planes has dtype {planes.dtype}, expected torch.uint8 (packed bits)")
-    if planes.dim() != 3:
-        raise ValueError(f"planes has shape {tuple(planes.shape)}, expected 3-D [bit planes, N, K/8]")
-    if scales.dtype not in _SCALE_DTYPES:
+    lay = layouts.get(layout)   # ValueError naming the known layouts
+    if scales.dtype not in (torch.float32, torch.float16):
         raise TypeError(f"scales has dtype {scales.dtype}, expected torch.float16 or torch.float32")
     dev = x.device
     named = [("planes", planes), ("scales", scales)] + ([("zeros", zeros)] if zeros is not None else [])
@@ -249,17 +383,21 @@ def check_args(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor,
     if dev.type not in ("cpu", "cuda", "meta"):
         raise ValueError(f"x is on {dev}: lutc kernels run on cpu or cuda")
     # int() specializes symbolic K/N under torch.compile: kernels are compiled per K and N anyway.
-    N, K = int(planes.shape[1]), int(x.shape[1])
-    spec = _spec(N, K, int(wbits), str(format), int(group_size), zeros is not None,
-                 _ACT_DTYPES[x.dtype], _SCALE_DTYPES[scales.dtype], int(g), bool(symmetrize),
-                 str(table_dtype))
-    if planes.shape[0] != spec.planes:
-        raise ValueError(f"planes holds {planes.shape[0]} bit planes, expected {spec.planes} for "
-                         f"wbits={wbits}, format={format!r}")
-    check_tensor("planes", planes, (spec.planes, N, K // 8), torch.uint8, dev.type)
-    check_tensor("scales", scales, _scale_shape(spec), scales.dtype, dev.type)
-    if zeros is not None:
-        check_tensor("zeros", zeros, (N, spec.groups), scales.dtype, dev.type)
+    K = int(x.shape[1])
+    if N == -1 and lay.name == LAYOUT and planes.dim() == 3:
+        N = int(planes.shape[1])
+    if isinstance(N, bool) or int(N) < 1:
+        raise ValueError(f"N={N!r}: pass the weight's row count N for layout {layout!r} (its tiles pad the rows)")
+    spec = weight_spec(int(N), K, int(wbits), str(format), int(group_size), zeros is not None,
+                       _ACT_DTYPES[x.dtype], dtype_name(scales.dtype), int(g), bool(symmetrize),
+                       None if table_dtype is None else str(table_dtype), dev.type)
+    expected = _shapes(spec, lay.name)
+    for name, t in named:
+        want = expected[name]
+        if tuple(t.shape) != want.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {want.shape} "
+                             f"(layout {layout!r}, {format} w{wbits})")
+        check_tensor(name, t, want.shape, TORCH_DTYPES[want.dtype], dev.type)
     for name, t in [("x", x)] + named:
         check_contiguous(name, t)
     return spec
@@ -268,23 +406,26 @@ def check_args(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor,
 @torch.library.custom_op("lutc::mpgemm", mutates_args=())
 def mpgemm(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor,
            zeros: Optional[torch.Tensor], wbits: int, group_size: int, format: str = "uniform",
-           g: int = 4, symmetrize: bool = True, table_dtype: str = "float32") -> torch.Tensor:
+           g: int = 4, symmetrize: bool = True, table_dtype: Optional[str] = None,
+           layout: str = "bitplane", N: int = -1) -> torch.Tensor:
     """``y[M, N] = x[M, K] @ W[N, K]^T`` for packed ``W`` (module docstring); ``y`` in x's dtype."""
-    spec = check_args(x, planes, scales, zeros, wbits, group_size, format, g, symmetrize, table_dtype)
-    return _CACHE.run(spec, x, planes, scales, *([zeros] if zeros is not None else []))
+    spec = check_args(x, planes, scales, zeros, wbits, group_size, format, g, symmetrize, table_dtype,
+                      layout, N)
+    return _CACHE.run(spec, x, layout, planes, scales, *([zeros] if zeros is not None else []))
 
 
 @mpgemm.register_fake
 def _mpgemm_fake(x, planes, scales, zeros, wbits, group_size, format="uniform", g=4,
-                 symmetrize=True, table_dtype="float32"):
+                 symmetrize=True, table_dtype=None, layout="bitplane", N=-1):
     # Same checks at trace time, so torch.compile reports a bad argument before running anything.
-    check_args(x, planes, scales, zeros, wbits, group_size, format, g, symmetrize, table_dtype)
-    return x.new_empty((x.shape[0], planes.shape[1]))
+    spec = check_args(x, planes, scales, zeros, wbits, group_size, format, g, symmetrize, table_dtype,
+                      layout, N)
+    return x.new_empty((x.shape[0], spec.N))
 
 
 def linear(x: torch.Tensor, qw: PackedWeights, bias: Optional[torch.Tensor] = None, g: int = 4,
-           symmetrize: bool = True, table_dtype: str = "float32") -> torch.Tensor:
-    """``F.linear`` for a packed weight: ``x [..., K]`` -> ``[..., N]`` (plus ``bias``).
+           symmetrize: bool = True, table_dtype: Optional[str] = None) -> torch.Tensor:
+    """``F.linear`` for a packed weight in any layout: ``x [..., K]`` -> ``[..., N]`` (plus ``bias``).
 
     Leading dimensions are flattened into ``M`` (copied if that needs a copy), then the op runs.
 
@@ -294,22 +435,28 @@ def linear(x: torch.Tensor, qw: PackedWeights, bias: Optional[torch.Tensor] = No
         >>> linear(torch.randn(2, 3, 256), qw).shape
         torch.Size([2, 3, 64])
     """
-    return _linear(x, qw.planes, qw.scales, qw.zeros, qw.N, qw.K, qw.wbits, qw.group_size, qw.format,
-                   bias, g, symmetrize, table_dtype)
+    return linear_packed(x, qw.planes, qw.scales, qw.zeros, qw.N, qw.K, qw.wbits, qw.group_size,
+                         qw.format, bias, g, symmetrize, table_dtype, qw.layout)
 
 
-def _linear(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
-            N: int, K: int, wbits: int, group_size: int, format: str, bias: Optional[torch.Tensor],
-            g: int, symmetrize: bool, table_dtype: str) -> torch.Tensor:
+def linear_packed(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
+                  N: int, K: int, wbits: int, group_size: int, format: str, bias: Optional[torch.Tensor],
+                  g: int = 4, symmetrize: bool = True, table_dtype: Optional[str] = None,
+                  layout: str = LAYOUT) -> torch.Tensor:
     """:func:`linear` on the packed tensors themselves (``LUTLinear.forward`` holds buffers)."""
     if x.shape[-1] != K:
         # Checked here: a reshape to [-1, K] would otherwise silently regroup the numbers.
         raise ValueError(f"x has shape {tuple(x.shape)}, expected last dimension in_features={K}")
     y = torch.ops.lutc.mpgemm(x.reshape(-1, K).contiguous(), planes, scales, zeros, wbits, group_size,
-                              format, g, symmetrize, table_dtype)
+                              format, g, symmetrize, table_dtype, layout, N)
     y = y.reshape(*x.shape[:-1], N)
     return y if bias is None else y + bias.to(y.dtype)
 
 
-__all__ = ["mpgemm", "linear", "check_args", "OpKernels", "kernel_cache", "set_kernel_cache",
-           "DEFAULT_BUCKETS"]
+def _describe(spec: MPGemmSpec) -> str:
+    return (f"{spec.format} w{spec.wbits} g{spec.group_size} [N={spec.N}, K={spec.K}], "
+            f"{spec.act_dtype} activations, {spec.table_dtype} tables")
+
+
+__all__ = ["mpgemm", "linear", "linear_packed", "check_args", "weight_spec", "OpKernels", "LayoutPlan",
+           "kernel_cache", "set_kernel_cache", "DEFAULT_BUCKETS"]

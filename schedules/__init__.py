@@ -20,6 +20,8 @@ the tuner weighs them against the LUT ones. On CUDA: ``cuda_lut`` (shared-memory
 """
 from __future__ import annotations
 
+import itertools
+
 from . import arm, cpu_generic, cuda_generic, cuda_lut, cuda_mma, dot_mac, x86
 
 #: Schedules that build every spec (no SIMD tables): the fallbacks.
@@ -33,14 +35,52 @@ ALTERNATIVES = {"cpu": (dot_mac,), "cpu-cross": (dot_mac,), "cuda": ()}
 
 def default(target_kind: str, spec, target):
     """The schedule module used for ``spec`` on ``target`` when nothing is tuned."""
+    return _ranked(CANDIDATES, target_kind, spec, target)[0]
+
+
+def for_layout(target_kind: str, spec, target, layout: str):
+    """``(module, knobs)`` of the kernel for ``spec`` that reads weights in ``layout``, or None.
+
+    Modules are tried as :func:`default` ranks them (the target's candidates, then its
+    alternatives); a module whose default knobs read another layout is built with the fewest
+    knob changes that make it read ``layout`` (e.g. x86 ``tiles64``: ``vector_bytes=32,
+    paired=False``). Used where the weight is already packed (the torch op, ``LUTLinear``).
+
+    Example:
+        >>> import lutc, lutc.target
+        >>> spec = lutc.MPGemmSpec(1, 256, 512, wbits=2, table_dtype="int8")
+        >>> module, knobs = for_layout("cpu", spec, lutc.target.resolve("x86"), "tiles128")
+        >>> module.__name__, knobs
+        ('schedules.x86', {'paired': False})
+    """
+    ranked = _ranked(CANDIDATES, target_kind, spec, target) + [
+        m for m in ALTERNATIVES.get(target_kind, ()) if m.supports(spec, target)]
+    for module in ranked:
+        names = sorted(module.KNOBS)
+        for changed in range(len(names) + 1):
+            for subset in itertools.combinations(names, changed):
+                for values in itertools.product(*(module.KNOBS[n] for n in subset)):
+                    knobs = dict(zip(subset, values))
+                    try:
+                        if module.layout(spec, target, **knobs) == layout:
+                            return module, knobs
+                    except ValueError:    # a combination this spec or target cannot build
+                        continue
+    return None
+
+
+def _ranked(table: dict, target_kind: str, spec, target) -> list:
+    """The modules of ``table[target_kind]`` that support ``spec``, best first: the preferred ones
+    in table order, then the others (a kernel that is not preferred still beats the generic
+    fallbacks)."""
     try:
-        candidates = CANDIDATES[target_kind]
+        candidates = table[target_kind]
     except KeyError:
         raise ValueError(f"no schedule for target kind {target_kind!r}") from None
     usable = [m for m in candidates if m.supports(spec, target)]
+    ranked = []
     for i, m in enumerate(usable):
-        # a kernel that is not preferred still beats the generic fallbacks
         if (getattr(m, "preferred", lambda s, t: True)(spec, target)
                 or all(n in GENERIC for n in usable[i + 1:])):
-            return m
-    return usable[0]
+            ranked.append(m)
+    return ranked + [m for m in usable if m not in ranked]

@@ -11,7 +11,7 @@ from tvm import IRModule, s_tir
 from .common import arch
 from .simd_lut import lut_kernel
 
-KNOBS = {"unroll": (2, 4, 8, 16, 32)}
+KNOBS = {"unroll": (1, 2, 4, 8, 16, 32)}
 SHUFFLE = "llvm.aarch64.neon.tbl1"
 
 

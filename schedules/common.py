@@ -56,7 +56,7 @@ def bind_threads(sch: s_tir.Schedule, name: str, threads: int) -> None:
 
 def table_stages(sch: s_tir.Schedule) -> list:
     """Names of the blocks that run once per activation row, before any weight is read."""
-    names = ("table", "table_absmax", "table_q", "act_sum")
+    names = ("table", "table_absmax", "table_nan", "table_q", "act_sum")
     return [n for n in names if has_block(sch, n)]
 
 

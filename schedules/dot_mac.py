@@ -28,7 +28,8 @@ from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 from tvm.target import codegen
 
-from lutc.formats import code_bits
+from lutc.frontend import nan_if, nonfinite
+from lutc.layouts import code_bits
 
 from .common import arch, drop_param
 
@@ -88,10 +89,15 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4):
         for mc in T.parallel(M * C):
             amax = T.alloc_buffer((1,), "float32", scope="local")
             tot = T.alloc_buffer((1,), "int32", scope="local")
+            bad = T.alloc_buffer((1,), "int32", scope="local")   # NaN/Inf seen (T.max drops NaN)
             amax[0] = T.float32(0)
+            bad[0] = 0
             for k in range(B):
-                amax[0] = T.max(amax[0], T.abs(T.Cast("float32", x[mc // C, (mc % C) * B + k])))
-            dx[mc // C, mc % C] = T.max(amax[0], T.float32(1e-30)) / T.float32(127)
+                xa = T.abs(T.Cast("float32", x[mc // C, (mc % C) * B + k]))
+                amax[0] = T.max(amax[0], xa)
+                bad[0] = bad[0] | T.Cast("int32", nonfinite(xa))
+            # NaN in x reaches every output of its row through dx (int8 activations cannot hold it)
+            dx[mc // C, mc % C] = nan_if(bad[0] != 0, T.max(amax[0], T.float32(1e-30)) / T.float32(127))
             tot[0] = 0
             for k4 in range(B // 4):
                 word = T.alloc_buffer((4,), "int32", scope="local")

@@ -39,6 +39,8 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
+from lutc.frontend import nan_if, nonfinite
+
 from .common import drop_param
 
 
@@ -101,14 +103,18 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""
         # 1. tables
         for mc in T.parallel(M * C):
             amax = T.alloc_buffer((1,), "float32", scope="local")
+            bad = T.alloc_buffer((1,), "int32", scope="local")   # NaN/Inf seen (T.max drops NaN)
             amax[0] = T.float32(0)
+            bad[0] = 0
             for q in range(GB):
                 base = (mc % C) * B + q * 4
-                amax[0] = T.max(amax[0], T.abs(T.Cast("float32", x[mc // C, base]))
-                                + T.abs(T.Cast("float32", x[mc // C, base + 1]))
-                                + T.abs(T.Cast("float32", x[mc // C, base + 2]))
-                                + T.abs(T.Cast("float32", x[mc // C, base + 3])))
-            tscale[mc // C, mc % C] = T.max(amax[0], T.float32(1e-30)) / T.float32(127)
+                tmax = (T.abs(T.Cast("float32", x[mc // C, base])) + T.abs(T.Cast("float32", x[mc // C, base + 1]))
+                        + T.abs(T.Cast("float32", x[mc // C, base + 2]))
+                        + T.abs(T.Cast("float32", x[mc // C, base + 3])))
+                amax[0] = T.max(amax[0], tmax)
+                bad[0] = bad[0] | T.Cast("int32", nonfinite(tmax))
+            # NaN in x reaches every output of its row through the scale (the int8 table cannot hold it)
+            tscale[mc // C, mc % C] = nan_if(bad[0] != 0, T.max(amax[0], T.float32(1e-30)) / T.float32(127))
             for q in range(GB):
                 kg = (mc % C) * GB + q
                 for lane in range(dup):

@@ -14,7 +14,7 @@ from tvm.target import codegen
 from .common import arch
 from .simd_lut import lut_kernel
 
-KNOBS = {"vector_bytes": (32, 64), "unroll": (2, 4, 8, 16, 32), "paired": (True, False)}
+KNOBS = {"vector_bytes": (32, 64), "unroll": (1, 2, 4, 8, 16, 32), "paired": (True, False)}
 SHUFFLE = {32: "llvm.x86.avx2.pshuf.b", 64: "llvm.x86.avx512.pshuf.b.512"}
 PAIR_MADD = {32: "llvm.x86.avx2.pmadd.ub.sw", 64: "llvm.x86.avx512.pmaddubs.w.512"}
 

@@ -18,10 +18,12 @@ from lutc.tuner.records import best_for, log_for
 SPEC = lutc.MPGemmSpec(1, 256, 512, wbits=2, group_size=64, table_dtype="int8")
 
 
-def _record(us, knobs=None, error=None, schedule="x86", spec=SPEC, device=None):
+def _record(us, knobs=None, error=None, schedule="x86", spec=SPEC, device=None, confirm="run"):
+    """A record of a confirmation round (``confirm=None``: a single search measurement)."""
     tgt = resolve("host")
-    return {"workload": spec.key(), "target": describe(tgt), "device": device or device_name(tgt),
-            "versions": {}, "schedule": schedule, "knobs": knobs or {}, "us": us, "error": error}
+    rec = {"workload": spec.key(), "target": describe(tgt), "device": device or device_name(tgt),
+           "versions": {}, "schedule": schedule, "knobs": knobs or {}, "us": us, "error": error}
+    return rec if confirm is None else dict(rec, confirm=confirm)
 
 
 def _append_many(path, tag, n):
@@ -75,13 +77,28 @@ def test_invalid_records_are_never_chosen():
 
 
 def test_the_newest_confirmation_outranks_search_times():
-    search = [_record(5.0, {"unroll": 4}), _record(9.0, {"unroll": 8})]
-    first = [dict(_record(7.0, {"unroll": 4}), confirm="a"), dict(_record(6.0, {}), confirm="a")]
-    second = [dict(_record(8.0, {"unroll": 8}), confirm="b"), dict(_record(8.5, {}), confirm="b")]
-    assert best(search)["us"] == 5.0
+    search = [_record(5.0, {"unroll": 4}, confirm=None), _record(9.0, {"unroll": 8}, confirm=None)]
+    first = [_record(7.0, {"unroll": 4}, confirm="a"), _record(6.0, {}, confirm="a")]
+    second = [_record(8.0, {"unroll": 8}, confirm="b"), _record(8.5, {}, confirm="b")]
+    assert best(search) is None        # a run killed before its confirmation: the default is built
     assert best(search + first)["knobs"] == {}               # the default won its confirmation
     assert best(search + first + second)["knobs"] == {"unroll": 8}
-    assert best([dict(_record(None, {}, error="wrong result"), confirm="c")] + search)["us"] == 5.0
+    assert best([_record(None, {}, error="wrong result", confirm="c")] + search) is None
+
+
+def test_unusable_records_are_skipped_with_a_warning(tmp_path, monkeypatch):
+    """Valid JSON that this lutc cannot build (a newer lutc's schedule, bad knobs, another
+    target's schedule, NaN or negative times) is skipped, naming the log; the next best wins."""
+    monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
+    tgt = resolve("host")
+    log = log_for("cpu", describe(tgt))
+    for rec in (_record(1.0, schedule="x86_v9"), _record(1.1, knobs="abc"), _record(1.2, knobs={"vector_bytes": 128}),
+                _record(1.3, schedule="cuda_lut"), _record(float("nan")), _record(-5.0),
+                _record(1.4, knobs={"unroll": True}), _record(20.0, knobs={"unroll": 2, "paired": False})):
+        log.append(rec)
+    with pytest.warns(UserWarning, match=r"cpu-.*\.jsonl: skipped 5 tuning record\(s\) .* cannot build"):
+        kernel = lutc.compile((1, 256, 512), wbits=2, group_size=64, cache=None)
+    assert kernel.knobs == {"unroll": 2, "paired": False} and kernel.tuned["us"] == 20.0
 
 
 def test_compile_builds_the_best_tuned_record(tmp_path, monkeypatch):

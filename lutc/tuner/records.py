@@ -12,9 +12,10 @@ A record::
 wrong result) is kept so the tuner never tries that candidate again, and never chosen.
 
 A tuning run ends by timing its finalists (the default and the fastest few) again, alternately,
-in one setting; those records carry ``"confirm": "<run id>"``. They outrank the search's
-single measurements: :func:`best` picks from the newest confirmation when there is one, so a
-candidate whose search time was a lucky draw is not what ``lutc.compile`` builds.
+in one setting; those records carry ``"confirm": "<run id>"``. Only they decide: :func:`best`
+picks from the newest confirmation, and a workload whose run never reached its confirmation
+(killed, out of time) keeps the default, so a candidate whose search time was a lucky draw is
+never what ``lutc.compile`` builds.
 
 Durability: each record is one ``write`` of one line to a file opened with ``O_APPEND``, under
 an exclusive ``flock``; two tuners appending at once interleave whole lines and lose nothing,
@@ -29,7 +30,7 @@ import fcntl
 import json
 import os
 import warnings
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 
 class TuningLog:
@@ -142,22 +143,52 @@ def log_for(target_kind: str, target_attrs: dict, directory: Optional[str] = Non
     return TuningLog(os.path.join(directory or log_dir(), name + ".jsonl"))
 
 
-def best_for(log: TuningLog, workload: dict, target: dict, device: str) -> Optional[dict]:
+def best_for(log: TuningLog, workload: dict, target: dict, device: str,
+             usable: Optional[Callable[[dict], bool]] = None,
+             where: Optional[Callable[[dict], bool]] = None) -> Optional[dict]:
     """The best valid record for this workload and target: measured on this device if any,
-    else on any device with the same target."""
+    else on any device with the same target. ``usable`` (the builder's check that it can build
+    the record: a known schedule, knobs in their domains) filters first, and a record it
+    refuses is skipped with one warning naming the log; ``where`` then narrows the choice
+    (e.g. to kernels reading one weight layout)."""
     records = log.matching(workload, target)
+    if usable is not None:
+        kept = [r for r in records if usable(r)]
+        if len(kept) < len(records):
+            _warn_once(log.path, f"{log.path}: skipped {len(records) - len(kept)} tuning record(s) of "
+                                 f"this workload that this lutc cannot build (unknown schedule or bad knobs)")
+        records = kept
+    if where is not None:
+        records = [r for r in records if where(r)]
     found = best(r for r in records if r.get("device") == device) or best(records)
     return copy.deepcopy(found)     # the caller's own: records are shared with the parse cache
 
 
+_WARNED: set = set()
+
+
+def _warn_once(path: str, message: str) -> None:
+    if (path, message) not in _WARNED:
+        _WARNED.add((path, message))
+        warnings.warn(message, stacklevel=3)
+
+
 def best(records: Iterable[dict]) -> Optional[dict]:
-    """The fastest valid record (``error`` unset, ``us`` a number) of the newest confirmation
-    among ``records`` (module docstring), else of all of them; None if none is valid."""
-    valid = [r for r in records if not r.get("error") and isinstance(r.get("us"), (int, float))]
+    """The fastest valid record (``error`` unset, ``us`` a positive finite number) of the newest
+    confirmation among ``records`` (module docstring); None if there is none. Search records
+    alone never win: a run killed before its confirmation leaves only single measurements, one
+    of which may be a lucky draw, so the default is built until a confirmation exists."""
+    valid = [r for r in records if not r.get("error") and _finite_time(r.get("us"))]
     confirms = [r["confirm"] for r in valid if r.get("confirm")]
-    if confirms:
-        valid = [r for r in valid if r.get("confirm") == confirms[-1]]   # file order: newest last
-    return min(valid, key=lambda r: r["us"]) if valid else None
+    if not confirms:
+        return None
+    valid = [r for r in valid if r.get("confirm") == confirms[-1]]   # file order: newest last
+    return min(valid, key=lambda r: r["us"])
+
+
+def _finite_time(us) -> bool:
+    """A measured time: a positive finite number (not a bool, NaN, inf or negative)."""
+    return isinstance(us, (int, float)) and not isinstance(us, bool) and 0 < us < float("inf")
 
 
 def _last_byte(path: str) -> bytes:
