@@ -1,7 +1,11 @@
 r"""Export compiled kernels for other runtimes, and packed weights for their hosts.
 
-:func:`export` (also ``lutc.export`` and the ``lutc export`` command) writes, for a
-:class:`~lutc.runtime.Kernel`:
+:func:`export` (also ``lutc.export`` and the ``lutc export`` command) writes any kernel
+:func:`lutc.compile` builds, each with the packed-weight layout it reads (``kernel.layout``,
+:mod:`lutc.layouts`): the x86 SIMD LUT kernel (``ptiles64``/``tiles128``) and ``dot_mac``
+(``dot16``), the NEON kernels of ``target="arm"`` (``tiles32``, ``dot4``; cross-compiled), the
+CUDA kernels ``cuda_lut`` (``warp32``) and ``cuda_mma`` (``tc16``), and the generic schedules
+(``bitplane``). For a :class:`~lutc.runtime.Kernel` it writes:
 
 =================  ==============================================================================
 file               what
@@ -13,15 +17,20 @@ file               what
                    it): the TVM module with its device code (loading needs libtvm_runtime_cuda).
 ``NAME.o``         CPU: the same code as a relocatable object for static linking (LLVM, this
                    target's ISA; a cross-compiled kernel's object is for its target).
-``NAME.c``         CPU: the kernel as plain C source (TVM's "c" target), for embedding where no
-                   LLVM-built object fits. Single-threaded: TVM's C backend emits parallel loops
-                   as serial ones.
+``NAME.c``         CPU, generic schedules only: the kernel as plain C source (TVM's "c" target),
+                   single-threaded (TVM's C backend emits parallel loops as serial ones). Not
+                   written for the SIMD kernels (x86, NEON, dot_mac): they are vectorized with
+                   LLVM intrinsics (``vpshufb``, ``tbl``, ``vpdpbusd``) that the C target cannot
+                   express; the header and manifest say so (``NAME.c: not written: ...``).
 ``NAME.cu``        CUDA: the kernels' CUDA C source plus ``NAME_launch()``, a host function that
                    launches them in order on a stream (grid/block read from the lowered TIR).
-``NAME.h``         the packed-weight layout, the argument order/shapes/dtypes, the entry symbol,
-                   the backend hooks a host must provide (CPU) or the launch configuration and
-                   workspace (CUDA), sizes as macros, and ``NAME_run()`` (CPU) on raw pointers.
-``NAME.json``      the same facts for programs: spec, target, schedule, files, launches.
+``NAME.h``         the kernel's packed-weight layout byte by byte (:meth:`lutc.layouts.Layout.doc`),
+                   the argument order/shapes/dtypes, the entry symbol, the backend hooks a host
+                   must provide (CPU) or the launch configuration and workspace (CUDA), sizes,
+                   padded shapes and the layout as macros (``NAME_LAYOUT "ptiles64"``,
+                   ``NAME_LAYOUT_CODE``, ``NAME_PLANES_SHAPE``...), and ``NAME_run()`` (CPU) on raw
+                   pointers.
+``NAME.json``      the same facts for programs: spec, target, schedule, layout, files, launches.
 ``lutc_backend.c`` CPU: the TVM backend services (thread pool, workspace, error hook).
 ``lutc_weights.h`` a C reader for the weight files of :func:`save_weights`.
 ``include/``       CPU: the tvm-ffi/DLPack C headers the generated code includes.
@@ -31,21 +40,35 @@ file               what
 ``int __tvm_ffi_SYMBOL(void* self, const TVMFFIAny* args, int32_t num_args, TVMFFIAny* ret)``
 (``SYMBOL`` is ``main`` unless ``symbol=`` renames it: give each kernel its own symbol to link
 several into one program). ``args`` are ``DLTensor*`` (type index ``kTVMFFIDLTensorPtr``) in the
-order ``x, planes, scales[, zeros], out`` of :mod:`lutc.frontend`; every buffer is compact
-row-major and 64-byte aligned (the kernel checks shapes, dtypes, device and strides, not
-alignment). It returns 0, or -1 after reporting the failed check through
-``TVMFFIErrorSetRaisedFromCStrParts``. The object calls the runtime through three weak function
-pointers, ``__TVMBackendParallelLaunch``, ``__TVMBackendAllocWorkspace`` and
-``__TVMBackendFreeWorkspace``, which ``lutc_backend.c`` fills at start-up (a host may assign its
-own; libtvm_runtime, where loaded, fills them with its own).
+order ``x, planes, scales[, zeros], out`` of :mod:`lutc.frontend`, the weight tensors in the
+kernel's layout (tiled layouts pad ``N`` to whole tiles); every buffer is compact row-major and
+64-byte aligned (the kernel checks shapes, dtypes, device and strides, not alignment). It
+returns 0, or -1 after reporting the failed check through ``TVMFFIErrorSetRaisedFromCStrParts``.
+The object calls the runtime through three weak function pointers,
+``__TVMBackendParallelLaunch``, ``__TVMBackendAllocWorkspace`` and ``__TVMBackendFreeWorkspace``,
+which ``lutc_backend.c`` fills at start-up (a host may assign its own; libtvm_runtime, where
+loaded, fills them with its own).
 
-Example (CPU):
+**Weight files** (:func:`save_weights`, :func:`load_weights`, ``lutc_weights.h``), version 2:
+a 256-byte header (magic ``LUTCWGT\0``, then the 31 little-endian int64 fields of
+:data:`HEADER_FIELDS`) and the tensors ``planes, scales[, zeros]`` as raw little-endian arrays
+at 64-byte-aligned offsets, in the layout the weight is in (no repacking: save in
+``kernel.layout`` and a host passes the arrays to the kernel as they are). The header names the
+layout by its index in :data:`FILE_LAYOUTS` (the ``NAME_LAYOUT_CODE`` of a kernel header; a
+fixed list, only ever appended to) and gives the planes' element bits (8: uint8, 32: int32) and
+shape, the scales' shape (zeros, where present, have the scales' shape), the format fields and
+byte offsets. Version-1 files (bitplane only) are still read. :func:`load_weights` checks every
+field against the file and the layout before reading, and names the field it refuses.
+
+Example (the default kernel of this CPU):
 
     >>> import lutc, tempfile
-    >>> kernel = lutc.compile((1, 64, 256), wbits=2, group_size=64, table_dtype="float32")
+    >>> kernel = lutc.compile((1, 64, 256), wbits=2, group_size=64)
     >>> out = lutc.export(kernel, tempfile.mkdtemp(), name="k")
+    >>> out.manifest["layout"] == kernel.layout, "c" in out.files
+    (True, False)
     >>> sorted(out.files)
-    ['c', 'h', 'json', 'o', 'so']
+    ['h', 'json', 'o', 'so']
 """
 from __future__ import annotations
 
@@ -57,6 +80,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import textwrap
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,12 +90,13 @@ import numpy as np
 import torch
 import tvm
 
+from . import layouts
 from . import target as targets
 from .build import _compile_cuda, scheduled  # the one place that knows TVM's CUDA-compile quirks
-from .formats import LAYOUT, PackedWeights, check_layout, repack
-from .frontend import _scale_shape
+from .dtypes import dtype_name, nbytes, torch_dtype
+from .formats import PackedWeights, check_layout, repack
 from .runtime import Kernel
-from .spec import FORMATS, LAYOUT_VERSION, MPGemmSpec
+from .spec import FORMATS, SCALE_DTYPES, MPGemmSpec, SpecError
 
 PathLike = Union[str, os.PathLike]
 C_DIR = Path(__file__).parent / "c"
@@ -79,23 +104,18 @@ CPU_EMIT = ("so", "o", "c")
 #: The tvm-ffi / TVM C headers that the generated C code and the headers include.
 _HEADERS = {"tvm_ffi": ("dlpack/dlpack.h", "tvm/ffi/c_api.h", "tvm/ffi/extra/c_env_api.h"),
             "tvm": ("tvm/runtime/base.h", "tvm/runtime/c_backend_api.h")}
+#: lutc dtype name -> DLPack type code and bits, and the C element type a host uses.
 _DL = {"float32": ("kDLFloat", 32), "float16": ("kDLFloat", 16), "bfloat16": ("kDLBfloat", 16),
-       "uint8": ("kDLUInt", 8)}
+       "uint8": ("kDLUInt", 8), "int8": ("kDLInt", 8), "int32": ("kDLInt", 32)}
 _C_ELEM = {"float32": "float", "float16": "uint16_t (IEEE half bits)",
-           "bfloat16": "uint16_t (bfloat16 bits)", "uint8": "uint8_t"}
-_NBYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "uint8": 1, "int8": 1, "int32": 4}
+           "bfloat16": "uint16_t (bfloat16 bits)", "uint8": "uint8_t", "int8": "int8_t",
+           "int32": "int32_t"}
 
-LAYOUT_DOC = """\
-Packed weight layout "bitplane" version 1 (lutc.formats), for W [N, K]:
-  planes  uint8 [b, N, K/8]: bit (k % 8), least significant first, of byte k/8 in plane i
-          is bit i of the code of W[n, k]; b = wbits (2 for ternary).
-  scales  uniform [N, G]; bcq [N, G, b] (one alpha per plane); ternary [1].
-  zeros   uniform with zero points only: [N, G], same dtype as scales.
-  G = K / group_size (1 when group_size is -1). The weight each code stands for:
-    uniform  s * (q - z),  q = sum_i 2^i bit_i,  z = zeros[n, j] or (2^b - 1)/2
-    bcq      sum_i alpha_i * (2 bit_i - 1)
-    ternary  s * ((2 bit_0 - 1) + (2 bit_1 - 1)) / 2
-  lutc.exporter.save_weights writes these tensors to a file lutc_weights.h reads."""
+#: Layout codes of weight files (header field ``layout``) and kernel headers
+#: (``NAME_LAYOUT_CODE``): a fixed list, only ever appended to, spelled again as the
+#: ``LUTC_LAYOUT_*`` codes of ``lutc_weights.h``. Code 0 is ``bitplane``, what version-1 files hold.
+FILE_LAYOUTS = ("bitplane", "tiles32", "tiles64", "tiles128", "ptiles32", "ptiles64", "dot4", "dot16",
+                "warp32", "tc16")
 
 
 @dataclass
@@ -124,7 +144,7 @@ def export(kernel: Kernel, directory: PathLike, name: Optional[str] = None, symb
     """Write ``kernel`` for other runtimes into ``directory`` (module docstring).
 
     Args:
-        kernel: from :func:`lutc.compile` / :func:`lutc.build`.
+        kernel: from :func:`lutc.compile` / :func:`lutc.build`, in any layout.
         directory: created if missing; existing files of the same name are replaced.
         name: file stem and C prefix (default :func:`default_name`).
         symbol: the entry's global symbol: ``__tvm_ffi_<symbol>`` in C, ``module[symbol]`` in
@@ -132,8 +152,17 @@ def export(kernel: Kernel, directory: PathLike, name: Optional[str] = None, symb
             ``kernel.executable`` itself (unless it was loaded from the disk cache); another
             symbol recompiles the same schedule under it.
         emit: which of ``"so"``, ``"o"``, ``"c"`` (CPU) / ``"cu"``, ``"so"`` (CUDA) to write;
-            default all that apply (a CUDA ``.so`` only where this process has a GPU). The
-            header and manifest are always written.
+            default all that apply (a CUDA ``.so`` only where this process has a GPU, a ``.c``
+            only for kernels without LLVM intrinsics). Naming one that cannot be written raises
+            ``RuntimeError``; by default it is skipped, with the reason in ``Exported.skipped``,
+            the header and the manifest. The header and manifest are always written.
+
+    Example:
+        >>> import lutc, tempfile
+        >>> kernel = lutc.compile((1, 64, 256), wbits=2, group_size=64, table_dtype="float32")
+        >>> res = lutc.export(kernel, tempfile.mkdtemp(), name="k")
+        >>> kernel.layout, sorted(res.files)
+        ('bitplane', ['c', 'h', 'json', 'o', 'so'])
     """
     if not isinstance(kernel, Kernel):
         raise TypeError(f"kernel must be a lutc Kernel (lutc.compile), got {type(kernel).__name__}")
@@ -141,11 +170,6 @@ def export(kernel: Kernel, directory: PathLike, name: Optional[str] = None, symb
     for what, value in (("name", name), ("symbol", symbol)):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
             raise ValueError(f"{what} must be a C identifier, got {value!r}")
-    if kernel.layout != LAYOUT:
-        # The header, manifest and weight files document the bitplane layout only.
-        raise ValueError(f"lutc.export writes kernels that read the {LAYOUT!r} weight layout; this one "
-                         f"({kernel.schedule}) reads {kernel.layout!r}: compile with "
-                         "table_dtype='float32' or schedule='cpu_generic'/'cuda_generic' to export")
     cuda = kernel.device == "cuda"
     allowed = ("cu", "so") if cuda else CPU_EMIT
     explicit = emit is not None
@@ -155,8 +179,13 @@ def export(kernel: Kernel, directory: PathLike, name: Optional[str] = None, symb
         raise ValueError(f"emit: {sorted(unknown)} cannot be written for a "
                          f"{'CUDA' if cuda else 'CPU'} kernel; choose from {list(allowed)}")
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
     result = Exported(out, name, symbol, {}, {})
+    if not cuda and "c" in emit:
+        why = c_source_limitation(kernel)
+        if why:
+            _skip(result, "c", why, explicit)   # raises before any file is written if "c" was asked for
+            emit.discard("c")
+    out.mkdir(parents=True, exist_ok=True)
     if cuda:
         _export_cuda(kernel, result, emit, explicit)
     else:
@@ -167,6 +196,24 @@ def export(kernel: Kernel, directory: PathLike, name: Optional[str] = None, symb
     path.write_text(json.dumps(result.manifest, indent=2) + "\n")
     result.files["json"] = path
     return result
+
+
+def c_source_limitation(kernel: Kernel) -> Optional[str]:
+    """Why TVM's C target cannot write ``kernel`` as C source, or None if it can.
+
+    The SIMD kernels call LLVM intrinsics (table shuffles, dot products) on vector types; TVM's
+    "c" target has neither, so their ``.c`` is not written (link the ``.o`` instead).
+
+    Example:
+        >>> import lutc
+        >>> c_source_limitation(lutc.compile((1, 64, 256), group_size=64, target="arm"))[:40]
+        'the arm kernel calls LLVM intrinsics (ll'
+    """
+    intrinsics = sorted(set(re.findall(r'call_llvm_(?:pure_)?intrin\("[^"]*",\s*"([\w.]+)"', kernel.script)))
+    if not intrinsics:
+        return None
+    return (f"the {kernel.schedule} kernel calls LLVM intrinsics ({', '.join(intrinsics)}) on vector "
+            "types, which TVM's C target cannot express: link the .o (or .so) instead")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +242,7 @@ def _export_cpu(kernel: Kernel, res: Exported, emit: set, explicit: bool) -> Non
             _skip(res, "c", f"TVM's C backend cannot emit this schedule ({_first_line(e)}); the "
                   "C target has no vector types: use a schedule that does not vectorize", explicit)
     res.files["h"] = out / f"{name}.h"
-    res.files["h"].write_text(_cpu_header(kernel, name, symbol))
+    res.files["h"].write_text(_cpu_header(kernel, name, symbol, res.skipped))
 
 
 def _shared_library(ex, cc: str, path: Path) -> Path:
@@ -234,18 +281,27 @@ def _c_source(kernel: Kernel, symbol: str) -> str:
     return "\n".join(prelude) + "\n" + src
 
 
-def _header_intro(kernel: Kernel, name: str, what: str) -> list:
-    """The opening lines both headers share: what is computed, for which target, the layout."""
-    return [f"/* {name}.h: lutc {_version()} {what}. Generated; do not edit.", " *",
-            f" * Computes y[M, N] = x[M, K] @ W[N, K]^T, {_describe(kernel.spec)}.",
-            f" * Target {json.dumps(kernel.target)}; schedule {_schedule_text(kernel)}.",
-            " *", *_comment(LAYOUT_DOC), " *"]
+def _header_intro(kernel: Kernel, name: str, what: str, skipped: dict) -> list:
+    """The opening lines both headers share: what is computed, for which target, the kernel's
+    own weight layout (from :mod:`lutc.layouts`), and the files that were not written."""
+    code = FILE_LAYOUTS.index(kernel.layout)
+    lines = [f"/* {name}.h: lutc {_version()} {what}. Generated; do not edit.", " *",
+             f" * Computes y[M, N] = x[M, K] @ W[N, K]^T, {_describe(kernel.spec)}.",
+             f" * Target {json.dumps(kernel.target)}; schedule {_schedule_text(kernel)}.",
+             " *", *_comment(layouts.get(kernel.layout).doc(kernel.spec)),
+             f" * Weight files: lutc.save_weights(qw, path, layout=\"{kernel.layout}\") writes these tensors",
+             f" *   as they are; lutc_weights.h reads them (check w.h.layout == {name.upper()}_LAYOUT_CODE,",
+             f" *   {code}, and the shapes against the macros below).", " *"]
+    for kind, why in skipped.items():
+        lines += _comment(textwrap.fill(f"{name}.{kind}: not written: {why}", 94, subsequent_indent="  "))
+    return lines + ([" *"] if skipped else [])
 
 
-def _cpu_header(kernel: Kernel, name: str, symbol: str) -> str:
-    spec, args = kernel.spec, _args(kernel.spec)
+def _cpu_header(kernel: Kernel, name: str, symbol: str, skipped: dict) -> str:
+    spec, args = kernel.spec, _args(kernel.spec, kernel.layout)
     P = name.upper()
-    lines = _header_intro(kernel, name, "kernel export") + [
+    objects = f"{name}.o" if "c" in skipped else f"{name}.o (or {name}.c)"
+    lines = _header_intro(kernel, name, "kernel export", skipped) + [
         " * Arguments, in order (compact row-major, 64-byte-aligned buffers; dtypes as DLPack):"]
     lines += [f" *   {a}  {_C_ELEM[d]} [{', '.join(map(str, s))}]" for a, s, d in args]
     lines += [
@@ -264,19 +320,19 @@ def _cpu_header(kernel: Kernel, name: str, symbol: str) -> str:
         " *   with -DLUTC_STANDALONE, which also defines TVMFFIErrorSetRaisedFromCStrParts and",
         " *   lutc_last_error() for hosts without libtvm_ffi.",
         " *",
-        " * Build (static C host): cc -O2 -I<export dir>/include host.c NAME.o lutc_backend.c",
-        " *   -DLUTC_STANDALONE -pthread -lm   (or NAME.c instead of NAME.o)",
+        f" * Build (static C host): cc -O2 -I<export dir>/include host.c {objects} lutc_backend.c",
+        " *   -DLUTC_STANDALONE -pthread -lm",
         " */",
         f"#ifndef {P}_H_", f"#define {P}_H_", "",
         "#include <stdint.h>", "#include <string.h>",
         "#include <tvm/ffi/c_api.h> /* TVMFFIAny, DLTensor (include/ of the export) */", "",
     ]
-    lines += _size_macros(P, spec, args)
+    lines += _size_macros(P, spec, kernel.layout, args)
     lines += ["", "#ifdef __cplusplus", 'extern "C" {', "#endif",
               f"int __tvm_ffi_{symbol}(void* self, const TVMFFIAny* args, int32_t num_args, TVMFFIAny* ret);",
               "#ifdef __cplusplus", "}", "#endif", "",
-              f"/* y = x @ W^T on raw CPU pointers (the argument order above; zeros is ignored",
-              " * without zero points). Returns 0, or -1 on a failed check. */",
+              f"/* y = x @ W^T on raw CPU pointers (the argument order above, weights in layout",
+              f" * {kernel.layout}; zeros is ignored without zero points). Returns 0, or -1 on a failed check. */",
               f"static inline int {name}_run(const void* x, const void* planes, const void* scales,",
               "                              const void* zeros, void* out) {"]
     ptrs = {"x": "(void*)x", "planes": "(void*)planes", "scales": "(void*)scales",
@@ -303,17 +359,18 @@ def _export_cuda(kernel: Kernel, res: Exported, emit: set, explicit: bool) -> No
     out, name, symbol, spec = res.directory, res.name, res.symbol, kernel.spec
     tgt = tvm.target.Target(dict(kernel.target), host=targets.host_cpu())
     mod = _scheduled(kernel, symbol, tgt)
+    config = _pass_config(kernel)   # cuda_lut/cuda_mma lower with StorageRewrite off, as build did
     if _reusable(kernel, symbol):
         ex, source = kernel.executable, kernel.source
     else:
-        ex, source, _ = _compile_cuda(mod, tgt)
-    launches, workspace = cuda_launches(mod, tgt)
+        ex, source, _ = _compile_cuda(mod, tgt, config)
+    launches, workspace = cuda_launches(mod, tgt, config)
     signatures = _cuda_signatures(source)
     res.extra.update(launches=launches, workspace=workspace)
     if "cu" in emit:
         res.files["cu"] = out / f"{name}.cu"
-        res.files["cu"].write_text(_linkable(source) + "\n"
-                                   + _cuda_launcher(name, spec, launches, workspace, signatures))
+        res.files["cu"].write_text(_linkable(source) + "\n" + _cuda_launcher(
+            name, _args(spec, kernel.layout), launches, workspace, signatures))
     if "so" in emit:
         if kernel.runnable:
             res.files["so"] = out / f"{name}.so"
@@ -322,7 +379,7 @@ def _export_cuda(kernel: Kernel, res: Exported, emit: set, explicit: bool) -> No
             _skip(res, "so", "no GPU in this process: TVM kept CUDA source only; export the .so "
                   "on a machine with a GPU, or build NAME.cu with nvcc", explicit)
     res.files["h"] = out / f"{name}.h"
-    res.files["h"].write_text(_cuda_header(kernel, name, symbol, launches, workspace))
+    res.files["h"].write_text(_cuda_header(kernel, name, symbol, launches, workspace, res.skipped))
 
 
 def _linkable(source: str) -> str:
@@ -337,12 +394,13 @@ def _linkable(source: str) -> str:
                   r"inline \1", source, flags=re.M)
 
 
-def cuda_launches(mod: tvm.IRModule, tgt: tvm.target.Target) -> tuple:
+def cuda_launches(mod: tvm.IRModule, tgt: tvm.target.Target, config: Optional[dict] = None) -> tuple:
     """The kernel launches and workspace buffers of a scheduled CUDA module, from its lowered TIR.
 
     Lowers ``mod`` through TVM's default TIR pipeline up to the host/device split and reads the
     host function: each ``call_ffi_kernel`` gives a kernel's name, buffer arguments and launch
     extents, each global ``AllocBuffer`` a workspace buffer (the table stages' intermediates).
+    ``config``: the schedule's ``PASS_CONFIG`` (the pass options its kernel was compiled with).
 
     Returns ``(launches, workspace)``: ``launches`` is a list of dicts ``name, args, grid, block,
     dyn_shared_bytes``; ``workspace`` a list of dicts ``name, dtype, elements, bytes, offset``
@@ -351,7 +409,7 @@ def cuda_launches(mod: tvm.IRModule, tgt: tvm.target.Target) -> tuple:
     build_mod = importlib.import_module("tvm.tirx.build")
     bound = tvm.tirx.transform.BindTarget(tgt)(mod)
     pipeline, _, _ = tvm.tirx.get_default_tir_pipeline(tgt)
-    with tgt:
+    with tgt, tvm.transform.PassContext(opt_level=3, config=config or {}):
         host_mod, device_mods = build_mod.split_host_device_mods(pipeline(bound))
     params = {}
     for dmod in device_mods.values():
@@ -366,7 +424,7 @@ def cuda_launches(mod: tvm.IRModule, tgt: tvm.target.Target) -> tuple:
             b = stmt.buffer
             elems = int(np.prod([int(s) for s in b.shape]))
             workspace.append({"name": str(b.name), "dtype": str(b.dtype), "elements": elems,
-                              "bytes": elems * _NBYTES[str(b.dtype)]})
+                              "bytes": elems * tvm.DataType(str(b.dtype)).bits // 8})
         if kind == "Evaluate" and type(stmt.value).__name__ == "Call" and \
                 str(stmt.value.op.name) == "tirx.call_ffi_kernel":
             args = list(stmt.value.args)
@@ -419,8 +477,7 @@ def _cuda_signatures(source: str) -> dict:
     return sigs
 
 
-def _cuda_launcher(name: str, spec: MPGemmSpec, launches: list, workspace: list, sigs: dict) -> str:
-    args = _args(spec)
+def _cuda_launcher(name: str, args: list, launches: list, workspace: list, sigs: dict) -> str:
     ws = {w["name"]: w for w in workspace}
     param_names = {a for a, _, _ in args} | {"y"}  # the PrimFunc names a non-float32 output y
     lines = ["", f"// ---- {name}_launch: written by lutc export from the lowered TIR ----",
@@ -452,10 +509,11 @@ def _cuda_launcher(name: str, spec: MPGemmSpec, launches: list, workspace: list,
     return "\n".join(lines)
 
 
-def _cuda_header(kernel: Kernel, name: str, symbol: str, launches: list, workspace: list) -> str:
-    spec, args = kernel.spec, _args(kernel.spec)
+def _cuda_header(kernel: Kernel, name: str, symbol: str, launches: list, workspace: list,
+                 skipped: dict) -> str:
+    spec, args = kernel.spec, _args(kernel.spec, kernel.layout)
     P = name.upper()
-    lines = _header_intro(kernel, name, "CUDA kernel export") + [
+    lines = _header_intro(kernel, name, "CUDA kernel export", skipped) + [
              " * Arguments of NAME_launch (device pointers; compact row-major, 256-byte aligned as",
              " * cudaMalloc returns them):"]
     lines += [f" *   {a}  {_C_ELEM[d]} [{', '.join(map(str, s))}]" for a, s, d in args]
@@ -466,14 +524,14 @@ def _cuda_header(kernel: Kernel, name: str, symbol: str, launches: list, workspa
     for L in launches:
         lines.append(f" *   {L['name']:<22} {str(tuple(L['grid'])):<15} {str(tuple(L['block'])):<15} "
                      f"{L['dyn_shared_bytes']:<9} {', '.join(L['args'])}")
-    lines += [" *", " * Workspace buffers (offsets into workspace):"]
+    lines += [" *", " * Workspace buffers (offsets into workspace):" + ("" if workspace else " none")]
     for w in workspace:
         lines.append(f" *   {w['name']:<14} {w['dtype']:<8} [{w['elements']}]  offset {w['offset']}")
     lines += [" * Kernel parameters (types, names) are those of the __global__ functions in the .cu.",
               " *", f" * Build: nvcc -c -arch={kernel.target.get('arch', 'sm_90a')} {name}.cu "
               "(or -shared -Xcompiler -fPIC)", " */",
               f"#ifndef {P}_H_", f"#define {P}_H_", ""]
-    lines += _size_macros(P, spec, args)
+    lines += _size_macros(P, spec, kernel.layout, args)
     lines += [f"#define {P}_WORKSPACE_BYTES {_ws_total(workspace)}ULL", f"#define {P}_NUM_LAUNCHES {len(launches)}",
               "", "#ifdef __cplusplus", 'extern "C" {', "#endif",
               f"unsigned long long {name}_workspace_bytes(void);",
@@ -507,29 +565,44 @@ def _reusable(kernel: Kernel, symbol: str) -> bool:
     return symbol == "main" and not kernel.from_cache
 
 
-def _args(spec: MPGemmSpec) -> list:
-    """``(name, shape, dtype)`` of the kernel's arguments in call order."""
-    args = [("x", (spec.M, spec.K), spec.act_dtype),
-            ("planes", (spec.planes, spec.N, spec.K // 8), "uint8"),
-            ("scales", _scale_shape(spec), spec.scale_dtype)]
-    if spec.zero_point:
-        args.append(("zeros", (spec.N, spec.groups), spec.scale_dtype))
-    return args + [("out", (spec.M, spec.N), spec.act_dtype)]
+def _pass_config(kernel: Kernel) -> Optional[dict]:
+    """The pass options the kernel's schedule compiles with (``PASS_CONFIG`` of its module)."""
+    return getattr(importlib.import_module(f"schedules.{kernel.schedule}"), "PASS_CONFIG", None)
 
 
-def _size_macros(P: str, spec: MPGemmSpec, args: list) -> list:
+def _args(spec: MPGemmSpec, layout: str) -> list:
+    """``(name, shape, dtype)`` of the kernel's arguments in call order, the weight tensors as
+    ``layout`` stores them (padded shapes included)."""
+    weight = layouts.get(layout).shapes(spec)
+    return ([("x", (spec.M, spec.K), spec.act_dtype)]
+            + [(name, t.shape, t.dtype) for name, t in weight.items()]
+            + [("out", (spec.M, spec.N), spec.act_dtype)])
+
+
+def _size_macros(P: str, spec: MPGemmSpec, layout: str, args: list) -> list:
+    """Sizes, the layout and each argument's shape and bytes as ``#define``s."""
+    lay = layouts.get(layout)
+    planes_dtype = lay.shapes(spec)["planes"].dtype
     lines = [f"#define {P}_M {spec.M}", f"#define {P}_N {spec.N}", f"#define {P}_K {spec.K}",
              f"#define {P}_WBITS {spec.wbits}", f"#define {P}_PLANES {spec.planes}",
              f'#define {P}_FORMAT "{spec.format}"', f"#define {P}_FORMAT_CODE {FORMATS.index(spec.format)}",
              f"#define {P}_GROUP_SIZE {spec.group_size}", f"#define {P}_GROUPS {spec.groups}",
              f"#define {P}_ZERO_POINT {int(spec.zero_point)}",
              f'#define {P}_ACT_DTYPE "{spec.act_dtype}"', f'#define {P}_SCALE_DTYPE "{spec.scale_dtype}"',
-             f'#define {P}_LAYOUT "{LAYOUT}"', f"#define {P}_LAYOUT_VERSION {LAYOUT_VERSION}",
+             f'#define {P}_TABLE_DTYPE "{spec.table_dtype}"',
+             f'#define {P}_LAYOUT "{layout}"',
+             f"#define {P}_LAYOUT_CODE {FILE_LAYOUTS.index(layout)} /* lutc_weights.h: LUTC_LAYOUT_{layout.upper()} */",
+             f"#define {P}_LAYOUT_VERSION {lay.version}",
+             f"#define {P}_LAYOUT_ROWS {lay.rows} /* rows per tile, N padded to a multiple (0: untiled) */",
+             f"#define {P}_N_PADDED {lay.tiles(spec) * lay.rows if lay.rows else spec.N}",
+             f'#define {P}_PLANES_DTYPE "{planes_dtype}"', f"#define {P}_PLANES_BITS {nbytes(planes_dtype) * 8}",
              f"#define {P}_NUM_ARGS {len(args)}"]
     for a, shape, dtype in args:
-        lines.append(f"#define {P}_{a.upper()}_BYTES {int(np.prod(shape)) * _NBYTES[dtype]}")
+        A = f"{P}_{a.upper()}"
+        lines += [f"#define {A}_NDIM {len(shape)}", f"#define {A}_SHAPE {{{', '.join(map(str, shape))}}}",
+                  f"#define {A}_BYTES {int(np.prod(shape)) * nbytes(dtype)}"]
     if not spec.zero_point:
-        lines.append(f"#define {P}_ZEROS_BYTES 0")
+        lines += [f"#define {P}_ZEROS_NDIM 0", f"#define {P}_ZEROS_BYTES 0"]
     return lines
 
 
@@ -538,9 +611,11 @@ def _manifest(kernel: Kernel, res: Exported) -> dict:
     m = {"lutc_version": _version(), "name": res.name, "symbol": res.symbol,
          "entry": f"__tvm_ffi_{res.symbol}" if kernel.device == "cpu" else f"{res.name}_launch",
          "device": kernel.device, "spec": spec.key(), "target": kernel.target,
-         "schedule": kernel.schedule, "knobs": kernel.knobs, "layout": LAYOUT,
-         "layout_version": LAYOUT_VERSION,
-         "args": [{"name": a, "shape": list(s), "dtype": d} for a, s, d in _args(spec)],
+         "schedule": kernel.schedule, "knobs": kernel.knobs, "layout": kernel.layout,
+         "layout_version": layouts.get(kernel.layout).version,
+         "layout_code": FILE_LAYOUTS.index(kernel.layout),
+         "layout_doc": layouts.get(kernel.layout).doc(spec),
+         "args": [{"name": a, "shape": list(s), "dtype": d} for a, s, d in _args(spec, kernel.layout)],
          "files": {k: p.name for k, p in res.files.items()}, "skipped": res.skipped}
     m.update(res.extra)
     return m
@@ -597,86 +672,209 @@ def _version() -> str:
 # ---------------------------------------------------------------------------------------------
 # packed weights as plain files
 _MAGIC = b"LUTCWGT\0"
-_FILE_VERSION = 1
+_FILE_VERSION = 2
+_READS = (1, 2)                  # file versions load_weights (and lutc_weights.h) read
 _HEADER = struct.Struct("<8s31q")  # 256 bytes; field order of lutc_weights_header in lutc_weights.h
+_MAX_SCALES_NDIM, _MAX_PLANES_NDIM = 4, 5
+#: The weight file header's 31 int64 fields, in order (struct lutc_weights_header of
+#: lutc_weights.h names them alike). Fields 21 on were reserved (zero) in version 1: zero there
+#: reads as scales_shape[3] = 0 and layout 0, bitplane.
+HEADER_FIELDS = ("file_version", "layout_version", "format", "wbits", "planes", "N", "K",
+                 "group_size", "groups", "zero_point", "scale_bits", "planes_offset", "planes_bytes",
+                 "scales_offset", "scales_bytes", "zeros_offset", "zeros_bytes", "scales_ndim",
+                 *(f"scales_shape[{i}]" for i in range(_MAX_SCALES_NDIM)),
+                 "layout", "planes_bits", "planes_ndim",
+                 *(f"planes_shape[{i}]" for i in range(_MAX_PLANES_NDIM)), "reserved")
+#: scale_bits -> scale dtype
+_SCALE_DTYPES = {nbytes(d) * 8: d for d in SCALE_DTYPES}
+_TENSORS = ("planes", "scales", "zeros")
 
 
-def save_weights(qw: PackedWeights, path: PathLike) -> Path:
+def save_weights(qw: PackedWeights, path: PathLike, layout: Optional[str] = None) -> Path:
     """Write ``qw`` to ``path`` (read in C by ``lutc_weights.h``) plus ``path + ".json"``.
 
-    The file is a 256-byte header (magic, file and layout versions, format, shapes, dtypes,
-    offsets; see ``lutc/c/lutc_weights.h``) followed by ``planes``, ``scales`` and ``zeros`` as
-    raw little-endian arrays at 64-byte-aligned offsets. The JSON repeats the metadata for
-    programs that read the raw arrays themselves.
+    The file (version 2, module docstring) holds the tensors in ``qw``'s own layout, or in
+    ``layout`` when given (repacked first, e.g. ``layout=kernel.layout`` for an exported
+    kernel): a 256-byte header (magic, versions, format, layout code, shapes, dtypes, offsets;
+    see ``lutc/c/lutc_weights.h``) followed by ``planes``, ``scales`` and ``zeros`` as raw
+    little-endian arrays at 64-byte-aligned offsets. The JSON repeats the metadata, with the
+    layout's byte order, for programs that read the raw arrays themselves.
 
     Example:
         >>> import torch, lutc, tempfile, os
-        >>> qw = lutc.quantize(torch.randn(64, 256), wbits=3, group_size=64, zero_point=True)
-        >>> path = save_weights(qw, os.path.join(tempfile.mkdtemp(), "w.lutcw"))
-        >>> torch.equal(load_weights(path).dequantize(), qw.dequantize())
-        True
+        >>> qw = lutc.quantize(torch.randn(64, 256), wbits=2, group_size=64, zero_point=True)
+        >>> path = save_weights(qw, os.path.join(tempfile.mkdtemp(), "w.lutcw"), layout="ptiles64")
+        >>> back = load_weights(path)
+        >>> back.layout, torch.equal(back.dequantize(), qw.dequantize())
+        ('ptiles64', True)
     """
     if not isinstance(qw, PackedWeights):
         raise TypeError(f"qw must be lutc.PackedWeights, got {type(qw).__name__}")
     check_layout(qw.layout, qw.layout_version)  # refuses a layout this lutc does not read
-    qw = repack(qw, LAYOUT)                      # the file holds bitplane tensors, as its header says
+    if layout is not None:
+        qw = repack(qw, layout)
     tensors = [t.detach().cpu().contiguous() for t in qw.tensors()]
+    for name, t, limit in zip(_TENSORS, tensors, (_MAX_PLANES_NDIM, _MAX_SCALES_NDIM, _MAX_SCALES_NDIM)):
+        if t.dim() > limit:   # a future layout of higher rank needs a new file version
+            raise ValueError(f"weight files hold {name} of at most {limit} dimensions; layout "
+                             f"{qw.layout!r} has {t.dim()}")
     blobs = [t.numpy().tobytes() for t in tensors]  # little-endian on every host lutc runs on
     offsets, pos = [], _HEADER.size
     for blob in blobs:
         pos = (pos + 63) // 64 * 64
         offsets.append(pos)
         pos += len(blob)
-    spec = qw.weight_spec()
-    scale_shape = list(qw.scales.shape) + [0] * (3 - qw.scales.dim())
-    zeros = (offsets[2], len(blobs[2])) if qw.zeros is not None else (0, 0)
-    fields = [_FILE_VERSION, qw.layout_version, FORMATS.index(qw.format), qw.wbits, spec.planes,
-              qw.N, qw.K, qw.group_size, spec.groups, int(qw.zero_point),
-              {"float16": 16, "float32": 32}[qw.scale_dtype], offsets[0], len(blobs[0]),
-              offsets[1], len(blobs[1]), *zeros, qw.scales.dim(), *scale_shape]
-    fields += [0] * (31 - len(fields))
     path = Path(path)
     with open(path, "wb") as f:
-        f.write(_HEADER.pack(_MAGIC, *fields))
+        f.write(_HEADER.pack(_MAGIC, *_header_fields(qw, tensors, offsets, blobs)))
         for off, blob in zip(offsets, blobs):
             f.write(b"\0" * (off - f.tell()))
             f.write(blob)
+    spec = qw.weight_spec()
     meta = {k: v for k, v in qw.state().items() if not isinstance(v, torch.Tensor)}
-    meta.update(file_version=_FILE_VERSION, planes=spec.planes, groups=spec.groups,
-                tensors={n: {"offset": o, "bytes": len(b), "shape": list(t.shape),
-                             "dtype": str(t.dtype).removeprefix("torch.")}
-                         for n, o, b, t in zip(("planes", "scales", "zeros"), offsets, blobs, tensors)},
-                layout_doc=LAYOUT_DOC)
+    meta.update(file_version=_FILE_VERSION, layout_code=FILE_LAYOUTS.index(qw.layout),
+                planes=spec.planes, groups=spec.groups,
+                tensors={n: {"offset": o, "bytes": len(b), "shape": list(t.shape), "dtype": dtype_name(t.dtype)}
+                         for n, o, b, t in zip(_TENSORS, offsets, blobs, tensors)},
+                layout_doc=layouts.get(qw.layout).doc(spec))
     Path(str(path) + ".json").write_text(json.dumps(meta, indent=2) + "\n")
     return path
 
 
-def load_weights(path: PathLike) -> PackedWeights:
-    """Read a file of :func:`save_weights` back (refusing other file or layout versions)."""
-    data = Path(path).read_bytes()
-    if len(data) < _HEADER.size or data[:8] != _MAGIC:
-        raise ValueError(f"{path} is not a lutc weight file")
-    magic, *h = _HEADER.unpack_from(data)
-    if h[0] != _FILE_VERSION or h[1] != LAYOUT_VERSION:
-        raise ValueError(f"{path}: file version {h[0]}, layout {LAYOUT!r} v{h[1]}; this lutc reads "
-                         f"file v{_FILE_VERSION}, layout v{LAYOUT_VERSION}")
-    fmt, wbits, planes, N, K, gs, groups, zp, sbits = h[2:11]
-    sdt = {16: torch.float16, 32: torch.float32}[sbits]
+def _header_fields(qw: PackedWeights, tensors: list, offsets: list, blobs: list) -> list:
+    """The 31 int64 header fields of ``qw`` (version 2), in :data:`HEADER_FIELDS` order."""
+    spec = qw.weight_spec()
+    planes, scales = tensors[0], tensors[1]
+    h = dict(file_version=_FILE_VERSION, layout_version=qw.layout_version,
+             format=FORMATS.index(qw.format), wbits=qw.wbits, planes=spec.planes, N=qw.N, K=qw.K,
+             group_size=qw.group_size, groups=spec.groups, zero_point=int(qw.zero_point),
+             scale_bits=nbytes(qw.scale_dtype) * 8, layout=FILE_LAYOUTS.index(qw.layout),
+             planes_bits=planes.element_size() * 8, planes_ndim=planes.dim(), scales_ndim=scales.dim())
+    for name, off, blob in zip(_TENSORS, offsets, blobs):
+        h[f"{name}_offset"], h[f"{name}_bytes"] = off, len(blob)
+    for name, t in (("planes", planes), ("scales", scales)):
+        h.update({f"{name}_shape[{i}]": n for i, n in enumerate(t.shape)})
+    return [h.get(f, 0) for f in HEADER_FIELDS]
 
+
+def load_weights(path: PathLike) -> PackedWeights:
+    """Read a file of :func:`save_weights` (version 2, or 1) back, in the layout it holds.
+
+    Every header field is checked before any tensor is read: the magic, the file and layout
+    versions, the format, layout and dtype codes, the shapes against the layout's for the
+    header's ``N``, ``K`` and groups, and each tensor's bytes against the file's length. A
+    damaged or foreign file raises ``ValueError`` naming the file and the field.
+
+    Example:
+        >>> import torch, lutc, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "w.lutcw")
+        >>> _ = save_weights(lutc.quantize(torch.randn(64, 256), wbits=4), path, layout="tiles64")
+        >>> qw = load_weights(path)
+        >>> qw.layout, qw.planes.shape
+        ('tiles64', torch.Size([1, 64, 4, 32]))
+    """
+    data = Path(path).read_bytes()
+    h = _read_header(path, data)
+    spec, layout = _header_weight(path, h)
+    expected = layout.shapes(spec)
+    _check_tensor_fields(path, h, expected, len(data))
     buf = bytearray(data)   # one writable copy for torch.frombuffer; each tensor clones its part
 
-    def tensor(off, nbytes, dtype, shape):
-        raw = torch.frombuffer(buf, dtype=torch.uint8, count=nbytes, offset=off)
-        return raw.view(dtype).reshape(shape).clone()
+    def tensor(name):
+        t = expected[name]
+        raw = torch.frombuffer(buf, dtype=torch.uint8, count=h[f"{name}_bytes"], offset=h[f"{name}_offset"])
+        return raw.view(torch_dtype(t.dtype)).reshape(t.shape).clone()
 
-    scales_shape = h[18:18 + h[17]]
-    return PackedWeights(
-        format=FORMATS[fmt], wbits=wbits, N=N, K=K, group_size=gs, zero_point=bool(zp),
-        scale_dtype={16: "float16", 32: "float32"}[sbits],
-        planes=tensor(h[11], h[12], torch.uint8, (planes, N, K // 8)),
-        scales=tensor(h[13], h[14], sdt, scales_shape),
-        zeros=tensor(h[15], h[16], sdt, (N, groups)) if zp else None)
+    return PackedWeights(format=spec.format, wbits=spec.wbits, N=spec.N, K=spec.K,
+                         group_size=spec.group_size, zero_point=spec.zero_point,
+                         scale_dtype=spec.scale_dtype, planes=tensor("planes"), scales=tensor("scales"),
+                         zeros=tensor("zeros") if spec.zero_point else None,
+                         layout=layout.name, layout_version=layout.version)
 
 
-__all__ = ["export", "Exported", "default_name", "save_weights", "load_weights", "cuda_launches",
-           "LAYOUT_DOC"]
+def _read_header(path, data: bytes) -> dict:
+    """The header fields of ``data`` by name; version-1 files get their implied layout fields."""
+    if data[:8] != _MAGIC:
+        raise ValueError(f"{path} is not a lutc weight file: it does not start with {_MAGIC!r}")
+    if len(data) < _HEADER.size:
+        raise ValueError(f"{path}: file is truncated: the header needs bytes 0..{_HEADER.size}, the "
+                         f"file has {len(data)} bytes")
+    h = dict(zip(HEADER_FIELDS, _HEADER.unpack_from(data)[1:]))
+    if h["file_version"] not in _READS:
+        raise ValueError(f"{path}: field file_version is {h['file_version']}; this lutc reads weight "
+                         f"files of versions {', '.join(map(str, _READS))}")
+    if h["file_version"] == 1:   # bitplane only: the planes fields were not written
+        h.update(layout=FILE_LAYOUTS.index(layouts.BITPLANE), planes_bits=8, planes_ndim=None)
+    return h
+
+
+def _header_weight(path, h: dict) -> tuple:
+    """The weight's :class:`MPGemmSpec` (M = 1) and layout the header describes, each field checked."""
+    def bad(name, why):
+        return ValueError(f"{path}: field {name} is {h[name]}; {why}")
+
+    if not 0 <= h["layout"] < len(FILE_LAYOUTS):
+        raise bad("layout", f"layout codes are 0..{len(FILE_LAYOUTS) - 1} ({', '.join(FILE_LAYOUTS)})")
+    layout = layouts.get(FILE_LAYOUTS[h["layout"]])
+    if h["layout_version"] != layout.version:
+        raise bad("layout_version", f"layout {layout.name!r} v{h['layout_version']}: this lutc reads "
+                  f"v{layout.version}")
+    if not 0 <= h["format"] < len(FORMATS):
+        raise bad("format", f"format codes are 0..{len(FORMATS) - 1} ({', '.join(FORMATS)})")
+    if h["wbits"] not in (1, 2, 3, 4):
+        raise bad("wbits", "weights have 1-4 bits")
+    if h["zero_point"] not in (0, 1):
+        raise bad("zero_point", "it is 0 or 1")
+    if h["scale_bits"] not in _SCALE_DTYPES:
+        raise bad("scale_bits", f"scales are {' or '.join(map(str, sorted(_SCALE_DTYPES)))}-bit floats")
+    try:
+        spec = MPGemmSpec(1, h["N"], h["K"], wbits=h["wbits"], format=FORMATS[h["format"]],
+                          group_size=h["group_size"], zero_point=bool(h["zero_point"]),
+                          scale_dtype=_SCALE_DTYPES[h["scale_bits"]])
+        layout.check(spec)
+    except SpecError as e:
+        raise ValueError(f"{path}: the fields N, K, wbits, format, group_size, zero_point describe "
+                         f"no weight lutc packs: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: layout {layout.name!r} cannot hold this weight: {e}") from None
+    for name in ("planes", "groups"):
+        if h[name] != getattr(spec, name):
+            raise bad(name, f"a {spec.format} w{spec.wbits} weight of K={spec.K}, group_size="
+                      f"{spec.group_size} has {getattr(spec, name)}")
+    return spec, layout
+
+
+def _check_tensor_fields(path, h: dict, expected: dict, size: int) -> None:
+    """Each tensor's element bits, shape, bytes and place in a file of ``size`` bytes."""
+    planes_bits = nbytes(expected["planes"].dtype) * 8
+    if h["planes_bits"] != planes_bits:
+        raise ValueError(f"{path}: field planes_bits is {h['planes_bits']}; layout "
+                         f"{FILE_LAYOUTS[h['layout']]!r} stores {expected['planes'].dtype} planes ({planes_bits})")
+    for name, limit in (("planes", _MAX_PLANES_NDIM), ("scales", _MAX_SCALES_NDIM)):
+        ndim = h[f"{name}_ndim"]
+        if ndim is None:   # version 1: implied by the layout
+            continue
+        shape = tuple(h[f"{name}_shape[{i}]"] for i in range(ndim)) if 0 < ndim <= limit else None
+        if shape != expected[name].shape:
+            got = f"{name}_ndim {ndim}, {name}_shape {list(shape) if shape else '?'}"
+            raise ValueError(f"{path}: fields {got}; layout {FILE_LAYOUTS[h['layout']]!r} of this weight "
+                             f"stores {name} {list(expected[name].shape)}")
+    if "zeros" not in expected and (h["zeros_offset"] or h["zeros_bytes"]):
+        raise ValueError(f"{path}: fields zeros_offset, zeros_bytes are {h['zeros_offset']}, "
+                         f"{h['zeros_bytes']}; a weight without zero points has no zeros (0, 0)")
+    for name, t in expected.items():
+        off, n = h[f"{name}_offset"], h[f"{name}_bytes"]
+        want = int(np.prod(t.shape)) * nbytes(t.dtype)
+        if n != want:
+            raise ValueError(f"{path}: field {name}_bytes is {n}; {name} {t.dtype} "
+                             f"{list(t.shape)} take {want} bytes")
+        if off < _HEADER.size:
+            raise ValueError(f"{path}: field {name}_offset is {off}; tensors start after the "
+                             f"{_HEADER.size}-byte header")
+        if off + n > size:
+            raise ValueError(f"{path}: file is truncated: {name} need bytes {off}..{off + n}, the "
+                             f"file has {size} bytes")
+
+
+__all__ = ["export", "Exported", "default_name", "c_source_limitation", "save_weights", "load_weights",
+           "cuda_launches", "FILE_LAYOUTS", "HEADER_FIELDS"]

@@ -38,27 +38,33 @@ static DLTensor tensor(void* data, std::vector<int64_t>& shape, uint8_t code, ui
 
 int main(int argc, char** argv) {
   std::string dir = argc > 1 ? argv[1] : ".";
-  double bound = argc > 2 ? std::atof(argv[2]) : 1e-4;
+  double bound = argc > 2 ? std::atof(argv[2]) : std::string(KERNEL_TABLE_DTYPE) == "int8" ? 3e-2 : 1e-4;
   lutc_weights w;
   if (lutc_weights_load((dir + "/weights.lutcw").c_str(), &w) != 0) {
     std::fprintf(stderr, "cxx_host: %s\n", w.error);
     return 2;
   }
+  if (w.h.layout != KERNEL_LAYOUT_CODE) {  // the file must hold the layout the kernel reads
+    std::fprintf(stderr, "cxx_host: weights are in layout %s, the kernel reads %s\n",
+                 lutc_layout_name(w.h.layout), KERNEL_LAYOUT);
+    return 2;
+  }
   ffi::Module mod = ffi::Module::LoadFromFile(dir + "/kernel.so");
   ffi::Function f = mod->GetFunction("main").value();
 
-  std::vector<int64_t> xs{KERNEL_M, KERNEL_K}, ps{KERNEL_PLANES, KERNEL_N, KERNEL_K / 8},
-      ss(w.h.scales_shape, w.h.scales_shape + w.h.scales_ndim), zs{KERNEL_N, KERNEL_GROUPS},
-      os{KERNEL_M, KERNEL_N};
+  // Shapes from kernel.h (the layout's padded shapes); the kernel checks them against its own.
+  std::vector<int64_t> xs KERNEL_X_SHAPE, ps KERNEL_PLANES_SHAPE, ss KERNEL_SCALES_SHAPE,
+      os KERNEL_OUT_SHAPE;
   uint8_t sbits = static_cast<uint8_t>(w.h.scale_bits);
+  uint8_t pcode = KERNEL_PLANES_BITS == 8 ? kDLUInt : kDLInt;
   float* x = static_cast<float*>(read_file(dir + "/x.bin", KERNEL_X_BYTES));
-  float* ref = static_cast<float*>(read_file(dir + "/ref.bin", KERNEL_OUT_BYTES));
   size_t n = KERNEL_OUT_BYTES / sizeof(float);
+  double* ref = static_cast<double*>(read_file(dir + "/ref.bin", n * sizeof(double)));
   float* out = static_cast<float*>(std::aligned_alloc(64, (KERNEL_OUT_BYTES + 63) / 64 * 64));
   for (size_t i = 0; i < n; i++) out[i] = NAN;
 
-  DLTensor tx = tensor(x, xs, kDLFloat, 32), tp = tensor(w.planes, ps, kDLUInt, 8),
-           ts = tensor(w.scales, ss, kDLFloat, sbits), tz = tensor(w.zeros, zs, kDLFloat, sbits),
+  DLTensor tx = tensor(x, xs, kDLFloat, 32), tp = tensor(w.planes, ps, pcode, KERNEL_PLANES_BITS),
+           ts = tensor(w.scales, ss, kDLFloat, sbits), tz = tensor(w.zeros, ss, kDLFloat, sbits),
            to = tensor(out, os, kDLFloat, 32);
 #if KERNEL_ZERO_POINT
   f(&tx, &tp, &ts, &tz, &to);

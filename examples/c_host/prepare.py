@@ -1,41 +1,57 @@
 """Write what the C host needs: an exported kernel, packed weights, x and the reference output.
 
     python examples/c_host/prepare.py OUT [--shape 4,512,1024] [--wbits 2] [--group-size 128]
-                                          [--format uniform] [--zero-point]
+                                          [--format uniform] [--zero-point] [--target arm]
+                                          [--table-dtype int8|float32] [--schedule NAME]
 
-Into ``OUT``: ``lutc.export(kernel, OUT, name="kernel")`` (kernel.o/.so/.c/.h/.json,
-lutc_backend.c, lutc_weights.h, include/), ``weights.lutcw`` (:func:`lutc.exporter.save_weights`),
-``x.bin`` (float32 ``[M, K]``) and ``ref.bin`` (float32 ``[M, N]``: lutc's float64 reference
-``x @ W^T`` of the dequantized weights). Then ``bash examples/c_host/build.sh OUT`` and
-``OUT/c_host OUT``; ``python examples/c_host/run_so.py OUT`` runs the .so through tvm-ffi alone.
+The kernel is the one ``lutc.compile`` picks for the workload and target (on x86 the SIMD LUT
+kernel, int8 tables, weights in ``ptiles64``/``tiles128``; ``--target arm``: the NEON kernel,
+``tiles32``). Into ``OUT``: ``lutc.export(kernel, OUT, name="kernel")`` (kernel.o/.so/.h/.json,
+kernel.c where the schedule has no SIMD intrinsics, lutc_backend.c, lutc_weights.h, include/),
+``weights.lutcw`` (:func:`lutc.save_weights` in ``kernel.layout``, the arrays the kernel reads),
+``x.bin`` (float32 ``[M, K]``) and ``ref.bin`` (float64 ``[M, N]``: lutc's reference ``x @ W^T``
+of the dequantized weight). Then ``bash examples/c_host/build.sh OUT`` and ``OUT/c_host OUT``;
+``python examples/c_host/run_so.py OUT`` runs the .so through tvm-ffi alone;
+``python examples/c_host/bench.py`` times the C host against the same kernel called from Python.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+import torch
+
 import lutc
-from lutc.exporter import save_weights
-from lutc.testing import random_case, reference
+from lutc.dtypes import torch_dtype
+from lutc.testing import random_case, random_weights, reference
 
 
-def prepare(out, shape=(4, 512, 1024), wbits=2, group_size=128, format="uniform",
-            zero_point=False, seed=0, emit=None, target=None):
-    """Export the kernel of this workload and write its inputs into ``out``; returns the spec.
+def prepare(out, shape=(4, 512, 1024), wbits=2, group_size=128, format="uniform", zero_point=False,
+            seed=0, emit=None, target=None, table_dtype=None, schedule=None, quantized=True):
+    """Export the kernel ``lutc.compile`` picks for this workload and write its inputs into
+    ``out``; returns the kernel.
 
     ``target``: e.g. ``"arm"`` to cross-compile (then build with ``CC=aarch64-linux-gnu-gcc
     LDFLAGS=-static bash build.sh OUT`` and run ``qemu-aarch64 OUT/c_host OUT``).
+    ``quantized=False`` packs random bits and coefficients (:func:`lutc.testing.random_weights`)
+    instead of quantizing a random weight: the same kernel work, without the minute that
+    quantizing a 4096 x 4096 weight takes.
     """
     out = Path(out)
-    M, N, K = shape
-    spec = lutc.MPGemmSpec(M, N, K, wbits=wbits, format=format, group_size=group_size,
-                           zero_point=zero_point)
-    x, qw = random_case(spec, seed=seed)
-    lutc.export(lutc.build(spec, target=target), out, name="kernel", emit=emit)
-    save_weights(qw, out / "weights.lutcw")
+    kernel = lutc.compile(tuple(shape), wbits=wbits, group_size=group_size, format=format,
+                          zero_point=zero_point, table_dtype=table_dtype, target=target,
+                          schedule=schedule)
+    if quantized:
+        x, qw = random_case(kernel.spec, seed=seed)
+    else:
+        qw = random_weights(kernel.spec, seed=seed)
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(kernel.spec.M, kernel.spec.K, generator=gen).to(torch_dtype(kernel.spec.act_dtype))
+    lutc.export(kernel, out, name="kernel", emit=emit)
+    lutc.save_weights(qw, out / "weights.lutcw", layout=kernel.layout)
     x.numpy().tofile(out / "x.bin")
-    reference(x, qw).float().numpy().tofile(out / "ref.bin")
-    return spec
+    reference(x, qw).numpy().tofile(out / "ref.bin")
+    return kernel
 
 
 def main() -> None:
@@ -47,10 +63,14 @@ def main() -> None:
     ap.add_argument("--format", default="uniform")
     ap.add_argument("--zero-point", action="store_true")
     ap.add_argument("--target", default=None, help="default: this CPU; 'arm' cross-compiles")
+    ap.add_argument("--table-dtype", default=None, choices=lutc.spec.TABLE_DTYPES,
+                    help="default: the target's (int8 where a SIMD kernel exists)")
+    ap.add_argument("--schedule", default=None, help="e.g. dot_mac (default: the target's)")
     a = ap.parse_args()
-    spec = prepare(a.out, tuple(int(v) for v in a.shape.split(",")), a.wbits, a.group_size,
-                   a.format, a.zero_point, target=a.target)
-    print(f"wrote kernel, weights, x and reference for {spec} to {a.out}")
+    kernel = prepare(a.out, tuple(int(v) for v in a.shape.split(",")), a.wbits, a.group_size,
+                     a.format, a.zero_point, target=a.target, table_dtype=a.table_dtype,
+                     schedule=a.schedule)
+    print(f"wrote {kernel!r} (weights in layout {kernel.layout}), weights, x and reference to {a.out}")
 
 
 if __name__ == "__main__":
