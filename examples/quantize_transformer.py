@@ -19,37 +19,33 @@ configuration the script reports, against the float32 model:
   ``same tok``: the fraction of the greedy continuation equal to the float model's;
 * ``W err``: ``||W_q - W|| / ||W||`` of block 0's weights (the quantization itself) and
   ``kernel err``: ``max |y - y_ref| / max |y_ref|`` of block 0's LUTLinear outputs during the
-  prefill against the float64 product with their dequantized weights (lutc's kernels: ~1e-7);
+  prefill against the float64 product with their dequantized weights (int8 tables: ~1e-2);
 * ``prefill ms`` and ``decode tok/s``: the prompt pass, then greedy decoding of ``--new-tokens``
   tokens one at a time (M = 1) with a KV cache; best of ``--reps`` runs after a warm-up (the
   first lutc generation compiles the kernels for the M buckets in use: ``compile s``).
 
-Results (2026-11-21) on the 2-core AVX-512 VM of docs/design.md, shared with other jobs:
+Results (2026-11-29) on the 2-core AMD EPYC VM (znver5, AVX-512), quiet (load average 0.3):
 Python 3.11.7, torch 2.13.0+cpu (2 threads), TVM_NUM_THREADS=2, lutc 0.1.0 with the default
-(untuned, scalar-gather) CPU schedule; ``python examples/quantize_transformer.py`` (22 s, 30 s with the imports)::
-
-    model: 2 layers, d=1024, ffn=4096, vocab=4096, 25.2 M weights in quantized layers; prompt 32, 32 new tokens
-    machine: x86_64, 2 cpus, load average 1.0, torch 2.13.0+cpu (2 threads), TVM threads 2, OMP_WAIT_POLICY='PASSIVE'
+CPU kernel behind ``LUTLinear`` (the x86 SIMD LUT kernel, int8 tables, weights held in its
+``ptiles64`` layout); ``python examples/quantize_transformer.py`` (14 s with the imports)::
 
     model            rel err top-1 same tok  W err kernel err prefill ms decode tok/s quant s compile s
-    float32            0.000  1.00     1.00  0.000    0.0e+00       25.4         98.2     0.0       0.0
-    w4g128             0.231  0.47     0.19  0.100    3.4e-07      241.1         78.1     4.1       4.9
-    w2g128             0.724  0.06     0.12  0.341    2.4e-07      126.7        132.7     3.7       1.9
+    float32            0.000  1.00     1.00  0.000    0.0e+00       21.6        151.5     0.0       0.0
+    w4g128             0.231  0.50     0.22  0.100    1.0e-02        7.6        521.5     4.1       1.7
+    w2g128             0.724  0.06     0.16  0.341    8.3e-03        8.4        666.4     3.6       1.4
 
-The error columns are the same in every run. The speed columns move a lot on this VM: eight
-more runs with OMP_WAIT_POLICY=PASSIVE, some while another process kept a core busy, gave float
-63-109 tok/s, w4g128 45-86 (5 runs), w2g128 76-133, and prefill float 28-62 ms, w4g128
-236-430, w2g128 133-250. ``--compile`` (fullgraph, dynamic shapes) ran w2g128 at 99 tok/s where
-eager ran 98 in the same run (19 s to compile). With ``OMP_WAIT_POLICY=ACTIVE`` (torch's OpenMP
-workers spin between parallel regions, as they do by default) on a quiet VM: float 131.6 tok/s,
-w4g128 29.5, w2g128 54.7; the spinning workers starve TVM's thread pool in the lutc models.
+Decode runs at 3.4x (W4) and 4.4x (W2) the float model's tokens/s and prefill (M = 32) takes
+0.35-0.39x its time; an earlier run in the same session, with another process busy, gave 2.8x /
+4.2x and 0.27-0.36x. Until 2026-11-28 ``LUTLinear`` ran the generic scalar-gather kernel with
+float tables: W4 decoded at 0.5-0.9x and W2 at 0.9-1.4x the float speed, and prefill was 4-14x
+slower than fp32.
 
 Reading: the logits error comes from the quantization (``W err``: 10% of the weight at 4 bits,
-34% at 2 bits, round-to-nearest codes with a searched clip range, no outlier handling); lutc's
-kernels add ~3e-7 to each layer. Decoding (M = 1) reads 8x / 16x fewer weight bytes than fp32,
-yet with the generic schedule's scalar table gathers w4g128 decodes at 0.5-0.9x and w2g128 at
-0.9-1.4x the fp32 speed across these runs, and prefill (M = 32) is 4-14x slower than MKL's fp32
-GEMM. The SIMD (vpshufb/tbl) and tuned schedules are the next issues (docs/design.md).
+34% at 2 bits, round-to-nearest codes with a searched clip range, no outlier handling); the
+kernels add about 1e-2 of each layer's max output (int8 tables, bound (4) of
+``lutc/frontend.py``; ``table_dtype="float32"`` makes that ~1e-7 at the generic kernel's speed).
+With ``OMP_WAIT_POLICY=ACTIVE`` (torch's OpenMP workers spin between parallel regions, as they
+do by default) the spinning workers starve TVM's thread pool in the lutc models on 2 cores.
 """
 from __future__ import annotations
 
