@@ -34,14 +34,15 @@ from .spec import LAYOUT_VERSION, MPGemmSpec, SpecError  # noqa: E402  (no torch
 _LAZY = {"PackedWeights": "formats", "quantize": "formats", "repack": "formats",
          "build": "build", "compile": "build", "cuda_binary": "build", "precompile": "build",
          "Kernel": "runtime", "tune": "autotune", "LUTLinear": "nn", "quantize_model": "nn",
-         "export": "exporter", "load_weights": "exporter", "save_weights": "exporter"}
+         "export": "exporter", "load_weights": "exporter", "save_weights": "exporter",
+         "import_weights": "importers", "import_gguf": "importers"}
 _MODULES = ("layouts", "formats", "frontend", "target", "build", "cache", "runtime", "testing", "autotune",
-            "torch_ops", "nn", "exporter", "tuner", "dtypes", "cli")
+            "torch_ops", "nn", "exporter", "importers", "tuner", "dtypes", "cli")
 
 __version__ = "0.1.0"
 __all__ = ["MPGemmSpec", "SpecError", "LAYOUT_VERSION", "PackedWeights", "quantize", "repack", "compile",
            "build", "cuda_binary", "precompile", "Kernel", "tune", "LUTLinear", "quantize_model", "export",
-           "save_weights", "load_weights", "__version__"]
+           "save_weights", "load_weights", "import_weights", "import_gguf", "__version__"]
 
 
 def __getattr__(name: str):

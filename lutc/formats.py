@@ -209,6 +209,37 @@ def quantize(weight: ArrayLike, wbits: int = 2, group_size: Optional[int] = None
     return qw if layout == LAYOUT else repack(qw, layout)
 
 
+def from_codes(codes: torch.Tensor, wbits: int, group_size: int, scales: torch.Tensor,
+               zeros: Optional[torch.Tensor] = None, scale_dtype: str = "float16") -> PackedWeights:
+    """A ``uniform`` weight ``w = s (q - z)`` from its integer codes ``q [N, K]`` (0 .. 2^b - 1),
+    scales ``[N, G]`` and zero points ``[N, G]`` (None: the symmetric ``(2^b - 1)/2``), packed
+    into bit planes; what the checkpoint importers (:mod:`lutc.importers`) build.
+
+    Example:
+        >>> import torch
+        >>> q = torch.tensor([[0, 1, 2, 3] * 8])
+        >>> qw = from_codes(q, 2, 32, torch.tensor([[0.5]]), torch.tensor([[1.0]]))
+        >>> qw.dequantize()[0, :4].tolist()
+        [-0.5, 0.0, 0.5, 1.0]
+    """
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= 2 ** wbits):
+        raise ValueError(f"codes must lie in [0, {2 ** wbits - 1}] for wbits={wbits}, got "
+                         f"[{int(codes.min())}, {int(codes.max())}]")
+    planes = pack_bits(torch.stack([(codes >> i) & 1 for i in range(wbits)]).bool())
+    return from_planes(planes, wbits, group_size, scales, zeros, scale_dtype)
+
+
+def from_planes(planes: torch.Tensor, wbits: int, group_size: int, scales: torch.Tensor,
+                zeros: Optional[torch.Tensor] = None, scale_dtype: str = "float16") -> PackedWeights:
+    """:func:`from_codes` for codes already split into ``bitplane`` planes (uint8 ``[b, N, K/8]``)."""
+    sdt = torch_dtype(scale_dtype)
+    b, N, KB = planes.shape
+    return PackedWeights(format="uniform", wbits=wbits, N=N, K=8 * KB, group_size=group_size,
+                         zero_point=zeros is not None, scale_dtype=scale_dtype, planes=planes.contiguous(),
+                         scales=scales.to(sdt).contiguous(),
+                         zeros=None if zeros is None else zeros.to(sdt).contiguous())
+
+
 def check_layout(layout, version) -> None:
     """Refuse a layout name or version this lutc does not read."""
     layouts.check_version(layout, version)

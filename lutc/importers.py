@@ -1,0 +1,322 @@
+r"""Quantized checkpoints in: GPTQ, AWQ, compressed-tensors and GGUF tensors as :class:`lutc.PackedWeights`.
+
+Every importer reads the format's integer codes, scales and zero points and rebuilds the same
+weight in lutc's ``uniform`` format with zero points, ``w = s (q - z)``, exactly: the float64
+:meth:`lutc.PackedWeights.dequantize` of the result equals the format's own dequantization to
+float rounding of the scale dtype (the tests compare against each format's reference packer or
+reader). No requantization happens; the weight can then go to any layout (``lutc.repack``) or
+into a model (``lutc.LUTLinear.from_packed``).
+
+    >>> import torch, lutc
+    >>> N, K, bits, gs = 64, 256, 4, 128
+    >>> codes = torch.randint(0, 16, (N, K))
+    >>> qweight = lutc.importers.pack_bitstream(codes, bits).T.contiguous()     # GPTQ: [K*bits/32, N]
+    >>> qzeros = lutc.importers.pack_bitstream(torch.full((K // gs, N), 7), bits)  # v1: zero - 1
+    >>> scales = torch.rand(K // gs, N).half()
+    >>> qw = lutc.import_weights({"qweight": qweight, "qzeros": qzeros, "scales": scales},
+    ...                          format="gptq", bits=4, group_size=128)
+    >>> ref = scales.double().repeat_interleave(gs, 0).T * (codes.double() - 8)
+    >>> bool((qw.dequantize() - ref).abs().max() == 0)
+    True
+
+What imports (``bits``: weight bits; ``G``: groups of ``group_size`` along K):
+
+==================  ==========================================  ==================================
+format              tensors                                     imported as
+==================  ==========================================  ==================================
+``gptq`` (v1)       ``qweight`` int32 [K bits/32, N] (codes     uniform, ``zero_point``, bits 2/3/4,
+(AutoGPTQ,          along K, a dense little-endian bit stream   group 32/64/128 or -1, fp16
+GPTQModel)          per column), ``qzeros`` int32 [G, N bits/   scales; symmetric and asymmetric
+                    32] (stored ``zero - 1``), ``scales`` [G,   (symmetric: zero ``2^(bits-1)``);
+                    N], ``g_idx`` [K] (optional)                ``checkpoint_format="gptq_v2"``
+                                                                for zeros stored as they are
+``awq`` (GEMM)      ``qweight`` int32 [K, N/8] (8 codes per     uniform, ``zero_point``, 4 bits
+                    word in the order 0 2 4 6 1 3 5 7),         
+                    ``qzeros`` int32 [G, N/8], ``scales`` [G,   
+                    N]                                          
+``compressed-       ``weight_packed`` int32 [N, K bits/32]      uniform, ``zero_point``, bits 2/3/4
+tensors``           (signed codes + 2^(bits-1), dense stream    (float32 scales for bf16 ones)
+(pack-quantized)    along K), ``weight_scale`` [N, G],          
+                    ``weight_zero_point`` [N bits/32, G]        
+                    (asymmetric only), ``weight_shape``         
+GGUF ``Q4_0``       blocks of 32: fp16 ``d``, 4-bit ``q``:      uniform W4 g32, zero 8, fp16 scales
+                    ``d (q - 8)``
+GGUF ``Q4_1``       ``d q + m``                                 W4 g32, float32 scale and zero
+GGUF ``Q4_K``       super-blocks of 256: ``d sc q - dmin m``    W4 g32, float32 scale ``d sc``
+                    (6-bit sub-scales and mins per 32)          and zero ``dmin m / (d sc)``
+==================  ==========================================  ==================================
+
+Not imported, with the reason in the error: GPTQ act-order (``desc_act``: a ``g_idx`` that is
+not ``k // group_size``; permuting K once and ``x`` per call is the plan), 8-bit codes, group
+sizes lutc's kernels lack (16, 256, ...), GGUF ``Q2_K`` (sub-blocks of 16), ``TQ1_0``/``TQ2_0``
+(a ternary scale per block of 256; lutc's ternary format has one per tensor), ``Q5``/``Q6``/``Q8``
+types (more than 4 bits) and the ``IQ`` types (codebooks).
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping, Optional, Union
+
+import numpy as np
+import torch
+
+from .formats import PackedWeights, from_codes, from_planes
+from .spec import GROUP_SIZES
+
+FORMATS = ("gptq", "awq", "compressed-tensors")
+#: AWQ's GEMM kernel order: nibble i of a word holds output column 8 c + AWQ_ORDER[i].
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+
+
+def import_weights(tensors: Mapping[str, torch.Tensor], format: str, bits: int,
+                   group_size: Optional[int] = 128, sym: Optional[bool] = None,
+                   checkpoint_format: str = "gptq") -> PackedWeights:
+    """One quantized linear layer's tensors -> :class:`lutc.PackedWeights` (module docstring).
+
+    Args:
+        tensors: the layer's tensors by their names in the checkpoint (``qweight``, ``qzeros``,
+            ``scales``, ``g_idx``; or ``weight_packed``, ``weight_scale``, ...).
+        format: ``"gptq"``, ``"awq"`` or ``"compressed-tensors"``.
+        bits, group_size: as the checkpoint's ``quantization_config`` says (``group_size`` -1 or
+            None: one group per row).
+        sym: compressed-tensors only: symmetric (no ``weight_zero_point``); default: whether
+            the zero points are absent.
+        checkpoint_format: GPTQ only: ``"gptq"`` (v1, zeros stored minus one) or ``"gptq_v2"``.
+
+    Example: the module docstring.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {list(FORMATS)} (GGUF: lutc.import_gguf), got {format!r}")
+    if isinstance(bits, bool) or bits not in (2, 3, 4):
+        raise ValueError(f"bits={bits!r}: lutc imports 2-, 3- and 4-bit codes")
+    group_size = -1 if group_size in (None, -1, 0) else group_size
+    if group_size not in GROUP_SIZES:
+        raise ValueError(f"group_size={group_size}: lutc's kernels take groups of {list(GROUP_SIZES)}")
+    if format == "gptq":
+        return _gptq(tensors, bits, group_size, checkpoint_format)
+    if format == "awq":
+        return _awq(tensors, bits, group_size)
+    return _compressed_tensors(tensors, bits, group_size, sym)
+
+
+def _need(tensors: Mapping, name: str, format: str) -> torch.Tensor:
+    t = tensors.get(name)
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{format} tensors need {name!r} (a torch.Tensor); got {sorted(tensors)}")
+    return t.detach().cpu()
+
+
+def _int32(name: str, t: torch.Tensor, shape: tuple) -> torch.Tensor:
+    if t.dtype not in (torch.int32, torch.uint32) or tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} is {t.dtype} {tuple(t.shape)}, expected int32 {tuple(shape)}")
+    return t.contiguous()
+
+
+def _groups(K: int, group_size: int) -> int:
+    if group_size != -1 and K % group_size:
+        raise ValueError(f"K={K} is not a multiple of group_size={group_size}")
+    return 1 if group_size == -1 else K // group_size
+
+
+def _scales(name: str, t: torch.Tensor, shape: tuple) -> tuple:
+    """Scales as lutc stores them: the tensor (transposed by the caller) and its dtype name;
+    float16 stays, bfloat16 and float32 become float32 (exact)."""
+    if tuple(t.shape) != tuple(shape) or not t.is_floating_point():
+        raise ValueError(f"{name} is {t.dtype} {tuple(t.shape)}, expected a float tensor {tuple(shape)}")
+    return (t, "float16") if t.dtype == torch.float16 else (t.float(), "float32")
+
+
+def _gptq(tensors, bits: int, group_size: int, checkpoint_format: str) -> PackedWeights:
+    if checkpoint_format not in ("gptq", "gptq_v2"):
+        raise ValueError(f"checkpoint_format must be 'gptq' (v1) or 'gptq_v2', got {checkpoint_format!r}")
+    qweight = _need(tensors, "qweight", "gptq")
+    if qweight.dim() != 2 or (qweight.shape[0] * 32) % bits:
+        raise ValueError(f"qweight has shape {tuple(qweight.shape)}, expected [K * {bits} / 32, N]")
+    K, N = qweight.shape[0] * 32 // bits, qweight.shape[1]
+    G = _groups(K, group_size)
+    scales, sdt = _scales("scales", _need(tensors, "scales", "gptq"), (G, N))
+    qzeros = _int32("qzeros", _need(tensors, "qzeros", "gptq"), (G, -(-N * bits // 32)))
+    g_idx = tensors.get("g_idx")
+    if g_idx is not None:
+        expected = torch.arange(K) // (K if group_size == -1 else group_size)
+        if g_idx.shape != (K,) or not torch.equal(g_idx.detach().cpu().long(), expected):
+            raise ValueError("g_idx is not k // group_size: an act-order (desc_act=True) checkpoint; "
+                             "lutc does not import act-order GPTQ weights yet")
+    planes = stream_planes(qweight.T.contiguous(), K, bits)                       # [b, N, K/8]
+    zeros = unpack_bitstream(qzeros, N, bits).T.double()                          # [N, G]
+    if checkpoint_format == "gptq":
+        zeros = zeros + 1      # v1 stores zero - 1 (and its kernels add the 1 back without masking)
+    return from_planes(planes, bits, group_size, scales.T.contiguous(), zeros, scale_dtype=sdt)
+
+
+def _awq(tensors, bits: int, group_size: int) -> PackedWeights:
+    if bits != 4:
+        raise ValueError(f"bits={bits}: AWQ's GEMM layout packs 4-bit codes")
+    qweight = _need(tensors, "qweight", "awq")
+    if qweight.dim() != 2:
+        raise ValueError(f"qweight has shape {tuple(qweight.shape)}, expected [K, N / 8]")
+    K, N = qweight.shape[0], qweight.shape[1] * 8
+    G = _groups(K, group_size)
+    scales, sdt = _scales("scales", _need(tensors, "scales", "awq"), (G, N))
+    qzeros = _int32("qzeros", _need(tensors, "qzeros", "awq"), (G, N // 8))
+    codes = _awq_unpack(_int32("qweight", qweight, (K, N // 8))).T                # [N, K]
+    zeros = _awq_unpack(qzeros).T.double()                                        # [N, G]
+    return from_codes(codes, 4, group_size, scales.T.contiguous(), zeros, scale_dtype=sdt)
+
+
+def _awq_unpack(words: torch.Tensor) -> torch.Tensor:
+    """int32 [R, C] in AWQ's order -> codes [R, 8 C]."""
+    nib = torch.stack([(words.long() >> (4 * i)) & 15 for i in range(8)], -1)    # [R, C, i]
+    out = torch.empty_like(nib)
+    out[..., list(AWQ_ORDER)] = nib
+    return out.reshape(words.shape[0], -1)
+
+
+def _compressed_tensors(tensors, bits: int, group_size: int, sym: Optional[bool]) -> PackedWeights:
+    packed = _need(tensors, "weight_packed", "compressed-tensors")
+    if "weight_shape" in tensors:
+        N, K = (int(v) for v in tensors["weight_shape"].tolist())
+    else:
+        N, K = packed.shape[0], packed.shape[1] * 32 // bits
+    packed = _int32("weight_packed", packed, (N, -(-K * bits // 32)))
+    G = _groups(K, group_size)
+    scales, sdt = _scales("weight_scale", _need(tensors, "weight_scale", "compressed-tensors"), (N, G))
+    zp = tensors.get("weight_zero_point")
+    sym = zp is None if sym is None else sym
+    offset = 1 << (bits - 1)           # codes are stored as signed values + 2^(bits-1)
+    planes = stream_planes(packed, K, bits)
+    if sym:
+        zeros = torch.full((N, G), float(offset), dtype=torch.float64)
+    else:
+        if zp is None:
+            raise ValueError("asymmetric compressed-tensors weights need 'weight_zero_point'")
+        zp = _int32("weight_zero_point", zp.detach().cpu(), (-(-N * bits // 32), G))
+        zeros = unpack_bitstream(zp.T.contiguous(), N, bits).T.double()           # [N, G], stored + offset
+    return from_planes(planes, bits, group_size, scales.contiguous(), zeros, scale_dtype=sdt)
+
+
+# --- dense little-endian bit streams (GPTQ's qweight/qzeros, compressed-tensors) ---
+def unpack_bitstream(words: torch.Tensor, count: int, bits: int) -> torch.Tensor:
+    """int32 ``[R, W]`` holding, per row, ``count`` codes of ``bits`` bits as one little-endian
+    bit stream (code ``j`` at bits ``j bits .. j bits + bits - 1``, across word boundaries) ->
+    int64 codes ``[R, count]``. GPTQ's 3-bit packing (10 2/3 codes per word) is this stream."""
+    rows = words.shape[0]
+    stream = np.unpackbits(words.contiguous().numpy().view(np.uint8).reshape(rows, -1), axis=-1,
+                           bitorder="little")[:, :count * bits]
+    weights = (1 << np.arange(bits, dtype=np.int64))
+    return torch.from_numpy(stream.reshape(rows, count, bits).astype(np.int64) @ weights)
+
+
+def stream_planes(words: torch.Tensor, count: int, bits: int) -> torch.Tensor:
+    """:func:`unpack_bitstream` straight to lutc's bit planes (uint8 ``[bits, R, count/8]``):
+    bit ``i`` of every code is every ``bits``-th bit of the stream, so no integer codes are
+    formed (4096x4096 W4: ~0.1 s instead of ~1 s)."""
+    rows = words.shape[0]
+    stream = np.unpackbits(words.contiguous().numpy().view(np.uint8).reshape(rows, -1), axis=-1,
+                           bitorder="little")[:, :count * bits].reshape(rows, count, bits)
+    planes = np.packbits(np.ascontiguousarray(stream.transpose(2, 0, 1)), axis=-1, bitorder="little")
+    return torch.from_numpy(planes)
+
+
+def pack_bitstream(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Inverse of :func:`unpack_bitstream`: codes ``[R, count]`` -> int32 ``[R, ceil(count bits / 32)]``."""
+    rows, count = codes.shape
+    bitsarr = ((codes.long().numpy()[..., None] >> np.arange(bits)) & 1).astype(np.uint8)
+    stream = bitsarr.reshape(rows, count * bits)
+    words = -(-count * bits // 32)
+    stream = np.pad(stream, ((0, 0), (0, words * 32 - count * bits)))
+    return torch.from_numpy(np.packbits(stream, axis=-1, bitorder="little").view(np.int32).copy())
+
+
+# --- GGUF ---
+def import_gguf(source: Union[str, os.PathLike, object], name: str) -> PackedWeights:
+    """The tensor ``name`` of a GGUF file (a path, or a ``gguf.GGUFReader``) as packed weights.
+
+    Example:
+        >>> qw = lutc.import_gguf("model.gguf", "blk.0.ffn_up.weight")   # doctest: +SKIP
+    """
+    try:
+        import gguf
+    except ImportError:
+        raise ImportError("lutc.import_gguf needs the gguf package: pip install gguf") from None
+    reader = source if hasattr(source, "tensors") else gguf.GGUFReader(os.fspath(source))
+    found = [t for t in reader.tensors if t.name == name]
+    if not found:
+        raise ValueError(f"no tensor {name!r} in the GGUF file; it has {[t.name for t in reader.tensors][:20]}...")
+    t = found[0]
+    qtype = gguf.GGMLQuantizationType(int(t.tensor_type))
+    if len(t.shape) != 2:
+        raise ValueError(f"GGUF tensor {name!r} has shape {list(t.shape)}: lutc imports 2-D weights")
+    K, N = (int(v) for v in t.shape)            # GGUF lists ne0 (the row length) first
+    blocks = np.ascontiguousarray(t.data).reshape(N, -1)
+    if qtype.name not in _GGUF:
+        raise ValueError(f"GGUF tensor {name!r} is {qtype.name}; lutc imports {sorted(_GGUF)} "
+                         f"(lutc.importers docstring says why not the others)")
+    return _GGUF[qtype.name](blocks, N, K)
+
+
+def _blocks(rows: np.ndarray, N: int, K: int, block_bytes: int, per_block: int) -> np.ndarray:
+    if K % per_block or rows.shape[1] != K // per_block * block_bytes:
+        raise ValueError(f"GGUF data of {rows.shape[1]} bytes per row does not hold {K} weights in "
+                         f"blocks of {per_block} ({block_bytes} bytes each)")
+    return rows.reshape(N, K // per_block, block_bytes)
+
+
+def _nibbles32(qs: np.ndarray) -> np.ndarray:
+    """16 bytes of a 32-weight block -> 32 codes: low nibbles first, then high (ggml's order)."""
+    return np.concatenate([qs & 15, qs >> 4], axis=-1).astype(np.int64)
+
+
+def _q4_0(rows, N, K):
+    b = _blocks(rows, N, K, 18, 32)
+    d = b[..., :2].copy().view(np.float16)[..., 0]                                # [N, G]
+    codes = _nibbles32(b[..., 2:]).reshape(N, K)
+    return from_codes(torch.from_numpy(codes), 4, 32, torch.from_numpy(d.copy()),
+                      torch.full((N, K // 32), 8.0, dtype=torch.float64), scale_dtype="float16")
+
+
+def _q4_1(rows, N, K):
+    b = _blocks(rows, N, K, 20, 32)
+    d = b[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    m = b[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+    codes = _nibbles32(b[..., 4:]).reshape(N, K)
+    return _with_min(codes, d, m, N, K)
+
+
+def _q4_k(rows, N, K):
+    b = _blocks(rows, N, K, 144, 256)
+    d = b[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)            # [N, SB]
+    dmin = b[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+    sc, mn = _k_scale_min(b[..., 4:16])                                           # [N, SB, 8]
+    qs = b[..., 16:].reshape(N, K // 256, 4, 32)                                  # pairs of sub-blocks
+    codes = np.stack([qs & 15, qs >> 4], axis=3).reshape(N, K).astype(np.int64)   # sub-block 2j: low
+    scale = (d[..., None] * sc).reshape(N, -1)          # exact in float32 (11 x 6 bits)
+    minus = (dmin[..., None] * mn).reshape(N, -1)
+    return _with_min(codes, scale, -minus, N, K)
+
+
+def _k_scale_min(s: np.ndarray) -> tuple:
+    """The 8 6-bit sub-block scales and mins packed in 12 bytes (ggml's get_scale_min_k4)."""
+    d, m, md = s[..., 0:4], s[..., 4:8], s[..., 8:12]
+    sc = np.concatenate([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], axis=-1).astype(np.float32)
+    mn = np.concatenate([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)], axis=-1).astype(np.float32)
+    return sc, mn
+
+
+def _with_min(codes: np.ndarray, scale: np.ndarray, offset: np.ndarray, N: int, K: int) -> PackedWeights:
+    """``w = scale q + offset`` per group of 32 as ``s (q - z)``: ``s = scale``, ``z = -offset / s``
+    (float32). A group with a zero scale is the constant ``offset``: its codes become 0 and
+    ``s = |offset|``, ``z = -sign(offset)`` (1 for an all-zero group), which is exact."""
+    s = torch.from_numpy(np.ascontiguousarray(scale, dtype=np.float32))
+    off = torch.from_numpy(np.ascontiguousarray(offset, dtype=np.float32))
+    const = s == 0
+    q = torch.from_numpy(codes).reshape(N, K // 32, 32).masked_fill(const[..., None], 0).reshape(N, K)
+    s = torch.where(const, torch.where(off != 0, off.abs(), torch.ones_like(off)), s)
+    z = -off / s
+    return from_codes(q, 4, 32, s, z.double(), scale_dtype="float32")
+
+
+_GGUF = {"Q4_0": _q4_0, "Q4_1": _q4_1, "Q4_K": _q4_k}
+
+__all__ = ["import_weights", "import_gguf", "unpack_bitstream", "stream_planes", "pack_bitstream", "FORMATS",
+           "AWQ_ORDER"]
