@@ -35,14 +35,14 @@ _LAZY = {"PackedWeights": "formats", "quantize": "formats", "repack": "formats",
          "build": "build", "compile": "build", "cuda_binary": "build", "precompile": "build",
          "Kernel": "runtime", "tune": "autotune", "LUTLinear": "nn", "quantize_model": "nn",
          "export": "exporter", "load_weights": "exporter", "save_weights": "exporter",
-         "import_weights": "importers", "import_gguf": "importers"}
+         "import_weights": "importers", "import_gguf": "importers", "load_checkpoint": "importers"}
 _MODULES = ("layouts", "formats", "frontend", "target", "build", "cache", "runtime", "testing", "autotune",
             "torch_ops", "nn", "exporter", "importers", "tuner", "dtypes", "cli")
 
 __version__ = "0.1.0"
 __all__ = ["MPGemmSpec", "SpecError", "LAYOUT_VERSION", "PackedWeights", "quantize", "repack", "compile",
            "build", "cuda_binary", "precompile", "Kernel", "tune", "LUTLinear", "quantize_model", "export",
-           "save_weights", "load_weights", "import_weights", "import_gguf", "__version__"]
+           "save_weights", "load_weights", "import_weights", "import_gguf", "load_checkpoint", "__version__"]
 
 
 def __getattr__(name: str):

@@ -318,5 +318,115 @@ def _with_min(codes: np.ndarray, scale: np.ndarray, offset: np.ndarray, N: int, 
 
 _GGUF = {"Q4_0": _q4_0, "Q4_1": _q4_1, "Q4_K": _q4_k}
 
-__all__ = ["import_weights", "import_gguf", "unpack_bitstream", "stream_planes", "pack_bitstream", "FORMATS",
-           "AWQ_ORDER"]
+
+
+
+# --- whole checkpoints ---
+def checkpoint_config(path: Union[str, os.PathLike]) -> dict:
+    """``{"format", "bits", "group_size", "sym", "checkpoint_format", "ignore"}`` read from the
+    ``quantization_config`` of a checkpoint directory's ``config.json`` (GPTQ, AWQ,
+    compressed-tensors); ``ValueError`` naming the field for variants lutc does not import."""
+    import json
+    with open(os.path.join(os.fspath(path), "config.json")) as f:
+        qc = json.load(f).get("quantization_config")
+    if not isinstance(qc, dict):
+        raise ValueError(f"{path}/config.json has no quantization_config: not a quantized checkpoint")
+    method = qc.get("quant_method")
+    if method == "gptq":
+        if qc.get("desc_act"):
+            raise ValueError(f"{path}: desc_act=True (act-order GPTQ) is not imported by lutc yet")
+        return {"format": "gptq", "bits": qc.get("bits"), "group_size": qc.get("group_size", 128),
+                "sym": qc.get("sym"), "checkpoint_format": qc.get("checkpoint_format", "gptq"), "ignore": []}
+    if method == "awq":
+        if str(qc.get("version", "gemm")).lower() != "gemm":
+            raise ValueError(f"{path}: AWQ version={qc.get('version')!r}; lutc imports the GEMM layout")
+        return {"format": "awq", "bits": qc.get("bits", qc.get("w_bit")), "sym": None,
+                "group_size": qc.get("group_size", qc.get("q_group_size", 128)),
+                "checkpoint_format": "gptq", "ignore": list(qc.get("modules_to_not_convert") or [])}
+    if method == "compressed-tensors":
+        if qc.get("format") != "pack-quantized":
+            raise ValueError(f"{path}: compressed-tensors format={qc.get('format')!r}; lutc imports "
+                             "'pack-quantized'")
+        groups = list((qc.get("config_groups") or {}).values())
+        if len(groups) != 1 or not groups[0].get("weights"):
+            raise ValueError(f"{path}: compressed-tensors config_groups: lutc imports one weight scheme")
+        w = groups[0]["weights"]
+        if w.get("type", "int") != "int" or w.get("strategy") not in ("group", "channel"):
+            raise ValueError(f"{path}: compressed-tensors weights type={w.get('type')!r} "
+                             f"strategy={w.get('strategy')!r}; lutc imports int weights by group or channel")
+        gs = w.get("group_size") if w.get("strategy") == "group" else -1
+        return {"format": "compressed-tensors", "bits": w.get("num_bits"), "group_size": gs,
+                "sym": w.get("symmetric"), "checkpoint_format": "gptq", "ignore": list(qc.get("ignore") or [])}
+    raise ValueError(f"{path}: quant_method={method!r}; lutc imports 'gptq', 'awq' and 'compressed-tensors'")
+
+
+_MARKERS = {"gptq": "qweight", "awq": "qweight", "compressed-tensors": "weight_packed"}
+
+
+def load_checkpoint(model: "torch.nn.Module", path: Union[str, os.PathLike], device=None,
+                    progress: Optional[bool] = None, **knobs) -> "torch.nn.Module":
+    """Load a quantized checkpoint directory (``config.json`` with a GPTQ, AWQ or
+    compressed-tensors ``quantization_config``, and ``*.safetensors``) into ``model``: every
+    ``nn.Linear`` whose tensors are quantized becomes a :class:`lutc.LUTLinear` holding the
+    imported weight (exact, :func:`import_weights`) in its device's kernel layout; every other
+    tensor (embeddings, norms, an unquantized ``lm_head``) is loaded as it is. ``model`` is the
+    architecture with matching names, e.g. ``transformers.AutoModelForCausalLM.from_config(cfg)``
+    (on the meta device too). Returns ``model``.
+
+    Args:
+        device: where the model ends up (default: CPU).
+        progress: layers done and ETA on stderr (default: when stderr is a terminal).
+        knobs: for the ``LUTLinear`` layers (``table_dtype``, ``single_layout``, ...).
+
+    Example:
+        >>> model = transformers.AutoModelForCausalLM.from_config(config)        # doctest: +SKIP
+        >>> lutc.load_checkpoint(model, "Llama-3-8B-GPTQ/")                         # doctest: +SKIP
+    """
+    from safetensors import safe_open
+    from torch import nn
+
+    from .nn import LUTLinear, Progress
+    cfg = checkpoint_config(path)
+    marker = _MARKERS[cfg["format"]]
+    files = sorted(f for f in os.listdir(os.fspath(path)) if f.endswith(".safetensors"))
+    if not files:
+        raise ValueError(f"{path} has no .safetensors files")
+    handles = [safe_open(os.path.join(os.fspath(path), f), framework="pt") for f in files]
+    where = {key: h for h in handles for key in h.keys()}
+    device = torch.device(device or "cpu")
+    quantized = [(name, m) for name, m in model.named_modules()
+                 if isinstance(m, nn.Linear) and f"{name}.{marker}" in where]
+    report = Progress("lutc.load_checkpoint", len(quantized), progress)
+    used = set()
+    for name, linear in quantized:
+        prefix = name + "."
+        keys = [k for k in where if k.startswith(prefix) and "." not in k[len(prefix):]]
+        tensors = {k[len(prefix):]: where[k].get_tensor(k) for k in keys}
+        used.update(keys)
+        qw = import_weights(tensors, cfg["format"], cfg["bits"], cfg["group_size"], sym=cfg["sym"],
+                            checkpoint_format=cfg["checkpoint_format"])
+        if (qw.N, qw.K) != (linear.out_features, linear.in_features):
+            raise ValueError(f"{name}: the checkpoint holds a [{qw.N}, {qw.K}] weight, the model's "
+                             f"Linear is [{linear.out_features}, {linear.in_features}]")
+        dtype = linear.weight.dtype if linear.weight.dtype.is_floating_point else torch.float32
+        bias = tensors.get("bias")
+        layer = LUTLinear.from_packed(qw, bias=None if bias is None else bias.to(dtype), device=device,
+                                      dtype=dtype, **knobs)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+        report.step(name)
+    report.close()
+    if not quantized:
+        raise ValueError(f"{path}: no nn.Linear of the model has quantized tensors ('<name>.{marker}'); "
+                         "are the model's module names those of the checkpoint?")
+    rest = {k: where[k].get_tensor(k).to(device) for k in where if k not in used}
+    result = model.load_state_dict(rest, strict=False, assign=True)
+    lut = tuple(f"{name}." for name, _ in quantized)     # filled above, not from the state dict
+    missing = [k for k in result.missing_keys if not k.startswith(lut)]
+    if missing:
+        raise ValueError(f"{path}: the checkpoint has no tensors for {missing[:8]}{'...' if len(missing) > 8 else ''}")
+    return model.to(device)
+
+
+__all__ = ["import_weights", "import_gguf", "load_checkpoint", "checkpoint_config", "unpack_bitstream",
+           "stream_planes", "pack_bitstream", "FORMATS", "AWQ_ORDER"]

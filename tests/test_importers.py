@@ -223,3 +223,52 @@ def test_imported_weights_run_on_the_front_doors():
     assert rel_error(layer(x), reference(x, qw)) < tolerance(layer.kernel_spec())
     kernel = lutc.compile((3, N, K), wbits=4, group_size=128, zero_point=True)
     assert rel_error(kernel(x, qw), reference(x, qw)) < tolerance(kernel.spec)
+
+
+def test_load_a_gptq_checkpoint_into_a_transformers_model(tmp_path):
+    """A GPTQ checkpoint directory (config.json + safetensors) of a Llama built here (no download)
+    loads onto lutc layers and decodes greedily token for token as the reference model holding
+    the dequantized weights."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import save_file
+    import json
+    cfg = transformers.LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128)
+    torch.manual_seed(0)
+    ref = transformers.LlamaForCausalLM(cfg).eval()
+    tensors, bits, gs = {}, 4, 128
+    for name, m in ref.named_modules():
+        if isinstance(m, torch.nn.Linear) and name != "lm_head":
+            K, N = m.in_features, m.out_features
+            q = torch.randint(0, 16, (K, N), generator=GEN)
+            zeros = torch.randint(4, 12, (K // gs, N), generator=GEN)
+            scales = (torch.rand(K // gs, N, generator=GEN) * 0.01 + 0.002).half()
+            tensors.update({f"{name}.qweight": torch.from_numpy(autogptq_pack(q.numpy(), bits)),
+                            f"{name}.qzeros": torch.from_numpy(autogptq_pack_zeros(zeros.numpy(), bits)),
+                            f"{name}.scales": scales, f"{name}.g_idx": torch.arange(K, dtype=torch.int32) // gs})
+            w = (scales.double().repeat_interleave(gs, 0) * (q.double() - zeros.double().repeat_interleave(gs, 0))).T
+            with torch.no_grad():
+                m.weight.copy_(w.float())
+    for key, t in ref.state_dict().items():
+        if not any(key == f"{n}.weight" for n, m in ref.named_modules()
+                   if isinstance(m, torch.nn.Linear) and n != "lm_head"):
+            tensors[key] = t.contiguous()
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    config = dict(cfg.to_dict(), quantization_config={"quant_method": "gptq", "bits": 4, "group_size": 128,
+                                                       "desc_act": False, "sym": False, "checkpoint_format": "gptq"})
+    (tmp_path / "config.json").write_text(json.dumps(config))
+
+    model = lutc.load_checkpoint(transformers.LlamaForCausalLM(cfg).eval(), tmp_path, table_dtype="float32")
+    assert isinstance(model.model.layers[1].mlp.down_proj, lutc.LUTLinear)
+    assert type(model.lm_head) is torch.nn.Linear
+    for seed in range(3):
+        prompt = torch.randint(0, 512, (1, 6), generator=torch.Generator().manual_seed(seed))
+        with torch.inference_mode():
+            ours = model.generate(prompt, max_new_tokens=10, do_sample=False)
+            theirs = ref.generate(prompt, max_new_tokens=10, do_sample=False)
+        assert torch.equal(ours, theirs)
+
+    (tmp_path / "config.json").write_text(json.dumps(dict(config, quantization_config=dict(
+        config["quantization_config"], desc_act=True))))
+    with pytest.raises(ValueError, match=r"desc_act=True \(act-order GPTQ\)"):
+        lutc.load_checkpoint(transformers.LlamaForCausalLM(cfg), tmp_path)
