@@ -146,11 +146,11 @@ def dequant_packed(qw: PackedWeights) -> torch.Tensor:
         bits = (words.unsqueeze(-1) >> shifts) & 1                                # [N', K/32, b, 32]
         code = sum(bits[:, :, i, :].float() * (2 ** i) for i in range(b)).reshape(NT * R, -1)
     else:
-        from lutc.formats import _tc_shifts
+        from lutc.layouts import tc_shifts
         NT, KU = qw.planes.shape[:2]
         R = 16
         words = qw.planes.permute(0, 1, 3, 2, 4).reshape(NT, KU, 32, 2 * b, 1, 1).long() & 0xFFFFFFFF
-        q = (words >> _tc_shifts(b).to(words.device)) & (2 ** b - 1)
+        q = (words >> tc_shifts(b).to(words.device)) & (2 ** b - 1)
         code = q.reshape(NT, KU, 8, 4, 8, 2, 2, 2).permute(0, 5, 2, 1, 3, 4, 6, 7).reshape(NT * R, -1).float()
     scale = qw.scales.permute(0, 2, 1).reshape(NT * R, -1).float().repeat_interleave(GROUP, 1)
     return (scale * (code - (2 ** b - 1) / 2))[: qw.N]

@@ -108,7 +108,7 @@ def measure(N: int, K: int, wbits: int, M: int, device: str, pool_bytes: int) ->
     dense = [torch.randn(N, K, generator=gen).to(act).to(device)
              for _ in range(max(2, -(-pool_bytes // (N * K * act.itemsize))))]
     xd = x.to(device)
-    plan = module._plan
+    plan = module.plan
     layout_i = plan.layout_for(M)
     op_args = [[getattr(m, n) for n in (("planes", "scales", "zeros") if layout_i == 0 else
                                         ("batch_planes", "batch_scales", "batch_zeros"))] for m in mpool]

@@ -35,14 +35,16 @@ _LAZY = {"PackedWeights": "formats", "quantize": "formats", "repack": "formats",
          "build": "build", "compile": "build", "cuda_binary": "build", "precompile": "build",
          "Kernel": "runtime", "tune": "autotune", "LUTLinear": "nn", "quantize_model": "nn",
          "export": "exporter", "load_weights": "exporter", "save_weights": "exporter",
-         "import_weights": "importers", "import_gguf": "importers", "load_checkpoint": "importers"}
+         "import_weights": "importers", "import_gguf": "importers", "load_checkpoint": "importers",
+         "LutcConfig": "hf"}
 _MODULES = ("layouts", "formats", "frontend", "target", "build", "cache", "runtime", "testing", "autotune",
-            "torch_ops", "nn", "exporter", "importers", "tuner", "dtypes", "cli")
+            "torch_ops", "nn", "exporter", "importers", "hf", "tuner", "dtypes", "cli")
 
 __version__ = "0.1.0"
 __all__ = ["MPGemmSpec", "SpecError", "LAYOUT_VERSION", "PackedWeights", "quantize", "repack", "compile",
            "build", "cuda_binary", "precompile", "Kernel", "tune", "LUTLinear", "quantize_model", "export",
-           "save_weights", "load_weights", "import_weights", "import_gguf", "load_checkpoint", "__version__"]
+           "save_weights", "load_weights", "import_weights", "import_gguf", "load_checkpoint", "LutcConfig",
+           "__version__"]
 
 
 def __getattr__(name: str):
@@ -72,6 +74,34 @@ class _Package(type(_sys)):
 
 
 _sys.modules[__name__].__class__ = _Package
+
+class _RegisterWithTransformers:
+    """A one-shot import hook: once transformers is imported, ``quant_method: "lutc"`` is
+    registered (``lutc.hf``), so ``from_pretrained`` of a lutc checkpoint finds it whether lutc or
+    transformers was imported first, and ``import lutc`` never pays for importing transformers."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "transformers":
+            return None
+        _sys.meta_path.remove(self)
+        import importlib.util
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            from . import hf  # noqa: F401  (registers LutcConfig and LutcHfQuantizer)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if "transformers" in _sys.modules:
+    from . import hf  # noqa: E402,F401
+elif not any(isinstance(f, _RegisterWithTransformers) for f in _sys.meta_path):
+    _sys.meta_path.insert(0, _RegisterWithTransformers())
 
 if "torch" in _sys.modules:
     # Code that imported torch uses lutc from PyTorch: register torch.ops.lutc.mpgemm now, as

@@ -25,7 +25,7 @@ import os
 import subprocess
 import tempfile
 import warnings
-from typing import Optional
+from typing import Callable, Optional
 
 import tvm
 from tvm.runtime.executable import Executable
@@ -70,13 +70,9 @@ class KernelCache:
         if not (os.path.exists(lib) and os.path.exists(meta)):
             return None
         try:
-            with open(meta) as f:
-                info = json.load(f)
             # Loading a damaged shared library can kill the process (SIGBUS on a truncated
             # file) before any Python check runs: verify its size and hash first.
-            problem = verify_file(lib, info.get("bytes"), info.get("sha256"))
-            if problem:
-                raise ValueError(problem)
+            info = read_verified(lib, meta)
             module = tvm.runtime.load_module(lib)
             executable = Executable(module)
             kernel = Kernel(spec, info["target"], info["device"], executable["main"], info["source"],
@@ -95,16 +91,7 @@ class KernelCache:
                 "script": kernel.script, "schedule": kernel.schedule, "knobs": kernel.knobs,
                 "layout": kernel.layout}
         try:
-            tmp_lib = _temp_name(self.directory, ".so")
-            kernel.executable.export_library(tmp_lib)
-            info.update(bytes=os.path.getsize(tmp_lib), sha256=file_sha256(tmp_lib))
-            tmp_meta = _temp_name(self.directory, ".json")
-            with open(tmp_meta, "w") as f:
-                json.dump(info, f)
-            _fsync(tmp_lib)
-            _fsync(tmp_meta)
-            os.replace(tmp_lib, lib)        # the library first: a sidecar means both are whole
-            os.replace(tmp_meta, meta)
+            write_verified(lib, meta, kernel.executable.export_library, info)
         except Exception as e:
             warnings.warn(f"could not store kernel in cache {self.directory}: {e}", stacklevel=3)
 
@@ -138,35 +125,52 @@ def nvcc_fatbin(code: str, arch: str) -> tuple:
     if root is not None:
         key = hashlib.sha256("\0".join((code, arch, _nvcc_version())).encode()).hexdigest()[:32]
         path = os.path.join(root, "nvcc", key + ".fatbin")
-        meta = path + ".json"
-        if os.path.exists(path) and os.path.exists(meta):
+        if os.path.exists(path) and os.path.exists(path + ".json"):
             try:
-                with open(meta) as f:
-                    info = json.load(f)
-                problem = verify_file(path, info.get("bytes"), info.get("sha256"))
-                if problem is None:
-                    with open(path, "rb") as f:
-                        return bytearray(f.read()), path
-                warnings.warn(f"nvcc cache entry {path} is damaged ({problem}); compiling again", stacklevel=3)
+                read_verified(path, path + ".json")
+                with open(path, "rb") as f:
+                    return bytearray(f.read()), path
             except (OSError, ValueError) as e:
                 warnings.warn(f"nvcc cache entry {path} is unreadable ({e}); compiling again", stacklevel=3)
     binary = nvcc.compile_cuda(code, target_format="fatbin", compiler="nvcc")
     if path is not None:
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = _temp_name(os.path.dirname(path), ".fatbin")
+        def write(tmp: str) -> None:
             with open(tmp, "wb") as f:
                 f.write(bytes(binary))
-            tmp_meta = _temp_name(os.path.dirname(path), ".json")
-            with open(tmp_meta, "w") as f:
-                json.dump({"bytes": len(binary), "sha256": hashlib.sha256(bytes(binary)).hexdigest()}, f)
-            _fsync(tmp)
-            _fsync(tmp_meta)
-            os.replace(tmp, path)
-            os.replace(tmp_meta, path + ".json")
+        try:
+            write_verified(path, path + ".json", write, {})
         except OSError:  # a read-only cache still compiles
             pass
     return binary, path
+
+
+def write_verified(path: str, meta_path: str, write: Callable[[str], None], info: dict) -> None:
+    """Write a cache entry: ``write(tmp)`` makes the file under a temporary name, the sidecar
+    ``meta_path`` gets ``info`` plus its size and SHA-256, both are fsynced and renamed into
+    place (the file first: a sidecar means both are whole)."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = _temp_name(directory, os.path.splitext(path)[1])
+    write(tmp)
+    info = dict(info, bytes=os.path.getsize(tmp), sha256=file_sha256(tmp))
+    tmp_meta = _temp_name(directory, ".json")
+    with open(tmp_meta, "w") as f:
+        json.dump(info, f)
+    _fsync(tmp)
+    _fsync(tmp_meta)
+    os.replace(tmp, path)
+    os.replace(tmp_meta, meta_path)
+
+
+def read_verified(path: str, meta_path: str) -> dict:
+    """The sidecar of a cache entry once the file matches its recorded size and hash;
+    ``ValueError`` saying how it differs otherwise."""
+    with open(meta_path) as f:
+        info = json.load(f)
+    problem = verify_file(path, info.get("bytes"), info.get("sha256"))
+    if problem:
+        raise ValueError(problem)
+    return info
 
 
 @functools.lru_cache(maxsize=1)

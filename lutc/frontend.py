@@ -52,8 +52,9 @@ rounding errors are independent, so the typical error is about ``1/sqrt(3 B/g)``
 bound. :func:`int8_table_error_bound` evaluates (4) for the tests.
 
 Blocks (names the schedules use): ``table`` [M, K/g, E] (E = 2^g or 2^(g-1)), for int8 tables
-also ``table_absmax`` [M, C], ``table_nan`` [M, C] (NaN where the block's activations hold NaN or
-Inf: it is added to the scale, so NaN in ``x`` gives NaN in ``y`` as with float tables),
+also ``table_absmax`` [M, C], ``table_nan`` [M, C] (1 where the block's activations hold NaN or
+Inf: the scale is then NaN (:func:`nan_if`), so NaN in ``x`` gives NaN in ``y`` as with float
+tables),
 ``table_scale`` [M, C], ``table_q`` [M, K/g, E] (C = K/B);
 ``act_sum`` [M, C] (zero points only); ``partial`` [M, N, C, b]; ``out`` [M, N] in float32;
 ``y`` [M, N] cast to the activation dtype (absent for float32).
@@ -146,8 +147,8 @@ def _quantize_table(spec: MPGemmSpec, table: te.Tensor, x: te.Tensor):
                         lambda m, c: te.max(tirx.abs(table[m, c * per + rk, rp]), axis=[rk, rp]),
                         name="table_absmax")
     # NaN (or Inf) in a block's activations must reach the output, as in F.linear: a max
-    # reduction may drop NaN and an int8 cast cannot hold it, so the scale carries it, through
-    # the block's sum of x - x (0 for finite x, NaN otherwise).
+    # reduction may drop NaN and an int8 cast cannot hold it, so the scale carries it (a flag
+    # per block, then a NaN scale).
     rk2 = te.reduce_axis((0, spec.block), name="rk2")
     nan = te.compute((spec.M, spec.blocks),
                      lambda m, c: te.max(nonfinite(x[m, c * spec.block + rk2].astype(F32)).astype("int32"),

@@ -306,7 +306,7 @@ def _k_scale_min(s: np.ndarray) -> tuple:
 def _with_min(codes: np.ndarray, scale: np.ndarray, offset: np.ndarray, N: int, K: int) -> PackedWeights:
     """``w = scale q + offset`` per group of 32 as ``s (q - z)``: ``s = scale``, ``z = -offset / s``
     (float32). A group with a zero scale is the constant ``offset``: its codes become 0 and
-    ``s = |offset|``, ``z = -sign(offset)`` (1 for an all-zero group), which is exact."""
+    ``s = |offset|``, ``z = -sign(offset)`` (``s = 1, z = 0`` for an all-zero group): exact."""
     s = torch.from_numpy(np.ascontiguousarray(scale, dtype=np.float32))
     off = torch.from_numpy(np.ascontiguousarray(offset, dtype=np.float32))
     const = s == 0
@@ -370,8 +370,9 @@ def load_checkpoint(model: "torch.nn.Module", path: Union[str, os.PathLike], dev
     ``nn.Linear`` whose tensors are quantized becomes a :class:`lutc.LUTLinear` holding the
     imported weight (exact, :func:`import_weights`) in its device's kernel layout; every other
     tensor (embeddings, norms, an unquantized ``lm_head``) is loaded as it is. ``model`` is the
-    architecture with matching names, e.g. ``transformers.AutoModelForCausalLM.from_config(cfg)``
-    (on the meta device too). Returns ``model``.
+    architecture with matching names, built on a real device (buffers that models compute at
+    construction, such as rotary frequencies, must exist), e.g.
+    ``transformers.AutoModelForCausalLM.from_config(cfg)``. Returns ``model``.
 
     Args:
         device: where the model ends up (default: CPU).

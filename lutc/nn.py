@@ -19,8 +19,11 @@ tuning log says it is the faster decode kernel), ``tiles32`` on ARM, and on CUDA
 the LUT decode kernel plus, where the tensor-core kernel serves the larger ``M`` (fp16, uniform
 W2), a ``tc16`` copy. The weight is repacked once, when it is given (``from_linear``,
 ``from_packed``, ``load_state_dict``) and when the module moves (``.to(device)``, ``.half()``:
-the activation dtype decides the CUDA kernels), never inside ``forward``, so
-``torch.compile(fullgraph=True)`` and CUDA-graph capture see plain buffers. Each ``M`` bucket
+the activation dtype decides the CUDA kernels), not inside ``forward``, so
+``torch.compile(fullgraph=True)`` and CUDA-graph capture see plain buffers. (The one exception:
+activations of another dtype than the module was moved to make an eager ``forward`` repack
+once, with a warning; call ``model.to(dtype)`` first.) The held copies are independent tensors:
+change a weight through ``load_state_dict`` or ``from_packed``, not in place. Each ``M`` bucket
 then runs the fastest kernel that reads the held layout.
 
 **State dict.** ``state_dict()`` stays portable: it holds the weight in the target-neutral
@@ -35,6 +38,7 @@ with empty layers: ``quantize_model(model, ..., empty=True)`` (or ``LUTLinear(in
 from __future__ import annotations
 
 import fnmatch
+import json
 import sys
 import time
 import warnings
@@ -46,7 +50,7 @@ from torch import nn
 from . import layouts
 from .dtypes import dtype_name, torch_dtype
 from .formats import LAYOUT, PackedWeights, check_layout, quantize, repack
-from .spec import LAYOUT_VERSION, MPGemmSpec, SpecError
+from .spec import ACT_DTYPES, LAYOUT_VERSION, MPGemmSpec, SpecError
 from . import torch_ops  # registers torch.ops.lutc.mpgemm
 
 #: Weight-format fields a checkpoint must share with the module it is loaded into.
@@ -56,7 +60,7 @@ _KNOB_FIELDS = ("g", "symmetrize", "table_dtype")
 #: Buffer names of the held copies: the first serves M <= plan.split, the second the larger M.
 _COPIES = (("planes", "scales", "zeros"), ("batch_planes", "batch_scales", "batch_zeros"))
 
-_ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_ACT_DTYPES = tuple(torch_dtype(n) for n in ACT_DTYPES)
 
 Selector = Union[None, str, Iterable[str], Callable[[str, nn.Module], bool]]
 
@@ -108,9 +112,12 @@ class LUTLinear(nn.Module):
         self.g, self.symmetrize, self.table_dtype = g, symmetrize, table_dtype
         self.single_layout = bool(single_layout)
         self.act_dtype = dtype_name(dtype or torch.get_default_dtype())
+        # Persistent buffers (loaders that assign tensors by name, as transformers' does, find them
+        # and keep them), but the state dict holds the portable bitplane form: _save_to_state_dict
+        # and _load_from_state_dict convert.
         for names in _COPIES:
             for name in names:
-                self.register_buffer(name, None, persistent=False)   # state_dict writes bitplane
+                self.register_buffer(name, None)
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype),
                                  requires_grad=False) if bias else None
         # device None: torch's default device (`with torch.device("meta"):` too)
@@ -161,9 +168,23 @@ class LUTLinear(nn.Module):
                              layout=self.layouts[0])
 
     @property
+    def plan(self) -> "torch_ops.LayoutPlan":
+        """How the weight is held on this device: layouts, the M split between two copies, the
+        table dtype (:class:`lutc.torch_ops.LayoutPlan`)."""
+        return self._plan
+
+    @property
     def layouts(self) -> tuple:
         """The layouts of the held copies (:class:`lutc.torch_ops.LayoutPlan`)."""
         return self._plan.layouts
+
+    def __setstate__(self, state: dict) -> None:
+        # A pickled module (torch.save(model)) may come back on another device (map_location):
+        # hold its weight in that device's layout, as .to() would.
+        super().__setstate__(state)
+        device = self.planes.device
+        if device.type != "meta" and self._plan != self._plan_for(device):
+            self._relayout(device, self.act_dtype)
 
     # --- holding the weight in the kernels' layout ---
     def kernel_spec(self, device: Optional[torch.device] = None) -> MPGemmSpec:
@@ -204,15 +225,17 @@ class LUTLinear(nn.Module):
 
     def _set_plan(self, plan: "torch_ops.LayoutPlan", device: torch.device) -> None:
         self._plan = plan
-        self._refresh_weights()
         self._kernel_spec = self.kernel_spec(device)          # what forward's fast path runs
         self._kernel_dtype = torch_dtype(self.act_dtype)
 
-    def _refresh_weights(self) -> None:
-        """The held tensors per copy, as plain tuples for forward's fast path (buffer lookups
-        through ``nn.Module.__getattr__`` cost a few us per call)."""
-        self._weights = [tuple(t for name in names if (t := getattr(self, name)) is not None)
-                         for names in _COPIES]
+    def load_bitplane(self, device: Optional[torch.device] = None) -> None:
+        """Repack, for ``device`` (default: where the buffers are), ``bitplane`` tensors that a
+        loader assigned straight into ``planes``/``scales``/``zeros`` (transformers' loader does,
+        by name, bypassing ``load_state_dict``)."""
+        qw = PackedWeights(format=self.format, wbits=self.wbits, N=self.out_features, K=self.in_features,
+                           group_size=self.group_size, zero_point=self.zero_point, scale_dtype=self.scale_dtype,
+                           planes=self.planes, scales=self.scales, zeros=self.zeros)   # checks the tensors
+        self._hold(qw, torch.device(device) if device is not None else self.planes.device)
 
     def _relayout(self, device: torch.device, act_dtype: str) -> None:
         qw = self.packed()
@@ -235,8 +258,10 @@ class LUTLinear(nn.Module):
             # checked here and the kernels run without the op's dispatch (~30 us per call on a
             # 2-core x86); torch.compile, autograd and bad inputs take the op below.
             x2 = x.reshape(-1, self.in_features)
+            held = self._buffers        # not getattr: nn.Module.__getattr__ costs ~0.5 us a buffer
+            weights = [held[n] for n in _COPIES[i] if held[n] is not None]
             y = torch_ops.kernel_cache().run(self._kernel_spec, x2 if x2.is_contiguous() else x2.contiguous(),
-                                             plan.layouts[i], *self._weights[i])
+                                             plan.layouts[i], *weights)
             y = y.reshape(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias.to(y.dtype)
         planes, scales, zeros = (getattr(self, name) for name in _COPIES[i])
@@ -247,7 +272,8 @@ class LUTLinear(nn.Module):
     def _eager(self, x: torch.Tensor) -> bool:
         """Whether ``x`` may take the eager fast path: a plain tensor of the planned dtype on the
         weights' device, no gradient wanted, and no torch.compile tracing."""
-        return (type(x) is torch.Tensor and x.dtype == self._kernel_dtype and x.device == self.planes.device
+        return (type(x) is torch.Tensor and x.dtype == self._kernel_dtype and x.device.type in ("cpu", "cuda")
+                and x.device == self.planes.device
                 and x.shape[-1] == self.in_features and not (x.requires_grad and torch.is_grad_enabled())
                 and not torch.compiler.is_compiling())
 
@@ -277,7 +303,6 @@ class LUTLinear(nn.Module):
             now = getattr(self, name)
             if now is not None and now.dtype != t.dtype:
                 setattr(self, name, t.to(now.device))
-        self._refresh_weights()
         device = self.planes.device
         if device.type != "meta" and (device != before or act != self.act_dtype):
             if before.type == "meta":
@@ -288,29 +313,46 @@ class LUTLinear(nn.Module):
         return self
 
     # --- state dict: portable bitplane ---
-    def get_extra_state(self) -> dict:
-        """Metadata saved next to the tensors: weight format, layout (bitplane) and version, LUT knobs."""
+    def metadata(self) -> dict:
+        """Weight format, layout (bitplane) and version, LUT knobs: the extra state of the
+        state dict (:meth:`get_extra_state` stores it as JSON bytes)."""
         return {"format": self.format, "wbits": self.wbits, "group_size": self.group_size,
                 "zero_point": self.zero_point, "scale_dtype": self.scale_dtype,
                 "N": self.out_features, "K": self.in_features, "layout": LAYOUT,
                 "layout_version": LAYOUT_VERSION, "g": self.g, "symmetrize": self.symmetrize,
                 "table_dtype": self.table_dtype}
 
-    def set_extra_state(self, state: dict) -> None:
+    def get_extra_state(self) -> torch.Tensor:
+        """:meth:`metadata` as a uint8 tensor of JSON: a state dict of tensors only, which
+        safetensors (``save_pretrained``) stores; :func:`decode_extra_state` reads it back."""
+        return encode_extra_state(self.metadata())
+
+    def set_extra_state(self, state) -> None:
+        state = decode_extra_state(state)
         self._check_extra_state(state)
-        for name in _KNOB_FIELDS:
-            if name in state:
-                setattr(self, name, state[name])
+        knobs = {name: state[name] for name in _KNOB_FIELDS if name in state}
+        if any(getattr(self, n) != v for n, v in knobs.items()):
+            qw = self.packed()
+            for name, value in knobs.items():
+                setattr(self, name, value)
+            if qw.planes.device.type != "meta":      # the LUT knobs decide the kernels: plan again
+                self._hold(qw, qw.planes.device)
 
     def _check_extra_state(self, state) -> None:
-        if not isinstance(state, dict):
-            raise ValueError(f"LUTLinear extra state must be a dict, got {type(state).__name__}")
+        state = decode_extra_state(state)
         layout, version = state.get("layout"), state.get("layout_version")
         if (layout, version) != (LAYOUT, LAYOUT_VERSION):
             raise ValueError(f"checkpoint holds packed weights in layout {layout!r} v{version}; this "
                              f"lutc reads {LAYOUT!r} v{LAYOUT_VERSION}: re-quantize the float model "
                              "(lutc.quantize_model) with this lutc")
-        mine = self.get_extra_state()
+        try:   # the LUT knobs of the checkpoint must be ones this lutc builds
+            MPGemmSpec(1, self.out_features, self.in_features, wbits=self.wbits, format=self.format,
+                       group_size=self.group_size, g=state.get("g", self.g),
+                       symmetrize=state.get("symmetrize", self.symmetrize),
+                       table_dtype=state.get("table_dtype") or "float32")
+        except SpecError as e:
+            raise ValueError(f"checkpoint's LUT knobs: {e}") from None
+        mine = self.metadata()
         for name in _FORMAT_FIELDS:
             if state.get(name) != mine[name]:
                 raise ValueError(f"checkpoint has {name}={state.get(name)!r} but this LUTLinear has "
@@ -318,6 +360,8 @@ class LUTLinear(nn.Module):
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name in _COPIES[1]:      # the second copy is the first in another layout
+            destination.pop(prefix + name, None)
         portable = repack(self.packed(), LAYOUT)
         for name, t in zip(_COPIES[0], portable.tensors()):
             destination[prefix + name] = t if keep_vars else t.detach()
@@ -339,8 +383,15 @@ class LUTLinear(nn.Module):
                                    zero_point=self.zero_point, scale_dtype=self.scale_dtype, **found)
             except (ValueError, TypeError) as e:
                 raise ValueError(f"checkpoint tensors under {prefix!r}: {e}") from None
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        # torch would copy the bitplane tensors into the kernel-layout buffers: it skips them
+        # while they count as non-persistent, and they are held below instead.
+        held = {n for names in _COPIES for n in names} - self._non_persistent_buffers_set
+        self._non_persistent_buffers_set |= held
+        try:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                          unexpected_keys, error_msgs)
+        finally:
+            self._non_persistent_buffers_set -= held
         for n in _COPIES[0]:
             if prefix + n in unexpected_keys:
                 unexpected_keys.remove(prefix + n)
@@ -351,6 +402,26 @@ class LUTLinear(nn.Module):
         self._hold(qw, device)
 
 
+
+
+def encode_extra_state(meta: dict) -> torch.Tensor:
+    """A ``LUTLinear`` metadata dict as the uint8 JSON tensor its state dict holds."""
+    return torch.frombuffer(bytearray(json.dumps(meta, sort_keys=True).encode()), dtype=torch.uint8).clone()
+
+
+def decode_extra_state(state) -> dict:
+    """The metadata dict of a ``LUTLinear`` extra state: the uint8 JSON tensor, or a dict (the
+    checkpoints of lutc <= 0.1.0 before safetensors support)."""
+    if isinstance(state, dict):
+        return state
+    if isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and state.dim() == 1:
+        try:
+            meta = json.loads(bytes(state.cpu().tolist()).decode())
+        except ValueError as e:
+            raise ValueError(f"LUTLinear extra state is not valid JSON bytes ({e})") from None
+        if isinstance(meta, dict):
+            return meta
+    raise ValueError(f"LUTLinear extra state must be a uint8 JSON tensor or a dict, got {type(state).__name__}")
 
 
 def quantize_model(model: nn.Module, wbits: int = 2, group_size: Optional[int] = None,
@@ -391,8 +462,7 @@ def quantize_model(model: nn.Module, wbits: int = 2, group_size: Optional[int] =
         try:
             if empty:
                 return LUTLinear(lin.in_features, lin.out_features, lin.bias is not None,
-                                 **fmt, device=lin.weight.device,
-                                 dtype=None if lin.bias is None else lin.bias.dtype, **knobs)
+                                 **fmt, device=lin.weight.device, dtype=lin.weight.dtype, **knobs)
             return LUTLinear.from_linear(lin, **fmt, **knobs)
         except SpecError as e:
             raise SpecError(f"layer {name or '<model>'!r} ({lin.in_features} -> {lin.out_features}): "

@@ -122,7 +122,7 @@ class Kernel:
             raise TypeError(f"qw must be lutc.PackedWeights (from lutc.quantize), got {type(qw).__name__}")
         # identity and version counter of each tensor: an in-place change (qw.scales.mul_(2))
         # or a swapped tensor is seen, and the weight is checked and repacked again
-        ids = tuple((id(t), t._version) for t in qw.tensors()) + (qw.layout,)
+        ids = tuple((id(t), t.data_ptr(), _version(t)) for t in qw.tensors()) + (qw.layout,)
         entry = self._prepared.get(qw)
         if entry is not None and entry[0] == ids:
             return entry[1]
@@ -151,6 +151,12 @@ class Kernel:
         if self._fn is None:
             raise RuntimeError(f"this kernel was built for {self.target} and cannot run in this "
                                "process (cross-compiled, or no GPU here): export it instead")
+
+
+def _version(t: torch.Tensor) -> int:
+    """The tensor's version counter (bumped by every in-place change); inference-mode tensors
+    have none (-1): their in-place changes are not seen (their identity and storage still are)."""
+    return -1 if t.is_inference() else t._version
 
 
 def _input(name: str, t: Array, shape: tuple, dtype: torch.dtype, device: str,

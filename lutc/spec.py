@@ -11,6 +11,7 @@ This module imports neither TVM nor torch: it is the vocabulary every other laye
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from typing import Optional
 
@@ -75,9 +76,9 @@ class MPGemmSpec:
     table_dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        for name in _INT_FIELDS:   # numpy and other integer types become int; floats and bools stay, and fail
+        for name in _INT_FIELDS:   # numpy and other integral types become int; floats, bools, tensors stay, and fail
             v = getattr(self, name)
-            if hasattr(type(v), "__index__") and not isinstance(v, bool) and type(v) is not int:
+            if isinstance(v, numbers.Integral) and not isinstance(v, bool) and type(v) is not int:
                 object.__setattr__(self, name, int(v))
         if self.group_size is None:  # the format's natural grouping
             object.__setattr__(self, "group_size", -1 if self.format == "ternary" else 128)

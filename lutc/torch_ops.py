@@ -33,7 +33,8 @@ runtime's checks (:func:`lutc.runtime.check_tensor`); a wrong dtype, device, sha
 bit width or layout raises an error that names the argument and says what was expected. Unlike
 :class:`~lutc.runtime.Kernel`, the op refuses non-contiguous inputs instead of copying them: a
 copy should be visible in the caller's code (and graph), not hidden in the op. Inputs that are
-contiguous but not 64-byte aligned (row slices) are still copied safely.
+contiguous but not 64-byte aligned (row slices) are still copied safely, and a chunk of ``y``
+that would start misaligned is written through a copy.
 
 **M buckets.** A compiled kernel has a static ``M``; the op's ``M`` is known only at run time.
 :class:`OpKernels` maps ``M`` to a *bucket*: the next power of two up to 256 (``1, 2, 4, ...,
@@ -72,16 +73,19 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+import schedules
+
 from . import layouts
 from .build import build, choose, default_table_dtype
 from .dtypes import TORCH_DTYPES, dtype_name
 from .formats import LAYOUT, PackedWeights
-from .runtime import Kernel, check_contiguous, check_tensor
-from .spec import ACT_DTYPES, MPGemmSpec
+from .runtime import ALIGN, Kernel, check_contiguous, check_tensor
+from .spec import ACT_DTYPES, SCALE_DTYPES, MPGemmSpec
 
 #: Row counts lutc compiles kernels for by default (see the module docstring).
 DEFAULT_BUCKETS = tuple(2 ** i for i in range(9))  # 1 .. 256
-_ACT_DTYPES = {TORCH_DTYPES[n]: n for n in ACT_DTYPES}
+_ACT_DTYPES = {TORCH_DTYPES[n]: n for n in ACT_DTYPES}   # torch dtype -> name, activations only
+_SCALE_DTYPES = {TORCH_DTYPES[n]: n for n in SCALE_DTYPES}
 _LOG = logging.getLogger("lutc")
 
 
@@ -224,10 +228,13 @@ class OpKernels:
         plan = self._plans.get(key)
         if plan is None:
             tgt = self.target(dev)
-            picks = [(b, self._choice(spec.with_(M=b), tgt, None)) for b in self._ladder()]
+            picks = [(b, c) for b in self._ladder() if (c := self._choice(spec.with_(M=b), tgt, None)) is not None]
+            if not picks or picks[0][0] != 1:
+                raise ValueError(f"no lutc kernel for {dev} builds {_describe(spec)} at M = 1"
+                                 + (f" with schedule {self.schedule}" if self.schedule else ""))
             decode, batch = picks[0][1], picks[-1][1]      # the M = 1 kernel, the largest bucket's
             if (dev != "cuda" or single or batch.layout == decode.layout
-                    or batch.schedule in _GENERIC):
+                    or batch.module in schedules.GENERIC):
                 plan = LayoutPlan((decode.layout,), None, spec.table_dtype)
             else:   # the decode layout serves the buckets before the first that reads the batch layout
                 first_batch = next(b for b, c in picks if c.layout == batch.layout)
@@ -283,8 +290,9 @@ class OpKernels:
             return y
         for start, rows, bucket in self.plan(M, limit):
             kernel = self._get(spec, bucket, dev, layout)
-            if rows == bucket:  # a whole chunk: rows of x and y start 64-byte aligned or are copied
-                kernel.launch(x[start:start + rows], *weights, y[start:start + rows])
+            out = y[start:start + rows]
+            if rows == bucket and out.data_ptr() % ALIGN == 0:   # a whole chunk, written in place (x is copied if misaligned)
+                kernel.launch(x[start:start + rows], *weights, out)
                 continue
             # Zero rows give all-zero tables and outputs; they are dropped again below.
             xp = torch.zeros((bucket, K), dtype=x.dtype, device=x.device)
@@ -309,7 +317,6 @@ class OpKernels:
         return len(self._kernels)
 
 
-_GENERIC = ("cpu_generic", "cuda_generic")
 _CACHE = OpKernels()
 
 
@@ -324,6 +331,7 @@ def set_kernel_cache(cache: OpKernels) -> OpKernels:
     if not isinstance(cache, OpKernels):
         raise TypeError(f"cache must be a lutc.torch_ops.OpKernels, got {type(cache).__name__}")
     old, _CACHE = _CACHE, cache
+    weight_spec.cache_clear()     # default table dtypes follow the new cache's targets
     return old
 
 
@@ -372,7 +380,7 @@ def check_args(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor,
         raise TypeError(f"x has dtype {x.dtype}, expected one of "
                         f"{', '.join(str(d) for d in _ACT_DTYPES)}")
     lay = layouts.get(layout)   # ValueError naming the known layouts
-    if scales.dtype not in (torch.float32, torch.float16):
+    if scales.dtype not in _SCALE_DTYPES:
         raise TypeError(f"scales has dtype {scales.dtype}, expected torch.float16 or torch.float32")
     dev = x.device
     named = [("planes", planes), ("scales", scales)] + ([("zeros", zeros)] if zeros is not None else [])

@@ -193,3 +193,65 @@ def test_help_answers_without_importing_torch_and_tvm():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert out.split("LOADED")[1].split() == ["False", "False"]     # was 2.6-3.4 s of imports
     assert "measurements per shape (default: 64)" in " ".join(out.split())
+
+
+# --- found in review ---
+def test_weights_made_in_inference_mode_run():
+    with torch.inference_mode():
+        qw = lutc.quantize(torch.randn(64, 256, generator=GEN) * 0.02, wbits=2, group_size=64)
+        kernel = lutc.compile((1, 64, 256), wbits=2, group_size=64)
+        x = torch.randn(1, 256, generator=GEN)
+        assert rel_error(kernel(x, qw), reference(x, qw)) < tolerance(kernel.spec)
+
+
+def test_chunks_whose_output_rows_start_misaligned():
+    from lutc.torch_ops import OpKernels, kernel_cache, set_kernel_cache
+    qw = lutc.quantize(torch.randn(100, 256, generator=GEN) * 0.02, wbits=2, group_size=64)
+    old = set_kernel_cache(OpKernels(buckets=(1, 3)))        # 3-row chunks: y rows at 1200-byte steps
+    try:
+        x = torch.randn(7, 256, generator=GEN)
+        y = lutc.torch_ops.linear(x, qw)
+        assert rel_error(y, reference(x, qw)) < tolerance(kernel_cache().kernels()[0].spec)
+    finally:
+        set_kernel_cache(old)
+
+
+def test_tensor_counts_are_not_truncated():
+    with pytest.raises(lutc.SpecError, match=r"M must be a positive int, got tensor\(1.7"):
+        lutc.MPGemmSpec(torch.tensor(1.7), 64, 256)
+    import numpy as np
+    assert lutc.MPGemmSpec(np.int64(2), 64, 256).M == 2
+
+
+def test_knobs_of_a_checkpoint_replan_the_layer():
+    from lutc.nn import decode_extra_state, encode_extra_state
+    src = lutc.LUTLinear.from_linear(torch.nn.Linear(256, 64), wbits=2, group_size=128)
+    sd = src.state_dict()
+    dst = lutc.LUTLinear(256, 64, wbits=2, group_size=128)
+    dst.load_state_dict({**sd, "_extra_state": encode_extra_state(dict(decode_extra_state(sd["_extra_state"]),
+                                                                           table_dtype="float32"))})
+    assert dst.table_dtype == "float32" and dst.layouts == ("bitplane",)       # the generic float kernel
+    x = torch.randn(2, 256, generator=GEN)
+    y = dst(x)
+    assert rel_error(y - dst.bias, reference(x, src.packed())) < 2e-5
+    bad = {**sd, "_extra_state": encode_extra_state(dict(decode_extra_state(sd["_extra_state"]), table_dtype="float16"))}
+    before = dst.bias.clone()
+    with pytest.raises(ValueError, match=r"checkpoint's LUT knobs: table_dtype must be one of"):
+        dst.load_state_dict(bad)
+    assert torch.equal(dst.bias, before)
+
+
+def test_meta_activations_and_empty_half_models():
+    q = lutc.LUTLinear.from_linear(torch.nn.Linear(256, 64), wbits=2, group_size=128).to("meta")
+    assert q(torch.empty(3, 256, device="meta")).shape == (3, 64)
+    model = lutc.quantize_model(torch.nn.Sequential(torch.nn.Linear(256, 64, bias=False)).half(),
+                                wbits=2, group_size=128, empty=True)
+    assert model[0].act_dtype == "float16"
+
+
+def test_a_pickled_layer_comes_back_usable(tmp_path):
+    q = lutc.LUTLinear.from_linear(torch.nn.Linear(256, 64), wbits=3, group_size=64)
+    torch.save(q, tmp_path / "q.pt")
+    back = torch.load(tmp_path / "q.pt", weights_only=False)
+    x = torch.randn(2, 256, generator=GEN)
+    assert back.layouts == q.layouts and torch.equal(back(x), q(x))

@@ -8,6 +8,7 @@ from torch import nn
 import lutc
 from lutc import LUTLinear, quantize_model
 from lutc.testing import rel_error, tolerance
+from lutc.nn import decode_extra_state, encode_extra_state
 from lutc.torch_ops import kernel_cache
 
 GEN = torch.Generator().manual_seed(0)
@@ -103,7 +104,8 @@ def test_state_dict_save_load_round_trip(tmp_path):
     torch.save(src.state_dict(), path)
     sd = torch.load(path, weights_only=True)
     assert set(sd) == {"planes", "scales", "zeros", "bias", "_extra_state"}
-    assert sd["_extra_state"]["layout_version"] == lutc.LAYOUT_VERSION
+    assert decode_extra_state(sd["_extra_state"])["layout_version"] == lutc.LAYOUT_VERSION
+    assert all(isinstance(t, torch.Tensor) for t in sd.values())        # safetensors can store it
     fresh = LUTLinear(256, 64, wbits=3, group_size=64, zero_point=True)
     fresh.load_state_dict(sd)
     assert fresh.table_dtype == "int8"           # LUT knobs come with the checkpoint
@@ -114,13 +116,14 @@ def test_state_dict_save_load_round_trip(tmp_path):
 def test_state_dict_refuses_another_layout_version():
     src = LUTLinear.from_linear(_linear(), wbits=2, group_size=64)
     sd = src.state_dict()
-    sd["_extra_state"] = dict(sd["_extra_state"], layout_version=lutc.LAYOUT_VERSION + 1)
+    meta = decode_extra_state(sd["_extra_state"])
+    sd["_extra_state"] = encode_extra_state(dict(meta, layout_version=lutc.LAYOUT_VERSION + 1))
     fresh = LUTLinear(256, 64, wbits=2, group_size=64)
     before = fresh.planes.clone()
     with pytest.raises(ValueError, match=r"layout 'bitplane' v2; this lutc reads 'bitplane' v1"):
         fresh.load_state_dict(sd)
     assert torch.equal(fresh.planes, before)     # refused before any buffer was copied
-    sd["_extra_state"] = dict(sd["_extra_state"], layout_version=lutc.LAYOUT_VERSION, layout="interleaved")
+    sd["_extra_state"] = dict(meta, layout="interleaved")          # a dict: an older lutc's checkpoint
     with pytest.raises(ValueError, match=r"layout 'interleaved'"):
         fresh.load_state_dict(sd)
 
@@ -249,10 +252,11 @@ def test_holds_the_kernel_layout_and_runs_the_fast_kernel():
 def test_state_dict_is_portable_bitplane_across_layouts(tmp_path):
     src = LUTLinear.from_linear(_linear(K=512, N=100), wbits=3, group_size=128)
     sd = src.state_dict()
-    assert sd["planes"].shape == (3, 100, 64) and sd["_extra_state"]["layout"] == "bitplane"
+    assert sd["planes"].shape == (3, 100, 64) and decode_extra_state(sd["_extra_state"])["layout"] == "bitplane"
     # a module whose kernels read another layout (float tables: the generic kernel's bitplane)
     other = LUTLinear(512, 100, wbits=3, group_size=128, table_dtype="float32")
-    other.load_state_dict({**sd, "_extra_state": dict(sd["_extra_state"], table_dtype="float32")})
+    other.load_state_dict({**sd, "_extra_state": encode_extra_state(dict(decode_extra_state(sd["_extra_state"]),
+                                                                         table_dtype="float32"))})
     assert other.layouts == ("bitplane",) and src.layouts != other.layouts or src.layouts == ("bitplane",)
     assert torch.equal(other.packed().dequantize(), src.packed().dequantize())
     x = torch.randn(3, 512, generator=GEN)
@@ -288,7 +292,7 @@ def test_meta_device_then_load_with_assign():
 def test_lutlinear_cuda_decode_and_batch_layouts_compile_and_graph():
     lin = _linear(K=512, N=256).cuda().half()
     q = LUTLinear.from_linear(lin, wbits=2, group_size=128)      # untuned defaults: LUT for M <= 2
-    assert q.layouts == ("warp32", "tc16") and q._plan.split == 2
+    assert q.layouts == ("warp32", "tc16") and q.plan.split == 2
     assert {n for n, _ in q.named_buffers()} == {"planes", "scales", "batch_planes", "batch_scales"}
     tol = tolerance(q.kernel_spec())
     for M in (1, 2, 3, 16, 300):
