@@ -13,9 +13,9 @@ For each N x K, bit width (uniform, group 128) and M, one run times, as users ca
 
 each with its own pool of weight copies rotating through ``--pool-mib`` MiB (more than the
 caches hold: a decode step reads every layer's weights once). CPU times are medians of per-call
-wall times (at least 30 calls and 50 ms). On CUDA every method is timed twice: kernel time in a
-CUDA graph of rotating calls (``lutc.autotune.graph_time_us``) and eager time (back-to-back
-calls, host overhead included). The targets of the front-door issue are checked per row:
+wall times (at least 30 calls and 50 ms). On CUDA every method is timed twice, as
+``bench_cuda.py`` times its rows: kernel time in a CUDA graph of rotating calls and eager time
+(back-to-back calls, host overhead included). The targets of the front-door issue are checked per row:
 CPU ``LUTLinear <= 1.15 x kernel + 15 us`` at M = 1 and ``<= 1.15 x kernel`` at larger M; CUDA
 ``LUTLinear (graph) <= 1.1 x kernel (graph)`` and ``LUTLinear (eager) <= kernel (graph) + 15 us``.
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import itertools
 import json
 import os
 import platform
@@ -41,8 +40,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lutc  # noqa: E402
-from lutc.autotune import graph_time_us  # noqa: E402
+from bench_cuda import time_eager as cuda_eager_us, time_graph as cuda_graph_us  # noqa: E402
 from lutc.testing import random_weights, reference, rel_error, tolerance  # noqa: E402
 
 
@@ -57,31 +57,6 @@ def cpu_median_us(call, pool: int, calls: int = 30, min_seconds: float = 0.05) -
         times.append(time.perf_counter() - t0)
         i += 1
     return statistics.median(times) * 1e6
-
-
-def cuda_graph_us(call, pool: int, calls: int = 40) -> float:
-    """Kernel time per call in a CUDA graph of ``call(i)`` over the rotating pool."""
-    for i in range(pool):
-        call(i)
-    turn = itertools.count()
-    return graph_time_us(lambda: call(next(turn) % pool), max(calls, pool), 5)
-
-
-def cuda_eager_us(call, pool: int, n: int = 200) -> float:
-    """Per-call time of ``n`` back-to-back eager calls (host overhead included)."""
-    for i in range(pool):
-        call(i)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(5):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for j in range(n):
-            call(j % pool)
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) * 1e3 / n)
-    return statistics.median(times)
 
 
 def nbytes(tensors) -> int:
@@ -144,7 +119,7 @@ def measure(N: int, K: int, wbits: int, M: int, device: str, pool_bytes: int) ->
         else:
             for name, fn in fns.items():
                 row[name + "_graph"] = cuda_graph_us(fn, copies)
-                row[name + "_eager"] = cuda_eager_us(fn, copies)
+                row[name + "_eager"] = cuda_eager_us(fn, copies, n=200)
         used = {k.schedule for k in lutc.torch_ops.kernel_cache().kernels()
                 if k.spec.N == N and k.spec.K == K and k.spec.wbits == wbits}
         row["module_schedules"] = sorted(used)
@@ -193,7 +168,7 @@ def decode_step(layers: int, wbits: int, device: str) -> dict:
             if device == "cpu":
                 row[name] = cpu_median_us(lambda i: m(x), 1, calls=10)
             else:
-                row[name + "_graph"] = cuda_graph_us(lambda i: m(x), 1, calls=5)
+                row[name + "_graph"] = cuda_graph_us(lambda i: m(x), 1, target_calls=5)
                 row[name + "_eager"] = cuda_eager_us(lambda i: m(x), 1, n=20)
     return row
 

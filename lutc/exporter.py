@@ -331,7 +331,7 @@ def _cpu_header(kernel: Kernel, name: str, symbol: str, skipped: dict) -> str:
     lines += ["", "#ifdef __cplusplus", 'extern "C" {', "#endif",
               f"int __tvm_ffi_{symbol}(void* self, const TVMFFIAny* args, int32_t num_args, TVMFFIAny* ret);",
               "#ifdef __cplusplus", "}", "#endif", "",
-              f"/* y = x @ W^T on raw CPU pointers (the argument order above, weights in layout",
+              "/* y = x @ W^T on raw CPU pointers (the argument order above, weights in layout",
               f" * {kernel.layout}; zeros is ignored without zero points). Returns 0, or -1 on a failed check. */",
               f"static inline int {name}_run(const void* x, const void* planes, const void* scales,",
               "                              const void* zeros, void* out) {"]

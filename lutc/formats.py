@@ -79,7 +79,7 @@ class PackedWeights:
         for name, t in given.items():
             if name not in expected:
                 if t is not None:
-                    raise ValueError(f"packed weight has zeros but zero_point=False: pass zeros=None, "
+                    raise ValueError("packed weight has zeros but zero_point=False: pass zeros=None, "
                                      "or zero_point=True")
                 continue
             want = expected[name]

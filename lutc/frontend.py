@@ -84,7 +84,7 @@ def lut_mpgemm(spec: MPGemmSpec) -> tirx.PrimFunc:
         ['x', 'planes', 'scales', 'out']
     """
     M, N, K, b = spec.M, spec.N, spec.K, spec.planes
-    G, C, B, g = spec.groups, spec.blocks, spec.block, spec.g
+    C, B, g = spec.blocks, spec.block, spec.g
     x = te.placeholder((M, K), spec.act_dtype, name="x")
     weight = layouts.get(layouts.BITPLANE).shapes(spec)   # the front end reads bitplane weights
     planes, scales, zeros = (te.placeholder(weight[n].shape, weight[n].dtype, name=n) if n in weight else None

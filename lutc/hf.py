@@ -29,7 +29,6 @@ from transformers.quantizers import HfQuantizer, register_quantization_config, r
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .dtypes import dtype_name
-from .formats import quantize  # noqa: F401  (the quantizer LutcConfig's fields describe)
 from .nn import LUTLinear, quantize_model
 from .spec import MPGemmSpec
 

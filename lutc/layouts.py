@@ -192,7 +192,7 @@ R/2-byte register load feeds two table shuffles covering R rows."""
         return (self.tiles(spec), spec.K // 4, spec.planes, self.rows // 2)
 
     def _pack_planes(self, spec, byte):
-        b, N, K, R, NT = spec.planes, spec.N, spec.K, self.rows, self.tiles(spec)
+        b, K, R, NT = spec.planes, spec.K, self.rows, self.tiles(spec)
         idx = _nibbles(byte, NT * R)                                            # [b, Np, KG]
         half = idx.reshape(b, NT, 2, R // 2, K // 4).permute(1, 4, 0, 2, 3)     # [NT, KG, b, 2, R/2]
         return (half[..., 0, :] | (half[..., 1, :] << 4)).contiguous()

@@ -1,8 +1,6 @@
 """Hugging Face transformers: quant_method "lutc" (LutcConfig + LutcHfQuantizer), quantizing on load,
 save_pretrained and reloading without re-quantization, greedy decoding against the dequantized
 reference, torch.compile. Models are built from a config here (no downloads)."""
-import copy
-
 import pytest
 import torch
 
