@@ -44,12 +44,14 @@ GGUF ``Q4_0``       blocks of 32: fp16 ``d``, 4-bit ``q``:      uniform W4 g32, 
 GGUF ``Q4_1``       ``d q + m``                                 W4 g32, float32 scale and zero
 GGUF ``Q4_K``       super-blocks of 256: ``d sc q - dmin m``    W4 g32, float32 scale ``d sc``
                     (6-bit sub-scales and mins per 32)          and zero ``dmin m / (d sc)``
+GGUF ``TQ2_0``,     ternary blocks of 256 (2-bit or base-3      uniform W2 g128, zero 1, the
+``TQ1_0``           packed trits) with an fp16 scale each:      block's fp16 scale on both its
+                    ``d (q - 1)``                               groups
 ==================  ==========================================  ==================================
 
 Not imported, with the reason in the error: GPTQ act-order (``desc_act``: a ``g_idx`` that is
 not ``k // group_size``; permuting K once and ``x`` per call is the plan), 8-bit codes, group
-sizes lutc's kernels lack (16, 256, ...), GGUF ``Q2_K`` (sub-blocks of 16), ``TQ1_0``/``TQ2_0``
-(a ternary scale per block of 256; lutc's ternary format has one per tensor), ``Q5``/``Q6``/``Q8``
+sizes lutc's kernels lack (16, 256, ...), GGUF ``Q2_K`` (sub-blocks of 16), ``Q5``/``Q6``/``Q8``
 types (more than 4 bits) and the ``IQ`` types (codebooks).
 """
 from __future__ import annotations
@@ -316,7 +318,35 @@ def _with_min(codes: np.ndarray, scale: np.ndarray, offset: np.ndarray, N: int, 
     return from_codes(q, 4, 32, s, z.double(), scale_dtype="float32")
 
 
-_GGUF = {"Q4_0": _q4_0, "Q4_1": _q4_1, "Q4_K": _q4_k}
+def _ternary_blocks(trits: np.ndarray, d: np.ndarray, N: int, K: int) -> PackedWeights:
+    """Ternary blocks of 256 with one fp16 scale each, ``w = d (q - 1)``, ``q`` in 0..2 (3 in
+    corrupt data is kept: ``2 d``): lutc's uniform W2 with zero point 1 and groups of 128, the
+    block's scale on both of its groups (exact; the 2-bit kernels run it)."""
+    scales = torch.from_numpy(np.repeat(d.astype(np.float16), 2, axis=-1).copy())      # [N, K/128]
+    return from_codes(torch.from_numpy(trits.reshape(N, K).astype(np.int64)), 2, 128, scales,
+                      torch.ones(N, K // 128, dtype=torch.float64), scale_dtype="float16")
+
+
+def _tq2_0(rows, N, K):
+    b = _blocks(rows, N, K, 66, 256)
+    qs = b[..., :64].reshape(N, K // 256, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 1, 4, 1)
+    d = b[..., 64:66].copy().view(np.float16)[..., 0]
+    return _ternary_blocks(qs & 3, d, N, K)
+
+
+def _tq1_0(rows, N, K):
+    """Five trits per byte in base 3, scaled to a byte (``q = (3 v) >> 8`` of the byte times 3^i)."""
+    b = _blocks(rows, N, K, 54, 256)
+    pow3 = np.array([1, 3, 9, 27, 81], dtype=np.uint8)
+    qs0 = (b[..., :32].reshape(N, -1, 1, 32) * pow3.reshape(1, 1, 5, 1)).reshape(N, K // 256, 160)
+    qs1 = (b[..., 32:48].reshape(N, -1, 1, 16) * pow3.reshape(1, 1, 5, 1)).reshape(N, K // 256, 80)
+    qh = (b[..., 48:52].reshape(N, -1, 1, 4) * pow3[:4].reshape(1, 1, 4, 1)).reshape(N, K // 256, 16)
+    v = np.concatenate([qs0, qs1, qh], axis=-1).astype(np.uint16)
+    d = b[..., 52:54].copy().view(np.float16)[..., 0]
+    return _ternary_blocks((v * 3) >> 8, d, N, K)
+
+
+_GGUF = {"Q4_0": _q4_0, "Q4_1": _q4_1, "Q4_K": _q4_k, "TQ1_0": _tq1_0, "TQ2_0": _tq2_0}
 
 
 

@@ -179,27 +179,27 @@ def _random_blocks(gguf, qtype, N, K):
     return raw.reshape(N, -1)
 
 
-@pytest.mark.parametrize("qtype_name", ["Q4_0", "Q4_1", "Q4_K"])
+@pytest.mark.parametrize("qtype_name", ["Q4_0", "Q4_1", "Q4_K", "TQ2_0", "TQ1_0"])
 def test_gguf_tensors_are_exact(tmp_path, qtype_name):
     gguf = pytest.importorskip("gguf")
     from gguf import quants
     qtype = gguf.GGMLQuantizationType[qtype_name]
     N, K = 64, 512
-    if qtype_name == "Q4_0":     # through gguf's own quantizer
+    if qtype_name in ("Q4_0", "TQ2_0", "TQ1_0"):     # through gguf's own quantizer
         data = quants.quantize(np.random.default_rng(1).standard_normal((N, K)).astype(np.float32) * 0.02, qtype)
     else:                        # gguf has no K-quant quantizer: random valid blocks
         data = _random_blocks(gguf, qtype, N, K)
     path = _gguf_file(tmp_path, "blk.0.ffn_up.weight", data, qtype)
     qw = lutc.import_gguf(path, "blk.0.ffn_up.weight")
     ref = torch.from_numpy(quants.dequantize(data, qtype).astype(np.float64))
-    assert qw.N == N and qw.K == K and qw.group_size == 32
-    if qtype_name == "Q4_0":
+    assert qw.N == N and qw.K == K and qw.group_size == (128 if qtype_name.startswith("TQ") else 32)
+    if qtype_name in ("Q4_0", "TQ2_0", "TQ1_0"):
         assert torch.equal(qw.dequantize(), ref)
     else:   # d q + m in float32 there, s (q - z) with z = -m / d in float32 here
         assert float((qw.dequantize() - ref).abs().max() / ref.abs().max()) < 1e-6
 
 
-@pytest.mark.parametrize("qtype_name", ["Q2_K", "TQ2_0", "Q8_0"])
+@pytest.mark.parametrize("qtype_name", ["Q2_K", "Q6_K", "Q8_0"])
 def test_gguf_types_lutc_cannot_hold_are_named(tmp_path, qtype_name):
     gguf = pytest.importorskip("gguf")
     qtype = gguf.GGMLQuantizationType[qtype_name]
