@@ -711,6 +711,9 @@ def save_weights(qw: PackedWeights, path: PathLike, layout: Optional[str] = None
     if not isinstance(qw, PackedWeights):
         raise TypeError(f"qw must be lutc.PackedWeights, got {type(qw).__name__}")
     check_layout(qw.layout, qw.layout_version)  # refuses a layout this lutc does not read
+    if qw.perm is not None:   # a host would have to gather x's features; the file format has no field
+        raise ValueError("this weight has a column order (act-order, PackedWeights.perm), which weight "
+                         "files do not store yet")
     if layout is not None:
         qw = repack(qw, layout)
     tensors = [t.detach().cpu().contiguous() for t in qw.tensors()]

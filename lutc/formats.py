@@ -70,6 +70,9 @@ class PackedWeights:
     zeros: Optional[torch.Tensor] = None
     layout: str = LAYOUT
     layout_version: int = LAYOUT_VERSION
+    #: The input order of the stored columns (act-order GPTQ): stored column ``j`` is input
+    #: feature ``perm[j]``, so ``y = x[:, perm] @ W_stored^T``; int64 ``[K]``, or None.
+    perm: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
         spec = self.weight_spec()   # validates the format fields (SpecError names the field)
@@ -90,6 +93,8 @@ class PackedWeights:
                 raise ValueError(f"packed weight's {name} is {t.dtype} {tuple(t.shape)}; layout "
                                  f"{self.layout!r} of this {self.format} w{self.wbits} [N={self.N}, "
                                  f"K={self.K}] weight needs {want.dtype} {want.shape}")
+        if self.perm is not None:
+            check_perm(self.perm, self.K)
 
     # --- identity ---
     def weight_spec(self, M: int = 1, **knobs) -> MPGemmSpec:
@@ -121,7 +126,7 @@ class PackedWeights:
         """A copy whose tensors live on ``device`` (e.g. ``"cuda"``)."""
         move = lambda t: None if t is None else t.to(device).contiguous()  # noqa: E731
         return dataclasses.replace(self, planes=move(self.planes), scales=move(self.scales),
-                                   zeros=move(self.zeros))
+                                   zeros=move(self.zeros), perm=move(self.perm))
 
     # --- the reference ---
     def signs(self) -> torch.Tensor:
@@ -136,6 +141,11 @@ class PackedWeights:
         """
         if self.layout != LAYOUT:
             return repack(self, LAYOUT).dequantize()
+        if self.perm is not None:      # stored column j is input feature perm[j]
+            stored = dataclasses.replace(self, perm=None).dequantize()
+            w = torch.empty_like(stored)
+            w[:, self.perm.cpu()] = stored
+            return w
         sig = self.signs()
         gs = self.K if self.group_size == -1 else self.group_size
         per_group = lambda c: c.cpu().to(torch.float64).repeat_interleave(gs, dim=1)  # noqa: E731
@@ -238,6 +248,15 @@ def from_planes(planes: torch.Tensor, wbits: int, group_size: int, scales: torch
                          zero_point=zeros is not None, scale_dtype=scale_dtype, planes=planes.contiguous(),
                          scales=scales.to(sdt).contiguous(),
                          zeros=None if zeros is None else zeros.to(sdt).contiguous())
+
+
+def check_perm(perm: torch.Tensor, K: int) -> None:
+    """Refuse anything but an int64 permutation of ``0 .. K-1`` (a weight's column order)."""
+    if not isinstance(perm, torch.Tensor) or perm.dtype != torch.int64 or tuple(perm.shape) != (K,):
+        raise ValueError(f"perm must be an int64 tensor [K={K}], got "
+                         f"{getattr(perm, 'dtype', type(perm).__name__)} {tuple(getattr(perm, 'shape', ()))}")
+    if not torch.equal(perm.cpu().sort().values, torch.arange(K)):
+        raise ValueError(f"perm is not a permutation of 0..{K - 1}")
 
 
 def check_layout(layout, version) -> None:

@@ -28,7 +28,8 @@ format              tensors                                     imported as
 (AutoGPTQ,          along K, a dense little-endian bit stream   group 32/64/128 or -1, fp16
 GPTQModel)          per column), ``qzeros`` int32 [G, N bits/   scales; symmetric and asymmetric
                     32] (stored ``zero - 1``), ``scales`` [G,   (symmetric: zero ``2^(bits-1)``);
-                    N], ``g_idx`` [K] (optional)                ``checkpoint_format="gptq_v2"``
+                    N], ``g_idx`` [K] (optional; act-order)     act-order as ``perm``;
+                                                                ``checkpoint_format="gptq_v2"``
                                                                 for zeros stored as they are
 ``awq`` (GEMM)      ``qweight`` int32 [K, N/8] (8 codes per     uniform, ``zero_point``, 4 bits
                     word in the order 0 2 4 6 1 3 5 7),         
@@ -49,13 +50,17 @@ GGUF ``TQ2_0``,     ternary blocks of 256 (2-bit or base-3      uniform W2 g128,
                     ``d (q - 1)``                               groups
 ==================  ==========================================  ==================================
 
-Not imported, with the reason in the error: GPTQ act-order (``desc_act``: a ``g_idx`` that is
-not ``k // group_size``; permuting K once and ``x`` per call is the plan), 8-bit codes, group
+GPTQ act-order (``desc_act=True``: ``g_idx`` not ``k // group_size``) imports with the column
+order that makes the groups contiguous (``PackedWeights.perm``): the kernels read the permuted
+weight and ``x`` is gathered in that order per call (``Kernel``, the op and ``LUTLinear`` do it).
+
+Not imported, with the reason in the error: 8-bit codes, group
 sizes lutc's kernels lack (16, 256, ...), GGUF ``Q2_K`` (sub-blocks of 16), ``Q5``/``Q6``/``Q8``
 types (more than 4 bits) and the ``IQ`` types (codebooks).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Mapping, Optional, Union
 
@@ -138,17 +143,32 @@ def _gptq(tensors, bits: int, group_size: int, checkpoint_format: str) -> Packed
     G = _groups(K, group_size)
     scales, sdt = _scales("scales", _need(tensors, "scales", "gptq"), (G, N))
     qzeros = _int32("qzeros", _need(tensors, "qzeros", "gptq"), (G, -(-N * bits // 32)))
-    g_idx = tensors.get("g_idx")
-    if g_idx is not None:
-        expected = torch.arange(K) // (K if group_size == -1 else group_size)
-        if g_idx.shape != (K,) or not torch.equal(g_idx.detach().cpu().long(), expected):
-            raise ValueError("g_idx is not k // group_size: an act-order (desc_act=True) checkpoint; "
-                             "lutc does not import act-order GPTQ weights yet")
-    planes = stream_planes(qweight.T.contiguous(), K, bits)                       # [b, N, K/8]
+    perm = _act_order(tensors.get("g_idx"), K, group_size)
+    planes = stream_planes(qweight.T.contiguous(), K, bits, perm)                 # [b, N, K/8]
     zeros = unpack_bitstream(qzeros, N, bits).T.double()                          # [N, G]
     if checkpoint_format == "gptq":
         zeros = zeros + 1      # v1 stores zero - 1 (and its kernels add the 1 back without masking)
-    return from_planes(planes, bits, group_size, scales.T.contiguous(), zeros, scale_dtype=sdt)
+    qw = from_planes(planes, bits, group_size, scales.T.contiguous(), zeros, scale_dtype=sdt)
+    return qw if perm is None else dataclasses.replace(qw, perm=perm)
+
+
+def _act_order(g_idx: Optional[torch.Tensor], K: int, group_size: int) -> Optional[torch.Tensor]:
+    """None for ``g_idx = k // group_size`` (or none); else the column order that makes the
+    groups contiguous (act-order, ``desc_act=True``): the stored weight takes input features in
+    this order and ``x`` is permuted the same way per call (as Marlin does), one gather of K."""
+    if g_idx is None:
+        return None
+    gs = K if group_size == -1 else group_size
+    g_idx = g_idx.detach().cpu().long()
+    if g_idx.shape != (K,):
+        raise ValueError(f"g_idx has shape {tuple(g_idx.shape)}, expected [K={K}]")
+    if torch.equal(g_idx, torch.arange(K) // gs):
+        return None
+    counts = torch.bincount(g_idx, minlength=K // gs)
+    if counts.numel() != K // gs or not bool((counts == gs).all()):
+        raise ValueError(f"g_idx does not give each of the {K // gs} groups {gs} columns: not a "
+                         "GPTQ act-order index")
+    return torch.sort(g_idx, stable=True).indices
 
 
 def _awq(tensors, bits: int, group_size: int) -> PackedWeights:
@@ -209,13 +229,15 @@ def unpack_bitstream(words: torch.Tensor, count: int, bits: int) -> torch.Tensor
     return torch.from_numpy(stream.reshape(rows, count, bits).astype(np.int64) @ weights)
 
 
-def stream_planes(words: torch.Tensor, count: int, bits: int) -> torch.Tensor:
+def stream_planes(words: torch.Tensor, count: int, bits: int, perm: Optional[torch.Tensor] = None) -> torch.Tensor:
     """:func:`unpack_bitstream` straight to lutc's bit planes (uint8 ``[bits, R, count/8]``):
     bit ``i`` of every code is every ``bits``-th bit of the stream, so no integer codes are
-    formed (4096x4096 W4: ~0.1 s instead of ~1 s)."""
+    formed (4096x4096 W4: ~0.1 s instead of ~1 s). ``perm``: take the codes in this order."""
     rows = words.shape[0]
     stream = np.unpackbits(words.contiguous().numpy().view(np.uint8).reshape(rows, -1), axis=-1,
                            bitorder="little")[:, :count * bits].reshape(rows, count, bits)
+    if perm is not None:            # codes in this column order (act-order)
+        stream = stream[:, perm.numpy()]
     planes = np.packbits(np.ascontiguousarray(stream.transpose(2, 0, 1)), axis=-1, bitorder="little")
     return torch.from_numpy(planes)
 
@@ -363,8 +385,6 @@ def checkpoint_config(path: Union[str, os.PathLike]) -> dict:
         raise ValueError(f"{path}/config.json has no quantization_config: not a quantized checkpoint")
     method = qc.get("quant_method")
     if method == "gptq":
-        if qc.get("desc_act"):
-            raise ValueError(f"{path}: desc_act=True (act-order GPTQ) is not imported by lutc yet")
         return {"format": "gptq", "bits": qc.get("bits"), "group_size": qc.get("group_size", 128),
                 "sym": qc.get("sym"), "checkpoint_format": qc.get("checkpoint_format", "gptq"), "ignore": []}
     if method == "awq":

@@ -118,6 +118,7 @@ class LUTLinear(nn.Module):
         for names in _COPIES:
             for name in names:
                 self.register_buffer(name, None)
+        self.register_buffer("perm", None)     # act-order column order (PackedWeights.perm)
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype),
                                  requires_grad=False) if bias else None
         # device None: torch's default device (`with torch.device("meta"):` too)
@@ -165,7 +166,7 @@ class LUTLinear(nn.Module):
                              K=self.in_features, group_size=self.group_size,
                              zero_point=self.zero_point, scale_dtype=self.scale_dtype,
                              planes=self.planes, scales=self.scales, zeros=self.zeros,
-                             layout=self.layouts[0])
+                             layout=self.layouts[0], perm=self.perm)
 
     @property
     def plan(self) -> "torch_ops.LayoutPlan":
@@ -209,6 +210,7 @@ class LUTLinear(nn.Module):
                 tensors = [t.to(device).contiguous() for t in held.tensors()] + [None] * (3 - len(held.tensors()))
             for name, t in zip(names, tensors):
                 setattr(self, name, t)
+        self.perm = None if qw.perm is None else qw.perm.to(device).contiguous()
         self._set_plan(plan, device)
 
     def _hold_zeros(self, device: torch.device) -> None:
@@ -234,7 +236,8 @@ class LUTLinear(nn.Module):
         by name, bypassing ``load_state_dict``)."""
         qw = PackedWeights(format=self.format, wbits=self.wbits, N=self.out_features, K=self.in_features,
                            group_size=self.group_size, zero_point=self.zero_point, scale_dtype=self.scale_dtype,
-                           planes=self.planes, scales=self.scales, zeros=self.zeros)   # checks the tensors
+                           planes=self.planes, scales=self.scales, zeros=self.zeros,
+                           perm=self.perm)   # checks the tensors
         self._hold(qw, torch.device(device) if device is not None else self.planes.device)
 
     def _relayout(self, device: torch.device, act_dtype: str) -> None:
@@ -259,6 +262,8 @@ class LUTLinear(nn.Module):
             # 2-core x86); torch.compile, autograd and bad inputs take the op below.
             x2 = x.reshape(-1, self.in_features)
             held = self._buffers        # not getattr: nn.Module.__getattr__ costs ~0.5 us a buffer
+            if held["perm"] is not None:
+                x2 = x2.index_select(1, held["perm"])
             weights = [held[n] for n in _COPIES[i] if held[n] is not None]
             y = torch_ops.kernel_cache().run(self._kernel_spec, x2 if x2.is_contiguous() else x2.contiguous(),
                                              plan.layouts[i], *weights)
@@ -267,7 +272,7 @@ class LUTLinear(nn.Module):
         planes, scales, zeros = (getattr(self, name) for name in _COPIES[i])
         return torch_ops.linear_packed(x, planes, scales, zeros, self.out_features, self.in_features,
                                        self.wbits, self.group_size, self.format, self.bias, self.g,
-                                       self.symmetrize, plan.table_dtype, plan.layouts[i])
+                                       self.symmetrize, plan.table_dtype, plan.layouts[i], self.perm)
 
     def _eager(self, x: torch.Tensor) -> bool:
         """Whether ``x`` may take the eager fast path: a plain tensor of the planned dtype on the
@@ -375,24 +380,27 @@ class LUTLinear(nn.Module):
             self._check_extra_state(state_dict[key])
         names = _COPIES[0][:3 if self.zero_point else 2]
         found = {n: state_dict[prefix + n] for n in names if prefix + n in state_dict}
+        perm = state_dict.get(prefix + "perm")
         qw = None
         if len(found) == len(names):
             try:
                 qw = PackedWeights(format=self.format, wbits=self.wbits, N=self.out_features,
                                    K=self.in_features, group_size=self.group_size,
-                                   zero_point=self.zero_point, scale_dtype=self.scale_dtype, **found)
+                                   zero_point=self.zero_point, scale_dtype=self.scale_dtype, **found,
+                                   perm=None if perm is None else perm.long())
             except (ValueError, TypeError) as e:
                 raise ValueError(f"checkpoint tensors under {prefix!r}: {e}") from None
         # torch would copy the bitplane tensors into the kernel-layout buffers: it skips them
         # while they count as non-persistent, and they are held below instead.
-        held = {n for names in _COPIES for n in names} - self._non_persistent_buffers_set
+        held = {n for names in _COPIES for n in names} | {"perm"}
+        held -= self._non_persistent_buffers_set
         self._non_persistent_buffers_set |= held
         try:
             super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                           unexpected_keys, error_msgs)
         finally:
             self._non_persistent_buffers_set -= held
-        for n in _COPIES[0]:
+        for n in _COPIES[0] + ("perm",):
             if prefix + n in unexpected_keys:
                 unexpected_keys.remove(prefix + n)
         if qw is None:

@@ -101,6 +101,9 @@ class Kernel:
         self._require_runnable()
         weights = self._weights(qw)
         as_numpy = isinstance(x, np.ndarray)
+        if qw.perm is not None:        # act-order weight: its columns are x's features in perm order
+            x = _as_torch("x", x)
+            x = x.index_select(-1, qw.perm.to(x.device)) if x.dim() == 2 and x.shape[-1] == self.spec.K else x
         if (type(x) is torch.Tensor and x.shape == self._x_shape and x.dtype == self._dtype
                 and x.device.type == self.device and _safe(x)):
             xt = x  # the common case, checked in one expression

@@ -1,14 +1,15 @@
 r"""The PyTorch op ``torch.ops.lutc.mpgemm`` and the kernel cache behind it.
 
 ``torch.ops.lutc.mpgemm(x, planes, scales, zeros, wbits, group_size, format="uniform", g=4,
-symmetrize=True, table_dtype=None, layout="bitplane", N=-1)`` computes ``y[M, N] = x[M, K] @
+symmetrize=True, table_dtype=None, layout="bitplane", N=-1, perm=None)`` computes ``y[M, N] = x[M, K] @
 W[N, K]^T`` for the weight packed in ``planes``/``scales``/``zeros`` (the tensors of a
 :class:`lutc.PackedWeights`) in ``layout`` (:mod:`lutc.layouts`; ``N`` is needed for every layout
 but ``bitplane``, whose tiles pad the rows). For each ``M`` it runs the kernel
 :func:`lutc.compile` would pick for that ``M``, target and tuning log *among the kernels that
 read ``layout``* (tuned records apply), so weights packed in a kernel's layout
 (``LUTLinear`` keeps them so; ``lutc.repack(qw, layout)`` makes them) reach lutc's fast
-kernels. No kernel is swapped silently: a layout no kernel of this device reads for the spec
+kernels (``perm``: the column order of an act-order weight, applied to ``x``'s features). No
+kernel is swapped silently: a layout no kernel of this device reads for the spec
 raises, naming the layout. ``table_dtype=None`` is the device's default
 (:func:`lutc.build.default_table_dtype`: int8 on SIMD CPUs, float32 on CUDA).
 
@@ -359,7 +360,7 @@ def _shapes(spec: MPGemmSpec, layout: str) -> dict:
 def check_args(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor,
                zeros: Optional[torch.Tensor], wbits: int, group_size: int, format: str = "uniform",
                g: int = 4, symmetrize: bool = True, table_dtype: Optional[str] = None,
-               layout: str = LAYOUT, N: int = -1) -> MPGemmSpec:
+               layout: str = LAYOUT, N: int = -1, perm: Optional[torch.Tensor] = None) -> MPGemmSpec:
     """Check the op's arguments (no data is read) and return their spec (with ``M = 1``).
 
     Raises ``TypeError`` (dtype), ``ValueError`` (shape, device, contiguity, bit planes, layout)
@@ -406,6 +407,9 @@ def check_args(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor,
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {want.shape} "
                              f"(layout {layout!r}, {format} w{wbits})")
         check_tensor(name, t, want.shape, TORCH_DTYPES[want.dtype], dev.type)
+    if perm is not None:           # act-order: the weight's columns are x's features in this order
+        check_tensor("perm", perm, (K,), torch.int64, dev.type)
+        named.append(("perm", perm))
     for name, t in [("x", x)] + named:
         check_contiguous(name, t)
     return spec
@@ -415,19 +419,22 @@ def check_args(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor,
 def mpgemm(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor,
            zeros: Optional[torch.Tensor], wbits: int, group_size: int, format: str = "uniform",
            g: int = 4, symmetrize: bool = True, table_dtype: Optional[str] = None,
-           layout: str = "bitplane", N: int = -1) -> torch.Tensor:
-    """``y[M, N] = x[M, K] @ W[N, K]^T`` for packed ``W`` (module docstring); ``y`` in x's dtype."""
+           layout: str = "bitplane", N: int = -1, perm: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``y[M, N] = x[M, K] @ W[N, K]^T`` for packed ``W`` (module docstring); ``y`` in x's dtype.
+    ``perm``: the weight's column order (act-order checkpoints), applied to ``x``'s features."""
     spec = check_args(x, planes, scales, zeros, wbits, group_size, format, g, symmetrize, table_dtype,
-                      layout, N)
+                      layout, N, perm)
+    if perm is not None:
+        x = x.index_select(1, perm)
     return _CACHE.run(spec, x, layout, planes, scales, *([zeros] if zeros is not None else []))
 
 
 @mpgemm.register_fake
 def _mpgemm_fake(x, planes, scales, zeros, wbits, group_size, format="uniform", g=4,
-                 symmetrize=True, table_dtype=None, layout="bitplane", N=-1):
+                 symmetrize=True, table_dtype=None, layout="bitplane", N=-1, perm=None):
     # Same checks at trace time, so torch.compile reports a bad argument before running anything.
     spec = check_args(x, planes, scales, zeros, wbits, group_size, format, g, symmetrize, table_dtype,
-                      layout, N)
+                      layout, N, perm)
     return x.new_empty((x.shape[0], spec.N))
 
 
@@ -444,19 +451,19 @@ def linear(x: torch.Tensor, qw: PackedWeights, bias: Optional[torch.Tensor] = No
         torch.Size([2, 3, 64])
     """
     return linear_packed(x, qw.planes, qw.scales, qw.zeros, qw.N, qw.K, qw.wbits, qw.group_size,
-                         qw.format, bias, g, symmetrize, table_dtype, qw.layout)
+                         qw.format, bias, g, symmetrize, table_dtype, qw.layout, qw.perm)
 
 
 def linear_packed(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
                   N: int, K: int, wbits: int, group_size: int, format: str, bias: Optional[torch.Tensor],
                   g: int = 4, symmetrize: bool = True, table_dtype: Optional[str] = None,
-                  layout: str = LAYOUT) -> torch.Tensor:
+                  layout: str = LAYOUT, perm: Optional[torch.Tensor] = None) -> torch.Tensor:
     """:func:`linear` on the packed tensors themselves (``LUTLinear.forward`` holds buffers)."""
     if x.shape[-1] != K:
         # Checked here: a reshape to [-1, K] would otherwise silently regroup the numbers.
         raise ValueError(f"x has shape {tuple(x.shape)}, expected last dimension in_features={K}")
     y = torch.ops.lutc.mpgemm(x.reshape(-1, K).contiguous(), planes, scales, zeros, wbits, group_size,
-                              format, g, symmetrize, table_dtype, layout, N)
+                              format, g, symmetrize, table_dtype, layout, N, perm)
     y = y.reshape(*x.shape[:-1], N)
     return y if bias is None else y + bias.to(y.dtype)
 

@@ -107,9 +107,8 @@ def test_gptq_v2_and_refusals():
     qw = lutc.import_weights(tensors, "gptq", bits=4, group_size=128, checkpoint_format="gptq_v2")
     ref = (scales.double().repeat_interleave(128, 0) * (q.double() - zeros.double().repeat_interleave(128, 0))).T
     assert torch.equal(qw.dequantize(), ref)
-    perm = torch.randperm(K, generator=GEN) // 128
-    with pytest.raises(ValueError, match=r"act-order \(desc_act=True\)"):
-        lutc.import_weights(dict(tensors, g_idx=perm), "gptq", bits=4, group_size=128)
+    with pytest.raises(ValueError, match=r"g_idx does not give each of the 2 groups 128 columns"):
+        lutc.import_weights(dict(tensors, g_idx=torch.zeros(K, dtype=torch.int32)), "gptq", bits=4, group_size=128)
     with pytest.raises(ValueError, match=r"bits=8: lutc imports 2-, 3- and 4-bit codes"):
         lutc.import_weights(tensors, "gptq", bits=8, group_size=128)
     with pytest.raises(ValueError, match=r"group_size=256: lutc's kernels take groups of"):
@@ -269,6 +268,47 @@ def test_load_a_gptq_checkpoint_into_a_transformers_model(tmp_path):
         assert torch.equal(ours, theirs)
 
     (tmp_path / "config.json").write_text(json.dumps(dict(config, quantization_config=dict(
-        config["quantization_config"], desc_act=True))))
-    with pytest.raises(ValueError, match=r"desc_act=True \(act-order GPTQ\)"):
+        config["quantization_config"], quant_method="exl2"))))
+    with pytest.raises(ValueError, match=r"quant_method='exl2'; lutc imports"):
         lutc.load_checkpoint(transformers.LlamaForCausalLM(cfg), tmp_path)
+
+
+def _act_order_gptq(N, K, bits=4, gs=128):
+    """An act-order GPTQ layer as AutoGPTQ writes it: codes in the original column order, group of
+    column k = g_idx[k], groups assigned along a random column order (its Hessian order)."""
+    order = torch.randperm(K, generator=GEN)
+    g_idx = torch.empty(K, dtype=torch.int32)
+    g_idx[order] = (torch.arange(K) // gs).int()
+    q = torch.randint(0, 2 ** bits, (K, N), generator=GEN)
+    zeros = torch.randint(0, 2 ** bits, (K // gs, N), generator=GEN)
+    scales = (torch.rand(K // gs, N, generator=GEN) * 0.01 + 1e-3).half()
+    tensors = {"qweight": torch.from_numpy(autogptq_pack(q.numpy(), bits)),
+               "qzeros": torch.from_numpy(autogptq_pack_zeros(zeros.numpy(), bits)), "scales": scales, "g_idx": g_idx}
+    g = g_idx.long()
+    ref = (scales.double()[g] * (q.double() - (((zeros - 1) & (2 ** bits - 1)) + 1).double()[g])).T   # [N, K]
+    return tensors, ref
+
+
+def test_gptq_act_order_is_exact_on_every_front_door():
+    N, K = 96, 512
+    tensors, ref = _act_order_gptq(N, K)
+    qw = lutc.import_weights(tensors, "gptq", bits=4, group_size=128)
+    assert qw.perm is not None and torch.equal(qw.dequantize(), ref)
+    x = torch.randn(5, K, generator=GEN)
+    y_ref = x.double() @ ref.T
+    kernel = lutc.compile((5, N, K), wbits=4, group_size=128, zero_point=True)
+    assert rel_error(kernel(x, qw), y_ref) < tolerance(kernel.spec)
+    assert rel_error(lutc.torch_ops.linear(x, qw), y_ref) < tolerance(kernel.spec)
+    layer = lutc.LUTLinear.from_packed(qw)
+    assert rel_error(layer(x), y_ref) < tolerance(layer.kernel_spec())
+    compiled = torch.compile(layer, fullgraph=True)
+    assert rel_error(compiled(x), y_ref) < tolerance(layer.kernel_spec())
+    again = lutc.LUTLinear(K, N, bias=False, wbits=4, group_size=128, zero_point=True)
+    again.load_state_dict(layer.state_dict())
+    assert torch.equal(again.perm, layer.perm) and torch.equal(again(x), layer(x))
+
+
+def test_act_order_weights_are_refused_by_weight_files(tmp_path):
+    qw = lutc.import_weights(_act_order_gptq(64, 256)[0], "gptq", bits=4, group_size=128)
+    with pytest.raises(ValueError, match=r"column order \(act-order, PackedWeights.perm\)"):
+        lutc.save_weights(qw, tmp_path / "w.lutcw")
