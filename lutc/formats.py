@@ -34,7 +34,7 @@ import torch
 
 from . import layouts
 from .dtypes import torch_dtype
-from .layouts import pack_bits
+from .layouts import codes_to_planes, pack_bits
 from .spec import LAYOUT_VERSION, MPGemmSpec, SpecError
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -201,7 +201,6 @@ def quantize(weight: ArrayLike, wbits: int = 2, group_size: Optional[int] = None
     gs, group_size = spec.group, spec.group_size
     wg = w.reshape(N, K // gs, gs)
     sdt = torch_dtype(scale_dtype)
-    zeros = None
     if format == "ternary":
         s = w.abs().mean().clamp_min(_SMALLEST_SCALE[sdt]).to(sdt)  # BitNet b1.58 absmean
         t = torch.clamp(torch.round(w / s.float()), -1, 1)
@@ -212,10 +211,11 @@ def quantize(weight: ArrayLike, wbits: int = 2, group_size: Optional[int] = None
         bits = bits.reshape(wbits, N, K)
     else:
         q, scales, zeros = _uniform(wg, wbits, zero_point, sdt)
-        bits = torch.stack([(q.reshape(N, K) >> i) & 1 for i in range(wbits)]).bool()
+        qw = from_codes(q.reshape(N, K), wbits, group_size, scales, zeros, scale_dtype)
+        return qw if layout == LAYOUT else repack(qw, layout)
     qw = PackedWeights(format=format, wbits=wbits, N=N, K=K, group_size=group_size,
                        zero_point=zero_point, scale_dtype=scale_dtype, planes=pack_bits(bits),
-                       scales=scales.contiguous(), zeros=None if zeros is None else zeros.contiguous())
+                       scales=scales.contiguous())
     return qw if layout == LAYOUT else repack(qw, layout)
 
 
@@ -235,8 +235,7 @@ def from_codes(codes: torch.Tensor, wbits: int, group_size: int, scales: torch.T
     if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= 2 ** wbits):
         raise ValueError(f"codes must lie in [0, {2 ** wbits - 1}] for wbits={wbits}, got "
                          f"[{int(codes.min())}, {int(codes.max())}]")
-    planes = pack_bits(torch.stack([(codes >> i) & 1 for i in range(wbits)]).bool())
-    return from_planes(planes, wbits, group_size, scales, zeros, scale_dtype)
+    return from_planes(codes_to_planes(codes, wbits), wbits, group_size, scales, zeros, scale_dtype)
 
 
 def from_planes(planes: torch.Tensor, wbits: int, group_size: int, scales: torch.Tensor,

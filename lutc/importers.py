@@ -222,20 +222,23 @@ def unpack_bitstream(words: torch.Tensor, count: int, bits: int) -> torch.Tensor
     """int32 ``[R, W]`` holding, per row, ``count`` codes of ``bits`` bits as one little-endian
     bit stream (code ``j`` at bits ``j bits .. j bits + bits - 1``, across word boundaries) ->
     int64 codes ``[R, count]``. GPTQ's 3-bit packing (10 2/3 codes per word) is this stream."""
+    weights = (1 << np.arange(bits, dtype=np.int64))
+    return torch.from_numpy(_stream_bits(words, count, bits).astype(np.int64) @ weights)
+
+
+def _stream_bits(words: torch.Tensor, count: int, bits: int) -> np.ndarray:
+    """The bit stream of each row of ``words`` as ``{0, 1}`` uint8 ``[R, count, bits]``."""
     rows = words.shape[0]
     stream = np.unpackbits(words.contiguous().numpy().view(np.uint8).reshape(rows, -1), axis=-1,
-                           bitorder="little")[:, :count * bits]
-    weights = (1 << np.arange(bits, dtype=np.int64))
-    return torch.from_numpy(stream.reshape(rows, count, bits).astype(np.int64) @ weights)
+                           bitorder="little")
+    return stream[:, :count * bits].reshape(rows, count, bits)
 
 
 def stream_planes(words: torch.Tensor, count: int, bits: int, perm: Optional[torch.Tensor] = None) -> torch.Tensor:
     """:func:`unpack_bitstream` straight to lutc's bit planes (uint8 ``[bits, R, count/8]``):
     bit ``i`` of every code is every ``bits``-th bit of the stream, so no integer codes are
     formed (4096x4096 W4: ~0.1 s instead of ~1 s). ``perm``: take the codes in this order."""
-    rows = words.shape[0]
-    stream = np.unpackbits(words.contiguous().numpy().view(np.uint8).reshape(rows, -1), axis=-1,
-                           bitorder="little")[:, :count * bits].reshape(rows, count, bits)
+    stream = _stream_bits(words, count, bits)
     if perm is not None:            # codes in this column order (act-order)
         stream = stream[:, perm.numpy()]
     planes = np.packbits(np.ascontiguousarray(stream.transpose(2, 0, 1)), axis=-1, bitorder="little")

@@ -266,8 +266,11 @@ dot instruction (4 codes of each of L rows times 4 activations)."""
 
     def _pack_planes(self, spec, byte):
         L, NT, K = self.rows, self.tiles(spec), spec.K
-        bits = _unpack_bits(byte, K).to(torch.int32)
-        code = bits[0] + bits[1] if spec.format == "ternary" else sum(bits[i] << i for i in range(spec.wbits))
+        if spec.format == "ternary":   # t + 1 = sigma_0 bit + sigma_1 bit
+            bits = _unpack_bits(byte, K).to(torch.int64)
+            code = bits[0] + bits[1]
+        else:
+            code = planes_to_codes(byte, K, spec.wbits)
         w = code_bits(spec.wbits)
         c = 8 // w
         code = _pad_rows(code, NT * L)
@@ -283,10 +286,8 @@ dot instruction (4 codes of each of L rows times 4 activations)."""
         code = torch.stack([(p >> (w * s)) & (2 ** w - 1) for s in range(c)], -1)   # [NT, KC, L, 4, c]
         code = code.permute(0, 2, 1, 4, 3).reshape(NT * L, spec.K)[: spec.N]
         if spec.format == "ternary":
-            bits = torch.stack([code >= 1, code >= 2])
-        else:
-            bits = torch.stack([(code >> i) & 1 for i in range(spec.wbits)]).bool()
-        return pack_bits(bits)
+            return pack_bits(torch.stack([code >= 1, code >= 2]))
+        return codes_to_planes(code, spec.wbits)
 
 
 #: CUDA: 32 rows (one per lane), 128-weight slices (one 16-byte load per lane and plane).
@@ -356,8 +357,7 @@ P / (16/b), slot v = P % (16/b), code e at bit 8 (v / (8/b)) + b (v % (8/b)) + 1
 
     def _pack_planes(self, spec, byte):
         b, K, NT = spec.wbits, spec.K, self.tiles(spec)
-        bits = _unpack_bits(byte, K).to(torch.int64)
-        q = _pad_rows(sum(bits[i] << i for i in range(b)), NT * TC_ROWS)                  # [Np, K]
+        q = _pad_rows(planes_to_codes(byte, K, b), NT * TC_ROWS)                           # [Np, K]
         # n = (T 2 + t) 8 + g ; k = u 128 + c 32 + s 4 + h 2 + e
         q = q.reshape(NT, 2, 8, K // 128, 4, 8, 2, 2).permute(0, 3, 2, 4, 5, 1, 6, 7)   # T u g c s t h e
         q = q.reshape(NT, K // 128, 32, 2 * b, 16 // b, 2)                               # lane, word, slot, e
@@ -372,7 +372,7 @@ P / (16/b), slot v = P % (16/b), code e at bit 8 (v / (8/b)) + b (v % (8/b)) + 1
         words = words.permute(0, 1, 3, 2, 4).reshape(NT, KU, 32, 2 * b, 1, 1)
         q = (words >> tc_shifts(b)) & (2 ** b - 1)                                         # [NT, KU, 32, 2b, PW, 2]
         q = q.reshape(NT, KU, 8, 4, 8, 2, 2, 2).permute(0, 5, 2, 1, 3, 4, 6, 7).reshape(NT * TC_ROWS, K)[:spec.N]
-        return pack_bits(torch.stack([(q >> i) & 1 for i in range(b)]).bool())
+        return codes_to_planes(q, b)
 
 
 TILE_ROWS = (32, 64, 128)   # NEON, AVX2, AVX-512BW: two nibbles per byte of a 16/32/64-byte register
@@ -407,6 +407,18 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
     """Pack a bool ``[..., K]`` tensor into uint8 ``[..., K/8]``, least significant bit first."""
     packed = np.packbits(bits.cpu().numpy().astype(np.uint8), axis=-1, bitorder="little")
     return torch.from_numpy(packed).contiguous()
+
+
+def codes_to_planes(codes: torch.Tensor, wbits: int) -> torch.Tensor:
+    """Integer codes ``[N, K]`` (0 .. 2^b - 1) -> ``bitplane`` planes, uint8 ``[b, N, K/8]``."""
+    return pack_bits(torch.stack([(codes >> i) & 1 for i in range(wbits)]).bool())
+
+
+def planes_to_codes(byte: torch.Tensor, K: int, wbits: int) -> torch.Tensor:
+    """``bitplane`` planes uint8 ``[b, N, K/8]`` -> integer codes int64 ``[N, K]`` (inverse of
+    :func:`codes_to_planes`)."""
+    bits = _unpack_bits(byte, K).to(torch.int64)
+    return sum(bits[i] << i for i in range(wbits))
 
 
 def _unpack_bits(byte: torch.Tensor, K: int) -> torch.Tensor:
