@@ -20,12 +20,19 @@ lutc.torch_ops`` registers it in any case).
 Threads: TVM's CPU thread pool reads ``TVM_NUM_THREADS`` when it starts. lutc sets it to the
 number of cores this process may use unless it is already set (TVM's own default used one
 thread on a 2-core VM). Set it, or ``LUTC_NUM_THREADS``, before importing lutc to choose.
+lutc also sets ``OMP_WAIT_POLICY=PASSIVE`` (unless set) when torch is not imported yet: torch's
+OpenMP threads otherwise busy-wait after each op on the cores TVM's pool needs next, which made
+a whole model on lutc layers 7x slower (SmolLM2-135M greedy decoding on 2 cores: 3.6 s, 0.50 s
+passive, float 1.06 s either way). libgomp reads it once, when torch loads, so a process that
+imports torch first should export it itself; lutc says so once, at its first CPU kernel build.
 """
 import os as _os
 import sys as _sys
 
 _os.environ.setdefault(
     "TVM_NUM_THREADS", _os.environ.get("LUTC_NUM_THREADS", str(len(_os.sched_getaffinity(0)))))
+if "torch" not in _sys.modules:
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .spec import LAYOUT_VERSION, MPGemmSpec, SpecError  # noqa: E402  (no torch, no TVM)
 
@@ -36,7 +43,7 @@ _LAZY = {"PackedWeights": "formats", "quantize": "formats", "repack": "formats",
          "Kernel": "runtime", "tune": "autotune", "LUTLinear": "nn", "quantize_model": "nn",
          "export": "exporter", "load_weights": "exporter", "save_weights": "exporter",
          "import_weights": "importers", "import_gguf": "importers", "load_checkpoint": "importers",
-         "LutcConfig": "hf"}
+         "LutcConfig": "hf", "load_gguf": "hf"}
 _MODULES = ("layouts", "formats", "frontend", "target", "build", "cache", "runtime", "testing", "autotune",
             "torch_ops", "nn", "exporter", "importers", "hf", "tuner", "dtypes", "cli")
 
@@ -44,7 +51,7 @@ __version__ = "0.1.0"
 __all__ = ["MPGemmSpec", "SpecError", "LAYOUT_VERSION", "PackedWeights", "quantize", "repack", "compile",
            "build", "cuda_binary", "precompile", "Kernel", "tune", "LUTLinear", "quantize_model", "export",
            "save_weights", "load_weights", "import_weights", "import_gguf", "load_checkpoint", "LutcConfig",
-           "__version__"]
+           "load_gguf", "__version__"]
 
 
 def __getattr__(name: str):

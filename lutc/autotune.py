@@ -49,7 +49,7 @@ from .build import build, spec_for
 from .dtypes import TORCH_DTYPES
 from .runtime import Kernel
 from .spec import MPGemmSpec
-from .testing import random_weights, rel_error
+from .testing import INT8_TOLERANCE, random_weights, rel_error
 from .tuner import CostModel, TuningLog, candidates, default_candidate, features, rank_correlation
 from .tuner.records import log_for
 from .tuner.space import Candidate
@@ -275,7 +275,7 @@ class _Bench:
         x = x.to(TORCH_DTYPES[spec.act_dtype])
         self.ref = x.double() @ w64.T
         self.x = x.to(device_type)
-        self.tol = 3e-2 if spec.table_dtype == "int8" else {"float32": 1e-4, "float16": 2e-3,
+        self.tol = INT8_TOLERANCE if spec.table_dtype == "int8" else {"float32": 1e-4, "float16": 2e-3,
                                                              "bfloat16": 1.5e-2}[spec.act_dtype]
         self._pools = {}
         self._cursor = 0

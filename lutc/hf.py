@@ -22,7 +22,8 @@ layers.
 """
 from __future__ import annotations
 
-from typing import Optional
+import os
+from typing import Optional, Union
 
 import torch
 from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
@@ -129,4 +130,111 @@ class LutcHfQuantizer(HfQuantizer):
         return True
 
 
-__all__ = ["LutcConfig", "LutcHfQuantizer", "METHOD"]
+def load_gguf(path: Union[str, os.PathLike], device=None, dtype: torch.dtype = torch.float32,
+              progress: Optional[bool] = None, **knobs) -> "transformers.PreTrainedModel":
+    """A llama.cpp GGUF file as a transformers causal LM whose quantized layers run on lutc.
+
+    transformers reads the architecture and config from the file's metadata. Every ``nn.Linear``
+    whose GGUF tensor is of a type lutc imports (:data:`lutc.importers.GGUF_TYPES`) becomes a
+    :class:`lutc.LUTLinear` holding it exactly (:func:`lutc.import_gguf`, rows in transformers'
+    order: llama.cpp interleaves the rotary halves of ``attn_q``/``attn_k``, and transformers'
+    own tensor processor for the architecture says how to undo it). Every other tensor (norms,
+    embeddings, an ``output`` in Q6_K or Q8_0, types lutc does not import) is dequantized by
+    ``gguf`` into ``dtype`` as transformers' GGUF loader does; such Linear layers stay float,
+    named in a warning when they are not the output head. The float skeleton is created without
+    initialising it, at ``dtype``, and each imported layer's float storage is dropped as it
+    is replaced; pass ``dtype=torch.float16`` or ``bfloat16`` to halve the peak.
+
+    Args:
+        path: the ``.gguf`` file (one file; split GGUFs are not read).
+        device: where the model ends up (default: CPU).
+        dtype: activations and float tensors.
+        progress: layers done and ETA on stderr (default: when stderr is a terminal).
+        knobs: for the ``LUTLinear`` layers (``table_dtype``, ``single_layout``, ...).
+
+    Example:
+        >>> model = lutc.load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")          # doctest: +SKIP
+        >>> tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=file)   # doctest: +SKIP
+    """
+    import warnings
+
+    import gguf
+    import numpy as np
+    import transformers
+    from torch import nn
+    from transformers.initialization import no_init_weights
+    from transformers.modeling_gguf_pytorch_utils import (TENSOR_PROCESSORS, TensorProcessor,
+                                                          get_gguf_hf_weights_map, load_gguf_checkpoint,
+                                                          read_field)
+
+    from .importers import GGUF_TYPES, import_gguf, open_gguf
+    from .nn import Progress
+
+    path = os.path.abspath(os.fspath(path))
+    reader = open_gguf(path)
+    parsed = load_gguf_checkpoint(path, return_tensors=False)
+    config = transformers.AutoConfig.for_model(**parsed["config"])
+    with no_init_weights():
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    processor = TENSOR_PROCESSORS.get(read_field(reader, "general.architecture")[0], TensorProcessor)(
+        config=parsed["config"])
+    hf_names = get_gguf_hf_weights_map(model, processor)          # GGUF name -> parameter name
+    linears = {f"{name}.weight": name for name, m in model.named_modules() if type(m) is nn.Linear}
+
+    def processed(name: str, weights: np.ndarray):
+        return processor.process(weights=weights, name=name, tensor_key_mapping=hf_names,
+                                 parsed_parameters=parsed)
+
+    def row_order(t) -> Optional[np.ndarray]:
+        """The processor's row permutation of ``t`` (None: it does more than reorder rows)."""
+        rows = np.arange(int(t.shape[-1]), dtype=np.float64)[:, None]
+        out = processed(t.name, rows)
+        order = np.asarray(out.weights).reshape(-1)
+        if out.name != t.name or np.asarray(out.weights).shape != rows.shape or \
+                not np.array_equal(np.sort(order), rows[:, 0]):
+            return None
+        return order.astype(np.int64)
+
+    lut = [(t, linears[hf_names[t.name]]) for t in reader.tensors
+           if hf_names.get(t.name) in linears and gguf.GGMLQuantizationType(int(t.tensor_type)).name in GGUF_TYPES]
+    lut = [(t, name, order) for t, name in lut for order in [row_order(t)] if order is not None]
+    device = torch.device(device or "cpu")
+    report = Progress("lutc.load_gguf", len(lut), progress)
+    done = set()
+    for t, name, order in lut:
+        qw = import_gguf(reader, t.name, rows=None if np.array_equal(order, np.arange(len(order))) else order)
+        linear = model.get_submodule(name)
+        if (qw.N, qw.K) != (linear.out_features, linear.in_features):
+            raise ValueError(f"{path}: {t.name} is [{qw.N}, {qw.K}], the model's {name} is "
+                             f"[{linear.out_features}, {linear.in_features}]")
+        layer = LUTLinear.from_packed(qw, bias=None if linear.bias is None else torch.zeros(qw.N, dtype=dtype),
+                                      device=device, dtype=dtype, **knobs)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, layer)
+        done.add(t.name)
+        report.step(name)
+    report.close()
+    state = {}
+    for t in reader.tensors:
+        if t.name in done:
+            continue
+        out = processed(t.name, gguf.dequantize(t.data, t.tensor_type))
+        if out.name in hf_names:
+            state[hf_names[out.name]] = torch.from_numpy(np.copy(out.weights)).to(dtype)
+    kept = sorted(linears[k] for k in state if k in linears and not linears[k].endswith(("lm_head", "output")))
+    if kept:
+        warnings.warn(f"{path}: {len(kept)} Linear layers stay float (GGUF types lutc does not "
+                      f"import: it reads {list(GGUF_TYPES)}): {kept[:6]}{'...' if len(kept) > 6 else ''}",
+                      stacklevel=2)
+    result = model.load_state_dict(state, strict=False, assign=True)
+    converted = tuple(f"{name}." for _, name, _ in lut)      # filled above, not from the state dict
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    missing = [k for k in result.missing_keys if not k.startswith(converted) and k not in tied]
+    if missing:
+        raise ValueError(f"{path}: the GGUF file has no tensors for {missing[:8]}{'...' if len(missing) > 8 else ''}")
+    if tied:
+        model.tie_weights()
+    return model.to(device).eval()
+
+
+__all__ = ["LutcConfig", "LutcHfQuantizer", "METHOD", "load_gguf"]

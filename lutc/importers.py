@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Mapping, Optional, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -256,17 +256,31 @@ def pack_bitstream(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 # --- GGUF ---
-def import_gguf(source: Union[str, os.PathLike, object], name: str) -> PackedWeights:
+def open_gguf(path: Union[str, os.PathLike]) -> "gguf.GGUFReader":
+    """A ``gguf.GGUFReader`` of ``path`` (memory-mapped); errors name the file."""
+    try:
+        import gguf
+    except ImportError:
+        raise ImportError("lutc reads GGUF files with the gguf package: pip install gguf") from None
+    try:
+        return gguf.GGUFReader(os.fspath(path))
+    except (ValueError, OSError, KeyError, IndexError) as e:
+        raise ValueError(f"{os.fspath(path)} is not a readable GGUF file: {e}") from None
+
+
+def import_gguf(source: Union[str, os.PathLike, object], name: str,
+                rows: Optional[Sequence[int]] = None) -> PackedWeights:
     """The tensor ``name`` of a GGUF file (a path, or a ``gguf.GGUFReader``) as packed weights.
+
+    ``rows``: the output rows in this order (a permutation of ``range(N)``), e.g. the inverse of
+    llama.cpp's interleaving of the rotary halves of ``attn_q``/``attn_k`` (:func:`lutc.load_gguf`
+    asks transformers' tensor processor for it). Rows are whole blocks, so this is exact.
 
     Example:
         >>> qw = lutc.import_gguf("model.gguf", "blk.0.ffn_up.weight")   # doctest: +SKIP
     """
-    try:
-        import gguf
-    except ImportError:
-        raise ImportError("lutc.import_gguf needs the gguf package: pip install gguf") from None
-    reader = source if hasattr(source, "tensors") else gguf.GGUFReader(os.fspath(source))
+    import gguf
+    reader = source if hasattr(source, "tensors") else open_gguf(source)
     found = [t for t in reader.tensors if t.name == name]
     if not found:
         raise ValueError(f"no tensor {name!r} in the GGUF file; it has {[t.name for t in reader.tensors][:20]}...")
@@ -276,6 +290,11 @@ def import_gguf(source: Union[str, os.PathLike, object], name: str) -> PackedWei
         raise ValueError(f"GGUF tensor {name!r} has shape {list(t.shape)}: lutc imports 2-D weights")
     K, N = (int(v) for v in t.shape)            # GGUF lists ne0 (the row length) first
     blocks = np.ascontiguousarray(t.data).reshape(N, -1)
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.int64)
+        if sorted(rows.tolist()) != list(range(N)):
+            raise ValueError(f"rows for GGUF tensor {name!r} must be a permutation of range({N})")
+        blocks = blocks[rows]
     if qtype.name not in _GGUF:
         raise ValueError(f"GGUF tensor {name!r} is {qtype.name}; lutc imports {sorted(_GGUF)} "
                          f"(lutc.importers docstring says why not the others)")
@@ -372,6 +391,8 @@ def _tq1_0(rows, N, K):
 
 
 _GGUF = {"Q4_0": _q4_0, "Q4_1": _q4_1, "Q4_K": _q4_k, "TQ1_0": _tq1_0, "TQ2_0": _tq2_0}
+#: The GGUF tensor types :func:`import_gguf` reads.
+GGUF_TYPES = tuple(sorted(_GGUF))
 
 
 
@@ -473,7 +494,15 @@ def load_checkpoint(model: "torch.nn.Module", path: Union[str, os.PathLike], dev
     if not quantized:
         raise ValueError(f"{path}: no nn.Linear of the model has quantized tensors ('<name>.{marker}'); "
                          "are the model's module names those of the checkpoint?")
-    rest = {k: where[k].get_tensor(k).to(device) for k in where if k not in used}
+    own = model.state_dict()
+
+    def as_model_has_it(key: str) -> torch.Tensor:     # a float16 model stays float16 (assign=True)
+        t = where[key].get_tensor(key)
+        mine = own.get(key)
+        same = mine is not None and mine.is_floating_point() and t.is_floating_point()
+        return t.to(device, mine.dtype if same else t.dtype)
+
+    rest = {k: as_model_has_it(k) for k in where if k not in used}
     result = model.load_state_dict(rest, strict=False, assign=True)
     lut = tuple(f"{name}." for name, _ in quantized)     # filled above, not from the state dict
     missing = [k for k in result.missing_keys if not k.startswith(lut)]
@@ -482,5 +511,5 @@ def load_checkpoint(model: "torch.nn.Module", path: Union[str, os.PathLike], dev
     return model.to(device)
 
 
-__all__ = ["import_weights", "import_gguf", "load_checkpoint", "checkpoint_config", "unpack_bitstream",
+__all__ = ["import_weights", "import_gguf", "open_gguf", "GGUF_TYPES", "load_checkpoint", "checkpoint_config", "unpack_bitstream",
            "stream_planes", "pack_bitstream", "FORMATS", "AWQ_ORDER"]

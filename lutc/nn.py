@@ -37,6 +37,7 @@ with empty layers: ``quantize_model(model, ..., empty=True)`` (or ``LUTLinear(in
 """
 from __future__ import annotations
 
+import copy
 import fnmatch
 import json
 import sys
@@ -490,6 +491,37 @@ def quantize_model(model: nn.Module, wbits: int = 2, group_size: Optional[int] =
     return model
 
 
+def dequantize_model(model: nn.Module, dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """A copy of ``model`` in which every :class:`LUTLinear` is an ``nn.Linear`` holding its
+    float64 dequantized weight (:meth:`PackedWeights.dequantize`) cast to ``dtype`` (default:
+    the layer's activation dtype): the reference a quantized model is checked against (same
+    weights, float kernels).
+
+    Example:
+        >>> net = quantize_model(torch.nn.Linear(128, 64), wbits=4, group_size=64)
+        >>> type(dequantize_model(net)).__name__
+        'Linear'
+    """
+    def linear(layer: LUTLinear) -> nn.Linear:
+        dt = dtype or torch_dtype(layer.act_dtype)
+        w = layer.packed().dequantize()
+        out = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None,
+                        device=layer.planes.device, dtype=dt)
+        with torch.no_grad():
+            out.weight.copy_(w.to(out.weight.device, dt))
+            if layer.bias is not None:
+                out.bias.copy_(layer.bias)
+        return out.requires_grad_(False)
+
+    if isinstance(model, LUTLinear):
+        return linear(model)
+    copy_ = copy.deepcopy(model)
+    for name, layer in [(n, m) for n, m in copy_.named_modules() if isinstance(m, LUTLinear)]:
+        parent, _, child = name.rpartition(".")
+        setattr(copy_.get_submodule(parent) if parent else copy_, child, linear(layer))
+    return copy_
+
+
 class Progress:
     """``what: 12/224 layers, 9.8 s, ETA 2:51 (model.layers.3.mlp.up)`` on one stderr line,
     rewritten as work advances; silent when ``enabled`` is False, or None and stderr is not a
@@ -530,4 +562,4 @@ def _matches(name: str, module: nn.Module, selector: Selector) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-__all__ = ["LUTLinear", "quantize_model"]
+__all__ = ["LUTLinear", "quantize_model", "dequantize_model"]

@@ -25,8 +25,10 @@ from .spec import MPGemmSpec
 #: float64 reference of its dequantized weight: the output dtype's rounding (float tables) ...
 OUTPUT_TOLERANCE = {"float32": 2e-5, "float16": 1.5e-3, "bfloat16": 1e-2}
 #: ... or, with int8 tables (or int8 activations, ``dot_mac``), bound (4) of :mod:`lutc.frontend`
-#: as it comes out on Gaussian data: about 1e-2 of ``max |y|``.
-INT8_TOLERANCE = 3e-2
+#: as it comes out on Gaussian data: about 1.5e-2 of ``max |y|`` (median), up to 4.2e-2 over 40
+#: seeds of 1x100x512 W4 with zero points per row (few outputs, so a small ``max |ref|``; 3e-2
+#: was exceeded on 3 of them). Tests also check the elementwise bound, which always holds.
+INT8_TOLERANCE = 5e-2
 
 
 def tolerance(spec: MPGemmSpec) -> float:
@@ -34,7 +36,7 @@ def tolerance(spec: MPGemmSpec) -> float:
 
     Example:
         >>> tolerance(MPGemmSpec(1, 64, 256, table_dtype="int8")), tolerance(MPGemmSpec(1, 64, 256))
-        (0.03, 2e-05)
+        (0.05, 2e-05)
     """
     return INT8_TOLERANCE if spec.table_dtype == "int8" else OUTPUT_TOLERANCE[spec.act_dtype]
 
@@ -97,6 +99,7 @@ def rel_error(y, ref: torch.Tensor) -> float:
     yt = (torch.as_tensor(y) if isinstance(y, np.ndarray) else y).detach().cpu().to(torch.float64)
     if not torch.isfinite(yt).all():
         return float("inf")
+    ref = torch.as_tensor(ref).detach().cpu().to(torch.float64)
     return float((yt - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
 
 

@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
@@ -267,6 +268,10 @@ class OpKernels:
                     if not self._kernels:   # said once: the first forward of a model waits here
                         _LOG.warning("lutc: compiling kernels on first use, per layer shape and M bucket "
                                      "(0.1-1 s each, then cached on disk); run the model once to warm up")
+                        if str(dev).startswith("cpu") and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+                            _LOG.warning("lutc: torch's OpenMP threads busy-wait between ops on the cores "
+                                         "lutc's kernels need (a whole model ran 7x slower); export "
+                                         "OMP_WAIT_POLICY=PASSIVE before torch is imported (lutc docstring)")
                     _LOG.info("lutc: compiled %r for M = %d (first use of this bucket)", kernel, M)
                     self._kernels[key] = kernel
         return kernel

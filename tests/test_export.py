@@ -25,7 +25,7 @@ import torch
 import lutc
 from lutc import layouts
 from lutc.exporter import FILE_LAYOUTS, HEADER_FIELDS, load_weights, save_weights
-from lutc.testing import random_case, reference, rel_error
+from lutc.testing import INT8_TOLERANCE, random_case, reference, rel_error
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "c_host"
@@ -39,7 +39,7 @@ needs_qemu = pytest.mark.skipif(
     (shutil.which(CROSS_CC) is None or shutil.which(QEMU) is None) and not os.environ.get("CI"),
     reason="needs qemu-user and gcc-aarch64-linux-gnu (CI installs them; there this fails instead)")
 #: max |y - ref| / max |ref| of a kernel with these tables (as c_host's fixed bounds).
-BOUND = {"int8": 3e-2, "float32": 2e-5}
+BOUND = {"int8": INT8_TOLERANCE, "float32": 2e-5}
 
 
 def _run(cmd, **kw):
@@ -413,7 +413,7 @@ def test_cuda_launcher_runs_on_the_gpu(schedule, spec, tmp_path):
     torch.cuda.synchronize()
     assert rc == 0
     tol = {"float32": 2e-5, "float16": 1.5e-3, "bfloat16": 1e-2}[spec.act_dtype]
-    tol = 3e-2 if spec.table_dtype == "int8" else tol
+    tol = INT8_TOLERANCE if spec.table_dtype == "int8" else tol
     assert rel_error(out.cpu(), reference(x, qw)) < tol
 
 

@@ -90,6 +90,19 @@ def test_float16_tables_are_refused():
         lutc.compile((1, 64, 256), table_dtype="float16")
 
 
+# --- quality of the quantizer (real weights: tests/test_real_weights.py) ---
+@pytest.mark.parametrize("scale_dtype", ["float16", "float32"])
+@pytest.mark.parametrize("wbits", [2, 3, 4])
+def test_zero_point_grids_hold_zero_exactly(wbits, scale_dtype):
+    # A fractional zero point moved every near-zero weight by the same offset: a per-group bias
+    # that adds up over the inputs (W4 MiniLM embeddings fell below min-max rounding).
+    w = torch.distributions.Laplace(0.0, 0.02).sample((64, 256))
+    w[:, ::7] = 0
+    qw = lutc.quantize(w, wbits=wbits, group_size=128, zero_point=True, scale_dtype=scale_dtype)
+    assert torch.equal(qw.zeros.float(), qw.zeros.float().round())
+    assert torch.equal(qw.dequantize()[:, ::7], torch.zeros(64, 37, dtype=torch.float64))
+
+
 # --- disk caches ---
 def test_a_truncated_cache_entry_is_rebuilt_not_fatal(tmp_path):
     env = dict(os.environ, LUTC_CACHE="1", LUTC_CACHE_DIR=str(tmp_path))

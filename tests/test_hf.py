@@ -83,3 +83,22 @@ def test_default_kernels_and_torch_compile(float_dir):
     x = torch.randn(3, 256)
     ref = x.double() @ layer.packed().dequantize().T
     assert rel_error(layer(x), ref) < tolerance(layer.kernel_spec())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_quantize_on_load_onto_cuda_save_and_reload(float_dir, tmp_path):
+    cfg = lutc.LutcConfig(wbits=4, group_size=128)
+    model = transformers.AutoModelForCausalLM.from_pretrained(float_dir, quantization_config=cfg, dtype=torch.float16,
+                                                              device_map="cuda").eval()
+    layer = model.model.layers[1].mlp.down_proj
+    assert isinstance(layer, lutc.LUTLinear) and layer.planes.is_cuda
+    ref = lutc.nn.dequantize_model(model)
+    ids = torch.randint(0, CONFIG["vocab_size"], (2, 9), generator=torch.Generator().manual_seed(5)).cuda()
+    with torch.inference_mode():
+        ours, theirs = model(ids).logits.float(), ref(ids).logits.float()
+    assert rel_error(ours, theirs.double()) < 2e-2
+    model.save_pretrained(tmp_path)
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float16, device_map="cuda").eval()
+    assert again.model.layers[1].mlp.down_proj.planes.is_cuda
+    with torch.inference_mode():
+        assert torch.equal(again(ids).logits, model(ids).logits)

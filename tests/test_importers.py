@@ -224,10 +224,9 @@ def test_imported_weights_run_on_the_front_doors():
     assert rel_error(kernel(x, qw), reference(x, qw)) < tolerance(kernel.spec)
 
 
-def test_load_a_gptq_checkpoint_into_a_transformers_model(tmp_path):
-    """A GPTQ checkpoint directory (config.json + safetensors) of a Llama built here (no download)
-    loads onto lutc layers and decodes greedily token for token as the reference model holding
-    the dequantized weights."""
+def _gptq_checkpoint(tmp_path):
+    """A GPTQ checkpoint directory (config.json + safetensors) of a Llama built here (no
+    download), its config and the float reference model holding the dequantized weights."""
     transformers = pytest.importorskip("transformers")
     from safetensors.torch import save_file
     import json
@@ -256,7 +255,15 @@ def test_load_a_gptq_checkpoint_into_a_transformers_model(tmp_path):
     config = dict(cfg.to_dict(), quantization_config={"quant_method": "gptq", "bits": 4, "group_size": 128,
                                                        "desc_act": False, "sym": False, "checkpoint_format": "gptq"})
     (tmp_path / "config.json").write_text(json.dumps(config))
+    return cfg, config, ref
 
+
+def test_load_a_gptq_checkpoint_into_a_transformers_model(tmp_path):
+    """The checkpoint loads onto lutc layers and decodes greedily token for token as the
+    reference model holding the dequantized weights."""
+    import json
+    transformers = pytest.importorskip("transformers")
+    cfg, config, ref = _gptq_checkpoint(tmp_path)
     model = lutc.load_checkpoint(transformers.LlamaForCausalLM(cfg).eval(), tmp_path, table_dtype="float32")
     assert isinstance(model.model.layers[1].mlp.down_proj, lutc.LUTLinear)
     assert type(model.lm_head) is torch.nn.Linear
@@ -271,6 +278,21 @@ def test_load_a_gptq_checkpoint_into_a_transformers_model(tmp_path):
         config["quantization_config"], quant_method="exl2"))))
     with pytest.raises(ValueError, match=r"quant_method='exl2'; lutc imports"):
         lutc.load_checkpoint(transformers.LlamaForCausalLM(cfg), tmp_path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_load_a_gptq_checkpoint_onto_cuda(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg, _, ref = _gptq_checkpoint(tmp_path)
+    model = lutc.load_checkpoint(transformers.LlamaForCausalLM(cfg).half().eval(), tmp_path, device="cuda")
+    layer = model.model.layers[1].mlp.down_proj
+    assert isinstance(layer, lutc.LUTLinear) and layer.planes.is_cuda
+    ref = ref.half().cuda()
+    prompt = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(0)).cuda()
+    with torch.inference_mode():
+        ours, theirs = model(prompt).logits.float(), ref(prompt).logits.float()
+    assert rel_error(ours, theirs.double()) < 2e-2
+    assert (ours.argmax(-1) == theirs.argmax(-1)).float().mean() > 0.9
 
 
 def _act_order_gptq(N, K, bits=4, gs=128):
