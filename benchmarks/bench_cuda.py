@@ -13,7 +13,9 @@ each layer's weights once), for:
 * torch fp16 ``F.linear`` (cuBLAS) on an fp16 weight;
 * torch's int4 kernel ``torch._weight_int4pack_mm`` (W4, group 128, bf16 activations);
 * gemlite ``A16Wn`` W2 / W4 group 128 (Triton), if importable;
-* bitsandbytes NF4 (``matmul_4bit``, blocksize 64), if importable (4-bit rows only).
+* bitsandbytes NF4 (``matmul_4bit``, blocksize 64), if importable (4-bit rows only);
+* Humming (``humming-kernels``, the 2026 vLLM/SGLang mixed-precision backend: wgmma/TMA on
+  SM90) ``uint2``/``uint4`` group 128 with zero points, if importable.
 
 The **floor** of a row is the bytes it must move (packed weight bits + one fp16 scale per 128
 weights + x + y) over the device-to-device copy bandwidth measured in the same run (bytes read
@@ -199,6 +201,22 @@ def peer_bnb(N, K, M, copies, gen):
     return lambda i: bnb.matmul_4bit(x, packs[i][0].t(), quant_state=packs[i][1])
 
 
+def peer_humming(N, K, M, copies, gen, wbits):
+    from humming.layer import HummingLayer
+    layers = []
+    for _ in range(copies):
+        layer = HummingLayer(shape_n=N, shape_k=K, weight_config={"dtype": f"uint{wbits}", "group_size": GROUP,
+                                                                 "has_zero_point": True},
+                             torch_dtype=torch.float16).cuda()
+        layer.load_from_unquantized((torch.randn(N, K, device="cuda", generator=gen) * 0.02).half())
+        layer.transform()
+        layers.append(layer)
+    x = torch.randn(M, K, device="cuda", generator=gen).half()
+    for layer in layers[:1]:
+        layer(x)        # JIT-compiles (NVRTC) outside the timed graph
+    return lambda i: layers[i](x)
+
+
 def weight_bytes(N, K, wbits):
     return N * K * wbits // 8 + (N * K // GROUP) * 2
 
@@ -262,6 +280,10 @@ def run(args) -> dict:
                 for wbits in WBITS:
                     measure(f"gemlite W{wbits}", lambda c, w=wbits: peer_gemlite(N, K, M, c, gen, w),
                             weight_bytes(N, K, wbits))
+            if not args.no_humming:
+                for wbits in WBITS:
+                    measure(f"humming W{wbits}", lambda c, w=wbits: peer_humming(N, K, M, c, gen, w),
+                            weight_bytes(N, K, wbits))
             if not args.no_bnb:
                 measure("bnb NF4", lambda c: peer_bnb(N, K, M, c, gen), N * K // 2 + N * K // 64 * 4)
             print(format_row(row), flush=True)
@@ -288,6 +310,10 @@ def candidates(sname: str, M: int) -> list:
             sets = ((1, 4, 2, mt, True, 1), (1, 4, 2, mt, False, 2), (1, 4, 2, min(mt, 4), True, 1),
                     (1, 4, 2, min(mt, 4), False, 2), (2, 2, 2, min(mt, 4), False, 1), (1, 4, 2, 2, True, 2),
                     (2, 2, 2, 2, False, 2))
+            if mt >= 8:   # prefill: bigger weight tiles per block reuse each dequantized weight more
+                sets += ((1, 4, 4, mt, True, 1), (1, 8, 2, mt, True, 1), (1, 8, 1, mt, True, 1),
+                         (1, 2, 4, mt, True, 1), (1, 8, 2, 4, True, 1), (1, 4, 4, 4, True, 1),
+                         (2, 4, 2, mt, True, 1), (1, 4, 1, mt, True, 1), (1, 2, 2, 2, True, 2))
         cands = [dict(warps=w, wn=n, nw=t, mt=m, xsm=x, units=u) for (w, n, t, m, x, u) in sets]
     else:
         cands = [dict(warps=w, tiles=t, rows=r, units=u) for (w, t, r, u) in (
@@ -355,7 +381,7 @@ def format_row(row) -> str:
 
 
 COLUMNS = ["lutc cuda_lut W2", "lutc cuda_lut W4", "lutc cuda_mma W2", "lutc cuda_mma W4", "fp16 cuBLAS",
-           "torch int4 W4", "gemlite W2", "gemlite W4", "bnb NF4"]
+           "torch int4 W4", "humming W2", "humming W4", "gemlite W2", "gemlite W4", "bnb NF4"]
 
 
 def markdown(result) -> str:
@@ -434,6 +460,7 @@ def main() -> None:
     ap.add_argument("--ms", nargs="*", help="M values (default 1 4 16 64 128)")
     ap.add_argument("--no-gemlite", action="store_true")
     ap.add_argument("--no-bnb", action="store_true")
+    ap.add_argument("--no-humming", action="store_true")
     ap.add_argument("--precompile", action="store_true", help="no GPU: fill lutc's nvcc cache")
     ap.add_argument("--tests", action="store_true", help="with --precompile: the GPU tests' kernels too")
     ap.add_argument("--sweep", default=None, help="a lutc CUDA schedule: time its knob sets instead")

@@ -15,7 +15,7 @@ One module per idea. Each exposes:
 the spec: the SIMD LUT kernels where they apply, the generic schedules otherwise. The
 multiply-add kernels (``dot_mac``, in :data:`ALTERNATIVES`) compute the same spec another way;
 the tuner weighs them against the LUT ones. On CUDA: ``cuda_lut`` (shared-memory tables,
-``warp32`` weights; builds M <= 8, preferred for M <= 2), then ``cuda_mma`` (dequantize +
+``warp32`` weights; builds M <= 8, preferred for M = 1), then ``cuda_mma`` (dequantize +
 ``mma.sync``, ``tc16`` weights: fp16, uniform W2/W4), and ``cuda_generic`` for everything else.
 """
 from __future__ import annotations

@@ -76,19 +76,26 @@ def default_knobs(spec) -> dict:
     """Untuned choice, from the H100 sweeps of ``benchmarks/bench_cuda.py --sweep cuda_mma``
     (``benchmarks/results/sweep_cuda_mma_h100*.json``): for M <= 16 with wide N, 4 warps along K on
     64 rows reading x directly; with narrow N (fewer row tiles to spread), 2 x 2 warps and x in
-    shared memory. For M > 16, all of M in one block when N is wide; when N is narrow, 32 rows of
-    M per block (blockIdx.y), which gives the GPU enough blocks (2x faster at 8192 x 28672)."""
+    shared memory. For 16 < M <= 128, all of M in one block when N is wide; when N is narrow, 32
+    rows of M per block (blockIdx.y), which gives the GPU enough blocks (2x faster at 8192 x
+    28672). For prefill (M > 128) 128 rows per block on any N: blockIdx.y already gives enough
+    blocks, and each dequantized weight serves 4x the rows (H200 sweeps,
+    ``sweep_cuda_mma_h200_prefill*.json``: 1.2-1.4x faster than 32 rows at M = 512 and 2048 on
+    4096 x 4096, 11008 x 4096 and 8192 x 28672)."""
     mt = min(8, _m_tiles(spec))
     NT = -(-spec.N // 16)
     wide = NT > 1024
+    prefill = _m_tiles(spec) > 8
     if mt == 1:
         knobs = ({"warps": 4, "wn": 1, "nw": 4, "mt": 1, "xsm": False, "units": 1} if wide else
                  {"warps": 4, "wn": 2, "nw": 2, "mt": 1, "xsm": True, "units": 1})
-    elif wide:
+    elif wide or prefill:
         knobs = {"warps": 1, "wn": 4, "nw": 2, "mt": mt, "xsm": True, "units": 1}
     else:
         knobs = {"warps": 1, "wn": 4, "nw": 2, "mt": 2, "xsm": True, "units": 2}
-    while knobs["wn"] > 1 and NT < 132 * knobs["wn"] * knobs["nw"] // 4:
+    # Fewer warps side by side when one row of blocks would leave SMs idle (not for prefill:
+    # blockIdx.y walks M there).
+    while not prefill and knobs["wn"] > 1 and NT < 132 * knobs["wn"] * knobs["nw"] // 4:
         knobs["wn"] //= 2
     return knobs
 

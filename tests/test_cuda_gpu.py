@@ -111,6 +111,9 @@ GENERIC_SPECS = [
                     symmetrize=False),
     lutc.MPGemmSpec(5, 64, 1024, format="ternary", group_size=-1),
     lutc.MPGemmSpec(2, 200, 1024, wbits=1, group_size=64, table_dtype="int8"),
+    # prefill on narrow N: 128 rows of M per block, partial row blocks (N = 1000)
+    lutc.MPGemmSpec(257, 1000, 1536, wbits=2, group_size=128, act_dtype="float16"),
+    lutc.MPGemmSpec(2048, 1000, 11008, wbits=4, group_size=64, zero_point=True, act_dtype="float16"),
 ]
 
 
