@@ -429,7 +429,7 @@ def precompile(args) -> None:
     if args.tests:
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
         import test_cuda_gpu as t
-        for p in t._params():
+        for p in t.schedule_params():
             spec, sname = p.values
             kernels.append(lutc.build(spec, target="cuda:sm_90a", schedule=sname))
         for knobs in t.LUT_KNOBS:

@@ -303,7 +303,7 @@ class _Bench:
         try:
             out = torch.full((self.spec.M, self.spec.N), float("nan"), dtype=self.x.dtype, device=self.x.device)
             pool = self._pool(kernel)
-            fn, x = kernel._fn, self.x
+            fn, x = kernel.function, self.x
             fn(x, *pool[0], out)
             _sync(self.device_type)
             err = rel_error(out.cpu(), self.ref)

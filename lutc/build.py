@@ -229,7 +229,7 @@ def scheduled(spec: MPGemmSpec, tgt, module: ModuleType, knobs: dict, symbol: st
 def _compile(spec: MPGemmSpec, tgt, kind: str, described: dict, module: ModuleType, knobs: dict) -> Kernel:
     mod = scheduled(spec, tgt, module, knobs)
     if kind == "cuda":
-        ex, source, fn = _compile_cuda(mod, tgt, getattr(module, "PASS_CONFIG", None))
+        ex, source, fn = compile_cuda(mod, tgt, getattr(module, "PASS_CONFIG", None))
     else:
         ex = tvm.compile(mod, target=tgt)
         source = ex.mod.inspect_source("ll")
@@ -288,7 +288,10 @@ def _install_compile_callback() -> None:
     _CALLBACK_INSTALLED = True
 
 
-def _compile_cuda(mod: tvm.IRModule, tgt: tvm.target.Target, config: Optional[dict] = None):
+def compile_cuda(mod: tvm.IRModule, tgt: tvm.target.Target, config: Optional[dict] = None):
+    """``(executable, CUDA source, main function or None)`` of a scheduled module: the one place
+    that knows TVM's CUDA-compile quirks (nvcc through lutc's cached callback, the device module's
+    kind, no function without a driver). Used by :func:`build` and the exporter."""
     os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
     _install_compile_callback()
     with tgt, tvm.transform.PassContext(opt_level=3, config=config or {}):

@@ -92,7 +92,7 @@ import tvm
 
 from . import layouts
 from . import target as targets
-from .build import _compile_cuda, scheduled  # the one place that knows TVM's CUDA-compile quirks
+from .build import compile_cuda, scheduled
 from .dtypes import dtype_name, nbytes, torch_dtype
 from .formats import PackedWeights, check_layout, repack
 from .runtime import Kernel
@@ -363,7 +363,7 @@ def _export_cuda(kernel: Kernel, res: Exported, emit: set, explicit: bool) -> No
     if _reusable(kernel, symbol):
         ex, source = kernel.executable, kernel.source
     else:
-        ex, source, _ = _compile_cuda(mod, tgt, config)
+        ex, source, _ = compile_cuda(mod, tgt, config)
     launches, workspace = cuda_launches(mod, tgt, config)
     signatures = _cuda_signatures(source)
     res.extra.update(launches=launches, workspace=workspace)

@@ -131,7 +131,7 @@ class LutcHfQuantizer(HfQuantizer):
 
 
 def load_gguf(path: Union[str, os.PathLike], device=None, dtype: torch.dtype = torch.float32,
-              progress: Optional[bool] = None, **knobs) -> "transformers.PreTrainedModel":
+              progress: Optional[bool] = None, **knobs) -> torch.nn.Module:
     """A llama.cpp GGUF file as a transformers causal LM whose quantized layers run on lutc.
 
     transformers reads the architecture and config from the file's metadata. Every ``nn.Linear``

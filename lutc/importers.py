@@ -256,7 +256,7 @@ def pack_bitstream(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 # --- GGUF ---
-def open_gguf(path: Union[str, os.PathLike]) -> "gguf.GGUFReader":
+def open_gguf(path: Union[str, os.PathLike]):
     """A ``gguf.GGUFReader`` of ``path`` (memory-mapped); errors name the file."""
     try:
         import gguf

@@ -85,6 +85,13 @@ class Kernel:
     def runnable(self) -> bool:
         return self._fn is not None
 
+    @property
+    def function(self) -> Optional[Callable]:
+        """The compiled function ``f(x, *weights, out)`` with no argument checks (None when the
+        kernel cannot run here): for timing loops over arguments already checked once, as the
+        tuner's."""
+        return self._fn
+
     def __repr__(self) -> str:
         s = self.spec
         return (f"Kernel({s.M}x{s.N}x{s.K}, {s.format} w{s.wbits} g{s.group_size}, x {s.act_dtype}, "

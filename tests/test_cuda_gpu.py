@@ -13,7 +13,7 @@ import torch
 
 import lutc
 import schedules
-from lutc.testing import INT8_TOLERANCE, random_case, reference, rel_error
+from lutc.testing import OUTPUT_TOLERANCE as TOL, random_case, reference, rel_error, tolerance
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -23,8 +23,6 @@ GROUP_SIZES = (32, 64, 128, -1)
 MS = (1, 2, 3, 5, 16, 33, 128)
 NKS = ((1000, 1024), (200, 11008), (1000, 512))
 ACTS = ("float16", "bfloat16", "float32")
-# max |y - ref| / max |ref|: float32 accumulation, then rounding to the output dtype
-TOL = {"float32": 2e-5, "float16": 1.5e-3, "bfloat16": 1e-2}
 CUDA_SCHEDULES = [m for m in schedules.CANDIDATES["cuda"]]
 
 
@@ -46,7 +44,9 @@ def _id(spec):
             f"-M{spec.M}-{spec.N}x{spec.K}-{spec.act_dtype}{'-sym' if spec.symmetrize else ''}")
 
 
-def _params():
+def schedule_params():
+    """``(spec, schedule name)`` of every case and CUDA schedule that supports it (also what
+    ``benchmarks/bench_cuda.py --precompile --tests`` builds)."""
     for spec in CASES:
         for module in CUDA_SCHEDULES:
             name = module.__name__.rsplit(".", 1)[-1]
@@ -64,7 +64,7 @@ def test_cases_cover_the_issue_grid():
     assert lut == {m for m in MS if m <= schedules.cuda_lut.MAX_M}
 
 
-@pytest.mark.parametrize("spec,schedule", list(_params()))
+@pytest.mark.parametrize("spec,schedule", list(schedule_params()))
 def test_schedule_matches_reference(spec, schedule):
     kernel = lutc.build(spec, target="cuda", schedule=schedule)
     assert kernel.runnable and kernel.schedule == schedule
@@ -125,8 +125,7 @@ def test_cuda_default_schedule_matches_reference(spec):
     out = torch.full((spec.M, spec.N), float("nan"), dtype=x.dtype, device="cuda")
     kernel(x.cuda(), qw.to("cuda"), out=out)
     torch.cuda.synchronize()
-    tol = INT8_TOLERANCE if spec.table_dtype == "int8" else TOL[spec.act_dtype]
-    assert rel_error(out.cpu(), reference(x, qw)) < tol
+    assert rel_error(out.cpu(), reference(x, qw)) < tolerance(spec)
 
 
 def test_cuda_kernel_refuses_cpu_tensors():

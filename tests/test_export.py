@@ -25,7 +25,7 @@ import torch
 import lutc
 from lutc import layouts
 from lutc.exporter import FILE_LAYOUTS, HEADER_FIELDS, load_weights, save_weights
-from lutc.testing import INT8_TOLERANCE, random_case, reference, rel_error
+from lutc.testing import INT8_TOLERANCE, random_case, reference, rel_error, tolerance
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "c_host"
@@ -412,9 +412,7 @@ def test_cuda_launcher_runs_on_the_gpu(schedule, spec, tmp_path):
                       torch.cuda.current_stream().cuda_stream)
     torch.cuda.synchronize()
     assert rc == 0
-    tol = {"float32": 2e-5, "float16": 1.5e-3, "bfloat16": 1e-2}[spec.act_dtype]
-    tol = INT8_TOLERANCE if spec.table_dtype == "int8" else tol
-    assert rel_error(out.cpu(), reference(x, qw)) < tol
+    assert rel_error(out.cpu(), reference(x, qw)) < tolerance(spec)
 
 
 # --- weight files ---
