@@ -181,7 +181,8 @@ def quantize(weight: ArrayLike, wbits: int = 2, group_size: Optional[int] = None
         wbits: 1-4 (must be 2 for ``ternary``).
         group_size: 32, 64, 128 or -1 (whole row); default 128, and -1 for ``ternary``.
         format: ``"uniform"``, ``"bcq"`` or ``"ternary"`` (module docstring).
-        zero_point: uniform only: asymmetric codes with an integer zero point per group;
+        zero_point: uniform only: asymmetric codes with a zero point per group (an integer
+            code from 2 bits up, so 0 is exact);
             without it codes are symmetric around zero, ``w = s * (q - (2^b - 1)/2)``.
         scale_dtype: ``"float16"`` or ``"float32"`` storage for the coefficients.
         layout: ``"bitplane"`` or a kernel's layout (``kernel.layout``, e.g. ``"tiles128"``), so

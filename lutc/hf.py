@@ -158,7 +158,6 @@ def load_gguf(path: Union[str, os.PathLike], device=None, dtype: torch.dtype = t
     """
     import warnings
 
-    import gguf
     import numpy as np
     import transformers
     from torch import nn
@@ -172,7 +171,9 @@ def load_gguf(path: Union[str, os.PathLike], device=None, dtype: torch.dtype = t
 
     path = os.path.abspath(os.fspath(path))
     reader = open_gguf(path)
+    import gguf     # present: open_gguf needed it
     parsed = load_gguf_checkpoint(path, return_tensors=False)
+    parsed["tensors"] = {}      # where some processors put tensors they split or rename (MoE experts)
     config = transformers.AutoConfig.for_model(**parsed["config"])
     with no_init_weights():
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -181,14 +182,17 @@ def load_gguf(path: Union[str, os.PathLike], device=None, dtype: torch.dtype = t
     hf_names = get_gguf_hf_weights_map(model, processor)          # GGUF name -> parameter name
     linears = {f"{name}.weight": name for name, m in model.named_modules() if type(m) is nn.Linear}
 
-    def processed(name: str, weights: np.ndarray):
+    def processed(name: str, weights: np.ndarray, into: dict = parsed):
         return processor.process(weights=weights, name=name, tensor_key_mapping=hf_names,
-                                 parsed_parameters=parsed)
+                                 parsed_parameters=into)
 
     def row_order(t) -> Optional[np.ndarray]:
         """The processor's row permutation of ``t`` (None: it does more than reorder rows)."""
         rows = np.arange(int(t.shape[-1]), dtype=np.float64)[:, None]
-        out = processed(t.name, rows)
+        try:       # a scratch "tensors": processors that split tensors write there
+            out = processed(t.name, rows, dict(parsed, tensors={}))
+        except (ValueError, IndexError, KeyError, TypeError):    # it reshapes by K, or splits
+            return None
         order = np.asarray(out.weights).reshape(-1)
         if out.name != t.name or np.asarray(out.weights).shape != rows.shape or \
                 not np.array_equal(np.sort(order), rows[:, 0]):
@@ -198,7 +202,7 @@ def load_gguf(path: Union[str, os.PathLike], device=None, dtype: torch.dtype = t
     lut = [(t, linears[hf_names[t.name]]) for t in reader.tensors
            if hf_names.get(t.name) in linears and gguf.GGMLQuantizationType(int(t.tensor_type)).name in GGUF_TYPES]
     lut = [(t, name, order) for t, name in lut for order in [row_order(t)] if order is not None]
-    device = torch.device(device or "cpu")
+    device = torch.device(device if device is not None else "cpu")
     report = Progress("lutc.load_gguf", len(lut), progress)
     done = set()
     for t, name, order in lut:
@@ -221,6 +225,7 @@ def load_gguf(path: Union[str, os.PathLike], device=None, dtype: torch.dtype = t
         out = processed(t.name, gguf.dequantize(t.data, t.tensor_type))
         if out.name in hf_names:
             state[hf_names[out.name]] = torch.from_numpy(np.copy(out.weights)).to(dtype)
+    state.update({k: torch.as_tensor(v).to(dtype) for k, v in parsed.pop("tensors").items()})
     kept = sorted(linears[k] for k in state if k in linears and not linears[k].endswith(("lm_head", "output")))
     if kept:
         warnings.warn(f"{path}: {len(kept)} Linear layers stay float (GGUF types lutc does not "
@@ -229,7 +234,8 @@ def load_gguf(path: Union[str, os.PathLike], device=None, dtype: torch.dtype = t
     result = model.load_state_dict(state, strict=False, assign=True)
     converted = tuple(f"{name}." for _, name, _ in lut)      # filled above, not from the state dict
     tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
-    missing = [k for k in result.missing_keys if not k.startswith(converted) and k not in tied]
+    missing = [k for k in result.missing_keys
+               if (k.endswith(".bias") or not k.startswith(converted)) and k not in tied]
     if missing:
         raise ValueError(f"{path}: the GGUF file has no tensors for {missing[:8]}{'...' if len(missing) > 8 else ''}")
     if tied:

@@ -61,6 +61,7 @@ types (more than 4 bits) and the ``IQ`` types (codebooks).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from typing import Mapping, Optional, Sequence, Union
 
@@ -257,7 +258,14 @@ def pack_bitstream(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 # --- GGUF ---
 def open_gguf(path: Union[str, os.PathLike]):
-    """A ``gguf.GGUFReader`` of ``path`` (memory-mapped); errors name the file."""
+    """A ``gguf.GGUFReader`` of ``path`` (memory-mapped); errors name the file, and a missing
+    ``gguf`` package says how to install it.
+
+    Example:
+        >>> reader = lutc.importers.open_gguf("model.gguf")                # doctest: +SKIP
+        >>> [t.name for t in reader.tensors][:2]                            # doctest: +SKIP
+        ['token_embd.weight', 'blk.0.attn_norm.weight']
+    """
     try:
         import gguf
     except ImportError:
@@ -279,8 +287,8 @@ def import_gguf(source: Union[str, os.PathLike, object], name: str,
     Example:
         >>> qw = lutc.import_gguf("model.gguf", "blk.0.ffn_up.weight")   # doctest: +SKIP
     """
-    import gguf
     reader = source if hasattr(source, "tensors") else open_gguf(source)
+    import gguf     # present: open_gguf, or the caller's reader, needed it
     found = [t for t in reader.tensors if t.name == name]
     if not found:
         raise ValueError(f"no tensor {name!r} in the GGUF file; it has {[t.name for t in reader.tensors][:20]}...")
@@ -468,7 +476,10 @@ def load_checkpoint(model: "torch.nn.Module", path: Union[str, os.PathLike], dev
         raise ValueError(f"{path} has no .safetensors files")
     handles = [safe_open(os.path.join(os.fspath(path), f), framework="pt") for f in files]
     where = {key: h for h in handles for key in h.keys()}
-    device = torch.device(device or "cpu")
+    device = torch.device(device if device is not None else "cpu")
+    # The model's own dtypes, read before its Linear layers are replaced (a LUTLinear's state
+    # dict repacks to bitplane): a float16 model stays float16 under assign=True.
+    own = {k: v.dtype for k, v in itertools.chain(model.named_parameters(), model.named_buffers())}
     quantized = [(name, m) for name, m in model.named_modules()
                  if isinstance(m, nn.Linear) and f"{name}.{marker}" in where]
     report = Progress("lutc.load_checkpoint", len(quantized), progress)
@@ -494,13 +505,11 @@ def load_checkpoint(model: "torch.nn.Module", path: Union[str, os.PathLike], dev
     if not quantized:
         raise ValueError(f"{path}: no nn.Linear of the model has quantized tensors ('<name>.{marker}'); "
                          "are the model's module names those of the checkpoint?")
-    own = model.state_dict()
-
-    def as_model_has_it(key: str) -> torch.Tensor:     # a float16 model stays float16 (assign=True)
+    def as_model_has_it(key: str) -> torch.Tensor:
         t = where[key].get_tensor(key)
         mine = own.get(key)
-        same = mine is not None and mine.is_floating_point() and t.is_floating_point()
-        return t.to(device, mine.dtype if same else t.dtype)
+        same = mine is not None and mine.is_floating_point and t.is_floating_point()
+        return t.to(device, mine if same else t.dtype)
 
     rest = {k: as_model_has_it(k) for k in where if k not in used}
     result = model.load_state_dict(rest, strict=False, assign=True)

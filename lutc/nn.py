@@ -515,11 +515,8 @@ def dequantize_model(model: nn.Module, dtype: Optional[torch.dtype] = None) -> n
 
     if isinstance(model, LUTLinear):
         return linear(model)
-    copy_ = copy.deepcopy(model)
-    for name, layer in [(n, m) for n, m in copy_.named_modules() if isinstance(m, LUTLinear)]:
-        parent, _, child = name.rpartition(".")
-        setattr(copy_.get_submodule(parent) if parent else copy_, child, linear(layer))
-    return copy_
+    # deepcopy's memo maps each LUTLinear to its float layer: packed buffers are never copied.
+    return copy.deepcopy(model, memo={id(m): linear(m) for m in model.modules() if isinstance(m, LUTLinear)})
 
 
 class Progress:

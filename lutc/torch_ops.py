@@ -91,6 +91,15 @@ _SCALE_DTYPES = {TORCH_DTYPES[n]: n for n in SCALE_DTYPES}
 _LOG = logging.getLogger("lutc")
 
 
+@functools.lru_cache(maxsize=None)
+def _warn_busy_openmp_once() -> None:
+    """At the first CPU kernel build of the process (lutc's docstring says why)."""
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        _LOG.warning("lutc: torch's OpenMP threads busy-wait between ops on the cores lutc's kernels "
+                     "need (a whole model ran 7x slower); export OMP_WAIT_POLICY=PASSIVE before torch "
+                     "is imported (lutc docstring)")
+
+
 @dataclass(frozen=True)
 class LayoutPlan:
     """How a weight is held on one device: ``layouts[0]`` serves ``M <= split`` (every ``M`` when
@@ -268,10 +277,8 @@ class OpKernels:
                     if not self._kernels:   # said once: the first forward of a model waits here
                         _LOG.warning("lutc: compiling kernels on first use, per layer shape and M bucket "
                                      "(0.1-1 s each, then cached on disk); run the model once to warm up")
-                        if str(dev).startswith("cpu") and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
-                            _LOG.warning("lutc: torch's OpenMP threads busy-wait between ops on the cores "
-                                         "lutc's kernels need (a whole model ran 7x slower); export "
-                                         "OMP_WAIT_POLICY=PASSIVE before torch is imported (lutc docstring)")
+                    if str(dev).startswith("cpu"):
+                        _warn_busy_openmp_once()
                     _LOG.info("lutc: compiled %r for M = %d (first use of this bucket)", kernel, M)
                     self._kernels[key] = kernel
         return kernel

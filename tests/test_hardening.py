@@ -208,6 +208,16 @@ def test_help_answers_without_importing_torch_and_tvm():
     assert "measurements per shape (default: 64)" in " ".join(out.split())
 
 
+def test_openmp_waits_passively_when_lutc_loads_first():
+    """torch's spinning OpenMP threads made a whole model 7x slower (lutc's docstring)."""
+    code = "import os, sys; import {}; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    run = lambda mods: subprocess.run([sys.executable, "-c", code.format(mods)], env=env, text=True,  # noqa: E731
+                                      capture_output=True, check=True).stdout.strip()
+    assert run("lutc, torch") == "PASSIVE"
+    assert run("torch, lutc") == "None"         # too late for libgomp: lutc leaves it and warns
+
+
 # --- found in review ---
 def test_weights_made_in_inference_mode_run():
     with torch.inference_mode():

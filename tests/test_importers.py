@@ -280,6 +280,26 @@ def test_load_a_gptq_checkpoint_into_a_transformers_model(tmp_path):
         lutc.load_checkpoint(transformers.LlamaForCausalLM(cfg), tmp_path)
 
 
+def _float_dtypes(model) -> set:
+    return {t.dtype for name, t in model.state_dict().items()
+            if t.is_floating_point() and not isinstance(model.get_submodule(name.rpartition(".")[0]), lutc.LUTLinear)}
+
+
+def test_load_checkpoint_keeps_a_half_model_half(tmp_path):
+    """The checkpoint's norms and embeddings are float32; a float16 model stays float16 (they were
+    assigned as stored, and every lutc layer then repacked for float32 with a warning)."""
+    import warnings
+    transformers = pytest.importorskip("transformers")
+    cfg, _, _ = _gptq_checkpoint(tmp_path)
+    model = lutc.load_checkpoint(transformers.LlamaForCausalLM(cfg).half().eval(), tmp_path)
+    assert _float_dtypes(model) == {torch.float16}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.inference_mode():
+            logits = model(torch.randint(0, 512, (1, 5), generator=torch.Generator().manual_seed(1))).logits
+    assert logits.dtype == torch.float16 and torch.isfinite(logits).all()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_load_a_gptq_checkpoint_onto_cuda(tmp_path):
     transformers = pytest.importorskip("transformers")
@@ -287,6 +307,7 @@ def test_load_a_gptq_checkpoint_onto_cuda(tmp_path):
     model = lutc.load_checkpoint(transformers.LlamaForCausalLM(cfg).half().eval(), tmp_path, device="cuda")
     layer = model.model.layers[1].mlp.down_proj
     assert isinstance(layer, lutc.LUTLinear) and layer.planes.is_cuda
+    assert _float_dtypes(model) == {torch.float16}
     ref = ref.half().cuda()
     prompt = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(0)).cuda()
     with torch.inference_mode():

@@ -138,11 +138,14 @@ def test_load_gguf_puts_every_q4_1_layer_on_lutc(smollm, smollm_path):
     # q and k rows undo llama.cpp's rotary interleaving, as transformers' own loader does
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
     reader = gguf.GGUFReader(smollm_path)
-    t = next(t for t in reader.tensors if t.name == "blk.3.attn_k.weight")
     proc = LlamaTensorProcessor(config={"num_attention_heads": 9, "num_key_value_heads": 3})
-    want = proc.process(gguf.dequantize(t.data, t.tensor_type), t.name).weights
-    got = layers["model.layers.3.self_attn.k_proj"].packed().dequantize()
-    assert (got - torch.from_numpy(want).double()).abs().max() <= 1e-6 * abs(want).max()
+    for gguf_name, layer in (("blk.3.attn_k.weight", "k_proj"), ("blk.3.attn_q.weight", "q_proj")):
+        t = next(t for t in reader.tensors if t.name == gguf_name)
+        raw = gguf.dequantize(t.data, t.tensor_type)
+        want = proc.process(raw, t.name).weights
+        assert not (want == raw).all()                  # the rows do move
+        got = layers[f"model.layers.3.self_attn.{layer}"].packed().dequantize()
+        assert (got - torch.from_numpy(want).double()).abs().max() <= 1e-6 * abs(want).max()
 
 
 def test_load_gguf_decodes_as_its_float_reference(smollm):
