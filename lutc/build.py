@@ -22,6 +22,7 @@ from typing import Optional, Sequence, Union
 import tvm
 
 import schedules
+from schedules import contract
 
 from . import target as targets
 from .cache import KernelCache, nvcc_fatbin
@@ -219,6 +220,8 @@ def scheduled(spec: MPGemmSpec, tgt, module: ModuleType, knobs: dict, symbol: st
     """The front end's function for ``spec`` under ``module``'s schedule with ``knobs``, named
     ``symbol``: what :func:`build` compiles (and :mod:`lutc.exporter` compiles again under
     another name or for another target)."""
+    if contract.is_template(module):          # writes its own kernel: no front-end function to build
+        return module.schedule(None, spec, tgt, **knobs).mod
     with _SCRIPT_LOCK:
         func = lut_mpgemm(spec)
         if symbol != "main":
@@ -229,7 +232,7 @@ def scheduled(spec: MPGemmSpec, tgt, module: ModuleType, knobs: dict, symbol: st
 def _compile(spec: MPGemmSpec, tgt, kind: str, described: dict, module: ModuleType, knobs: dict) -> Kernel:
     mod = scheduled(spec, tgt, module, knobs)
     if kind == "cuda":
-        ex, source, fn = compile_cuda(mod, tgt, getattr(module, "PASS_CONFIG", None))
+        ex, source, fn = compile_cuda(mod, tgt, contract.pass_config(module))
     else:
         ex = tvm.compile(mod, target=tgt)
         source = ex.mod.inspect_source("ll")

@@ -1,15 +1,8 @@
 """lutc's schedule library: how each target runs the front end's LUT mpGEMM.
 
-One module per idea. Each exposes:
-
-* ``schedule(func, spec, target, **knobs) -> s_tir.Schedule``: the kernel (``func`` is the
-  front end's PrimFunc; explicit-vector kernels keep it as their reference semantics);
-* ``KNOBS``: knob name -> candidate values, for the tuner (keyword defaults = untuned choice);
-* ``supports(spec, target)``: whether it can build ``spec`` for ``target``;
-* ``layout(spec, target, **knobs)``: the packed-weight layout it reads (``lutc.formats``);
-* optionally ``preferred(spec, target)``: False where another candidate is known to be faster;
-* optionally ``worth_tuning(spec, target, **knobs)``: False for knob values that build but can
-  only be slower (the tuner's space leaves them out).
+One module per idea, each providing the contract of :mod:`schedules.contract` (``KNOBS``,
+``supports``, ``layout``, ``schedule``; optionally ``preferred``, ``worth_tuning``,
+``PASS_CONFIG``, ``TEMPLATE``), checked when this package is imported.
 
 :func:`default` picks, per target kind, the first module in :data:`CANDIDATES` that supports
 the spec: the SIMD LUT kernels where they apply, the generic schedules otherwise. The
@@ -22,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 
-from . import arm, cpu_generic, cuda_generic, cuda_lut, cuda_mma, dot_mac, x86
+from . import arm, contract, cpu_generic, cuda_generic, cuda_lut, cuda_mma, dot_mac, x86
 
 #: Schedules that build every spec (no SIMD tables): the fallbacks.
 GENERIC = (cpu_generic, cuda_generic)
@@ -31,6 +24,8 @@ CANDIDATES = {"cpu": (x86, arm, cpu_generic), "cpu-cross": (x86, arm, cpu_generi
               "cuda": (cuda_lut, cuda_mma, cuda_generic)}
 #: Other ways to compute the same spec, never chosen by default: the tuner weighs them.
 ALTERNATIVES = {"cpu": (dot_mac,), "cpu-cross": (dot_mac,), "cuda": ()}
+for _module in {m for table in (CANDIDATES, ALTERNATIVES) for ms in table.values() for m in ms}:
+    contract.check(_module)
 
 
 def default(target_kind: str, spec, target):
@@ -80,7 +75,7 @@ def _ranked(table: dict, target_kind: str, spec, target) -> list:
     usable = [m for m in candidates if m.supports(spec, target)]
     ranked = []
     for i, m in enumerate(usable):
-        if (getattr(m, "preferred", lambda s, t: True)(spec, target)
+        if (contract.preferred(m, spec, target)
                 or all(n in GENERIC for n in usable[i + 1:])):
             ranked.append(m)
     return ranked + [m for m in usable if m not in ranked]

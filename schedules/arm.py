@@ -11,6 +11,8 @@ from tvm import IRModule, s_tir
 from .common import arch
 from .simd_lut import lut_kernel
 
+#: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
+TEMPLATE = True
 KNOBS = {"unroll": (1, 2, 4, 8, 16, 32)}
 SHUFFLE = "llvm.aarch64.neon.tbl1"
 

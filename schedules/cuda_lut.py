@@ -45,6 +45,8 @@ from tvm.script import tirx as T
 
 from .common import drop_param, merge_knobs
 
+#: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
+TEMPLATE = True
 KNOBS = {"warps": (1, 2, 4, 8), "tiles": (1, 2, 4), "rows": (1, 2), "units": (1, 2, 4)}
 MAX_M = 8
 SMEM_LIMIT = 48 * 1024

@@ -45,6 +45,8 @@ from tvm.script import tirx as T
 from .common import drop_param, merge_knobs
 from .cuda_lut import PASS_CONFIG, SMEM_LIMIT  # noqa: F401  (one limit; TVM cannot see reads made by inline PTX)
 
+#: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
+TEMPLATE = True
 KNOBS = {"warps": (1, 2, 4, 8), "wn": (1, 2, 4, 8), "nw": (1, 2, 4), "mt": (1, 2, 4, 8), "xsm": (True, False),
          "units": (1, 2)}
 

@@ -33,6 +33,8 @@ from lutc.layouts import code_bits
 
 from .common import arch, drop_param
 
+#: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
+TEMPLATE = True
 KNOBS = {"row_tiles": (1, 2, 4)}
 # (int32 lanes, intrinsic, needed LLVM features) per architecture
 DOT = {"x86": (16, "llvm.x86.avx512.vpdpbusd.512", ["avx512vnni", "avx512bw"]),

@@ -7,6 +7,7 @@ import struct
 import pytest
 
 import lutc
+import schedules
 from lutc.target import kind, resolve
 
 CUDA_SPECS = [
@@ -113,3 +114,30 @@ def test_simd_schedules_name_the_host_architecture(monkeypatch):
     monkeypatch.setattr(common.platform, "machine", lambda: "x86_64")
     assert common.arch(host) == "x86" and not arm.supports(spec, host)
     assert schedules.default("cpu-cross", spec, lutc.target.resolve("arm")) is arm
+
+
+def test_every_schedule_module_provides_the_contract():
+    import types
+    from schedules import contract
+    modules = {m for table in (schedules.CANDIDATES, schedules.ALTERNATIVES) for ms in table.values() for m in ms}
+    assert all(isinstance(contract.check(m), types.ModuleType) for m in modules)
+    assert {m.__name__.rsplit(".", 1)[-1] for m in modules if contract.is_template(m)} == {
+        "x86", "arm", "dot_mac", "cuda_lut", "cuda_mma"}
+    broken = types.ModuleType("schedules.broken")
+    broken.KNOBS, broken.supports, broken.schedule = {}, lambda s, t: True, lambda *a, **k: None
+    with pytest.raises(TypeError, match="schedules.broken .*layout"):
+        contract.check(broken)
+
+
+def test_templates_do_not_build_the_front_end_function(monkeypatch):
+    import importlib
+    build_module = importlib.import_module("lutc.build")     # lutc.build is the function
+
+    def refuse(spec):
+        raise AssertionError("a template's kernel needs no front-end function")
+    monkeypatch.setattr(build_module, "lut_mpgemm", refuse)
+    monkeypatch.setenv("LUTC_CACHE", "0")
+    kernel = lutc.build(lutc.MPGemmSpec(1, 80, 384, wbits=2, group_size=128, table_dtype="int8"), target="x86", schedule="x86")
+    assert kernel.schedule == "x86"
+    with pytest.raises(AssertionError, match="no front-end function"):
+        lutc.build(lutc.MPGemmSpec(1, 80, 384, wbits=2, group_size=128, table_dtype="int8"), target="x86", schedule="cpu_generic")

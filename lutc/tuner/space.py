@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import schedules
+from schedules import contract
 
 from ..spec import MPGemmSpec
 
@@ -54,7 +55,7 @@ def candidates(spec: MPGemmSpec, target, target_kind: str) -> list:
                 module.layout(spec, target, **knobs)   # rejects impossible combinations
             except ValueError:
                 continue
-            if not getattr(module, "worth_tuning", lambda *a, **k: True)(spec, target, **knobs):
+            if not contract.worth_tuning(module, spec, target, **knobs):
                 continue
             out.append(Candidate(name, tuple(sorted(knobs.items()))))
     return out

@@ -1,0 +1,84 @@
+"""The schedule contract: what a module of ``schedules/`` provides, and the defaults of its
+optional parts, stated once (as TVM dlight's ``ScheduleRule`` states it for its rules).
+
+Every schedule module is a :class:`Schedule`:
+
+* ``KNOBS``: knob name -> candidate values, for the tuner (keyword defaults = untuned choice);
+* ``supports(spec, target) -> bool``: whether it can build ``spec`` for ``target``;
+* ``layout(spec, target, **knobs) -> str``: the packed-weight layout it reads
+  (:mod:`lutc.layouts`); raises ``ValueError`` for knob values it cannot build;
+* ``schedule(func, spec, target, **knobs) -> s_tir.Schedule``: the kernel.
+
+Optional, asked for through the functions below (never with ``getattr`` elsewhere):
+
+* ``preferred(spec, target) -> bool`` (default True): False where another candidate that also
+  builds ``spec`` is known to be faster (:func:`schedules.default` ranks it after them);
+* ``worth_tuning(spec, target, **knobs) -> bool`` (default True): False for knob values that
+  build but can only be slower (the tuner's space leaves them out);
+* ``PASS_CONFIG`` (default None): TVM pass options its kernels need (CUDA);
+* ``TEMPLATE`` (default False): True for a module that writes its kernel itself and keeps the
+  front end's function only as its reference semantics (``simd_lut`` through ``x86``/``arm``,
+  ``dot_mac``, ``cuda_lut``, ``cuda_mma``): :func:`lutc.build.scheduled` then passes
+  ``func=None`` instead of building a function it would discard. The others (``cpu_generic``,
+  ``cuda_generic``) transform the front end's function.
+
+Example:
+    >>> import schedules
+    >>> from schedules import contract
+    >>> contract.is_template(schedules.cuda_mma), contract.is_template(schedules.cpu_generic)
+    (True, False)
+"""
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any, Optional, Protocol, runtime_checkable
+
+REQUIRED = ("KNOBS", "supports", "layout", "schedule")
+
+
+@runtime_checkable
+class Schedule(Protocol):
+    """The required part of a schedule module (module docstring)."""
+
+    KNOBS: dict
+
+    def supports(self, spec: Any, target: Any) -> bool: ...
+
+    def layout(self, spec: Any, target: Any, **knobs: Any) -> str: ...
+
+    def schedule(self, func: Any, spec: Any, target: Any, **knobs: Any) -> Any: ...
+
+
+def check(module: ModuleType) -> ModuleType:
+    """``module`` if it provides the contract, else ``TypeError`` naming what it lacks."""
+    missing = [name for name in REQUIRED if not hasattr(module, name)]
+    if missing or not isinstance(module.KNOBS, dict) or not all(
+            callable(getattr(module, f)) for f in ("supports", "layout", "schedule")):
+        raise TypeError(f"schedule module {module.__name__} does not provide the schedule contract: "
+                        f"missing or wrong {missing or ['KNOBS (a dict) / callables']}")
+    return module
+
+
+def preferred(module: ModuleType, spec, target) -> bool:
+    """Whether :func:`schedules.default` may rank ``module`` first for ``spec`` (default True)."""
+    rule = getattr(module, "preferred", None)
+    return True if rule is None else bool(rule(spec, target))
+
+
+def worth_tuning(module: ModuleType, spec, target, **knobs) -> bool:
+    """Whether the tuner should try ``knobs`` of ``module`` for ``spec`` (default True)."""
+    rule = getattr(module, "worth_tuning", None)
+    return True if rule is None else bool(rule(spec, target, **knobs))
+
+
+def pass_config(module: ModuleType) -> Optional[dict]:
+    """TVM pass options ``module``'s kernels need (default None)."""
+    return getattr(module, "PASS_CONFIG", None)
+
+
+def is_template(module: ModuleType) -> bool:
+    """Whether ``module`` writes its kernel itself and ignores the front end's function."""
+    return bool(getattr(module, "TEMPLATE", False))
+
+
+__all__ = ["Schedule", "REQUIRED", "check", "preferred", "worth_tuning", "pass_config", "is_template"]
