@@ -166,6 +166,9 @@ def lut_kernel(spec, warps: int, tiles: int, rows: int, units: int):
                 tq = T.alloc_buffer((3,), "float32", scope="local")
                 tot = T.alloc_buffer((1,), "float32", scope="local")
                 tbase = T.alloc_buffer((1,), "uint32", scope="local")
+                lane = T.meta_var(tx % 32)
+                k_warp = T.meta_var((tx // 32) % S)           # this warp's share of each chunk (split-K)
+                first_tile = T.meta_var((bx * WT + tx // (32 * S)) * RL)   # its first 32-row tile
                 for r in T.unroll(RL):
                     for m in T.unroll(M):
                         acc[r, m, 0] = T.float32(0)
@@ -175,128 +178,123 @@ def lut_kernel(spec, warps: int, tiles: int, rows: int, units: int):
                 # builds the tables of chunk i: each warp's loads fly during a chunk of lookups.
                 for i2 in range((chunks + 2) // 2):
                     for par in T.unroll(2):
-                        if i2 * 2 + par <= chunks:
+                        chunk = T.meta_var(i2 * 2 + par)
+                        if chunk <= chunks:
                             # 1. loads of chunk i (weights, coefficients, activations)
-                            if i2 * 2 + par < chunks:
+                            if chunk < chunks:
                                 for u in T.unroll(UW):
-                                    if (i2 * 2 + par) * (UW * S) + ((tx // 32) % S) * UW + u < KU:
+                                    unit = T.meta_var(chunk * (UW * S) + k_warp * UW + u)   # 128-weight unit
+                                    if unit < KU:
                                         for r in T.unroll(RL):
-                                            if (bx * WT + tx // (32 * S)) * RL + r < NT:
+                                            if first_tile + r < NT:
                                                 for i in T.unroll(b):
                                                     wreg[par, u, r, i, T.ramp(0, 1, 4)] = planes[
-                                                        (bx * WT + tx // (32 * S)) * RL + r,
-                                                        (i2 * 2 + par) * (UW * S) + ((tx // 32) % S) * UW + u,
-                                                        i, tx % 32, T.ramp(0, 1, 4)]
+                                                        first_tile + r, unit, i, lane, T.ramp(0, 1, 4)]
                                                 if fmt != "ternary":
                                                     for jj in T.unroll(SPU):
+                                                        group = T.meta_var((unit * 128) // gs + jj)
                                                         for i in T.unroll(NS):
                                                             if fmt == "bcq":
                                                                 sreg[par, u, r, jj, i] = T.Cast("float32", scales[
-                                                                    (bx * WT + tx // (32 * S)) * RL + r,
-                                                                    (((i2 * 2 + par) * (UW * S) + ((tx // 32) % S) * UW + u) * 128) // gs + jj,
-                                                                    i, tx % 32])
+                                                                    first_tile + r, group, i, lane])
                                                             else:
                                                                 sreg[par, u, r, jj, i] = T.Cast("float32", scales[
-                                                                    (bx * WT + tx // (32 * S)) * RL + r,
-                                                                    (((i2 * 2 + par) * (UW * S) + ((tx // 32) % S) * UW + u) * 128) // gs + jj,
-                                                                    tx % 32])
+                                                                    first_tile + r, group, lane])
                                                         if zp:
                                                             zreg[par, u, r, jj] = T.Cast("float32", zeros[
-                                                                (bx * WT + tx // (32 * S)) * RL + r,
-                                                                (((i2 * 2 + par) * (UW * S) + ((tx // 32) % S) * UW + u) * 128) // gs + jj,
-                                                                tx % 32])
+                                                                first_tile + r, group, lane])
                                 for e in T.unroll(qpt):
-                                    if tx + e * threads < quads:
-                                        if (i2 * 2 + par) * GT + ((tx + e * threads) // 4) % GT < K // 4:
+                                    slot = T.meta_var(tx + e * threads)   # (row of x, table group, quad)
+                                    if slot < quads:
+                                        if chunk * GT + (slot // 4) % GT < K // 4:
                                             for j in T.unroll(4):
                                                 xv[e, j] = T.Cast("float32", x[
-                                                    (tx + e * threads) // (GT * 4),
-                                                    ((i2 * 2 + par) * GT + ((tx + e * threads) // 4) % GT) * 4 + j])
+                                                    slot // (GT * 4), (chunk * GT + (slot // 4) % GT) * 4 + j])
                             # 2. lookups of chunk i - 1 (register set 1 - par, table buffer (i - 1) % 2)
-                            if i2 * 2 + par >= 1:
+                            if chunk >= 1:
                                 tbase[0] = T.cuda.cvta_generic_to_shared(T.address_of(
-                                    tab[1 - par, ((tx // 32) % S) * (UW * 32), 0, 0]))
+                                    tab[1 - par, k_warp * (UW * 32), 0, 0]))
                                 for u in T.unroll(UW):
-                                    if (i2 * 2 + par - 1) * (UW * S) + ((tx // 32) % S) * UW + u < KU:
+                                    if (chunk - 1) * (UW * S) + k_warp * UW + u < KU:
                                         for r in T.unroll(RL):
-                                            if (bx * WT + tx // (32 * S)) * RL + r < NT:
+                                            if first_tile + r < NT:
                                                 for q in T.unroll(4):
+                                                    coef_group = T.meta_var((q * 32) // gs if not wide else 0)
                                                     for nib in T.unroll(8):
                                                         for i in T.unroll(b):
                                                             for m in T.unroll(M):
                                                                 acc[r, m, nib % 2] = acc[r, m, nib % 2] + _lds(
                                                                     tbase[0], wreg[1 - par, u, r, i, q], nib,
                                                                     ((u * 32 + q * 8 + nib) * M + m) * 64) * _coef(
-                                                                    fmt, sreg, scales, 1 - par, u, r,
-                                                                    (q * 32) // gs if not wide else 0, i)
+                                                                    fmt, sreg, scales, 1 - par, u, r, coef_group, i)
                                                     if zp:
                                                         for m in T.unroll(M):
                                                             acc[r, m, 0] = acc[r, m, 0] + (
-                                                                sreg[1 - par, u, r, (q * 32) // gs if not wide else 0, 0]
-                                                                * (T.float32(const) - zreg[1 - par, u, r, (q * 32) // gs if not wide else 0])
+                                                                sreg[1 - par, u, r, coef_group, 0]
+                                                                * (T.float32(const) - zreg[1 - par, u, r, coef_group])
                                                                 * T.cuda.func_call("lutc_lds", T.cuda.cvta_generic_to_shared(
-                                                                    T.address_of(xs[1 - par, (((tx // 32) % S) * UW + u) * 4 + q, m])),
+                                                                    T.address_of(xs[1 - par, (k_warp * UW + u) * 4 + q, m])),
                                                                     source_code=LDS_SRC, return_type="float32"))
                             # 3. tables of chunk i (buffer i % 2): 4 entries of one (row of x, group)
                             # per thread. With q = the quad (entries 4 q .. 4 q + 3) and
                             # f = (-x0-x1, x0-x1, -x0+x1, x0+x1): T = base + f, base = +-x2 +-x3 by q's
                             # bits; symmetrized, quads 2 and 3 are the negated mirrors of 1 and 0:
                             # T[15 - p] = -T[p], i.e. base = -(base of quad 3 - q), same f.
-                            if i2 * 2 + par < chunks:
+                            if chunk < chunks:
                                 for e in T.unroll(qpt):
-                                    if tx + e * threads < quads:
-                                        if (i2 * 2 + par) * GT + ((tx + e * threads) // 4) % GT < K // 4:
+                                    slot = T.meta_var(tx + e * threads)
+                                    quad = T.meta_var(slot % 4)
+                                    if slot < quads:
+                                        if chunk * GT + (slot // 4) % GT < K // 4:
                                             tq[0] = xv[e, 0] + xv[e, 1]
                                             tq[1] = xv[e, 0] - xv[e, 1]
                                             if sym:
-                                                tq[2] = T.Select((tx + e * threads) % 4 >= 2, T.float32(-1), T.float32(1)) * (
-                                                    T.Select(((3 - (tx + e * threads) % 4) & 1 == 1) == ((tx + e * threads) % 4 >= 2),
+                                                tq[2] = T.Select(quad >= 2, T.float32(-1), T.float32(1)) * (
+                                                    T.Select(((3 - quad) & 1 == 1) == (quad >= 2),
                                                              xv[e, 2], T.float32(0) - xv[e, 2]) - xv[e, 3])
                                             else:
-                                                tq[2] = (T.Select((tx + e * threads) % 4 & 1 == 1, xv[e, 2], T.float32(0) - xv[e, 2])
-                                                         + T.Select((tx + e * threads) % 4 & 2 == 2, xv[e, 3], T.float32(0) - xv[e, 3]))
+                                                tq[2] = (T.Select(quad & 1 == 1, xv[e, 2], T.float32(0) - xv[e, 2])
+                                                         + T.Select(quad & 2 == 2, xv[e, 3], T.float32(0) - xv[e, 3]))
                                             for pp in T.unroll(4):
-                                                tab[par, ((tx + e * threads) // 4) % GT, (tx + e * threads) // (GT * 4),
-                                                    ((tx + e * threads) % 4) * 4 + pp] = tq[2] + _fsel(tq, pp)
+                                                tab[par, (slot // 4) % GT, slot // (GT * 4), quad * 4 + pp] = (
+                                                    tq[2] + _fsel(tq, pp))
                                 if zp:
                                     for e in range(zpt):
-                                        if tx + e * threads < WDS * M:
-                                            if (i2 * 2 + par) * KT + ((tx + e * threads) % WDS) * 32 < K:
+                                        slot = T.meta_var(tx + e * threads)   # (row of x, 32-activation word)
+                                        if slot < WDS * M:
+                                            if chunk * KT + (slot % WDS) * 32 < K:
                                                 tot[0] = T.float32(0)
                                                 for k in T.unroll(32):
                                                     tot[0] = tot[0] + T.Cast("float32", x[
-                                                        (tx + e * threads) // WDS,
-                                                        (i2 * 2 + par) * KT + ((tx + e * threads) % WDS) * 32 + k])
-                                                xs[par, (tx + e * threads) % WDS, (tx + e * threads) // WDS] = tot[0]
+                                                        slot // WDS, chunk * KT + (slot % WDS) * 32 + k])
+                                                xs[par, slot % WDS, slot // WDS] = tot[0]
                             T.tvm_storage_sync("shared")
                 # epilogue
                 if S == 1:
                     for r in T.unroll(RL):
-                        if ((bx * WT + tx // 32) * RL + r) * 32 + tx % 32 < N:
+                        col = T.meta_var(((bx * WT + tx // 32) * RL + r) * 32 + lane)
+                        if col < N:
                             for m in T.unroll(M):
-                                out[m, ((bx * WT + tx // 32) * RL + r) * 32 + tx % 32] = T.Cast(
-                                    act, acc[r, m, 0] + acc[r, m, 1])
+                                out[m, col] = T.Cast(act, acc[r, m, 0] + acc[r, m, 1])
                 else:
                     # TVM cannot see the lookups' reads of ``tab`` (inline PTX) and may give ``red``
                     # the same storage: no warp may overwrite it before all have finished.
                     T.tvm_storage_sync("shared")
                     for r in T.unroll(RL):
                         for m in T.unroll(M):
-                            red[(tx // 32) % S, tx // (32 * S), r, m, tx % 32] = acc[r, m, 0] + acc[r, m, 1]
+                            red[k_warp, tx // (32 * S), r, m, lane] = acc[r, m, 0] + acc[r, m, 1]
                     T.tvm_storage_sync("shared")
                     for e in range(opt):
-                        if tx + e * threads < WT * RL * M * 32:
-                            if ((bx * WT + (tx + e * threads) // (32 * M * RL)) * RL
-                                    + ((tx + e * threads) // (32 * M)) % RL) * 32 + (tx + e * threads) % 32 < N:
+                        slot = T.meta_var(tx + e * threads)   # (tile of the block, row tile, row of x, lane)
+                        if slot < WT * RL * M * 32:
+                            col = T.meta_var(((bx * WT + slot // (32 * M * RL)) * RL
+                                              + (slot // (32 * M)) % RL) * 32 + slot % 32)
+                            if col < N:
                                 tot[0] = T.float32(0)
                                 for s in T.unroll(S):
-                                    tot[0] = tot[0] + red[s, (tx + e * threads) // (32 * M * RL),
-                                                          ((tx + e * threads) // (32 * M)) % RL,
-                                                          ((tx + e * threads) // 32) % M, (tx + e * threads) % 32]
-                                out[((tx + e * threads) // 32) % M,
-                                    ((bx * WT + (tx + e * threads) // (32 * M * RL)) * RL
-                                     + ((tx + e * threads) // (32 * M)) % RL) * 32 + (tx + e * threads) % 32] = T.Cast(
-                                    act, tot[0])
+                                    tot[0] = tot[0] + red[s, slot // (32 * M * RL), (slot // (32 * M)) % RL,
+                                                          (slot // 32) % M, slot % 32]
+                                out[(slot // 32) % M, col] = T.Cast(act, tot[0])
 
     return main if zp else drop_param(main, "zeros")
 
