@@ -102,38 +102,40 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""
         xsum = T.alloc_buffer((M, C), "float32")
         # 1. tables
         for mc in T.parallel(M * C):
+            row = T.meta_var(mc // C)          # the row of x ...
+            block = T.meta_var(mc % C)         # ... and the K block whose tables this task builds
             amax = T.alloc_buffer((1,), "float32", scope="local")
             bad = T.alloc_buffer((1,), "int32", scope="local")   # NaN/Inf seen (T.max drops NaN)
             amax[0] = T.float32(0)
             bad[0] = 0
             for q in range(GB):
-                base = (mc % C) * B + q * 4
-                tmax = (T.abs(T.Cast("float32", x[mc // C, base])) + T.abs(T.Cast("float32", x[mc // C, base + 1]))
-                        + T.abs(T.Cast("float32", x[mc // C, base + 2]))
-                        + T.abs(T.Cast("float32", x[mc // C, base + 3])))
+                base = (block) * B + q * 4
+                tmax = (T.abs(T.Cast("float32", x[row, base])) + T.abs(T.Cast("float32", x[row, base + 1]))
+                        + T.abs(T.Cast("float32", x[row, base + 2]))
+                        + T.abs(T.Cast("float32", x[row, base + 3])))
                 amax[0] = T.max(amax[0], tmax)
                 bad[0] = bad[0] | T.Cast("int32", nonfinite(tmax))
             # NaN in x reaches every output of its row through the scale (the int8 table cannot hold it)
-            tscale[mc // C, mc % C] = nan_if(bad[0] != 0, T.max(amax[0], T.float32(1e-30)) / T.float32(127))
+            tscale[row, block] = nan_if(bad[0] != 0, T.max(amax[0], T.float32(1e-30)) / T.float32(127))
             for q in range(GB):
-                kg = (mc % C) * GB + q
+                kg = (block) * GB + q
                 for lane in range(dup):
                     # one vector expression over the entries: 4 sign-selects and adds, a divide,
                     # a round, a narrowing store
                     for p in T.vectorized(8 if sym else 16):
-                        table[mc // C, kg, lane * 16 + p] = T.Cast("int8", T.round(
-                            (T.Select(p & 1 == 1, T.float32(1), T.float32(-1)) * T.Cast("float32", x[mc // C, kg * 4])
-                             + T.Select(p & 2 == 2, T.float32(1), T.float32(-1)) * T.Cast("float32", x[mc // C, kg * 4 + 1])
-                             + T.Select(p & 4 == 4, T.float32(1), T.float32(-1)) * T.Cast("float32", x[mc // C, kg * 4 + 2])
-                             + T.Select(p & 8 == 8, T.float32(1), T.float32(-1)) * T.Cast("float32", x[mc // C, kg * 4 + 3]))
-                            / tscale[mc // C, mc % C]))
+                        table[row, kg, lane * 16 + p] = T.Cast("int8", T.round(
+                            (T.Select(p & 1 == 1, T.float32(1), T.float32(-1)) * T.Cast("float32", x[row, kg * 4])
+                             + T.Select(p & 2 == 2, T.float32(1), T.float32(-1)) * T.Cast("float32", x[row, kg * 4 + 1])
+                             + T.Select(p & 4 == 4, T.float32(1), T.float32(-1)) * T.Cast("float32", x[row, kg * 4 + 2])
+                             + T.Select(p & 8 == 8, T.float32(1), T.float32(-1)) * T.Cast("float32", x[row, kg * 4 + 3]))
+                            / tscale[row, block]))
                     if sym:  # the other half by negation: T[15 - p] = -T[p]
                         for p in T.vectorized(8):
-                            table[mc // C, kg, lane * 16 + 15 - p] = T.int8(0) - table[mc // C, kg, lane * 16 + p]
+                            table[row, kg, lane * 16 + 15 - p] = T.int8(0) - table[row, kg, lane * 16 + p]
             if zp:
-                xsum[mc // C, mc % C] = T.float32(0)
+                xsum[row, block] = T.float32(0)
                 for k in range(B):
-                    xsum[mc // C, mc % C] = xsum[mc // C, mc % C] + T.Cast("float32", x[mc // C, (mc % C) * B + k])
+                    xsum[row, block] = xsum[row, block] + T.Cast("float32", x[row, (block) * B + k])
         # 2. lookups and 3. epilogue
         for nt in T.parallel(NT):
             accf = T.alloc_buffer((M, R), "float32", scope="local")
