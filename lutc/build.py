@@ -220,9 +220,9 @@ def scheduled(spec: MPGemmSpec, tgt, module: ModuleType, knobs: dict, symbol: st
     """The front end's function for ``spec`` under ``module``'s schedule with ``knobs``, named
     ``symbol``: what :func:`build` compiles (and :mod:`lutc.exporter` compiles again under
     another name or for another target)."""
-    if contract.is_template(module):          # writes its own kernel: no front-end function to build
-        return module.schedule(None, spec, tgt, **knobs).mod
-    with _SCRIPT_LOCK:
+    with _SCRIPT_LOCK:       # templates parse TVMScript too
+        if contract.is_template(module):      # writes its own kernel: no front-end function to build
+            return module.schedule(None, spec, tgt, **knobs).mod
         func = lut_mpgemm(spec)
         if symbol != "main":
             func = func.with_attr("global_symbol", symbol)
