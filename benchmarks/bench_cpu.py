@@ -44,15 +44,17 @@ FORMATS = (("W1", dict(wbits=1)), ("W2", dict(wbits=2)), ("W4", dict(wbits=4)),
            ("ternary", dict(wbits=2, format="ternary")))
 
 
-def median_us(call, pool: int, calls: int) -> float:
-    """Median wall time of ``call(i)`` in microseconds, ``i`` rotating over ``pool`` copies."""
+def median_us(call, pool: int, calls: int = 30, min_seconds: float = 0.0) -> float:
+    """Median wall time of ``call(i)`` in microseconds, ``i`` rotating over ``pool`` copies: at
+    least ``calls`` calls and ``min_seconds`` in all, after one warm-up call per copy (up to 3)."""
     for i in range(min(pool, 3)):
         call(i)
-    times = []
-    for i in range(calls):
+    times, i = [], 0
+    while len(times) < calls or sum(times) < min_seconds:
         t0 = time.perf_counter()
         call(i % pool)
         times.append(time.perf_counter() - t0)
+        i += 1
     return statistics.median(times) * 1e6
 
 

@@ -32,9 +32,7 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -42,21 +40,9 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lutc  # noqa: E402
+from bench_cpu import median_us  # noqa: E402
 from bench_cuda import time_eager as cuda_eager_us, time_graph as cuda_graph_us  # noqa: E402
 from lutc.testing import random_weights, reference, rel_error, tolerance  # noqa: E402
-
-
-def cpu_median_us(call, pool: int, calls: int = 30, min_seconds: float = 0.05) -> float:
-    """Median wall time of ``call(i)`` in microseconds, ``i`` walking a pool of ``pool`` copies."""
-    for i in range(min(pool, 3)):
-        call(i)
-    times, i = [], 0
-    while len(times) < calls or sum(times) < min_seconds:
-        t0 = time.perf_counter()
-        call(i % pool)
-        times.append(time.perf_counter() - t0)
-        i += 1
-    return statistics.median(times) * 1e6
 
 
 def nbytes(tensors) -> int:
@@ -115,7 +101,7 @@ def measure(N: int, K: int, wbits: int, M: int, device: str, pool_bytes: int) ->
         fns = {"kernel": run_kernel, "LUTLinear": run_module, "op": run_op, "dense": run_dense}
         if device == "cpu":
             for name, fn in fns.items():
-                row[name] = cpu_median_us(fn, copies)
+                row[name] = median_us(fn, copies, min_seconds=0.05)
         else:
             for name, fn in fns.items():
                 row[name + "_graph"] = cuda_graph_us(fn, copies)
@@ -166,7 +152,7 @@ def decode_step(layers: int, wbits: int, device: str) -> dict:
     with torch.inference_mode():
         for name, m in (("float", model), ("lutc", quantized)):
             if device == "cpu":
-                row[name] = cpu_median_us(lambda i: m(x), 1, calls=10)
+                row[name] = median_us(lambda i: m(x), 1, calls=10, min_seconds=0.05)
             else:
                 row[name + "_graph"] = cuda_graph_us(lambda i: m(x), 1, target_calls=5)
                 row[name + "_eager"] = cuda_eager_us(lambda i: m(x), 1, n=20)

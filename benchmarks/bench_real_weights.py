@@ -42,7 +42,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from bench_front_doors import machine_name  # noqa: E402
 from lutc.nn import dequantize_model  # noqa: E402
-from lutc.testing import rel_error, tolerance  # noqa: E402
+from lutc.testing import minmax_rounding, reference, rel_error, tolerance  # noqa: E402
 
 SMOLLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -57,16 +57,6 @@ def sentences(count: int) -> list:
             if doc and len(doc) > 80:
                 found.add(doc.split("\n\n")[0][:400])
     return sorted(found)[:count]
-
-
-def minmax(w: torch.Tensor, wbits: int, group_size: int) -> torch.Tensor:
-    """Plain min-max rounding, integer zero point, fp16 scale: the baseline quantizer."""
-    N, K = w.shape
-    g, levels = w.float().reshape(N, K // group_size, group_size), 2 ** wbits - 1
-    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-    s = ((hi - lo) / levels).clamp_min(1e-8).half().float()
-    z = torch.round(-lo / s)
-    return ((torch.clamp(torch.round(g / s) + z, 0, levels) - z) * s).reshape(N, K)
 
 
 def layer_errors(model, run) -> list:
@@ -88,8 +78,7 @@ def layer_errors(model, run) -> list:
         for name, x in inputs.items():
             layer = model.get_submodule(name)
             x2 = x.reshape(-1, x.shape[-1])
-            w = layer.packed().dequantize()
-            ref = x2.double().cpu() @ w.T + (0 if layer.bias is None else layer.bias.double().cpu())
+            ref = reference(x2, layer.packed()) + (0 if layer.bias is None else layer.bias.double().cpu())
             rows.append((name, rel_error(layer(x2).cpu(), ref), tolerance(layer.kernel_spec())))
     return rows
 
@@ -135,7 +124,7 @@ def minilm(device: str, dtype: torch.dtype, wbits: int, texts: list) -> dict:
     with torch.no_grad():
         for name, m in base.named_modules():
             if type(m) is torch.nn.Linear and "pooler" not in name:
-                m.weight.copy_(minmax(m.weight.float().cpu(), wbits, 128).to(device, dtype))
+                m.weight.copy_(minmax_rounding(m.weight.float().cpu(), wbits, 128).to(device, dtype))
     quant = lutc.quantize_model(BertModel.from_pretrained(path, dtype=dtype).to(device).eval(), wbits=wbits,
                                 group_size=128, zero_point=True, exclude="pooler*")
     cos = lambda e: F.cosine_similarity(e, ref).mean().item()   # noqa: E731

@@ -88,6 +88,29 @@ def random_weights(spec: MPGemmSpec, seed: int = 0) -> PackedWeights:
                          scales=scales, zeros=zeros)
 
 
+def minmax_rounding(weight: torch.Tensor, wbits: int, group_size: int, zero_point: bool = True) -> torch.Tensor:
+    """Plain min-max round-to-nearest of ``weight [N, K]`` per group, dequantized (float32): an
+    integer zero point mapping the group's min and max onto codes 0 and ``2^b - 1``, or without
+    one the symmetric mid-rise grid of its max ``|w|``; fp16 scales. The baseline that
+    :func:`lutc.quantize`'s clip search has to beat on real weights.
+
+    Example:
+        >>> w = torch.randn(8, 128)
+        >>> float((minmax_rounding(w, 4, 64) - w).abs().max()) < 0.5
+        True
+    """
+    N, K = weight.shape
+    g, levels = weight.float().reshape(N, K // group_size, group_size), 2 ** wbits - 1
+    tiny = 2.0 ** -24                     # the smallest positive float16: no zero scale
+    if zero_point:
+        lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+        s = ((hi - lo) / levels).clamp_min(tiny).half().float()
+        z = torch.round(-lo / s)
+        return ((torch.clamp(torch.round(g / s) + z, 0, levels) - z) * s).reshape(N, K)
+    s = (g.abs().amax(-1, keepdim=True) * 2 / levels).clamp_min(tiny).half().float()
+    return ((torch.clamp(torch.round(g / s + levels / 2), 0, levels) - levels / 2) * s).reshape(N, K)
+
+
 def reference(x, qw: PackedWeights) -> torch.Tensor:
     """``x @ qw.dequantize().T`` in float64 (``x`` taken exactly as given)."""
     xt = torch.as_tensor(x) if isinstance(x, np.ndarray) else x

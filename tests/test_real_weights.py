@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import lutc
-from lutc.testing import rel_error
+from lutc.testing import minmax_rounding, rel_error
 
 transformers = pytest.importorskip("transformers")
 
@@ -36,18 +36,6 @@ TEXTS = ["A man is eating food.", "A man is eating a piece of bread.", "The girl
          "The new movie is awesome.", "The new movie is so great.", "Do you like pizza?",
          "Stock markets fell sharply today after the announcement.", "It will rain in the mountains tomorrow.",
          "Quantization maps each weight to one of a few levels."]
-
-
-def _minmax(w, wbits, group_size, zero_point):
-    N, K = w.shape
-    g, levels = w.reshape(N, K // group_size, group_size), 2 ** wbits - 1
-    if zero_point:
-        lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-        s = ((hi - lo) / levels).half().float()
-        z = torch.round(-lo / s)
-        return ((torch.clamp(torch.round(g / s) + z, 0, levels) - z) * s).reshape(N, K)
-    s = (g.abs().amax(-1, keepdim=True) * 2 / levels).half().float()
-    return ((torch.clamp(torch.round(g / s + levels / 2), 0, levels) - levels / 2) * s).reshape(N, K)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +75,7 @@ def _cosine_with(minilm, weight_fn):
 def test_quantizer_at_least_as_good_as_min_max_on_minilm(minilm, wbits, zero_point):
     lutc_cos = _cosine_with(minilm, lambda w: lutc.quantize(w, wbits=wbits, group_size=128,
                                                               zero_point=zero_point).dequantize().float())
-    minmax_cos = _cosine_with(minilm, lambda w: _minmax(w, wbits, 128, zero_point))
+    minmax_cos = _cosine_with(minilm, lambda w: minmax_rounding(w, wbits, 128, zero_point))
     assert lutc_cos >= minmax_cos, (lutc_cos, minmax_cos)
     assert lutc_cos > {4: 0.93, 3: 0.85}[wbits]
 
