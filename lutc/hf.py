@@ -30,7 +30,7 @@ from transformers.quantizers import HfQuantizer, register_quantization_config, r
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .dtypes import dtype_name
-from .nn import LUTLinear, quantize_model
+from .nn import LUTLinear, Progress, quantize_model, replace_layer
 from .spec import MPGemmSpec
 
 METHOD = "lutc"
@@ -167,7 +167,6 @@ def load_gguf(path: Union[str, os.PathLike], device=None, dtype: torch.dtype = t
                                                           read_field)
 
     from .importers import GGUF_TYPES, import_gguf, open_gguf
-    from .nn import Progress
 
     path = os.path.abspath(os.fspath(path))
     reader = open_gguf(path)
@@ -213,8 +212,7 @@ def load_gguf(path: Union[str, os.PathLike], device=None, dtype: torch.dtype = t
                              f"[{linear.out_features}, {linear.in_features}]")
         layer = LUTLinear.from_packed(qw, bias=None if linear.bias is None else torch.zeros(qw.N, dtype=dtype),
                                       device=device, dtype=dtype, **knobs)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, layer)
+        replace_layer(model, name, layer)
         done.add(t.name)
         report.step(name)
     report.close()

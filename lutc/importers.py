@@ -468,7 +468,7 @@ def load_checkpoint(model: "torch.nn.Module", path: Union[str, os.PathLike], dev
     from safetensors import safe_open
     from torch import nn
 
-    from .nn import LUTLinear, Progress
+    from .nn import LUTLinear, Progress, replace_layer
     cfg = checkpoint_config(path)
     marker = _MARKERS[cfg["format"]]
     files = sorted(f for f in os.listdir(os.fspath(path)) if f.endswith(".safetensors"))
@@ -498,8 +498,7 @@ def load_checkpoint(model: "torch.nn.Module", path: Union[str, os.PathLike], dev
         bias = tensors.get("bias")
         layer = LUTLinear.from_packed(qw, bias=None if bias is None else bias.to(dtype), device=device,
                                       dtype=dtype, **knobs)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+        replace_layer(model, name, layer)
         report.step(name)
     report.close()
     if not quantized:

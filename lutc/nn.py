@@ -483,12 +483,23 @@ def quantize_model(model: nn.Module, wbits: int = 2, group_size: Optional[int] =
               if type(m) is nn.Linear and _selected(name, m, include, exclude)]
     report = Progress("lutc.quantize_model", len(chosen), progress)
     for name, module in chosen:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, convert(name, module))
+        replace_layer(model, name, convert(name, module))
         report.step(name)
     report.close()
     return model
+
+
+def replace_layer(model: nn.Module, name: str, layer: nn.Module) -> None:
+    """Put ``layer`` where ``model.get_submodule(name)`` is (``name`` non-empty), as
+    ``quantize_model`` and the checkpoint loaders replace ``nn.Linear`` layers.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8))
+        >>> replace_layer(net, "0", torch.nn.Identity()); type(net[0]).__name__
+        'Identity'
+    """
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, layer)
 
 
 def dequantize_model(model: nn.Module, dtype: Optional[torch.dtype] = None) -> nn.Module:
@@ -559,4 +570,4 @@ def _matches(name: str, module: nn.Module, selector: Selector) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-__all__ = ["LUTLinear", "quantize_model", "dequantize_model"]
+__all__ = ["LUTLinear", "quantize_model", "dequantize_model", "replace_layer"]
