@@ -24,8 +24,9 @@ CANDIDATES = {"cpu": (x86, arm, cpu_generic), "cpu-cross": (x86, arm, cpu_generi
               "cuda": (cuda_lut, cuda_mma, cuda_generic)}
 #: Other ways to compute the same spec, never chosen by default: the tuner weighs them.
 ALTERNATIVES = {"cpu": (dot_mac,), "cpu-cross": (dot_mac,), "cuda": ()}
-for _module in {m for table in (CANDIDATES, ALTERNATIVES) for ms in table.values() for m in ms}:
-    contract.check(_module)
+#: Every module above, each checked against the contract on import.
+MODULES = tuple(contract.check(m) for m in dict.fromkeys(
+    m for table in (CANDIDATES, ALTERNATIVES) for ms in table.values() for m in ms))
 
 
 def default(target_kind: str, spec, target):
