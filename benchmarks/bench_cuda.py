@@ -50,10 +50,10 @@ from lutc.autotune import graph_time_us  # noqa: E402
 from lutc.formats import PackedWeights  # noqa: E402
 
 SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (28672, 8192), (8192, 28672))
-MS = (1, 4, 16, 64, 128)
+MS = (1, 4, 16, 64, 128, 512, 2048, 4096)
 WBITS = (2, 4)
 GROUP = 128
-LUTC_SCHEDULES = ("cuda_lut", "cuda_mma")
+LUTC_SCHEDULES = ("cuda_lut", "cuda_stream", "cuda_mma")
 
 
 def lutc_specs(N, K, M, wbits):
@@ -315,6 +315,10 @@ def candidates(sname: str, M: int) -> list:
                          (1, 2, 4, mt, True, 1), (1, 8, 2, 4, True, 1), (1, 4, 4, 4, True, 1),
                          (2, 4, 2, mt, True, 1), (1, 4, 1, mt, True, 1), (1, 2, 2, 2, True, 2))
         cands = [dict(warps=w, wn=n, nw=t, mt=m, xsm=x, units=u) for (w, n, t, m, x, u) in sets]
+    elif sname == "cuda_stream":   # (warps, wn, nw, stages)
+        cands = [dict(warps=w, wn=n, nw=t, stages=p) for (w, n, t, p) in (
+            (1, 4, 2, 4), (1, 4, 2, 3), (1, 4, 1, 6), (1, 8, 1, 4), (1, 2, 4, 3), (1, 4, 2, 2), (2, 2, 2, 4),
+            (2, 4, 1, 4), (4, 2, 1, 4), (4, 1, 2, 4), (4, 2, 1, 3), (2, 2, 1, 6), (1, 8, 2, 2), (4, 1, 1, 6))]
     else:
         cands = [dict(warps=w, tiles=t, rows=r, units=u) for (w, t, r, u) in (
             (4, 2, 1, 2), (4, 1, 1, 2), (8, 1, 1, 1), (4, 2, 1, 1), (4, 1, 2, 1), (2, 4, 1, 2),
@@ -380,7 +384,8 @@ def format_row(row) -> str:
     return " | ".join(parts)
 
 
-COLUMNS = ["lutc cuda_lut W2", "lutc cuda_lut W4", "lutc cuda_mma W2", "lutc cuda_mma W4", "fp16 cuBLAS",
+COLUMNS = ["lutc cuda_lut W2", "lutc cuda_lut W4", "lutc cuda_stream W2", "lutc cuda_stream W4",
+           "lutc cuda_mma W2", "lutc cuda_mma W4", "fp16 cuBLAS",
            "torch int4 W4", "humming W2", "humming W4", "gemlite W2", "gemlite W4", "bnb NF4"]
 
 
@@ -436,15 +441,19 @@ def precompile(args) -> None:
             kernels.append(lutc.build(t.KNOB_SPEC, target="cuda:sm_90a", schedule="cuda_lut", knobs=knobs))
         for knobs in t.MMA_KNOBS:
             kernels.append(lutc.build(t.MMA_SPEC, target="cuda:sm_90a", schedule="cuda_mma", knobs=knobs))
+        for spec, knobs in t.STREAM_CASES:
+            kernels.append(lutc.build(spec, target="cuda:sm_90a", schedule="cuda_stream", knobs=knobs))
         for spec in t.GENERIC_SPECS + [t.RUNTIME_SPEC]:
             kernels.append(lutc.build(spec, target="cuda:sm_90a"))
     if args.sweep:
         for (N, K) in shapes:
             for M in (int(m) for m in args.ms) if args.ms else (1, 4):
                 for wbits in WBITS:
+                    spec = lutc_specs(N, K, M, wbits)
                     for knobs in candidates(args.sweep, M):
-                        kernels.append(lutc.build(lutc_specs(N, K, M, wbits), target="cuda:sm_90a",
-                                                  schedule=args.sweep, knobs=knobs))
+                        if _builds(getattr(schedules, args.sweep), spec, knobs):
+                            kernels.append(lutc.build(spec, target="cuda:sm_90a", schedule=args.sweep,
+                                                      knobs=knobs))
     from concurrent.futures import ThreadPoolExecutor
     from lutc.cache import cache_root
     t0 = time.time()

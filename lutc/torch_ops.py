@@ -53,7 +53,8 @@ chunks keep the table workspace (``8 M K`` bytes for ``g=4``) and the number of 
 **Layout plans.** :meth:`OpKernels.layout_plan` says in which layout(s) a weight should be held
 on a device so that every bucket runs its fastest kernel: the layout of the ``M = 1`` (decode)
 kernel, and on CUDA a second copy where the batch kernels read another (``cuda_lut``'s
-``warp32`` for decode, ``cuda_mma``'s ``tc16`` from the first bucket it is chosen for): see
+``warp32`` for decode at W2, ``tc16`` (``cuda_stream`` to M = 8, ``cuda_mma`` beyond) from the
+first bucket it is chosen for): see
 :class:`LayoutPlan`. ``LUTLinear`` holds its weights by that plan.
 
 CUDA graphs: the op allocates its output (and any padding) with torch on ``x``'s device, never
@@ -106,9 +107,10 @@ class LayoutPlan:
     ``split`` is None), ``layouts[1]`` (if any) the larger ``M``.
 
     A second copy is planned only on CUDA, where the decode kernel (``cuda_lut``, ``warp32``) and
-    the batch kernel (``cuda_mma``, ``tc16``) read different layouts: on an H200 at 28672x8192 W2
-    the LUT kernel takes 29.7 us at M = 1 where ``cuda_mma`` takes 50.2, and at M = 128
-    ``cuda_mma`` takes 258 us where ``cuda_lut`` (M <= 8) would need 16 launches. The copy costs
+    the batch kernels (``cuda_stream`` and ``cuda_mma``, ``tc16``) read different layouts: fp16 W2,
+    where on an H200 at 28672x8192 the LUT kernel takes 32.4 us at M = 1 and ``cuda_stream``
+    38.8, and the LUT kernel builds one table per row of x (M = 4: 126.7 us against 40.6). At W4
+    ``cuda_stream`` is also the M = 1 kernel (42.9 against 54.2 us): one ``tc16`` copy. The copy costs
     the packed bits once more (W2: 2 more bits per weight). CPUs hold one copy: the decode
     kernel's layout, and every other bucket runs the fastest kernel that reads it.
     """

@@ -7,21 +7,23 @@ One module per idea, each providing the contract of :mod:`schedules.contract` (`
 :func:`default` picks, per target kind, the first module in :data:`CANDIDATES` that supports
 the spec: the SIMD LUT kernels where they apply, the generic schedules otherwise. The
 multiply-add kernels (``dot_mac``, in :data:`ALTERNATIVES`) compute the same spec another way;
-the tuner weighs them against the LUT ones. On CUDA: ``cuda_lut`` (shared-memory tables,
-``warp32`` weights; builds M <= 8, preferred for M = 1), then ``cuda_mma`` (dequantize +
-``mma.sync``, ``tc16`` weights: fp16, uniform W2/W4), and ``cuda_generic`` for everything else.
+the tuner weighs them against the LUT ones. On CUDA: ``cuda_stream`` (dequantize + ``mma.sync``
+fed by a ``cp.async`` pipeline, ``tc16`` weights: fp16, uniform W2/W4, M <= 16; preferred for
+M = 2..8 and for W4 at M = 1), ``cuda_lut`` (shared-memory tables, ``warp32`` weights; builds
+M <= 8 and every format; preferred at M = 1), ``cuda_mma`` (the ``tc16`` product with register
+prefetch, any M: prefill), and ``cuda_generic`` for everything else.
 """
 from __future__ import annotations
 
 import itertools
 
-from . import arm, contract, cpu_generic, cuda_generic, cuda_lut, cuda_mma, dot_mac, x86
+from . import arm, contract, cpu_generic, cuda_generic, cuda_lut, cuda_mma, cuda_stream, dot_mac, x86
 
 #: Schedules that build every spec (no SIMD tables): the fallbacks.
 GENERIC = (cpu_generic, cuda_generic)
 #: target kind (see ``lutc.target.kind``) -> schedule modules, best first.
 CANDIDATES = {"cpu": (x86, arm, cpu_generic), "cpu-cross": (x86, arm, cpu_generic),
-              "cuda": (cuda_lut, cuda_mma, cuda_generic)}
+              "cuda": (cuda_stream, cuda_lut, cuda_mma, cuda_generic)}
 #: Other ways to compute the same spec, never chosen by default: the tuner weighs them.
 ALTERNATIVES = {"cpu": (dot_mac,), "cpu-cross": (dot_mac,), "cuda": ()}
 #: Every module above, each checked against the contract on import.

@@ -43,6 +43,7 @@ from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
 from .common import drop_param, merge_knobs
+from .cuda_ptx import LDG128_SRC, LDS128_SRC, MMA_SRC, deq, h2
 from .cuda_lut import PASS_CONFIG, SMEM_LIMIT  # noqa: F401  (one limit; TVM cannot see reads made by inline PTX)
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
@@ -127,63 +128,6 @@ def schedule(func, spec, target, warps=None, wn=None, nw=None, mt=None, xsm=None
     return s_tir.Schedule(IRModule({"main": mma_kernel(spec, **knobs)}))
 
 
-H2_SRC = """
-__device__ __forceinline__ unsigned lutc_h2(float v) {
-  __half2 h = __float2half2_rn(v);
-  return *reinterpret_cast<unsigned*>(&h);
-}
-"""
-DEQ_SRC = """
-__device__ __forceinline__ unsigned lutc_deq(unsigned w, unsigned mask, unsigned mul, unsigned add,
-                                             unsigned s2, unsigned z2) {
-  unsigned h = (w & mask) | 0x64006400u;
-  __half2 q = __hfma2(*reinterpret_cast<__half2*>(&h), *reinterpret_cast<__half2*>(&mul),
-                      *reinterpret_cast<__half2*>(&add));
-  __half2 r = __hmul2(__hsub2(q, *reinterpret_cast<__half2*>(&z2)), *reinterpret_cast<__half2*>(&s2));
-  return *reinterpret_cast<unsigned*>(&r);
-}
-"""
-LDG128_SRC = """
-__device__ __forceinline__ void lutc_ldg128(const half* p, bool valid, unsigned* d) {
-  uint4 v = make_uint4(0u, 0u, 0u, 0u);
-  if (valid) v = __ldg(reinterpret_cast<const uint4*>(p));
-  d[0] = v.x; d[1] = v.y; d[2] = v.z; d[3] = v.w;
-}
-"""
-MMA_SRC = """
-__device__ __forceinline__ void lutc_mma(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
-                                         unsigned b0, unsigned b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-               "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-"""
-LDS128_SRC = """
-__device__ __forceinline__ void lutc_lds128(unsigned addr, unsigned* d) {
-  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]) : "r"(addr));
-}
-"""
-
-
-def _h2(v):
-    return T.cuda.func_call("lutc_h2", v, source_code=H2_SRC, return_type="uint32")
-
-
-def _deq(word, b, v, s2, zs2):
-    """``half2`` of the two codes in slot position ``v`` of ``word`` (already shifted by 8 u):
-    ``(q - c) s`` with ``q - c`` exact in fp16 (``c`` = (2^b - 1)/2 or the zero point), one
-    rounding by the multiply."""
-    e = b * v                                            # the codes sit at bits e.. and 16 + e..
-    mask = T.shift_left(T.uint32((2 ** b - 1) * 0x10001), T.Cast("uint32", e))
-    mul_h = T.shift_left(T.Cast("uint32", 15 - e), T.uint32(10))         # 2^-e
-    add_h = T.uint32(0x8000) | T.shift_left(T.Cast("uint32", 25 - e), T.uint32(10))  # -2^(10-e)
-    return T.cuda.func_call("lutc_deq", word, mask, mul_h | T.shift_left(mul_h, T.uint32(16)),
-                            add_h | T.shift_left(add_h, T.uint32(16)), s2, zs2,
-                            source_code=DEQ_SRC, return_type="uint32")
-
-
 def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, units: int = 1):
     """The PrimFunc (module docstring). Arguments: ``x [M, K]`` fp16, ``planes`` (``tc16``),
     ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``."""
@@ -255,14 +199,14 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
                                                             (bx * WN + tx // (32 * S)) * NW + t,
                                                             ((((k2 * 2 + par) * S + (tx // 32) % S) * UW + u) * 128 + (tx % 4) * 32) // gs,
                                                             t8 * 8 + (tx % 32) // 4])
-                                                        sreg[par, u, t, t8] = _h2(sv[0])
+                                                        sreg[par, u, t, t8] = h2(sv[0])
                                                         if zp:
-                                                            zreg[par, u, t, t8] = _h2(T.Cast("float32", zeros[
+                                                            zreg[par, u, t, t8] = h2(T.Cast("float32", zeros[
                                                                 (bx * WN + tx // (32 * S)) * NW + t,
                                                                 ((((k2 * 2 + par) * S + (tx // 32) % S) * UW + u) * 128 + (tx % 4) * 32) // gs,
                                                                 t8 * 8 + (tx % 32) // 4]))
                                                         else:
-                                                            zreg[par, u, t, t8] = _h2(T.float32(const))
+                                                            zreg[par, u, t, t8] = h2(T.float32(const))
                                     if XPRE:
                                         for e in T.unroll(vpt):
                                             if tx + e * threads < vecs:
@@ -283,7 +227,7 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
                                                     for t in T.unroll(NW):
                                                         for t8 in T.unroll(2):
                                                             for h in T.unroll(2):
-                                                                bfrag[sp, t, t8, h] = _deq(
+                                                                bfrag[sp, t, t8, h] = deq(
                                                                     T.shift_right(
                                                                         T.Cast("uint32", wreg[1 - par, u, t, ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) // 4),
                                                                                               ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) % 4)]),

@@ -83,6 +83,18 @@ MMA_KNOBS = [dict(warps=2, wn=2, nw=2, mt=1, xsm=False), dict(warps=2, wn=2, nw=
              dict(warps=1, wn=4, nw=2, mt=8, xsm=False), dict(warps=2, wn=2, nw=2, mt=1, xsm=True, units=2),
              dict(warps=1, wn=4, nw=2, mt=4, xsm=False, units=2)]
 MMA_SPEC = lutc.MPGemmSpec(40, 1000, 11008, wbits=4, group_size=32, zero_point=True, act_dtype="float16")
+# cuda_stream: split K inside the block, 1-6 stages deep (more stages than some warps have steps),
+# A fragments with and without rows 8..15, partial row tiles (N = 1000), scale groups of 32 to all of K.
+STREAM_CASES = [
+    (lutc.MPGemmSpec(13, 1000, 11008, wbits=4, group_size=64, zero_point=True, act_dtype="float16"),
+     dict(warps=1, wn=4, nw=2, stages=2)),
+    (lutc.MPGemmSpec(13, 1000, 11008, wbits=2, group_size=32, act_dtype="float16"),
+     dict(warps=2, wn=2, nw=1, stages=4)),
+    (lutc.MPGemmSpec(3, 1000, 1536, wbits=4, group_size=-1, act_dtype="float16"),
+     dict(warps=2, wn=1, nw=4, stages=3)),
+    (lutc.MPGemmSpec(8, 200, 512, wbits=2, group_size=128, zero_point=True, act_dtype="float16"),
+     dict(warps=2, wn=1, nw=1, stages=6)),
+]
 
 
 @pytest.mark.parametrize("knobs", LUT_KNOBS)
@@ -100,6 +112,15 @@ def test_mma_knobs_keep_results(knobs):
     kernel = lutc.build(MMA_SPEC, target="cuda", schedule="cuda_mma", knobs=knobs)
     x, qw = random_case(MMA_SPEC, seed=5)
     out = torch.full((MMA_SPEC.M, MMA_SPEC.N), float("nan"), dtype=x.dtype, device="cuda")
+    kernel(x.cuda(), qw.to("cuda"), out=out)
+    assert rel_error(out.cpu(), reference(x, qw)) < TOL["float16"]
+
+
+@pytest.mark.parametrize("spec,knobs", STREAM_CASES, ids=lambda v: str(v))
+def test_stream_knobs_keep_results(spec, knobs):
+    kernel = lutc.build(spec, target="cuda", schedule="cuda_stream", knobs=knobs)
+    x, qw = random_case(spec, seed=6)
+    out = torch.full((spec.M, spec.N), float("nan"), dtype=x.dtype, device="cuda")
     kernel(x.cuda(), qw.to("cuda"), out=out)
     assert rel_error(out.cpu(), reference(x, qw)) < TOL["float16"]
 

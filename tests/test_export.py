@@ -304,6 +304,7 @@ CUDA_SPECS = [lutc.MPGemmSpec(3, 64, 256, wbits=2, group_size=64),
               lutc.MPGemmSpec(1, 64, 512, wbits=3, format="bcq", group_size=32, act_dtype="bfloat16")]
 #: The default CUDA kernels: (shape, format fields) -> (schedule, layout), fp16 activations.
 CUDA_DEFAULTS = {"cuda_lut": (((1, 96, 512), dict(wbits=3, group_size=64, zero_point=True)), "warp32"),
+                 "cuda_stream": (((4, 64, 512), dict(wbits=2, group_size=64, zero_point=True)), "tc16"),
                  "cuda_mma": (((16, 64, 512), dict(wbits=4, group_size=128)), "tc16")}
 
 

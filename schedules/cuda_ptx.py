@@ -1,0 +1,127 @@
+"""Inline CUDA for the tensor-core kernels (``cuda_mma``, ``cuda_stream``): each snippet once, with
+the TVMScript call that uses it (statements are written ``T.evaluate(cp16(...))``). TVM pastes a
+snippet once per function name, so each snippet defines one function.
+
+TVM's TIR has no words for ``mma.sync`` on register fragments, ``ld.shared.v4`` from an address,
+or ``cp.async`` groups, so the kernels call these ``__device__`` functions through
+``T.cuda.func_call`` (TVM pastes each ``source_code`` once into the module). The dequantization
+(:func:`deq`) is the one place that turns packed codes into fp16 weights for both kernels.
+"""
+from __future__ import annotations
+
+from tvm.script import tirx as T
+
+H2_SRC = """
+__device__ __forceinline__ unsigned lutc_h2(float v) {
+  __half2 h = __float2half2_rn(v);
+  return *reinterpret_cast<unsigned*>(&h);
+}
+"""
+DEQ_SRC = """
+__device__ __forceinline__ unsigned lutc_deq(unsigned w, unsigned mask, unsigned mul, unsigned add,
+                                             unsigned s2, unsigned z2) {
+  unsigned h = (w & mask) | 0x64006400u;
+  __half2 q = __hfma2(*reinterpret_cast<__half2*>(&h), *reinterpret_cast<__half2*>(&mul),
+                      *reinterpret_cast<__half2*>(&add));
+  __half2 r = __hmul2(__hsub2(q, *reinterpret_cast<__half2*>(&z2)), *reinterpret_cast<__half2*>(&s2));
+  return *reinterpret_cast<unsigned*>(&r);
+}
+"""
+LDG128_SRC = """
+__device__ __forceinline__ void lutc_ldg128(const half* p, bool valid, unsigned* d) {
+  uint4 v = make_uint4(0u, 0u, 0u, 0u);
+  if (valid) v = __ldg(reinterpret_cast<const uint4*>(p));
+  d[0] = v.x; d[1] = v.y; d[2] = v.z; d[3] = v.w;
+}
+"""
+MMA_SRC = """
+__device__ __forceinline__ void lutc_mma(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                         unsigned b0, unsigned b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+               "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+"""
+LDS128_SRC = """
+__device__ __forceinline__ void lutc_lds128(unsigned addr, unsigned* d) {
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]) : "r"(addr));
+}
+"""
+
+
+def h2(v):
+    """``half2`` (as uint32) holding the float ``v`` twice."""
+    return T.cuda.func_call("lutc_h2", v, source_code=H2_SRC, return_type="uint32")
+
+
+def deq(word, b, v, s2, zs2):
+    """``half2`` of the two codes in slot position ``v`` of ``word`` (already shifted by 8 u):
+    ``(q - c) s`` with ``q - c`` exact in fp16 (``c`` = (2^b - 1)/2 or the zero point), one
+    rounding by the multiply."""
+    e = b * v                                            # the codes sit at bits e.. and 16 + e..
+    mask = T.shift_left(T.uint32((2 ** b - 1) * 0x10001), T.Cast("uint32", e))
+    mul_h = T.shift_left(T.Cast("uint32", 15 - e), T.uint32(10))         # 2^-e
+    add_h = T.uint32(0x8000) | T.shift_left(T.Cast("uint32", 25 - e), T.uint32(10))  # -2^(10-e)
+    return T.cuda.func_call("lutc_deq", word, mask, mul_h | T.shift_left(mul_h, T.uint32(16)),
+                            add_h | T.shift_left(add_h, T.uint32(16)), s2, zs2,
+                            source_code=DEQ_SRC, return_type="uint32")
+
+
+CP16_SRC = """
+__device__ __forceinline__ void lutc_cp16(unsigned dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(dst), "l"(src));
+}
+"""
+COMMIT_SRC = """
+__device__ __forceinline__ void lutc_cp_commit() { asm volatile("cp.async.commit_group;"); }
+"""
+LDS_SCALE_SRC = {"float16": """
+__device__ __forceinline__ unsigned lutc_lds_h2_f16(unsigned addr) {
+  unsigned short v;
+  asm volatile("ld.shared.u16 %0, [%1];" : "=h"(v) : "r"(addr));
+  return (unsigned)v | ((unsigned)v << 16);
+}
+""", "float32": """
+__device__ __forceinline__ unsigned lutc_lds_h2_f32(unsigned addr) {
+  float v;
+  asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(addr));
+  __half2 h = __float2half2_rn(v);
+  return *reinterpret_cast<unsigned*>(&h);
+}
+"""}
+
+
+def mma(acc_ptr, a0, a1, a2, a3, b0, b1):
+    """``acc += A B`` for one ``m16n8k16`` tile (fp16 in, fp32 accumulators at ``acc_ptr``)."""
+    return T.cuda.func_call("lutc_mma", acc_ptr, a0, a1, a2, a3, b0, b1, source_code=MMA_SRC)
+
+
+def lds128(addr, dst_ptr):
+    """16 bytes of shared memory at byte address ``addr`` into 4 registers at ``dst_ptr``."""
+    return T.cuda.func_call("lutc_lds128", addr, dst_ptr, source_code=LDS128_SRC)
+
+
+def cp16(dst_addr, src_ptr):
+    """Start an asynchronous 16-byte copy global -> shared (``cp.async.cg``, bypasses L1)."""
+    return T.cuda.func_call("lutc_cp16", dst_addr, src_ptr, source_code=CP16_SRC)
+
+
+def cp_commit():
+    """Close this thread's current group of ``cp.async`` copies."""
+    return T.cuda.func_call("lutc_cp_commit", source_code=COMMIT_SRC)
+
+
+def cp_wait(pending: int):
+    """Wait until at most ``pending`` of this thread's newest ``cp.async`` groups are in flight
+    (the count is an immediate in PTX, so each value is its own function)."""
+    name = f"lutc_cp_wait{pending}"
+    src = f'__device__ __forceinline__ void {name}() {{ asm volatile("cp.async.wait_group {pending};"); }}\n'
+    return T.cuda.func_call(name, source_code=src)
+
+
+def lds_scale_h2(addr, dtype: str):
+    """``half2`` (uint32) of the scale or zero point of type ``dtype`` at shared byte ``addr``."""
+    name = {"float16": "lutc_lds_h2_f16", "float32": "lutc_lds_h2_f32"}[dtype]
+    return T.cuda.func_call(name, addr, source_code=LDS_SCALE_SRC[dtype], return_type="uint32")

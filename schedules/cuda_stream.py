@@ -1,0 +1,321 @@
+"""CUDA decode-batch kernel (M <= 16): ``tc16`` weights streamed through a ``cp.async`` pipeline of
+``stages`` shared-memory buffers, dequantized in registers into ``mma.sync`` (as ``cuda_mma``).
+
+Why a second tensor-core kernel: at M <= 16 the product is bound by reading the weights, and
+``cuda_mma`` keeps only the next chunk in flight, in registers. On the H200 at 28672 x 8192 it
+took 55-60 us at M = 2..16 for W2 and W4 alike (27% of the copy floor): the time is DRAM
+latency, paid once per chunk per warp, not bytes. Here every thread copies its part of step
+``i + stages - 1`` (weights, their scales and zero points, and the block's rows of x) straight
+from global into shared memory with ``cp.async`` while it multiplies step ``i``, so
+``stages - 1`` steps of weights are in flight per warp without holding registers (the pipeline
+of Marlin, written in TIR). ``cp.async`` groups are per thread: a step waits for its own group
+(``cp.async.wait_group stages - 2``) and one barrier, which also frees the buffer of step
+``i - 1`` for refilling.
+
+Loops: a block has ``warps`` x ``wn`` warps. Warp ``(ks, wn)`` owns ``nw`` 16-row tiles of N
+(``(blockIdx.x * wn + wn) * nw + t``) and the 128-weight K units ``ks, ks + warps, ...`` (step
+``i`` is unit ``i * warps + ks``); the ``warps`` K slices are summed in shared memory at the end
+(split K inside the block, for narrow N). Per step and stage a warp's buffer holds, per lane,
+its ``nw x b/2`` 16-byte weight vectors (the ``tc16`` order: the lane reads back exactly what
+it copied), the 16 rows x groups of scales (and zero points) of its tiles, and, per K slice,
+M rows of x (fp16, padded to 136 per row against bank conflicts). Multiplying a step: 4 times,
+a 16-byte load of x per row, the fragments of two k16 steps of weights dequantized as
+``cuda_mma`` does (:func:`schedules.cuda_ptx.deq`: ``(q - c) s``, one rounding), then the mma.
+For M <= 8 the product is computed transposed, ``y^T = W x^T``: the 16 x 16 weight fragment is
+the A operand (its registers are exactly the two 8-row B fragments of ``cuda_mma``) and x^T the
+8-column B operand, so one ``m16n8k16`` covers 16 rows of N (``2 x nw`` per k16 pair) where
+padding M to 16 took two (``2 x nw x 2``); for 8 < M <= 16, x is A (rows 8..15 loaded).
+
+Limits (``supports``): CUDA sm_80+, fp16 activations, uniform format, wbits 2 or 4,
+K % 128 == 0, M <= 16. Results equal ``cuda_mma``'s up to the order of the fp32 sums.
+"""
+from __future__ import annotations
+
+from tvm import IRModule, s_tir
+from tvm.script import tirx as T
+
+from .common import drop_param, merge_knobs
+from .cuda_lut import PASS_CONFIG, SMEM_LIMIT  # noqa: F401  (TVM cannot see reads made by inline PTX)
+from .cuda_ptx import cp16, cp_commit, cp_wait, deq, h2, lds128, lds_scale_h2, mma
+
+#: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
+TEMPLATE = True
+KNOBS = {"warps": (1, 2, 4), "wn": (1, 2, 4, 8), "nw": (1, 2, 4), "stages": (2, 3, 4, 6)}
+MAX_M = 16
+#: fp16 elements per padded row of x in shared memory (128 + 8: rows start 16 bytes apart mod 128)
+X_ROW = 136
+
+
+def supports(spec, target) -> bool:
+    arch = str(target.attrs.get("arch", "")) if target.kind.name == "cuda" else ""
+    return (arch.startswith("sm_") and int(arch[3:5]) >= 80 and spec.act_dtype == "float16"
+            and spec.format == "uniform" and spec.wbits in (2, 4) and spec.K % 128 == 0
+            and spec.M <= MAX_M)
+
+
+def preferred(spec, target) -> bool:
+    """M = 2..8, and M = 1 at 4 bits (H200, ``benchmarks/results/cuda_stream_h200.md``).
+
+    At M = 1, W2 is the LUT kernel's (28672 x 8192: ``cuda_lut`` 32.4 us, this kernel 38.8) and
+    W4 this kernel's (42.9 against 54.2 us; 48.4 against 63.1 at 8192 x 28672). From M = 9 the
+    A operand is x again (no transposed product) and x takes the shared memory that stages
+    need: ``cuda_mma`` was faster at M = 16 (28672 x 8192 W2: 54.9 against 91.9 us)."""
+    return 2 <= spec.M <= 8 or (spec.M == 1 and spec.wbits == 4)
+
+
+def layout(spec, target, **knobs) -> str:
+    if knobs:
+        resolve_knobs(spec, **knobs)    # refuses impossible combinations
+    return "tc16"
+
+
+def default_knobs(spec) -> dict:
+    """Untuned choice, from the H200 sweep of ``benchmarks/bench_cuda.py --sweep cuda_stream``
+    (``benchmarks/results/sweep_cuda_stream_h200.json``, M = 4): 4 warps splitting K, 2 row
+    tiles each, 4 stages was best or within 4% on 4096 x 4096, 28672 x 8192 and 8192 x 28672
+    (W2: 7.2, 49.6, 52.2 us); where it does not fit in shared memory (W4, larger M) stages, then
+    warps, then tiles step down (:func:`resolve_knobs`)."""
+    return {"warps": 4, "wn": 1, "nw": 2, "stages": 4}
+
+
+def resolve_knobs(spec, **given) -> dict:
+    """The knobs a kernel is built with: ``given`` (None = default) over :func:`default_knobs`.
+    Raises ValueError for a value outside ``KNOBS`` or more shared memory than a block has."""
+    knobs = merge_knobs("cuda_stream", KNOBS, default_knobs(spec), given)
+    for name in ("stages", "warps", "nw"):    # a default that does not fit beside the knobs given
+        while given.get(name) is None and smem_bytes(spec, **knobs) > SMEM_LIMIT and knobs[name] > min(KNOBS[name]):
+            knobs[name] = max(v for v in KNOBS[name] if v < knobs[name])
+    used = smem_bytes(spec, **knobs)
+    if used > SMEM_LIMIT:
+        raise ValueError(f"cuda_stream knobs {knobs} need {used} bytes of shared memory "
+                         f"(limit {SMEM_LIMIT}): lower stages, nw or wn")
+    return knobs
+
+
+def stage_bytes(spec, warps: int, wn: int, nw: int) -> dict:
+    """Bytes of one pipeline stage, by part (weights, scales, zero points, x)."""
+    per_warp_tile = 16 * groups_per_unit(spec) * _scale_size(spec)
+    coef = warps * wn * nw * per_warp_tile
+    return {"w": warps * wn * nw * (spec.wbits // 2) * 512, "s": coef,
+            "z": coef if spec.zero_point else 0, "x": warps * spec.M * X_ROW * 2}
+
+
+def smem_bytes(spec, warps: int, wn: int, nw: int, stages: int) -> int:
+    ring = stages * sum(stage_bytes(spec, warps, wn, nw).values())
+    red = warps * wn * 16 * nw * 16 * 4 if warps > 1 else 0
+    return ring + red
+
+
+def groups_per_unit(spec) -> int:
+    """Scale groups that one 128-weight K unit touches (1 when a group spans whole units)."""
+    return max(1, 128 // spec.group)
+
+
+def _scale_size(spec) -> int:
+    return {"float16": 2, "float32": 4}[spec.scale_dtype]
+
+
+def schedule(func, spec, target, warps=None, wn=None, nw=None, stages=None) -> s_tir.Schedule:
+    """The streamed dequantize + mma kernel for ``spec`` (``func`` is its reference semantics)."""
+    knobs = resolve_knobs(spec, warps=warps, wn=wn, nw=nw, stages=stages)
+    return s_tir.Schedule(IRModule({"main": stream_kernel(spec, **knobs)}))
+
+
+def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
+    """The PrimFunc (module docstring). Arguments: ``x [M, K]`` fp16, ``planes`` (``tc16``),
+    ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``."""
+    M, N, K, b = spec.M, spec.N, spec.K, spec.wbits
+    S, WN, NW, P = warps, wn, nw, stages
+    NT, KU, G, gs = -(-N // 16), K // 128, spec.groups, spec.group
+    J4 = b // 2                               # 16-byte weight vectors per lane per tile and unit
+    threads = 32 * S * WN
+    steps = -(-KU // S)
+    nbx = -(-NT // (WN * NW))
+    PW, VC = 16 // b, 8 // b                  # pairs per word, slots per byte pair
+    zp, sdt, ssz = spec.zero_point, spec.scale_dtype, _scale_size(spec)
+    NG = groups_per_unit(spec)
+    CP_TILE = 16 * NG * ssz // 16             # 16-byte copies of one tile's coefficients per unit
+    EL16 = 16 // ssz                          # coefficients per 16-byte copy
+    CPL = -(-NW * CP_TILE // 32)               # such copies per lane
+    const = (2 ** b - 1) / 2.0
+    part = stage_bytes(spec, S, WN, NW)
+    STAGE = sum(part.values())
+    OFF_S, OFF_Z, OFF_X = part["w"], part["w"] + part["s"], part["w"] + part["s"] + part["z"]
+    XC = S * M * 16                           # 16-byte copies of x per stage
+    xpt = -(-XC // threads)
+    HI = M > 8                                # rows 8..15 of the A fragment hold data
+    SWAP = M <= 8                             # y^T = W x^T: one m16n8k16 per 16 x 16 weights
+    zero_shape = (NT, G, 16) if zp else (1,)
+    red_shape = (S, WN, 16, NW * 16) if S > 1 else (1,)
+    outs = WN * 16 * NW * 16
+    opt = -(-outs // threads)
+
+    @T.prim_func(s_tir=True)
+    def main(x: T.Buffer((M, K), "float16"), planes: T.Buffer((NT, KU, J4, 32, 4), "int32"),
+             scales: T.Buffer((NT, G, 16), sdt), zeros: T.Buffer(zero_shape, sdt),
+             out: T.Buffer((M, N), "float16")):
+        T.func_attr({"tirx.noalias": True})
+        for bx in T.thread_binding(nbx, thread="blockIdx.x"):
+            for tx in T.thread_binding(threads, thread="threadIdx.x"):
+                # one flat ring, written only by cp.async and read only through PTX; buffer
+                # compaction keeps the region TIR sees, so TIR is shown both ends of it
+                ring = T.alloc_buffer((P * STAGE // 4,), "uint32", scope="shared")
+                red = T.alloc_buffer(red_shape, "float32", scope="shared")
+                wreg = T.alloc_buffer((NW, J4, 4), "uint32", scope="local")
+                sreg = T.alloc_buffer((NW, 2), "uint32", scope="local")
+                zreg = T.alloc_buffer((NW, 2), "uint32", scope="local")
+                areg = T.alloc_buffer((2, 4), "uint32", scope="local")
+                bfrag = T.alloc_buffer((2, NW, 2, 2), "uint32", scope="local")
+                acc = T.alloc_buffer((NW, 2, 4), "float32", scope="local")
+                tot = T.alloc_buffer((1,), "float32", scope="local")
+                base = T.alloc_buffer((1,), "uint32", scope="local")
+                base[0] = T.cuda.cvta_generic_to_shared(T.address_of(ring[0]))
+                T.evaluate(T.address_of(ring[P * STAGE // 4 - 1]))
+                warp = T.meta_var(tx // 32)
+                lane = T.meta_var(tx % 32)
+                ks = T.meta_var(warp % S)                      # this warp's K slice
+                tile0 = T.meta_var((bx * WN + warp // S) * NW)  # this warp's first N tile
+                g4 = T.meta_var(lane // 4)                     # fragment row (and row + 8)
+                c4 = T.meta_var(lane % 4)                      # fragment k quarter: 32 weights
+                for i0 in T.unroll(NW):
+                    for i1 in T.unroll(2):
+                        for i2 in T.unroll(4):
+                            acc[i0, i1, i2] = T.float32(0)
+                # Prologue: steps 0 .. P-2 in flight, one cp.async group each.
+                for j in range(steps + P - 1):
+                    if j >= P - 1:
+                        T.evaluate(cp_wait(P - 2))             # the group of step j - P + 1 has landed
+                        T.tvm_storage_sync("shared")           # ... for every thread; stage j - 1 is free
+                    # 1. copies of step j into stage j % P
+                    if j < steps:
+                        if j * S + ks < KU:
+                            for t in T.unroll(NW):
+                                if tile0 + t < NT:
+                                    for j4 in T.unroll(J4):
+                                        T.evaluate(cp16(
+                                            base[0] + T.Cast("uint32", (j % P) * STAGE
+                                                             + (((warp * NW + t) * J4 + j4) * 32 + lane) * 16),
+                                            T.address_of(planes[tile0 + t, j * S + ks, j4, lane, 0])))
+                            for e in T.unroll(CPL):
+                                if lane + e * 32 < NW * CP_TILE:
+                                    if tile0 + (lane + e * 32) // CP_TILE < NT:
+                                        T.evaluate(cp16(
+                                            base[0] + T.Cast("uint32", (j % P) * STAGE + OFF_S
+                                                             + (warp * NW * CP_TILE + lane + e * 32) * 16),
+                                            T.address_of(scales[tile0 + (lane + e * 32) // CP_TILE,
+                                                                ((j * S + ks) * 128) // gs + (((lane + e * 32) % CP_TILE) * EL16) // 16,
+                                                                (((lane + e * 32) % CP_TILE) * EL16) % 16])))
+                                        if zp:
+                                            T.evaluate(cp16(
+                                                base[0] + T.Cast("uint32", (j % P) * STAGE + OFF_Z
+                                                                 + (warp * NW * CP_TILE + lane + e * 32) * 16),
+                                                T.address_of(zeros[tile0 + (lane + e * 32) // CP_TILE,
+                                                                   ((j * S + ks) * 128) // gs + (((lane + e * 32) % CP_TILE) * EL16) // 16,
+                                                                   (((lane + e * 32) % CP_TILE) * EL16) % 16])))
+                        for e in T.unroll(xpt):
+                            if tx + e * threads < XC:
+                                if j * S + (tx + e * threads) // (M * 16) < KU:
+                                    T.evaluate(cp16(
+                                        base[0] + T.Cast("uint32", (j % P) * STAGE + OFF_X
+                                                         + (((tx + e * threads) // 16) * X_ROW + ((tx + e * threads) % 16) * 8) * 2),
+                                        T.address_of(x[((tx + e * threads) // 16) % M,
+                                                       (j * S + (tx + e * threads) // (M * 16)) * 128
+                                                       + ((tx + e * threads) % 16) * 8])))
+                    T.evaluate(cp_commit())                    # empty groups keep the count uniform
+                    # 2. multiply step i = j - P + 1 from stage i % P
+                    if j >= P - 1:
+                        if (j - P + 1) * S + ks < KU:
+                            for t in T.unroll(NW):
+                                if tile0 + t < NT:
+                                    for j4 in T.unroll(J4):
+                                        T.evaluate(lds128(
+                                            base[0] + T.Cast("uint32", ((j - P + 1) % P) * STAGE
+                                                             + (((warp * NW + t) * J4 + j4) * 32 + lane) * 16),
+                                            T.address_of(wreg[t, j4, 0])))
+                                    for t8 in T.unroll(2):
+                                        # coefficient of row t8 * 8 + g4 in the group of k quarter c4
+                                        sreg[t, t8] = lds_scale_h2(
+                                            base[0] + T.Cast("uint32", ((j - P + 1) % P) * STAGE + OFF_S
+                                                             + (((warp * NW + t) * NG + (c4 * 32) // gs % NG) * 16
+                                                                + t8 * 8 + g4) * ssz), sdt)
+                                        if zp:
+                                            zreg[t, t8] = lds_scale_h2(
+                                                base[0] + T.Cast("uint32", ((j - P + 1) % P) * STAGE + OFF_Z
+                                                                 + (((warp * NW + t) * NG + (c4 * 32) // gs % NG) * 16
+                                                                    + t8 * 8 + g4) * ssz), sdt)
+                                        else:
+                                            zreg[t, t8] = h2(T.float32(const))
+                            for s2 in T.unroll(4):
+                                for sp in T.unroll(2):
+                                    for t in T.unroll(NW):
+                                        for t8 in T.unroll(2):
+                                            for h in T.unroll(2):
+                                                bfrag[sp, t, t8, h] = deq(
+                                                    T.shift_right(
+                                                        T.Cast("uint32", wreg[t, ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) // 4),
+                                                                              ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) % 4)]),
+                                                        T.Cast("uint32", 8 * ((((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) // VC))),
+                                                    b, (((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) % VC,
+                                                    sreg[t, t8], zreg[t, t8])
+                                for r in T.unroll(2 if HI else 1):
+                                    if r * 8 + g4 < M:
+                                        T.evaluate(lds128(
+                                            base[0] + T.Cast("uint32", ((j - P + 1) % P) * STAGE + OFF_X
+                                                             + ((ks * M + r * 8 + g4) * X_ROW + c4 * 32 + s2 * 8) * 2),
+                                            T.address_of(areg[r, 0])))
+                                    else:
+                                        for q in T.unroll(4):
+                                            areg[r, q] = T.uint32(0)
+                                for sp in T.unroll(2):
+                                    for t in T.unroll(NW):
+                                        if tile0 + t < NT:
+                                            if SWAP:   # W tile as A (16 rows of N), x^T as B (8 rows of M)
+                                                T.evaluate(mma(
+                                                    T.address_of(acc[t, 0, 0]),
+                                                    bfrag[sp, t, 0, 0], bfrag[sp, t, 1, 0], bfrag[sp, t, 0, 1], bfrag[sp, t, 1, 1],
+                                                    areg[0, sp * 2], areg[0, sp * 2 + 1]))
+                                            else:
+                                                for t8 in T.unroll(2):
+                                                    T.evaluate(mma(
+                                                        T.address_of(acc[t, t8, 0]),
+                                                        areg[0, sp * 2], areg[1, sp * 2] if HI else T.uint32(0),
+                                                        areg[0, sp * 2 + 1], areg[1, sp * 2 + 1] if HI else T.uint32(0),
+                                                        bfrag[sp, t, t8, 0], bfrag[sp, t, t8, 1]))
+                # epilogue. Lane holds, of each 16 x 8 tile of C: rows g4, g4 + 8, columns 2 c4, 2 c4 + 1;
+                # rows are M and columns N, or (SWAP) rows are N and columns M.
+                if S == 1:
+                    for t in T.unroll(NW):
+                        for t8 in T.unroll(1 if SWAP else 2):
+                            for q in T.unroll(4 if HI or SWAP else 2):
+                                if SWAP:
+                                    if c4 * 2 + q % 2 < M and (tile0 + t) * 16 + (q // 2) * 8 + g4 < N:
+                                        out[c4 * 2 + q % 2, (tile0 + t) * 16 + (q // 2) * 8 + g4] = T.Cast(
+                                            "float16", acc[t, 0, q])
+                                elif (g4 + (q // 2) * 8 < M
+                                        and (tile0 + t) * 16 + t8 * 8 + c4 * 2 + q % 2 < N):
+                                    out[g4 + (q // 2) * 8, (tile0 + t) * 16 + t8 * 8 + c4 * 2 + q % 2] = T.Cast(
+                                        "float16", acc[t, t8, q])
+                else:
+                    for t in T.unroll(NW):
+                        for t8 in T.unroll(1 if SWAP else 2):
+                            for q in T.unroll(4):
+                                if SWAP:
+                                    red[ks, warp // S, c4 * 2 + q % 2, t * 16 + (q // 2) * 8 + g4] = acc[t, 0, q]
+                                else:
+                                    red[ks, warp // S, g4 + (q // 2) * 8, t * 16 + t8 * 8 + c4 * 2 + q % 2] = acc[t, t8, q]
+                    T.tvm_storage_sync("shared")
+                    for e in range(opt):
+                        if tx + e * threads < outs:
+                            if (((tx + e * threads) // (NW * 16)) % 16 < M
+                                    and (bx * WN + (tx + e * threads) // (16 * NW * 16)) * NW * 16
+                                    + (tx + e * threads) % (NW * 16) < N):
+                                tot[0] = T.float32(0)
+                                for s in T.unroll(S):
+                                    tot[0] = tot[0] + red[s, (tx + e * threads) // (16 * NW * 16),
+                                                          ((tx + e * threads) // (NW * 16)) % 16,
+                                                          (tx + e * threads) % (NW * 16)]
+                                out[((tx + e * threads) // (NW * 16)) % 16,
+                                    (bx * WN + (tx + e * threads) // (16 * NW * 16)) * NW * 16
+                                    + (tx + e * threads) % (NW * 16)] = T.Cast("float16", tot[0])
+
+    return main if zp else drop_param(main, "zeros")
