@@ -306,7 +306,29 @@ def import_gguf(source: Union[str, os.PathLike, object], name: str,
     if qtype.name not in _GGUF:
         raise ValueError(f"GGUF tensor {name!r} is {qtype.name}; lutc imports {sorted(_GGUF)} "
                          f"(lutc.importers docstring says why not the others)")
-    return _GGUF[qtype.name](blocks, N, K)
+    return import_ggml_blocks(blocks, qtype.name, N, K)
+
+
+def import_ggml_blocks(blocks: np.ndarray, qtype: str, N: int, K: int) -> PackedWeights:
+    """ggml's quantized blocks of an ``[N, K]`` weight (``uint8 [N, bytes per row]``, ggml's
+    row order: the bytes of ``ggml_tensor.data`` or of a GGUF tensor) as packed weights, exactly.
+
+    ``qtype``: a ggml type name lutc imports (``Q4_0``, ``Q4_1``, ``Q4_K``, ``TQ1_0``, ``TQ2_0``).
+    Used by :func:`import_gguf` and by hosts that hand lutc a ggml tensor (``examples/ggml``).
+
+    Example:
+        >>> import gguf, numpy as np
+        >>> w = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
+        >>> blocks = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_0)
+        >>> qw = lutc.importers.import_ggml_blocks(blocks, "Q4_0", 64, 256)
+        >>> qw.wbits, qw.group_size, qw.zero_point
+        (4, 32, True)
+    """
+    if qtype not in _GGUF:
+        raise ValueError(f"ggml type {qtype!r}: lutc imports {sorted(_GGUF)} "
+                         f"(lutc.importers docstring says why not the others)")
+    rows = np.ascontiguousarray(blocks, dtype=np.uint8).reshape(N, -1)
+    return _GGUF[qtype](rows, N, K)
 
 
 def _blocks(rows: np.ndarray, N: int, K: int, block_bytes: int, per_block: int) -> np.ndarray:

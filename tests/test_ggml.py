@@ -1,0 +1,88 @@
+"""lutc inside llama.cpp's engine (ggml): ggml's blocks imported exactly, and the example that
+runs a lutc kernel as a ggml graph op (on ggml's thread pool) beside ggml's own mul_mat.
+
+The example test builds ggml's CPU backend from the llama-cpp-python sdist once (a 77 MB download
+and about 30 s on 2 cores, cached in ~/.cache/lutc or GGML_DIR); it skips without cmake or network here, and
+fails instead in CI.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lutc
+from lutc.importers import import_ggml_blocks
+
+gguf = pytest.importorskip("gguf")
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "ggml"
+TYPES = ("Q4_0", "Q4_1", "TQ1_0", "TQ2_0")
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_ggml_blocks_import_exactly(qtype):
+    N, K = 48, 512
+    w = np.random.default_rng(7).standard_normal((N, K)).astype(np.float32) * 0.05
+    blocks = gguf.quants.quantize(w, gguf.GGMLQuantizationType[qtype])
+    expected = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType[qtype]).astype(np.float64)
+    qw = import_ggml_blocks(blocks, qtype, N, K)
+    assert np.abs(qw.dequantize().double().numpy() - expected).max() <= 1e-6 * np.abs(expected).max()
+
+
+def test_unknown_ggml_types_and_ragged_rows_are_named():
+    with pytest.raises(ValueError, match="ggml type 'Q2_K': lutc imports"):
+        import_ggml_blocks(np.zeros((4, 84), np.uint8), "Q2_K", 4, 256)
+    with pytest.raises(ValueError, match="does not hold 512 weights in blocks of 32"):
+        import_ggml_blocks(np.zeros((4, 100), np.uint8), "Q4_0", 4, 512)
+
+
+def _ggml_dir() -> str:
+    if shutil.which("cmake") is None and not os.environ.get("CI"):
+        pytest.skip("cmake not installed (CI has it, and there this test fails instead)")
+    run = subprocess.run(["bash", str(EXAMPLE / "build_ggml.sh")], capture_output=True, text=True)
+    if run.returncode != 0:
+        if not os.environ.get("CI") and "pip" in run.stderr and "download" in run.stderr.lower():
+            pytest.skip("cannot download the llama-cpp-python sdist here")
+        raise AssertionError(run.stderr[-3000:])
+    return run.stdout.strip().splitlines()[-1]
+
+
+LINE = re.compile(r"^(ggml|lutc) (\S+): rel_err (\S+), (\S+) us")
+
+
+@pytest.mark.parametrize("qtype,shape", [("Q4_0", (1, 256, 512)), ("Q4_0", (5, 200, 1024)),
+                                         ("TQ2_0", (3, 128, 768)), ("TQ1_0", (1, 64, 512))])
+def test_lutc_kernel_runs_in_a_ggml_graph(tmp_path, qtype, shape):
+    ggml = _ggml_dir()
+    sys.path.insert(0, str(EXAMPLE))
+    import prepare
+    kernel = prepare.prepare(tmp_path, qtype, shape, seed=shape[0])
+    assert kernel.schedule == "x86"    # the SIMD LUT kernel, not a generic fallback
+    build = subprocess.run(["bash", str(EXAMPLE / "build.sh"), str(tmp_path)], capture_output=True, text=True,
+                           env={**os.environ, "GGML_DIR": ggml})
+    assert build.returncode == 0, build.stderr[-3000:]
+    for threads in (1, 2):
+        run = subprocess.run([str(tmp_path / "lutc_in_ggml"), str(tmp_path), "--threads", str(threads),
+                              "--copies", "2", "--calls", "3"], capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout + run.stderr
+        found = {m.group(1): m for m in map(LINE.match, run.stdout.splitlines()) if m}
+        assert found["ggml"].group(2) == qtype and found["lutc"].group(2) == kernel.layout
+        # both quantize x to 8 bits: ggml per block of 32 (Q8_0/Q8_K), lutc per table
+        assert float(found["ggml"].group(3)) < 3e-2 and float(found["lutc"].group(3)) < 3e-2
+
+
+def test_the_example_refuses_a_weight_in_another_layout(tmp_path):
+    ggml = _ggml_dir()
+    sys.path.insert(0, str(EXAMPLE))
+    import prepare
+    prepare.prepare(tmp_path, "Q4_0", (1, 128, 512))
+    assert subprocess.run(["bash", str(EXAMPLE / "build.sh"), str(tmp_path)], capture_output=True,
+                          env={**os.environ, "GGML_DIR": ggml}).returncode == 0
+    qw = lutc.importers.import_ggml_blocks(np.fromfile(tmp_path / "ggml.bin", np.uint8), "Q4_0", 128, 512)
+    lutc.save_weights(qw, tmp_path / "weights.lutcw", layout="bitplane")
+    run = subprocess.run([str(tmp_path / "lutc_in_ggml"), str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode == 2 and "not in the kernel's layout" in run.stderr
