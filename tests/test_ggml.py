@@ -40,10 +40,13 @@ def test_unknown_ggml_types_and_ragged_rows_are_named():
         import_ggml_blocks(np.zeros((4, 100), np.uint8), "Q4_0", 4, 512)
 
 
-def _ggml_dir() -> str:
-    if shutil.which("cmake") is None and not os.environ.get("CI"):
-        pytest.skip("cmake not installed (CI has it, and there this test fails instead)")
-    run = subprocess.run(["bash", str(EXAMPLE / "build_ggml.sh")], capture_output=True, text=True)
+def _ggml_dir(arch: str = "native") -> str:
+    tools = ["cmake"] + (["aarch64-linux-gnu-g++", "qemu-aarch64"] if arch == "aarch64" else [])
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing and not os.environ.get("CI"):
+        pytest.skip(f"{missing} not installed (CI installs them, and there this test fails instead)")
+    run = subprocess.run(["bash", str(EXAMPLE / "build_ggml.sh")], capture_output=True, text=True,
+                         env={**os.environ, "GGML_ARCH": arch})
     if run.returncode != 0:
         if not os.environ.get("CI") and "pip" in run.stderr and "download" in run.stderr.lower():
             pytest.skip("cannot download the llama-cpp-python sdist here")
@@ -63,7 +66,7 @@ def test_lutc_kernel_runs_in_a_ggml_graph(tmp_path, qtype, shape):
     kernel = prepare.prepare(tmp_path, qtype, shape, seed=shape[0])
     assert kernel.schedule == "x86"    # the SIMD LUT kernel, not a generic fallback
     build = subprocess.run(["bash", str(EXAMPLE / "build.sh"), str(tmp_path)], capture_output=True, text=True,
-                           env={**os.environ, "GGML_DIR": ggml})
+                           env={**os.environ, "GGML_DIR": ggml, "GGML_ARCH": "native"})
     assert build.returncode == 0, build.stderr[-3000:]
     for threads in (1, 2):
         run = subprocess.run([str(tmp_path / "lutc_in_ggml"), str(tmp_path), "--threads", str(threads),
@@ -81,8 +84,28 @@ def test_the_example_refuses_a_weight_in_another_layout(tmp_path):
     import prepare
     prepare.prepare(tmp_path, "Q4_0", (1, 128, 512))
     assert subprocess.run(["bash", str(EXAMPLE / "build.sh"), str(tmp_path)], capture_output=True,
-                          env={**os.environ, "GGML_DIR": ggml}).returncode == 0
+                          env={**os.environ, "GGML_DIR": ggml, "GGML_ARCH": "native"}).returncode == 0
     qw = lutc.importers.import_ggml_blocks(np.fromfile(tmp_path / "ggml.bin", np.uint8), "Q4_0", 128, 512)
     lutc.save_weights(qw, tmp_path / "weights.lutcw", layout="bitplane")
     run = subprocess.run([str(tmp_path / "lutc_in_ggml"), str(tmp_path)], capture_output=True, text=True)
     assert run.returncode == 2 and "not in the kernel's layout" in run.stderr
+
+
+@pytest.mark.parametrize("qtype,shape", [("Q4_0", (3, 128, 512)), ("TQ2_0", (1, 64, 512))])
+def test_neon_kernel_runs_in_a_ggml_graph_under_qemu(tmp_path, qtype, shape):
+    """The same embedding cross-built for aarch64 (lutc's NEON kernel, ggml's NEON paths), run
+    under qemu-aarch64: results only (qemu's timings say nothing about a real ARM core)."""
+    ggml = _ggml_dir("aarch64")
+    sys.path.insert(0, str(EXAMPLE))
+    import prepare
+    kernel = prepare.prepare(tmp_path, qtype, shape, target="arm")
+    assert kernel.schedule == "arm"
+    build = subprocess.run(["bash", str(EXAMPLE / "build.sh"), str(tmp_path)], capture_output=True, text=True,
+                           env={**os.environ, "GGML_DIR": ggml, "GGML_ARCH": "aarch64"})
+    assert build.returncode == 0, build.stderr[-3000:]
+    run = subprocess.run(["qemu-aarch64", str(tmp_path / "lutc_in_ggml"), str(tmp_path), "--threads", "2",
+                          "--calls", "1"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    found = {m.group(1): m for m in map(LINE.match, run.stdout.splitlines()) if m}
+    assert found["lutc"].group(2) == kernel.layout
+    assert float(found["ggml"].group(3)) < 3e-2 and float(found["lutc"].group(3)) < 3e-2
