@@ -317,8 +317,8 @@ def candidates(sname: str, M: int) -> list:
         cands = [dict(warps=w, wn=n, nw=t, mt=m, xsm=x, units=u) for (w, n, t, m, x, u) in sets]
     elif sname == "cuda_stream":   # (warps, wn, nw, stages)
         cands = [dict(warps=w, wn=n, nw=t, stages=p) for (w, n, t, p) in (
-            (1, 4, 2, 4), (1, 4, 2, 3), (1, 4, 1, 6), (1, 8, 1, 4), (1, 2, 4, 3), (1, 4, 2, 2), (2, 2, 2, 4),
-            (2, 4, 1, 4), (4, 2, 1, 4), (4, 1, 2, 4), (4, 2, 1, 3), (2, 2, 1, 6), (1, 8, 2, 2), (4, 1, 1, 6))]
+            (4, 1, 2, 4), (4, 1, 2, 6), (4, 1, 2, 8), (4, 1, 4, 3), (4, 1, 4, 4), (4, 2, 1, 4), (4, 2, 1, 6),
+            (4, 2, 2, 3), (2, 2, 2, 4), (2, 2, 2, 6), (2, 1, 4, 4), (4, 1, 1, 8), (1, 4, 1, 6), (2, 4, 1, 4))]
     else:
         cands = [dict(warps=w, tiles=t, rows=r, units=u) for (w, t, r, u) in (
             (4, 2, 1, 2), (4, 1, 1, 2), (8, 1, 1, 1), (4, 2, 1, 1), (4, 1, 2, 1), (2, 4, 1, 2),

@@ -503,6 +503,9 @@ def _cuda_launcher(name: str, args: list, launches: list, workspace: list, sigs:
                 raise RuntimeError(f"kernel {launch['name']} takes {arg!r}, neither an argument nor "
                                    "a workspace buffer")
         g, b = launch["grid"], launch["block"]
+        if launch["dyn_shared_bytes"] > 48 * 1024:    # past the default limit: opt in per kernel
+            lines.append(f"  if (cudaFuncSetAttribute({launch['name']}, cudaFuncAttributeMaxDynamicSharedMemorySize, "
+                         f"{launch['dyn_shared_bytes']}) != cudaSuccess) return (int)cudaGetLastError();")
         lines.append(f"  {launch['name']}<<<dim3({g[0]}, {g[1]}, {g[2]}), dim3({b[0]}, {b[1]}, {b[2]}), "
                      f"{launch['dyn_shared_bytes']}, s>>>({', '.join(exprs)});")
     lines += ["  return (int)cudaGetLastError();", "}", ""]

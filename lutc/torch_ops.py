@@ -108,9 +108,9 @@ class LayoutPlan:
 
     A second copy is planned only on CUDA, where the decode kernel (``cuda_lut``, ``warp32``) and
     the batch kernels (``cuda_stream`` and ``cuda_mma``, ``tc16``) read different layouts: fp16 W2,
-    where on an H200 at 28672x8192 the LUT kernel takes 32.4 us at M = 1 and ``cuda_stream``
-    38.8, and the LUT kernel builds one table per row of x (M = 4: 126.7 us against 40.6). At W4
-    ``cuda_stream`` is also the M = 1 kernel (42.9 against 54.2 us): one ``tc16`` copy. The copy costs
+    where on an H200 at 28672x8192 the LUT kernel takes 32.7 us at M = 1 and ``cuda_stream``
+    35.3, and the LUT kernel builds one table per row of x (M = 4: 127.3 us against 39.9). At W4
+    ``cuda_stream`` is also the M = 1 kernel (43.6 against 54.6 us): one ``tc16`` copy. The copy costs
     the packed bits once more (W2: 2 more bits per weight). CPUs hold one copy: the decode
     kernel's layout, and every other bucket runs the fastest kernel that reads it.
     """

@@ -17,11 +17,13 @@ cores; at the M of decoding and small batches the kernel is bound by reading the
 
 Weights come in the ``tc16`` layout of :mod:`lutc.formats`: integer codes pre-permuted so that
 one 16-byte load per lane gives it the B fragments of two 8-row tiles for a 128-weight unit
-(W2; two loads for W4), coalesced across the warp. Dequantization of two codes (a ``half2``):
-``LOP3`` (mask + fp16 magic ``0x6400``: ``1024 + q 2^(b v)``), ``HFMA2`` (exactly ``q``), ``HFMA2``
-with the group scale and ``-c s`` (``c = (2^b - 1)/2`` or the zero point): 1.5 instructions per
-weight. Lane ``c`` of a quad reads a contiguous 32-k range of the unit; the activations are read
-with the same permutation of k (16-byte shared-memory loads), so the products are unchanged.
+(W2; two loads for W4), coalesced across the warp. Dequantization of two codes (a ``half2``,
+:func:`schedules.cuda_ptx.deq`): ``LOP3`` (mask + fp16 magic ``0x6400``: ``1024 + q 2^(b v)``),
+``HFMA2`` (exactly ``q``), ``HSUB2`` (``q - c``, exact; ``c = (2^b - 1)/2`` or the zero point),
+``HMUL2`` by the group scale: 2 instructions per weight; without zero points
+:func:`~schedules.cuda_ptx.deq_c` folds ``- c`` into the ``HFMA2``: 1.5. Lane ``c`` of a quad
+reads a contiguous 32-k range of the unit; the activations are read with the same permutation
+of k (16-byte shared-memory loads), so the products are unchanged.
 
 Loops: blocks of ``wn`` x ``warps`` warps; ``wn`` warps side by side along N (``nw`` 16-row tiles
 each), ``warps`` along K (split-K, added in shared memory at the end); ``mt`` 16-row tiles of M
@@ -43,7 +45,7 @@ from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
 from .common import drop_param, merge_knobs
-from .cuda_ptx import LDG128_SRC, LDS128_SRC, MMA_SRC, deq, h2
+from .cuda_ptx import LDG128_SRC, LDS128_SRC, MMA_SRC, deq, deq_c, h2
 from .cuda_lut import PASS_CONFIG, SMEM_LIMIT  # noqa: F401  (one limit; TVM cannot see reads made by inline PTX)
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
@@ -205,8 +207,6 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
                                                                 (bx * WN + tx // (32 * S)) * NW + t,
                                                                 ((((k2 * 2 + par) * S + (tx // 32) % S) * UW + u) * 128 + (tx % 4) * 32) // gs,
                                                                 t8 * 8 + (tx % 32) // 4]))
-                                                        else:
-                                                            zreg[par, u, t, t8] = h2(T.float32(const))
                                     if XPRE:
                                         for e in T.unroll(vpt):
                                             if tx + e * threads < vecs:
@@ -227,13 +227,22 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
                                                     for t in T.unroll(NW):
                                                         for t8 in T.unroll(2):
                                                             for h in T.unroll(2):
-                                                                bfrag[sp, t, t8, h] = deq(
-                                                                    T.shift_right(
-                                                                        T.Cast("uint32", wreg[1 - par, u, t, ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) // 4),
-                                                                                              ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) % 4)]),
-                                                                        T.Cast("uint32", 8 * ((((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) // VC))),
-                                                                    b, (((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) % VC,
-                                                                    sreg[1 - par, u, t, t8], zreg[1 - par, u, t, t8])
+                                                                if zp:
+                                                                    bfrag[sp, t, t8, h] = deq(
+                                                                        T.shift_right(
+                                                                            T.Cast("uint32", wreg[1 - par, u, t, ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) // 4),
+                                                                                                  ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) % 4)]),
+                                                                            T.Cast("uint32", 8 * ((((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) // VC))),
+                                                                        b, (((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) % VC,
+                                                                        sreg[1 - par, u, t, t8], zreg[1 - par, u, t, t8])
+                                                                else:
+                                                                    bfrag[sp, t, t8, h] = deq_c(
+                                                                        T.shift_right(
+                                                                            T.Cast("uint32", wreg[1 - par, u, t, ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) // 4),
+                                                                                                  ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) % 4)]),
+                                                                            T.Cast("uint32", 8 * ((((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) // VC))),
+                                                                        b, (((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) % VC,
+                                                                        sreg[1 - par, u, t, t8], const)
                                                 for i in T.unroll(MT):
                                                     for r in T.unroll(2):
                                                         if xsm:

@@ -69,6 +69,36 @@ def deq(word, b, v, s2, zs2):
                             source_code=DEQ_SRC, return_type="uint32")
 
 
+DEQ_C_SRC = """
+__device__ __forceinline__ unsigned lutc_deq_c(unsigned w, unsigned mask, unsigned mul, unsigned add,
+                                               unsigned s2) {
+  unsigned h = (w & mask) | 0x64006400u;
+  __half2 r = __hmul2(__hfma2(*reinterpret_cast<__half2*>(&h), *reinterpret_cast<__half2*>(&mul),
+                              *reinterpret_cast<__half2*>(&add)), *reinterpret_cast<__half2*>(&s2));
+  return *reinterpret_cast<unsigned*>(&r);
+}
+"""
+
+
+def deq_c(word, b, v, s2, c: float):
+    """:func:`deq` for the format's constant zero ``c = (2^b - 1)/2`` (no zero points), one
+    instruction shorter: the ``HFMA2`` that undoes the magic number also subtracts ``c``.
+
+    ``1024 2^-e + c`` must be exact in fp16, which a half-integer ``c`` is not next to 1024, so
+    the codes are read one bit higher (``word << 1``: ``e = b v + 1 >= 1``, the spacing of fp16
+    at ``2^(10-e)`` is ``2^-e <= 1/2``); the FMA's exact result ``q - c`` rounds to itself, and
+    the multiply by ``s`` is the one rounding, as in :func:`deq`: bit-identical results."""
+    e = b * v + 1                                        # the codes, one bit up
+    mask = T.shift_left(T.uint32((2 ** b - 1) * 0x10001), T.Cast("uint32", e))
+    mul_h = T.shift_left(T.Cast("uint32", 15 - e), T.uint32(10))         # 2^-e
+    # -(2^(10-e) + c): exponent of 2^(10-e), mantissa c 2^e = (2c) 2^(e-1)
+    add_h = (T.uint32(0x8000) | T.shift_left(T.Cast("uint32", 25 - e), T.uint32(10))
+             | T.shift_left(T.uint32(int(2 * c)), T.Cast("uint32", e - 1)))
+    return T.cuda.func_call("lutc_deq_c", T.shift_left(word, T.uint32(1)), mask,
+                            mul_h | T.shift_left(mul_h, T.uint32(16)), add_h | T.shift_left(add_h, T.uint32(16)),
+                            s2, source_code=DEQ_C_SRC, return_type="uint32")
+
+
 CP16_SRC = """
 __device__ __forceinline__ void lutc_cp16(unsigned dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(dst), "l"(src));

@@ -14,13 +14,16 @@ of Marlin, written in TIR). ``cp.async`` groups are per thread: a step waits for
 
 Loops: a block has ``warps`` x ``wn`` warps. Warp ``(ks, wn)`` owns ``nw`` 16-row tiles of N
 (``(blockIdx.x * wn + wn) * nw + t``) and the 128-weight K units ``ks, ks + warps, ...`` (step
-``i`` is unit ``i * warps + ks``); the ``warps`` K slices are summed in shared memory at the end
-(split K inside the block, for narrow N). Per step and stage a warp's buffer holds, per lane,
-its ``nw x b/2`` 16-byte weight vectors (the ``tc16`` order: the lane reads back exactly what
-it copied), the 16 rows x groups of scales (and zero points) of its tiles, and, per K slice,
-M rows of x (fp16, padded to 136 per row against bank conflicts). Multiplying a step: 4 times,
+``i`` is unit ``i * warps + ks``): split K inside the block, the ``warps`` slices summed at the
+end in the ring's storage, free by then. The ring is dynamic shared memory (past 48 KB where
+the knobs ask; :data:`SMEM_LIMIT`). Per step and stage a warp's part holds, per lane, its
+``nw x b/2`` 16-byte weight vectors (the ``tc16`` order: the lane reads back exactly what it
+copied), the 16 rows x groups of scales (and zero points) of its tiles, and, per K slice, M
+rows of x (fp16, padded to 136 per row against bank conflicts). Multiplying a step: 4 times,
 a 16-byte load of x per row, the fragments of two k16 steps of weights dequantized as
-``cuda_mma`` does (:func:`schedules.cuda_ptx.deq`: ``(q - c) s``, one rounding), then the mma.
+``cuda_mma`` does (:func:`schedules.cuda_ptx.deq`: ``(q - c) s``, one rounding; without zero
+points :func:`~schedules.cuda_ptx.deq_c`, which folds ``- c`` into the magic-number FMA: at
+M <= 8 the kernel is bound by these instructions, W2 and W4 took the same time), then the mma.
 For M <= 8 the product is computed transposed, ``y^T = W x^T``: the 16 x 16 weight fragment is
 the A operand (its registers are exactly the two 8-row B fragments of ``cuda_mma``) and x^T the
 8-column B operand, so one ``m16n8k16`` covers 16 rows of N (``2 x nw`` per k16 pair) where
@@ -35,13 +38,18 @@ from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
 from .common import drop_param, merge_knobs
-from .cuda_lut import PASS_CONFIG, SMEM_LIMIT  # noqa: F401  (TVM cannot see reads made by inline PTX)
-from .cuda_ptx import cp16, cp_commit, cp_wait, deq, h2, lds128, lds_scale_h2, mma
+from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
+from .cuda_ptx import cp16, cp_commit, cp_wait, deq, deq_c, lds128, lds_scale_h2, mma
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
-KNOBS = {"warps": (1, 2, 4), "wn": (1, 2, 4, 8), "nw": (1, 2, 4), "stages": (2, 3, 4, 6)}
+KNOBS = {"warps": (1, 2, 4), "wn": (1, 2, 4, 8), "nw": (1, 2, 4), "stages": (2, 3, 4, 6, 8)}
 MAX_M = 16
+#: Shared memory of one block (the ring is dynamic shared memory, the reduction static): the
+#: opt-in limit of sm_86/sm_89 (99 KB), the smallest of the GPUs this kernel supports (sm_80
+#: allows 163 KB, sm_90 227 KB). TVM's CUDA runtime and ``lutc export``'s launcher raise the
+#: kernel's dynamic limit past the default 48 KB.
+SMEM_LIMIT = 99 * 1024
 #: fp16 elements per padded row of x in shared memory (128 + 8: rows start 16 bytes apart mod 128)
 X_ROW = 136
 
@@ -56,10 +64,11 @@ def supports(spec, target) -> bool:
 def preferred(spec, target) -> bool:
     """M = 2..8, and M = 1 at 4 bits (H200, ``benchmarks/results/cuda_stream_h200.md``).
 
-    At M = 1, W2 is the LUT kernel's (28672 x 8192: ``cuda_lut`` 32.4 us, this kernel 38.8) and
-    W4 this kernel's (42.9 against 54.2 us; 48.4 against 63.1 at 8192 x 28672). From M = 9 the
+    At M = 1, W2 is the LUT kernel's (28672 x 8192: ``cuda_lut`` 32.7 us, this kernel 35.3) and
+    W4 this kernel's (43.6 against 54.6 us; 44.6 against 63.5 at 8192 x 28672). From M = 9 the
     A operand is x again (no transposed product) and x takes the shared memory that stages
-    need: ``cuda_mma`` was faster at M = 16 (28672 x 8192 W2: 54.9 against 91.9 us)."""
+    need: ``cuda_mma`` was faster at M = 16 on 28672 x 8192 (W2: 55.1 against 60.9 us), slower
+    on 8192 x 28672 (83.0 against 68.3): a tie left to the tuner."""
     return 2 <= spec.M <= 8 or (spec.M == 1 and spec.wbits == 4)
 
 
@@ -70,12 +79,20 @@ def layout(spec, target, **knobs) -> str:
 
 
 def default_knobs(spec) -> dict:
-    """Untuned choice, from the H200 sweep of ``benchmarks/bench_cuda.py --sweep cuda_stream``
-    (``benchmarks/results/sweep_cuda_stream_h200.json``, M = 4): 4 warps splitting K, 2 row
-    tiles each, 4 stages was best or within 4% on 4096 x 4096, 28672 x 8192 and 8192 x 28672
-    (W2: 7.2, 49.6, 52.2 us); where it does not fit in shared memory (W4, larger M) stages, then
-    warps, then tiles step down (:func:`resolve_knobs`)."""
-    return {"warps": 4, "wn": 1, "nw": 2, "stages": 4}
+    """Untuned choice, from the H200 sweeps of ``benchmarks/bench_cuda.py --sweep cuda_stream``
+    (``benchmarks/results/sweep_cuda_stream_h200*.json``) on 4096 x 4096, 28672 x 8192 and
+    8192 x 28672: 4 warps splitting K with 4 stages; 2 row tiles each up to M = 4 (28672 x 8192
+    W2: 35.1 us at M = 1); for M = 5..8 (x fills more of each stage) 2 warps side by side, with
+    2 tiles each and 3 stages on wide N (28672 x 8192 M = 8: 43.1 us W2, 47.6 W4, against 46.1
+    and 52.3 with 1 tile) and 1 tile, 4 stages on narrow N (4096 x 4096: 7.3 against 9.1 us);
+    2 x 2 tiles and 3 stages beyond. Where a choice
+    does not fit in shared memory, stages, then warps, then tiles step down (:func:`resolve_knobs`)."""
+    if spec.M <= 4:
+        return {"warps": 4, "wn": 1, "nw": 2, "stages": 4}
+    if spec.M <= 8:     # wide N: 2 tiles per warp; narrow N: 1, for enough blocks
+        wide = -(-spec.N // 16) > 1024
+        return {"warps": 4, "wn": 2, "nw": 2 if wide else 1, "stages": 3 if wide else 4}
+    return {"warps": 4, "wn": 2, "nw": 2, "stages": 3}
 
 
 def resolve_knobs(spec, **given) -> dict:
@@ -101,9 +118,10 @@ def stage_bytes(spec, warps: int, wn: int, nw: int) -> dict:
 
 
 def smem_bytes(spec, warps: int, wn: int, nw: int, stages: int) -> int:
+    """Dynamic shared memory of one block: the ring, whose storage the split-K sum reuses."""
     ring = stages * sum(stage_bytes(spec, warps, wn, nw).values())
     red = warps * wn * 16 * nw * 16 * 4 if warps > 1 else 0
-    return ring + red
+    return max(ring, red)
 
 
 def groups_per_unit(spec) -> int:
@@ -146,7 +164,8 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
     HI = M > 8                                # rows 8..15 of the A fragment hold data
     SWAP = M <= 8                             # y^T = W x^T: one m16n8k16 per 16 x 16 weights
     zero_shape = (NT, G, 16) if zp else (1,)
-    red_shape = (S, WN, 16, NW * 16) if S > 1 else (1,)
+    RED = S * WN * 16 * NW * 16 if S > 1 else 0   # fp32 partial sums of the K slices, in the ring
+    WORDS = max(P * STAGE, 4 * RED) // 4
     outs = WN * 16 * NW * 16
     opt = -(-outs // threads)
 
@@ -159,8 +178,8 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
             for tx in T.thread_binding(threads, thread="threadIdx.x"):
                 # one flat ring, written only by cp.async and read only through PTX; buffer
                 # compaction keeps the region TIR sees, so TIR is shown both ends of it
-                ring = T.alloc_buffer((P * STAGE // 4,), "uint32", scope="shared")
-                red = T.alloc_buffer(red_shape, "float32", scope="shared")
+                # (one dynamic allocation: TVM merges no others into it)
+                ring = T.alloc_buffer((WORDS,), "uint32", scope="shared.dyn")
                 wreg = T.alloc_buffer((NW, J4, 4), "uint32", scope="local")
                 sreg = T.alloc_buffer((NW, 2), "uint32", scope="local")
                 zreg = T.alloc_buffer((NW, 2), "uint32", scope="local")
@@ -170,7 +189,7 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                 tot = T.alloc_buffer((1,), "float32", scope="local")
                 base = T.alloc_buffer((1,), "uint32", scope="local")
                 base[0] = T.cuda.cvta_generic_to_shared(T.address_of(ring[0]))
-                T.evaluate(T.address_of(ring[P * STAGE // 4 - 1]))
+                T.evaluate(T.address_of(ring[WORDS - 1]))
                 warp = T.meta_var(tx // 32)
                 lane = T.meta_var(tx % 32)
                 ks = T.meta_var(warp % S)                      # this warp's K slice
@@ -243,20 +262,27 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                                                 base[0] + T.Cast("uint32", ((j - P + 1) % P) * STAGE + OFF_Z
                                                                  + (((warp * NW + t) * NG + (c4 * 32) // gs % NG) * 16
                                                                     + t8 * 8 + g4) * ssz), sdt)
-                                        else:
-                                            zreg[t, t8] = h2(T.float32(const))
                             for s2 in T.unroll(4):
                                 for sp in T.unroll(2):
                                     for t in T.unroll(NW):
                                         for t8 in T.unroll(2):
                                             for h in T.unroll(2):
-                                                bfrag[sp, t, t8, h] = deq(
-                                                    T.shift_right(
-                                                        T.Cast("uint32", wreg[t, ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) // 4),
-                                                                              ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) % 4)]),
-                                                        T.Cast("uint32", 8 * ((((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) // VC))),
-                                                    b, (((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) % VC,
-                                                    sreg[t, t8], zreg[t, t8])
+                                                if zp:
+                                                    bfrag[sp, t, t8, h] = deq(
+                                                        T.shift_right(
+                                                            T.Cast("uint32", wreg[t, ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) // 4),
+                                                                                  ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) % 4)]),
+                                                            T.Cast("uint32", 8 * ((((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) // VC))),
+                                                        b, (((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) % VC,
+                                                        sreg[t, t8], zreg[t, t8])
+                                                else:
+                                                    bfrag[sp, t, t8, h] = deq_c(
+                                                        T.shift_right(
+                                                            T.Cast("uint32", wreg[t, ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) // 4),
+                                                                                  ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) % 4)]),
+                                                            T.Cast("uint32", 8 * ((((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) // VC))),
+                                                        b, (((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) % VC,
+                                                        sreg[t, t8], const)
                                 for r in T.unroll(2 if HI else 1):
                                     if r * 8 + g4 < M:
                                         T.evaluate(lds128(
@@ -296,13 +322,16 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                                     out[g4 + (q // 2) * 8, (tile0 + t) * 16 + t8 * 8 + c4 * 2 + q % 2] = T.Cast(
                                         "float16", acc[t, t8, q])
                 else:
+                    T.tvm_storage_sync("shared")           # every warp is done with the stages
                     for t in T.unroll(NW):
                         for t8 in T.unroll(1 if SWAP else 2):
                             for q in T.unroll(4):
                                 if SWAP:
-                                    red[ks, warp // S, c4 * 2 + q % 2, t * 16 + (q // 2) * 8 + g4] = acc[t, 0, q]
+                                    ring[((ks * WN + warp // S) * 16 + c4 * 2 + q % 2) * NW * 16
+                                         + t * 16 + (q // 2) * 8 + g4] = T.reinterpret("uint32", acc[t, 0, q])
                                 else:
-                                    red[ks, warp // S, g4 + (q // 2) * 8, t * 16 + t8 * 8 + c4 * 2 + q % 2] = acc[t, t8, q]
+                                    ring[((ks * WN + warp // S) * 16 + g4 + (q // 2) * 8) * NW * 16
+                                         + t * 16 + t8 * 8 + c4 * 2 + q % 2] = T.reinterpret("uint32", acc[t, t8, q])
                     T.tvm_storage_sync("shared")
                     for e in range(opt):
                         if tx + e * threads < outs:
@@ -311,9 +340,8 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                                     + (tx + e * threads) % (NW * 16) < N):
                                 tot[0] = T.float32(0)
                                 for s in T.unroll(S):
-                                    tot[0] = tot[0] + red[s, (tx + e * threads) // (16 * NW * 16),
-                                                          ((tx + e * threads) // (NW * 16)) % 16,
-                                                          (tx + e * threads) % (NW * 16)]
+                                    # [slice s][warp column][row][column] = slice s's block + this index
+                                    tot[0] = tot[0] + T.reinterpret("float32", ring[s * outs + tx + e * threads])
                                 out[((tx + e * threads) // (NW * 16)) % 16,
                                     (bx * WN + (tx + e * threads) // (16 * NW * 16)) * NW * 16
                                     + (tx + e * threads) % (NW * 16)] = T.Cast("float16", tot[0])

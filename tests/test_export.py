@@ -304,7 +304,8 @@ CUDA_SPECS = [lutc.MPGemmSpec(3, 64, 256, wbits=2, group_size=64),
               lutc.MPGemmSpec(1, 64, 512, wbits=3, format="bcq", group_size=32, act_dtype="bfloat16")]
 #: The default CUDA kernels: (shape, format fields) -> (schedule, layout), fp16 activations.
 CUDA_DEFAULTS = {"cuda_lut": (((1, 96, 512), dict(wbits=3, group_size=64, zero_point=True)), "warp32"),
-                 "cuda_stream": (((4, 64, 512), dict(wbits=2, group_size=64, zero_point=True)), "tc16"),
+                 # 4 stages of 4 warps x 2 tiles of W4 and 8 rows of x: past 48 KB of dynamic shared memory
+                 "cuda_stream": (((8, 64, 512), dict(wbits=4, group_size=64, zero_point=True)), "tc16"),
                  "cuda_mma": (((16, 64, 512), dict(wbits=4, group_size=128)), "tc16")}
 
 
@@ -379,6 +380,8 @@ def test_cuda_default_kernel_exports_in_its_layout(tmp_path, schedule, arch):
     assert manifest["schedule"] == schedule and manifest["layout"] == kernel.layout
     assert manifest["args"][1] == {"name": "planes", "shape": list(planes.shape), "dtype": "int32"}
     assert "main_kernel" in res.files["cu"].read_text()
+    dyn = max(L["dyn_shared_bytes"] for L in manifest["launches"])
+    assert ("cudaFuncAttributeMaxDynamicSharedMemorySize" in res.files["cu"].read_text()) == (dyn > 48 * 1024)
     nvcc = _run(["nvcc", "-w", "-c", f"-arch={arch}", res.files["cu"], "-o", tmp_path / "k.o"])
     assert nvcc.returncode == 0, nvcc.stderr[-3000:]
 
