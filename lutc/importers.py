@@ -320,7 +320,8 @@ def import_ggml_blocks(blocks: np.ndarray, qtype: str, N: int, K: int) -> Packed
         >>> import gguf, numpy as np
         >>> w = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
         >>> blocks = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_0)
-        >>> qw = lutc.importers.import_ggml_blocks(blocks, "Q4_0", 64, 256)
+        >>> from lutc.importers import import_ggml_blocks
+        >>> qw = import_ggml_blocks(blocks, "Q4_0", 64, 256)
         >>> qw.wbits, qw.group_size, qw.zero_point
         (4, 32, True)
     """

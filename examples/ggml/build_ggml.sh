@@ -26,7 +26,10 @@ if [ ! -d "$src/ggml" ]; then
   mkdir -p "$src"
   tar xzf "$tarball" -C "$src" --strip-components=3 "llama_cpp_python-$version/vendor/llama.cpp/ggml"
   ggml_version=$(sed -nE 's/^set\(GGML_VERSION_(MAJOR|MINOR|PATCH) ([0-9]+)\)/\2/p' "$src/ggml/CMakeLists.txt" | paste -sd.)
-  echo "ggml $ggml_version vendored in llama-cpp-python $version (sdist sha256 $(sha256sum "$tarball" | cut -d' ' -f1))" > "$dir/SOURCE"
+  # the llama.cpp commit this release vendors, from its changelog
+  commit=$(tar xzf "$tarball" -O "llama_cpp_python-$version/CHANGELOG.md" | awk -v v="## [$version]" \
+    'index($0, v) == 1 {f = 1; next} /^## \[/ {f = 0} f && match($0, /llama\.cpp@[0-9a-f]+/) {print substr($0, RSTART + 10, RLENGTH - 10); exit}')
+  echo "ggml $ggml_version of llama.cpp ${commit:-?} (ggml-org/llama.cpp), vendored in llama-cpp-python $version (sdist sha256 $(sha256sum "$tarball" | cut -d' ' -f1))" > "$dir/SOURCE"
   rm -rf "$dir/dl"
 fi
 # the sdist leaves out ggml's pkg-config template, which a top-level ggml build configures
