@@ -5,9 +5,11 @@ One module per idea, each providing the contract of :mod:`schedules.contract` (`
 ``PASS_CONFIG``, ``TEMPLATE``), checked when this package is imported.
 
 :func:`default` picks, per target kind, the first module in :data:`CANDIDATES` that supports
-the spec: the SIMD LUT kernels where they apply, the generic schedules otherwise. The
-multiply-add kernels (``dot_mac``, in :data:`ALTERNATIVES`) compute the same spec another way;
-the tuner weighs them against the LUT ones. On CUDA: ``cuda_stream`` (dequantize + ``mma.sync``
+the spec and prefers it (``contract.preferred``): on a CPU the SIMD LUT kernel (``x86``/``arm``)
+at M = 1 and, on x86, the multiply-add kernel (``dot_mac``: int8 activations times codes by
+``vpdpbusd``, 4 rows of x per unpacked weight) from M = 2 where the CPU has AVX-512 VNNI; the
+generic schedules otherwise. :data:`ALTERNATIVES` holds kernels that are only ever tuned (none
+now). On CUDA: ``cuda_stream`` (dequantize + ``mma.sync``
 fed by a ``cp.async`` pipeline, ``tc16`` weights: fp16, uniform W2/W4, M <= 16; preferred for
 M = 2..8 and for W4 at M = 1), ``cuda_lut`` (shared-memory tables, ``warp32`` weights; builds
 M <= 8 and every format; preferred at M = 1), ``cuda_mma`` (the ``tc16`` product with register
@@ -22,10 +24,10 @@ from . import arm, contract, cpu_generic, cuda_generic, cuda_lut, cuda_mma, cuda
 #: Schedules that build every spec (no SIMD tables): the fallbacks.
 GENERIC = (cpu_generic, cuda_generic)
 #: target kind (see ``lutc.target.kind``) -> schedule modules, best first.
-CANDIDATES = {"cpu": (x86, arm, cpu_generic), "cpu-cross": (x86, arm, cpu_generic),
+CANDIDATES = {"cpu": (x86, arm, dot_mac, cpu_generic), "cpu-cross": (x86, arm, dot_mac, cpu_generic),
               "cuda": (cuda_stream, cuda_lut, cuda_mma, cuda_generic)}
 #: Other ways to compute the same spec, never chosen by default: the tuner weighs them.
-ALTERNATIVES = {"cpu": (dot_mac,), "cpu-cross": (dot_mac,), "cuda": ()}
+ALTERNATIVES = {"cpu": (), "cpu-cross": (), "cuda": ()}
 #: Every module above, each checked against the contract on import.
 MODULES = tuple(contract.check(m) for m in dict.fromkeys(
     m for table in (CANDIDATES, ALTERNATIVES) for ms in table.values() for m in ms))

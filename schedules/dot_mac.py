@@ -12,15 +12,18 @@ NEON ``sdot`` (``L`` = 4, codes fit the signed operand). Per block and row::
 
 The activation rounding is the only approximation: ``|y - y_exact| <= sum_k |w_k| dx / 2``
 (``lutc.testing.int8_activation_bound``). ONNX Runtime shipped a T-MAC-style LUT kernel and then found
-a VNNI multiply-add kernel faster on some x86 shapes; lutc keeps both and the tuner picks.
+a VNNI multiply-add kernel faster on some x86 shapes; lutc's default is the LUT kernel at M = 1
+and this one from M = 2 (``schedules.x86.preferred`` has the numbers).
 
 Loops: (1) per (row of x, block), in parallel: ``dx``, the int8 activations packed four to an
 int32 word (one broadcast feeds a dot instruction), and ``sum xq``; (2) per group of
-``row_tiles`` tiles of ``L`` rows, in parallel: for each block and row of x, for each chunk of
-the block, one ``4L``-byte weight load; each of its ``8/w`` code slots (shift, mask) meets the
-broadcast activation word in one dot instruction per tile; ``row_tiles`` tiles share each
-broadcast. (3) the epilogue per block scales the int32 sums into float accumulators.
-Weights: the ``dot{L}`` layout of :mod:`lutc.formats`.
+``row_tiles`` tiles of ``L`` rows, in parallel: for each block and each pass over ``rows`` rows
+of x, for each chunk of the block, one ``4L``-byte weight load; each of its ``8/w`` code slots
+(shift, mask) is unpacked once and meets the broadcast activation word of each of the ``rows``
+rows in one dot instruction per tile (``rows x row_tiles`` int32 accumulators: 16 of AVX-512's
+32 registers by default), so one unpacked weight vector serves ``rows`` rows and the block's
+weights are read from L1 once per pass; (3) the epilogue per block scales the int32 sums into
+float accumulators. Weights: the ``dot{L}`` layout of :mod:`lutc.formats`.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from .common import arch, drop_param
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
-KNOBS = {"row_tiles": (1, 2, 4)}
+KNOBS = {"row_tiles": (1, 2, 4), "rows": (1, 2, 4, 8)}
 # (int32 lanes, intrinsic, needed LLVM features) per architecture
 DOT = {"x86": (16, "llvm.x86.avx512.vpdpbusd.512", ["avx512vnni", "avx512bw"]),
        "aarch64": (4, "llvm.aarch64.neon.sdot", ["dotprod"])}
@@ -53,13 +56,22 @@ def layout(spec, target, **_) -> str:
     return f"dot{DOT[arch(target)][0]}"
 
 
-def schedule(func, spec, target, row_tiles: int = 4) -> s_tir.Schedule:
+def default_rows(spec) -> int:
+    """Rows of x that share each unpacked weight vector: up to 4 (4 x ``row_tiles`` = 16
+    accumulator registers of the 32 that AVX-512 has). On the 2-core AVX-512 VM, 4096 x 4096
+    g128, M = 8 / 16 (us): W2 269 / 408 with 4 rows against 344 / 536 with 1; W4 358 / 505
+    against 543 / 848."""
+    return min(4, 1 << (spec.M - 1).bit_length())
+
+
+def schedule(func, spec, target, row_tiles: int = 4, rows=None) -> s_tir.Schedule:
     """The dot-product kernel for ``spec`` on ``target`` (``func``: its reference semantics)."""
     lanes, intrin, _ = DOT[arch(target)]
-    return s_tir.Schedule(IRModule({"main": dot_kernel(spec, lanes, intrin, row_tiles)}))
+    rows = default_rows(spec) if rows is None else rows
+    return s_tir.Schedule(IRModule({"main": dot_kernel(spec, lanes, intrin, row_tiles, rows)}))
 
 
-def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4):
+def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1):
     """The PrimFunc: ``x [M, K]``, ``planes [N/L, K/(4c), 4L]``, ``scales``, [``zeros``], ``out``."""
     M, N, K = spec.M, spec.N, spec.K
     w = code_bits(spec.wbits)
@@ -79,6 +91,8 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4):
     i8, i32 = f"int8x{V}", f"int32x{L}"
     mask = 2 ** w - 1
     scale_shape = (1,) if fmt == "ternary" else (NT, G, L)
+    MR = min(rows, M)                         # rows of x per pass over the weights of a block
+    MB = -(-M // MR)
 
     @T.prim_func(s_tir=True)
     def main(x: T.Buffer((M, K), act), planes: T.Buffer((NT, KC, V), "uint8"),
@@ -112,38 +126,46 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4):
             xs[mc // C, mc % C] = T.Cast("float32", tot[0])
         for task in T.parallel(NTG):
             accf = T.alloc_buffer((M, TT, L), "float32", scope="local")
-            acc = T.alloc_buffer((TT, L), "int32", scope="local")
+            acc = T.alloc_buffer((MR, TT, L), "int32", scope="local")
             for m, tt in T.grid(M, TT):
                 for r in T.vectorized(L):
                     accf[m, tt, r] = T.float32(0)
             for c in range(C):
-                for m in range(M):
-                    for tt in range(TT):
+                for m0 in range(MB):
+                    for mr, tt in T.grid(MR, TT):
                         for r in T.vectorized(L):
-                            acc[tt, r] = 0
+                            acc[mr, tt, r] = 0
                     for kc in range(CB):
                         for tt in T.unroll(TT):
                             wv = planes[T.min(task * TT + tt, NT - 1), c * CB + kc, T.ramp(0, 1, V)]
                             for s in T.unroll(cpb):
                                 codes = T.reinterpret(i8, T.shift_right(wv, T.broadcast(T.uint8(w * s), V))
                                                       & T.broadcast(T.uint8(mask), V))
-                                xw = T.reinterpret(i8, T.broadcast(xq[m, (c * CB + kc) * cpb + s], L))
-                                acc[tt, T.ramp(0, 1, L)] = T.call_llvm_pure_intrin(
-                                    i32, intrin, acc[tt, T.ramp(0, 1, L)], codes, xw)
-                    for tt in range(TT):
-                        for r in T.vectorized(L):
-                            if fmt == "ternary":
-                                accf[m, tt, r] = accf[m, tt, r] + T.Cast("float32", scales[0]) * dx[m, c] * (
-                                    T.Cast("float32", acc[tt, r]) - xs[m, c])
-                            elif zp:
-                                accf[m, tt, r] = accf[m, tt, r] + T.Cast(
-                                    "float32", scales[T.min(task * TT + tt, NT - 1), c // per_group, r]) * dx[m, c] * (
-                                    T.Cast("float32", acc[tt, r]) - T.Cast(
-                                        "float32", zeros[T.min(task * TT + tt, NT - 1), c // per_group, r]) * xs[m, c])
-                            else:
-                                accf[m, tt, r] = accf[m, tt, r] + T.Cast(
-                                    "float32", scales[T.min(task * TT + tt, NT - 1), c // per_group, r]) * dx[m, c] * (
-                                    T.Cast("float32", acc[tt, r]) - T.float32(zconst) * xs[m, c])
+                                # one unpacked code vector, MR rows of x (rows past M repeat the last)
+                                for mr in T.unroll(MR):
+                                    xw = T.reinterpret(i8, T.broadcast(
+                                        xq[T.min(m0 * MR + mr, M - 1), (c * CB + kc) * cpb + s], L))
+                                    acc[mr, tt, T.ramp(0, 1, L)] = T.call_llvm_pure_intrin(
+                                        i32, intrin, acc[mr, tt, T.ramp(0, 1, L)], codes, xw)
+                    for mr in range(MR):
+                        if m0 * MR + mr < M:
+                            for tt in range(TT):
+                                for r in T.vectorized(L):
+                                    if fmt == "ternary":
+                                        accf[m0 * MR + mr, tt, r] = accf[m0 * MR + mr, tt, r] + T.Cast(
+                                            "float32", scales[0]) * dx[m0 * MR + mr, c] * (
+                                            T.Cast("float32", acc[mr, tt, r]) - xs[m0 * MR + mr, c])
+                                    elif zp:
+                                        accf[m0 * MR + mr, tt, r] = accf[m0 * MR + mr, tt, r] + T.Cast(
+                                            "float32", scales[T.min(task * TT + tt, NT - 1), c // per_group, r]) * dx[
+                                            m0 * MR + mr, c] * (T.Cast("float32", acc[mr, tt, r]) - T.Cast(
+                                                "float32", zeros[T.min(task * TT + tt, NT - 1), c // per_group, r])
+                                            * xs[m0 * MR + mr, c])
+                                    else:
+                                        accf[m0 * MR + mr, tt, r] = accf[m0 * MR + mr, tt, r] + T.Cast(
+                                            "float32", scales[T.min(task * TT + tt, NT - 1), c // per_group, r]) * dx[
+                                            m0 * MR + mr, c] * (T.Cast("float32", acc[mr, tt, r])
+                                                                - T.float32(zconst) * xs[m0 * MR + mr, c])
             for m, tt, r in T.grid(M, TT, L):
                 if (task * TT + tt) * L + r < N:
                     out[m, (task * TT + tt) * L + r] = T.Cast(act, accf[m, tt, r])

@@ -27,6 +27,15 @@ def supports(spec, target) -> bool:
             and codegen.llvm_cpu_has_features(["avx2"], target))
 
 
+def preferred(spec, target) -> bool:
+    """M = 1. From M = 2 the multiply-add kernel (``dot_mac``, where the CPU has AVX-512 VNNI)
+    is faster: it unpacks each weight vector once for 4 rows of x, where the LUT kernel builds a
+    table per row and looks each weight up once per row (2-core AVX-512 VM, 4096 x 4096 g128,
+    us: W2 M = 8 / 16: 269 / 408 against 504 / 867; W4: 358 / 505 against 798 / 1136; at M = 1
+    they were within the VM's noise, 258-360 against 271-314)."""
+    return spec.M == 1
+
+
 def layout(spec, target, vector_bytes=None, paired=None, **_) -> str:
     """The weight layout the kernel reads: ``ptiles{vector_bytes}`` when planes are paired,
     else ``tiles{2 * vector_bytes}``."""
