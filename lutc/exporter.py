@@ -31,7 +31,8 @@ file               what
                    ``NAME_LAYOUT_CODE``, ``NAME_PLANES_SHAPE``...), and ``NAME_run()`` (CPU) on raw
                    pointers.
 ``NAME.json``      the same facts for programs: spec, target, schedule, layout, files, launches.
-``lutc_backend.c`` CPU: the TVM backend services (thread pool, workspace, error hook).
+``lutc_backend.c`` CPU: the TVM backend services (thread pool, workspace, error hook), and
+                   ``lutc_backend.h``, their declarations for a host (e.g. its own parallel launcher).
 ``lutc_weights.h`` a C reader for the weight files of :func:`save_weights`.
 ``include/``       CPU: the tvm-ffi/DLPack C headers the generated code includes.
 =================  ==============================================================================
@@ -223,6 +224,7 @@ def _export_cpu(kernel: Kernel, res: Exported, emit: set, explicit: bool) -> Non
     tgt = tvm.target.Target(dict(kernel.target))
     ex = kernel.executable if _reusable(kernel, symbol) else tvm.compile(_scheduled(kernel, symbol, tgt), target=tgt)
     shutil.copyfile(C_DIR / "lutc_backend.c", out / "lutc_backend.c")
+    shutil.copyfile(C_DIR / "lutc_backend.h", out / "lutc_backend.h")
     _copy_headers(out / "include")
     if "o" in emit:
         res.files["o"] = out / f"{name}.o"

@@ -45,7 +45,7 @@ from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
 from .common import drop_param, merge_knobs
-from .cuda_ptx import LDG128_SRC, LDS128_SRC, MMA_SRC, deq, deq_c, h2
+from .cuda_ptx import LDG128_SRC, LDS128_SRC, MMA_SRC, dequant_tc16, h2
 from .cuda_lut import PASS_CONFIG, SMEM_LIMIT  # noqa: F401  (one limit; TVM cannot see reads made by inline PTX)
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
@@ -142,7 +142,6 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
     XR = KC + 8                           # padded smem row (halfs)
     chunks = -(-KU // (S * UW))
     nbx, nby = -(-NT // (WN * NW)), -(-M // MP)
-    PW, VC = 16 // b, 8 // b              # pairs per word, slots per byte pair
     vecs = MP * KC // 8
     vpt = -(-vecs // threads)
     XPRE = xsm and vpt <= 4               # x of the next chunk through registers (else: copied late)
@@ -227,22 +226,9 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
                                                     for t in T.unroll(NW):
                                                         for t8 in T.unroll(2):
                                                             for h in T.unroll(2):
-                                                                if zp:
-                                                                    bfrag[sp, t, t8, h] = deq(
-                                                                        T.shift_right(
-                                                                            T.Cast("uint32", wreg[1 - par, u, t, ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) // 4),
-                                                                                                  ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) % 4)]),
-                                                                            T.Cast("uint32", 8 * ((((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) // VC))),
-                                                                        b, (((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) % VC,
-                                                                        sreg[1 - par, u, t, t8], zreg[1 - par, u, t, t8])
-                                                                else:
-                                                                    bfrag[sp, t, t8, h] = deq_c(
-                                                                        T.shift_right(
-                                                                            T.Cast("uint32", wreg[1 - par, u, t, ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) // 4),
-                                                                                                  ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) % 4)]),
-                                                                            T.Cast("uint32", 8 * ((((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) // VC))),
-                                                                        b, (((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) % VC,
-                                                                        sreg[1 - par, u, t, t8], const)
+                                                                bfrag[sp, t, t8, h] = dequant_tc16(
+                                                                    wreg, (1 - par, u, t), (s2 * 2 + sp) * 4 + t8 * 2 + h, b,
+                                                                    sreg[1 - par, u, t, t8], zreg[1 - par, u, t, t8], zp, const)
                                                 for i in T.unroll(MT):
                                                     for r in T.unroll(2):
                                                         if xsm:

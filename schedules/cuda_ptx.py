@@ -99,6 +99,18 @@ def deq_c(word, b, v, s2, c: float):
                             s2, source_code=DEQ_C_SRC, return_type="uint32")
 
 
+def dequant_tc16(words, lead: tuple, e, b: int, s2, z2, zero_points: bool, c: float):
+    """``half2`` of the code pair ``e`` (0..31) of a lane's ``tc16`` vector, held in
+    ``words[(*lead, j4, w)]`` (``b/2`` x 4 words): the word that holds the pair, shifted so the
+    pair's byte pair is at the bottom, dequantized with the zero points ``z2`` (:func:`deq`) or
+    the format's constant ``c`` (:func:`deq_c`). The one place the kernels read ``tc16`` codes."""
+    pairs, slots = 16 // b, 8 // b                 # code pairs per word, slots per byte pair
+    word = words[(*lead, (e // pairs) // 4, (e // pairs) % 4)]
+    shifted = T.shift_right(T.Cast("uint32", word), T.Cast("uint32", 8 * ((e % pairs) // slots)))
+    v = (e % pairs) % slots
+    return deq(shifted, b, v, s2, z2) if zero_points else deq_c(shifted, b, v, s2, c)
+
+
 CP16_SRC = """
 __device__ __forceinline__ void lutc_cp16(unsigned dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(dst), "l"(src));

@@ -39,13 +39,13 @@ from tvm.script import tirx as T
 
 from .common import drop_param, merge_knobs
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
-from .cuda_ptx import cp16, cp_commit, cp_wait, deq, deq_c, lds128, lds_scale_h2, mma
+from .cuda_ptx import cp16, cp_commit, cp_wait, dequant_tc16, lds128, lds_scale_h2, mma
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
 KNOBS = {"warps": (1, 2, 4), "wn": (1, 2, 4, 8), "nw": (1, 2, 4), "stages": (2, 3, 4, 6, 8)}
 MAX_M = 16
-#: Shared memory of one block (the ring is dynamic shared memory, the reduction static): the
+#: Shared memory of one block (all of it dynamic: the ring, reused for the split-K sum): the
 #: opt-in limit of sm_86/sm_89 (99 KB), the smallest of the GPUs this kernel supports (sm_80
 #: allows 163 KB, sm_90 227 KB). TVM's CUDA runtime and ``lutc export``'s launcher raise the
 #: kernel's dynamic limit past the default 48 KB.
@@ -85,8 +85,8 @@ def default_knobs(spec) -> dict:
     W2: 35.1 us at M = 1); for M = 5..8 (x fills more of each stage) 2 warps side by side, with
     2 tiles each and 3 stages on wide N (28672 x 8192 M = 8: 43.1 us W2, 47.6 W4, against 46.1
     and 52.3 with 1 tile) and 1 tile, 4 stages on narrow N (4096 x 4096: 7.3 against 9.1 us);
-    2 x 2 tiles and 3 stages beyond. Where a choice
-    does not fit in shared memory, stages, then warps, then tiles step down (:func:`resolve_knobs`)."""
+    2 x 2 tiles and 3 stages beyond. Where a choice does not fit in shared memory, stages, then
+    warps, then tiles step down (:func:`resolve_knobs`)."""
     if spec.M <= 4:
         return {"warps": 4, "wn": 1, "nw": 2, "stages": 4}
     if spec.M <= 8:     # wide N: 2 tiles per warp; narrow N: 1, for enough blocks
@@ -149,7 +149,6 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
     threads = 32 * S * WN
     steps = -(-KU // S)
     nbx = -(-NT // (WN * NW))
-    PW, VC = 16 // b, 8 // b                  # pairs per word, slots per byte pair
     zp, sdt, ssz = spec.zero_point, spec.scale_dtype, _scale_size(spec)
     NG = groups_per_unit(spec)
     CP_TILE = 16 * NG * ssz // 16             # 16-byte copies of one tile's coefficients per unit
@@ -267,22 +266,9 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                                     for t in T.unroll(NW):
                                         for t8 in T.unroll(2):
                                             for h in T.unroll(2):
-                                                if zp:
-                                                    bfrag[sp, t, t8, h] = deq(
-                                                        T.shift_right(
-                                                            T.Cast("uint32", wreg[t, ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) // 4),
-                                                                                  ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) % 4)]),
-                                                            T.Cast("uint32", 8 * ((((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) // VC))),
-                                                        b, (((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) % VC,
-                                                        sreg[t, t8], zreg[t, t8])
-                                                else:
-                                                    bfrag[sp, t, t8, h] = deq_c(
-                                                        T.shift_right(
-                                                            T.Cast("uint32", wreg[t, ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) // 4),
-                                                                                  ((((s2 * 2 + sp) * 4 + t8 * 2 + h) // PW) % 4)]),
-                                                            T.Cast("uint32", 8 * ((((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) // VC))),
-                                                        b, (((s2 * 2 + sp) * 4 + t8 * 2 + h) % PW) % VC,
-                                                        sreg[t, t8], const)
+                                                bfrag[sp, t, t8, h] = dequant_tc16(
+                                                    wreg, (t,), (s2 * 2 + sp) * 4 + t8 * 2 + h, b,
+                                                    sreg[t, t8], zreg[t, t8], zp, const)
                                 for r in T.unroll(2 if HI else 1):
                                     if r * 8 + g4 < M:
                                         T.evaluate(lds128(

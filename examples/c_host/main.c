@@ -29,7 +29,7 @@
 #define BOUND_INT8_TABLES 3e-2
 #define BOUND_FLOAT_TABLES 1e-4
 
-const char* lutc_last_error(void); /* lutc_backend.c, built with -DLUTC_STANDALONE */
+#include "lutc_backend.h" /* lutc_last_error(): lutc_backend.c, built with -DLUTC_STANDALONE */
 
 static void* read_file(const char* dir, const char* name, size_t nbytes) {
   char path[4096];

@@ -36,19 +36,14 @@
 #include "ggml.h"
 #include "ggml-cpu.h"
 #include "kernel.h"
+#include "lutc_backend.h"
 #include "lutc_weights.h"
 
 #define BOUND 5e-2
 
-const char* lutc_last_error(void); /* lutc_backend.c, built with -DLUTC_STANDALONE */
 
-/* ---- lutc's parallel loops on ggml's threads ---- */
-typedef struct {
-  void* sync_handle;
-  int32_t num_task;
-} TVMParallelGroupEnv;
-typedef int (*FTVMParallelLambda)(int task_id, TVMParallelGroupEnv* penv, void* cdata);
-extern void* __TVMBackendParallelLaunch __attribute__((weak));
+
+/* ---- lutc's parallel loops on ggml's threads (types and hook: lutc_backend.h) ---- */
 
 /* One op call at a time (ggml runs graph nodes one after another). */
 static struct {
@@ -235,11 +230,9 @@ int main(int argc, char** argv) {
   __TVMBackendParallelLaunch = (void*)ggml_parallel_launch;   /* after lutc_backend.c's start-up */
   struct ggml_threadpool_params tpp = ggml_threadpool_params_default(threads);
   struct ggml_threadpool* tp = ggml_threadpool_new(&tpp);
-  size_t work_size = 0;
-  for (int c = 0; c < 1; c++) {
-    struct ggml_cplan p1 = ggml_graph_plan(g[c].graph, threads, tp), p2 = ggml_graph_plan(l[c].graph, threads, tp);
-    work_size = p1.work_size > p2.work_size ? p1.work_size : p2.work_size;
-  }
+  /* every copy's graph has the same shapes: one work buffer sized for the larger of the two */
+  struct ggml_cplan pg = ggml_graph_plan(g[0].graph, threads, tp), pl = ggml_graph_plan(l[0].graph, threads, tp);
+  size_t work_size = pg.work_size > pl.work_size ? pg.work_size : pl.work_size;
   void* work = aligned_alloc(64, (work_size + 64) / 64 * 64 + 64);
 
   int bad = 0;

@@ -38,16 +38,7 @@
 #include <string.h>
 #include <unistd.h>
 
-typedef struct {
-  void* sync_handle;
-  int32_t num_task;
-} TVMParallelGroupEnv;
-typedef int (*FTVMParallelLambda)(int task_id, TVMParallelGroupEnv* penv, void* cdata);
-
-/* Weak: absent (address NULL) when only C-source kernels are linked. */
-extern void* __TVMBackendParallelLaunch __attribute__((weak));
-extern void* __TVMBackendAllocWorkspace __attribute__((weak));
-extern void* __TVMBackendFreeWorkspace __attribute__((weak));
+#include "lutc_backend.h" /* the types and hooks (weak: absent when only C-source kernels are linked) */
 
 /* ---- workspace ----
  * Kernels take their scratch buffers from here: the tables, and many small per-tile buffers
