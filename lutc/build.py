@@ -120,7 +120,9 @@ def choose(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: Schedu
 
     A named ``schedule`` is used as given (knobs checked against its ``KNOBS``). Otherwise the
     fastest usable record of the tuning log for this workload and target, else the target's
-    default schedule. With ``layout``, only kernels that read weights in that layout count
+    default schedule. A log decides only among what it measured: where the default schedule
+    has no record of this workload (a kernel newer than the log, e.g. ``cuda_stream`` beside
+    records of ``cuda_lut``/``cuda_mma``), the default is built. With ``layout``, only kernels that read weights in that layout count
     (tuned records too; the default becomes :func:`schedules.for_layout`), and None means no
     kernel of this target reads it for ``spec``; a named schedule reading another raises.
 
@@ -137,18 +139,26 @@ def choose(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: Schedu
         if layout is not None and read != layout:
             raise ValueError(f"schedule {_name(module)} reads weights in layout {read!r}, not {layout!r}")
         return Choice(module, knobs, None, read)
-    if knobs is None and tuned:
-        described = targets.describe(tgt)
-        record = best_for(log_for(kind, described), spec.key(), described, targets.device_name(tgt),
-                          usable=lambda r: _record_layout(r, kind, spec, tgt) is not None,
-                          where=None if layout is None else lambda r: _record_layout(r, kind, spec, tgt) == layout)
-        if record is not None:
-            module = _schedule_module(record["schedule"], kind, spec, tgt)
-            return Choice(module, dict(record["knobs"]), record, module.layout(spec, tgt, **record["knobs"]))
     if knobs is not None:   # knobs for the default schedule
         module = _schedule_module(None, kind, spec, tgt)
         knobs = checked_knobs(module, knobs)
         return choose(spec, tgt, module, knobs, layout=layout)
+    default = _default_choice(spec, tgt, kind, layout)
+    if tuned:
+        described = targets.describe(tgt)
+        log = log_for(kind, described)
+        record = best_for(log, spec.key(), described, targets.device_name(tgt),
+                          usable=lambda r: _record_layout(r, kind, spec, tgt) is not None,
+                          where=None if layout is None else lambda r: _record_layout(r, kind, spec, tgt) == layout)
+        if record is not None and (default is None or default.schedule in log.schedules(spec.key(), described)):
+            module = _schedule_module(record["schedule"], kind, spec, tgt)
+            return Choice(module, dict(record["knobs"]), record, module.layout(spec, tgt, **record["knobs"]))
+    return default
+
+
+def _default_choice(spec: MPGemmSpec, tgt, kind: str, layout: Optional[str]) -> Optional[Choice]:
+    """The untuned kernel: the target's default schedule, or with ``layout`` the one that reads
+    it (None: no kernel of this target reads ``layout`` for ``spec``)."""
     if layout is None:
         module = schedules.default(kind, spec, tgt)
         return Choice(module, {}, None, module.layout(spec, tgt))

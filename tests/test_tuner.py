@@ -101,6 +101,22 @@ def test_unusable_records_are_skipped_with_a_warning(tmp_path, monkeypatch):
     assert kernel.knobs == {"unroll": 2, "paired": False} and kernel.tuned["us"] == 20.0
 
 
+def test_a_log_decides_only_among_the_kernels_it_measured(tmp_path, monkeypatch):
+    """Records of M = 2 made before ``dot_mac`` became the batch default measured only the LUT
+    kernel: the default is built until the log has a record of it, then the best record wins."""
+    monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
+    spec = SPEC.with_(M=2)
+    log = log_for("cpu", describe(resolve("host")))
+    log.append(_record(20.0, knobs={"unroll": 2}, spec=spec))
+    default = lutc.build(spec, tuned=False, cache=None).schedule
+    assert default != "x86", "this host's default for M = 2 is the LUT kernel: nothing to test"
+    kernel = lutc.build(spec, cache=None)
+    assert kernel.schedule == default and kernel.tuned is None
+    log.append(_record(30.0, schedule=default, knobs={}, spec=spec))
+    kernel = lutc.build(spec, cache=None)
+    assert kernel.schedule == "x86" and kernel.knobs == {"unroll": 2} and kernel.tuned["us"] == 20.0
+
+
 def test_compile_builds_the_best_tuned_record(tmp_path, monkeypatch):
     monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
     tgt = resolve("host")
@@ -116,6 +132,7 @@ def test_compile_builds_the_best_tuned_record(tmp_path, monkeypatch):
     # a record from another device with the same target is used when this device has none
     other = lutc.MPGemmSpec(1, 128, 512, wbits=2, group_size=64, table_dtype="int8")
     log.append(_record(40.0, knobs={"row_tiles": 1}, schedule="dot_mac", spec=other, device="elsewhere"))
+    log.append(_record(45.0, spec=other, device="elsewhere"))   # the default was measured there too
     assert lutc.compile((1, 128, 512), wbits=2, group_size=64, cache=None).schedule == "dot_mac"
     assert best_for(log, other.key(), describe(tgt), device_name(tgt))["device"] == "elsewhere"
 

@@ -80,6 +80,11 @@ class TuningLog:
         """Records of this workload on this target (any lutc/TVM version)."""
         return [r for r in self.records() if r["workload"] == workload and r.get("target") == target]
 
+    def schedules(self, workload: dict, target: dict) -> set:
+        """Names of the schedules measured for this workload on this target (errors included:
+        the tuner tried them)."""
+        return {r.get("schedule") for r in self.matching(workload, target)}
+
 
 #: The explicit cache of parsed logs: path -> ((mtime_ns, size), records, warnings). Every
 #: untuned ``lutc.compile`` looks its workload up; parsing a 4000-line log costs ~30 ms, a
