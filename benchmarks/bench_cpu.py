@@ -204,14 +204,8 @@ def main() -> None:
 
 
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip() + f" ({platform.machine()})"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    import lutc.target
+    return f"{lutc.target.cpu_model()} ({platform.machine()})"
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ import copy
 import datetime
 import json
 import os
-import platform
 import sys
 
 import torch
@@ -200,12 +199,7 @@ def markdown(rows: list, device: str, machine: str, args) -> str:
 def machine_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"{model}, {len(os.sched_getaffinity(0))} cores"
+    return f"{lutc.target.cpu_model()}, {len(os.sched_getaffinity(0))} cores"
 
 
 def main() -> None:

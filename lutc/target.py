@@ -114,18 +114,31 @@ def device_name(target: tvm.target.Target) -> str:
         return f"cuda | {target.attrs.get('arch', '')}"
     if k == "cpu-cross":
         return f"cross | {target.attrs.get('mtriple')}"
-    model, flags = platform.processor() or platform.machine(), set()
+    flags = set(_cpuinfo("flags", "Features").split())
+    simd = sorted(f for f in flags if f.startswith(("avx", "amx", "asimd", "sve", "neon", "fma")))
+    return f"{cpu_model()} | {','.join(simd)}"
+
+
+def cpu_model() -> str:
+    """This machine's CPU model (``/proc/cpuinfo``), else what ``platform`` knows of it.
+
+    Example:
+        >>> isinstance(cpu_model(), str) and len(cpu_model()) > 0
+        True
+    """
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def _cpuinfo(*keys: str) -> str:
+    """The value of the first ``/proc/cpuinfo`` line starting with one of ``keys`` ("" if none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith(("flags", "Features")):
-                    flags = set(line.split(":", 1)[1].split())
+                if line.startswith(keys):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    simd = sorted(f for f in flags if f.startswith(("avx", "amx", "asimd", "sve", "neon", "fma")))
-    return f"{model} | {','.join(simd)}"
+    return ""
 
 
 def _host_is_x86() -> bool:

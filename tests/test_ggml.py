@@ -5,11 +5,10 @@ The example test builds ggml's CPU backend from the llama-cpp-python sdist once 
 and about 30 s on 2 cores, cached in ~/.cache/lutc or GGML_DIR); it skips without cmake or network here, and
 fails instead in CI.
 """
+import importlib.util
 import os
-import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,12 @@ import pytest
 import lutc
 from lutc.importers import import_ggml_blocks
 
-gguf = pytest.importorskip("gguf")
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "ggml"
+gguf = pytest.importorskip("gguf")
+# examples/ggml/bench.py: its prepare (the example's inputs) and its parser of the program's output
+_spec = importlib.util.spec_from_file_location("ggml_bench", EXAMPLE / "bench.py")
+example = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(example)
 TYPES = ("Q4_0", "Q4_1", "TQ1_0", "TQ2_0")
 
 
@@ -54,16 +57,11 @@ def _ggml_dir(arch: str = "native") -> str:
     return run.stdout.strip().splitlines()[-1]
 
 
-LINE = re.compile(r"^(ggml|lutc) (\S+): rel_err (\S+), (\S+) us")
-
-
 @pytest.mark.parametrize("qtype,shape", [("Q4_0", (1, 256, 512)), ("Q4_0", (5, 200, 1024)),
                                          ("TQ2_0", (3, 128, 768)), ("TQ1_0", (1, 64, 512))])
 def test_lutc_kernel_runs_in_a_ggml_graph(tmp_path, qtype, shape):
     ggml = _ggml_dir()
-    sys.path.insert(0, str(EXAMPLE))
-    import prepare
-    kernel = prepare.prepare(tmp_path, qtype, shape, seed=shape[0])
+    kernel = example.prepare.prepare(tmp_path, qtype, shape, seed=shape[0])
     # lutc's default: the SIMD LUT kernel at M = 1, the VNNI multiply-add kernel for batches
     assert kernel.schedule == ("x86" if shape[0] == 1 else "dot_mac")
     build = subprocess.run(["bash", str(EXAMPLE / "build.sh"), str(tmp_path)], capture_output=True, text=True,
@@ -73,17 +71,15 @@ def test_lutc_kernel_runs_in_a_ggml_graph(tmp_path, qtype, shape):
         run = subprocess.run([str(tmp_path / "lutc_in_ggml"), str(tmp_path), "--threads", str(threads),
                               "--copies", "2", "--calls", "3"], capture_output=True, text=True)
         assert run.returncode == 0, run.stdout + run.stderr
-        found = {m.group(1): m for m in map(LINE.match, run.stdout.splitlines()) if m}
-        assert found["ggml"].group(2) == qtype and found["lutc"].group(2) == kernel.layout
+        found = example.parse(run.stdout)
+        assert found["ggml"][0] == qtype and found["lutc"][0] == kernel.layout
         # both quantize x to 8 bits: ggml per block of 32 (Q8_0/Q8_K), lutc per table
-        assert float(found["ggml"].group(3)) < 3e-2 and float(found["lutc"].group(3)) < 3e-2
+        assert found["ggml"][1] < 3e-2 and found["lutc"][1] < 3e-2
 
 
 def test_the_example_refuses_a_weight_in_another_layout(tmp_path):
     ggml = _ggml_dir()
-    sys.path.insert(0, str(EXAMPLE))
-    import prepare
-    prepare.prepare(tmp_path, "Q4_0", (1, 128, 512))
+    example.prepare.prepare(tmp_path, "Q4_0", (1, 128, 512))
     assert subprocess.run(["bash", str(EXAMPLE / "build.sh"), str(tmp_path)], capture_output=True,
                           env={**os.environ, "GGML_DIR": ggml, "GGML_ARCH": "native"}).returncode == 0
     qw = lutc.importers.import_ggml_blocks(np.fromfile(tmp_path / "ggml.bin", np.uint8), "Q4_0", 128, 512)
@@ -97,9 +93,7 @@ def test_neon_kernel_runs_in_a_ggml_graph_under_qemu(tmp_path, qtype, shape):
     """The same embedding cross-built for aarch64 (lutc's NEON kernel, ggml's NEON paths), run
     under qemu-aarch64: results only (qemu's timings say nothing about a real ARM core)."""
     ggml = _ggml_dir("aarch64")
-    sys.path.insert(0, str(EXAMPLE))
-    import prepare
-    kernel = prepare.prepare(tmp_path, qtype, shape, target="arm")
+    kernel = example.prepare.prepare(tmp_path, qtype, shape, target="arm")
     assert kernel.schedule == "arm"
     build = subprocess.run(["bash", str(EXAMPLE / "build.sh"), str(tmp_path)], capture_output=True, text=True,
                            env={**os.environ, "GGML_DIR": ggml, "GGML_ARCH": "aarch64"})
@@ -107,6 +101,6 @@ def test_neon_kernel_runs_in_a_ggml_graph_under_qemu(tmp_path, qtype, shape):
     run = subprocess.run(["qemu-aarch64", str(tmp_path / "lutc_in_ggml"), str(tmp_path), "--threads", "2",
                           "--calls", "1"], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
-    found = {m.group(1): m for m in map(LINE.match, run.stdout.splitlines()) if m}
-    assert found["lutc"].group(2) == kernel.layout
-    assert float(found["ggml"].group(3)) < 3e-2 and float(found["lutc"].group(3)) < 3e-2
+    found = example.parse(run.stdout)
+    assert found["lutc"][0] == kernel.layout
+    assert found["ggml"][1] < 3e-2 and found["lutc"][1] < 3e-2

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -93,10 +92,7 @@ def bench(shape, wbits: int, pool_mib: int, calls: int, rounds: int, threads: in
 def machine(threads: int) -> str:
     """CPU model (``/proc/cpuinfo``), LLVM's name for it, and the threads used."""
     import lutc.target
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.machine()) if Path("/proc/cpuinfo").exists() \
-        else platform.machine()
-    return f"{model} ({lutc.target.host_cpu()['mcpu']}), {len(os.sched_getaffinity(0))} cores, {threads} threads"
+    return f"{lutc.target.cpu_model()} ({lutc.target.host_cpu()['mcpu']}), {len(os.sched_getaffinity(0))} cores, {threads} threads"
 
 
 def report(rows: list, shape, calls: int, rounds: int, threads: int, command: str) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -26,9 +25,19 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import prepare  # noqa: E402  (this folder's prepare.py)
+import prepare  # noqa: E402  (this folder's prepare.py; imports lutc first)
 
+import lutc.target  # noqa: E402
+
+#: One result line of ``lutc_in_ggml``: who, kernel (ggml type or lutc layout), rel_err, us.
 LINE = re.compile(r"^(ggml|lutc) (\S+): rel_err (\S+), (\S+) us")
+
+
+def parse(stdout: str) -> dict:
+    """``{"ggml": (type, rel_err, us), "lutc": (layout, rel_err, us)}`` of a run's output
+    (a side whose line is missing is absent)."""
+    found = {m.group(1): m for m in map(LINE.match, stdout.splitlines()) if m}
+    return {who: (m.group(2), float(m.group(3)), float(m.group(4))) for who, m in found.items()}
 ROTATE_BYTES = 1 << 30
 
 
@@ -40,26 +49,19 @@ def run_case(work: Path, qtype: str, M: int, N: int, K: int, threads: list, call
     for t in threads:
         run = subprocess.run([str(work / "lutc_in_ggml"), str(work), "--threads", str(t), "--copies",
                               str(copies), "--calls", str(calls)], capture_output=True, text=True)
-        found = {m.group(1): m for m in map(LINE.match, run.stdout.splitlines()) if m}
+        found = parse(run.stdout)
         if run.returncode != 0 or len(found) != 2:
             raise RuntimeError(f"lutc_in_ggml failed for {qtype} {M}x{N}x{K}: {run.stdout}{run.stderr}")
         rows.append({"type": qtype, "M": M, "N": N, "K": K, "threads": t, "copies": copies,
                      "lutc_kernel": f"{kernel.schedule} {kernel.layout}",
-                     "ggml_us": float(found["ggml"].group(4)), "lutc_us": float(found["lutc"].group(4)),
-                     "ggml_rel_err": float(found["ggml"].group(3)), "lutc_rel_err": float(found["lutc"].group(3))})
+                     "ggml_us": found["ggml"][2], "lutc_us": found["lutc"][2],
+                     "ggml_rel_err": found["ggml"][1], "lutc_rel_err": found["lutc"][1]})
         print(rows[-1], flush=True)
     return rows
 
 
-def cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
-
-
 def markdown(rows: list, source: str) -> str:
-    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {cpu_name()} "
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {lutc.target.cpu_model()} "
              f"({os.cpu_count()} CPUs), ggml from {source}. Per call, median, us; each weight rotates "
              "through > 1 GiB of copies; both kernels in a ggml graph on ggml's thread pool "
              "(lutc as `ggml_custom_4d`), on the same blocks; rel_err = max |y - ref| / max |ref| "
