@@ -53,7 +53,7 @@ SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (28672, 8192), (8192, 2867
 MS = (1, 4, 16, 64, 128, 512, 2048, 4096)
 WBITS = (2, 4)
 GROUP = 128
-LUTC_SCHEDULES = ("cuda_lut", "cuda_stream", "cuda_mma")
+LUTC_SCHEDULES = ("cuda_lut", "cuda_stream", "cuda_wgmma", "cuda_mma")
 
 
 def lutc_specs(N, K, M, wbits):
@@ -319,6 +319,10 @@ def candidates(sname: str, M: int) -> list:
         cands = [dict(warps=w, wn=n, nw=t, stages=p) for (w, n, t, p) in (
             (4, 1, 2, 4), (4, 1, 2, 6), (4, 1, 2, 8), (4, 1, 4, 3), (4, 1, 4, 4), (4, 2, 1, 4), (4, 2, 1, 6),
             (4, 2, 2, 3), (2, 2, 2, 4), (2, 2, 2, 6), (2, 1, 4, 4), (4, 1, 1, 8), (1, 4, 1, 6), (2, 4, 1, 4))]
+    elif sname == "cuda_wgmma":   # (wgm, bn, stages, swizzle, xsm)
+        cands = [dict(wgm=w, bn=n, stages=p, swizzle=z, xsm=x) for (w, n, p, z, x) in (
+            (2, 256, 2, 128, True), (2, 256, 4, 128, False), (2, 256, 3, 128, False), (2, 128, 4, 128, False),
+            (1, 128, 3, 128, False), (1, 64, 4, 128, False), (1, 64, 4, 128, True))]
     else:
         cands = [dict(warps=w, tiles=t, rows=r, units=u) for (w, t, r, u) in (
             (4, 2, 1, 2), (4, 1, 1, 2), (8, 1, 1, 1), (4, 2, 1, 1), (4, 1, 2, 1), (2, 4, 1, 2),
@@ -369,6 +373,10 @@ def sweep(args) -> dict:
                     line.append(f"{'/'.join(str(v) for v in knobs.values())}:{t:.1f}")
                 print(f"{N}x{K} M={M} W{wbits} {sname} ({'/'.join(candidates(sname, M)[0])}:us) "
                       + " ".join(line), flush=True)
+                if args.out:  # partial results survive a time limit
+                    os.makedirs(args.out, exist_ok=True)
+                    with open(os.path.join(args.out, f"sweep_{sname}.json"), "w") as f:
+                        json.dump(out, f, indent=1)
                 del qws
                 torch.cuda.empty_cache()
     return out
@@ -385,7 +393,7 @@ def format_row(row) -> str:
 
 
 COLUMNS = ["lutc cuda_lut W2", "lutc cuda_lut W4", "lutc cuda_stream W2", "lutc cuda_stream W4",
-           "lutc cuda_mma W2", "lutc cuda_mma W4", "fp16 cuBLAS",
+           "lutc cuda_wgmma W2", "lutc cuda_wgmma W4", "lutc cuda_mma W2", "lutc cuda_mma W4", "fp16 cuBLAS",
            "torch int4 W4", "humming W2", "humming W4", "gemlite W2", "gemlite W4", "bnb NF4"]
 
 
@@ -443,6 +451,8 @@ def precompile(args) -> None:
             kernels.append(lutc.build(t.MMA_SPEC, target="cuda:sm_90a", schedule="cuda_mma", knobs=knobs))
         for spec, knobs in t.STREAM_CASES:
             kernels.append(lutc.build(spec, target="cuda:sm_90a", schedule="cuda_stream", knobs=knobs))
+        for spec, knobs in t.WGMMA_CASES:
+            kernels.append(lutc.build(spec, target="cuda:sm_90a", schedule="cuda_wgmma", knobs=knobs))
         for spec in t.GENERIC_SPECS + [t.RUNTIME_SPEC]:
             kernels.append(lutc.build(spec, target="cuda:sm_90a"))
     if args.sweep:

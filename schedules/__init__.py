@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import itertools
 
-from . import arm, contract, cpu_generic, cuda_generic, cuda_lut, cuda_mma, cuda_stream, dot_mac, x86
+from . import arm, contract, cpu_generic, cuda_generic, cuda_lut, cuda_mma, cuda_stream, cuda_wgmma, dot_mac, x86
 
 #: Schedules that build every spec (no SIMD tables): the fallbacks.
 GENERIC = (cpu_generic, cuda_generic)
 #: target kind (see ``lutc.target.kind``) -> schedule modules, best first.
 CANDIDATES = {"cpu": (x86, arm, dot_mac, cpu_generic), "cpu-cross": (x86, arm, dot_mac, cpu_generic),
-              "cuda": (cuda_stream, cuda_lut, cuda_mma, cuda_generic)}
+              "cuda": (cuda_stream, cuda_wgmma, cuda_lut, cuda_mma, cuda_generic)}
 #: Other ways to compute the same spec, never chosen by default: the tuner weighs them.
 ALTERNATIVES = {"cpu": (), "cpu-cross": (), "cuda": ()}
 #: Every module above, each checked against the contract on import.

@@ -1,4 +1,4 @@
-"""Inline CUDA for the tensor-core kernels (``cuda_mma``, ``cuda_stream``): each snippet once, with
+"""Inline CUDA for the tensor-core kernels (``cuda_mma``, ``cuda_stream``, ``cuda_wgmma``): each snippet once, with
 the TVMScript call that uses it (statements are written ``T.evaluate(cp16(...))``). TVM pastes a
 snippet once per function name, so each snippet defines one function.
 
@@ -140,6 +140,12 @@ def mma(acc_ptr, a0, a1, a2, a3, b0, b1):
     return T.cuda.func_call("lutc_mma", acc_ptr, a0, a1, a2, a3, b0, b1, source_code=MMA_SRC)
 
 
+def ldg128(src_ptr, valid, dst_ptr):
+    """16 bytes of global memory at ``src_ptr`` (read-only path) into 4 registers at ``dst_ptr``,
+    zeros where ``valid`` is false."""
+    return T.cuda.func_call("lutc_ldg128", src_ptr, valid, dst_ptr, source_code=LDG128_SRC)
+
+
 def lds128(addr, dst_ptr):
     """16 bytes of shared memory at byte address ``addr`` into 4 registers at ``dst_ptr``."""
     return T.cuda.func_call("lutc_lds128", addr, dst_ptr, source_code=LDS128_SRC)
@@ -167,3 +173,75 @@ def lds_scale_h2(addr, dtype: str):
     """``half2`` (uint32) of the scale or zero point of type ``dtype`` at shared byte ``addr``."""
     name = {"float16": "lutc_lds_h2_f16", "float32": "lutc_lds_h2_f32"}[dtype]
     return T.cuda.func_call(name, addr, source_code=LDS_SCALE_SRC[dtype], return_type="uint32")
+
+
+# --- wgmma (sm_90a): cuda_wgmma ------------------------------------------------------------
+
+def _wgmma_src(n: int, swizzle: int) -> str:
+    """``lutc_wgmma_n{n}_s{swizzle}``: ``acc += A B`` for one ``m64n{n}k16`` (fp16 in, fp32 out), A
+    from the 4 registers of the ``mma.m16n8k16`` A fragment of this warp's 16 rows, B (K-major)
+    from shared memory at byte address ``b``. ``swizzle=0``: core matrices of 8 rows x 16 bytes,
+    the next k8 block ``n * 16`` bytes on (leading byte offset), the next 8 rows 128 bytes on
+    (stride byte offset). ``swizzle=128``: rows of 64 k (128 bytes) whose 16-byte chunks are
+    XORed with the row mod 8, the next 8 rows 1024 bytes on; ``b`` must sit in a 1024-byte
+    aligned atom, k16 step ``s`` of it at ``32 s`` bytes."""
+    regs = n // 2
+    d = ", ".join(f"%{i}" for i in range(regs))
+    outs = ", ".join(f'"+f"(d[{i}])' for i in range(regs))
+    lbo, sbo, mode = (n * 16, 128, 0) if swizzle == 0 else (16, 1024, 1)
+    return f"""
+__device__ __forceinline__ void lutc_wgmma_n{n}_s{swizzle}(float* d, unsigned a0, unsigned a1, unsigned a2,
+                                                 unsigned a3, unsigned b) {{
+  unsigned long long desc = (unsigned long long)((b & 0x3FFFFu) >> 4)
+      | ((unsigned long long)({lbo} >> 4) << 16) | ((unsigned long long)({sbo} >> 4) << 32)
+      | ((unsigned long long){mode} << 62);
+  asm volatile("wgmma.mma_async.sync.aligned.m64n{n}k16.f32.f16.f16 {{{d}}}, "
+               "{{%{regs}, %{regs + 1}, %{regs + 2}, %{regs + 3}}}, %{regs + 4}, 1, 1, 1, 0;"
+               : {outs}
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc) : "memory");
+}}
+"""
+
+
+def _fence_acc_src(n: int) -> str:
+    """``lutc_wgmma_acc_n{n}``: pins the accumulators (an empty asm that reads and writes each),
+    so that the compiler moves no access to them across the wgmma fences and waits."""
+    body = "\n".join(f'  asm volatile("" : "+f"(d[{i}]) :: "memory");' for i in range(n // 2))
+    return f"__device__ __forceinline__ void lutc_wgmma_acc_n{n}(float* d) {{\n{body}\n}}\n"
+
+
+def wgmma_m64k16(acc_ptr, n: int, swizzle: int, a0, a1, a2, a3, b_addr):
+    """Issue ``acc += A B`` for one ``m64n{n}k16`` with B in the layout ``swizzle`` (0 or 128, see
+    :func:`_wgmma_src`); asynchronous: :func:`wgmma_commit`, :func:`wgmma_wait`."""
+    return T.cuda.func_call(f"lutc_wgmma_n{n}_s{swizzle}", acc_ptr, a0, a1, a2, a3, b_addr,
+                            source_code=_wgmma_src(n, swizzle))
+
+
+def wgmma_fence_acc(acc_ptr, n: int):
+    """Pin the ``n / 2`` accumulators of an ``m64n{n}`` wgmma (see :func:`_fence_acc_src`)."""
+    return T.cuda.func_call(f"lutc_wgmma_acc_n{n}", acc_ptr, source_code=_fence_acc_src(n))
+
+
+def _asm_func(name: str, ptx: str):
+    src = f'__device__ __forceinline__ void {name}() {{ asm volatile("{ptx}" ::: "memory"); }}\n'
+    return T.cuda.func_call(name, source_code=src)
+
+
+def wgmma_fence():
+    """``wgmma.fence``: registers written before it are seen by the wgmma issued after it."""
+    return _asm_func("lutc_wgmma_fence", "wgmma.fence.sync.aligned;")
+
+
+def wgmma_commit():
+    """Close the warpgroup's current group of wgmma."""
+    return _asm_func("lutc_wgmma_commit", "wgmma.commit_group.sync.aligned;")
+
+
+def wgmma_wait(pending: int):
+    """Wait until at most ``pending`` of the warpgroup's newest wgmma groups are in flight."""
+    return _asm_func(f"lutc_wgmma_wait{pending}", f"wgmma.wait_group.sync.aligned {pending};")
+
+
+def proxy_fence_async():
+    """Make this thread's shared-memory stores visible to the async proxy (wgmma reads B there)."""
+    return _asm_func("lutc_fence_proxy_async", "fence.proxy.async.shared::cta;")

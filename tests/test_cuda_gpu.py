@@ -97,6 +97,40 @@ STREAM_CASES = [
 ]
 
 
+# cuda_wgmma (sm_90a): one and two warpgroups of tokens, 64-256 weight rows per block, 2-4 stages;
+# M of the issue grid (rows past M in a block, M = 1 in a 64-row block), N = 1000 (partial blocks
+# and tiles), K of 12, 86 and 112 units, scale groups of 32 to all of K, fp32 scales, zero points,
+# x through shared memory and from registers (xsm).
+WGMMA_CASES = [
+    (lutc.MPGemmSpec(1, 1000, 1536, wbits=4, group_size=128, act_dtype="float16"), dict()),
+    (lutc.MPGemmSpec(2, 1000, 11008, wbits=2, group_size=32, zero_point=True, act_dtype="float16"),
+     dict(bn=64, stages=4)),
+    (lutc.MPGemmSpec(3, 1000, 14336, wbits=4, group_size=-1, act_dtype="float16"), dict(bn=256, stages=2)),
+    (lutc.MPGemmSpec(5, 1000, 1536, wbits=2, group_size=64, act_dtype="float16", scale_dtype="float32"),
+     dict(bn=128, stages=2, xsm=False)),
+    (lutc.MPGemmSpec(16, 200, 11008, wbits=4, group_size=64, zero_point=True, act_dtype="float16"), dict()),
+    (lutc.MPGemmSpec(33, 1000, 14336, wbits=2, group_size=128, act_dtype="float16"), dict(bn=256, stages=3, swizzle=0)),
+    (lutc.MPGemmSpec(128, 1000, 11008, wbits=4, group_size=128, act_dtype="float16"), dict(wgm=2, bn=128)),
+    (lutc.MPGemmSpec(257, 1000, 1536, wbits=2, group_size=32, zero_point=True, act_dtype="float16"),
+     dict(wgm=2, bn=256, stages=4, swizzle=0, xsm=False)),
+    (lutc.MPGemmSpec(2048, 1000, 14336, wbits=4, group_size=64, zero_point=True, act_dtype="float16"), dict()),
+    (lutc.MPGemmSpec(300, 1000, 11008, wbits=4, group_size=128, act_dtype="float16"),
+     dict(wgm=2, bn=256, stages=3, xsm=False)),
+    (lutc.MPGemmSpec(2048, 1000, 1536, wbits=2, group_size=128, act_dtype="float16"), dict(wgm=2, bn=128, stages=4)),
+]
+
+
+@pytest.mark.parametrize("spec,knobs", WGMMA_CASES, ids=lambda v: str(v))
+def test_wgmma_knobs_keep_results(spec, knobs):
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("wgmma needs sm_90a")
+    kernel = lutc.build(spec, target="cuda", schedule="cuda_wgmma", knobs=knobs)
+    x, qw = random_case(spec, seed=7)
+    out = torch.full((spec.M, spec.N), float("nan"), dtype=x.dtype, device="cuda")
+    kernel(x.cuda(), qw.to("cuda"), out=out)
+    assert rel_error(out.cpu(), reference(x, qw)) < TOL["float16"]
+
+
 @pytest.mark.parametrize("knobs", LUT_KNOBS)
 def test_lut_knobs_keep_results(knobs):
     spec = KNOB_SPEC
