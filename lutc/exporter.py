@@ -4,7 +4,7 @@ r"""Export compiled kernels for other runtimes, and packed weights for their hos
 :func:`lutc.compile` builds, each with the packed-weight layout it reads (``kernel.layout``,
 :mod:`lutc.layouts`): the x86 SIMD LUT kernel (``ptiles64``/``tiles128``) and ``dot_mac``
 (``dot16``), the NEON kernels of ``target="arm"`` (``tiles32``, ``dot4``; cross-compiled), the
-CUDA kernels ``cuda_lut`` (``warp32``), ``cuda_stream`` and ``cuda_mma`` (``tc16``), and the generic schedules
+CUDA kernels ``cuda_lut`` (``warp32``), ``cuda_stream``, ``cuda_wgmma`` and ``cuda_mma`` (``tc16``), and the generic schedules
 (``bitplane``). For a :class:`~lutc.runtime.Kernel` it writes:
 
 =================  ==============================================================================

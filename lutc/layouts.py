@@ -28,7 +28,7 @@ layout         ``planes``                   read by                             
 ``dot{L}``     uint8 ``[N/L, K/(4c), 4L]``  ``dot_mac`` (NEON L=4, AVX-512 VNNI 16)     not bcq
 ``warp32``     int32 ``[N/32, K/128, b,     ``cuda_lut``                                all
                32, 4]``
-``tc16``       int32 ``[N/16, K/128, b/2,   ``cuda_stream``, ``cuda_mma``               uniform
+``tc16``       int32 ``[N/16, K/128, b/2,   ``cuda_stream``, ``cuda_wgmma``, ``cuda_mma`` uniform
                32, 4]``                                                                 W2/W4
 =============  ===========================  ==========================================  ============
 

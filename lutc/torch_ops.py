@@ -53,7 +53,7 @@ chunks keep the table workspace (``8 M K`` bytes for ``g=4``) and the number of 
 **Layout plans.** :meth:`OpKernels.layout_plan` says in which layout(s) a weight should be held
 on a device so that every bucket runs its fastest kernel: the layout of the ``M = 1`` (decode)
 kernel, and on CUDA a second copy where the batch kernels read another (``cuda_lut``'s
-``warp32`` for decode at W2, ``tc16`` (``cuda_stream`` to M = 8, ``cuda_mma`` beyond) from the
+``warp32`` for decode at W2, ``tc16`` (``cuda_stream`` to M = 8, ``cuda_wgmma`` on Hopper and ``cuda_mma`` beyond) from the
 first bucket it is chosen for): see
 :class:`LayoutPlan`. ``LUTLinear`` holds its weights by that plan.
 
@@ -107,7 +107,7 @@ class LayoutPlan:
     ``split`` is None), ``layouts[1]`` (if any) the larger ``M``.
 
     A second copy is planned only on CUDA, where the decode kernel (``cuda_lut``, ``warp32``) and
-    the batch kernels (``cuda_stream`` and ``cuda_mma``, ``tc16``) read different layouts: fp16 W2,
+    the batch kernels (``cuda_stream``, ``cuda_wgmma``, ``cuda_mma``: ``tc16``) read different layouts: fp16 W2,
     where on an H200 at 28672x8192 the LUT kernel takes 32.7 us at M = 1 and ``cuda_stream``
     35.3, and the LUT kernel builds one table per row of x (M = 4: 127.3 us against 39.9). At W4
     ``cuda_stream`` is also the M = 1 kernel (43.6 against 54.6 us): one ``tc16`` copy. The copy costs

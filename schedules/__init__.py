@@ -9,11 +9,12 @@ the spec and prefers it (``contract.preferred``): on a CPU the SIMD LUT kernel (
 at M = 1 and, on x86, the multiply-add kernel (``dot_mac``: int8 activations times codes by
 ``vpdpbusd``, 4 rows of x per unpacked weight) from M = 2 where the CPU has AVX-512 VNNI; the
 generic schedules otherwise. :data:`ALTERNATIVES` holds kernels that are only ever tuned (none
-now). On CUDA: ``cuda_stream`` (dequantize + ``mma.sync``
-fed by a ``cp.async`` pipeline, ``tc16`` weights: fp16, uniform W2/W4, M <= 16; preferred for
-M = 2..8 and for W4 at M = 1), ``cuda_lut`` (shared-memory tables, ``warp32`` weights; builds
-M <= 8 and every format; preferred at M = 1), ``cuda_mma`` (the ``tc16`` product with register
-prefetch, any M: prefill), and ``cuda_generic`` for everything else.
+now). On CUDA: ``cuda_stream`` (dequantize + ``mma.sync`` fed by a ``cp.async`` pipeline,
+``tc16`` weights: fp16, uniform W2/W4, M <= 16; preferred for M = 2..8 and for W4 at M = 1),
+``cuda_wgmma`` (sm_90a: ``tc16`` weights dequantized into shared memory as the B operand of
+``wgmma``; preferred from M = 17), ``cuda_lut`` (shared-memory tables, ``warp32`` weights;
+builds M <= 8 and every format; preferred at M = 1), ``cuda_mma`` (the ``tc16`` product with
+register prefetch, any M: prefill before Hopper), and ``cuda_generic`` for everything else.
 """
 from __future__ import annotations
 

@@ -11,9 +11,9 @@ Why ``mma.sync`` written as inline PTX in TVMScript (through ``T.cuda.func_call`
 tensor intrinsics or ``wgmma``: the B operand is made in registers by bit tricks that no
 ``tensorize`` description of a plain matmul matches (the same reason :mod:`schedules.simd_lut`
 writes its shuffles explicitly), and ``mma.sync`` takes register operands, so the dequantized
-fragments go straight into it. ``wgmma`` wants B in shared memory in a swizzled layout and a
-warpgroup pipeline (sm_90a only): worth it at large M, where the kernel is bound by the tensor
-cores; at the M of decoding and small batches the kernel is bound by reading the weights.
+fragments go straight into it. ``wgmma`` wants B in shared memory and a warpgroup pipeline
+(sm_90a only): :mod:`schedules.cuda_wgmma` does that and takes M >= 17 on Hopper; this kernel
+serves sm_80/sm_89 and the tuner.
 
 Weights come in the ``tc16`` layout of :mod:`lutc.formats`: integer codes pre-permuted so that
 one 16-byte load per lane gives it the B fragments of two 8-row tiles for a 128-weight unit

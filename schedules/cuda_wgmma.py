@@ -3,40 +3,49 @@ the B operand of ``wgmma``, activations from registers as its A operand.
 
 Why a third tensor-core kernel: from M = 64 on the product is bound by the tensor cores, not by
 the weights (28672 x 8192 at M = 128: 60 GFLOP against 59 MB of W2), and ``mma.sync`` reaches
-only part of what Hopper's tensor cores do; ``cuda_mma`` took 255-260 us there on the H200,
-where Humming (wgmma) took 93-104 and cuBLAS fp16 132. ``wgmma`` multiplies a 64 x N x 16 tile per
+only part of what Hopper's tensor cores do. ``wgmma`` multiplies a 64 x N x 16 tile per
 warpgroup (4 warps) asynchronously: the warps issue it and go on dequantizing the next K unit
-while the tensor cores work.
+while the tensor cores work. On the H200 this kernel takes 0.55-0.74x the time of ``cuda_mma``
+at M = 64..2048 (28672 x 8192 W2, M = 128: 156 us against 276), but it is still 1.25-2.25x behind
+cuBLAS fp16 (except 28672 x 8192 at M = 64) and 1.35-2.4x behind Humming (93 us at M = 128):
+``benchmarks/results/cuda_wgmma_h200.md``.
 
 Which operand is which. ``wgmma`` takes B (and optionally A) from shared memory through a matrix
-descriptor, in its canonical layout: 8 x 8 "core matrices" of 16 bytes per row. The ``tc16``
-layout hands each lane its weights in the ``mma.m16n8k16`` fragment order, with k permuted
-(lane ``c`` of a quad holds the contiguous 32 k of its quarter of a 128-weight unit, so its
-codes come in one 16-byte load); x can be read with the same permutation by 16-byte loads
-(as ``cuda_mma`` does), so x is the register operand A (tokens are wgmma's M: 64 per
-warpgroup), and the weights, dequantized in registers exactly as ``cuda_mma`` does
-(:func:`schedules.cuda_ptx.dequant_tc16`: ``(q - c) s``, one rounding), are stored as B in the
-descriptor's logical k order: each lane's ``half2`` lands in one 4-byte slot of a core matrix,
-a warp writes 128 contiguous bytes per store (no bank conflicts). Dequantizing into shared
-memory instead of into the A registers costs one ``st.shared`` per two weights, shared by all
-64 x ``wgm`` tokens of the block; the other way round (weights as A, x^T as B) would need x
-permuted in 4-byte pieces on its way into shared memory, many more instructions.
-The B layout is the non-swizzled one ("interleave"): core matrix (k8 block ``kb``, 8-row
-block ``nb``) at ``(kb * bn/8 + nb) * 128`` bytes; the descriptor's leading byte offset (next
-core matrix along K) is ``bn * 16``, its stride byte offset (next 8 rows) 128.
+descriptor, in its canonical layout: 8 x 16-byte "core matrices". The ``tc16`` layout hands each
+lane its weights in the ``mma.m16n8k16`` fragment order, with k permuted (lane ``c`` of a quad
+holds the contiguous 32 k of its quarter of a 128-weight unit, so its codes come in one 16-byte
+load); x can be read with the same permutation by 16-byte loads (as ``cuda_mma`` does), so x
+is the register operand A (tokens are wgmma's M: 64 per warpgroup), and the weights,
+dequantized in registers exactly as ``cuda_mma`` does (:func:`schedules.cuda_ptx.dequant_tc16`:
+``(q - c) s``, one rounding), are stored as B in the descriptor's logical k order: each lane's
+``half2`` lands in one 4-byte slot (:func:`b_byte`), a warp's store covers 32 distinct banks.
+Dequantizing into shared memory costs one ``st.shared`` per two weights, shared by the
+``64 wgm`` tokens of the block; the other way round (weights as A, x^T as B) would need x
+permuted in 4-byte pieces on its way into shared memory, or a second weight layout. Knob
+``swizzle``: B in the non-swizzled layout (0) or the 128-byte swizzle (128); the H200 timed
+them the same.
 
-Loops: block ``(m, n)`` computes rows ``64 wgm`` of tokens by ``bn`` weight rows (blockIdx.x
-walks M, so the blocks that share a weight tile run together and read it from DRAM once). K goes
-in 128-weight units through a ring of ``stages`` ``cp.async`` stages (weights, scales, zero
-points, and the block's rows of x padded to 136 halves), as in :mod:`schedules.cuda_stream`.
-Unit ``i``: wait for its copies and one barrier; start the copies of unit ``i + stages - 1``;
-each warp dequantizes its ``bn / (64 wgm)`` 16-row tiles into B buffer ``i % 2`` and loads its
-A fragments (8 ``ld.shared.v4``); ``fence.proxy.async`` (the tensor cores read shared memory
-through the async proxy) and a barrier; 8 ``wgmma.m64n{bn}k16`` on the unit, committed as one
-group; ``wgmma.wait_group 1`` lets the unit's products run on while the next unit is
-dequantized, and guarantees unit ``i - 1``'s B buffer and A registers are free again. The
-loop is unrolled by two so that the A registers of the two units in flight are distinct
-registers (an array indexed by ``i % 2`` would live in local memory).
+Loops: block ``(m, n)`` computes ``64 wgm`` token rows by ``bn`` weight rows (blockIdx.x walks
+M, so the blocks that share a weight tile run together and read it from DRAM once). K goes in
+128-weight units through a ring of ``stages`` ``cp.async`` stages (weights, scales, zero points,
+and with ``xsm`` the block's rows of x, :func:`x_byte`), as in :mod:`schedules.cuda_stream`;
+``xsm=False`` loads each lane's x fragments of the next unit straight from global memory into
+registers instead (no faster on the H200: ``sweep_cuda_wgmma_h200_xsm.json``). Iteration ``i``:
+issue the 8 ``wgmma.m64n{bn}k16`` of unit ``i - 1`` (A registers, B buffer ``(i - 1) % 2``) as
+one group; while they run, wait for unit ``i``'s copies (one barrier), start the copies of unit
+``i + stages - 1`` and dequantize unit ``i`` into B buffer ``i % 2``; ``wgmma.wait_group 0``;
+load unit ``i``'s A fragments; ``fence.proxy.async`` (the tensor cores read shared memory
+through the async proxy) and a barrier. Nothing is in flight across iterations: with a group
+left pending over the loop's back edge (``wait_group 1``), ptxas serialized every wgmma
+(C7514), whatever the fences.
+
+Where the time goes (not measured with a profiler; estimates from the sweeps): a unit of the
+2 x 256 tile takes about 4600 cycles per SM where its products need 2048 on the tensor cores;
+x through registers instead of shared memory changed nothing, the dequantization (about 900
+issue cycles) now overlaps the products, and each B tile is read once per warpgroup. A
+producer/consumer split (TMA or ``cp.async.bulk`` feeding warps that only dequantize, others
+that only issue wgmma, mbarriers instead of block barriers) and split-K for the narrow shapes
+(8192 x 28672 gives 32 blocks of 2 x 256) are the next steps.
 
 Limits (``supports``): sm_90a (``wgmma``), fp16 activations, uniform W2/W4, K % 128 == 0, any
 M and N (rows past M and N are computed from stale shared memory and never stored).
@@ -100,11 +109,11 @@ def blocks(spec, wgm: int, bn: int) -> int:
 
 
 def default_knobs(spec) -> dict:
-    """The largest tile of :data:`TILES` (two warpgroups only where M > 64) that still gives
-    :data:`MIN_BLOCKS` blocks, else the smallest: on the H200, 28672 x 8192 at M = 128 took
-    152 us with 2 x 256 (112 blocks) against 183 with 2 x 128; 8192 x 28672 at M = 128 took 208
-    with 1 x 64 (256 blocks) against 485 with 2 x 256 (32 blocks)."""
-    tiles = [t for t in TILES if t[0] == 1 or spec.M > 64]
+    """The largest tile of :data:`TILES` (two warpgroups only where M > 64, shared memory
+    permitting) that still gives :data:`MIN_BLOCKS` blocks, else the smallest: on the H200,
+    28672 x 8192 W2 at M = 128 took 151 us with 2 x 256 (112 blocks) against 183 with 2 x 128;
+    8192 x 28672 at M = 128 took 202 with 1 x 64 (256 blocks) against 488 with 2 x 256 (32)."""
+    tiles = [t for t in TILES if (t[0] == 1 or spec.M > 64) and smem_bytes(spec, *t) <= SMEM_LIMIT]
     wgm, bn, stages = next((t for t in tiles if blocks(spec, t[0], t[1]) >= MIN_BLOCKS), tiles[-1])
     return {"wgm": wgm, "bn": bn, "stages": stages, "swizzle": 128, "xsm": True}
 
@@ -140,7 +149,7 @@ def b_bytes(bn: int) -> int:
 
 def smem_bytes(spec, wgm: int, bn: int, stages: int, swizzle: int = 0, xsm: bool = True) -> int:
     """Dynamic shared memory of one block: 1 KB to align the B buffers to a swizzle atom, the
-    two B buffers, then the ring."""
+    two B buffers, then the ring (``swizzle`` moves bytes, it does not change their number)."""
     return ALIGN + 2 * b_bytes(bn) + stages * sum(stage_bytes(spec, wgm, bn, xsm).values())
 
 
@@ -246,8 +255,8 @@ def wgmma_kernel(spec, wgm: int, bn: int, stages: int, swizzle: int, xsm: bool):
         for bm in T.thread_binding(nbm, thread="blockIdx.x"):
             for bnn in T.thread_binding(nbn, thread="blockIdx.y"):
                 for tx in T.thread_binding(threads, thread="threadIdx.x"):
-                    # [B buffer | ring stages]: written by cp.async and st.shared,
-                    # read through PTX; TIR is shown both ends (see cuda_stream)
+                    # [alignment | B buffer 0 | B buffer 1 | ring stages]: written by cp.async and
+                    # st.shared, read through PTX; TIR is shown both ends (see cuda_stream)
                     smem = T.alloc_buffer((WORDS,), "uint32", scope="shared.dyn")
                     wreg = T.alloc_buffer((TW, J4, 4), "uint32", scope="local")
                     sreg = T.alloc_buffer((TW, 2), "uint32", scope="local")

@@ -306,7 +306,9 @@ CUDA_SPECS = [lutc.MPGemmSpec(3, 64, 256, wbits=2, group_size=64),
 CUDA_DEFAULTS = {"cuda_lut": (((1, 96, 512), dict(wbits=3, group_size=64, zero_point=True)), "warp32"),
                  # 4 stages of 4 warps x 2 tiles of W4 and 8 rows of x: past 48 KB of dynamic shared memory
                  "cuda_stream": (((8, 64, 512), dict(wbits=4, group_size=64, zero_point=True)), "tc16"),
-                 "cuda_mma": (((16, 64, 512), dict(wbits=4, group_size=128)), "tc16")}
+                 "cuda_mma": (((16, 64, 512), dict(wbits=4, group_size=128)), "tc16"),
+                 # sm_90a only; 113 KB of dynamic shared memory
+                 "cuda_wgmma": (((64, 64, 512), dict(wbits=2, group_size=64, zero_point=True)), "tc16")}
 
 
 def test_cuda_launches_from_lowered_tir(tmp_path):
@@ -364,6 +366,8 @@ def _cuda_default(schedule: str, arch: str):
 @pytest.mark.parametrize("arch", ["sm_90a", "sm_80"])
 @pytest.mark.parametrize("schedule", list(CUDA_DEFAULTS))
 def test_cuda_default_kernel_exports_in_its_layout(tmp_path, schedule, arch):
+    if schedule == "cuda_wgmma" and arch != "sm_90a":
+        pytest.skip("wgmma exists on sm_90a only (tests/test_targets.py checks sm_80 picks cuda_mma)")
     kernel = _cuda_default(schedule, arch)
     lay = layouts.get(kernel.layout)
     res = lutc.export(kernel, tmp_path, name="k", emit=["cu"])
@@ -395,6 +399,8 @@ def test_cuda_default_kernel_exports_in_its_layout(tmp_path, schedule, arch):
 def test_cuda_launcher_runs_on_the_gpu(schedule, spec, tmp_path):
     if spec is None:
         major, minor = torch.cuda.get_device_capability()
+        if schedule == "cuda_wgmma" and (major, minor) != (9, 0):
+            pytest.skip("wgmma exists on sm_90a only")
         kernel = _cuda_default(schedule, f"sm_{major}{minor}{'a' if major == 9 else ''}")
         spec = kernel.spec
     else:

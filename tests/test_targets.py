@@ -32,6 +32,9 @@ SCHEDULE_SPECS = [
     (lutc.MPGemmSpec(5, 1000, 1024, wbits=4, group_size=64, act_dtype="float16"), "cuda_mma"),
     (lutc.MPGemmSpec(3, 1000, 11008, wbits=2, group_size=32, zero_point=True, act_dtype="float16"), "cuda_stream"),
     (lutc.MPGemmSpec(13, 200, 1024, wbits=4, group_size=128, act_dtype="float16"), "cuda_stream"),
+    (lutc.MPGemmSpec(130, 1000, 11008, wbits=4, group_size=64, zero_point=True, act_dtype="float16"), "cuda_wgmma"),
+    (lutc.MPGemmSpec(33, 200, 1024, wbits=2, group_size=32, act_dtype="float16", scale_dtype="float32"),
+     "cuda_wgmma"),
 ]
 
 needs_nvcc = pytest.mark.skipif(
@@ -57,6 +60,10 @@ def test_cuda_source_compiles_with_nvcc(spec, arch):
 @pytest.mark.parametrize("spec,schedule", SCHEDULE_SPECS,
                          ids=[f"{n}-M{s.M}-{s.format}-w{s.wbits}-{s.act_dtype}" for s, n in SCHEDULE_SPECS])
 def test_cuda_schedules_compile_with_nvcc(spec, schedule, arch):
+    if schedule == "cuda_wgmma" and arch != "sm_90a":      # wgmma exists on sm_90a only
+        with pytest.raises(ValueError, match="cuda_wgmma"):
+            lutc.build(spec, target=f"cuda:{arch}", schedule=schedule)
+        return
     kernel = lutc.build(spec, target=f"cuda:{arch}", schedule=schedule)
     assert kernel.schedule == schedule
     cubin = lutc.cuda_binary(kernel, fmt="cubin")
@@ -66,6 +73,8 @@ def test_cuda_schedules_compile_with_nvcc(spec, schedule, arch):
     if schedule == "cuda_lut":
         assert re.search(r"ld\.global(\.nc)?\.v4\.u32", ptx)   # 16-byte weight loads
         assert "ld.shared.f32" in ptx         # table lookups
+    elif schedule == "cuda_wgmma":
+        assert "wgmma.mma_async.sync.aligned.m64n" in ptx and "fence.proxy.async" in ptx
     else:
         assert "mma.sync.aligned.m16n8k16" in ptx
 
@@ -82,6 +91,10 @@ def test_cuda_default_picks_lut_for_small_m_and_mma_beyond():
     # M = 1: the LUT kernel at 2 bits, the streamed mma kernel at 4 (H200: 43.6 against 54.6 us)
     assert lutc.build(lutc.MPGemmSpec(1, 28672, 8192, wbits=4, act_dtype="float16"),
                       target="cuda:sm_90a").schedule == "cuda_stream"
+    # M >= 17 on Hopper: the wgmma kernel; on Ampere the mma.sync one
+    spec = lutc.MPGemmSpec(128, 28672, 8192, wbits=2, act_dtype="float16")
+    assert lutc.build(spec, target="cuda:sm_90a").schedule == "cuda_wgmma"
+    assert lutc.build(spec, target="cuda:sm_80").schedule == "cuda_mma"
     # no mma kernel for bf16 activations or 3 bits: the LUT kernel takes small M
     assert lutc.build(lutc.MPGemmSpec(4, 256, 512, act_dtype="bfloat16"), target="cuda:sm_90a").schedule == "cuda_lut"
     assert lutc.build(lutc.MPGemmSpec(4, 256, 512, wbits=3), target="cuda:sm_90a").schedule == "cuda_lut"
@@ -126,9 +139,9 @@ def test_every_schedule_module_provides_the_contract():
     import types
     from schedules import contract
     modules = schedules.MODULES
-    assert len(modules) == 8 and all(isinstance(contract.check(m), types.ModuleType) for m in modules)
+    assert len(modules) == 9 and all(isinstance(contract.check(m), types.ModuleType) for m in modules)
     assert {m.__name__.rsplit(".", 1)[-1] for m in modules if contract.is_template(m)} == {
-        "x86", "arm", "dot_mac", "cuda_lut", "cuda_stream", "cuda_mma"}
+        "x86", "arm", "dot_mac", "cuda_lut", "cuda_stream", "cuda_wgmma", "cuda_mma"}
     broken = types.ModuleType("schedules.broken")
     broken.KNOBS, broken.supports, broken.schedule = {}, lambda s, t: True, lambda *a, **k: None
     with pytest.raises(TypeError, match="schedules.broken .*layout"):
