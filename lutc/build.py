@@ -29,7 +29,7 @@ from .cache import KernelCache, nvcc_fatbin
 from .frontend import lut_mpgemm
 from .runtime import Kernel
 from .spec import MPGemmSpec
-from .tuner.records import best_for, log_for
+from .tuner.records import TuningLog, best_for, log_for, nearest_for
 
 _FROM_ENV = object()  # sentinel: "use KernelCache.from_env()"
 
@@ -108,6 +108,9 @@ class Choice:
     knobs: dict
     record: Optional[dict]
     layout: str
+    #: "default", "tuned" (a record of this workload) or "transferred" (the record of the nearest
+    #: tuned workload: :func:`lutc.tuner.records.nearest_for`)
+    origin: str = "default"
 
     @property
     def schedule(self) -> str:
@@ -119,9 +122,11 @@ def choose(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: Schedu
     """The kernel :func:`build` would compile for ``spec`` on ``target``, without compiling.
 
     A named ``schedule`` is used as given (knobs checked against its ``KNOBS``). Otherwise the
-    fastest usable record of the tuning log for this workload and target, else the target's
+    fastest usable record of the tuning log for this workload and target; for a workload the
+    log has no record of, the best record of the nearest tuned workload that builds for this
+    one (``origin="transferred"``: :func:`lutc.tuner.records.nearest_for`); else the target's
     default schedule. A log decides only among what it measured: where the default schedule
-    has no record of this workload (a kernel newer than the log, e.g. ``cuda_stream`` beside
+    has no record of the workload (a kernel newer than the log, e.g. ``cuda_stream`` beside
     records of ``cuda_lut``/``cuda_mma``), the default is built. With ``layout``, only kernels that read weights in that layout count
     (tuned records too; the default becomes :func:`schedules.for_layout`), and None means no
     kernel of this target reads it for ``spec``; a named schedule reading another raises.
@@ -145,15 +150,39 @@ def choose(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: Schedu
         return choose(spec, tgt, module, knobs, layout=layout)
     default = _default_choice(spec, tgt, kind, layout)
     if tuned:
-        described = targets.describe(tgt)
-        log = log_for(kind, described)
-        record = best_for(log, spec.key(), described, targets.device_name(tgt),
-                          usable=lambda r: _record_layout(r, kind, spec, tgt) is not None,
-                          where=None if layout is None else lambda r: _record_layout(r, kind, spec, tgt) == layout)
-        if record is not None and (default is None or default.schedule in log.schedules(spec.key(), described)):
+        found = logged_record(log_for(kind, targets.describe(tgt)), spec, tgt,
+                              None if default is None else default.schedule, layout)
+        if found is not None:
+            record, origin = found
             module = _schedule_module(record["schedule"], kind, spec, tgt)
-            return Choice(module, dict(record["knobs"]), record, module.layout(spec, tgt, **record["knobs"]))
+            return Choice(module, dict(record["knobs"]), record, module.layout(spec, tgt, **record["knobs"]), origin)
     return default
+
+
+def logged_record(log: TuningLog, spec: MPGemmSpec, tgt, default_schedule: Optional[str],
+                  layout: Optional[str] = None, device: Optional[str] = None) -> Optional[tuple]:
+    """``(record, origin)`` of what ``log`` says to build for ``spec`` on ``tgt`` (the tuning
+    part of :func:`choose`), or None for the default: the best record of this workload
+    (``"tuned"``) if the log measured ``default_schedule`` for it; for a workload with no record
+    on this target, the nearest tuned workload's (``"transferred"``). ``device``: the hardware
+    to prefer records of (default: this machine's, :func:`lutc.target.device_name`)."""
+    kind, described = targets.kind(tgt), targets.describe(tgt)
+    device = device or targets.device_name(tgt)
+    usable = lambda r: _record_layout(r, kind, spec, tgt) is not None  # noqa: E731
+    where = None if layout is None else lambda r: _record_layout(r, kind, spec, tgt) == layout
+    measured = log.schedules(spec.key(), described)
+    if measured:
+        record = best_for(log, spec.key(), described, device, usable=usable, where=where)
+        ok = record is not None and (default_schedule is None or default_schedule in measured)
+        return (record, "tuned") if ok else None
+    # A transfer needs records that pin every knob: a partial one means "the defaults for the
+    # rest", which depend on the shape and on the lutc that reads it (dot_mac grew ``rows``
+    # after the reference CPU log: its ``{"row_tiles": 2}`` now builds rows x row_tiles = 8 x 4
+    # accumulators and ran 1.75x slower than the default at 16 x 4096 x 4096 W4 on an EPYC).
+    pinned = lambda r: usable(r) and set(r["knobs"]) >= set(_schedule_module(r["schedule"], kind, spec, tgt).KNOBS)  # noqa: E731
+    record = nearest_for(log, spec.key(), described, device, pinned, lambda r: targets.transferable(r, tgt),
+                         default_schedule, where)
+    return None if record is None else (record, "transferred")
 
 
 def _default_choice(spec: MPGemmSpec, tgt, kind: str, layout: Optional[str]) -> Optional[Choice]:
@@ -217,6 +246,7 @@ def build(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: Schedul
         if cache is not None and kernel.runnable:
             cache.store(key, kernel)
     kernel.tuned = choice.record
+    kernel.origin = choice.origin
     return kernel
 
 

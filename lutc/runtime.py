@@ -67,6 +67,7 @@ class Kernel:
         self.layout = layout
         self.from_cache = False   # set by lutc.cache when loaded from disk
         self.tuned = None         # the tuning record it was built from, if any
+        self.origin = "default"   # where its knobs came from: "default", "tuned", "transferred"
         self._x_shape = (spec.M, spec.K)
         self._y_shape = (spec.M, spec.N)
         self._dtype = TORCH_DTYPES[spec.act_dtype]

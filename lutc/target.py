@@ -119,6 +119,35 @@ def device_name(target: tvm.target.Target) -> str:
     return f"{cpu_model()} | {','.join(simd)}"
 
 
+#: The SIMD features (``/proc/cpuinfo`` names, as :func:`device_name` lists them) that decide
+#: which CPU kernels build and which is fastest: a tuning record transfers between CPUs that
+#: agree on all of them.
+ISA_FEATURES = ("avx2", "avx512bw", "avx512_vnni", "avx512vbmi", "asimd", "asimddp", "sve")
+
+
+def transferable(record: dict, target: tvm.target.Target) -> bool:
+    """Whether a tuning record measured on another target may stand in for ``target``'s own
+    (``lutc.tuner.records.nearest_for``): a GPU of the same architecture (an H100 record for an
+    H200); a CPU whose :data:`ISA_FEATURES` are this one's (another model name, e.g. LLVM's
+    ``rocketlake`` and ``znver5`` both with AVX-512 VNNI). The record's kernel must still build
+    here, which the caller checks.
+
+    Example:
+        >>> rec = {"target": {"kind": "cuda", "arch": "sm_90a"}, "device": "NVIDIA H100 | sm_90"}
+        >>> transferable(rec, resolve("cuda:sm_90a")), transferable(rec, resolve("cuda:sm_80"))
+        (True, False)
+    """
+    theirs = record.get("target") or {}
+    if kind(target) == "cuda":
+        return theirs.get("kind") == "cuda" and theirs.get("arch") == str(target.attrs.get("arch", ""))
+    if theirs.get("kind") != "llvm" or kind(target) != "cpu":
+        return False
+
+    def isa(device: str) -> set:
+        return set(device.split(" | ", 1)[-1].split(",")) & set(ISA_FEATURES)
+    return isa(str(record.get("device", ""))) == isa(device_name(target))
+
+
 def cpu_model() -> str:
     """This machine's CPU model (``/proc/cpuinfo``), else what ``platform`` knows of it.
 

@@ -5,10 +5,10 @@ One module per idea, each providing the contract of :mod:`schedules.contract` (`
 ``PASS_CONFIG``, ``TEMPLATE``), checked when this package is imported.
 
 :func:`default` picks, per target kind, the first module in :data:`CANDIDATES` that supports
-the spec and prefers it (``contract.preferred``): on a CPU the SIMD LUT kernel (``x86``/``arm``)
-at M = 1 and, on x86, the multiply-add kernel (``dot_mac``: int8 activations times codes by
-``vpdpbusd``, 4 rows of x per unpacked weight) from M = 2 where the CPU has AVX-512 VNNI; the
-generic schedules otherwise. :data:`ALTERNATIVES` holds kernels that are only ever tuned (none
+the spec and prefers it (``contract.preferred``): on an x86 CPU with AVX-512 VNNI the
+multiply-add kernel (``dot_mac``: int8 activations times codes by ``vpdpbusd``, 4 rows of x per
+unpacked weight) at every M (as fast as the LUT kernel at M = 1, or faster: ``x86.preferred``);
+on other CPUs the SIMD LUT kernel (``x86``/``arm``) at M = 1; the generic schedules otherwise. :data:`ALTERNATIVES` holds kernels that are only ever tuned (none
 now). On CUDA: ``cuda_stream`` (dequantize + ``mma.sync`` fed by a ``cp.async`` pipeline,
 ``tc16`` weights: fp16, uniform W2/W4, M <= 16; preferred for M = 2..8 and for W4 at M = 1),
 ``cuda_wgmma`` (sm_90a: ``tc16`` weights dequantized into shared memory as the B operand of

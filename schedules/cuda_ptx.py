@@ -195,10 +195,14 @@ __device__ __forceinline__ void lutc_wgmma_n{n}_s{swizzle}(float* d, unsigned a0
   unsigned long long desc = (unsigned long long)((b & 0x3FFFFu) >> 4)
       | ((unsigned long long)({lbo} >> 4) << 16) | ((unsigned long long)({sbo} >> 4) << 32)
       | ((unsigned long long){mode} << 62);
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   asm volatile("wgmma.mma_async.sync.aligned.m64n{n}k16.f32.f16.f16 {{{d}}}, "
                "{{%{regs}, %{regs + 1}, %{regs + 2}, %{regs + 3}}}, %{regs + 4}, 1, 1, 1, 0;"
                : {outs}
                : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc) : "memory");
+#else
+  __trap();  // compiled for an architecture without wgmma (see SM90A_ONLY)
+#endif
 }}
 """
 
@@ -222,24 +226,33 @@ def wgmma_fence_acc(acc_ptr, n: int):
     return T.cuda.func_call(f"lutc_wgmma_acc_n{n}", acc_ptr, source_code=_fence_acc_src(n))
 
 
-def _asm_func(name: str, ptx: str):
-    src = f'__device__ __forceinline__ void {name}() {{ asm volatile("{ptx}" ::: "memory"); }}\n'
+#: Why the wgmma snippets are guarded: ``nvcc -arch=sm_90a`` (CUDA 13) also embeds PTX for
+#: ``compute_90``, where ``wgmma`` does not exist; there the kernel traps, and the ``sm_90a``
+#: code (``__CUDA_ARCH_FEAT_SM90_ALL``) is what a Hopper GPU runs.
+SM90A_ONLY = "defined(__CUDA_ARCH_FEAT_SM90_ALL)"
+
+
+def _asm_func(name: str, ptx: str, guard: str = ""):
+    body = f'asm volatile("{ptx}" ::: "memory");'
+    if guard:
+        body = f"\n#if {guard}\n  {body}\n#endif\n"
+    src = f"__device__ __forceinline__ void {name}() {{ {body} }}\n"
     return T.cuda.func_call(name, source_code=src)
 
 
 def wgmma_fence():
     """``wgmma.fence``: registers written before it are seen by the wgmma issued after it."""
-    return _asm_func("lutc_wgmma_fence", "wgmma.fence.sync.aligned;")
+    return _asm_func("lutc_wgmma_fence", "wgmma.fence.sync.aligned;", SM90A_ONLY)
 
 
 def wgmma_commit():
     """Close the warpgroup's current group of wgmma."""
-    return _asm_func("lutc_wgmma_commit", "wgmma.commit_group.sync.aligned;")
+    return _asm_func("lutc_wgmma_commit", "wgmma.commit_group.sync.aligned;", SM90A_ONLY)
 
 
 def wgmma_wait(pending: int):
     """Wait until at most ``pending`` of the warpgroup's newest wgmma groups are in flight."""
-    return _asm_func(f"lutc_wgmma_wait{pending}", f"wgmma.wait_group.sync.aligned {pending};")
+    return _asm_func(f"lutc_wgmma_wait{pending}", f"wgmma.wait_group.sync.aligned {pending};", SM90A_ONLY)
 
 
 def proxy_fence_async():

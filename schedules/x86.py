@@ -28,12 +28,15 @@ def supports(spec, target) -> bool:
 
 
 def preferred(spec, target) -> bool:
-    """M = 1. From M = 2 the multiply-add kernel (``dot_mac``, where the CPU has AVX-512 VNNI)
-    is faster: it unpacks each weight vector once for 4 rows of x, where the LUT kernel builds a
-    table per row and looks each weight up once per row (2-core AVX-512 VM, 4096 x 4096 g128,
-    us: W2 M = 8 / 16: 269 / 408 against 504 / 867; W4: 358 / 505 against 798 / 1136; at M = 1
-    they were within the VM's noise, 258-360 against 271-314)."""
-    return spec.M == 1
+    """M = 1 on CPUs without AVX-512 VNNI. Where ``dot_mac`` builds (VNNI), it is as fast or
+    faster at M = 1 too, and from M = 2 much faster: it unpacks each weight vector once for 4
+    rows of x, where this kernel builds a table per row and looks each weight up once per row.
+    AMD EPYC (2 cores, AVX-512 VNNI/VBMI), weights rotating through 1 GiB, M = 1, us, 1 / 2
+    threads (``benchmarks/results/cpu_epyc.md``), this kernel against ``dot_mac``: 4096 x 4096
+    W2 234 / 142 against 223 / 142, W4 544 / 312 against 332 / 292, ternary 237 / 217 against
+    228 / 182, W1 153 / 157 against 165 / 130; 4096 x 11008 W2 571 / 325 against 473 / 275.
+    M = 16 (``front_doors_cpu_batches.md``): W2 797 us against 448."""
+    return spec.M == 1 and not codegen.llvm_cpu_has_features(["avx512vnni"], target)
 
 
 def layout(spec, target, vector_bytes=None, paired=None, **_) -> str:

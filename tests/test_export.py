@@ -216,7 +216,7 @@ def test_header_and_manifest_document_the_default_kernel(tmp_path):
                  f"#define DFLT_PLANES_SHAPE {{{', '.join(map(str, shapes['planes'].shape))}}}",
                  '#define DFLT_PLANES_DTYPE "uint8"', "#define DFLT_PLANES_BITS 8",
                  f"save_weights(qw, path, layout=\"{kernel.layout}\")",
-                 "dflt.c: not written: the x86 kernel calls LLVM intrinsics",
+                 f"dflt.c: not written: the {kernel.schedule} kernel calls LLVM intrinsics",
                  "static inline int dflt_run("]:
         assert text in header, text
     assert 'bitplane' not in header.split("Weight files")[0]             # documents its own layout only

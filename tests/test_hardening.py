@@ -138,7 +138,9 @@ def test_an_edited_schedule_never_loads_its_old_kernel():
 ])
 def test_knobs_outside_their_domain_are_named(knobs, match):
     with pytest.raises(ValueError, match=match):
-        lutc.compile((1, 64, 256), wbits=2, group_size=64, knobs=knobs)
+        lutc.compile((1, 64, 256), wbits=2, group_size=64, schedule="x86", knobs=knobs)
+    with pytest.raises(ValueError, match=r"schedule dot_mac has no knob\(s\) \['unroll'\]; its knobs are"):
+        lutc.compile((1, 64, 256), wbits=2, group_size=64, schedule="dot_mac", knobs={"unroll": 2})
 
 
 def test_knobs_of_other_schedules_are_named():

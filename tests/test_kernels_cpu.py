@@ -107,8 +107,10 @@ def test_compile_entry_point_and_sources():
     assert rel_error(kernel(x, qw), reference(x, qw)) < TOL["float32"]
 
 
-def test_default_on_x86_is_the_simd_kernel_with_int8_tables():
-    kernel = lutc.compile((1, 64, 256), wbits=2, group_size=64)
+def test_default_on_x86_is_dot_mac_with_vnni_else_the_simd_lut_kernel_with_int8_tables():
+    vnni = "avx512_vnni" in lutc.target.device_name(lutc.target.resolve(None))
+    assert lutc.compile((1, 64, 256), wbits=2, group_size=64).schedule == ("dot_mac" if vnni else "x86")
+    kernel = lutc.compile((1, 64, 256), wbits=2, group_size=64, schedule="x86")
     assert kernel.spec.table_dtype == "int8" and kernel.schedule == "x86"
     assert kernel.layout in ("ptiles32", "ptiles64")   # 2-bit planes paired
     assert "pshuf.b" in kernel.source

@@ -94,7 +94,8 @@ def test_unusable_records_are_skipped_with_a_warning(tmp_path, monkeypatch):
     log = log_for("cpu", describe(tgt))
     for rec in (_record(1.0, schedule="x86_v9"), _record(1.1, knobs="abc"), _record(1.2, knobs={"vector_bytes": 128}),
                 _record(1.3, schedule="cuda_lut"), _record(float("nan")), _record(-5.0),
-                _record(1.4, knobs={"unroll": True}), _record(20.0, knobs={"unroll": 2, "paired": False})):
+                _record(1.4, knobs={"unroll": True}), _record(20.0, knobs={"unroll": 2, "paired": False}),
+                _record(40.0, schedule=lutc.build(SPEC, tuned=False, cache=None).schedule, knobs={})):
         log.append(rec)
     with pytest.warns(UserWarning, match=r"cpu-.*\.jsonl: skipped 5 tuning record\(s\) .* cannot build"):
         kernel = lutc.compile((1, 256, 512), wbits=2, group_size=64, cache=None)
@@ -135,6 +136,84 @@ def test_compile_builds_the_best_tuned_record(tmp_path, monkeypatch):
     log.append(_record(45.0, spec=other, device="elsewhere"))   # the default was measured there too
     assert lutc.compile((1, 128, 512), wbits=2, group_size=64, cache=None).schedule == "dot_mac"
     assert best_for(log, other.key(), describe(tgt), device_name(tgt))["device"] == "elsewhere"
+
+
+def test_a_shape_nobody_tuned_takes_the_nearest_tuned_shapes_record(tmp_path, monkeypatch):
+    """A workload with no record builds the best record of the nearest tuned workload that
+    builds for it (same format fields, decode with decode); the kernel says so."""
+    monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
+    log = log_for("cpu", describe(resolve("host")))
+    near = SPEC.with_(N=1024)                       # 2 N of the asked N = 512: distance 1
+    far = SPEC.with_(N=4096, K=4096)
+    default = lutc.build(SPEC.with_(N=512), tuned=False, cache=None).schedule
+    pinned = {"unroll": 2, "paired": False, "vector_bytes": 32}      # every knob of x86
+    for spec, us in ((near, 20.0), (far, 10.0)):
+        log.append(_record(us, knobs=dict(pinned, unroll=2 if spec is near else 8), spec=spec))
+        log.append(_record(us * 2, schedule=default, knobs={}, spec=spec))   # the default, slower
+    kernel = lutc.build(SPEC.with_(N=512), cache=None)
+    assert kernel.origin == "transferred" and kernel.schedule == "x86" and kernel.knobs == pinned
+    assert kernel.tuned["workload"] == near.key()
+    # a record that leaves knobs to the defaults of the lutc reading it, or one that won by less
+    # than MARGIN, does not transfer
+    for knobs, us in (({"unroll": 2}, 20.0), (pinned, 39.0)):
+        lone = tmp_path / f"lone{us}"
+        monkeypatch.setenv("LUTC_TUNING_LOGS", str(lone))
+        one = log_for("cpu", describe(resolve("host")))
+        one.append(_record(us, knobs=knobs, spec=near))
+        one.append(_record(40.0, schedule=default, knobs={}, spec=near))
+        assert lutc.build(SPEC.with_(N=512), cache=None).origin == "default"
+    monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
+    # an exact record outranks any transfer; no record of the format (bcq) or of M > 1: default
+    log.append(_record(30.0, knobs={"unroll": 4}, spec=SPEC.with_(N=512)))
+    log.append(_record(60.0, schedule=default, knobs={}, spec=SPEC.with_(N=512)))
+    exact = lutc.build(SPEC.with_(N=512), cache=None)
+    assert exact.origin == "tuned" and exact.knobs == {"unroll": 4}
+    assert lutc.build(SPEC.with_(N=512, M=16), cache=None).origin == "default"
+    assert lutc.build(SPEC.with_(N=512, format="bcq"), cache=None).origin == "default"
+
+
+def test_distance_keeps_formats_and_decode_apart():
+    from lutc.tuner.records import workload_distance
+    a = SPEC.key()
+    assert workload_distance(a, a) == 0
+    assert workload_distance(a, SPEC.with_(N=512).key()) == pytest.approx(1.0)           # N x 2
+    assert workload_distance(a, SPEC.with_(M=2).key()) is None          # decode vs batch
+    assert workload_distance(SPEC.with_(M=2).key(), SPEC.with_(M=8).key()) == pytest.approx(4.0)
+    assert workload_distance(a, SPEC.with_(table_dtype="float32").key()) is None
+
+
+def test_records_of_another_cpu_of_the_same_isa_lend_only_their_knobs(tmp_path, monkeypatch):
+    """A log keyed by another LLVM CPU name (the committed one says ``rocketlake``) serves a host
+    with the same SIMD features: its knobs for this host's default kernel, not its choice of
+    kernel (which differs between machines), and nothing from a CPU of another ISA."""
+    monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
+    tgt = resolve("host")
+    log = log_for("cpu", describe(tgt))
+    default = lutc.build(SPEC, tuned=False, cache=None)
+    other_knobs = ({"row_tiles": 1, "rows": 1} if default.schedule == "dot_mac"
+                   else {"unroll": 1, "paired": False, "vector_bytes": 32})
+    theirs = dict(describe(tgt), mcpu="some-other-cpu")
+    for rec in (_record(5.0, knobs={"unroll": 32}, schedule="x86" if default.schedule != "x86" else "cpu_generic"),
+                _record(9.0, knobs=other_knobs, schedule=default.schedule),
+                _record(12.0, knobs={}, schedule=default.schedule)):
+        log.append(dict(rec, target=theirs))
+    kernel = lutc.build(SPEC, cache=None)
+    assert kernel.origin == "transferred" and kernel.schedule == default.schedule
+    assert kernel.knobs == other_knobs
+    # the same records from a CPU without this host's SIMD features: not used
+    alien = tmp_path / "alien"
+    monkeypatch.setenv("LUTC_TUNING_LOGS", str(alien))
+    log = log_for("cpu", describe(tgt))
+    for rec in (_record(9.0, knobs=other_knobs, schedule=default.schedule), _record(12.0, schedule=default.schedule)):
+        log.append(dict(rec, target=theirs, device="Some CPU | avx,fma"))
+    assert lutc.build(SPEC, cache=None).origin == "default"
+
+
+def test_gpu_records_transfer_within_one_architecture():
+    from lutc.target import transferable
+    h100 = {"target": {"kind": "cuda", "arch": "sm_90a"}, "device": "NVIDIA H100 80GB HBM3 | sm_90"}
+    assert transferable(h100, resolve("cuda:sm_90a")) and not transferable(h100, resolve("cuda:sm_80"))
+    assert not transferable(h100, resolve("host"))
 
 
 def test_second_process_compiles_from_cache_in_under_a_second(tmp_path):

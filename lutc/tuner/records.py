@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import fcntl
 import json
+import math
 import os
 import warnings
 from typing import Callable, Iterable, Iterator, Optional
@@ -167,6 +168,106 @@ def best_for(log: TuningLog, workload: dict, target: dict, device: str,
         records = [r for r in records if where(r)]
     found = best(r for r in records if r.get("device") == device) or best(records)
     return copy.deepcopy(found)     # the caller's own: records are shared with the parse cache
+
+
+#: Workload fields that change what is computed or how it is represented: a record transfers
+#: only between workloads that agree on all of them.
+SAME_FIELDS = ("format", "zero_point", "act_dtype", "table_dtype", "scale_dtype", "g", "symmetrize")
+#: Fields a transfer measures distance in, on a log2 scale, with their weights: M and the bit
+#: width count double (on the H100/H200 logs the best kernel at M = 1 changes between W2 and
+#: W4, less between shapes: ``benchmarks/results/transfer_eval.md``), group size half.
+DISTANCE = {"M": 2.0, "N": 1.0, "K": 1.0, "wbits": 2.0, "group": 0.5}
+#: A source's tuned record transfers only where it beat the source's own default by this
+#: factor: a narrow win there is as likely a loss here. Leave-one-out on the committed logs
+#: (``benchmarks/results/transfer_eval.md``; chosen on the data it is reported on): 0.8 kept
+#: every held-out CPU shape and all but 2 of 55 GPU ones within 5% of the default; 0.9 let 8
+#: GPU shapes lose up to 1.34x (a W4 shape's win at M = 1 carried to W2, or 4096 to 11008).
+MARGIN = 0.8
+
+
+def workload_distance(a: dict, b: dict) -> Optional[float]:
+    """How far workload ``b`` is from ``a`` (``MPGemmSpec.key()`` dicts) for transferring a
+    tuning record: the weighted sum of |log2| ratios of :data:`DISTANCE`'s fields (group size
+    -1 counts as K), or None where they differ in a :data:`SAME_FIELDS` field or one is a
+    decode (M = 1: a GEMV, whose best kernel says nothing about a GEMM's) and the other not.
+
+    Example:
+        >>> a = dict(M=1, N=11008, K=4096, wbits=2, group_size=128, format="uniform")
+        >>> round(workload_distance(a, dict(a, N=11008 * 2)), 3), workload_distance(a, dict(a, format="bcq"))
+        (1.0, None)
+    """
+    if any(a.get(f) != b.get(f) for f in SAME_FIELDS) or (a["M"] == 1) != (b["M"] == 1):
+        return None
+
+    def value(w: dict, field: str) -> float:
+        if field == "group":
+            return w["K"] if w.get("group_size", -1) == -1 else w["group_size"]
+        return w[field]
+    return sum(weight * abs(math.log2(value(a, f) / value(b, f))) for f, weight in DISTANCE.items())
+
+
+def nearest_for(log: TuningLog, workload: dict, target: dict, device: str,
+                usable: Callable[[dict], bool], transferable: Callable[[dict], bool],
+                default_schedule: Optional[str] = None,
+                where: Optional[Callable[[dict], bool]] = None) -> Optional[dict]:
+    """The record to build for a workload that the log has no record of on this target: the
+    best record of the nearest tuned workload (:func:`workload_distance`), this workload
+    included where another target measured it. Sources rank by: this target before others
+    (those ``transferable`` accepts: a CPU of the same ISA, a GPU of the same architecture;
+    from them only records of ``default_schedule`` count, since which kernel is fastest
+    differs between machines of one ISA: on a Rocket Lake the LUT kernel beat ``dot_mac`` at
+    M = 1 W2, on an EPYC they tie), this device before others, then distance. A source whose measurements do not include
+    ``default_schedule`` (a kernel newer than the log) is passed over, as for an exact match;
+    ``usable`` (the record builds for ``workload``) and ``where`` filter its records. The
+    nearest source that has a usable record decides: its best record if it beat the default
+    there by :data:`MARGIN`, else None (build the default). Returns a copy of the record, or None."""
+    ranked = []
+    for recs in _by_workload(log):
+        first = recs[0]
+        same_target = first.get("target") == target
+        if (same_target and first["workload"] == workload) or not (same_target or transferable(first)):
+            continue
+        if not same_target:     # another machine: its knobs for our default kernel, not its choice of kernel
+            recs = [r for r in recs if default_schedule is not None and r.get("schedule") == default_schedule]
+            if not recs:
+                continue
+        d = workload_distance(workload, first["workload"])
+        if d is not None:
+            ranked.append((not same_target, not any(r.get("device") == device for r in recs), d, len(ranked), recs))
+    for *_, recs in sorted(ranked):
+        if default_schedule is not None and default_schedule not in {r.get("schedule") for r in recs}:
+            continue
+        mine = [r for r in recs if r.get("device") == device] or recs
+        found = best(r for r in mine if usable(r) and (where is None or where(r)))
+        if found is not None:
+            default = next((r for r in mine if r.get("confirm") == found["confirm"] and r.get("knobs") == {}
+                            and r.get("schedule") == default_schedule and _finite_time(r.get("us"))), None)
+            if default is not None and found["us"] > MARGIN * default["us"]:
+                return None     # the nearest tuned shape says: the default
+            return copy.deepcopy(found)
+    return None
+
+
+#: The explicit cache of records grouped by (target, workload): log path -> (the parsed record
+#: list the groups were made from, groups). The parse cache hands out the same list until the
+#: file changes.
+_GROUPED: dict = {}
+
+
+def _by_workload(log: TuningLog) -> list:
+    """The log's records, one list per (target, workload)."""
+    parsed = _parse(log.path)
+    if parsed is None:
+        return []
+    records = parsed[0]
+    hit = _GROUPED.get(log.path)
+    if hit is not None and hit[0] is records:
+        return hit[1]
+    groups: dict = {}
+    for r in records:
+        groups.setdefault(json.dumps([r.get("target"), r["workload"]], sort_keys=True), []).append(r)
+    _GROUPED[log.path] = (records, list(groups.values()))
+    return _GROUPED[log.path][1]
 
 
 _WARNED: set = set()
