@@ -132,8 +132,9 @@ def choose(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: Schedu
     kernel of this target reads it for ``spec``; a named schedule reading another raises.
 
     Example:
-        >>> choose(MPGemmSpec(1, 256, 512, wbits=2, table_dtype="int8"), "x86", tuned=False).schedule
-        'x86'
+        >>> spec = MPGemmSpec(1, 256, 512, wbits=2, table_dtype="int8")
+        >>> [choose(spec, {"kind": "llvm", "mcpu": cpu}, tuned=False).schedule for cpu in ("skylake", "icelake-server")]
+        ['x86', 'dot_mac']
     """
     tgt = targets.resolve(target)
     kind = targets.kind(tgt)

@@ -233,7 +233,7 @@ class OpKernels:
 
         Example:
             >>> spec = MPGemmSpec(1, 4096, 4096, wbits=2, table_dtype="int8")
-            >>> kernel_cache().layout_plan(spec, "cpu").layouts[0] in ("ptiles64", "ptiles32", "tiles64", "tiles128")
+            >>> kernel_cache().layout_plan(spec, "cpu").layouts[0] in ("dot16", "ptiles64", "ptiles32", "tiles64", "tiles128")
             True
         """
         dev = torch.device(device).type
