@@ -19,7 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lutc  # noqa: E402
 from lutc import target as targets  # noqa: E402
-from lutc.autotune import _Bench  # noqa: E402
+from lutc.autotune import Bench  # noqa: E402
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
         t0 = time.perf_counter()
         kernel = lutc.compile((M, N, K), wbits=args.wbits, act_dtype=args.act_dtype, target=args.target)
         compile_s = time.perf_counter() - t0
-        bench = _Bench(kernel.spec, args.pool_mib, calls=30, device_type="cuda" if kind == "cuda" else "cpu")
+        bench = Bench(kernel.spec, args.pool_mib, calls=30, device_type="cuda" if kind == "cuda" else "cpu")
         times = [bench.measure(kernel) for _ in range(5)]
         errors = [e for _, e in times if e]
         measured = sorted(us for us, _ in times if us)[len(times) // 2] if not errors else float("nan")

@@ -15,7 +15,7 @@ For one workload on one target (:func:`tune_spec`):
    nvcc processes), then each candidate is checked against the float64 reference (a wrong
    result is an error record) and timed with the weights rotating through ``pool_mib`` of
    copies (a decode step reads each layer once, so cached weights would flatter): on CPUs the
-   median per-call wall time, on CUDA the kernel time inside a CUDA graph (:class:`_Bench`);
+   median per-call wall time, on CUDA the kernel time inside a CUDA graph (:class:`Bench`);
 5. every measurement, valid or not, is appended to the log at once (kill-safe); the search
    stops at ``trials`` measurements, after ``seconds``, when the space is exhausted, or when
    ``patience`` batches in a row found nothing faster;
@@ -134,7 +134,7 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
     knob_names = sorted({k for c in space for k, _ in c.knobs})
     featurize = lambda c: features(spec, c, schedule_names, knob_names)  # noqa: E731
 
-    bench = _Bench(spec, pool_mib, calls, device_type="cuda" if kind == "cuda" else "cpu")
+    bench = Bench(spec, pool_mib, calls, device_type="cuda" if kind == "cuda" else "cpu")
     done = {}          # candidate -> us (None when invalid)
     history = []
     for rec in log.matching(spec.key(), described):   # resume
@@ -250,13 +250,14 @@ def report(results: list) -> str:
 #: Least time spent timing one CPU kernel (seconds).
 MIN_SECONDS = 0.05
 #: A CPU candidate whose warm-up calls take more than this many times the best time so far is
-#: not timed further (see ``_Bench.measure``).
+#: not timed further (see ``Bench.measure``).
 CUTOFF = 4.0
 
 
-class _Bench:
+class Bench:
     """Times kernels of one workload on shared data: random weights (:func:`_weights`) and
-    activations, the float64 reference, and a pool of weight copies per layout.
+    activations, the float64 reference, and a pool of weight copies per layout. Public: the
+    tuner's measurements and ``benchmarks/check_tuned.py`` time kernels the same way.
 
     Each kernel is first checked against the float64 reference (a wrong result is an error
     record), then timed as a decode step runs it: every call reads a weight copy that was last
@@ -378,7 +379,7 @@ def graph_time_us(launch: Callable[[], None], calls: int = 30, replays: int = 5)
     return statistics.median(times)
 
 
-def _confirm(spec: MPGemmSpec, tgt, bench: "_Bench", finalists: list, jobs: int) -> dict:
+def _confirm(spec: MPGemmSpec, tgt, bench: "Bench", finalists: list, jobs: int) -> dict:
     """Candidate -> median time over rounds in which every finalist is timed in turn; those
     that fail to build or run are left out."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
