@@ -178,8 +178,9 @@ def logged_record(log: TuningLog, spec: MPGemmSpec, tgt, default_schedule: Optio
         return (record, "tuned") if ok else None
     # A transfer needs records that pin every knob: a partial one means "the defaults for the
     # rest", which depend on the shape and on the lutc that reads it (dot_mac grew ``rows``
-    # after the reference CPU log: its ``{"row_tiles": 2}`` now builds rows x row_tiles = 8 x 4
-    # accumulators and ran 1.75x slower than the default at 16 x 4096 x 4096 W4 on an EPYC).
+    # after the reference CPU log: its ``{"row_tiles": 2}``, measured with one row of x per
+    # pass, now builds 4 rows x 2 tiles, a kernel nobody measured, 1.75x slower than the
+    # default at 16 x 4096 x 4096 W4 on an EPYC).
     pinned = lambda r: usable(r) and set(r["knobs"]) >= set(_schedule_module(r["schedule"], kind, spec, tgt).KNOBS)  # noqa: E731
     record = nearest_for(log, spec.key(), described, device, pinned, lambda r: targets.transferable(r, tgt),
                          default_schedule, where)

@@ -215,28 +215,29 @@ def wgmma_kernel(spec, wgm: int, bn: int, stages: int, swizzle: int, xsm: bool):
         warp's weight tiles and their coefficients, and its share of the block's rows of x."""
         warp = T.meta_var(tx // 32)
         lane = T.meta_var(tx % 32)
+        tile0 = T.meta_var(bnn * (BN // 16) + warp * TW)     # this warp's first 16-row tile of N
         for t in T.unroll(TW):
-            if bnn * (BN // 16) + warp * TW + t < NT:
+            if tile0 + t < NT:
                 for j4 in T.unroll(J4):
                     T.evaluate(cp16(st + T.Cast("uint32", (((warp * TW + t) * J4 + j4) * 32 + lane) * 16),
-                                    T.address_of(planes[bnn * (BN // 16) + warp * TW + t, j, j4, lane, 0])))
+                                    T.address_of(planes[tile0 + t, j, j4, lane, 0])))
         for e in T.unroll(CPL):
-            if lane + e * 32 < TW * CP_TILE:
-                if bnn * (BN // 16) + warp * TW + (lane + e * 32) // CP_TILE < NT:
-                    T.evaluate(cp16(st + T.Cast("uint32", OFF_S + (warp * TW * CP_TILE + lane + e * 32) * 16),
-                                    T.address_of(scales[bnn * (BN // 16) + warp * TW + (lane + e * 32) // CP_TILE,
-                                                        (j * 128) // gs + (((lane + e * 32) % CP_TILE) * EL16) // 16,
-                                                        (((lane + e * 32) % CP_TILE) * EL16) % 16])))
+            copy = T.meta_var(lane + e * 32)                   # the warp's coefficient copy: tile, chunk
+            group = T.meta_var((j * 128) // gs + ((copy % CP_TILE) * EL16) // 16)
+            row = T.meta_var(((copy % CP_TILE) * EL16) % 16)
+            if copy < TW * CP_TILE:
+                if tile0 + copy // CP_TILE < NT:
+                    T.evaluate(cp16(st + T.Cast("uint32", OFF_S + (warp * TW * CP_TILE + copy) * 16),
+                                    T.address_of(scales[tile0 + copy // CP_TILE, group, row])))
                     if zp:
-                        T.evaluate(cp16(st + T.Cast("uint32", OFF_Z + (warp * TW * CP_TILE + lane + e * 32) * 16),
-                                        T.address_of(zeros[bnn * (BN // 16) + warp * TW + (lane + e * 32) // CP_TILE,
-                                                           (j * 128) // gs + (((lane + e * 32) % CP_TILE) * EL16) // 16,
-                                                           (((lane + e * 32) % CP_TILE) * EL16) % 16])))
+                        T.evaluate(cp16(st + T.Cast("uint32", OFF_Z + (warp * TW * CP_TILE + copy) * 16),
+                                        T.address_of(zeros[tile0 + copy // CP_TILE, group, row])))
         for e in T.unroll(XPT if xsm else 0):
-            if bm * BM + (tx + e * threads) // 16 < M:
-                T.evaluate(cp16(st + T.Cast("uint32", OFF_X + x_byte((tx + e * threads) // 16, (tx + e * threads) % 16)),
-                                T.address_of(x[bm * BM + (tx + e * threads) // 16,
-                                               j * 128 + ((tx + e * threads) % 16) * 8])))
+            xrow = T.meta_var((tx + e * threads) // 16)        # the block's token row, and its
+            xchunk = T.meta_var((tx + e * threads) % 16)       # 16-byte chunk (8 k) of the unit
+            if bm * BM + xrow < M:
+                T.evaluate(cp16(st + T.Cast("uint32", OFF_X + x_byte(xrow, xchunk)),
+                                T.address_of(x[bm * BM + xrow, j * 128 + xchunk * 8])))
 
     @T.macro
     def load_x(u, dst, x, bm, arow, c4):
