@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 # The vocabulary only (no torch, no TVM): `lutc --help` answers at once.
 from .spec import ACT_DTYPES, ACT_GROUPS, FORMATS, SCALE_DTYPES, TABLE_DTYPES
+from .model_shapes import MODELS, linear_shapes as model_linear_shapes
 
 #: Every subcommand's help shows each option's default.
 HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter
@@ -111,11 +112,14 @@ def add_tune(sub) -> None:
         "tune", formatter_class=HELP_FORMAT, help="tune kernels for shapes or a model's Linear layers",
         description="Tune lutc kernels (lutc.tune); records go to the tuning logs. Examples: "
                     "lutc tune --shapes 1x4096x4096,1x11008x4096 --wbits 2 --trials 64; "
-                    "lutc tune --model mypkg.models:build_model --m 1,16 --wbits 4 --seconds 120 --report tuned.md")
+                    "lutc tune --model mypkg.models:build_model --m 1,16 --wbits 4 --seconds 120 --report tuned.md; "
+                    "lutc tune --model-shapes llama-3-8b --m 1,16,128 --wbits 2")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--shapes", help="comma-separated MxNxK, e.g. 1x4096x4096,16x11008x4096")
     src.add_argument("--model", help="module:callable returning an nn.Module; its Linear layers are tuned")
-    p.add_argument("--m", default="1", help="with --model: comma-separated M values")
+    src.add_argument("--model-shapes", choices=sorted(MODELS),
+                     help="the Linear shapes of a known open model (lutc.model_shapes)")
+    p.add_argument("--m", default="1", help="with --model or --model-shapes: comma-separated M values")
     add_format_args(p)
     p.add_argument("--table-dtype", default=None, choices=TABLE_DTYPES,
                    help="default: the target's (int8 where a SIMD lookup kernel exists)")
@@ -135,6 +139,8 @@ def run_tune(args: argparse.Namespace) -> int:
         shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
         if any(len(s) != 3 for s in shapes):
             args.parser.error("--shapes takes MxNxK triples, e.g. 1x4096x4096")
+    elif args.model_shapes:
+        shapes = model_linear_shapes(args.model_shapes, [int(m) for m in args.m.split(",")])
     else:
         module_name, _, attr = args.model.partition(":")
         model = getattr(importlib.import_module(module_name), attr or "model")

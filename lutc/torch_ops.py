@@ -111,8 +111,12 @@ class LayoutPlan:
     where on an H200 at 28672x8192 the LUT kernel takes 32.7 us at M = 1 and ``cuda_stream``
     35.3, and the LUT kernel builds one table per row of x (M = 4: 127.3 us against 39.9). At W4
     ``cuda_stream`` is also the M = 1 kernel (43.6 against 54.6 us): one ``tc16`` copy. The copy costs
-    the packed bits once more (W2: 2 more bits per weight). CPUs hold one copy: the decode
-    kernel's layout, and every other bucket runs the fastest kernel that reads it.
+    the packed bits once more (W2: 2 more bits per weight). CPUs hold one copy, and where the
+    decode and batch kernels read different layouts it is the batch kernel's: on the EPYC a
+    tuned LUT kernel beat ``dot_mac`` at M = 1 by 1.08x (4096 x 4096 W2, 123.8 against 133.6 us,
+    ``benchmarks/results/tuning_cpu_epyc_llama3_8b.md``), where at M = 16 the LUT kernel takes
+    1.9x ``dot_mac``'s time (797 against 414 us, ``front_doors_cpu_batches.md``). Every bucket
+    then runs the fastest kernel that reads the held layout.
     """
 
     layouts: tuple
@@ -246,7 +250,10 @@ class OpKernels:
                 raise ValueError(f"no lutc kernel for {dev} builds {_describe(spec)} at M = 1"
                                  + (f" with schedule {self.schedule}" if self.schedule else ""))
             decode, batch = picks[0][1], picks[-1][1]      # the M = 1 kernel, the largest bucket's
-            if (dev != "cuda" or single or batch.layout == decode.layout
+            if dev != "cuda" and batch.layout != decode.layout and batch.module not in schedules.GENERIC:
+                # one CPU copy: the batch kernel's layout (M = 1 then runs the best kernel reading it)
+                plan = LayoutPlan((batch.layout,), None, spec.table_dtype)
+            elif (dev != "cuda" or single or batch.layout == decode.layout
                     or batch.module in schedules.GENERIC):
                 plan = LayoutPlan((decode.layout,), None, spec.table_dtype)
             else:   # the decode layout serves the buckets before the first that reads the batch layout

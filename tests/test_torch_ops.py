@@ -72,6 +72,28 @@ def test_eager_formats_and_dtypes(fmt, dtype):
         assert rel_error(y, reference(x, qw)) < _tol(x, qw)
 
 
+def test_one_cpu_copy_is_the_batch_kernels_layout_when_a_tuned_decode_kernel_reads_another(tmp_path, monkeypatch):
+    """A tuning record that makes the LUT kernel the M = 1 choice (a few percent there) must not
+    send batches to the LUT kernel (about 2x slower at M = 16 than dot_mac on a VNNI CPU)."""
+    from lutc.target import describe, device_name, resolve
+    from lutc.torch_ops import OpKernels
+    from lutc.tuner.records import log_for
+    spec = lutc.MPGemmSpec(1, 256, 512, wbits=2, group_size=64, table_dtype="int8")
+    batch = lutc.build(spec.with_(M=16), tuned=False, cache=None)
+    if batch.schedule != "dot_mac":
+        pytest.skip("no VNNI: the LUT kernel serves every M here")
+    monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
+    tgt = resolve("host")
+    log = log_for("cpu", describe(tgt))
+    for schedule, knobs, us in (("x86", {"unroll": 4, "paired": False, "vector_bytes": 64}, 10.0),
+                                ("dot_mac", {}, 11.0)):
+        log.append({"workload": spec.key(), "target": describe(tgt), "device": device_name(tgt), "versions": {},
+                    "schedule": schedule, "knobs": knobs, "us": us, "error": None, "confirm": "run"})
+    assert lutc.build(spec, cache=None).schedule == "x86"             # the tuned M = 1 kernel
+    plan = OpKernels().layout_plan(spec, "cpu")
+    assert plan.layouts == (batch.layout,) and plan.split is None
+
+
 def test_default_layout_runs_the_simd_kernel():
     """The op on a weight in the SIMD kernel's layout runs that kernel, not a generic one."""
     spec = lutc.MPGemmSpec(1, 64, 256, wbits=2, group_size=64, table_dtype="int8")

@@ -216,6 +216,22 @@ def test_gpu_records_transfer_within_one_architecture():
     assert not transferable(h100, resolve("host"))
 
 
+def test_model_shapes_name_the_linear_layers_of_known_models(monkeypatch):
+    from lutc.cli import main
+    from lutc.model_shapes import MODELS, linear_shapes
+    assert linear_shapes("llama-3-8b", [1, 16]) == [
+        (1, 4096, 4096), (16, 4096, 4096), (1, 1024, 4096), (16, 1024, 4096),
+        (1, 14336, 4096), (16, 14336, 4096), (1, 4096, 14336), (16, 4096, 14336)]
+    assert all(K % 128 == 0 for name in MODELS for _, _, K in linear_shapes(name, [1]))   # g128 fits
+    with pytest.raises(ValueError, match="unknown model 'llama-9'.*llama-3-8b"):
+        linear_shapes("llama-9", [1])
+    seen = []    # the CLI tunes exactly those shapes
+    monkeypatch.setattr("lutc.autotune.tune", lambda shapes, **kw: seen.extend(shapes) or [])
+    monkeypatch.setattr("lutc.autotune.report", lambda results: "")
+    assert main(["tune", "--model-shapes", "bitnet-2b", "--m", "1,16", "--wbits", "2"]) == 0
+    assert seen == linear_shapes("bitnet-2b", [1, 16])
+
+
 def test_second_process_compiles_from_cache_in_under_a_second(tmp_path):
     script = textwrap.dedent(f"""
         import os, time, json
