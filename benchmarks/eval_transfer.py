@@ -7,7 +7,7 @@ that kernel ran on ``D`` for ``W`` in ``W``'s own records:
 
 * **held-out shape**: the log without any record of ``W`` (every device), so the choice comes
   from the nearest other shapes;
-* **other GPU**: only the other device's records (H100 <-> H200), ``W`` included: the log of
+* **other device**: only the other device's records (H100 <-> H200; Rocket Lake <-> EPYC), ``W`` included: the log of
   another GPU of the same architecture.
 
 Compared with the full tune (the best of ``W``'s confirmation on ``D``) and with the default
@@ -164,8 +164,8 @@ def main() -> None:
         if not os.path.exists(path):
             continue
         records = load(path)
-        for mode in ("held-out shape", "other GPU"):
-            if mode == "other GPU" and len({r.get("device") for r in records}) < 2:
+        for mode in ("held-out shape", "other device"):
+            if mode == "other device" and len({r.get("device") for r in records}) < 2:
                 continue
             rows = evaluate(records, mode)
             results[(name, mode)] = rows

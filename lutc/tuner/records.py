@@ -219,8 +219,9 @@ def nearest_for(log: TuningLog, workload: dict, target: dict, device: str,
     M = 1 W2, on an EPYC they tie), this device before others, then distance. A source whose measurements do not include
     ``default_schedule`` (a kernel newer than the log) is passed over, as for an exact match;
     ``usable`` (the record builds for ``workload``) and ``where`` filter its records. The
-    nearest source that has a usable record decides: its best record if it beat the default
-    there by :data:`MARGIN`, else None (build the default). Returns a copy of the record, or None."""
+    nearest source that has a usable record and whose confirmation timed ``default_schedule``
+    with its default knobs decides: its best record if that beat the default there by
+    :data:`MARGIN`, else None (build the default). Returns a copy of the record, or None."""
     ranked = []
     for recs in _by_workload(log):
         first = recs[0]
@@ -240,9 +241,11 @@ def nearest_for(log: TuningLog, workload: dict, target: dict, device: str,
         mine = [r for r in recs if r.get("device") == device] or recs
         found = best(r for r in mine if usable(r) and (where is None or where(r)))
         if found is not None:
-            default = next((r for r in mine if r.get("confirm") == found["confirm"] and r.get("knobs") == {}
+            default = next((r for r in recs if r.get("confirm") == found["confirm"] and r.get("knobs") == {}
                             and r.get("schedule") == default_schedule and _finite_time(r.get("us"))), None)
-            if default is not None and found["us"] > MARGIN * default["us"]:
+            if default is None:
+                continue        # its run did not time our default: no margin to judge by
+            if found["us"] > MARGIN * default["us"]:
                 return None     # the nearest tuned shape says: the default
             return copy.deepcopy(found)
     return None
