@@ -17,7 +17,7 @@ warp size, registers); without them TVM fails with "missing attribute `max_threa
 from __future__ import annotations
 
 import platform
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import tvm
 from tvm.target import codegen
@@ -125,27 +125,30 @@ def device_name(target: tvm.target.Target) -> str:
 ISA_FEATURES = ("avx2", "avx512bw", "avx512_vnni", "avx512vbmi", "asimd", "asimddp", "sve")
 
 
-def transferable(record: dict, target: tvm.target.Target) -> bool:
-    """Whether a tuning record measured on another target may stand in for ``target``'s own
-    (``lutc.tuner.records.nearest_for``): a GPU of the same architecture (an H100 record for an
-    H200); a CPU whose :data:`ISA_FEATURES` are this one's (another model name, e.g. LLVM's
+def transferable(target: tvm.target.Target) -> Callable[[dict], bool]:
+    """The test whether a tuning record measured on another target may stand in for ``target``'s
+    own (``lutc.tuner.records.nearest_for``): a GPU of the same architecture (an H100 record for
+    an H200); a CPU whose :data:`ISA_FEATURES` are this one's (another model name, e.g. LLVM's
     ``rocketlake`` and ``znver5`` both with AVX-512 VNNI). The record's kernel must still build
-    here, which the caller checks.
+    here, which the caller checks. This target's facts are read once, not per record.
 
     Example:
         >>> rec = {"target": {"kind": "cuda", "arch": "sm_90a"}, "device": "NVIDIA H100 | sm_90"}
-        >>> transferable(rec, resolve("cuda:sm_90a")), transferable(rec, resolve("cuda:sm_80"))
+        >>> transferable(resolve("cuda:sm_90a"))(rec), transferable(resolve("cuda:sm_80"))(rec)
         (True, False)
     """
-    theirs = record.get("target") or {}
     if kind(target) == "cuda":
-        return theirs.get("kind") == "cuda" and theirs.get("arch") == str(target.attrs.get("arch", ""))
-    if theirs.get("kind") != "llvm" or kind(target) != "cpu":
-        return False
+        arch = str(target.attrs.get("arch", ""))
+        return lambda r: (r.get("target") or {}).get("kind") == "cuda" and (r.get("target") or {}).get("arch") == arch
+    if kind(target) != "cpu":
+        return lambda r: False
+    ours = _isa(device_name(target))
+    return lambda r: (r.get("target") or {}).get("kind") == "llvm" and _isa(str(r.get("device", ""))) == ours
 
-    def isa(device: str) -> set:
-        return set(device.split(" | ", 1)[-1].split(",")) & set(ISA_FEATURES)
-    return isa(str(record.get("device", ""))) == isa(device_name(target))
+
+def _isa(device: str) -> set:
+    """The :data:`ISA_FEATURES` among a :func:`device_name`'s feature list."""
+    return set(device.split(" | ", 1)[-1].split(",")) & set(ISA_FEATURES)
 
 
 def cpu_model() -> str:

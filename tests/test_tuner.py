@@ -212,8 +212,8 @@ def test_records_of_another_cpu_of_the_same_isa_lend_only_their_knobs(tmp_path, 
 def test_gpu_records_transfer_within_one_architecture():
     from lutc.target import transferable
     h100 = {"target": {"kind": "cuda", "arch": "sm_90a"}, "device": "NVIDIA H100 80GB HBM3 | sm_90"}
-    assert transferable(h100, resolve("cuda:sm_90a")) and not transferable(h100, resolve("cuda:sm_80"))
-    assert not transferable(h100, resolve("host"))
+    assert transferable(resolve("cuda:sm_90a"))(h100) and not transferable(resolve("cuda:sm_80"))(h100)
+    assert not transferable(resolve("host"))(h100)
 
 
 def test_model_shapes_name_the_linear_layers_of_known_models(monkeypatch):
