@@ -1,6 +1,6 @@
 """Helpers shared by the schedules: find a block's spatial loops, parallelize or bind them;
-merge given knob values over a schedule's defaults; drop a template's unused parameter; name
-a CPU target's architecture.
+merge given knob values over a schedule's defaults; declare a template's weight buffers from
+:mod:`lutc.layouts` and drop its unused parameter; name a CPU target's architecture.
 
 Blocks built by ``te.create_prim_func`` list their spatial loops first, then their reduction
 loops; these helpers rely on that and never touch the reduction loops.
@@ -11,6 +11,8 @@ import platform
 from typing import Optional
 
 from tvm import s_tir
+
+from lutc import layouts
 
 DATA_PAR = 0  # tirx.IterVar.DataPar
 
@@ -76,6 +78,14 @@ def merge_knobs(schedule: str, domains: dict, defaults: dict, given: dict) -> di
                 raise ValueError(f"{schedule} knob {name}={value!r} is not one of {domains[name]}")
             knobs[name] = value
     return knobs
+
+
+def weight_buffers(spec, layout: str) -> tuple:
+    """``(planes, coefficients, zero points)`` buffer shapes of ``spec``'s weight in ``layout``,
+    as :mod:`lutc.layouts` (their one owner) states them; zero points ``(1,)`` where the format
+    has none (the template's unused parameter, which :func:`drop_param` removes)."""
+    shapes = layouts.get(layout).shapes(spec)
+    return shapes["planes"].shape, shapes["scales"].shape, shapes["zeros"].shape if "zeros" in shapes else (1,)
 
 
 def drop_param(func, name: str):

@@ -44,7 +44,7 @@ from __future__ import annotations
 from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
-from .common import drop_param, merge_knobs
+from .common import drop_param, merge_knobs, weight_buffers
 from .cuda_ptx import LDG128_SRC, LDS128_SRC, MMA_SRC, dequant_tc16, h2
 from .cuda_lut import PASS_CONFIG, SMEM_LIMIT  # noqa: F401  (one limit; TVM cannot see reads made by inline PTX)
 
@@ -149,12 +149,12 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
     opt = -(-outs // threads)
     zp, sdt = spec.zero_point, spec.scale_dtype
     const = (2 ** b - 1) / 2.0
-    zero_shape = (NT, G, 16) if zp else (1,)
+    PLANES, COEF, ZEROS = weight_buffers(spec, "tc16")   # lutc.layouts' shapes of tc16
     red_shape = (S, WN, MP, NW * 16) if S > 1 else (1,)
 
     @T.prim_func(s_tir=True)
-    def main(x: T.Buffer((M, K), "float16"), planes: T.Buffer((NT, KU, b // 2, 32, 4), "int32"),
-             scales: T.Buffer((NT, G, 16), sdt), zeros: T.Buffer(zero_shape, sdt),
+    def main(x: T.Buffer((M, K), "float16"), planes: T.Buffer(PLANES, "int32"),
+             scales: T.Buffer(COEF, sdt), zeros: T.Buffer(ZEROS, sdt),
              out: T.Buffer((M, N), "float16")):
         T.func_attr({"tirx.noalias": True})
         for by in T.thread_binding(nby, thread="blockIdx.y"):

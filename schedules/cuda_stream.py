@@ -37,7 +37,7 @@ from __future__ import annotations
 from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
-from .common import drop_param, merge_knobs
+from .common import drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
 from .cuda_ptx import cp16, cp_commit, cp_wait, dequant_tc16, lds128, lds_scale_h2, mma
 
@@ -162,15 +162,15 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
     xpt = -(-XC // threads)
     HI = M > 8                                # rows 8..15 of the A fragment hold data
     SWAP = M <= 8                             # y^T = W x^T: one m16n8k16 per 16 x 16 weights
-    zero_shape = (NT, G, 16) if zp else (1,)
+    PLANES, COEF, ZEROS = weight_buffers(spec, "tc16")   # lutc.layouts' shapes of tc16
     RED = S * WN * 16 * NW * 16 if S > 1 else 0   # fp32 partial sums of the K slices, in the ring
     WORDS = max(P * STAGE, 4 * RED) // 4
     outs = WN * 16 * NW * 16
     opt = -(-outs // threads)
 
     @T.prim_func(s_tir=True)
-    def main(x: T.Buffer((M, K), "float16"), planes: T.Buffer((NT, KU, J4, 32, 4), "int32"),
-             scales: T.Buffer((NT, G, 16), sdt), zeros: T.Buffer(zero_shape, sdt),
+    def main(x: T.Buffer((M, K), "float16"), planes: T.Buffer(PLANES, "int32"),
+             scales: T.Buffer(COEF, sdt), zeros: T.Buffer(ZEROS, sdt),
              out: T.Buffer((M, N), "float16")):
         T.func_attr({"tirx.noalias": True})
         for bx in T.thread_binding(nbx, thread="blockIdx.x"):

@@ -56,7 +56,7 @@ from __future__ import annotations
 from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
-from .common import drop_param, merge_knobs
+from .common import drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
 from .cuda_ptx import (cp16, cp_commit, cp_wait, dequant_tc16, ldg128, lds128, lds_scale_h2, proxy_fence_async,
                        wgmma_commit, wgmma_fence, wgmma_fence_acc, wgmma_m64k16, wgmma_wait)
@@ -205,7 +205,7 @@ def wgmma_kernel(spec, wgm: int, bn: int, stages: int, swizzle: int, xsm: bool):
     RING = 2 * BBUF                           # the ring starts after the two B buffers
     OFF_S, OFF_Z, OFF_X = part["w"], part["w"] + part["s"], part["w"] + part["s"] + part["z"]
     XPT = BM * 16 // threads                  # 16-byte copies of x per thread and stage
-    zero_shape = (NT, G, 16) if zp else (1,)
+    PLANES, COEF, ZEROS = weight_buffers(spec, "tc16")   # lutc.layouts' shapes of tc16
     WORDS = (ALIGN + RING + P * STAGE) // 4
     ACC = BN // 2                             # fp32 accumulators per thread (m64 x bn / 128)
 
@@ -249,8 +249,8 @@ def wgmma_kernel(spec, wgm: int, bn: int, stages: int, swizzle: int, xsm: bool):
                                   bm * BM + arow + r * 8 < M, T.address_of(dst[s2, r, 0])))
 
     @T.prim_func(s_tir=True)
-    def main(x: T.Buffer((M, K), "float16"), planes: T.Buffer((NT, KU, J4, 32, 4), "int32"),
-             scales: T.Buffer((NT, G, 16), sdt), zeros: T.Buffer(zero_shape, sdt),
+    def main(x: T.Buffer((M, K), "float16"), planes: T.Buffer(PLANES, "int32"),
+             scales: T.Buffer(COEF, sdt), zeros: T.Buffer(ZEROS, sdt),
              out: T.Buffer((M, N), "float16")):
         T.func_attr({"tirx.noalias": True})
         for bm in T.thread_binding(nbm, thread="blockIdx.x"):
