@@ -180,7 +180,7 @@ DISTANCE = {"M": 2.0, "N": 1.0, "K": 1.0, "wbits": 2.0, "group": 0.5}
 #: A source's tuned record transfers only where it beat the source's own default by this
 #: factor: a narrow win there is as likely a loss here. Leave-one-out on the committed logs
 #: (``benchmarks/results/transfer_eval.md``; chosen on the data it is reported on): 0.8 kept
-#: every held-out CPU shape and all but 2 of 55 GPU ones within 5% of the default; 0.9 let 8
+#: all but 1 of 34 held-out CPU shapes and 2 of 55 GPU ones within 5% of the default; 0.9 let 8
 #: GPU shapes lose up to 1.34x (a W4 shape's win at M = 1 carried to W2, or 4096 to 11008).
 MARGIN = 0.8
 
@@ -216,8 +216,9 @@ def nearest_for(log: TuningLog, workload: dict, target: dict, device: str,
     (those ``transferable`` accepts: a CPU of the same ISA, a GPU of the same architecture;
     from them only records of ``default_schedule`` count, since which kernel is fastest
     differs between machines of one ISA: on a Rocket Lake the LUT kernel beat ``dot_mac`` at
-    M = 1 W2, on an EPYC they tie), this device before others, then distance. A source whose measurements do not include
-    ``default_schedule`` (a kernel newer than the log) is passed over, as for an exact match;
+    M = 1 W2, on an EPYC they tie), this device before others, then distance. A source whose
+    measurements do not include ``default_schedule`` (a kernel newer than the log) is passed
+    over, as for an exact match;
     ``usable`` (the record builds for ``workload``) and ``where`` filter its records. The
     nearest source that has a usable record and whose confirmation timed ``default_schedule``
     with its default knobs decides: its best record if that beat the default there by
