@@ -1,4 +1,5 @@
-"""Quickstart: compile a 2-bit LUT kernel for this CPU, run it, check it, time it, and the same
+"""Quickstart: compile lutc's 2-bit kernel for this CPU (the SIMD LUT kernel, or the int8
+multiply-add kernel where the CPU has AVX-512 VNNI), run it, check it, time it, and the same
 weight as a ``LUTLinear`` layer (what ``quantize_model`` puts in a model).
 
     python examples/quickstart.py [--shape 1,4096,4096] [--wbits 2] [--group-size 128]
