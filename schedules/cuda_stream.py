@@ -37,6 +37,8 @@ from __future__ import annotations
 from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
+from lutc.dtypes import nbytes
+
 from .common import drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
 from .cuda_ptx import cp16, cp_commit, cp_wait, dequant_tc16, lds128, lds_scale_h2, mma
@@ -111,7 +113,7 @@ def resolve_knobs(spec, **given) -> dict:
 
 def stage_bytes(spec, warps: int, wn: int, nw: int) -> dict:
     """Bytes of one pipeline stage, by part (weights, scales, zero points, x)."""
-    per_warp_tile = 16 * groups_per_unit(spec) * _scale_size(spec)
+    per_warp_tile = 16 * groups_per_unit(spec) * scale_size(spec)
     coef = warps * wn * nw * per_warp_tile
     return {"w": warps * wn * nw * (spec.wbits // 2) * 512, "s": coef,
             "z": coef if spec.zero_point else 0, "x": warps * spec.M * X_ROW * 2}
@@ -129,8 +131,9 @@ def groups_per_unit(spec) -> int:
     return max(1, 128 // spec.group)
 
 
-def _scale_size(spec) -> int:
-    return {"float16": 2, "float32": 4}[spec.scale_dtype]
+def scale_size(spec) -> int:
+    """Bytes of one stored scale or zero point (what the ``cp.async`` copies of coefficients count)."""
+    return nbytes(spec.scale_dtype)
 
 
 def schedule(func, spec, target, warps=None, wn=None, nw=None, stages=None) -> s_tir.Schedule:
@@ -149,7 +152,7 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
     threads = 32 * S * WN
     steps = -(-KU // S)
     nbx = -(-NT // (WN * NW))
-    zp, sdt, ssz = spec.zero_point, spec.scale_dtype, _scale_size(spec)
+    zp, sdt, ssz = spec.zero_point, spec.scale_dtype, scale_size(spec)
     NG = groups_per_unit(spec)
     CP_TILE = 16 * NG * ssz // 16             # 16-byte copies of one tile's coefficients per unit
     EL16 = 16 // ssz                          # coefficients per 16-byte copy

@@ -60,7 +60,7 @@ from .common import drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
 from .cuda_ptx import (cp16, cp_commit, cp_wait, dequant_tc16, ldg128, lds128, lds_scale_h2, proxy_fence_async,
                        wgmma_commit, wgmma_fence, wgmma_fence_acc, wgmma_m64k16, wgmma_wait)
-from .cuda_stream import groups_per_unit
+from .cuda_stream import groups_per_unit, scale_size
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
@@ -137,7 +137,7 @@ def resolve_knobs(spec, **given) -> dict:
 
 def stage_bytes(spec, wgm: int, bn: int, xsm: bool = True) -> dict:
     """Bytes of one pipeline stage, by part (weights, scales, zero points, x)."""
-    coef = bn * groups_per_unit(spec) * {"float16": 2, "float32": 4}[spec.scale_dtype]
+    coef = bn * groups_per_unit(spec) * scale_size(spec)
     return {"w": (bn // 16) * (spec.wbits // 2) * 512, "s": coef, "z": coef if spec.zero_point else 0,
             "x": 64 * wgm * 256 if xsm else 0}
 
@@ -193,7 +193,7 @@ def wgmma_kernel(spec, wgm: int, bn: int, stages: int, swizzle: int, xsm: bool):
     TW = BN // 16 // (4 * wgm)                # 16-row tiles each warp dequantizes
     nbm, nbn = -(-M // BM), -(-NT * 16 // BN)
     zp, sdt = spec.zero_point, spec.scale_dtype
-    ssz = {"float16": 2, "float32": 4}[sdt]
+    ssz = scale_size(spec)
     NG = groups_per_unit(spec)
     CP_TILE = 16 * NG * ssz // 16             # 16-byte copies of one tile's coefficients per unit
     EL16 = 16 // ssz                          # coefficients per 16-byte copy
