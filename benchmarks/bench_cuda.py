@@ -319,16 +319,21 @@ def candidates(sname: str, M: int) -> list:
         cands = [dict(warps=w, wn=n, nw=t, stages=p) for (w, n, t, p) in (
             (4, 1, 2, 4), (4, 1, 2, 6), (4, 1, 2, 8), (4, 1, 4, 3), (4, 1, 4, 4), (4, 2, 1, 4), (4, 2, 1, 6),
             (4, 2, 2, 3), (2, 2, 2, 4), (2, 2, 2, 6), (2, 1, 4, 4), (4, 1, 1, 8), (1, 4, 1, 6), (2, 4, 1, 4))]
-    elif sname == "cuda_wgmma":   # (wgm, bn, stages, swizzle, xsm)
-        cands = [dict(wgm=w, bn=n, stages=p, swizzle=z, xsm=x) for (w, n, p, z, x) in (
-            (2, 256, 2, 128, True), (2, 256, 4, 128, False), (2, 256, 3, 128, False), (2, 128, 4, 128, False),
-            (1, 128, 3, 128, False), (1, 64, 4, 128, False), (1, 64, 4, 128, True))]
+    elif sname == "cuda_wgmma":   # (wg, wn, bm, stages, ws)
+        cands = [dict(wg=g, wn=n, bm=m, stages=p, ws=w) for (g, n, m, p, w) in (
+            (2, 1, 64, 4, True), (2, 1, 128, 4, True), (2, 1, 128, 3, True), (1, 1, 128, 4, True),
+            (1, 1, 256, 3, True), (3, 1, 64, 4, True), (1, 1, 64, 4, True), (1, 2, 64, 4, True),
+            (2, 2, 64, 4, False), (2, 1, 128, 4, False), (2, 1, 256, 3, False), (1, 1, 64, 4, False),
+            (4, 1, 64, 4, False))]
     else:
         cands = [dict(warps=w, tiles=t, rows=r, units=u) for (w, t, r, u) in (
             (4, 2, 1, 2), (4, 1, 1, 2), (8, 1, 1, 1), (4, 2, 1, 1), (4, 1, 2, 1), (2, 4, 1, 2),
             (2, 4, 1, 1), (2, 2, 2, 1), (1, 4, 1, 2), (2, 2, 1, 1))]
     spec = lutc.MPGemmSpec(M, 4096, 4096, wbits=2, group_size=GROUP, act_dtype="float16")
-    return [k for k in cands if _builds(getattr(schedules, sname), spec, k)]
+    module = getattr(schedules, sname)
+    # cuda_wgmma: a token tile past M's is the same kernel again (its worth_tuning)
+    return [k for k in cands if _builds(module, spec, k)
+            and (sname != "cuda_wgmma" or schedules.contract.worth_tuning(module, spec, None, **k))]
 
 
 def _builds(module, spec, knobs: dict) -> bool:

@@ -11,8 +11,8 @@ unpacked weight) at every M (as fast as the LUT kernel at M = 1, or faster: ``x8
 on other CPUs the SIMD LUT kernel (``x86``/``arm``) at M = 1; the generic schedules otherwise. :data:`ALTERNATIVES` holds kernels that are only ever tuned (none
 now). On CUDA: ``cuda_stream`` (dequantize + ``mma.sync`` fed by a ``cp.async`` pipeline,
 ``tc16`` weights: fp16, uniform W2/W4, M <= 16; preferred for M = 2..8 and for W4 at M = 1),
-``cuda_wgmma`` (sm_90a: ``tc16`` weights dequantized into shared memory as the B operand of
-``wgmma``; preferred from M = 17), ``cuda_lut`` (shared-memory tables, ``warp32`` weights;
+``cuda_wgmma`` (sm_90a: ``tc16`` weights dequantized in registers as the A operand of
+``wgmma``, x in shared memory from a copying warpgroup; preferred from M = 17), ``cuda_lut`` (shared-memory tables, ``warp32`` weights;
 builds M <= 8 and every format; preferred at M = 1), ``cuda_mma`` (the ``tc16`` product with
 register prefetch, any M: prefill before Hopper), and ``cuda_generic`` for everything else.
 """

@@ -17,10 +17,23 @@ __device__ __forceinline__ unsigned lutc_h2(float v) {
   return *reinterpret_cast<unsigned*>(&h);
 }
 """
-DEQ_SRC = """
+#: ``(w & mask) | 0x64006400`` (the codes under fp16's magic number 1024) as one ``LOP3``: written
+#: in C, nvcc splits it into two (an AND and an OR, each with its immediate), one more
+#: instruction per two weights in every dequantizing kernel.
+LOP3_SRC = """
+#ifndef LUTC_LOP3_AND_OR
+#define LUTC_LOP3_AND_OR
+__device__ __forceinline__ unsigned lutc_lop3_and_or(unsigned w, unsigned mask) {
+  unsigned h;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(h) : "r"(w), "r"(mask), "r"(0x64006400u));
+  return h;
+}
+#endif
+"""
+DEQ_SRC = LOP3_SRC + """
 __device__ __forceinline__ unsigned lutc_deq(unsigned w, unsigned mask, unsigned mul, unsigned add,
                                              unsigned s2, unsigned z2) {
-  unsigned h = (w & mask) | 0x64006400u;
+  unsigned h = lutc_lop3_and_or(w, mask);
   __half2 q = __hfma2(*reinterpret_cast<__half2*>(&h), *reinterpret_cast<__half2*>(&mul),
                       *reinterpret_cast<__half2*>(&add));
   __half2 r = __hmul2(__hsub2(q, *reinterpret_cast<__half2*>(&z2)), *reinterpret_cast<__half2*>(&s2));
@@ -69,10 +82,10 @@ def deq(word, b, v, s2, zs2):
                             source_code=DEQ_SRC, return_type="uint32")
 
 
-DEQ_C_SRC = """
+DEQ_C_SRC = LOP3_SRC + """
 __device__ __forceinline__ unsigned lutc_deq_c(unsigned w, unsigned mask, unsigned mul, unsigned add,
                                                unsigned s2) {
-  unsigned h = (w & mask) | 0x64006400u;
+  unsigned h = lutc_lop3_and_or(w, mask);
   __half2 r = __hmul2(__hfma2(*reinterpret_cast<__half2*>(&h), *reinterpret_cast<__half2*>(&mul),
                               *reinterpret_cast<__half2*>(&add)), *reinterpret_cast<__half2*>(&s2));
   return *reinterpret_cast<unsigned*>(&r);
@@ -116,6 +129,11 @@ __device__ __forceinline__ void lutc_cp16(unsigned dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(dst), "l"(src));
 }
 """
+CP4_SRC = """
+__device__ __forceinline__ void lutc_cp4(unsigned dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" :: "r"(dst), "l"(src));
+}
+"""
 COMMIT_SRC = """
 __device__ __forceinline__ void lutc_cp_commit() { asm volatile("cp.async.commit_group;"); }
 """
@@ -154,6 +172,12 @@ def lds128(addr, dst_ptr):
 def cp16(dst_addr, src_ptr):
     """Start an asynchronous 16-byte copy global -> shared (``cp.async.cg``, bypasses L1)."""
     return T.cuda.func_call("lutc_cp16", dst_addr, src_ptr, source_code=CP16_SRC)
+
+
+def cp4(dst_addr, src_ptr):
+    """Start an asynchronous 4-byte copy global -> shared (``cp.async.ca``: the 16-byte form
+    cannot scatter a row, and its neighbours' sectors are then read from L1)."""
+    return T.cuda.func_call("lutc_cp4", dst_addr, src_ptr, source_code=CP4_SRC)
 
 
 def cp_commit():
@@ -258,3 +282,53 @@ def wgmma_wait(pending: int):
 def proxy_fence_async():
     """Make this thread's shared-memory stores visible to the async proxy (wgmma reads B there)."""
     return _asm_func("lutc_fence_proxy_async", "fence.proxy.async.shared::cta;")
+
+
+# --- mbarriers (sm_80+ for cp.async's arrive, sm_90 for try_wait): cuda_wgmma's producer warps
+
+MBAR_SRC = {
+    "init": """
+__device__ __forceinline__ void lutc_mbar_init(unsigned addr, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(addr), "r"(count) : "memory");
+}
+""",
+    "arrive": """
+__device__ __forceinline__ void lutc_mbar_arrive(unsigned addr) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(addr) : "memory");
+}
+""",
+    "cp_arrive": """
+__device__ __forceinline__ void lutc_cp_mbar_arrive(unsigned addr) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" :: "r"(addr) : "memory");
+}
+""",
+    "wait": """
+__device__ __forceinline__ void lutc_mbar_wait(unsigned addr, unsigned parity) {
+  unsigned done = 0;
+  while (!done) {
+    asm volatile("{\\n .reg .pred p;\\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\\n"
+                 " selp.u32 %0, 1, 0, p;\\n}" : "=r"(done) : "r"(addr), "r"(parity) : "memory");
+  }
+}
+"""}
+
+
+def mbar_init(addr, count):
+    """Initialize the mbarrier at shared byte ``addr`` for ``count`` arrivals per phase."""
+    return T.cuda.func_call("lutc_mbar_init", addr, count, source_code=MBAR_SRC["init"])
+
+
+def mbar_arrive(addr):
+    """Arrive (release) on the mbarrier at shared byte ``addr``."""
+    return T.cuda.func_call("lutc_mbar_arrive", addr, source_code=MBAR_SRC["arrive"])
+
+
+def cp_mbar_arrive(addr):
+    """Arrive on the mbarrier at ``addr`` once this thread's ``cp.async`` copies so far have landed
+    (``.noinc``: the arrival is one of the phase's expected count)."""
+    return T.cuda.func_call("lutc_cp_mbar_arrive", addr, source_code=MBAR_SRC["cp_arrive"])
+
+
+def mbar_wait(addr, parity):
+    """Wait (acquire) until the phase of parity ``parity`` of the mbarrier at ``addr`` completed."""
+    return T.cuda.func_call("lutc_mbar_wait", addr, parity, source_code=MBAR_SRC["wait"])

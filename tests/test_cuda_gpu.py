@@ -97,26 +97,37 @@ STREAM_CASES = [
 ]
 
 
-# cuda_wgmma (sm_90a): one and two warpgroups of tokens, 64-256 weight rows per block, 2-4 stages;
-# M of the issue grid (rows past M in a block, M = 1 in a 64-row block), N = 1000 (partial blocks
-# and tiles), K of 12, 86 and 112 units, scale groups of 32 to all of K, fp32 scales, zero points,
-# x through shared memory and from registers (xsm).
+# cuda_wgmma (sm_90a): one and two warpgroups, one and two 64-row tiles each, 64-256 tokens per
+# block (fewer where M is smaller: wgmma N = 8, 16, 24, 40, ...), 3 and 4 stages; M of the issue
+# grid (tokens past M in a block), N = 1000 and 200 (partial blocks and tiles), K of 12, 86 and
+# 112 units, scale groups of 32 to all of K, fp32 scales, zero points; with and without the copying
+# warpgroup (ws).
 WGMMA_CASES = [
     (lutc.MPGemmSpec(1, 1000, 1536, wbits=4, group_size=128, act_dtype="float16"), dict()),
     (lutc.MPGemmSpec(2, 1000, 11008, wbits=2, group_size=32, zero_point=True, act_dtype="float16"),
-     dict(bn=64, stages=4)),
-    (lutc.MPGemmSpec(3, 1000, 14336, wbits=4, group_size=-1, act_dtype="float16"), dict(bn=256, stages=2)),
+     dict(wg=1, stages=4)),
+    (lutc.MPGemmSpec(3, 1000, 14336, wbits=4, group_size=-1, act_dtype="float16"), dict(wg=2, wn=2, stages=3)),
     (lutc.MPGemmSpec(5, 1000, 1536, wbits=2, group_size=64, act_dtype="float16", scale_dtype="float32"),
-     dict(bn=128, stages=2, xsm=False)),
+     dict(wg=2, wn=1, bm=64, stages=3)),
     (lutc.MPGemmSpec(16, 200, 11008, wbits=4, group_size=64, zero_point=True, act_dtype="float16"), dict()),
-    (lutc.MPGemmSpec(33, 1000, 14336, wbits=2, group_size=128, act_dtype="float16"), dict(bn=256, stages=3, swizzle=0)),
-    (lutc.MPGemmSpec(128, 1000, 11008, wbits=4, group_size=128, act_dtype="float16"), dict(wgm=2, bn=128)),
+    (lutc.MPGemmSpec(33, 1000, 14336, wbits=2, group_size=128, act_dtype="float16"), dict(wg=1, wn=2, bm=64)),
+    (lutc.MPGemmSpec(128, 1000, 11008, wbits=4, group_size=128, act_dtype="float16"), dict(wg=2, bm=128)),
     (lutc.MPGemmSpec(257, 1000, 1536, wbits=2, group_size=32, zero_point=True, act_dtype="float16"),
-     dict(wgm=2, bn=256, stages=4, swizzle=0, xsm=False)),
+     dict(wg=2, bm=256, stages=3)),
     (lutc.MPGemmSpec(2048, 1000, 14336, wbits=4, group_size=64, zero_point=True, act_dtype="float16"), dict()),
-    (lutc.MPGemmSpec(300, 1000, 11008, wbits=4, group_size=128, act_dtype="float16"),
-     dict(wgm=2, bn=256, stages=3, xsm=False)),
-    (lutc.MPGemmSpec(2048, 1000, 1536, wbits=2, group_size=128, act_dtype="float16"), dict(wgm=2, bn=128, stages=4)),
+    (lutc.MPGemmSpec(300, 1000, 11008, wbits=4, group_size=128, act_dtype="float16", scale_dtype="float32"),
+     dict(wg=1, bm=256, stages=3)),
+    (lutc.MPGemmSpec(2048, 1000, 1536, wbits=2, group_size=128, act_dtype="float16"), dict(wg=2, wn=2, bm=64, stages=4)),
+    (lutc.MPGemmSpec(130, 200, 1536, wbits=2, group_size=-1, zero_point=True, act_dtype="float16"),
+     dict(wg=1, wn=1, bm=128, stages=4)),
+    # a copying warpgroup and mbarriers (ws)
+    (lutc.MPGemmSpec(5, 1000, 11008, wbits=4, group_size=32, zero_point=True, act_dtype="float16"),
+     dict(wg=2, bm=64, stages=3, ws=True)),
+    (lutc.MPGemmSpec(257, 1000, 14336, wbits=2, group_size=128, act_dtype="float16", scale_dtype="float32"),
+     dict(wg=2, bm=128, stages=4, ws=True)),
+    (lutc.MPGemmSpec(2048, 200, 1536, wbits=4, group_size=64, act_dtype="float16"), dict(wg=1, bm=256, stages=3, ws=True)),
+    (lutc.MPGemmSpec(33, 1000, 1536, wbits=2, group_size=-1, zero_point=True, act_dtype="float16"),
+     dict(wg=3, bm=64, stages=4, ws=True)),
 ]
 
 
