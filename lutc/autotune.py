@@ -6,8 +6,10 @@ For one workload on one target (:func:`tune_spec`):
    multiply-add kernels alike: :mod:`lutc.tuner.space`); candidates already in the tuning log
    for this workload, target and device are not measured again (resume);
 2. the default kernel (what ``lutc.compile`` builds untuned) is measured first;
-3. then batches: the first at random, later ones by the XGBoost cost model trained on all
-   valid measurements so far (the predicted-fastest unmeasured candidates, plus a fraction
+3. then batches chosen by the XGBoost cost model, trained on all valid measurements so far and
+   on this device's measurements of other workloads on this target in the log
+   (:func:`lutc.tuner.model.log_history`; the first batch is random only where the log has
+   fewer than 4) (the predicted-fastest unmeasured candidates, plus a fraction
    ``epsilon`` at random to keep exploring). Before each batch is measured, the model's
    predictions for it are kept: comparing them with the measurements gives the rank
    correlation on candidates the model never trained on;
@@ -50,7 +52,7 @@ from .dtypes import TORCH_DTYPES
 from .runtime import Kernel
 from .spec import MPGemmSpec
 from .testing import INT8_TOLERANCE, random_weights, rel_error
-from .tuner import CostModel, TuningLog, candidates, default_candidate, features, rank_correlation
+from .tuner import CostModel, TuningLog, candidates, default_candidate, features, log_history, rank_correlation
 from .tuner.records import log_for
 from .tuner.space import Candidate
 
@@ -159,6 +161,8 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
     measured_here = 1 if history else 0
 
     model = CostModel(seed)
+    # what this device measured for other shapes on this target: the model's start
+    prior_X, prior_us = log_history(log.records(), spec.key(), described, device, schedule_names, knob_names)
     held_out_pred, held_out_meas = [], []
     best_so_far = min((u for u in done.values() if u), default=float("inf"))
     stale = 0
@@ -171,8 +175,8 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
                 break
             valid = [(c, u) for c, u in done.items() if u is not None and c.knobs]
             n = min(batch, trials - measured_here, len(todo))
-            if len(valid) >= 4:
-                model.fit([featurize(c) for c, _ in valid], [u for _, u in valid])
+            if len(prior_X) + len(valid) >= 4:
+                model.fit(prior_X + [featurize(c) for c, _ in valid], prior_us + [u for _, u in valid])
                 pred = model.predict([featurize(c) for c in todo])
                 ranked = [c for _, c in sorted(zip(pred, range(len(todo))), key=lambda t: t[0])]
                 n_explore = int(round(epsilon * n))

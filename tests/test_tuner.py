@@ -12,7 +12,7 @@ import lutc
 from lutc.autotune import tune
 from lutc.cache import KernelCache
 from lutc.target import describe, device_name, resolve
-from lutc.tuner import CostModel, TuningLog, best, candidates, rank_correlation
+from lutc.tuner import Candidate, CostModel, TuningLog, best, candidates, features, log_history, rank_correlation
 from lutc.tuner.records import best_for, log_for
 
 SPEC = lutc.MPGemmSpec(1, 256, 512, wbits=2, group_size=64, table_dtype="int8")
@@ -282,6 +282,34 @@ def test_cost_model_and_rank_correlation():
     model.fit(X, us)
     assert rank_correlation(model.predict(X), us) > 0.95
     assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_the_model_starts_from_the_logs_other_workloads():
+    """log_history takes this device's valid knob records of other workloads on this target, and
+    a model trained on them alone ranks a new workload's candidates (time = shape x knob effect)."""
+    target, names, knob_names = {"kind": "llvm"}, ["x86", "dot_mac"], ["rows", "unroll"]
+    effect = {(s, r, u): (1.0 if s == "x86" else 0.6) * (1 + abs(r - 4) / 4) * (1 + 0.3 * (u == 1))
+              for s in names for r in (1, 2, 4, 8) for u in (1, 2)}
+
+    def recs(shape, device="epyc", **extra):
+        spec = lutc.MPGemmSpec(*shape, wbits=2)
+        return [dict({"workload": spec.key(), "target": target, "device": device, "schedule": s,
+                      "knobs": {"rows": r, "unroll": u}, "us": spec.N * spec.K / 1e5 * e, "error": None}, **extra)
+                for (s, r, u), e in effect.items()]
+
+    new = lutc.MPGemmSpec(1, 4096, 11008, wbits=2)
+    log = recs((1, 4096, 4096)) + recs((1, 11008, 4096)) + recs((1, 4096, 11008))   # the last is `new`
+    noise = (recs((1, 2048, 2048), device="other") + recs((1, 2048, 2048), error="build failed")
+             + [dict(r, knobs={}) for r in recs((1, 2048, 2048))]
+             + [dict(r, knobs={"tiles": 2}) for r in recs((1, 2048, 2048))]
+             + [dict(r, target={"kind": "cuda"}) for r in recs((1, 2048, 2048))])
+    X, us = log_history(log + noise, new.key(), target, "epyc", names, knob_names)
+    assert len(X) == 2 * len(effect)            # the two other shapes; none of the noise, not `new`
+    model = CostModel()
+    model.fit(X, us)
+    cands = [Candidate(s, (("rows", r), ("unroll", u))) for (s, r, u) in effect]
+    pred = model.predict([features(new, c, names, knob_names) for c in cands])
+    assert rank_correlation(pred, [effect[(c.schedule, *c.knob_dict.values())] for c in cands]) > 0.9
 
 
 def test_tune_end_to_end_and_resume(tmp_path, monkeypatch):

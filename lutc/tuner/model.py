@@ -1,14 +1,21 @@
 """The cost model: XGBoost regression from candidate features to log kernel time.
 
-Trained on the candidates measured so far (invalid ones excluded), it ranks the unmeasured
-ones; the search measures the predicted-fastest next. Predicting log time makes the model care
+Trained on the candidates measured so far (invalid ones excluded) and on what the same device
+logged for other workloads on the same target (:func:`log_history`: the features describe the
+workload too, so a run on a new shape starts informed), it ranks the unmeasured ones; the
+search measures the predicted-fastest next. Predicting log time makes the model care
 about ratios (a 2x error at 20 us weighs like one at 2 ms). :func:`rank_correlation` (Spearman)
 between predictions and measurements on candidates the model did not train on is how the
 tuning report judges it.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from ..spec import MPGemmSpec
+from .space import Candidate, features
 
 
 class CostModel:
@@ -45,6 +52,42 @@ class CostModel:
             return np.zeros(len(X))
         import xgboost as xgb
         return self._booster.predict(xgb.DMatrix(X))
+
+
+def log_history(records, workload: dict, target: dict, device: str, schedule_names: list,
+                knob_names: list) -> tuple:
+    """``(X, us)``: features and times of the valid search measurements that ``device`` logged
+    on ``target`` for workloads other than ``workload``, in the candidates of ``schedule_names``
+    with knobs among ``knob_names`` (the space being tuned; a record of another schedule or of
+    knobs since renamed says nothing about it). Defaults (``knobs = {}``) are left out as in the
+    search: their knobs are the schedule's, not the record's.
+
+    Example:
+        >>> import lutc
+        >>> rec = {"workload": lutc.MPGemmSpec(1, 64, 256).key(), "target": {"kind": "llvm"},
+        ...        "device": "cpu", "schedule": "x86", "knobs": {"unroll": 2}, "us": 5.0, "error": None}
+        >>> X, us = log_history([rec], lutc.MPGemmSpec(1, 128, 256).key(), {"kind": "llvm"}, "cpu",
+        ...                     ["x86"], ["unroll"])
+        >>> len(X), us
+        (1, [5.0])
+    """
+    X, us = [], []
+    for r in records:
+        knobs = r.get("knobs") or {}
+        if (r.get("target") != target or r.get("device") != device or r.get("error") or not knobs
+                or r.get("workload") == workload or r.get("schedule") not in schedule_names
+                or not set(knobs) <= set(knob_names)):
+            continue
+        t = r.get("us")
+        if not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            continue
+        try:
+            spec = MPGemmSpec(**r["workload"])
+        except (TypeError, ValueError):      # a workload of another lutc version
+            continue
+        X.append(features(spec, Candidate(r["schedule"], tuple(sorted(knobs.items()))), schedule_names, knob_names))
+        us.append(float(t))
+    return X, us
 
 
 def rank_correlation(a, b) -> float:
