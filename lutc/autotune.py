@@ -49,6 +49,7 @@ import tvm
 from . import target as targets
 from .build import build, spec_for
 from .dtypes import TORCH_DTYPES
+from .fleet import Fleet, compiler_for
 from .runtime import Kernel
 from .spec import MPGemmSpec
 from .testing import INT8_TOLERANCE, random_weights, rel_error
@@ -79,6 +80,7 @@ class TuneResult:
 
 def tune(workloads: Iterable, target: targets.TargetLike = None, trials: int = 64,
          seconds: Optional[float] = None, log: Optional[TuningLog] = None, progress: bool = True,
+         rpc_tracker: Optional[str] = None, rpc_key: Optional[str] = None, rpc_device: Optional[str] = None,
          **options) -> list:
     """Tune several workloads; returns one :class:`TuneResult` each.
 
@@ -89,6 +91,9 @@ def tune(workloads: Iterable, target: targets.TargetLike = None, trials: int = 6
         seconds: wall-clock budget per workload (None: no limit).
         log: where records go; default: ``tuning_logs/<family>.jsonl`` (see
             :func:`lutc.tuner.records.log_dir`).
+        rpc_tracker, rpc_key: measure on the RPC servers registered under ``rpc_key`` at the TVM
+            tracker ``"HOST:PORT"``, in parallel, building here for ``target`` (:mod:`lutc.fleet`);
+            ``rpc_device`` names their hardware in the records (default ``"rpc:KEY"``).
         options: spec fields for shapes, and :func:`tune_spec` options (batch, epsilon, ...).
 
     Example:
@@ -97,11 +102,14 @@ def tune(workloads: Iterable, target: targets.TargetLike = None, trials: int = 6
     """
     spec_fields = {k: options.pop(k) for k in list(options) if k in MPGemmSpec.__dataclass_fields__}
     tgt = targets.resolve(target)
+    if (rpc_tracker is None) != (rpc_key is None):
+        raise ValueError("RPC tuning needs both rpc_tracker (HOST:PORT) and rpc_key")
+    fleet = Fleet(rpc_tracker, rpc_key, device=rpc_device) if rpc_tracker else None
     results = []
     for w in workloads:
         spec = w if isinstance(w, MPGemmSpec) else spec_for(w, tgt, **spec_fields)
         results.append(tune_spec(spec, tgt, trials=trials, seconds=seconds, log=log,
-                                 progress=progress, **options))
+                                 progress=progress, fleet=fleet, **options))
         if progress:   # each row as it comes: a long run that gets cut off still says something
             print(report(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     _weights.cache_clear()
@@ -112,22 +120,27 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
               seconds: Optional[float] = None, log: Optional[TuningLog] = None,
               batch: Optional[int] = None, jobs: Optional[int] = None, epsilon: float = 0.25,
               patience: int = 4, finalists: int = 3, pool_mib: int = 512, calls: int = 30,
-              seed: int = 0, progress: bool = True) -> TuneResult:
+              seed: int = 0, progress: bool = True, fleet: Optional[Fleet] = None) -> TuneResult:
     """Tune one workload (module docstring). Returns a :class:`TuneResult`.
 
     ``jobs`` builds run at once (default: the usable cores; CUDA builds are mostly nvcc
     processes), ``batch`` candidates are chosen per round (default: ``max(8, jobs)``);
-    ``finalists`` fastest candidates are confirmed against the default at the end."""
+    ``finalists`` fastest candidates are confirmed against the default at the end; ``fleet``
+    measures on RPC servers instead of this process (:mod:`lutc.fleet`)."""
     tgt = targets.resolve(target)
     jobs = jobs or len(os.sched_getaffinity(0))
     batch = batch or max(8, jobs)
     kind = targets.kind(tgt)
-    if kind == "cpu-cross":
-        raise ValueError("cannot tune a cross-compiled target: tune on the machine itself")
+    if kind == "cpu-cross" and fleet is None:
+        raise ValueError("cannot tune a cross-compiled target here: tune on the machine itself, or "
+                         "measure on RPC servers there (rpc_tracker=HOST:PORT, rpc_key=KEY)")
+    if kind == "cuda" and fleet is not None:
+        raise ValueError("RPC tuning measures CPU kernels: tune a CUDA target on the GPU machine")
     if kind == "cuda" and not torch.cuda.is_available():
         # every candidate would fail to run and be logged as invalid, never to be tried again
         raise ValueError("cannot tune a CUDA target without a visible GPU: tune on the GPU machine")
-    described, device = targets.describe(tgt), targets.device_name(tgt)
+    described = targets.describe(tgt)
+    device = fleet.device if fleet is not None else targets.device_name(tgt)
     log = log or log_for(kind, described)
     t_start = time.time()
     rng = random.Random(seed)
@@ -137,6 +150,8 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
     featurize = lambda c: features(spec, c, schedule_names, knob_names)  # noqa: E731
 
     bench = Bench(spec, pool_mib, calls, device_type="cuda" if kind == "cuda" else "cpu")
+    if fleet is not None:      # one session per server, for this workload's data
+        fleet.open(bench, calls, compiler_for(tgt))
     done = {}          # candidate -> us (None when invalid)
     history = []
     for rec in log.matching(spec.key(), described):   # resume
@@ -157,7 +172,7 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
 
     default = default_candidate(spec, tgt, kind)
     if default not in done:
-        record(default, *bench.measure(_builder(spec, tgt, default)()))
+        record(default, *(fleet or bench).measure(_builder(spec, tgt, default)()))
     measured_here = 1 if history else 0
 
     model = CostModel(seed)
@@ -192,13 +207,9 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
             # measurement would share its cores and skew it.
             concurrent.futures.wait(builds)
             improved = False
-            for cand, fut in zip(chosen, builds):
-                try:
-                    kernel = fut.result()
-                except Exception as e:  # build failure: recorded, never chosen
-                    us, err = None, f"build failed: {str(e).splitlines()[-1][:300] if str(e) else type(e).__name__}"
-                else:
-                    us, err = bench.measure(kernel, cutoff_us=CUTOFF * best_so_far)
+
+            def finish(cand: Candidate, us: Optional[float], err: Optional[str]) -> None:
+                nonlocal measured_here, best_so_far, improved
                 record(cand, us, err)
                 measured_here += 1
                 if us is not None and cand in predictions:
@@ -208,6 +219,17 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
                     best_so_far, improved = us, True
                 if progress:
                     _progress(spec, measured_here, trials, best_so_far, time.time() - t_start)
+
+            if fleet is not None:   # every server at once; a lost attempt is an error record
+                fleet.measure_batch([(c, f.exception() or f.result()) for c, f in zip(chosen, builds)], finish)
+            else:
+                for cand, fut in zip(chosen, builds):
+                    try:
+                        kernel = fut.result()
+                    except Exception as e:  # build failure: recorded, never chosen
+                        finish(cand, None, f"build failed: {str(e).splitlines()[-1][:300] if str(e) else type(e).__name__}")
+                    else:
+                        finish(cand, *bench.measure(kernel, cutoff_us=CUTOFF * best_so_far))
             stale = 0 if improved else stale + 1
             if stale >= patience:
                 break
@@ -220,7 +242,7 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
     final = [default] + [c for _, _, c in searched[:finalists]]
     default_us = best_us = done.get(default) or float("nan")
     winner = default if default_us == default_us else None
-    confirmed = _confirm(spec, tgt, bench, final, jobs) if len(final) > 1 else {}
+    confirmed = _confirm(spec, tgt, fleet or bench, final, jobs) if len(final) > 1 else {}
     if default in confirmed and len(confirmed) > 1:     # only a comparison with the default counts
         run_id = f"{datetime.datetime.now().isoformat(timespec='seconds')}/{os.getpid()}"
         for cand, us in confirmed.items():
@@ -228,6 +250,8 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
         default_us = confirmed[default]
         winner = min(confirmed, key=confirmed.get)
         best_us = confirmed[winner]
+    if fleet is not None:
+        fleet.close()
     if winner is not None:
         # into the kernel cache ($LUTC_CACHE_DIR, unless LUTC_CACHE=0): the next process's
         # lutc.compile of this workload finds the record and loads the built kernel
@@ -383,7 +407,7 @@ def graph_time_us(launch: Callable[[], None], calls: int = 30, replays: int = 5)
     return statistics.median(times)
 
 
-def _confirm(spec: MPGemmSpec, tgt, bench: "Bench", finalists: list, jobs: int) -> dict:
+def _confirm(spec: MPGemmSpec, tgt, bench, finalists: list, jobs: int) -> dict:
     """Candidate -> median time over rounds in which every finalist is timed in turn; those
     that fail to build or run are left out."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:

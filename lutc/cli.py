@@ -3,6 +3,7 @@
     lutc export --shape 1,4096,4096 --wbits 2 --group-size 128 -o out/ [--target host]
                 [--name NAME] [--symbol SYM] [--emit so,o,c] [--weights w.pt]
     lutc tune --shapes 1x4096x4096,1x11008x4096 --wbits 2 [--trials 64] [--target cuda]
+    lutc tune --shapes 1x4096x4096 --target TARGET --rpc-tracker HOST:9190 --rpc-key KEY
 
 Subcommands register themselves in :data:`COMMANDS`: a function that adds its parser to the
 subparsers and sets ``run`` (``args -> exit code``). The weight-format options
@@ -128,6 +129,11 @@ def add_tune(sub) -> None:
     p.add_argument("--log", default=None, help="tuning log file (default: tuning_logs/<family>.jsonl)")
     p.add_argument("--report", default=None, help="also write the closing table (Markdown) here")
     p.add_argument("--pool-mib", type=int, default=512, help="weight copies rotated while timing")
+    g = p.add_argument_group("a fleet (lutc.fleet): build here, measure on TVM RPC servers")
+    g.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT",
+                   help="the tracker (python -m tvm.exec.rpc_tracker); with --rpc-key")
+    g.add_argument("--rpc-key", default=None, help="the servers' key (python -m tvm.exec.rpc_server --key)")
+    g.add_argument("--rpc-device", default=None, help="the hardware's name in the records (default rpc:KEY)")
     p.set_defaults(run=run_tune, parser=p)
 
 
@@ -151,7 +157,8 @@ def run_tune(args: argparse.Namespace) -> int:
     results = tune(shapes, target=args.target, trials=args.trials, seconds=args.seconds,
                    log=TuningLog(args.log) if args.log else None, pool_mib=args.pool_mib,
                    wbits=args.wbits, group_size=args.group_size, format=args.format,
-                   zero_point=args.zero_point, act_dtype=args.act_dtype, table_dtype=args.table_dtype)
+                   zero_point=args.zero_point, act_dtype=args.act_dtype, table_dtype=args.table_dtype,
+                   rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, rpc_device=args.rpc_device)
     text = report(results)
     print(text)
     if args.report:

@@ -230,7 +230,7 @@ def _export_cpu(kernel: Kernel, res: Exported, emit: set, explicit: bool) -> Non
         res.files["o"] = out / f"{name}.o"
         ex.mod.write_to_file(str(res.files["o"]))
     if "so" in emit:
-        cc = _c_compiler(tgt)
+        cc = targets.c_compiler(tgt)
         if cc is None:
             _skip(res, "so", f"no C compiler for {tgt.attrs.get('mtriple')} (install its gcc)", explicit)
         else:
@@ -635,15 +635,8 @@ def _copy_headers(dest: Path) -> None:
             shutil.copyfile(roots[pkg] / h, dest / h)
 
 
-def _c_compiler(tgt: tvm.target.Target) -> Optional[str]:
-    triple = str(tgt.attrs.get("mtriple", "") or "")
-    if triple and targets.kind(tgt) == "cpu-cross":
-        return shutil.which(f"{triple}-gcc")
-    return _host_cc()
-
-
 def _host_cc() -> Optional[str]:
-    return shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
+    return targets.c_compiler(targets.resolve("host"))
 
 
 def _skip(res: Exported, kind: str, why: str, explicit: bool) -> None:

@@ -16,7 +16,9 @@ warp size, registers); without them TVM fails with "missing attribute `max_threa
 """
 from __future__ import annotations
 
+import os
 import platform
+import shutil
 from typing import Callable, Optional, Union
 
 import tvm
@@ -193,3 +195,17 @@ def _visible_cuda_arch() -> Optional[str]:
     except Exception:  # torch missing or no driver: fall back to the default arch
         pass
     return None
+
+
+def c_compiler(target: tvm.target.Target) -> Optional[str]:
+    """The C compiler that builds and links code for ``target``: ``<triple>-gcc`` for a cross
+    target (None where it is not installed), else ``$CC`` or gcc/cc of this machine.
+
+    Example:
+        >>> c_compiler(resolve("host")) is not None      # gcc or cc: the CI machine has one
+        True
+    """
+    triple = str(target.attrs.get("mtriple", "") or "")
+    if triple and kind(target) == "cpu-cross":
+        return shutil.which(f"{triple}-gcc")
+    return shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
