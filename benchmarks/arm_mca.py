@@ -1,12 +1,18 @@
-"""Static estimate of the NEON LUT inner loop with llvm-mca (no ARM hardware needed).
+"""Static estimate of the NEON inner loops with llvm-mca (no ARM hardware needed): lutc's
+kernels beside ggml's NEON ``vec_dot`` paths for the same bit widths.
 
-Builds the ARM kernels (``tbl`` LUT, and the ``sdot`` multiply-add alternative) for a spec,
-takes the basic block of the generated aarch64 assembly with the most lookup (or dot)
-instructions -- the unrolled loop over a block's activation groups -- and runs llvm-mca on it
-for a Neoverse-V1 and an Apple M1 core. Reports cycles per iteration of that block and cycles
-per 16 lookups (one ``tbl``; for ``sdot``, per 16 weights, i.e. the same 16-weight unit).
+lutc: builds the ARM kernels (``tbl`` LUT, and the ``sdot`` multiply-add alternative) for a spec
+and takes the basic block of the generated aarch64 assembly with the most lookup (or dot)
+instructions -- the unrolled loop over a block's activation groups. ggml: compiles its
+``ggml-cpu/arch/arm/quants.c`` (from the llama-cpp-python sdist that ``examples/ggml`` builds)
+with ``aarch64-linux-gnu-gcc -O3 -march=armv8.2-a+dotprod`` (its own build's flags) and takes
+the block of each ``ggml_vec_dot_<type>_q8`` with the most ``sdot``. llvm-mca estimates cycles
+per iteration of each block for Neoverse V1/V2/N2 and Apple M1 (a current LLVM, 19 or newer,
+knows V2 and N2). Reported per 16 lookups (one ``tbl``; per 16 weights for ``sdot``) and per 128
+weights: a ``tbl`` of ``g = 4`` activations covers ``16 x 4 / planes`` weights, an ``sdot``
+16 products (16 weights of one row, or 4 rows x 4 codes).
 
-    python benchmarks/arm_mca.py            # needs llvm-mca (Debian package llvm)
+    python benchmarks/arm_mca.py            # needs llvm-mca (Debian: llvm-19) and gcc-aarch64-linux-gnu
 
 Writes ``benchmarks/results/arm_mca.md``. These are throughput estimates from LLVM's scheduling
 models, steady state, data in L1: no memory-bandwidth effects.
@@ -18,10 +24,15 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 
 import lutc
 
-CPUS = ("neoverse-v1", "apple-m1")
+CPUS = ("neoverse-v1", "neoverse-v2", "neoverse-n2", "apple-m1")
+#: lutc formats and the ggml types of the same bit width (ggml's vec_dot of each against q8).
+PAIRS = ((1, "uniform", ("q1_0_q8_0",)), (2, "uniform", ("tq2_0_q8_K", "q2_K_q8_K")),
+         (4, "uniform", ("q4_0_q8_0",)), (2, "ternary", ("tq1_0_q8_K", "tq2_0_q8_K")))
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def hottest_block(asm: str, mnemonic: str) -> list:
@@ -46,33 +57,80 @@ def mca_cycles(block: list, cpu: str, mca: str) -> tuple:
     return cycles / 200, ipc
 
 
+def find_mca() -> str:
+    """The newest llvm-mca on PATH (Neoverse V2/N2 need LLVM 19 or newer)."""
+    for name in [f"llvm-mca-{v}" for v in range(25, 13, -1)] + ["llvm-mca"]:
+        if shutil.which(name):
+            return shutil.which(name)
+    raise SystemExit("llvm-mca not found: apt-get install llvm-19")
+
+
+def ggml_assembly() -> str:
+    """ggml's ARM quants.c as aarch64 assembly, compiled as its CPU backend is."""
+    ggml_dir = subprocess.run(["bash", os.path.join(HERE, "..", "examples", "ggml", "build_ggml.sh")],
+                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    src = os.path.join(ggml_dir, "src", "ggml", "src")
+    out = os.path.join(tempfile.mkdtemp(), "quants.s")
+    subprocess.run(["aarch64-linux-gnu-gcc", "-DGGML_USE_CPU_REPACK", "-D_GNU_SOURCE", "-D_XOPEN_SOURCE=600",
+                    f"-I{src}/..", f"-I{src}", f"-I{src}/ggml-cpu", f"-I{src}/../include", "-O3", "-DNDEBUG",
+                    "-march=armv8.2-a+dotprod", "-std=gnu11", "-S", "-o", out,
+                    os.path.join(src, "ggml-cpu", "arch", "arm", "quants.c")], check=True, capture_output=True)
+    with open(out) as f:
+        return f.read()
+
+
+def function_asm(asm: str, name: str) -> str:
+    """The assembly of function ``name`` (its label to its ``.size``)."""
+    m = re.search(rf"^{name}:\n(.*?)^\s*\.size\s+{name},", asm, re.S | re.M)
+    if not m:
+        raise KeyError(name)
+    return m.group(1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "arm_mca.md"))
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "arm_mca.md"))
     args = ap.parse_args()
-    mca = shutil.which("llvm-mca") or shutil.which("llvm-mca-14")
-    if mca is None:
-        raise SystemExit("llvm-mca not found: apt-get install llvm")
-    version = subprocess.run([mca, "--version"], capture_output=True, text=True).stdout.split("\n")[1].strip()
-    lines = ["# NEON inner loop, llvm-mca estimate", "",
-             f"- {version}; lutc {lutc.__version__}; command: `python benchmarks/arm_mca.py`",
-             "- block = the hottest basic block of the kernel (the unrolled groups of one block of "
-             "activations); steady state, data in L1", "",
-             "| kernel | spec | instructions in block | lookups (or weights) in block | CPU | cycles / iteration "
-             "| IPC | cycles per 16 lookups |", "|---|---|---|---|---|---|---|---|"]
-    for wbits, fmt in ((1, "uniform"), (2, "uniform"), (4, "uniform"), (2, "ternary")):
+    mca = find_mca()
+    version = next(line.strip() for line in subprocess.run([mca, "--version"], capture_output=True, text=True)
+                   .stdout.splitlines() if "LLVM version" in line)
+    ggml = ggml_assembly()
+    lines = ["# NEON inner loops, llvm-mca estimate: lutc beside ggml", "",
+             f"- {version}; lutc {lutc.__version__}; ggml from llama-cpp-python's sdist "
+             "(`examples/ggml/build_ggml.sh`), `aarch64-linux-gnu-gcc -O3 -march=armv8.2-a+dotprod`; "
+             "command: `python benchmarks/arm_mca.py`",
+             "- block = the hottest basic block (lutc: the unrolled groups of one block of activations; "
+             "ggml: the loop of its `vec_dot` with the most `sdot`); steady state, data in L1", "",
+             "| kernel | weights | instructions in block | weights in block | CPU | cycles / iteration "
+             "| IPC | cycles per 16 lookups (or 16 weights) | cycles per 128 weights |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    rows = []
+    for wbits, fmt, ggml_types in PAIRS:
         spec = lutc.MPGemmSpec(1, 4096, 4096, wbits=wbits, format=fmt, table_dtype="int8")
+        planes = spec.planes
+        blocks = []
         for schedule, mnemonic in (("arm", "tbl"), ("dot_mac", "sdot")):
             kernel = lutc.build(spec, target="arm", schedule=schedule)
             block = hottest_block(kernel.executable.mod.inspect_source("asm"), mnemonic)
             count = sum(1 for ins in block if ins.split()[0] == mnemonic)
-            # tbl: 16 lookups each; sdot: 4 rows x 4 codes = 16 weights (of one plane set)
-            work = count * 16
+            # tbl: 16 lookups of g = 4 activations, each one plane: 64 / planes weights; sdot: 16
+            weights = count * 16 * 4 // planes if mnemonic == "tbl" else count * 16
+            blocks.append((f"lutc {schedule} ({mnemonic})", f"{fmt} W{wbits}", block, count, weights))
+        for t in ggml_types:
+            try:
+                block = hottest_block(function_asm(ggml, f"ggml_vec_dot_{t}"), "sdot")
+            except KeyError:
+                continue
+            count = sum(1 for ins in block if ins.split()[0] == "sdot")
+            if count:
+                blocks.append((f"ggml {t.split('_q8')[0]} (sdot)", f"{fmt} W{wbits}", block, count, count * 16))
+        for name, what, block, count, weights in blocks:
             for cpu in CPUS:
                 cyc, ipc = mca_cycles(block, cpu, mca)
-                lines.append(f"| {schedule} ({mnemonic}) | {fmt} W{wbits} | {len(block)} | {work} | {cpu} "
-                             f"| {cyc:.1f} | {ipc:.2f} | {cyc / count:.2f} |")
-                print(lines[-1], flush=True)
+                rows.append(f"| {name} | {what} | {len(block)} | {weights} | {cpu} | {cyc:.1f} | {ipc:.2f} "
+                            f"| {cyc / count:.2f} | {cyc * 128 / weights:.2f} |")
+                print(rows[-1], flush=True)
+    lines += rows
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
