@@ -153,10 +153,13 @@ def default_knobs(spec) -> dict:
 
 
 def resolve_knobs(spec, **given) -> dict:
-    """The knobs a kernel is built with: ``given`` (None = default) over :func:`default_knobs`.
-    Raises ValueError for a value outside ``KNOBS``, or a tile over the register budget or
-    the shared memory of a block."""
+    """The knobs a kernel is built with: ``given`` (None = default) over :func:`default_knobs`
+    (``ws`` off where the given tile leaves no registers for the copying warpgroup; 3 stages
+    where 4 do not fit). Raises ValueError for a value outside ``KNOBS``, or a tile over the
+    register budget or the shared memory of a block."""
     knobs = merge_knobs("cuda_wgmma", KNOBS, default_knobs(spec), given)
+    if given.get("ws") is None and registers(spec, knobs["wn"], knobs["bm"]) > register_limit(knobs["wg"], True):
+        knobs["ws"] = False            # a tile asked for without ws that the copying warpgroup would not fit
     if given.get("stages") is None and not fits(spec, knobs["wg"], knobs["wn"], knobs["bm"], knobs["stages"]):
         knobs["stages"] = 3
     regs, limit = registers(spec, knobs["wn"], knobs["bm"]), register_limit(knobs["wg"], knobs["ws"])
@@ -325,6 +328,44 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: bool):
                         out[bm_ * BM + j8 * 8 + c4 * 2 + q % 2, bn_ * BN + row16(warp, t) * 16 + g4 + (q // 2) * 8] = \
                             T.Cast("float16", acc[t * ACC + j8 * 4 + q])
 
+    @T.macro
+    def receive(u, tx, bm_, bn_, x, planes, scales, zeros, stage, full):
+        """Wait until unit ``u``'s stage is in shared memory for every computing thread (and, in
+        the async proxy, for wgmma). Without ``ws`` a block barrier publishes the copies, after
+        which the stage of unit ``u - 2`` is free for the copies of unit ``u + P - 2``."""
+        if ws:
+            T.evaluate(mbar_wait(full(u), (u // P) % 2))
+            T.evaluate(proxy_fence_async())
+        else:
+            T.evaluate(cp_wait(P - 3 if u > 0 else P - 2))   # (the prologue has one group fewer)
+            T.evaluate(proxy_fence_async())
+            T.tvm_storage_sync("shared")
+            if u > 0:
+                if u + P - 2 < KU:
+                    copy_unit(u + P - 2, stage(u + P - 2), tx, bm_, bn_, x, planes, scales, zeros)
+                T.evaluate(cp_commit())                # empty groups keep the count uniform
+
+    @T.macro
+    def compute(x, planes, scales, zeros, out, bm_, bn_, tx, areg, wreg, sreg, zreg, acc, stage, full, empty):
+        """A computing warp's K loop (module docstring) and its epilogue."""
+        warp = T.meta_var(tx // 32)
+        lane = T.meta_var(tx % 32)
+        g4 = T.meta_var(lane // 4)                     # fragment row (and row + 8)
+        c4 = T.meta_var(lane % 4)                      # fragment k quarter: 32 weights
+        receive(0, tx, bm_, bn_, x, planes, scales, zeros, stage, full)
+        dequantize(stage(0), 0, areg, wreg, sreg, zreg, warp, g4, c4, lane)
+        for i2 in range((KU + 1) // 2):
+            for ab in T.unroll(2):                    # A buffer ab holds unit i = 2 i2 + ab
+                if 2 * i2 + ab < KU:
+                    multiply(2 * i2 + ab, ab, areg, acc, stage)
+                    if 2 * i2 + ab + 1 < KU:
+                        receive(2 * i2 + ab + 1, tx, bm_, bn_, x, planes, scales, zeros, stage, full)
+                        dequantize(stage(2 * i2 + ab + 1), 1 - ab, areg, wreg, sreg, zreg, warp, g4, c4, lane)
+                    T.evaluate(wgmma_wait(0))          # unit i done: its A buffer free
+                    if ws:
+                        T.evaluate(mbar_arrive(empty(2 * i2 + ab)))
+        store(acc, warp, g4, c4, bm_, bn_, out)
+
     @T.prim_func(s_tir=True)
     def main(x: T.Buffer((M, K), "float16"), planes: T.Buffer(PLANES, "int32"),
              scales: T.Buffer(COEF, sdt), zeros: T.Buffer(ZEROS, sdt),
@@ -347,10 +388,6 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: bool):
                     base[0] = T.bitwise_and(T.cuda.cvta_generic_to_shared(T.address_of(smem[0])) + T.uint32(ALIGN - 1),
                                             T.uint32(~(ALIGN - 1) & 0xFFFFFFFF))
                     T.evaluate(T.address_of(smem[WORDS - 1]))
-                    warp = T.meta_var(tx // 32)
-                    lane = T.meta_var(tx % 32)
-                    g4 = T.meta_var(lane // 4)                 # fragment row (and row + 8)
-                    c4 = T.meta_var(lane % 4)                  # fragment k quarter: 32 weights
                     stage = T.meta_var(lambda u: base[0] + T.Cast("uint32", (u % P) * STAGE))
                     full = T.meta_var(lambda u: base[0] + T.Cast("uint32", P * STAGE + (u % P) * 8))
                     empty = T.meta_var(lambda u: base[0] + T.Cast("uint32", P * STAGE + (P + u % P) * 8))
@@ -372,45 +409,14 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: bool):
                                 copy_unit(u, stage(u), tx - 32 * warps, bm_, bn_, x, planes, scales, zeros)
                                 T.evaluate(cp_mbar_arrive(full(u)))
                         else:
-                            T.evaluate(mbar_wait(full(0), 0))
-                            T.evaluate(proxy_fence_async())
-                            dequantize(stage(0), 0, areg, wreg, sreg, zreg, warp, g4, c4, lane)
-                            for i2 in range((KU + 1) // 2):
-                                for ab in T.unroll(2):        # A buffer ab holds unit i = 2 i2 + ab
-                                    if 2 * i2 + ab < KU:
-                                        multiply(2 * i2 + ab, ab, areg, acc, stage)
-                                        if 2 * i2 + ab + 1 < KU:
-                                            T.evaluate(mbar_wait(full(2 * i2 + ab + 1), ((2 * i2 + ab + 1) // P) % 2))
-                                            T.evaluate(proxy_fence_async())
-                                            dequantize(stage(2 * i2 + ab + 1), 1 - ab, areg, wreg, sreg, zreg,
-                                                       warp, g4, c4, lane)
-                                        T.evaluate(wgmma_wait(0))      # unit i done: its A buffer free
-                                        T.evaluate(mbar_arrive(empty(2 * i2 + ab)))
-                            store(acc, warp, g4, c4, bm_, bn_, out)
+                            compute(x, planes, scales, zeros, out, bm_, bn_, tx, areg, wreg, sreg, zreg, acc, stage,
+                                    full, empty)
                     else:
                         for j in range(P - 1):            # prologue: units 0 .. P-2 in flight
                             if j < KU:
                                 copy_unit(j, stage(j), tx, bm_, bn_, x, planes, scales, zeros)
                             T.evaluate(cp_commit())
-                        T.evaluate(cp_wait(P - 2))        # unit 0 has landed
-                        T.evaluate(proxy_fence_async())   # ... for the async proxy (wgmma's B)
-                        T.tvm_storage_sync("shared")
-                        dequantize(stage(0), 0, areg, wreg, sreg, zreg, warp, g4, c4, lane)
-                        for i2 in range((KU + 1) // 2):
-                            for ab in T.unroll(2):        # A buffer ab holds unit i = 2 i2 + ab
-                                if 2 * i2 + ab < KU:
-                                    multiply(2 * i2 + ab, ab, areg, acc, stage)
-                                    if 2 * i2 + ab + 1 < KU:
-                                        T.evaluate(cp_wait(P - 3))         # unit i + 1 has landed
-                                        T.evaluate(proxy_fence_async())
-                                        T.tvm_storage_sync("shared")       # ... for all; unit i - 1 is done
-                                        if 2 * i2 + ab + P - 1 < KU:       # into the stage of unit i - 1
-                                            copy_unit(2 * i2 + ab + P - 1, stage(2 * i2 + ab + P - 1), tx, bm_, bn_,
-                                                      x, planes, scales, zeros)
-                                        T.evaluate(cp_commit())            # empty groups keep the count uniform
-                                        dequantize(stage(2 * i2 + ab + 1), 1 - ab, areg, wreg, sreg, zreg,
-                                                   warp, g4, c4, lane)
-                                    T.evaluate(wgmma_wait(0))              # unit i done: its A buffer free
-                        store(acc, warp, g4, c4, bm_, bn_, out)
+                        compute(x, planes, scales, zeros, out, bm_, bn_, tx, areg, wreg, sreg, zreg, acc, stage,
+                                full, empty)
 
     return main if zp else drop_param(main, "zeros")

@@ -110,7 +110,8 @@ WGMMA_CASES = [
     (lutc.MPGemmSpec(5, 1000, 1536, wbits=2, group_size=64, act_dtype="float16", scale_dtype="float32"),
      dict(wg=2, wn=1, bm=64, stages=3)),
     (lutc.MPGemmSpec(16, 200, 11008, wbits=4, group_size=64, zero_point=True, act_dtype="float16"), dict()),
-    (lutc.MPGemmSpec(33, 1000, 14336, wbits=2, group_size=128, act_dtype="float16"), dict(wg=1, wn=2, bm=64)),
+    (lutc.MPGemmSpec(33, 1000, 14336, wbits=2, group_size=128, act_dtype="float16"),
+     dict(wg=1, wn=2, bm=64, ws=False)),
     (lutc.MPGemmSpec(128, 1000, 11008, wbits=4, group_size=128, act_dtype="float16"), dict(wg=2, bm=128)),
     (lutc.MPGemmSpec(257, 1000, 1536, wbits=2, group_size=32, zero_point=True, act_dtype="float16"),
      dict(wg=2, bm=256, stages=3)),
@@ -119,7 +120,7 @@ WGMMA_CASES = [
      dict(wg=1, bm=256, stages=3)),
     (lutc.MPGemmSpec(2048, 1000, 1536, wbits=2, group_size=128, act_dtype="float16"), dict(wg=2, wn=2, bm=64, stages=4)),
     (lutc.MPGemmSpec(130, 200, 1536, wbits=2, group_size=-1, zero_point=True, act_dtype="float16"),
-     dict(wg=1, wn=1, bm=128, stages=4)),
+     dict(wg=1, wn=1, bm=128, stages=4, ws=False)),
     # a copying warpgroup and mbarriers (ws)
     (lutc.MPGemmSpec(5, 1000, 11008, wbits=4, group_size=32, zero_point=True, act_dtype="float16"),
      dict(wg=2, bm=64, stages=3, ws=True)),
