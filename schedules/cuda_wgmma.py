@@ -329,18 +329,19 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: bool):
                             T.Cast("float16", acc[t * ACC + j8 * 4 + q])
 
     @T.macro
-    def receive(u, tx, bm_, bn_, x, planes, scales, zeros, stage, full):
+    def receive(u, first, tx, bm_, bn_, x, planes, scales, zeros, stage, full):
         """Wait until unit ``u``'s stage is in shared memory for every computing thread (and, in
         the async proxy, for wgmma). Without ``ws`` a block barrier publishes the copies, after
-        which the stage of unit ``u - 2`` is free for the copies of unit ``u + P - 2``."""
+        which (past the ``first`` unit) the stage of unit ``u - 2`` is free for the copies of
+        unit ``u + P - 2``."""
         if ws:
             T.evaluate(mbar_wait(full(u), (u // P) % 2))
             T.evaluate(proxy_fence_async())
         else:
-            T.evaluate(cp_wait(P - 3 if u > 0 else P - 2))   # (the prologue has one group fewer)
+            T.evaluate(cp_wait(P - 2 if first else P - 3))   # (the prologue has one group fewer)
             T.evaluate(proxy_fence_async())
             T.tvm_storage_sync("shared")
-            if u > 0:
+            if not first:
                 if u + P - 2 < KU:
                     copy_unit(u + P - 2, stage(u + P - 2), tx, bm_, bn_, x, planes, scales, zeros)
                 T.evaluate(cp_commit())                # empty groups keep the count uniform
@@ -352,14 +353,14 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: bool):
         lane = T.meta_var(tx % 32)
         g4 = T.meta_var(lane // 4)                     # fragment row (and row + 8)
         c4 = T.meta_var(lane % 4)                      # fragment k quarter: 32 weights
-        receive(0, tx, bm_, bn_, x, planes, scales, zeros, stage, full)
+        receive(0, True, tx, bm_, bn_, x, planes, scales, zeros, stage, full)
         dequantize(stage(0), 0, areg, wreg, sreg, zreg, warp, g4, c4, lane)
         for i2 in range((KU + 1) // 2):
             for ab in T.unroll(2):                    # A buffer ab holds unit i = 2 i2 + ab
                 if 2 * i2 + ab < KU:
                     multiply(2 * i2 + ab, ab, areg, acc, stage)
                     if 2 * i2 + ab + 1 < KU:
-                        receive(2 * i2 + ab + 1, tx, bm_, bn_, x, planes, scales, zeros, stage, full)
+                        receive(2 * i2 + ab + 1, False, tx, bm_, bn_, x, planes, scales, zeros, stage, full)
                         dequantize(stage(2 * i2 + ab + 1), 1 - ab, areg, wreg, sreg, zreg, warp, g4, c4, lane)
                     T.evaluate(wgmma_wait(0))          # unit i done: its A buffer free
                     if ws:

@@ -79,6 +79,19 @@ def test_cuda_schedules_compile_with_nvcc(spec, schedule, arch):
         assert "mma.sync.aligned.m16n8k16" in ptx
 
 
+@needs_nvcc
+@pytest.mark.parametrize("ws", [True, False])
+def test_wgmma_both_copy_modes_compile(ws):
+    """cuda_wgmma with the copying warpgroup (mbarriers) and without (block barriers): the
+    sm_90a code has the wgmma and the pipeline of its mode."""
+    spec = lutc.MPGemmSpec(130, 1000, 1536, wbits=4, group_size=64, zero_point=True, act_dtype="float16")
+    kernel = lutc.build(spec, target="cuda:sm_90a", schedule="cuda_wgmma", knobs={"ws": ws, "stages": 3})
+    ptx = lutc.cuda_binary(kernel, fmt="ptx").decode()
+    assert "wgmma.mma_async.sync.aligned.m64n" in ptx and "cp.async.ca.shared.global" in ptx
+    assert ("mbarrier.try_wait.parity" in ptx) == ws and ("cp.async.wait_group" in ptx) == (not ws)
+    assert lutc.cuda_binary(kernel, fmt="cubin")[:4] == b"\x7fELF"
+
+
 def test_cuda_default_picks_lut_for_small_m_and_mma_beyond():
     assert lutc.build(lutc.MPGemmSpec(1, 256, 512, act_dtype="float16"), target="cuda:sm_90a").schedule == "cuda_lut"
     assert lutc.build(lutc.MPGemmSpec(16, 256, 512, act_dtype="float16"), target="cuda:sm_90a").schedule == "cuda_mma"
