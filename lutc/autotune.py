@@ -6,11 +6,11 @@ For one workload on one target (:func:`tune_spec`):
    multiply-add kernels alike: :mod:`lutc.tuner.space`); candidates already in the tuning log
    for this workload, target and device are not measured again (resume);
 2. the default kernel (what ``lutc.compile`` builds untuned) is measured first;
-3. then batches chosen by the XGBoost cost model, trained on all valid measurements so far and
-   on this device's measurements of other workloads on this target in the log
-   (:func:`lutc.tuner.model.log_history`; the first batch is random only where the log has
-   fewer than 4) (the predicted-fastest unmeasured candidates, plus a fraction
-   ``epsilon`` at random to keep exploring). Before each batch is measured, the model's
+3. then batches: the predicted-fastest unmeasured candidates, plus a fraction ``epsilon`` at
+   random to keep exploring, by the XGBoost cost model trained on all valid measurements so
+   far and on this device's measurements of other workloads on this target in the log
+   (:func:`lutc.tuner.model.log_history`; only where those are fewer than 4 is the first batch
+   random). Before each batch is measured, the model's
    predictions for it are kept: comparing them with the measurements gives the rank
    correlation on candidates the model never trained on;
 4. each batch is built in a thread pool (TVM's compiler releases the GIL; CUDA builds are
