@@ -35,8 +35,13 @@ PAIRS = ((1, "uniform", ("q1_0_q8_0",)), (2, "uniform", ("tq2_0_q8_K", "q2_K_q8_
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+#: Instructions that end a basic block (a branch; the next instruction starts another block).
+BRANCHES = ("b", "br", "ret", "cbz", "cbnz", "tbz", "tbnz")
+
+
 def hottest_block(asm: str, mnemonic: str) -> list:
-    """Instructions of the basic block with the most ``mnemonic`` instructions."""
+    """Instructions of the basic block with the most ``mnemonic`` instructions: blocks start at
+    labels and end after branches, so a loop's block is its body up to the backward branch."""
     blocks, current = [], []
     for line in asm.splitlines():
         if re.match(r"^\S.*:", line):                 # a label starts a new block
@@ -44,6 +49,10 @@ def hottest_block(asm: str, mnemonic: str) -> list:
             current = []
         elif line.startswith("\t") and not line.strip().startswith((".", "//", "@")):
             current.append(line.strip())
+            op = current[-1].split()[0]
+            if op in BRANCHES or op.startswith("b."):
+                blocks.append(current)
+                current = []
     blocks.append(current)
     return max(blocks, key=lambda b: sum(1 for ins in b if ins.split()[0] == mnemonic))
 
@@ -99,8 +108,10 @@ def main() -> None:
              f"- {version}; lutc {lutc.__version__}; ggml from llama-cpp-python's sdist "
              "(`examples/ggml/build_ggml.sh`), `aarch64-linux-gnu-gcc -O3 -march=armv8.2-a+dotprod`; "
              "command: `python benchmarks/arm_mca.py`",
-             "- block = the hottest basic block (lutc: the unrolled groups of one block of activations; "
-             "ggml: the loop of its `vec_dot` with the most `sdot`); steady state, data in L1", "",
+             "- block = the hottest basic block, from a label to the branch that ends it (lutc: the unrolled "
+             "groups of one block of activations; ggml: the loop of its `vec_dot` with the most `sdot`); "
+             "steady state, data in L1; inner loops only (lutc's table build and both sides' activation "
+             "quantization run outside them)", "",
              "| kernel | weights | instructions in block | weights in block | CPU | cycles / iteration "
              "| IPC | cycles per 16 lookups (or 16 weights) | cycles per 128 weights |",
              "|---|---|---|---|---|---|---|---|---|"]
