@@ -31,6 +31,7 @@ import contextlib
 import gc
 import os
 import queue
+import signal
 import socket
 import statistics
 import subprocess
@@ -281,23 +282,33 @@ def local_fleet(servers: int = 2, key: str = "local", threads: int = 1, port: in
     env = dict(os.environ, TVM_NUM_THREADS=str(threads))
     port = _free_port(port)
     address = f"127.0.0.1:{port}"
+    # each in its own process group: a server forks a worker per session, which must go with it
     procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
                                "--port", str(port), "--port-end", str(port + 1)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)]
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)]
     try:
         _wait(lambda: _reachable(port), procs[0], "the RPC tracker")
         for i in range(servers):
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", address, "--key", key,
                  "--host", "127.0.0.1", "--port", str(_free_port(port + 10 + 10 * i)), "--port-end",
-                 str(port + 2000)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+                 str(port + 2000)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                start_new_session=True))
         fleet = Fleet(address, key)
         _wait(lambda: fleet.servers() >= servers, procs[0], f"{servers} RPC servers to register")
         yield address, procs
     finally:
         for p in procs[::-1]:
-            p.kill()
-            p.wait()
+            _kill_group(p)
+
+
+def _kill_group(proc) -> None:
+    """Kill ``proc`` and every process of its group (a server's session workers)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def _free_port(start: int) -> int:

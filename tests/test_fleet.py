@@ -1,4 +1,6 @@
 """Tuning on a fleet (lutc.fleet): a TVM tracker and RPC servers on 127.0.0.1."""
+import time
+
 import psutil
 import pytest
 
@@ -47,6 +49,8 @@ def test_a_server_that_dies_costs_only_its_candidate():
     assert len(lost) == 1 and fleet.stats["lost"] == 1 and fleet.alive == 1
     # every candidate got a valid time, the lost one from the surviving server
     assert sorted(c for c, us, err in events if us is not None and err is None) == [0, 1, 2, 3]
+    time.sleep(0.5)
+    assert not _session_workers(), "local_fleet left session workers running"
 
 
 def test_bad_fleet_requests_name_the_problem(tmp_path):
@@ -71,3 +75,9 @@ def test_the_command_tunes_on_the_fleet(tmp_path):
     recs = list(TuningLog(path).records())
     assert rc == 0 and len(recs) >= 4 and {r["device"] for r in recs} == {"test box"}
     assert main(["tune", "--shapes", "1x256x512", "--rpc-key", "k"]) == 2        # no tracker named
+
+
+def _session_workers() -> list:
+    """TVM session workers (``tvm.exec.popen_worker``) still running whose parent is gone."""
+    return [p for p in psutil.process_iter(["cmdline", "ppid"])
+            if "tvm.exec.popen_worker" in " ".join(p.info["cmdline"] or []) and p.info["ppid"] == 1]
