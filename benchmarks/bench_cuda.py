@@ -48,6 +48,7 @@ import lutc  # noqa: E402
 import schedules  # noqa: E402
 from lutc.autotune import graph_time_us  # noqa: E402
 from lutc.formats import PackedWeights  # noqa: E402
+from lutc.testing import tolerance  # noqa: E402
 
 SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (28672, 8192), (8192, 28672))
 MS = (1, 4, 16, 64, 128, 512, 2048, 4096)
@@ -269,7 +270,7 @@ def run(args) -> dict:
                         ref = x.float() @ dequant_packed(qws[0]).T
                         err = float((y.float() - ref).abs().max() / ref.abs().max())
                         row["notes"][f"lutc {sname} W{wbits} rel_err"] = err
-                        if not err < 2e-3:
+                        if not err < tolerance(spec):
                             raise AssertionError(f"lutc {sname} W{wbits} wrong: rel err {err:.2e}")
                         return lambda i: kernel(x, qws[i])
                     measure(f"lutc {sname} W{wbits}", factory, weight_bytes(N, K, wbits))
@@ -370,7 +371,7 @@ def sweep(args) -> dict:
                         kernel = lutc.build(spec, target="cuda", schedule=sname, knobs=knobs)
                         y = kernel(x, qws[0])
                         err = float((y.float() - ref).abs().max() / ref.abs().max())
-                        t = time_graph(lambda i: kernel(x, qws[i]), copies) if err < 2e-3 else float("nan")
+                        t = time_graph(lambda i: kernel(x, qws[i]), copies) if err < tolerance(spec) else float("nan")
                     except Exception as exc:
                         err, t = repr(exc)[:100], float("nan")
                     out["records"].append({"N": N, "K": K, "M": M, "wbits": wbits, "knobs": knobs,

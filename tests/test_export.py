@@ -25,7 +25,7 @@ import torch
 import lutc
 from lutc import layouts
 from lutc.exporter import FILE_LAYOUTS, HEADER_FIELDS, load_weights, save_weights
-from lutc.testing import INT8_TOLERANCE, random_case, reference, rel_error, tolerance
+from lutc.testing import random_case, reference, rel_error, tolerance
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "c_host"
@@ -38,8 +38,6 @@ needs_nvcc = pytest.mark.skipif(
 needs_qemu = pytest.mark.skipif(
     (shutil.which(CROSS_CC) is None or shutil.which(QEMU) is None) and not os.environ.get("CI"),
     reason="needs qemu-user and gcc-aarch64-linux-gnu (CI installs them; there this fails instead)")
-#: max |y - ref| / max |ref| of a kernel with these tables (as c_host's fixed bounds).
-BOUND = {"int8": INT8_TOLERANCE, "float32": 2e-5}
 
 
 def _run(cmd, **kw):
@@ -94,7 +92,7 @@ def test_c_host_runs_the_exported_kernel(exported):
     assert re.search(r"median [\d.]+ us/call over 50 calls", run.stdout)
     # the error it printed is within the bound of the kernel's tables
     err = float(re.search(r"max relative error ([\d.e+-]+)", run.stdout).group(1))
-    assert err < BOUND[manifest["spec"]["table_dtype"]]
+    assert err < tolerance(lutc.MPGemmSpec(**manifest["spec"]))
     # The same program exits 1 when the result misses a (here impossible) tighter bound.
     strict = _run([exported / "c_host", exported, "--bound", "1e-30"])
     assert strict.returncode == 1 and "MISMATCH" in strict.stdout
@@ -163,7 +161,7 @@ def test_so_loaded_next_to_tvm(exported):
     fn(x, *qw.tensors(), out)
     ref = torch.from_numpy(np.fromfile(exported / "ref.bin", np.float64).reshape(M, N))
     assert torch.equal(ref, reference(x, qw))
-    assert rel_error(out, ref) < BOUND[manifest["spec"]["table_dtype"]]
+    assert rel_error(out, ref) < tolerance(lutc.MPGemmSpec(**manifest["spec"]))
 
 
 @needs_gcc
@@ -672,4 +670,4 @@ def test_export_of_a_kernel_loaded_from_the_disk_cache(tmp_path):
     x, qw = random_case(kernel.spec, seed=1)
     out = torch.full((1, 128), float("nan"))
     tvm_ffi.load_module(str(res.files["so"]))["main"](x, *kernel.pack(qw).tensors(), out)
-    assert rel_error(out, reference(x, qw)) < BOUND[kernel.spec.table_dtype]
+    assert rel_error(out, reference(x, qw)) < tolerance(kernel.spec)
