@@ -220,16 +220,18 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
                 if progress:
                     _progress(spec, measured_here, trials, best_so_far, time.time() - t_start)
 
+            built = []
+            for cand, fut in zip(chosen, builds):
+                if fut.exception() is not None:   # build failure: recorded, never chosen
+                    e = fut.exception()
+                    finish(cand, None, f"build failed: {str(e).splitlines()[-1][:300] if str(e) else type(e).__name__}")
+                else:
+                    built.append((cand, fut.result()))
             if fleet is not None:   # every server at once; a lost attempt is an error record
-                fleet.measure_batch([(c, f.exception() or f.result()) for c, f in zip(chosen, builds)], finish)
+                fleet.measure_batch(built, finish)
             else:
-                for cand, fut in zip(chosen, builds):
-                    try:
-                        kernel = fut.result()
-                    except Exception as e:  # build failure: recorded, never chosen
-                        finish(cand, None, f"build failed: {str(e).splitlines()[-1][:300] if str(e) else type(e).__name__}")
-                    else:
-                        finish(cand, *bench.measure(kernel, cutoff_us=CUTOFF * best_so_far))
+                for cand, kernel in built:
+                    finish(cand, *bench.measure(kernel, cutoff_us=CUTOFF * best_so_far))
             stale = 0 if improved else stale + 1
             if stale >= patience:
                 break
@@ -312,10 +314,12 @@ class Bench:
         if kernel.layout not in self._pools:
             packed = kernel.pack(self.qw)
             tensors = packed.tensors()
-            nbytes = sum(t.numel() * t.element_size() for t in tensors)
-            copies = max(2, -(-self.pool_bytes // nbytes))
-            self._pools[kernel.layout] = [[t.clone() for t in tensors] for _ in range(copies)]
+            self._pools[kernel.layout] = [[t.clone() for t in tensors] for _ in range(self.copies(tensors))]
         return self._pools[kernel.layout]
+
+    def copies(self, tensors: list) -> int:
+        """Copies of a weight (its ``tensors``) that fill the pool: at least 2."""
+        return max(2, -(-self.pool_bytes // sum(t.numel() * t.element_size() for t in tensors)))
 
     def _next(self, pool: list) -> list:
         self._cursor += 1

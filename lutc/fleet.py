@@ -89,9 +89,7 @@ class RemoteBench:
     def _pool(self, kernel: Kernel) -> list:
         if kernel.layout not in self._pools:
             tensors = kernel.pack(self.bench.qw).tensors()
-            nbytes = sum(t.numel() * t.element_size() for t in tensors)
-            copies = max(2, -(-self.bench.pool_bytes // nbytes))
-            self._pools[kernel.layout] = [[self._tensor(t) for t in tensors] for _ in range(copies)]
+            self._pools[kernel.layout] = [[self._tensor(t) for t in tensors] for _ in range(self.bench.copies(tensors))]
         return self._pools[kernel.layout]
 
     def _load(self, kernel: Kernel):
@@ -112,8 +110,7 @@ class RemoteBench:
         module = self._load(kernel)
         pool = self._pool(kernel)
         spec = self.bench.spec
-        out = tvm.runtime.tensor(np.full((spec.M, spec.N), np.nan, dtype=str(self.bench.x.dtype).split(".")[-1]),
-                                 self.dev)
+        out = tvm.runtime.tensor(np.full((spec.M, spec.N), np.nan, dtype=spec.act_dtype), self.dev)
         module["main"](self._x, *pool[0], out)
         err = rel_error(torch.from_numpy(out.numpy()), self.bench.ref)
         if not err < self.bench.tol:
@@ -185,15 +182,12 @@ class Fleet:
         return len(self._benches)
 
     def measure_batch(self, jobs: list, on_result: Callable[[object, Optional[float], Optional[str]], None]) -> None:
-        """Measure ``jobs`` (``(candidate, kernel or exception)``) on every live session at once;
+        """Measure ``jobs`` (``(candidate, built kernel)``) on every live session at once;
         ``on_result(candidate, us, error)`` is called once per attempt, in completion order (an
         attempt lost with its server is an error; the candidate is tried again elsewhere)."""
         todo: queue.Queue = queue.Queue()
         for cand, kernel in jobs:
-            if isinstance(kernel, Exception):
-                on_result(cand, None, f"build failed: {str(kernel).splitlines()[-1][:300] if str(kernel) else type(kernel).__name__}")
-            else:
-                todo.put((cand, kernel, 1))
+            todo.put((cand, kernel, 1))
         pending = [todo.qsize()]
 
         def worker(rb: RemoteBench) -> None:
