@@ -320,12 +320,11 @@ def candidates(sname: str, M: int) -> list:
         cands = [dict(warps=w, wn=n, nw=t, stages=p) for (w, n, t, p) in (
             (4, 1, 2, 4), (4, 1, 2, 6), (4, 1, 2, 8), (4, 1, 4, 3), (4, 1, 4, 4), (4, 2, 1, 4), (4, 2, 1, 6),
             (4, 2, 2, 3), (2, 2, 2, 4), (2, 2, 2, 6), (2, 1, 4, 4), (4, 1, 1, 8), (1, 4, 1, 6), (2, 4, 1, 4))]
-    elif sname == "cuda_wgmma":   # (wg, wn, bm, stages, ws)
+    elif sname == "cuda_wgmma":   # (wg, wn, bm, stages, ws: copying warpgroups)
         cands = [dict(wg=g, wn=n, bm=m, stages=p, ws=w) for (g, n, m, p, w) in (
-            (2, 1, 64, 4, True), (2, 1, 128, 4, True), (2, 1, 128, 3, True), (1, 1, 128, 4, True),
-            (1, 1, 256, 3, True), (3, 1, 64, 4, True), (1, 1, 64, 4, True), (1, 2, 64, 4, True),
-            (2, 2, 64, 4, False), (2, 1, 128, 4, False), (2, 1, 256, 3, False), (1, 1, 64, 4, False),
-            (4, 1, 64, 4, False))]
+            (2, 1, 128, 4, True), (2, 1, 128, 4, 2), (2, 2, 64, 4, True), (2, 2, 64, 4, 2), (3, 1, 128, 4, True),
+            (2, 1, 256, 3, True), (2, 1, 64, 4, 2), (2, 1, 64, 4, True), (1, 1, 64, 4, True), (1, 1, 128, 4, 2),
+            (3, 1, 64, 4, 2))]
     else:
         cands = [dict(warps=w, tiles=t, rows=r, units=u) for (w, t, r, u) in (
             (4, 2, 1, 2), (4, 1, 1, 2), (8, 1, 1, 1), (4, 2, 1, 1), (4, 1, 2, 1), (2, 4, 1, 2),
@@ -489,8 +488,13 @@ def main() -> None:
     ap.add_argument("--precompile", action="store_true", help="no GPU: fill lutc's nvcc cache")
     ap.add_argument("--tests", action="store_true", help="with --precompile: the GPU tests' kernels too")
     ap.add_argument("--sweep", default=None, help="a lutc CUDA schedule: time its knob sets instead")
+    ap.add_argument("--schedules", nargs="*", help="lutc schedules to time (default: all four)")
+    ap.add_argument("--wbits", nargs="*", help="bit widths (default 2 4)")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
+    global LUTC_SCHEDULES, WBITS   # a script's settings: every table and sweep reads them
+    LUTC_SCHEDULES = tuple(args.schedules) if args.schedules else LUTC_SCHEDULES
+    WBITS = tuple(int(b) for b in args.wbits) if args.wbits else WBITS
     if args.precompile:
         precompile(args)
         return

@@ -467,7 +467,7 @@ def _walk(stmt, visit) -> None:
 def _cuda_signatures(source: str) -> dict:
     """kernel name -> [(C type, parameter name)] from the ``__global__`` definitions."""
     sigs = {}
-    for m in re.finditer(r'__global__\s+void\s+(?:__launch_bounds__\(\d+\)\s+)?(\w+)\(([^)]*)\)', source):
+    for m in re.finditer(r'__global__\s+void\s+(?:__launch_bounds__\([\d, ]+\)\s+)?(\w+)\(([^)]*)\)', source):
         params = []
         for decl in m.group(2).split(","):
             words = decl.replace("__restrict__", " ").split()

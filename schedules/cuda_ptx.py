@@ -17,29 +17,55 @@ __device__ __forceinline__ unsigned lutc_h2(float v) {
   return *reinterpret_cast<unsigned*>(&h);
 }
 """
-#: ``(w & mask) | 0x64006400`` (the codes under fp16's magic number 1024) as one ``LOP3``: written
-#: in C, nvcc splits it into two (an AND and an OR, each with its immediate), one more
-#: instruction per two weights in every dequantizing kernel.
-LOP3_SRC = """
-#ifndef LUTC_LOP3_AND_OR
-#define LUTC_LOP3_AND_OR
-__device__ __forceinline__ unsigned lutc_lop3_and_or(unsigned w, unsigned mask) {
+#: The 16-bit floats the tensor-core kernels multiply in: C type of a pair, the suffix of its
+#: snippets, mantissa bits and exponent bias (for the magic-number dequantization, :func:`deq`).
+HALVES = {"float16": ("__half2", "", 10, 15), "bfloat16": ("__nv_bfloat162", "_bf16", 7, 127)}
+
+
+def magic(dtype: str) -> int:
+    """Bits of ``2^P`` (``P`` = mantissa bits: 1024 in fp16, 128 in bf16): a code ``q`` ORed into
+    its low mantissa bits reads as ``2^P + q``."""
+    _, _, p, bias = HALVES[dtype]
+    return (bias + p) << p
+
+
+def lop3_src(dtype: str = "float16") -> str:
+    """``(w & mask) | magic`` (the codes under the magic number) as one ``LOP3``: written in C,
+    nvcc splits it into two (an AND and an OR, each with its immediate), one more instruction per
+    two weights in every dequantizing kernel."""
+    sfx, m = HALVES[dtype][1], magic(dtype)
+    return f"""
+#ifndef LUTC_LOP3_AND_OR{sfx.upper()}
+#define LUTC_LOP3_AND_OR{sfx.upper()}
+__device__ __forceinline__ unsigned lutc_lop3_and_or{sfx}(unsigned w, unsigned mask) {{
   unsigned h;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(h) : "r"(w), "r"(mask), "r"(0x64006400u));
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(h) : "r"(w), "r"(mask), "r"({m * 0x10001:#010x}u));
   return h;
-}
+}}
 #endif
 """
-DEQ_SRC = LOP3_SRC + """
-__device__ __forceinline__ unsigned lutc_deq(unsigned w, unsigned mask, unsigned mul, unsigned add,
-                                             unsigned s2, unsigned z2) {
-  unsigned h = lutc_lop3_and_or(w, mask);
-  __half2 q = __hfma2(*reinterpret_cast<__half2*>(&h), *reinterpret_cast<__half2*>(&mul),
-                      *reinterpret_cast<__half2*>(&add));
-  __half2 r = __hmul2(__hsub2(q, *reinterpret_cast<__half2*>(&z2)), *reinterpret_cast<__half2*>(&s2));
+
+
+def _cast(t2: str, reg: str) -> str:
+    return f"*reinterpret_cast<{t2}*>(&{reg})"
+
+
+def deq_src(dtype: str = "float16") -> str:
+    """``lutc_deq``: ``(q - z) s`` of a pair of codes under the magic number (:func:`deq`)."""
+    t2, sfx = HALVES[dtype][:2]
+    pad = " " * len(sfx)
+    return lop3_src(dtype) + f"""
+__device__ __forceinline__ unsigned lutc_deq{sfx}(unsigned w, unsigned mask, unsigned mul, unsigned add,
+                                             {pad}unsigned s2, unsigned z2) {{
+  unsigned h = lutc_lop3_and_or{sfx}(w, mask);
+  {t2} q = __hfma2({_cast(t2, "h")}, {_cast(t2, "mul")},
+                      {_cast(t2, "add")});
+  {t2} r = __hmul2(__hsub2(q, {_cast(t2, "z2")}), {_cast(t2, "s2")});
   return *reinterpret_cast<unsigned*>(&r);
-}
+}}
 """
+
+
 LDG128_SRC = """
 __device__ __forceinline__ void lutc_ldg128(const half* p, bool valid, unsigned* d) {
   uint4 v = make_uint4(0u, 0u, 0u, 0u);
@@ -69,59 +95,84 @@ def h2(v):
     return T.cuda.func_call("lutc_h2", v, source_code=H2_SRC, return_type="uint32")
 
 
-def deq(word, b, v, s2, zs2):
-    """``half2`` of the two codes in slot position ``v`` of ``word`` (already shifted by 8 u):
-    ``(q - c) s`` with ``q - c`` exact in fp16 (``c`` = (2^b - 1)/2 or the zero point), one
-    rounding by the multiply."""
+def _pair_bits(dtype: str, sign: int, exponent):
+    """Bits of the ``dtype`` pair holding ``(-1)^sign 2^exponent`` twice (``exponent`` may be an
+    expression of the slot)."""
+    p, bias = HALVES[dtype][2:]
+    h = T.shift_left(T.Cast("uint32", bias + exponent), T.uint32(p))
+    return (T.uint32(0x8000) | h) if sign else h
+
+
+def _twice(h):
+    return h | T.shift_left(h, T.uint32(16))
+
+
+def deq(word, b, v, s2, zs2, dtype: str = "float16"):
+    """Pair (uint32) of the two codes in slot position ``v`` of ``word`` (already shifted by 8 u):
+    ``(q - c) s`` with ``q - c`` exact (``c`` = (2^b - 1)/2 or the zero point), one rounding by
+    the multiply. The codes sit at bits ``e = b v`` of each half: ORed under the magic number
+    ``2^P`` they read ``2^P + q 2^e``, and one FMA by ``2^-e`` and ``-2^(P-e)`` gives ``q``
+    exactly; they must fit the mantissa (``e + b <= P``, see :func:`dequant_tc16`)."""
+    p = HALVES[dtype][2]
     e = b * v                                            # the codes sit at bits e.. and 16 + e..
     mask = T.shift_left(T.uint32((2 ** b - 1) * 0x10001), T.Cast("uint32", e))
-    mul_h = T.shift_left(T.Cast("uint32", 15 - e), T.uint32(10))         # 2^-e
-    add_h = T.uint32(0x8000) | T.shift_left(T.Cast("uint32", 25 - e), T.uint32(10))  # -2^(10-e)
-    return T.cuda.func_call("lutc_deq", word, mask, mul_h | T.shift_left(mul_h, T.uint32(16)),
-                            add_h | T.shift_left(add_h, T.uint32(16)), s2, zs2,
-                            source_code=DEQ_SRC, return_type="uint32")
+    return T.cuda.func_call(f"lutc_deq{HALVES[dtype][1]}", word, mask, _twice(_pair_bits(dtype, 0, -e)),
+                            _twice(_pair_bits(dtype, 1, p - e)), s2, zs2,
+                            source_code=deq_src(dtype), return_type="uint32")
 
 
-DEQ_C_SRC = LOP3_SRC + """
-__device__ __forceinline__ unsigned lutc_deq_c(unsigned w, unsigned mask, unsigned mul, unsigned add,
-                                               unsigned s2) {
-  unsigned h = lutc_lop3_and_or(w, mask);
-  __half2 r = __hmul2(__hfma2(*reinterpret_cast<__half2*>(&h), *reinterpret_cast<__half2*>(&mul),
-                              *reinterpret_cast<__half2*>(&add)), *reinterpret_cast<__half2*>(&s2));
+def deq_c_src(dtype: str = "float16") -> str:
+    """``lutc_deq_c``: ``(q - c) s`` of a pair of codes under the magic number (:func:`deq_c`)."""
+    t2, sfx = HALVES[dtype][:2]
+    pad = " " * len(sfx)
+    return lop3_src(dtype) + f"""
+__device__ __forceinline__ unsigned lutc_deq_c{sfx}(unsigned w, unsigned mask, unsigned mul, unsigned add,
+                                               {pad}unsigned s2) {{
+  unsigned h = lutc_lop3_and_or{sfx}(w, mask);
+  {t2} r = __hmul2(__hfma2({_cast(t2, "h")}, {_cast(t2, "mul")},
+                              {_cast(t2, "add")}), {_cast(t2, "s2")});
   return *reinterpret_cast<unsigned*>(&r);
-}
+}}
 """
 
 
-def deq_c(word, b, v, s2, c: float):
+def deq_c(word, b, v, s2, c: float, dtype: str = "float16"):
     """:func:`deq` for the format's constant zero ``c = (2^b - 1)/2`` (no zero points), one
     instruction shorter: the ``HFMA2`` that undoes the magic number also subtracts ``c``.
 
-    ``1024 2^-e + c`` must be exact in fp16, which a half-integer ``c`` is not next to 1024, so
-    the codes are read one bit higher (``word << 1``: ``e = b v + 1 >= 1``, the spacing of fp16
-    at ``2^(10-e)`` is ``2^-e <= 1/2``); the FMA's exact result ``q - c`` rounds to itself, and
-    the multiply by ``s`` is the one rounding, as in :func:`deq`: bit-identical results."""
+    ``2^P 2^-e + c`` must be exact, which a half-integer ``c`` is not next to ``2^P``, so the
+    codes are read one bit higher (``word << 1``: ``e = b v + 1 >= 1``, the spacing at
+    ``2^(P-e)`` is ``2^-e <= 1/2``); the FMA's exact result ``q - c`` rounds to itself, and the
+    multiply by ``s`` is the one rounding, as in :func:`deq`: bit-identical results."""
+    p = HALVES[dtype][2]
     e = b * v + 1                                        # the codes, one bit up
     mask = T.shift_left(T.uint32((2 ** b - 1) * 0x10001), T.Cast("uint32", e))
-    mul_h = T.shift_left(T.Cast("uint32", 15 - e), T.uint32(10))         # 2^-e
-    # -(2^(10-e) + c): exponent of 2^(10-e), mantissa c 2^e = (2c) 2^(e-1)
-    add_h = (T.uint32(0x8000) | T.shift_left(T.Cast("uint32", 25 - e), T.uint32(10))
-             | T.shift_left(T.uint32(int(2 * c)), T.Cast("uint32", e - 1)))
-    return T.cuda.func_call("lutc_deq_c", T.shift_left(word, T.uint32(1)), mask,
-                            mul_h | T.shift_left(mul_h, T.uint32(16)), add_h | T.shift_left(add_h, T.uint32(16)),
-                            s2, source_code=DEQ_C_SRC, return_type="uint32")
+    # -(2^(P-e) + c): exponent of 2^(P-e), mantissa c 2^e = (2c) 2^(e-1)
+    add_h = _pair_bits(dtype, 1, p - e) | T.shift_left(T.uint32(int(2 * c)), T.Cast("uint32", e - 1))
+    return T.cuda.func_call(f"lutc_deq_c{HALVES[dtype][1]}", T.shift_left(word, T.uint32(1)), mask,
+                            _twice(_pair_bits(dtype, 0, -e)), _twice(add_h),
+                            s2, source_code=deq_c_src(dtype), return_type="uint32")
 
 
-def dequant_tc16(words, lead: tuple, e, b: int, s2, z2, zero_points: bool, c: float):
-    """``half2`` of the code pair ``e`` (0..31) of a lane's ``tc16`` vector, held in
-    ``words[(*lead, j4, w)]`` (``b/2`` x 4 words): the word that holds the pair, shifted so the
+def dequant_tc16(words, lead: tuple, e, b: int, s2, z2, zero_points: bool, c: float, dtype: str = "float16"):
+    """Pair (uint32, ``dtype``) of the code pair ``e`` (0..31) of a lane's ``tc16`` vector, held
+    in ``words[(*lead, j4, w)]`` (``b/2`` x 4 words): the word that holds the pair, shifted so the
     pair's byte pair is at the bottom, dequantized with the zero points ``z2`` (:func:`deq`) or
-    the format's constant ``c`` (:func:`deq_c`). The one place the kernels read ``tc16`` codes."""
+    the format's constant ``c`` (:func:`deq_c`). The one place the kernels read ``tc16`` codes.
+
+    bf16 has 7 mantissa bits, too few for codes in the high nibble of a byte (bits 4..7, read one
+    bit higher without zero points): those are read from the word shifted 4 bits further, one
+    more shift per word and nibble, shared by the pairs in it."""
     pairs, slots = 16 // b, 8 // b                 # code pairs per word, slots per byte pair
     word = words[(*lead, (e // pairs) // 4, (e // pairs) % 4)]
-    shifted = T.shift_right(T.Cast("uint32", word), T.Cast("uint32", 8 * ((e % pairs) // slots)))
+    shift = 8 * ((e % pairs) // slots)
     v = (e % pairs) % slots
-    return deq(shifted, b, v, s2, z2) if zero_points else deq_c(shifted, b, v, s2, c)
+    v_high = (HALVES[dtype][2] - b - (not zero_points)) // b + 1    # first slot past the mantissa
+    if v_high < slots:
+        high = T.Cast("int32", v >= v_high)
+        shift, v = shift + 4 * high, v - (4 // b) * high
+    shifted = T.shift_right(T.Cast("uint32", word), T.Cast("uint32", shift))
+    return deq(shifted, b, v, s2, z2, dtype) if zero_points else deq_c(shifted, b, v, s2, c, dtype)
 
 
 CP16_SRC = """
@@ -193,15 +244,37 @@ def cp_wait(pending: int):
     return T.cuda.func_call(name, source_code=src)
 
 
-def lds_scale_h2(addr, dtype: str):
-    """``half2`` (uint32) of the scale or zero point of type ``dtype`` at shared byte ``addr``."""
-    name = {"float16": "lutc_lds_h2_f16", "float32": "lutc_lds_h2_f32"}[dtype]
-    return T.cuda.func_call(name, addr, source_code=LDS_SCALE_SRC[dtype], return_type="uint32")
+#: Scales and zero points for bf16 weights: fp16 or fp32 in shared memory, rounded to bf16 (the
+#: weights' type, so ``(q - c) s`` rounds twice: within bf16's tolerance).
+LDS_SCALE_BF16_SRC = {"float16": """
+__device__ __forceinline__ unsigned lutc_lds_h2_f16_bf16(unsigned addr) {
+  unsigned short v;
+  asm volatile("ld.shared.u16 %0, [%1];" : "=h"(v) : "r"(addr));
+  __nv_bfloat162 h = __float2bfloat162_rn(__half2float(*reinterpret_cast<__half*>(&v)));
+  return *reinterpret_cast<unsigned*>(&h);
+}
+""", "float32": """
+__device__ __forceinline__ unsigned lutc_lds_h2_f32_bf16(unsigned addr) {
+  float v;
+  asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(addr));
+  __nv_bfloat162 h = __float2bfloat162_rn(v);
+  return *reinterpret_cast<unsigned*>(&h);
+}
+"""}
+
+
+def lds_scale_h2(addr, dtype: str, half: str = "float16"):
+    """Pair (uint32, of ``half``) of the scale or zero point of type ``dtype`` at shared byte ``addr``."""
+    short = {"float16": "f16", "float32": "f32"}[dtype]
+    if half == "bfloat16":
+        return T.cuda.func_call(f"lutc_lds_h2_{short}_bf16", addr, source_code=LDS_SCALE_BF16_SRC[dtype],
+                                return_type="uint32")
+    return T.cuda.func_call(f"lutc_lds_h2_{short}", addr, source_code=LDS_SCALE_SRC[dtype], return_type="uint32")
 
 
 # --- wgmma (sm_90a): cuda_wgmma ------------------------------------------------------------
 
-def _wgmma_src(n: int, swizzle: int) -> str:
+def _wgmma_src(n: int, swizzle: int, dtype: str = "float16") -> str:
     """``lutc_wgmma_n{n}_s{swizzle}``: ``acc += A B`` for one ``m64n{n}k16`` (fp16 in, fp32 out), A
     from the 4 registers of the ``mma.m16n8k16`` A fragment of this warp's 16 rows, B (K-major)
     from shared memory at byte address ``b``. ``swizzle=0``: core matrices of 8 rows x 16 bytes,
@@ -210,17 +283,18 @@ def _wgmma_src(n: int, swizzle: int) -> str:
     XORed with the row mod 8, the next 8 rows 1024 bytes on; ``b`` must sit in a 1024-byte
     aligned atom, k16 step ``s`` of it at ``32 s`` bytes."""
     regs = n // 2
+    sfx, ab = HALVES[dtype][1], {"float16": "f16", "bfloat16": "bf16"}[dtype]
     d = ", ".join(f"%{i}" for i in range(regs))
     outs = ", ".join(f'"+f"(d[{i}])' for i in range(regs))
     lbo, sbo, mode = (n * 16, 128, 0) if swizzle == 0 else (16, 1024, 1)
     return f"""
-__device__ __forceinline__ void lutc_wgmma_n{n}_s{swizzle}(float* d, unsigned a0, unsigned a1, unsigned a2,
+__device__ __forceinline__ void lutc_wgmma_n{n}_s{swizzle}{sfx}(float* d, unsigned a0, unsigned a1, unsigned a2,
                                                  unsigned a3, unsigned b) {{
   unsigned long long desc = (unsigned long long)((b & 0x3FFFFu) >> 4)
       | ((unsigned long long)({lbo} >> 4) << 16) | ((unsigned long long)({sbo} >> 4) << 32)
       | ((unsigned long long){mode} << 62);
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("wgmma.mma_async.sync.aligned.m64n{n}k16.f32.f16.f16 {{{d}}}, "
+  asm volatile("wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ab}.{ab} {{{d}}}, "
                "{{%{regs}, %{regs + 1}, %{regs + 2}, %{regs + 3}}}, %{regs + 4}, 1, 1, 1, 0;"
                : {outs}
                : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc) : "memory");
@@ -238,11 +312,12 @@ def _fence_acc_src(n: int) -> str:
     return f"__device__ __forceinline__ void lutc_wgmma_acc_n{n}(float* d) {{\n{body}\n}}\n"
 
 
-def wgmma_m64k16(acc_ptr, n: int, swizzle: int, a0, a1, a2, a3, b_addr):
-    """Issue ``acc += A B`` for one ``m64n{n}k16`` with B in the layout ``swizzle`` (0 or 128, see
-    :func:`_wgmma_src`); asynchronous: :func:`wgmma_commit`, :func:`wgmma_wait`."""
-    return T.cuda.func_call(f"lutc_wgmma_n{n}_s{swizzle}", acc_ptr, a0, a1, a2, a3, b_addr,
-                            source_code=_wgmma_src(n, swizzle))
+def wgmma_m64k16(acc_ptr, n: int, swizzle: int, a0, a1, a2, a3, b_addr, dtype: str = "float16"):
+    """Issue ``acc += A B`` for one ``m64n{n}k16`` of ``dtype`` (fp16 or bf16) with B in the layout
+    ``swizzle`` (0 or 128, see :func:`_wgmma_src`); asynchronous: :func:`wgmma_commit`,
+    :func:`wgmma_wait`."""
+    return T.cuda.func_call(f"lutc_wgmma_n{n}_s{swizzle}{HALVES[dtype][1]}", acc_ptr, a0, a1, a2, a3, b_addr,
+                            source_code=_wgmma_src(n, swizzle, dtype))
 
 
 def wgmma_fence_acc(acc_ptr, n: int):
@@ -277,6 +352,14 @@ def wgmma_commit():
 def wgmma_wait(pending: int):
     """Wait until at most ``pending`` of the warpgroup's newest wgmma groups are in flight."""
     return _asm_func(f"lutc_wgmma_wait{pending}", f"wgmma.wait_group.sync.aligned {pending};", SM90A_ONLY)
+
+
+def setmaxnreg(increase: bool, count: int):
+    """``setmaxnreg``: this warpgroup's threads from now on own ``count`` registers each (a
+    multiple of 8 in 24..256), given back to (``increase`` False) or taken from the block's pool;
+    a warp-specialized kernel moves the copying warps' registers to the computing ones."""
+    op = "inc" if increase else "dec"
+    return _asm_func(f"lutc_setmaxnreg_{op}{count}", f"setmaxnreg.{op}.sync.aligned.u32 {count};", SM90A_ONLY)
 
 
 def proxy_fence_async():

@@ -36,7 +36,8 @@ The K loop is unrolled by two so that the A buffers have static register names. 
 flight across iterations: a group left pending over the loop's back edge made ptxas serialize
 every wgmma (C7514).
 
-Who copies (knob ``ws``). With ``ws`` (the default) a fifth warpgroup only copies: it waits on
+Who copies (knob ``ws``: copying warpgroups, 0/False, 1/True or 2). With ``ws`` (the default) a
+warpgroup after the computing ones only copies (with 2, two share the copies): it waits on
 the stage's "empty" mbarrier, starts its ``cp.async`` copies and arms the "full" mbarrier with
 ``cp.async.mbarrier.arrive``; the computing warps wait on "full" and arrive on "empty", and no
 block barrier is left in the K loop. Without it every warp copies its share and a block barrier
@@ -45,20 +46,32 @@ per unit publishes the copies (``stages >= 3``). Why: Nsight Compute on the non-
 32%, with 2 warps per scheduler stalled 5.2 cycles per instruction, the largest part at the
 block barrier (1.2); each warp issued about 460 instructions per unit (2 x 64 half2 of
 dequantization at 4 instructions, 16 x copies with their addresses). Two changes followed: the
-dequantization's AND and OR became one ``LOP3`` (:data:`schedules.cuda_ptx.LOP3_SRC`), and the
+dequantization's AND and OR became one ``LOP3`` (:func:`schedules.cuda_ptx.lop3_src`), and the
 copies and the barrier moved to the copying warpgroup: 1.1-1.35x faster at M >= 64
 (``benchmarks/results/sweep_cuda_wgmma_h200_ws.json``).
 
-Where it stands (``benchmarks/results/cuda_wgmma_h200.md``, H200, same run): 28672 x 8192 at
-M = 128 takes 125.7 us (W2) against cuBLAS fp16 124.3 and Humming 92.9; at M = 512 1.35-1.4x
-behind both. Next steps: ``setmaxnreg`` to give the computing warps the copier's registers (a
-2 x 128 x 128 tile per block, 2 x fewer x reads), TMA instead of 4-byte copies once x is
-stored in ``tc16``'s k order, and split-K or stream-K for the narrow shapes (8192 x 28672 gives
-64-128 blocks).
+How many warps copy and compute (``ws = 2``, ``wg = 3``). Nsight Compute on that kernel at
+M = 512 showed the tensor pipe 60% busy, 7 cycles between a warp's instructions, about 200
+instructions per computing warp and 250 per copying warp (64 4-byte copies with their 64-bit
+addresses) per unit: either needs more than the 1024 tensor cycles of one unit. A second copying
+warpgroup halves the copier's share; a third computing warpgroup gives each copied x tile 1.5x the
+wgmma and each scheduler three dequantizing warps; 256 rows x 64 tokens (``wn = 2``) halves x per
+row at small M. Their accumulators and A buffers exceed an even share of the SM's registers, so the
+copying warpgroups keep 32 each and give the rest to the computing ones (``setmaxnreg``,
+:func:`computing_registers`; ``__launch_bounds__(threads, 1)`` tells ptxas the count at entry).
+(The L2 was not the bound: halving the x traffic from L2 left the time unchanged.)
 
-Limits (``supports``): sm_90a, fp16 activations, uniform W2/W4, K % 128 == 0, any M and N (tokens
-and rows past M and N are computed from stale shared memory and never stored). Results equal
-``cuda_mma``'s up to the order of the fp32 sums.
+Where it stands (``benchmarks/results/cuda_wgmma_h200_regs.md``, H200, same run): faster than
+Humming at M = 64 on 28672 x 8192 (62.5 against 72.0 us, W2) and level on 4096 x 4096 at
+M = 128..512; elsewhere 0.65-0.83x of Humming and 0.72-0.95x of cuBLAS fp16 (28672 x 8192 at
+M = 128: 120.5 against 93.1 and 124.0). Next steps: fewer instructions per copy (x stored in
+``tc16``'s k order by a pre-pass would allow 16-byte copies or TMA), fewer per dequantized pair,
+and split-K or stream-K for the narrow shapes (8192 x 28672 gives 64-128 blocks).
+
+Limits (``supports``): sm_90a, fp16 or bf16 activations (the weights are dequantized to the
+activations' type; bf16 rounds the scale to bf16 first), uniform W2/W4, K % 128 == 0, any M and N
+(tokens and rows past M and N are computed from stale shared memory and never stored). fp16
+results equal ``cuda_mma``'s up to the order of the fp32 sums.
 """
 from __future__ import annotations
 
@@ -68,13 +81,13 @@ from tvm.script import tirx as T
 from .common import drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
 from .cuda_ptx import (cp4, cp16, cp_commit, cp_mbar_arrive, cp_wait, dequant_tc16, lds128, lds_scale_h2, mbar_arrive,
-                       mbar_init, mbar_wait, proxy_fence_async, wgmma_commit, wgmma_fence, wgmma_fence_acc,
+                       mbar_init, mbar_wait, proxy_fence_async, setmaxnreg, wgmma_commit, wgmma_fence, wgmma_fence_acc,
                        wgmma_m64k16, wgmma_wait)
 from .cuda_stream import groups_per_unit, scale_size
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
-KNOBS = {"wg": (1, 2, 3, 4), "wn": (1, 2), "bm": (64, 128, 256), "stages": (3, 4), "ws": (False, True)}
+KNOBS = {"wg": (1, 2, 3, 4), "wn": (1, 2), "bm": (64, 128, 256), "stages": (3, 4), "ws": (False, True, 2)}
 #: Dynamic shared memory of one block on sm_90 (227 KB, the opt-in maximum).
 SMEM_LIMIT = 227 * 1024
 #: Alignment of each stage's x (the 128-byte swizzle repeats every 1024 bytes).
@@ -87,11 +100,16 @@ REG_BUDGET = 200
 REG_OTHER = 32
 #: Registers of an SM (and so of a block, whose threads share them).
 SM_REGISTERS = 65536
+#: Registers a copying thread keeps when the computing warps need more than an even share: it
+#: holds addresses and a loop counter (``setmaxnreg`` gives the rest to the computing warpgroups).
+COPIER_REGS = 32
+#: Most registers a thread can own (255 rounded down to ``setmaxnreg``'s multiples of 8).
+MAX_REGS = 248
 
 
 def supports(spec, target) -> bool:
     arch = str(target.attrs.get("arch", "")) if target.kind.name == "cuda" else ""
-    return (arch == "sm_90a" and spec.act_dtype == "float16" and spec.format == "uniform"
+    return (arch == "sm_90a" and spec.act_dtype in ("float16", "bfloat16") and spec.format == "uniform"
             and spec.wbits in (2, 4) and spec.K % 128 == 0)
 
 
@@ -116,14 +134,14 @@ def worth_tuning(spec, target, bm: int = 128, **_) -> bool:
     return bm == KNOBS["bm"][0] or tokens(spec, bm) > tokens(spec, bm // 2)
 
 
-#: Tiles (wg, wn, bm) from the most work per block down, each with the copying warpgroup: the first
-#: that gives :data:`MIN_BLOCKS` blocks is the default (:func:`default_knobs`). From the H200 sweep
-#: (``benchmarks/results/sweep_cuda_wgmma_h200_ws.json``, W2, M = 64..2048 on 28672 x 8192,
-#: 8192 x 28672, 4096 x 4096) this rule picks the fastest of 7-13 knob sets in 11 of 12 cases and
-#: is within 4% in the other (28672 x 8192, M = 64: 83.4 us against 80.1 without ``ws``).
-TILES = ((2, 1, 128), (2, 1, 64), (1, 1, 64))
-#: Blocks a tile must give to be chosen by default (about 3/4 of the H200's 132 SMs).
-MIN_BLOCKS = 100
+#: Tiles (wg, wn, bm, ws) from the most work per block down, each with the blocks it must give to
+#: be the default (:func:`default_knobs`): three computing warpgroups pay from about four waves of
+#: the H200's 132 SMs on (fewer leave the last wave's SMs idle), the others from 3/4 of one wave.
+#: From the H200 sweep (``benchmarks/results/sweep_cuda_wgmma_h200_regs.json``: 16 rows of
+#: W2/W4, M = 64..2048 on 28672 x 8192, 8192 x 28672 and 4096 x 4096, 6-11 knob sets each) this
+#: rule picks the fastest knob set in 13 rows and is within 3.2% in the other three.
+TILES = ((3, 1, 128, True, 500), (2, 1, 128, 2, 100), (2, 2, 64, True, 100), (2, 1, 64, True, 100),
+         (1, 1, 64, True, 0))
 
 
 def blocks(spec, wg: int, wn: int, bm: int) -> int:
@@ -131,25 +149,58 @@ def blocks(spec, wg: int, wn: int, bm: int) -> int:
     return -(-spec.M // tokens(spec, bm)) * -(-spec.N // (64 * wn * wg))
 
 
+def launch_registers(wg: int, ws: bool = False) -> int:
+    """Registers each thread of the block owns at launch: an even share of the SM's (one block
+    per SM), in the hardware's units of 8."""
+    return min(MAX_REGS, SM_REGISTERS // (128 * (wg + ws)) // 8 * 8)
+
+
+def computing_registers(wg: int, ws: bool = False) -> int:
+    """Registers each computing thread owns: its even share, or with ``ws`` the share plus what
+    the copying warpgroup gives up (``setmaxnreg``: the block's registers are fixed at launch and
+    only move between its warpgroups)."""
+    launch = launch_registers(wg, ws)
+    if not ws:
+        return launch
+    return min(MAX_REGS, ((wg + ws) * launch - ws * COPIER_REGS) // wg // 8 * 8)
+
+
 def register_limit(wg: int, ws: bool = False) -> int:
     """Registers a thread of a block of ``wg`` computing warpgroups (and with ``ws`` one copying)
     may spend on accumulators and A fragments."""
-    return min(REG_BUDGET, SM_REGISTERS // (128 * (wg + ws)) - REG_OTHER)
+    return min(REG_BUDGET, computing_registers(wg, ws) - REG_OTHER)
+
+
+def moves_registers(spec, wg: int, wn: int, bm: int, ws: bool) -> bool:
+    """Whether the kernel moves registers from the copying warpgroup to the computing ones: only
+    a tile that does not fit the even share does (the others keep the code they were timed with)."""
+    return ws and registers(spec, wn, bm) > launch_registers(wg, ws) - REG_OTHER
 
 
 def fits(spec, wg: int, wn: int, bm: int, stages: int = 3, ws: bool = False) -> bool:
-    """Whether the tile fits a block's registers (:func:`register_limit`) and shared memory."""
-    return (registers(spec, wn, bm) <= register_limit(wg, ws)
+    """Whether the tile fits a block's registers (:func:`register_limit`, :func:`wgmma_fits`) and
+    shared memory."""
+    return (registers(spec, wn, bm) <= register_limit(wg, ws) and wgmma_fits(spec, wg, bm, ws)
             and smem_bytes(spec, wg, wn, bm, stages) <= SMEM_LIMIT)
 
 
+def wgmma_fits(spec, wg: int, bm: int, ws: bool = False) -> bool:
+    """Whether one wgmma's accumulators and two A buffers fit the registers at launch: ptxas
+    compiles each instruction within them even where ``setmaxnreg`` adds more (C7602 for
+    256 tokens with two copying warpgroups)."""
+    return tokens(spec, bm) // 2 + 2 * 16 <= launch_registers(wg, ws)
+
+
 def default_knobs(spec) -> dict:
-    """The first tile of :data:`TILES` that fits and gives :data:`MIN_BLOCKS` blocks, else the
-    one that gives the most blocks; 4 stages where they fit, else 3; the copying warpgroup."""
-    tiles = [t for t in TILES if fits(spec, *t, ws=True)]
-    wg, wn, bm = next((t for t in tiles if blocks(spec, *t) >= MIN_BLOCKS),
-                      max(tiles, key=lambda t: blocks(spec, *t)))
-    return {"wg": wg, "wn": wn, "bm": bm, "stages": 4 if fits(spec, wg, wn, bm, 4, ws=True) else 3, "ws": True}
+    """The first tile of :data:`TILES` that fits, gives its blocks and is not cut down to M (a
+    tile of more than 64 tokens that M does not fill is left to the smaller tiles), else the one
+    that gives the most blocks; 4 stages where they fit, else 3."""
+    tiles = [t for t in TILES if fits(spec, t[0], t[1], t[2], ws=t[3])]
+    chosen = next((t for t in tiles if blocks(spec, *t[:3]) >= t[4]
+                   and (t[2] == 64 or tokens(spec, t[2]) == t[2])),
+                  max(tiles, key=lambda t: blocks(spec, *t[:3])))
+    wg, wn, bm, ws = chosen[:4]
+    return {"wg": wg, "wn": wn, "bm": bm, "stages": 4 if fits(spec, wg, wn, bm, 4, ws=ws) else 3, "ws": ws}
 
 
 def resolve_knobs(spec, **given) -> dict:
@@ -163,10 +214,11 @@ def resolve_knobs(spec, **given) -> dict:
     if given.get("stages") is None and not fits(spec, knobs["wg"], knobs["wn"], knobs["bm"], knobs["stages"]):
         knobs["stages"] = 3
     regs, limit = registers(spec, knobs["wn"], knobs["bm"]), register_limit(knobs["wg"], knobs["ws"])
-    if regs > limit:
+    if regs > limit or not wgmma_fits(spec, knobs["wg"], knobs["bm"], knobs["ws"]):
         raise ValueError(f"cuda_wgmma knobs {knobs} need {regs} registers per thread for accumulators "
-                         f"and A fragments (limit {limit} with {knobs['wg'] + knobs['ws']} warpgroups): "
-                         "lower bm, wn or wg")
+                         f"and A fragments (limit {limit} with {knobs['wg'] + knobs['ws']} warpgroups, and one "
+                         f"wgmma's {tokens(spec, knobs['bm']) // 2 + 32} within the "
+                         f"{launch_registers(knobs['wg'], knobs['ws'])} at launch): lower bm, wn, wg or ws")
     used = smem_bytes(spec, knobs["wg"], knobs["wn"], knobs["bm"], knobs["stages"])
     if used > SMEM_LIMIT:
         raise ValueError(f"cuda_wgmma knobs {knobs} need {used} bytes of shared memory "
@@ -227,11 +279,11 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: bool):
     NT, KU, gs = -(-N // 16), K // 128, spec.group
     J4 = b // 2                               # 16-byte weight vectors per lane per tile and unit
     warps = 4 * wg                            # warps that dequantize and multiply
-    threads = 32 * warps + (128 if ws else 0)
-    copiers = 4 if ws else warps              # warps that copy: the fifth warpgroup, or all
+    threads = 32 * warps + 128 * ws
+    copiers = 4 * ws if ws else warps         # warps that copy: the copying warpgroups, or all
     slots = warps * TW                        # 16-row weight tiles of a block (its stage slots)
     nbm, nbn = -(-M // BM), -(-N // BN)
-    zp, sdt = spec.zero_point, spec.scale_dtype
+    zp, sdt, adt = spec.zero_point, spec.scale_dtype, spec.act_dtype   # adt: x, the weights and out
     ssz = scale_size(spec)
     NG = groups_per_unit(spec)
     CP_TILE = 16 * NG * ssz // 16             # 16-byte copies of one slot's coefficients per unit
@@ -244,6 +296,8 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: bool):
     PLANES, COEF, ZEROS = weight_buffers(spec, "tc16")   # lutc.layouts' shapes of tc16
     WORDS = smem_bytes(spec, wg, wn, bm, P) // 4
     ACC = BM // 2                             # fp32 accumulators per thread and tile (m64 x BM / 128)
+    REGS_MOVED = moves_registers(spec, wg, wn, bm, ws)
+    COPYING = bool(ws)                        # ws copying warpgroups (TIR's if needs a bool)
 
     def row16(warp, t):
         """The block's 16-row tile of warp ``warp``'s tile ``t``: warpgroup, tile, warp in it."""
@@ -294,14 +348,14 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: bool):
             for t8 in T.unroll(2):
                 # coefficient of row t8 * 8 + g4 in the group of k quarter c4
                 coef = T.meta_var((((warp * TW + t) * NG + (c4 * 32) // gs % NG) * 16 + t8 * 8 + g4) * ssz)
-                sreg[t, t8] = lds_scale_h2(st + T.Cast("uint32", OFF_S + coef), sdt)
+                sreg[t, t8] = lds_scale_h2(st + T.Cast("uint32", OFF_S + coef), sdt, adt)
                 if zp:
-                    zreg[t, t8] = lds_scale_h2(st + T.Cast("uint32", OFF_Z + coef), sdt)
+                    zreg[t, t8] = lds_scale_h2(st + T.Cast("uint32", OFF_Z + coef), sdt, adt)
             for s in T.unroll(8):
                 for t8 in T.unroll(2):
                     for h in T.unroll(2):
                         areg[buf, t, s, t8 + 2 * h] = dequant_tc16(
-                            wreg, (t,), s * 4 + t8 * 2 + h, b, sreg[t, t8], zreg[t, t8], zp, const)
+                            wreg, (t,), s * 4 + t8 * 2 + h, b, sreg[t, t8], zreg[t, t8], zp, const, adt)
 
     @T.macro
     def multiply(i, ab, areg, acc, stage):
@@ -311,7 +365,7 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: bool):
             for s in T.unroll(8):
                 T.evaluate(wgmma_m64k16(
                     T.address_of(acc[t * ACC]), BM, 128, areg[ab, t, s, 0], areg[ab, t, s, 1],
-                    areg[ab, t, s, 2], areg[ab, t, s, 3], stage(i) + T.Cast("uint32", x_step(BM, s))))
+                    areg[ab, t, s, 2], areg[ab, t, s, 3], stage(i) + T.Cast("uint32", x_step(BM, s)), adt))
         T.evaluate(wgmma_commit())
 
     @T.macro
@@ -326,7 +380,7 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: bool):
                     if (bm_ * BM + j8 * 8 + c4 * 2 + q % 2 < M
                             and bn_ * BN + row16(warp, t) * 16 + g4 + (q // 2) * 8 < N):
                         out[bm_ * BM + j8 * 8 + c4 * 2 + q % 2, bn_ * BN + row16(warp, t) * 16 + g4 + (q // 2) * 8] = \
-                            T.Cast("float16", acc[t * ACC + j8 * 4 + q])
+                            T.Cast(adt, acc[t * ACC + j8 * 4 + q])
 
     @T.macro
     def receive(u, first, tx, bm_, bn_, x, planes, scales, zeros, stage, full):
@@ -334,7 +388,7 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: bool):
         the async proxy, for wgmma). Without ``ws`` a block barrier publishes the copies, after
         which (past the ``first`` unit) the stage of unit ``u - 2`` is free for the copies of
         unit ``u + P - 2``."""
-        if ws:
+        if COPYING:
             T.evaluate(mbar_wait(full(u), (u // P) % 2))
             T.evaluate(proxy_fence_async())
         else:
@@ -363,18 +417,20 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: bool):
                         receive(2 * i2 + ab + 1, False, tx, bm_, bn_, x, planes, scales, zeros, stage, full)
                         dequantize(stage(2 * i2 + ab + 1), 1 - ab, areg, wreg, sreg, zreg, warp, g4, c4, lane)
                     T.evaluate(wgmma_wait(0))          # unit i done: its A buffer free
-                    if ws:
+                    if COPYING:
                         T.evaluate(mbar_arrive(empty(2 * i2 + ab)))
         store(acc, warp, g4, c4, bm_, bn_, out)
 
     @T.prim_func(s_tir=True)
-    def main(x: T.Buffer((M, K), "float16"), planes: T.Buffer(PLANES, "int32"),
+    def main(x: T.Buffer((M, K), adt), planes: T.Buffer(PLANES, "int32"),
              scales: T.Buffer(COEF, sdt), zeros: T.Buffer(ZEROS, sdt),
-             out: T.Buffer((M, N), "float16")):
+             out: T.Buffer((M, N), adt)):
         T.func_attr({"tirx.noalias": True})
         for bm_ in T.thread_binding(nbm, thread="blockIdx.x"):
             for bn_ in T.thread_binding(nbn, thread="blockIdx.y"):
                 for tx in T.thread_binding(threads, thread="threadIdx.x"):
+                    if REGS_MOVED:   # ptxas must know the registers at entry: one block per SM
+                        T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", 1)
                     # [alignment | stage 0 | ... | stage P-1 | P "full" and P "empty" mbarriers],
                     # each stage [x | weights | scales | zeros]: written by cp.async, read through
                     # PTX (see cuda_stream)
@@ -394,22 +450,26 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: bool):
                     empty = T.meta_var(lambda u: base[0] + T.Cast("uint32", P * STAGE + (P + u % P) * 8))
                     for q in T.unroll(TW * ACC):
                         acc[q] = T.float32(0)
-                    if ws:
+                    if COPYING:
                         # a fifth warpgroup copies, the others wait on mbarriers: "full" (the
                         # copier threads' cp.async landed) and "empty" (every computing thread
                         # is done with the stage), no block barrier in the K loop
                         if tx == 0:
                             for u in range(P):
-                                T.evaluate(mbar_init(full(u), 128))
+                                T.evaluate(mbar_init(full(u), 128 * ws))
                                 T.evaluate(mbar_init(empty(u), 32 * warps))
                         T.tvm_storage_sync("shared")
                         if tx >= 32 * warps:
+                            if REGS_MOVED:
+                                T.evaluate(setmaxnreg(False, COPIER_REGS))
                             for u in range(KU):
                                 if u >= P:                     # its stage's previous unit released
                                     T.evaluate(mbar_wait(empty(u), (u // P + 1) % 2))
                                 copy_unit(u, stage(u), tx - 32 * warps, bm_, bn_, x, planes, scales, zeros)
                                 T.evaluate(cp_mbar_arrive(full(u)))
                         else:
+                            if REGS_MOVED:
+                                T.evaluate(setmaxnreg(True, computing_registers(wg, ws)))
                             compute(x, planes, scales, zeros, out, bm_, bn_, tx, areg, wreg, sreg, zreg, acc, stage,
                                     full, empty)
                     else:

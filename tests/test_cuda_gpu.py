@@ -129,6 +129,24 @@ WGMMA_CASES = [
     (lutc.MPGemmSpec(2048, 200, 1536, wbits=4, group_size=64, act_dtype="float16"), dict(wg=1, bm=256, stages=3, ws=True)),
     (lutc.MPGemmSpec(33, 1000, 1536, wbits=2, group_size=-1, zero_point=True, act_dtype="float16"),
      dict(wg=3, bm=64, stages=4, ws=True)),
+    # tiles over the even register share: setmaxnreg moves the copier's registers
+    (lutc.MPGemmSpec(257, 1000, 14336, wbits=4, group_size=128, zero_point=True, act_dtype="float16"),
+     dict(wg=2, wn=2, bm=64, stages=4, ws=True)),
+    (lutc.MPGemmSpec(300, 1000, 11008, wbits=2, group_size=64, act_dtype="float16", scale_dtype="float32"),
+     dict(wg=3, wn=1, bm=128, stages=4, ws=True)),
+    (lutc.MPGemmSpec(2048, 1000, 1536, wbits=4, group_size=-1, zero_point=True, act_dtype="float16"),
+     dict(wg=2, wn=1, bm=256, stages=3, ws=True)),
+    # two copying warpgroups
+    (lutc.MPGemmSpec(300, 1000, 11008, wbits=4, group_size=128, act_dtype="float16"), dict(wg=2, bm=128, ws=2)),
+    (lutc.MPGemmSpec(65, 1000, 1536, wbits=2, group_size=32, zero_point=True, act_dtype="bfloat16"),
+     dict(wg=2, wn=2, bm=64, ws=2)),
+    # bf16 activations (and weights): both bit widths, with and without zero points, both copy modes
+    (lutc.MPGemmSpec(33, 1000, 11008, wbits=2, group_size=128, act_dtype="bfloat16"), dict()),
+    (lutc.MPGemmSpec(257, 1000, 14336, wbits=4, group_size=64, zero_point=True, act_dtype="bfloat16"), dict()),
+    (lutc.MPGemmSpec(128, 1000, 1536, wbits=4, group_size=32, act_dtype="bfloat16", scale_dtype="float32"),
+     dict(wg=2, bm=128, ws=False)),
+    (lutc.MPGemmSpec(2048, 1000, 11008, wbits=2, group_size=-1, zero_point=True, act_dtype="bfloat16"),
+     dict(wg=2, wn=2, bm=64, ws=True)),
 ]
 
 
@@ -140,7 +158,7 @@ def test_wgmma_knobs_keep_results(spec, knobs):
     x, qw = random_case(spec, seed=7)
     out = torch.full((spec.M, spec.N), float("nan"), dtype=x.dtype, device="cuda")
     kernel(x.cuda(), qw.to("cuda"), out=out)
-    assert rel_error(out.cpu(), reference(x, qw)) < TOL["float16"]
+    assert rel_error(out.cpu(), reference(x, qw)) < TOL[spec.act_dtype]
 
 
 @pytest.mark.parametrize("knobs", LUT_KNOBS)

@@ -388,6 +388,19 @@ def test_cuda_default_kernel_exports_in_its_layout(tmp_path, schedule, arch):
     assert nvcc.returncode == 0, nvcc.stderr[-3000:]
 
 
+@needs_nvcc
+def test_cuda_export_of_a_kernel_with_moved_registers(tmp_path):
+    """A wgmma tile over the even register share is declared ``__launch_bounds__(threads, 1)``;
+    the launcher still finds its kernel's signature and compiles."""
+    spec = lutc.MPGemmSpec(200, 1000, 1536, wbits=2, group_size=128, act_dtype="bfloat16")
+    kernel = lutc.build(spec, target="cuda:sm_90a", schedule="cuda_wgmma", knobs=dict(wg=2, wn=2, bm=64, ws=True))
+    assert "__launch_bounds__(384, 1)" in kernel.source
+    res = lutc.export(kernel, tmp_path, name="k", emit=["cu"])
+    assert "int k_launch(" in res.files["h"].read_text() and "k_launch" in res.files["cu"].read_text()
+    nvcc = _run(["nvcc", "-w", "-c", "-arch=sm_90a", res.files["cu"], "-o", tmp_path / "k.o"])
+    assert nvcc.returncode == 0, nvcc.stderr[-3000:]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or shutil.which("nvcc") is None,
                     reason="needs a CUDA GPU and nvcc")
 @pytest.mark.parametrize("schedule,spec", [("cuda_generic", s) for s in CUDA_SPECS]

@@ -1,10 +1,12 @@
 """Other targets built on this machine: CUDA source compiled by nvcc, ARM cross-compiled."""
 import itertools
+import subprocess
 import os
 import re
 import shutil
 import struct
 
+import numpy as np
 import pytest
 
 import lutc
@@ -92,6 +94,27 @@ def test_wgmma_both_copy_modes_compile(ws):
     assert lutc.cuda_binary(kernel, fmt="cubin")[:4] == b"\x7fELF"
 
 
+@needs_nvcc
+@pytest.mark.parametrize("knobs", [dict(wg=2, wn=2, bm=64), dict(wg=3, wn=1, bm=128), dict(wg=2, wn=1, bm=256)])
+def test_wgmma_tiles_over_the_even_register_share_move_registers(knobs, tmp_path):
+    """Tiles whose accumulators and A fragments exceed a thread's even share of the SM take the
+    copying warpgroup's registers (setmaxnreg), and ptxas honours it: no 'setmaxnreg ignored',
+    no serialized wgmma, no spills."""
+    spec = lutc.MPGemmSpec(512, 1000, 1536, wbits=2, group_size=128, act_dtype="float16")
+    kernel = lutc.build(spec, target="cuda:sm_90a", schedule="cuda_wgmma", knobs={**knobs, "ws": True}, cache=None)
+    assert "setmaxnreg.inc.sync.aligned.u32" in kernel.source and "__launch_bounds__(" in kernel.source
+    src = tmp_path / "k.cu"
+    src.write_text(kernel.source)
+    log = subprocess.run(["nvcc", "-arch=sm_90a", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"), str(src)],
+                         capture_output=True, text=True, check=True).stderr
+    assert "C7508" not in log and "C7512" not in log and "C7514" not in log, log
+    assert " 0 bytes spill stores" in log, log
+    # the even-share tiles keep their code
+    plain = lutc.build(spec, target="cuda:sm_90a", schedule="cuda_wgmma", knobs=dict(wg=2, wn=1, bm=128, ws=True),
+                       cache=None)
+    assert "setmaxnreg" not in plain.source
+
+
 def test_cuda_default_picks_lut_for_small_m_and_mma_beyond():
     assert lutc.build(lutc.MPGemmSpec(1, 256, 512, act_dtype="float16"), target="cuda:sm_90a").schedule == "cuda_lut"
     assert lutc.build(lutc.MPGemmSpec(16, 256, 512, act_dtype="float16"), target="cuda:sm_90a").schedule == "cuda_mma"
@@ -173,3 +196,56 @@ def test_templates_do_not_build_the_front_end_function(monkeypatch):
     assert kernel.schedule == "x86"
     with pytest.raises(AssertionError, match="no front-end function"):
         lutc.build(lutc.MPGemmSpec(1, 80, 384, wbits=2, group_size=128, table_dtype="int8"), target="x86", schedule="cpu_generic")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("wbits", [2, 4])
+@pytest.mark.parametrize("zero_points", [True, False])
+def test_tc16_dequantization_bits(dtype, wbits, zero_points):
+    """The tensor-core kernels' dequantization (:func:`schedules.cuda_ptx.dequant_tc16`), emulated
+    bit by bit on random words for every code pair of a lane: the LOP3 under the magic number,
+    the exact FMA, then ``(q - z) s`` rounded once to ``dtype``, must equal the codes' ``(q - c) s``
+    (bf16: ``s`` rounded to bf16 first, as the kernel loads it)."""
+    import torch
+    import tvm
+    from schedules.cuda_ptx import HALVES, dequant_tc16, magic
+    tdt = getattr(torch, dtype)
+    gen = np.random.default_rng(wbits * 2 + zero_points)
+    words = gen.integers(0, 2 ** 32, size=(wbits // 2, 4), dtype=np.uint64)
+    names = {(j, w): tvm.tirx.Var(f"w{j}{w}", "uint32") for j in range(wbits // 2) for w in range(4)}
+    s2, z2 = tvm.tirx.Var("s2", "uint32"), tvm.tirx.Var("z2", "uint32")
+    c = (2 ** wbits - 1) / 2
+    scale, zero = torch.tensor(0.0371, dtype=tdt), torch.tensor(float(2 ** wbits // 2 - 1), dtype=tdt)
+    bound = {v.name: int(words[k]) for k, v in names.items()}
+    ops = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b,
+           "LShift": lambda a, b: a << b, "RShift": lambda a, b: a >> b, "BitwiseOr": lambda a, b: a | b,
+           "BitwiseAnd": lambda a, b: a & b}
+
+    def value(expr) -> int:      # the integer a constant index expression of the kernel folds to
+        kind = type(expr).__name__
+        if kind in ops:
+            return ops[kind](value(expr.a), value(expr.b)) & 0xFFFFFFFF
+        if kind == "Cast":
+            return value(expr.value) & 0xFFFFFFFF
+        return bound[expr.name] if kind == "Var" else int(expr.value)
+
+    def halves(bits: int):
+        return torch.tensor([bits & 0xFFFF, bits >> 16], dtype=torch.int32).to(torch.int16).view(tdt)
+
+    def rnd(t):      # an exact product or sum, rounded once to dtype
+        return t.double().to(tdt)
+
+    for e in range(32):
+        call = dequant_tc16(names, (), e, wbits, s2, z2, zero_points, c, dtype)
+        word, mask, mul, add = (value(a) for a in call.args[1:5])
+        h = halves((word & mask) | (magic(dtype) * 0x10001))       # the LOP3
+        q = rnd(h.double() * halves(mul).double() + halves(add).double())
+        got = rnd(rnd(q.double() - zero.double()).double() * scale.double()) if zero_points else \
+            rnd(q.double() * scale.double())
+        pairs, slots = 16 // wbits, 8 // wbits
+        w = int(words[(e // pairs) // 4, (e // pairs) % 4])
+        byte, slot = (e % pairs) // slots, (e % pairs) % slots
+        codes = [(w >> (16 * half + 8 * byte + wbits * slot)) & (2 ** wbits - 1) for half in (0, 1)]
+        offset = zero.double() if zero_points else c
+        want = rnd(rnd(torch.tensor(codes, dtype=torch.float64) - offset).double() * scale.double())
+        assert torch.equal(got, want), (e, codes, got, want, HALVES[dtype])
