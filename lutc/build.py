@@ -181,7 +181,8 @@ def logged_record(log: TuningLog, spec: MPGemmSpec, tgt, default_schedule: Optio
     # after the reference CPU log: its ``{"row_tiles": 2}``, measured with one row of x per
     # pass, now builds 4 rows x 2 tiles, a kernel nobody measured, 1.75x slower than the
     # default at 16 x 4096 x 4096 W4 on an EPYC).
-    pinned = lambda r: usable(r) and set(r["knobs"]) >= set(_schedule_module(r["schedule"], kind, spec, tgt).KNOBS)  # noqa: E731
+    pinned = lambda r: usable(r) and contract.pins_every_knob(  # noqa: E731
+        _schedule_module(r["schedule"], kind, spec, tgt), r["knobs"])
     record = nearest_for(log, spec.key(), described, device, pinned, targets.transferable(tgt),
                          default_schedule, where)
     return None if record is None else (record, "transferred")

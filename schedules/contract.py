@@ -16,6 +16,9 @@ Optional, asked for through the functions below (never with ``getattr`` elsewher
 * ``worth_tuning(spec, target, **knobs) -> bool`` (default True): False for knob values that
   build but can only be slower (the tuner's space leaves them out);
 * ``PASS_CONFIG`` (default None): TVM pass options its kernels need (CUDA);
+* ``ADDED_KNOBS`` (default none): knobs added after tuning logs were written, each with the value
+  their kernels had before (``dot_mac``'s ``prefetch``: 0), so that an older record still pins
+  every knob (:func:`pins_every_knob`);
 * ``TEMPLATE`` (default False): True for a module that writes its kernel itself and keeps the
   front end's function only as its reference semantics (``simd_lut`` through ``x86``/``arm``,
   ``dot_mac``, ``cuda_lut``, ``cuda_mma``): :func:`lutc.build.scheduled` then passes
@@ -69,6 +72,12 @@ def worth_tuning(module: ModuleType, spec, target, **knobs) -> bool:
     """Whether the tuner should try ``knobs`` of ``module`` for ``spec`` (default True)."""
     rule = getattr(module, "worth_tuning", None)
     return True if rule is None else bool(rule(spec, target, **knobs))
+
+
+def pins_every_knob(module: ModuleType, knobs: dict) -> bool:
+    """Whether a record's ``knobs`` fix every knob of ``module`` (the ones added after it was
+    written, ``ADDED_KNOBS``, at the value its kernel had)."""
+    return set(knobs) | set(getattr(module, "ADDED_KNOBS", {})) >= set(module.KNOBS)
 
 
 def pass_config(module: ModuleType) -> Optional[dict]:

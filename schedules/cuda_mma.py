@@ -34,18 +34,20 @@ are on their way into registers; then x of chunk i goes to shared memory. Knobs:
 reads x fragments straight from global memory (L1/L2) instead, no barriers in the loop;
 ``units`` = 128-weight units per warp per chunk (more bytes in flight per warp).
 
-Limits (``supports``): CUDA sm_80+, fp16 activations, uniform format, wbits 2 or 4, K % 128 == 0.
+Limits (``supports``): CUDA sm_80+, fp16 or bf16 activations (weights dequantized to their type:
+:func:`schedules.cuda_ptx.dequant_tc16`), uniform format, wbits 2 or 4, K % 128 == 0.
 Numerics: each weight becomes the fp16 ``(q - c) s`` (``q - c`` exact, one rounding), products
 are exact in the fp32 tensor-core accumulation; an earlier ``q s - c s`` form rounded ``c s``
 per group, a bias that failed the fp16 test tolerance at W4.
 """
 from __future__ import annotations
 
+import tvm
 from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
 from .common import drop_param, merge_knobs, weight_buffers
-from .cuda_ptx import LDG128_SRC, LDS128_SRC, MMA_SRC, dequant_tc16, h2
+from .cuda_ptx import LDG128_SRC, LDS128_SRC, dequant_tc16, h2, mma
 from .cuda_lut import PASS_CONFIG, SMEM_LIMIT  # noqa: F401  (one limit; TVM cannot see reads made by inline PTX)
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
@@ -56,7 +58,7 @@ KNOBS = {"warps": (1, 2, 4, 8), "wn": (1, 2, 4, 8), "nw": (1, 2, 4), "mt": (1, 2
 
 def supports(spec, target) -> bool:
     arch = str(target.attrs.get("arch", "")) if target.kind.name == "cuda" else ""
-    return (arch.startswith("sm_") and int(arch[3:5]) >= 80 and spec.act_dtype == "float16"
+    return (arch.startswith("sm_") and int(arch[3:5]) >= 80 and spec.act_dtype in ("float16", "bfloat16")
             and spec.format == "uniform" and spec.wbits in (2, 4) and spec.K % 128 == 0)
 
 
@@ -131,7 +133,7 @@ def schedule(func, spec, target, warps=None, wn=None, nw=None, mt=None, xsm=None
 
 
 def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, units: int = 1):
-    """The PrimFunc (module docstring). Arguments: ``x [M, K]`` fp16, ``planes`` (``tc16``),
+    """The PrimFunc (module docstring). Arguments: ``x [M, K]`` fp16 or bf16, ``planes`` (``tc16``),
     ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``."""
     M, N, K, b = spec.M, spec.N, spec.K, spec.wbits
     S, WN, NW, MT, UW = warps, wn, nw, mt, units
@@ -147,27 +149,28 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
     XPRE = xsm and vpt <= 4               # x of the next chunk through registers (else: copied late)
     outs = WN * MP * NW * 16
     opt = -(-outs // threads)
-    zp, sdt = spec.zero_point, spec.scale_dtype
+    zp, sdt, adt = spec.zero_point, spec.scale_dtype, spec.act_dtype   # adt: x, the weights and out
     const = (2 ** b - 1) / 2.0
     PLANES, COEF, ZEROS = weight_buffers(spec, "tc16")   # lutc.layouts' shapes of tc16
     red_shape = (S, WN, MP, NW * 16) if S > 1 else (1,)
+    ZERO = tvm.tirx.const(0, adt)
 
     @T.prim_func(s_tir=True)
-    def main(x: T.Buffer((M, K), "float16"), planes: T.Buffer(PLANES, "int32"),
+    def main(x: T.Buffer((M, K), adt), planes: T.Buffer(PLANES, "int32"),
              scales: T.Buffer(COEF, sdt), zeros: T.Buffer(ZEROS, sdt),
-             out: T.Buffer((M, N), "float16")):
+             out: T.Buffer((M, N), adt)):
         T.func_attr({"tirx.noalias": True})
         for by in T.thread_binding(nby, thread="blockIdx.y"):
             for bx in T.thread_binding(nbx, thread="blockIdx.x"):
                 for tx in T.thread_binding(threads, thread="threadIdx.x"):
                     # flat, so that TVM's buffer compaction (it sees only the stores; the loads
                     # are inline PTX) cannot drop the row padding and change the row stride
-                    xs = T.alloc_buffer((MP * XR if xsm else 8,), "float16", scope="shared")
+                    xs = T.alloc_buffer((MP * XR if xsm else 8,), adt, scope="shared")
                     red = T.alloc_buffer(red_shape, "float32", scope="shared")
                     wreg = T.alloc_buffer((2, UW, NW, b // 2, 4), "int32", scope="local")
                     sreg = T.alloc_buffer((2, UW, NW, 2), "uint32", scope="local")
                     zreg = T.alloc_buffer((2, UW, NW, 2), "uint32", scope="local")
-                    xreg = T.alloc_buffer((vpt if XPRE else 1, 8), "float16", scope="local")
+                    xreg = T.alloc_buffer((vpt if XPRE else 1, 8), adt, scope="local")
                     areg = T.alloc_buffer((2, 4), "uint32", scope="local")
                     bfrag = T.alloc_buffer((2, NW, 2, 2), "uint32", scope="local")
                     acc = T.alloc_buffer((MT, NW, 2, 4), "float32", scope="local")
@@ -200,12 +203,12 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
                                                             (bx * WN + tx // (32 * S)) * NW + t,
                                                             ((((k2 * 2 + par) * S + (tx // 32) % S) * UW + u) * 128 + (tx % 4) * 32) // gs,
                                                             t8 * 8 + (tx % 32) // 4])
-                                                        sreg[par, u, t, t8] = h2(sv[0])
+                                                        sreg[par, u, t, t8] = h2(sv[0], adt)
                                                         if zp:
                                                             zreg[par, u, t, t8] = h2(T.Cast("float32", zeros[
                                                                 (bx * WN + tx // (32 * S)) * NW + t,
                                                                 ((((k2 * 2 + par) * S + (tx // 32) % S) * UW + u) * 128 + (tx % 4) * 32) // gs,
-                                                                t8 * 8 + (tx % 32) // 4]))
+                                                                t8 * 8 + (tx % 32) // 4]), adt)
                                     if XPRE:
                                         for e in T.unroll(vpt):
                                             if tx + e * threads < vecs:
@@ -215,7 +218,7 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
                                                         by * MP + (tx + e * threads) // (KC // 8),
                                                         T.ramp((k2 * 2 + par) * KC + ((tx + e * threads) % (KC // 8)) * 8, 1, 8)]
                                                 else:
-                                                    xreg[e, T.ramp(0, 1, 8)] = T.broadcast(T.float16(0), 8)
+                                                    xreg[e, T.ramp(0, 1, 8)] = T.broadcast(ZERO, 8)
                                 # 2. chunk i - 1: 8 k16 steps (two per 16-byte shared load of x)
                                 if k2 * 2 + par >= 1:
                                     for u in T.unroll(UW):
@@ -228,7 +231,7 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
                                                             for h in T.unroll(2):
                                                                 bfrag[sp, t, t8, h] = dequant_tc16(
                                                                     wreg, (1 - par, u, t), (s2 * 2 + sp) * 4 + t8 * 2 + h, b,
-                                                                    sreg[1 - par, u, t, t8], zreg[1 - par, u, t, t8], zp, const)
+                                                                    sreg[1 - par, u, t, t8], zreg[1 - par, u, t, t8], zp, const, adt)
                                                 for i in T.unroll(MT):
                                                     for r in T.unroll(2):
                                                         if xsm:
@@ -250,12 +253,11 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
                                                         for t in T.unroll(NW):
                                                             if (bx * WN + tx // (32 * S)) * NW + t < NT:
                                                                 for t8 in T.unroll(2):
-                                                                    T.evaluate(T.cuda.func_call(
-                                                                        "lutc_mma", T.address_of(acc[i, t, t8, 0]),
+                                                                    T.evaluate(mma(
+                                                                        T.address_of(acc[i, t, t8, 0]),
                                                                         areg[0, sp * 2], areg[1, sp * 2],
                                                                         areg[0, sp * 2 + 1], areg[1, sp * 2 + 1],
-                                                                        bfrag[sp, t, t8, 0], bfrag[sp, t, t8, 1],
-                                                                        source_code=MMA_SRC))
+                                                                        bfrag[sp, t, t8, 0], bfrag[sp, t, t8, 1], adt))
                                 if xsm:
                                     T.tvm_storage_sync("shared")
                                 # 3. x of chunk i -> shared memory (zeros past M and K)
@@ -276,7 +278,7 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
                                             else:
                                                 xs[T.ramp(((tx + e * threads) // (KC // 8)) * XR
                                                           + ((tx + e * threads) % (KC // 8)) * 8, 1, 8)] = T.broadcast(
-                                                    T.float16(0), 8)
+                                                    ZERO, 8)
                                 if xsm:
                                     T.tvm_storage_sync("shared")
                     # epilogue: lane holds rows g, g + 8 and columns 2c, 2c + 1 of each 16 x 8 tile
@@ -289,7 +291,7 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
                                                 and ((bx * WN + tx // 32) * NW + t) * 16 + t8 * 8 + (tx % 4) * 2 + q % 2 < N):
                                             out[by * MP + i * 16 + (tx % 32) // 4 + (q // 2) * 8,
                                                 ((bx * WN + tx // 32) * NW + t) * 16 + t8 * 8 + (tx % 4) * 2 + q % 2] = T.Cast(
-                                                "float16", acc[i, t, t8, q])
+                                                adt, acc[i, t, t8, q])
                     else:
                         for i in T.unroll(MT):
                             for t in T.unroll(NW):
@@ -310,6 +312,6 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
                                                               (tx + e * threads) % (NW * 16)]
                                     out[by * MP + ((tx + e * threads) // (NW * 16)) % MP,
                                         (bx * WN + (tx + e * threads) // (MP * NW * 16)) * NW * 16
-                                        + (tx + e * threads) % (NW * 16)] = T.Cast("float16", tot[0])
+                                        + (tx + e * threads) % (NW * 16)] = T.Cast(adt, tot[0])
 
     return main if zp else drop_param(main, "zeros")

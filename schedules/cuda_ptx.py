@@ -5,7 +5,8 @@ snippet once per function name, so each snippet defines one function.
 TVM's TIR has no words for ``mma.sync`` on register fragments, ``ld.shared.v4`` from an address,
 or ``cp.async`` groups, so the kernels call these ``__device__`` functions through
 ``T.cuda.func_call`` (TVM pastes each ``source_code`` once into the module). The dequantization
-(:func:`deq`) is the one place that turns packed codes into fp16 weights for both kernels.
+(:func:`dequant_tc16`) is the one place that turns packed codes into fp16 or bf16 weights for the
+three kernels.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ __device__ __forceinline__ unsigned lutc_deq{sfx}(unsigned w, unsigned mask, uns
 
 
 LDG128_SRC = """
-__device__ __forceinline__ void lutc_ldg128(const half* p, bool valid, unsigned* d) {
+__device__ __forceinline__ void lutc_ldg128(const void* p, bool valid, unsigned* d) {
   uint4 v = make_uint4(0u, 0u, 0u, 0u);
   if (valid) v = __ldg(reinterpret_cast<const uint4*>(p));
   d[0] = v.x; d[1] = v.y; d[2] = v.z; d[3] = v.w;
@@ -90,8 +91,18 @@ __device__ __forceinline__ void lutc_lds128(unsigned addr, unsigned* d) {
 """
 
 
-def h2(v):
-    """``half2`` (as uint32) holding the float ``v`` twice."""
+H2_BF16_SRC = """
+__device__ __forceinline__ unsigned lutc_h2_bf16(float v) {
+  __nv_bfloat162 h = __float2bfloat162_rn(v);
+  return *reinterpret_cast<unsigned*>(&h);
+}
+"""
+
+
+def h2(v, dtype: str = "float16"):
+    """Pair (uint32) of ``dtype`` (fp16 or bf16) holding the float ``v`` twice."""
+    if dtype == "bfloat16":
+        return T.cuda.func_call("lutc_h2_bf16", v, source_code=H2_BF16_SRC, return_type="uint32")
     return T.cuda.func_call("lutc_h2", v, source_code=H2_SRC, return_type="uint32")
 
 
@@ -204,8 +215,12 @@ __device__ __forceinline__ unsigned lutc_lds_h2_f32(unsigned addr) {
 """}
 
 
-def mma(acc_ptr, a0, a1, a2, a3, b0, b1):
-    """``acc += A B`` for one ``m16n8k16`` tile (fp16 in, fp32 accumulators at ``acc_ptr``)."""
+def mma(acc_ptr, a0, a1, a2, a3, b0, b1, dtype: str = "float16"):
+    """``acc += A B`` for one ``m16n8k16`` tile (``dtype`` fp16 or bf16 in, fp32 accumulators at
+    ``acc_ptr``)."""
+    if dtype == "bfloat16":
+        return T.cuda.func_call("lutc_mma_bf16", acc_ptr, a0, a1, a2, a3, b0, b1,
+                                source_code=MMA_SRC.replace("lutc_mma", "lutc_mma_bf16").replace(".f16.f16.", ".bf16.bf16."))
     return T.cuda.func_call("lutc_mma", acc_ptr, a0, a1, a2, a3, b0, b1, source_code=MMA_SRC)
 
 

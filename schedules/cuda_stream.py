@@ -29,7 +29,7 @@ the A operand (its registers are exactly the two 8-row B fragments of ``cuda_mma
 8-column B operand, so one ``m16n8k16`` covers 16 rows of N (``2 x nw`` per k16 pair) where
 padding M to 16 took two (``2 x nw x 2``); for 8 < M <= 16, x is A (rows 8..15 loaded).
 
-Limits (``supports``): CUDA sm_80+, fp16 activations, uniform format, wbits 2 or 4,
+Limits (``supports``): CUDA sm_80+, fp16 or bf16 activations, uniform format, wbits 2 or 4,
 K % 128 == 0, M <= 16. Results equal ``cuda_mma``'s up to the order of the fp32 sums.
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ X_ROW = 136
 
 def supports(spec, target) -> bool:
     arch = str(target.attrs.get("arch", "")) if target.kind.name == "cuda" else ""
-    return (arch.startswith("sm_") and int(arch[3:5]) >= 80 and spec.act_dtype == "float16"
+    return (arch.startswith("sm_") and int(arch[3:5]) >= 80 and spec.act_dtype in ("float16", "bfloat16")
             and spec.format == "uniform" and spec.wbits in (2, 4) and spec.K % 128 == 0
             and spec.M <= MAX_M)
 
@@ -143,7 +143,7 @@ def schedule(func, spec, target, warps=None, wn=None, nw=None, stages=None) -> s
 
 
 def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
-    """The PrimFunc (module docstring). Arguments: ``x [M, K]`` fp16, ``planes`` (``tc16``),
+    """The PrimFunc (module docstring). Arguments: ``x [M, K]`` fp16 or bf16, ``planes`` (``tc16``),
     ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``."""
     M, N, K, b = spec.M, spec.N, spec.K, spec.wbits
     S, WN, NW, P = warps, wn, nw, stages
@@ -153,6 +153,7 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
     steps = -(-KU // S)
     nbx = -(-NT // (WN * NW))
     zp, sdt, ssz = spec.zero_point, spec.scale_dtype, scale_size(spec)
+    adt = spec.act_dtype                      # x, the dequantized weights and out
     NG = groups_per_unit(spec)
     CP_TILE = 16 * NG * ssz // 16             # 16-byte copies of one tile's coefficients per unit
     EL16 = 16 // ssz                          # coefficients per 16-byte copy
@@ -172,9 +173,9 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
     opt = -(-outs // threads)
 
     @T.prim_func(s_tir=True)
-    def main(x: T.Buffer((M, K), "float16"), planes: T.Buffer(PLANES, "int32"),
+    def main(x: T.Buffer((M, K), adt), planes: T.Buffer(PLANES, "int32"),
              scales: T.Buffer(COEF, sdt), zeros: T.Buffer(ZEROS, sdt),
-             out: T.Buffer((M, N), "float16")):
+             out: T.Buffer((M, N), adt)):
         T.func_attr({"tirx.noalias": True})
         for bx in T.thread_binding(nbx, thread="blockIdx.x"):
             for tx in T.thread_binding(threads, thread="threadIdx.x"):
@@ -258,12 +259,12 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                                         sreg[t, t8] = lds_scale_h2(
                                             base[0] + T.Cast("uint32", ((j - P + 1) % P) * STAGE + OFF_S
                                                              + (((warp * NW + t) * NG + (c4 * 32) // gs % NG) * 16
-                                                                + t8 * 8 + g4) * ssz), sdt)
+                                                                + t8 * 8 + g4) * ssz), sdt, adt)
                                         if zp:
                                             zreg[t, t8] = lds_scale_h2(
                                                 base[0] + T.Cast("uint32", ((j - P + 1) % P) * STAGE + OFF_Z
                                                                  + (((warp * NW + t) * NG + (c4 * 32) // gs % NG) * 16
-                                                                    + t8 * 8 + g4) * ssz), sdt)
+                                                                    + t8 * 8 + g4) * ssz), sdt, adt)
                             for s2 in T.unroll(4):
                                 for sp in T.unroll(2):
                                     for t in T.unroll(NW):
@@ -271,7 +272,7 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                                             for h in T.unroll(2):
                                                 bfrag[sp, t, t8, h] = dequant_tc16(
                                                     wreg, (t,), (s2 * 2 + sp) * 4 + t8 * 2 + h, b,
-                                                    sreg[t, t8], zreg[t, t8], zp, const)
+                                                    sreg[t, t8], zreg[t, t8], zp, const, adt)
                                 for r in T.unroll(2 if HI else 1):
                                     if r * 8 + g4 < M:
                                         T.evaluate(lds128(
@@ -288,14 +289,14 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                                                 T.evaluate(mma(
                                                     T.address_of(acc[t, 0, 0]),
                                                     bfrag[sp, t, 0, 0], bfrag[sp, t, 1, 0], bfrag[sp, t, 0, 1], bfrag[sp, t, 1, 1],
-                                                    areg[0, sp * 2], areg[0, sp * 2 + 1]))
+                                                    areg[0, sp * 2], areg[0, sp * 2 + 1], adt))
                                             else:
                                                 for t8 in T.unroll(2):
                                                     T.evaluate(mma(
                                                         T.address_of(acc[t, t8, 0]),
                                                         areg[0, sp * 2], areg[1, sp * 2] if HI else T.uint32(0),
                                                         areg[0, sp * 2 + 1], areg[1, sp * 2 + 1] if HI else T.uint32(0),
-                                                        bfrag[sp, t, t8, 0], bfrag[sp, t, t8, 1]))
+                                                        bfrag[sp, t, t8, 0], bfrag[sp, t, t8, 1], adt))
                 # epilogue. Lane holds, of each 16 x 8 tile of C: rows g4, g4 + 8, columns 2 c4, 2 c4 + 1;
                 # rows are M and columns N, or (SWAP) rows are N and columns M.
                 if S == 1:
@@ -305,11 +306,11 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                                 if SWAP:
                                     if c4 * 2 + q % 2 < M and (tile0 + t) * 16 + (q // 2) * 8 + g4 < N:
                                         out[c4 * 2 + q % 2, (tile0 + t) * 16 + (q // 2) * 8 + g4] = T.Cast(
-                                            "float16", acc[t, 0, q])
+                                            adt, acc[t, 0, q])
                                 elif (g4 + (q // 2) * 8 < M
                                         and (tile0 + t) * 16 + t8 * 8 + c4 * 2 + q % 2 < N):
                                     out[g4 + (q // 2) * 8, (tile0 + t) * 16 + t8 * 8 + c4 * 2 + q % 2] = T.Cast(
-                                        "float16", acc[t, t8, q])
+                                        adt, acc[t, t8, q])
                 else:
                     T.tvm_storage_sync("shared")           # every warp is done with the stages
                     for t in T.unroll(NW):
@@ -333,6 +334,6 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                                     tot[0] = tot[0] + T.reinterpret("float32", ring[s * outs + tx + e * threads])
                                 out[((tx + e * threads) // (NW * 16)) % 16,
                                     (bx * WN + (tx + e * threads) // (16 * NW * 16)) * NW * 16
-                                    + (tx + e * threads) % (NW * 16)] = T.Cast("float16", tot[0])
+                                    + (tx + e * threads) % (NW * 16)] = T.Cast(adt, tot[0])
 
     return main if zp else drop_param(main, "zeros")

@@ -271,7 +271,7 @@ def x_step(bm: int, s: int) -> int:
 
 
 def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: bool):
-    """The PrimFunc (module docstring). Arguments: ``x [M, K]`` fp16, ``planes`` (``tc16``),
+    """The PrimFunc (module docstring). Arguments: ``x [M, K]`` fp16 or bf16, ``planes`` (``tc16``),
     ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``."""
     M, N, K, b = spec.M, spec.N, spec.K, spec.wbits
     P, BM, TW = stages, tokens(spec, bm), wn

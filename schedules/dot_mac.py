@@ -38,7 +38,9 @@ from .common import arch, drop_param
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
-KNOBS = {"row_tiles": (1, 2, 4), "rows": (1, 2, 4, 8)}
+KNOBS = {"row_tiles": (1, 2, 4), "rows": (1, 2, 4, 8), "prefetch": (0, 16, 64)}
+#: Knobs added after the reference logs were written, at the value their kernels had.
+ADDED_KNOBS = {"prefetch": 0}
 # (int32 lanes, intrinsic, needed LLVM features) per architecture
 DOT = {"x86": (16, "llvm.x86.avx512.vpdpbusd.512", ["avx512vnni", "avx512bw"]),
        "aarch64": (4, "llvm.aarch64.neon.sdot", ["dotprod"])}
@@ -64,15 +66,22 @@ def default_rows(spec) -> int:
     return min(4, 1 << (spec.M - 1).bit_length())
 
 
-def schedule(func, spec, target, row_tiles: int = 4, rows=None) -> s_tir.Schedule:
+def schedule(func, spec, target, row_tiles: int = 4, rows=None, prefetch: int = 0) -> s_tir.Schedule:
     """The dot-product kernel for ``spec`` on ``target`` (``func``: its reference semantics)."""
     lanes, intrin, _ = DOT[arch(target)]
     rows = default_rows(spec) if rows is None else rows
-    return s_tir.Schedule(IRModule({"main": dot_kernel(spec, lanes, intrin, row_tiles, rows)}))
+    return s_tir.Schedule(IRModule({"main": dot_kernel(spec, lanes, intrin, row_tiles, rows, prefetch)}))
 
 
-def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1):
-    """The PrimFunc: ``x [M, K]``, ``planes [N/L, K/(4c), 4L]``, ``scales``, [``zeros``], ``out``."""
+def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, prefetch: int = 0):
+    """The PrimFunc: ``x [M, K]``, ``planes [N/L, K/(4c), 4L]``, ``scales``, [``zeros``], ``out``.
+
+    ``prefetch``: with each weight load, a software prefetch of the same tile's weights that many
+    chunks (``4L`` bytes each) ahead, into all cache levels (0: none, the hardware prefetchers
+    alone); a knob for the tuner, since how far ahead pays depends on the memory system. On the
+    2-core EPYC VM (Zen 5) it never paid at M = 1: 1.00x at W2, 0.89-0.92x at W4
+    (``benchmarks/results/cpu_knobs_prefetch_epyc.md``); each thread reads its tiles' weights
+    as one sequential stream, which the hardware prefetchers already follow."""
     M, N, K = spec.M, spec.N, spec.K
     w = code_bits(spec.wbits)
     cpb = 8 // w                              # codes per byte: dot instructions per load
@@ -137,6 +146,10 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1):
                             acc[mr, tt, r] = 0
                     for kc in range(CB):
                         for tt in T.unroll(TT):
+                            if prefetch > 0:   # (past the last chunk: the last again, harmless)
+                                T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
+                                    planes[T.min(task * TT + tt, NT - 1), T.min(c * CB + kc + prefetch, KC - 1), 0]),
+                                    T.int32(0), T.int32(3), T.int32(1)))
                             wv = planes[T.min(task * TT + tt, NT - 1), c * CB + kc, T.ramp(0, 1, V)]
                             for s in T.unroll(cpb):
                                 codes = T.reinterpret(i8, T.shift_right(wv, T.broadcast(T.uint8(w * s), V))

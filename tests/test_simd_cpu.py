@@ -127,15 +127,16 @@ def check_dot(spec, kernel, seed=0):
 
 
 @pytest.mark.skipif(not HAS_VNNI, reason="host has no AVX-512 VNNI")
-@pytest.mark.parametrize("row_tiles", [1, 4])
+@pytest.mark.parametrize("row_tiles,prefetch", [(1, 0), (4, 0), (2, 16), (4, 64)])
 @pytest.mark.parametrize("fmt,wbits,zp", DOT_FORMATS, ids=str)
-def test_x86_vnni_multiply_add_kernel(fmt, wbits, zp, row_tiles):
+def test_x86_vnni_multiply_add_kernel(fmt, wbits, zp, row_tiles, prefetch):
     gs = -1 if fmt == "ternary" else (32, 64, 128, -1)[wbits - 1]
     M, N, K = ((1, 100, 512), (3, 40, 11008), (16, 130, 1024))[(wbits + zp) % 3]
     spec = lutc.MPGemmSpec(M, N, K, wbits=wbits, format=fmt, group_size=gs, zero_point=zp,
                            table_dtype="int8")
-    kernel = lutc.build(spec, schedule="dot_mac", knobs={"row_tiles": row_tiles})
+    kernel = lutc.build(spec, schedule="dot_mac", knobs={"row_tiles": row_tiles, "prefetch": prefetch})
     assert kernel.layout == "dot16" and "vpdpbusd" in kernel.source
+    assert ("@llvm.prefetch" in kernel.source) == (prefetch > 0)   # (a CPU kernel's source is its LLVM IR)
     check_dot(spec, kernel, seed=wbits)
 
 

@@ -82,6 +82,19 @@ def test_cuda_schedules_compile_with_nvcc(spec, schedule, arch):
 
 
 @needs_nvcc
+@pytest.mark.parametrize("schedule,knobs", [("cuda_stream", {}), ("cuda_mma", {"xsm": True}), ("cuda_mma", {"xsm": False})])
+def test_mma_sync_kernels_compile_for_bf16(schedule, knobs):
+    """bf16 activations: the sm_80 code multiplies bf16 (``mma.sync ... .bf16.bf16``) and
+    dequantizes with the bf16 magic number."""
+    spec = lutc.MPGemmSpec(12, 1000, 1536, wbits=4, group_size=64, zero_point=True, act_dtype="bfloat16")
+    kernel = lutc.build(spec, target="cuda:sm_80", schedule=schedule, knobs=knobs)
+    ptx = lutc.cuda_binary(kernel, fmt="ptx").decode()
+    assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in ptx and ".f16.f16" not in ptx
+    assert "0x43004300" in kernel.source or "1124090624" in kernel.source
+    assert lutc.cuda_binary(kernel, fmt="cubin")[:4] == b"\x7fELF"
+
+
+@needs_nvcc
 @pytest.mark.parametrize("ws", [True, False])
 def test_wgmma_both_copy_modes_compile(ws):
     """cuda_wgmma with the copying warpgroup (mbarriers) and without (block barriers): the
@@ -131,8 +144,10 @@ def test_cuda_default_picks_lut_for_small_m_and_mma_beyond():
     spec = lutc.MPGemmSpec(128, 28672, 8192, wbits=2, act_dtype="float16")
     assert lutc.build(spec, target="cuda:sm_90a").schedule == "cuda_wgmma"
     assert lutc.build(spec, target="cuda:sm_80").schedule == "cuda_mma"
-    # no mma kernel for bf16 activations or 3 bits: the LUT kernel takes small M
-    assert lutc.build(lutc.MPGemmSpec(4, 256, 512, act_dtype="bfloat16"), target="cuda:sm_90a").schedule == "cuda_lut"
+    # bf16 activations take the same kernels as fp16; 3 bits has no mma kernel: the LUT kernel takes small M
+    for M, arch, sname in ((1, "sm_90a", "cuda_lut"), (4, "sm_90a", "cuda_stream"), (16, "sm_80", "cuda_mma"),
+                           (128, "sm_80", "cuda_mma"), (128, "sm_90a", "cuda_wgmma")):
+        assert lutc.build(lutc.MPGemmSpec(M, 256, 512, act_dtype="bfloat16"), target=f"cuda:{arch}").schedule == sname
     assert lutc.build(lutc.MPGemmSpec(4, 256, 512, wbits=3), target="cuda:sm_90a").schedule == "cuda_lut"
 
 
