@@ -58,7 +58,9 @@ def _ggml_dir(arch: str = "native") -> str:
 
 
 @pytest.mark.parametrize("qtype,shape", [("Q4_0", (1, 256, 512)), ("Q4_0", (5, 200, 1024)),
-                                         ("TQ2_0", (3, 128, 768)), ("TQ1_0", (1, 64, 512))])
+                                         ("TQ2_0", (3, 128, 768)), ("TQ1_0", (1, 64, 512)),
+                                         # ggml quantizes these itself; lutc its own format of the bits
+                                         ("Q2_K", (3, 256, 512)), ("Q1_0", (16, 128, 1024))])
 def test_lutc_kernel_runs_in_a_ggml_graph(tmp_path, qtype, shape):
     ggml = _ggml_dir()
     kernel = example.prepare.prepare(tmp_path, qtype, shape, seed=shape[0])

@@ -44,7 +44,8 @@ ROTATE_BYTES = 1 << 30
 def run_case(work: Path, qtype: str, M: int, N: int, K: int, threads: list, calls: int) -> list:
     kernel = prepare.prepare(work, qtype, (M, N, K))
     subprocess.run(["bash", str(HERE / "build.sh"), str(work)], check=True, capture_output=True)
-    copies = max(2, -(-ROTATE_BYTES // (work / "ggml.bin").stat().st_size))
+    block, block_bytes = prepare.gguf.GGML_QUANT_SIZES[prepare.gguf.GGMLQuantizationType[qtype]]
+    copies = max(2, -(-ROTATE_BYTES // (N * K // block * block_bytes)))
     rows = []
     for t in threads:
         run = subprocess.run([str(work / "lutc_in_ggml"), str(work), "--threads", str(t), "--copies",
@@ -53,7 +54,9 @@ def run_case(work: Path, qtype: str, M: int, N: int, K: int, threads: list, call
         if run.returncode != 0 or len(found) != 2:
             raise RuntimeError(f"lutc_in_ggml failed for {qtype} {M}x{N}x{K}: {run.stdout}{run.stderr}")
         rows.append({"type": qtype, "M": M, "N": N, "K": K, "threads": t, "copies": copies,
-                     "lutc_kernel": f"{kernel.schedule} {kernel.layout}",
+                     "lutc_kernel": f"{kernel.schedule} {kernel.layout}" + (
+                         "" if qtype in prepare.IMPORTED else f" (W{kernel.spec.wbits} g{kernel.spec.group_size}"
+                         f"{' zp' if kernel.spec.zero_point else ''}: lutc's own quantization)"),
                      "ggml_us": found["ggml"][2], "lutc_us": found["lutc"][2],
                      "ggml_rel_err": found["ggml"][1], "lutc_rel_err": found["lutc"][1]})
         print(rows[-1], flush=True)
@@ -64,8 +67,10 @@ def markdown(rows: list, source: str) -> str:
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on {lutc.target.cpu_model()} "
              f"({os.cpu_count()} CPUs), ggml from {source}. Per call, median, us; each weight rotates "
              "through > 1 GiB of copies; both kernels in a ggml graph on ggml's thread pool "
-             "(lutc as `ggml_custom_4d`), on the same blocks; rel_err = max |y - ref| / max |ref| "
-             "against the float64 product of the dequantized weight.", "",
+             "(lutc as `ggml_custom_4d`), on the same blocks (Q2_K, Q1_0: ggml quantizes the float "
+             "weight with its own code, lutc the same float weight to its format of those bits, named in "
+             "the last column); rel_err = max |y - ref| / max |ref| against the float64 product of each "
+             "side's dequantized weight.", "",
              "| ggml type | N x K | M | threads | ggml mul_mat | lutc in ggml | lutc speed-up | rel_err ggml / lutc | lutc kernel |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -78,7 +83,7 @@ def markdown(rows: list, source: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None, help="folder for ggml_cpu.md / ggml_cpu.json")
-    ap.add_argument("--types", nargs="*", default=["Q4_0", "TQ2_0", "TQ1_0"])
+    ap.add_argument("--types", nargs="*", default=["Q4_0", "TQ2_0", "TQ1_0", "Q2_K", "Q1_0"])
     ap.add_argument("--shapes", nargs="*", default=["4096x4096", "4096x11008"], help="NxK")
     ap.add_argument("--ms", nargs="*", type=int, default=[1, 16])
     ap.add_argument("--threads", nargs="*", type=int, default=[1, 2])

@@ -9,6 +9,10 @@
  * row order), weights.lutcw (the same blocks imported by lutc.importers.import_ggml_blocks,
  * exactly, saved in the exported kernel's layout), x.bin (float32 [M, K]), ref.bin (float64
  * [M, N]: x @ W^T of the dequantized weight) and the exported kernel (kernel.o, kernel.h).
+ * For a type Python cannot quantize (Q2_K, Q1_0) prepare.py writes w.bin (float32 [N, K])
+ * instead of ggml.bin: ggml quantizes it here (ggml_quantize_chunk) and ggml's side is checked
+ * against ggml's own dequantized weight; weights.lutcw and ref.bin then hold lutc's own
+ * quantization of the same float weight (a different format of the same bits, not the blocks).
  *
  * The graph: y_ggml = ggml_mul_mat(W, x) with W a tensor of type QTYPE (ggml's CPU kernel for
  * it, as llama.cpp runs it), and y_lutc = ggml_custom_4d(..., x, lutc_mul_mat, GGML_N_TASKS_MAX,
@@ -189,9 +193,33 @@ int main(int argc, char** argv) {
   if (qtype == GGML_TYPE_COUNT) { fprintf(stderr, "lutc_in_ggml: ggml has no type %s\n", qname); return 2; }
 
   size_t row_bytes = ggml_row_size(qtype, K);
-  void* blocks = read_file(dir, "ggml.bin", row_bytes * N);
   float* x = read_file(dir, "x.bin", sizeof(float) * M * K);
   double* ref = read_file(dir, "ref.bin", sizeof(double) * M * N);
+  double* ref_ggml = ref;                /* the reference of ggml's side: the same, unless ggml quantizes */
+  void* blocks;
+  snprintf(path, sizeof path, "%s/ggml.bin", dir);
+  FILE* bf = fopen(path, "rb");
+  if (bf) {
+    fclose(bf);
+    blocks = read_file(dir, "ggml.bin", row_bytes * N);
+  } else {                               /* w.bin: ggml quantizes, and is checked against its dequantization */
+    float* w = read_file(dir, "w.bin", sizeof(float) * N * K);
+    blocks = malloc(row_bytes * N);
+    float* wd = malloc(sizeof(float) * N * K);
+    ref_ggml = malloc(sizeof(double) * M * N);
+    if (!blocks || !wd || !ref_ggml) { fprintf(stderr, "lutc_in_ggml: out of memory\n"); return 2; }
+    ggml_quantize_init(qtype);
+    ggml_quantize_chunk(qtype, w, blocks, 0, N, K, NULL);
+    ggml_get_type_traits(qtype)->to_float(blocks, wd, N * K);
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t n = 0; n < N; n++) {
+        double acc = 0;
+        for (int64_t k = 0; k < K; k++) acc += (double)x[m * K + k] * wd[n * K + k];
+        ref_ggml[m * N + n] = acc;
+      }
+    free(w);
+    free(wd);
+  }
   lutc_weights lw;
   snprintf(path, sizeof path, "%s/weights.lutcw", dir);
   if (lutc_weights_load(path, &lw) != 0) { fprintf(stderr, "lutc_in_ggml: %s\n", lw.error); return 2; }
@@ -244,7 +272,7 @@ int main(int argc, char** argv) {
     for (int64_t i = 0; i < M * N; i++) y[i] = NAN;
     atomic_store(&pool.finished, 0);
     run_graph(&kinds[k][0], tp, threads, work, work_size);
-    double err = rel_err(y, ref, M * N);
+    double err = rel_err(y, k ? ref : ref_ggml, M * N);
     if (k == 1 && wc[0].failed) { fprintf(stderr, "lutc_in_ggml: kernel_run failed: %s\n", lutc_last_error()); return 1; }
     for (int r = 0; r < calls; r++) {
       atomic_store(&pool.finished, 0);

@@ -13,6 +13,11 @@ weight) is the reference for both. Also into OUT: ``lutc.export(kernel, OUT, nam
 (kernel.o/.h, lutc_backend.c, lutc_weights.h, include/), ``weights.lutcw`` (the imported weight
 in ``kernel.layout``), ``x.bin`` (float32 ``[M, K]``) and ``meta.txt`` (the ggml type name).
 Then ``bash examples/ggml/build.sh OUT`` and ``OUT/lutc_in_ggml OUT``.
+
+Types lutc does not import and Python cannot quantize (:data:`GGML_QUANTIZES`: ``Q2_K``,
+``Q1_0``) are baselines: ``w.bin`` (the float weight) replaces ``ggml.bin`` and ``lutc_in_ggml``
+quantizes it with ggml's own code, while lutc quantizes the same float weight to its own format
+of those bits (:func:`lutc.quantize`); each side is checked against its own dequantized weight.
 """
 from __future__ import annotations
 
@@ -27,7 +32,13 @@ import torch
 from lutc.importers import import_ggml_blocks
 from lutc.testing import reference
 
-TYPES = ("Q4_0", "Q4_1", "TQ1_0", "TQ2_0")
+#: ggml types whose blocks lutc imports exactly (the same weight on both sides).
+IMPORTED = ("Q4_0", "Q4_1", "TQ1_0", "TQ2_0")
+#: ggml types quantized by ggml itself in ``lutc_in_ggml``, with lutc's format of the same bits
+#: beside them (``Q2_K``: 2-bit codes with a scale and a minimum per 16 weights, 2.625 bits per
+#: weight; ``Q1_0``: signs with a scale per block).
+GGML_QUANTIZES = {"Q2_K": dict(wbits=2, group_size=128, zero_point=True), "Q1_0": dict(wbits=1, group_size=128)}
+TYPES = IMPORTED + tuple(GGML_QUANTIZES)
 
 
 def prepare(out, qtype: str = "Q4_0", shape=(1, 4096, 4096), seed: int = 0, target=None):
@@ -40,14 +51,23 @@ def prepare(out, qtype: str = "Q4_0", shape=(1, 4096, 4096), seed: int = 0, targ
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((N, K), dtype=np.float32)
-    blocks = gguf.quants.quantize(w, gguf.GGMLQuantizationType[qtype])
-    qw = import_ggml_blocks(blocks, qtype, N, K)
+    if qtype in GGML_QUANTIZES:
+        blocks = None
+        qw = lutc.quantize(torch.from_numpy(w), **GGML_QUANTIZES[qtype])
+    else:
+        blocks = gguf.quants.quantize(w, gguf.GGMLQuantizationType[qtype])
+        qw = import_ggml_blocks(blocks, qtype, N, K)
     # lutc.compile resolves what the weight leaves open (the target's table dtype: int8 for SIMD)
     kernel = lutc.compile((M, N, K), wbits=qw.wbits, group_size=qw.group_size, format=qw.format,
                           zero_point=qw.zero_point, scale_dtype=qw.scale_dtype, target=target)
     lutc.export(kernel, out, name="kernel")
     lutc.save_weights(qw, out / "weights.lutcw", layout=kernel.layout)
-    np.ascontiguousarray(blocks).tofile(out / "ggml.bin")
+    for stale in ("ggml.bin", "w.bin"):
+        (out / stale).unlink(missing_ok=True)
+    if blocks is None:
+        w.tofile(out / "w.bin")
+    else:
+        np.ascontiguousarray(blocks).tofile(out / "ggml.bin")
     x = torch.from_numpy(rng.standard_normal((M, K), dtype=np.float32))
     x.numpy().tofile(out / "x.bin")
     reference(x, qw).numpy().tofile(out / "ref.bin")
