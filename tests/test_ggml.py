@@ -80,6 +80,24 @@ def test_lutc_kernel_runs_in_a_ggml_graph(tmp_path, qtype, shape):
         assert found["ggml"][1] < 3e-2 and found["lutc"][1] < 3e-2
 
 
+@pytest.mark.parametrize("qtype,repacks", [("Q4_0", True), ("TQ2_0", False)])
+def test_ggml_side_in_its_repack_buffer(tmp_path, qtype, repacks):
+    """--repack 1 puts ggml's weights in its CPU_REPACK buffer (as llama.cpp does by default);
+    a type it does not repack is refused, naming the type."""
+    ggml = _ggml_dir()
+    example.prepare.prepare(tmp_path, qtype, (3, 256, 512))
+    assert subprocess.run(["bash", str(EXAMPLE / "build.sh"), str(tmp_path)], capture_output=True,
+                          env={**os.environ, "GGML_DIR": ggml, "GGML_ARCH": "native"}).returncode == 0
+    run = subprocess.run([str(tmp_path / "lutc_in_ggml"), str(tmp_path), "--threads", "2", "--calls", "2",
+                          "--repack", "1"], capture_output=True, text=True)
+    if repacks:
+        assert run.returncode == 0, run.stdout + run.stderr
+        found = example.parse(run.stdout)
+        assert found["ggml"][0] == f"{qtype}+REPACK" and found["ggml"][1] < 3e-2 and found["lutc"][1] < 3e-2
+    else:
+        assert run.returncode == 2 and f"does not repack {qtype}" in run.stderr
+
+
 def test_the_example_refuses_a_weight_in_another_layout(tmp_path):
     ggml = _ggml_dir()
     example.prepare.prepare(tmp_path, "Q4_0", (1, 128, 512))

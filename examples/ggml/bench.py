@@ -1,6 +1,6 @@
 """lutc inside ggml against ggml's own kernels: same weights, same graph API, same threads, same run.
 
-    python examples/ggml/bench.py [--out benchmarks/results] [--types Q4_0 TQ2_0 TQ1_0]
+    python examples/ggml/bench.py [--out benchmarks/results] [--types Q4_0 TQ2_0 TQ1_0 Q2_K Q1_0]
                                   [--shapes 4096x4096 4096x11008] [--ms 1 16] [--threads 1 2]
 
 For each ggml type, N x K and M: ``prepare.py`` (a random weight quantized to the type, the
@@ -14,6 +14,7 @@ more than 1 GiB (median of --calls graph computes, microseconds). Writes ``ggml_
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -39,6 +40,9 @@ def parse(stdout: str) -> dict:
     found = {m.group(1): m for m in map(LINE.match, stdout.splitlines()) if m}
     return {who: (m.group(2), float(m.group(3)), float(m.group(4))) for who, m in found.items()}
 ROTATE_BYTES = 1 << 30
+#: Types that ggml's CPU_REPACK buffer repacks on x86 (Q4_0 with AVX2, Q2_K with AVX-512): timed
+#: both ways, as llama.cpp runs them by default and without it.
+REPACKED = ("Q4_0", "Q2_K")
 
 
 def run_case(work: Path, qtype: str, M: int, N: int, K: int, threads: list, calls: int) -> list:
@@ -47,13 +51,14 @@ def run_case(work: Path, qtype: str, M: int, N: int, K: int, threads: list, call
     block, block_bytes = prepare.gguf.GGML_QUANT_SIZES[prepare.gguf.GGMLQuantizationType[qtype]]
     copies = max(2, -(-ROTATE_BYTES // (N * K // block * block_bytes)))
     rows = []
-    for t in threads:
+    for t, repack in itertools.product(threads, (0, 1) if qtype in REPACKED else (0,)):
         run = subprocess.run([str(work / "lutc_in_ggml"), str(work), "--threads", str(t), "--copies",
-                              str(copies), "--calls", str(calls)], capture_output=True, text=True)
+                              str(copies), "--calls", str(calls), "--repack", str(repack)],
+                             capture_output=True, text=True)
         found = parse(run.stdout)
         if run.returncode != 0 or len(found) != 2:
             raise RuntimeError(f"lutc_in_ggml failed for {qtype} {M}x{N}x{K}: {run.stdout}{run.stderr}")
-        rows.append({"type": qtype, "M": M, "N": N, "K": K, "threads": t, "copies": copies,
+        rows.append({"type": found["ggml"][0], "M": M, "N": N, "K": K, "threads": t, "copies": copies,
                      "lutc_kernel": f"{kernel.schedule} {kernel.layout}" + (
                          "" if qtype in prepare.IMPORTED else f" (W{kernel.spec.wbits} g{kernel.spec.group_size}"
                          f"{' zp' if kernel.spec.zero_point else ''}: lutc's own quantization)"),

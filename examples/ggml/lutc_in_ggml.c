@@ -3,7 +3,7 @@
  *
  *   python examples/ggml/prepare.py OUT --type Q4_0 --shape 1,4096,4096
  *   bash examples/ggml/build.sh OUT              # this file + OUT/kernel.o + libggml*.a
- *   OUT/lutc_in_ggml OUT [--threads T] [--copies C] [--calls R]
+ *   OUT/lutc_in_ggml OUT [--threads T] [--copies C] [--calls R] [--repack 1]
  *
  * OUT holds (prepare.py): ggml.bin (the weight as ggml blocks of type meta.txt's QTYPE, ggml's
  * row order), weights.lutcw (the same blocks imported by lutc.importers.import_ggml_blocks,
@@ -27,6 +27,8 @@
  * then each is timed over --calls calls (median, microseconds), the weights rotating through
  * --copies copies (enough to exceed the last-level cache: a decode step reads each weight once).
  * Prints one line per kernel: "ggml QTYPE: rel_err E, T us" and "lutc LAYOUT: rel_err E, T us".
+ * With --repack 1 ggml's weights live in its CPU_REPACK buffer type (llama.cpp's default on CPUs
+ * where one applies: Q4_0 interleaved 8x8 with AVX2, Q2_K with AVX-512), repacked as they are set.
  * Exit 1 on a mismatch, 2 on bad input.
  */
 #include <math.h>
@@ -38,6 +40,8 @@
 #include <time.h>
 
 #include "ggml.h"
+#include "ggml-alloc.h"
+#include "ggml-backend.h"
 #include "ggml-cpu.h"
 #include "kernel.h"
 #include "lutc_backend.h"
@@ -166,17 +170,28 @@ static double run_graph(node* n, struct ggml_threadpool* tp, int threads, void* 
   return now_us() - t0;
 }
 
+/* ggml's CPU_REPACK buffer type (NULL where the CPU backend has none) */
+static ggml_backend_buffer_type_t repack_buffer_type(void) {
+  ggml_backend_reg_t reg = ggml_backend_cpu_reg();
+  ggml_backend_dev_get_extra_bufts_t extra =
+      (ggml_backend_dev_get_extra_bufts_t)ggml_backend_reg_get_proc_address(reg, "ggml_backend_dev_get_extra_bufts");
+  for (ggml_backend_buffer_type_t* b = extra ? extra(ggml_backend_reg_dev_get(reg, 0)) : NULL; b && *b; b++)
+    if (!strcmp(ggml_backend_buft_name(*b), "CPU_REPACK")) return *b;
+  return NULL;
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: lutc_in_ggml OUT [--threads T] [--copies C] [--calls R]\n");
+    fprintf(stderr, "usage: lutc_in_ggml OUT [--threads T] [--copies C] [--calls R] [--repack 1]\n");
     return 2;
   }
   const char* dir = argv[1];
-  int threads = 1, copies = 1, calls = 50;
+  int threads = 1, copies = 1, calls = 50, repack = 0;
   for (int i = 2; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
     else if (!strcmp(argv[i], "--copies")) copies = atoi(argv[i + 1]);
     else if (!strcmp(argv[i], "--calls")) calls = atoi(argv[i + 1]);
+    else if (!strcmp(argv[i], "--repack")) repack = atoi(argv[i + 1]);
     else { fprintf(stderr, "lutc_in_ggml: unknown option %s\n", argv[i]); return 2; }
   }
   if (threads < 1 || copies < 1 || calls < 1) { fprintf(stderr, "lutc_in_ggml: counts must be >= 1\n"); return 2; }
@@ -240,9 +255,29 @@ int main(int argc, char** argv) {
   node* g = calloc(copies, sizeof(node));
   node* l = calloc(copies, sizeof(node));
   lutc_weight_copy* wc = calloc(copies, sizeof(lutc_weight_copy));
+  struct ggml_tensor** ws = calloc(copies, sizeof(struct ggml_tensor*));
+  struct ggml_context* wctx = ctx;          /* ggml's weights: in ctx, or (--repack) in a CPU_REPACK buffer */
+  if (repack) {
+    struct ggml_init_params wp = {.mem_size = (size_t)copies * ggml_tensor_overhead() + 4096, .mem_buffer = NULL,
+                                  .no_alloc = true};
+    wctx = ggml_init(wp);
+  }
+  for (int c = 0; c < copies; c++) ws[c] = ggml_new_tensor_2d(wctx, qtype, K, N);
+  if (repack) {
+    ggml_backend_buffer_type_t buft = repack_buffer_type();
+    if (!buft || !ggml_backend_alloc_ctx_tensors_from_buft(wctx, buft)) {
+      fprintf(stderr, "lutc_in_ggml: ggml has no CPU_REPACK buffer here\n");
+      return 2;
+    }
+    if (!ws[0]->extra) {   /* no repacked kernel for this type, shape and CPU */
+      fprintf(stderr, "lutc_in_ggml: ggml does not repack %s %lldx%lld on this CPU\n", qname, (long long)N, (long long)K);
+      return 2;
+    }
+  }
   for (int c = 0; c < copies; c++) {
-    struct ggml_tensor* w = ggml_new_tensor_2d(ctx, qtype, K, N);
-    memcpy(w->data, blocks, row_bytes * N);
+    struct ggml_tensor* w = ws[c];
+    if (repack) ggml_backend_tensor_set(w, blocks, 0, row_bytes * N);
+    else memcpy(w->data, blocks, row_bytes * N);
     g[c].out = ggml_mul_mat(ctx, w, xt);
     g[c].graph = ggml_new_graph(ctx);
     ggml_build_forward_expand(g[c].graph, g[c].out);
@@ -264,7 +299,9 @@ int main(int argc, char** argv) {
   void* work = aligned_alloc(64, (work_size + 64) / 64 * 64 + 64);
 
   int bad = 0;
-  const char* names[2] = {qname, KERNEL_LAYOUT};
+  char gname[80];
+  snprintf(gname, sizeof gname, "%s%s", qname, repack ? "+REPACK" : "");
+  const char* names[2] = {gname, KERNEL_LAYOUT};
   node* kinds[2] = {g, l};
   double* times = malloc(sizeof(double) * calls);
   for (int k = 0; k < 2; k++) {
