@@ -29,6 +29,14 @@ OUTPUT_TOLERANCE = {"float32": 2e-5, "float16": 1.5e-3, "bfloat16": 1e-2}
 #: seeds of 1x100x512 W4 with zero points per row (few outputs, so a small ``max |ref|``; 3e-2
 #: was exceeded on 3 of them). Tests also check the elementwise bound, which always holds.
 INT8_TOLERANCE = 5e-2
+#: Elementwise slack of an int8 kernel beyond its exact bound (:func:`int8_table_bound`,
+#: :func:`int8_activation_bound`), relative to ``max |y|``: the output dtype's rounding and the
+#: float accumulation of the per-block partial sums.
+ROUNDING_SLACK = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 8e-3}
+#: Relative error of ggml's own CPU mul_mat on a quantized weight (its activations rounded to 8 bits
+#: per 32, Q8_0/Q8_K), against the float64 product of the dequantized weight: the examples' and
+#: tests' check on ggml's side when lutc runs beside it.
+GGML_TOLERANCE = 3e-2
 
 
 def tolerance(spec: MPGemmSpec) -> float:

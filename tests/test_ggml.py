@@ -16,6 +16,7 @@ import pytest
 
 import lutc
 from lutc.importers import import_ggml_blocks
+from lutc.testing import GGML_TOLERANCE, tolerance
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "ggml"
 gguf = pytest.importorskip("gguf")
@@ -77,7 +78,7 @@ def test_lutc_kernel_runs_in_a_ggml_graph(tmp_path, qtype, shape):
         found = example.parse(run.stdout)
         assert found["ggml"][0] == qtype and found["lutc"][0] == kernel.layout
         # both quantize x to 8 bits: ggml per block of 32 (Q8_0/Q8_K), lutc per table
-        assert found["ggml"][1] < 3e-2 and found["lutc"][1] < 3e-2
+        assert found["ggml"][1] < GGML_TOLERANCE and found["lutc"][1] < tolerance(kernel.spec)
 
 
 @pytest.mark.parametrize("qtype,repacks", [("Q4_0", True), ("TQ2_0", False)])
@@ -85,7 +86,7 @@ def test_ggml_side_in_its_repack_buffer(tmp_path, qtype, repacks):
     """--repack 1 puts ggml's weights in its CPU_REPACK buffer (as llama.cpp does by default);
     a type it does not repack is refused, naming the type."""
     ggml = _ggml_dir()
-    example.prepare.prepare(tmp_path, qtype, (3, 256, 512))
+    kernel = example.prepare.prepare(tmp_path, qtype, (3, 256, 512))
     assert subprocess.run(["bash", str(EXAMPLE / "build.sh"), str(tmp_path)], capture_output=True,
                           env={**os.environ, "GGML_DIR": ggml, "GGML_ARCH": "native"}).returncode == 0
     run = subprocess.run([str(tmp_path / "lutc_in_ggml"), str(tmp_path), "--threads", "2", "--calls", "2",
@@ -93,7 +94,8 @@ def test_ggml_side_in_its_repack_buffer(tmp_path, qtype, repacks):
     if repacks:
         assert run.returncode == 0, run.stdout + run.stderr
         found = example.parse(run.stdout)
-        assert found["ggml"][0] == f"{qtype}+REPACK" and found["ggml"][1] < 3e-2 and found["lutc"][1] < 3e-2
+        assert found["ggml"][0] == f"{qtype}+REPACK" and found["ggml"][1] < GGML_TOLERANCE
+        assert found["lutc"][1] < tolerance(kernel.spec)
     else:
         assert run.returncode == 2 and f"does not repack {qtype}" in run.stderr
 
@@ -124,4 +126,4 @@ def test_neon_kernel_runs_in_a_ggml_graph_under_qemu(tmp_path, qtype, shape):
     assert run.returncode == 0, run.stdout + run.stderr
     found = example.parse(run.stdout)
     assert found["lutc"][0] == kernel.layout
-    assert found["ggml"][1] < 3e-2 and found["lutc"][1] < 3e-2
+    assert found["ggml"][1] < GGML_TOLERANCE and found["lutc"][1] < tolerance(kernel.spec)
