@@ -81,8 +81,8 @@ from tvm.script import tirx as T
 from .common import drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
 from .cuda_ptx import (cp4, cp16, cp_commit, cp_mbar_arrive, cp_wait, dequant_tc16, lds128, lds_scale_h2, mbar_arrive,
-                       mbar_init, mbar_wait, proxy_fence_async, setmaxnreg, wgmma_commit, wgmma_fence, wgmma_fence_acc,
-                       wgmma_m64k16, wgmma_wait)
+                       mbar_init, mbar_wait, proxy_fence_async, setmaxnreg, wgmma_commit, wgmma_fence,
+                       wgmma_fence_acc, wgmma_m64k16, wgmma_wait)
 from .cuda_stream import groups_per_unit, scale_size
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
@@ -149,15 +149,15 @@ def blocks(spec, wg: int, wn: int, bm: int) -> int:
     return -(-spec.M // tokens(spec, bm)) * -(-spec.N // (64 * wn * wg))
 
 
-def launch_registers(wg: int, ws: bool = False) -> int:
+def launch_registers(wg: int, ws: int = 0) -> int:
     """Registers each thread of the block owns at launch: an even share of the SM's (one block
     per SM), in the hardware's units of 8."""
     return min(MAX_REGS, SM_REGISTERS // (128 * (wg + ws)) // 8 * 8)
 
 
-def computing_registers(wg: int, ws: bool = False) -> int:
-    """Registers each computing thread owns: its even share, or with ``ws`` the share plus what
-    the copying warpgroup gives up (``setmaxnreg``: the block's registers are fixed at launch and
+def computing_registers(wg: int, ws: int = 0) -> int:
+    """Registers each computing thread owns: its even share, or with ``ws`` copying warpgroups
+    the share plus what they give up (``setmaxnreg``: the block's registers are fixed at launch and
     only move between its warpgroups)."""
     launch = launch_registers(wg, ws)
     if not ws:
@@ -165,30 +165,30 @@ def computing_registers(wg: int, ws: bool = False) -> int:
     return min(MAX_REGS, ((wg + ws) * launch - ws * COPIER_REGS) // wg // 8 * 8)
 
 
-def register_limit(wg: int, ws: bool = False) -> int:
-    """Registers a thread of a block of ``wg`` computing warpgroups (and with ``ws`` one copying)
-    may spend on accumulators and A fragments."""
+def register_limit(wg: int, ws: int = 0) -> int:
+    """Registers a thread of a block of ``wg`` computing warpgroups (and ``ws`` copying ones) may
+    spend on accumulators and A fragments."""
     return min(REG_BUDGET, computing_registers(wg, ws) - REG_OTHER)
 
 
-def moves_registers(spec, wg: int, wn: int, bm: int, ws: bool) -> bool:
+def moves_registers(spec, wg: int, wn: int, bm: int, ws: int) -> bool:
     """Whether the kernel moves registers from the copying warpgroup to the computing ones: only
     a tile that does not fit the even share does (the others keep the code they were timed with)."""
-    return ws and registers(spec, wn, bm) > launch_registers(wg, ws) - REG_OTHER
+    return bool(ws) and registers(spec, wn, bm) > launch_registers(wg, ws) - REG_OTHER
 
 
-def fits(spec, wg: int, wn: int, bm: int, stages: int = 3, ws: bool = False) -> bool:
+def fits(spec, wg: int, wn: int, bm: int, stages: int = 3, ws: int = 0) -> bool:
     """Whether the tile fits a block's registers (:func:`register_limit`, :func:`wgmma_fits`) and
     shared memory."""
     return (registers(spec, wn, bm) <= register_limit(wg, ws) and wgmma_fits(spec, wg, bm, ws)
             and smem_bytes(spec, wg, wn, bm, stages) <= SMEM_LIMIT)
 
 
-def wgmma_fits(spec, wg: int, bm: int, ws: bool = False) -> bool:
+def wgmma_fits(spec, wg: int, bm: int, ws: int = 0) -> bool:
     """Whether one wgmma's accumulators and two A buffers fit the registers at launch: ptxas
     compiles each instruction within them even where ``setmaxnreg`` adds more (C7602 for
     256 tokens with two copying warpgroups)."""
-    return tokens(spec, bm) // 2 + 2 * 16 <= launch_registers(wg, ws)
+    return tokens(spec, bm) // 2 + 32 <= launch_registers(wg, ws)
 
 
 def default_knobs(spec) -> dict:
@@ -270,7 +270,7 @@ def x_step(bm: int, s: int) -> int:
     return (s // 4) * bm * 128 + (s % 4) * 32
 
 
-def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: bool):
+def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int):
     """The PrimFunc (module docstring). Arguments: ``x [M, K]`` fp16 or bf16, ``planes`` (``tc16``),
     ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``."""
     M, N, K, b = spec.M, spec.N, spec.K, spec.wbits
@@ -451,7 +451,7 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: bool):
                     for q in T.unroll(TW * ACC):
                         acc[q] = T.float32(0)
                     if COPYING:
-                        # a fifth warpgroup copies, the others wait on mbarriers: "full" (the
+                        # the copying warpgroups copy, the others wait on mbarriers: "full" (the
                         # copier threads' cp.async landed) and "empty" (every computing thread
                         # is done with the stage), no block barrier in the K loop
                         if tx == 0:
