@@ -156,7 +156,8 @@ def choose(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: Schedu
         if found is not None:
             record, origin = found
             module = _schedule_module(record["schedule"], kind, spec, tgt)
-            return Choice(module, dict(record["knobs"]), record, module.layout(spec, tgt, **record["knobs"]), origin)
+            knobs = contract.recorded_knobs(module, record["knobs"])
+            return Choice(module, knobs, record, module.layout(spec, tgt, **knobs), origin)
     return default
 
 
@@ -177,10 +178,10 @@ def logged_record(log: TuningLog, spec: MPGemmSpec, tgt, default_schedule: Optio
         ok = record is not None and (default_schedule is None or default_schedule in measured)
         return (record, "tuned") if ok else None
     # A transfer needs records that pin every knob: a partial one means "the defaults for the
-    # rest", which depend on the shape and on the lutc that reads it (dot_mac grew ``rows``
-    # after the reference CPU log: its ``{"row_tiles": 2}``, measured with one row of x per
-    # pass, now builds 4 rows x 2 tiles, a kernel nobody measured, 1.75x slower than the
-    # default at 16 x 4096 x 4096 W4 on an EPYC).
+    # rest", which depend on the shape and on the lutc that reads it. Knobs added after a record
+    # count at the value its kernel had (``ADDED_KNOBS``: dot_mac grew ``rows`` after the Xeon's
+    # reference log, whose ``{"row_tiles": 2}`` measured one row of x per pass; built with the
+    # default 4 rows it was 1.75x slower than the default at 16 x 4096 x 4096 W4 on an EPYC).
     pinned = lambda r: usable(r) and contract.pins_every_knob(  # noqa: E731
         _schedule_module(r["schedule"], kind, spec, tgt), r["knobs"])
     record = nearest_for(log, spec.key(), described, device, pinned, targets.transferable(tgt),

@@ -17,8 +17,9 @@ Optional, asked for through the functions below (never with ``getattr`` elsewher
   build but can only be slower (the tuner's space leaves them out);
 * ``PASS_CONFIG`` (default None): TVM pass options its kernels need (CUDA);
 * ``ADDED_KNOBS`` (default none): knobs added after tuning logs were written, each with the value
-  their kernels had before (``dot_mac``'s ``prefetch``: 0), so that an older record still pins
-  every knob (:func:`pins_every_knob`);
+  their kernels had before (``dot_mac``'s ``rows``: 1, ``prefetch``: 0), so that an older record
+  still pins every knob (:func:`pins_every_knob`) and builds the kernel it measured
+  (:func:`recorded_knobs`);
 * ``TEMPLATE`` (default False): True for a module that writes its kernel itself and keeps the
   front end's function only as its reference semantics (``simd_lut`` through ``x86``/``arm``,
   ``dot_mac``, ``cuda_lut``, ``cuda_mma``): :func:`lutc.build.scheduled` then passes
@@ -78,6 +79,15 @@ def pins_every_knob(module: ModuleType, knobs: dict) -> bool:
     """Whether a record's ``knobs`` fix every knob of ``module`` (the ones added after it was
     written, ``ADDED_KNOBS``, at the value its kernel had)."""
     return set(knobs) | set(getattr(module, "ADDED_KNOBS", {})) >= set(module.KNOBS)
+
+
+def recorded_knobs(module: ModuleType, knobs: dict) -> dict:
+    """The knobs of the kernel a log record measured: ``knobs``, plus the ``ADDED_KNOBS`` it
+    predates at the value its kernel had, where that pins every knob; a record that leaves knobs
+    to the defaults (the default kernel's ``{}``) is returned as it is."""
+    if not pins_every_knob(module, knobs):
+        return dict(knobs)
+    return {**getattr(module, "ADDED_KNOBS", {}), **knobs}
 
 
 def pass_config(module: ModuleType) -> Optional[dict]:

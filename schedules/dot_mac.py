@@ -39,8 +39,9 @@ from .common import arch, drop_param
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
 KNOBS = {"row_tiles": (1, 2, 4), "rows": (1, 2, 4, 8), "prefetch": (0, 16, 64)}
-#: Knobs added after the reference logs were written, at the value their kernels had.
-ADDED_KNOBS = {"prefetch": 0}
+#: Knobs added after tuning logs were written, at the value their kernels had (``rows``: one row
+#: of x per pass over the weights, before rows shared an unpacked weight vector).
+ADDED_KNOBS = {"rows": 1, "prefetch": 0}
 # (int32 lanes, intrinsic, needed LLVM features) per architecture
 DOT = {"x86": (16, "llvm.x86.avx512.vpdpbusd.512", ["avx512vnni", "avx512bw"]),
        "aarch64": (4, "llvm.aarch64.neon.sdot", ["dotprod"])}

@@ -9,11 +9,13 @@ import textwrap
 import pytest
 
 import lutc
+import schedules
 from lutc.autotune import tune
 from lutc.cache import KernelCache
 from lutc.target import describe, device_name, resolve
 from lutc.tuner import Candidate, CostModel, TuningLog, best, candidates, features, log_history, rank_correlation
 from lutc.tuner.records import best_for, log_for
+from schedules import contract
 
 SPEC = lutc.MPGemmSpec(1, 256, 512, wbits=2, group_size=64, table_dtype="int8")
 
@@ -199,7 +201,8 @@ def test_records_of_another_cpu_of_the_same_isa_lend_only_their_knobs(tmp_path, 
         log.append(dict(rec, target=theirs))
     kernel = lutc.build(SPEC, cache=None)
     assert kernel.origin == "transferred" and kernel.schedule == default.schedule
-    assert kernel.knobs == other_knobs
+    # (a knob added since, dot_mac's prefetch, at the value the record's kernel had)
+    assert kernel.knobs == contract.recorded_knobs(getattr(schedules, default.schedule), other_knobs)
     # the same records from a CPU without this host's SIMD features: not used
     alien = tmp_path / "alien"
     monkeypatch.setenv("LUTC_TUNING_LOGS", str(alien))
@@ -401,3 +404,15 @@ def test_lutc_tune_takes_a_models_linear_layers(tmp_path, monkeypatch):
                  "--pool-mib", "4"]) == 0
     recs = [r for r in log_for("cpu", describe(resolve("host"))).records() if "confirm" not in r]
     assert sorted({(r["workload"]["N"], r["workload"]["K"]) for r in recs}) == [(128, 256), (256, 128)]
+
+
+def test_a_record_that_predates_a_knob_builds_the_kernel_it_measured():
+    """``ADDED_KNOBS``: a dot_mac record written before ``rows`` and ``prefetch`` existed measured
+    one row of x per pass and no prefetch; it pins every knob and builds that kernel, not the
+    defaults of today. A record that leaves knobs to the defaults (``{}``) stays as it is."""
+    module = schedules.dot_mac
+    assert contract.pins_every_knob(module, {"row_tiles": 2})
+    assert contract.recorded_knobs(module, {"row_tiles": 2}) == {"row_tiles": 2, "rows": 1, "prefetch": 0}
+    assert contract.recorded_knobs(module, {"row_tiles": 1, "rows": 4}) == {"row_tiles": 1, "rows": 4, "prefetch": 0}
+    assert not contract.pins_every_knob(module, {}) and contract.recorded_knobs(module, {}) == {}
+    assert not contract.pins_every_knob(schedules.x86, {"unroll": 4})   # no added knobs: all must be there
