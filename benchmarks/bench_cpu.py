@@ -58,6 +58,21 @@ def median_us(call, pool: int, calls: int = 30, min_seconds: float = 0.0) -> flo
     return statistics.median(times) * 1e6
 
 
+def packed_bytes(packed) -> int:
+    """Bytes a kernel reads of a packed weight: planes, scales and zero points."""
+    return sum(t.numel() * t.element_size() for t in packed.tensors())
+
+
+def packed_copies(packed, pool_bytes: int = GIB) -> list:
+    """Copies of a packed weight, every tensor cloned, together at least ``pool_bytes`` (and at
+    least 2): a call per copy in turn reads weights that no cache still holds."""
+    import lutc
+    copies = max(2, -(-pool_bytes // packed_bytes(packed)))
+    names = ("planes", "scales", "zeros")
+    return [lutc.PackedWeights(**dict(packed.state(), **{n: t.clone() for n, t in zip(names, packed.tensors())}))
+            for _ in range(copies)]
+
+
 def read_bandwidth_gbs(nbytes: int = GIB) -> float:
     """Streaming read rate (GB/s): the best of 5 fp32 GEMVs over a ``nbytes`` matrix.
 

@@ -11,14 +11,13 @@ kernels read at the same rate, the extra bytes are the gap (``benchmarks/results
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_cpu import GIB, median_us  # noqa: E402
+from bench_cpu import median_us, packed_bytes, packed_copies  # noqa: E402
 
 import lutc  # noqa: E402
 from lutc.testing import random_case  # noqa: E402
@@ -39,11 +38,8 @@ def main() -> None:
             x, qw = random_case(spec, seed=1)
             kernel = lutc.build(spec)
             packed = kernel.pack(qw)
-            tensors = (packed.planes, packed.scales) + ((packed.zeros,) if zp else ())
-            nbytes = sum(t.numel() * t.element_size() for t in tensors)
-            pool = max(2, -(-GIB // nbytes))
-            copies = [dataclasses.replace(packed, planes=packed.planes.clone(), scales=packed.scales.clone(),
-                                          zeros=packed.zeros.clone() if zp else packed.zeros) for _ in range(pool)]
+            nbytes, copies = packed_bytes(packed), packed_copies(packed)
+            pool = len(copies)
             us = min(median_us(lambda i: kernel(x, copies[i]), pool, calls=200) for _ in range(2))
             print(f"| {threads} | {group} | {zp} | {kernel.schedule} | {us:.0f} | {nbytes / 1e6:.2f} MB | "
                   f"{nbytes / us / 1e3:.1f} |", flush=True)

@@ -12,14 +12,13 @@ bytes per second it implies and the streaming read rate measured in the same pro
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_cpu import GIB, median_us, read_bandwidth_gbs  # noqa: E402
+from bench_cpu import median_us, packed_bytes, packed_copies, read_bandwidth_gbs  # noqa: E402
 
 import lutc  # noqa: E402
 from lutc.testing import random_case  # noqa: E402
@@ -46,10 +45,8 @@ def main() -> None:
         x, qw = random_case(spec, seed=1)
         kernels = {v: lutc.build(spec, schedule=args.schedule, knobs={args.knob: v}) for v in args.values}
         packed = kernels[args.values[0]].pack(qw)
-        nbytes = sum(t.numel() * t.element_size() for t in (packed.planes, packed.scales))
-        pool = max(2, -(-GIB // nbytes))
-        copies = [dataclasses.replace(packed, planes=packed.planes.clone(), scales=packed.scales.clone())
-                  for _ in range(pool)]
+        nbytes, copies = packed_bytes(packed), packed_copies(packed)
+        pool = len(copies)
         best = {v: float("inf") for v in args.values}
         for _ in range(3):                    # interleaved rounds against drift
             for v, k in kernels.items():

@@ -39,13 +39,9 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lutc  # noqa: E402
-from bench_cpu import median_us  # noqa: E402
+from bench_cpu import median_us, packed_copies  # noqa: E402
 from bench_cuda import time_eager as cuda_eager_us, time_graph as cuda_graph_us  # noqa: E402
 from lutc.testing import random_weights, reference, rel_error, tolerance  # noqa: E402
-
-
-def nbytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 def measure(N: int, K: int, wbits: int, M: int, device: str, pool_bytes: int) -> dict:
@@ -60,9 +56,8 @@ def measure(N: int, K: int, wbits: int, M: int, device: str, pool_bytes: int) ->
     kernel = lutc.compile((M, N, K), wbits=wbits, group_size=128, act_dtype=act_name,
                           target=None if device == "cpu" else "cuda")
     packed = kernel.pack(qw)
-    copies = max(2, -(-pool_bytes // nbytes(packed.tensors())))
-    kpool = [lutc.PackedWeights(**dict(packed.state(), **{n: t.clone() for n, t in
-                                zip(("planes", "scales", "zeros"), packed.tensors())})) for _ in range(copies)]
+    kpool = packed_copies(packed, pool_bytes)
+    copies = len(kpool)
     module = lutc.LUTLinear.from_packed(qw, device=device, dtype=act)
     mpool = [copy.deepcopy(module) for _ in range(copies)]
     dense = [torch.randn(N, K, generator=gen).to(act).to(device)

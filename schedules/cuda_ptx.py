@@ -21,6 +21,8 @@ __device__ __forceinline__ unsigned lutc_h2(float v) {
 #: The 16-bit floats the tensor-core kernels multiply in: C type of a pair, the suffix of its
 #: snippets, mantissa bits and exponent bias (for the magic-number dequantization, :func:`deq`).
 HALVES = {"float16": ("__half2", "", 10, 15), "bfloat16": ("__nv_bfloat162", "_bf16", 7, 127)}
+#: Their names in PTX's mma and wgmma instructions.
+PTX_TYPE = {"float16": "f16", "bfloat16": "bf16"}
 
 
 def magic(dtype: str) -> int:
@@ -74,15 +76,21 @@ __device__ __forceinline__ void lutc_ldg128(const void* p, bool valid, unsigned*
   d[0] = v.x; d[1] = v.y; d[2] = v.z; d[3] = v.w;
 }
 """
-MMA_SRC = """
-__device__ __forceinline__ void lutc_mma(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
-                                         unsigned b0, unsigned b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-               "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+def mma_src(dtype: str = "float16") -> str:
+    """``lutc_mma``: ``acc += A B`` for one ``m16n8k16`` tile of ``dtype`` (:func:`mma`)."""
+    sfx, ab = HALVES[dtype][1], PTX_TYPE[dtype]
+    pad = " " * len(sfx)
+    return f"""
+__device__ __forceinline__ void lutc_mma{sfx}(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                         {pad}unsigned b0, unsigned b1) {{
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.{ab}.{ab}.f32 "
+               "{{%0,%1,%2,%3}}, {{%4,%5,%6,%7}}, {{%8,%9}}, {{%0,%1,%2,%3}};"
                : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
+}}
 """
+
+
 LDS128_SRC = """
 __device__ __forceinline__ void lutc_lds128(unsigned addr, unsigned* d) {
   asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
@@ -218,10 +226,7 @@ __device__ __forceinline__ unsigned lutc_lds_h2_f32(unsigned addr) {
 def mma(acc_ptr, a0, a1, a2, a3, b0, b1, dtype: str = "float16"):
     """``acc += A B`` for one ``m16n8k16`` tile (``dtype`` fp16 or bf16 in, fp32 accumulators at
     ``acc_ptr``)."""
-    if dtype == "bfloat16":
-        return T.cuda.func_call("lutc_mma_bf16", acc_ptr, a0, a1, a2, a3, b0, b1,
-                                source_code=MMA_SRC.replace("lutc_mma", "lutc_mma_bf16").replace(".f16.f16.", ".bf16.bf16."))
-    return T.cuda.func_call("lutc_mma", acc_ptr, a0, a1, a2, a3, b0, b1, source_code=MMA_SRC)
+    return T.cuda.func_call(f"lutc_mma{HALVES[dtype][1]}", acc_ptr, a0, a1, a2, a3, b0, b1, source_code=mma_src(dtype))
 
 
 def ldg128(src_ptr, valid, dst_ptr):
@@ -298,7 +303,7 @@ def _wgmma_src(n: int, swizzle: int, dtype: str = "float16") -> str:
     XORed with the row mod 8, the next 8 rows 1024 bytes on; ``b`` must sit in a 1024-byte
     aligned atom, k16 step ``s`` of it at ``32 s`` bytes."""
     regs = n // 2
-    sfx, ab = HALVES[dtype][1], {"float16": "f16", "bfloat16": "bf16"}[dtype]
+    sfx, ab = HALVES[dtype][1], PTX_TYPE[dtype]
     d = ", ".join(f"%{i}" for i in range(regs))
     outs = ", ".join(f'"+f"(d[{i}])' for i in range(regs))
     lbo, sbo, mode = (n * 16, 128, 0) if swizzle == 0 else (16, 1024, 1)
