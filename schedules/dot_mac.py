@@ -79,10 +79,13 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
 
     ``prefetch``: with each weight load, a software prefetch of the same tile's weights that many
     chunks (``4L`` bytes each) ahead, into all cache levels (0: none, the hardware prefetchers
-    alone); a knob for the tuner, since how far ahead pays depends on the memory system. On the
-    2-core EPYC VM (Zen 5) it never paid at M = 1: 1.00x at W2, 0.89-0.92x at W4
-    (``benchmarks/results/cpu_knobs_prefetch_epyc.md``); each thread reads its tiles' weights
-    as one sequential stream, which the hardware prefetchers already follow."""
+    alone); a knob for the tuner, since how far ahead pays depends on the memory system and the
+    shape. On the 2-core EPYC VM (Zen 5) at M = 1 it never paid alone on 4096-wide shapes: 1.00x
+    at W2, 0.89-0.92x at W4 (``benchmarks/results/cpu_knobs_prefetch_epyc.md``; each thread
+    reads its tiles' weights as one sequential stream, which the hardware prefetchers follow);
+    the tuner chose 64 for the long-K shapes of Llama-3-70B and Qwen2.5-32B (K = 27648, 28672:
+    1.08-1.12x over the default, with other knobs changed too,
+    ``benchmarks/results/tuning_cpu_epyc_llama3_70b_qwen2.5_32b.md``)."""
     M, N, K = spec.M, spec.N, spec.K
     w = code_bits(spec.wbits)
     cpb = 8 // w                              # codes per byte: dot instructions per load
