@@ -55,7 +55,7 @@ def groups(records: list) -> dict:
 def same_kernel(record: dict, schedule: str, knobs: dict) -> bool:
     """Whether ``record`` measured the kernel ``schedule`` builds with ``knobs`` (knobs added after
     either was written count at their old value: :func:`schedules.contract.recorded_knobs`)."""
-    module = getattr(schedules, schedule)
+    module = schedules.named(schedule)
     return (record["schedule"] == schedule
             and contract.recorded_knobs(module, record["knobs"]) == contract.recorded_knobs(module, knobs))
 

@@ -34,6 +34,11 @@ MODULES = tuple(contract.check(m) for m in dict.fromkeys(
     m for table in (CANDIDATES, ALTERNATIVES) for ms in table.values() for m in ms))
 
 
+def named(name: str):
+    """The schedule module called ``name`` (as tuning records name it), or None."""
+    return next((m for m in MODULES if m.__name__.rsplit(".", 1)[-1] == name), None)
+
+
 def default(target_kind: str, spec, target):
     """The schedule module used for ``spec`` on ``target`` when nothing is tuned."""
     return _ranked(CANDIDATES, target_kind, spec, target)[0]

@@ -416,3 +416,15 @@ def test_a_record_that_predates_a_knob_builds_the_kernel_it_measured():
     assert contract.recorded_knobs(module, {"row_tiles": 1, "rows": 4}) == {"row_tiles": 1, "rows": 4, "prefetch": 0}
     assert not contract.pins_every_knob(module, {}) and contract.recorded_knobs(module, {}) == {}
     assert not contract.pins_every_knob(schedules.x86, {"unroll": 4})   # no added knobs: all must be there
+
+
+def test_the_models_history_features_a_record_that_predates_a_knob_as_its_kernel():
+    """A logged ``{"row_tiles": 2}`` of dot_mac (before ``rows`` and ``prefetch``) is the kernel
+    ``row_tiles=2, rows=1, prefetch=0`` of today's space, and the model's history says so."""
+    spec, other = lutc.MPGemmSpec(1, 64, 256, table_dtype="int8"), lutc.MPGemmSpec(1, 128, 256, table_dtype="int8")
+    rec = {"workload": other.key(), "target": {"kind": "llvm"}, "device": "cpu", "schedule": "dot_mac",
+           "knobs": {"row_tiles": 2}, "us": 5.0, "error": None}
+    names, knob_names = ["dot_mac"], ["prefetch", "row_tiles", "rows"]
+    X, us = log_history([rec], spec.key(), {"kind": "llvm"}, "cpu", names, knob_names)
+    today = Candidate("dot_mac", (("prefetch", 0), ("row_tiles", 2), ("rows", 1)))
+    assert us == [5.0] and X == [features(other, today, names, knob_names)]

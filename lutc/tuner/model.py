@@ -14,6 +14,9 @@ import math
 
 import numpy as np
 
+import schedules
+from schedules import contract
+
 from ..spec import MPGemmSpec
 from .space import Candidate, features
 
@@ -60,7 +63,9 @@ def log_history(records, workload: dict, target: dict, device: str, schedule_nam
     on ``target`` for workloads other than ``workload``, in the candidates of ``schedule_names``
     with knobs among ``knob_names`` (the space being tuned; a record of another schedule or of
     knobs since renamed says nothing about it). Defaults (``knobs = {}``) are left out as in the
-    search: their knobs are the schedule's, not the record's.
+    search: their knobs are the schedule's, not the record's. A record that predates a knob is
+    featurized with the value its kernel had (:func:`schedules.contract.recorded_knobs`), as
+    the same kernel is in the space.
 
     Example:
         >>> import lutc
@@ -85,6 +90,10 @@ def log_history(records, workload: dict, target: dict, device: str, schedule_nam
             spec = MPGemmSpec(**r["workload"])
         except (TypeError, ValueError):      # a workload of another lutc version
             continue
+        module = schedules.named(r["schedule"])
+        if module is None:                   # a schedule lutc no longer has
+            continue
+        knobs = contract.recorded_knobs(module, knobs)
         X.append(features(spec, Candidate(r["schedule"], tuple(sorted(knobs.items()))), schedule_names, knob_names))
         us.append(float(t))
     return X, us
