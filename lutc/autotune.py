@@ -106,12 +106,16 @@ def tune(workloads: Iterable, target: targets.TargetLike = None, trials: int = 6
         raise ValueError("RPC tuning needs both rpc_tracker (HOST:PORT) and rpc_key")
     fleet = Fleet(rpc_tracker, rpc_key, device=rpc_device) if rpc_tracker else None
     results = []
-    for w in workloads:
-        spec = w if isinstance(w, MPGemmSpec) else spec_for(w, tgt, **spec_fields)
-        results.append(tune_spec(spec, tgt, trials=trials, seconds=seconds, log=log,
-                                 progress=progress, fleet=fleet, **options))
-        if progress:   # each row as it comes: a long run that gets cut off still says something
-            print(report(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    try:
+        for w in workloads:
+            spec = w if isinstance(w, MPGemmSpec) else spec_for(w, tgt, **spec_fields)
+            results.append(tune_spec(spec, tgt, trials=trials, seconds=seconds, log=log,
+                                     progress=progress, fleet=fleet, **options))
+            if progress:   # each row as it comes: a long run that gets cut off still says something
+                print(report(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    finally:
+        if fleet is not None:   # a run that fails still frees the servers it held
+            fleet.close()
     _weights.cache_clear()
     return results
 
