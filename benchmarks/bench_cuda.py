@@ -48,6 +48,7 @@ import lutc  # noqa: E402
 import schedules  # noqa: E402
 from lutc.autotune import graph_time_us  # noqa: E402
 from lutc.formats import PackedWeights  # noqa: E402
+from lutc.layouts import tc16_codes  # noqa: E402
 from lutc.testing import tolerance  # noqa: E402
 
 SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (28672, 8192), (8192, 28672))
@@ -149,12 +150,8 @@ def dequant_packed(qw: PackedWeights) -> torch.Tensor:
         bits = (words.unsqueeze(-1) >> shifts) & 1                                # [N', K/32, b, 32]
         code = sum(bits[:, :, i, :].float() * (2 ** i) for i in range(b)).reshape(NT * R, -1)
     else:
-        from lutc.layouts import tc_shifts
-        NT, KU = qw.planes.shape[:2]
-        R = 16
-        words = qw.planes.permute(0, 1, 3, 2, 4).reshape(NT, KU, 32, 2 * b, 1, 1).long() & 0xFFFFFFFF
-        q = (words >> tc_shifts(b).to(words.device)) & (2 ** b - 1)
-        code = q.reshape(NT, KU, 8, 4, 8, 2, 2, 2).permute(0, 5, 2, 1, 3, 4, 6, 7).reshape(NT * R, -1).float()
+        NT, R = qw.planes.shape[0], 16
+        code = tc16_codes(qw.planes, b).float()
     scale = qw.scales.permute(0, 2, 1).reshape(NT * R, -1).float().repeat_interleave(GROUP, 1)
     return (scale * (code - (2 ** b - 1) / 2))[: qw.N]
 

@@ -35,7 +35,7 @@ import torch
 from . import layouts
 from .dtypes import torch_dtype
 from .layouts import codes_to_planes, pack_bits
-from .spec import LAYOUT_VERSION, MPGemmSpec, SpecError
+from .spec import MPGemmSpec, SpecError
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 LAYOUT = layouts.BITPLANE
@@ -69,13 +69,16 @@ class PackedWeights:
     scales: torch.Tensor
     zeros: Optional[torch.Tensor] = None
     layout: str = LAYOUT
-    layout_version: int = LAYOUT_VERSION
+    #: The version of ``layout`` the tensors are in (None: this lutc's, :mod:`lutc.layouts`).
+    layout_version: Optional[int] = None
     #: The input order of the stored columns (act-order GPTQ): stored column ``j`` is input
     #: feature ``perm[j]``, so ``y = x[:, perm] @ W_stored^T``; int64 ``[K]``, or None.
     perm: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
         spec = self.weight_spec()   # validates the format fields (SpecError names the field)
+        if self.layout_version is None:
+            self.layout_version = layouts.get(self.layout).version
         layout = layouts.check_version(self.layout, self.layout_version)
         expected = layout.shapes(spec)
         given = {"planes": self.planes, "scales": self.scales, "zeros": self.zeros}
@@ -285,7 +288,8 @@ def repack(qw: PackedWeights, layout: str) -> PackedWeights:
     if qw.layout != LAYOUT:
         tensors = layouts.get(qw.layout).unpack(spec, *tensors)
     planes, scales, zeros = target.pack(spec, *tensors)
-    out = dataclasses.replace(qw, planes=planes, scales=scales, zeros=zeros, layout=layout)
+    out = dataclasses.replace(qw, planes=planes, scales=scales, zeros=zeros, layout=layout,
+                              layout_version=target.version)
     return out if device.type == "cpu" else out.to(device)
 
 

@@ -17,7 +17,7 @@ the torch op check arguments with it, ``LUTLinear`` allocates with it, the expor
     TensorSpec(shape=(4, 4, 32), dtype='float16')
 
 Families (``G`` = groups per row, ``b`` = bit planes, rows padded with zero-scale rows to a
-multiple of the tile; every layout here is version :data:`lutc.spec.LAYOUT_VERSION`):
+multiple of the tile; every layout here is version :data:`lutc.spec.LAYOUT_VERSION`, ``tc16`` the next):
 
 =============  ===========================  ==========================================  ============
 layout         ``planes``                   read by                                     formats
@@ -337,13 +337,17 @@ class TC16(Layout):
     name = family = "tc16"
     rows = TC_ROWS
     planes_dtype = "int32"
+    #: Version 2 puts k in the tensor cores' own order (version 1 gave a lane 32 contiguous k):
+    #: x then enters ``wgmma``'s shared-memory operand in 16-byte copies (``cuda_wgmma``).
+    version = LAYOUT_VERSION + 1
     family_doc = """
-For tensor-core (mma.sync m16n8k16) kernels, uniform 2- or 4-bit codes q = sum_i 2^i bit_i
-placed where one lane needs them as B fragments. Rows in 16-row tiles, K in 128-weight units;
+For tensor-core (mma.sync m16n8k16, wgmma) kernels, uniform 2- or 4-bit codes q = sum_i 2^i
+bit_i placed where one lane needs them as fragments. Rows in 16-row tiles, K in 128-weight units;
 planes int32 [N/16, K/128, b/2, 32, 4]. Lane l = 4 g + c of tile T, unit u owns the 2 b words
 W[j] = planes[T, u, j / 4, l, j % 4]; they hold 32 pairs P = 4 s + 2 t + h (s < 8; t, h < 2):
-the codes of row 16 T + 8 t + g at k = 128 u + 32 c + 4 s + 2 h + e (e < 2), pair P in word
-P / (16/b), slot v = P % (16/b), code e at bit 8 (v / (8/b)) + b (v % (8/b)) + 16 e."""
+the codes of row 16 T + 8 t + g at k = 128 u + 16 s + 8 h + 2 c + e (e < 2), the fragment's
+own k order (k16 step s), pair P in word P / (16/b), slot v = P % (16/b), code e at bit
+8 (v / (8/b)) + b (v % (8/b)) + 16 e."""
 
     def check(self, spec):
         if spec.format != "uniform" or spec.wbits not in (2, 4):
@@ -358,21 +362,26 @@ P / (16/b), slot v = P % (16/b), code e at bit 8 (v / (8/b)) + b (v % (8/b)) + 1
     def _pack_planes(self, spec, byte):
         b, K, NT = spec.wbits, spec.K, self.tiles(spec)
         q = _pad_rows(planes_to_codes(byte, K, b), NT * TC_ROWS)                           # [Np, K]
-        # n = (T 2 + t) 8 + g ; k = u 128 + c 32 + s 4 + h 2 + e
-        q = q.reshape(NT, 2, 8, K // 128, 4, 8, 2, 2).permute(0, 3, 2, 4, 5, 1, 6, 7)   # T u g c s t h e
+        # n = (T 2 + t) 8 + g ; k = u 128 + s 16 + h 8 + c 2 + e
+        q = q.reshape(NT, 2, 8, K // 128, 8, 2, 4, 2).permute(0, 3, 2, 6, 4, 1, 5, 7)   # T u g c s t h e
         q = q.reshape(NT, K // 128, 32, 2 * b, 16 // b, 2)                               # lane, word, slot, e
         words = (q << tc_shifts(b)).sum((-1, -2))                                         # [NT, KU, 32, 2b]
         words = torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)
         return words.reshape(NT, K // 128, 32, b // 2, 4).permute(0, 1, 3, 2, 4).contiguous()
 
     def _unpack_planes(self, spec, p):
-        b, K = spec.wbits, spec.K
-        NT, KU = p.shape[:2]
-        words = p.to(torch.int64) & 0xFFFFFFFF
-        words = words.permute(0, 1, 3, 2, 4).reshape(NT, KU, 32, 2 * b, 1, 1)
-        q = (words >> tc_shifts(b)) & (2 ** b - 1)                                         # [NT, KU, 32, 2b, PW, 2]
-        q = q.reshape(NT, KU, 8, 4, 8, 2, 2, 2).permute(0, 5, 2, 1, 3, 4, 6, 7).reshape(NT * TC_ROWS, K)[:spec.N]
-        return codes_to_planes(q, b)
+        return codes_to_planes(tc16_codes(p, spec.wbits)[:spec.N].cpu(), spec.wbits)
+
+
+def tc16_codes(planes: torch.Tensor, wbits: int) -> torch.Tensor:
+    """The integer codes int64 ``[N/16 * 16, K]`` held by ``tc16`` planes, on their device (the
+    inverse of ``TC16``'s packing; benchmarks check GPU kernels with it)."""
+    NT, KU = planes.shape[:2]
+    words = planes.to(torch.int64) & 0xFFFFFFFF
+    words = words.permute(0, 1, 3, 2, 4).reshape(NT, KU, 32, 2 * wbits, 1, 1)
+    q = (words >> tc_shifts(wbits).to(words.device)) & (2 ** wbits - 1)               # [NT, KU, 32, 2b, PW, 2]
+    # T u g c s t h e -> n = (T 2 + t) 8 + g ; k = u 128 + s 16 + h 8 + c 2 + e
+    return q.reshape(NT, KU, 8, 4, 8, 2, 2, 2).permute(0, 5, 2, 1, 4, 6, 3, 7).reshape(NT * TC_ROWS, KU * 128)
 
 
 TILE_ROWS = (32, 64, 128)   # NEON, AVX2, AVX-512BW: two nibbles per byte of a 16/32/64-byte register

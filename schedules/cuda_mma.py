@@ -21,9 +21,10 @@ one 16-byte load per lane gives it the B fragments of two 8-row tiles for a 128-
 :func:`schedules.cuda_ptx.deq`): ``LOP3`` (mask + fp16 magic ``0x6400``: ``1024 + q 2^(b v)``),
 ``HFMA2`` (exactly ``q``), ``HSUB2`` (``q - c``, exact; ``c = (2^b - 1)/2`` or the zero point),
 ``HMUL2`` by the group scale: 2 instructions per weight; without zero points
-:func:`~schedules.cuda_ptx.deq_c` folds ``- c`` into the ``HFMA2``: 1.5. Lane ``c`` of a quad
-reads a contiguous 32-k range of the unit; the activations are read with the same permutation
-of k (16-byte shared-memory loads), so the products are unchanged.
+:func:`~schedules.cuda_ptx.deq_c` folds ``- c`` into the ``HFMA2``: 1.5. ``tc16`` holds k in
+the fragments' own order (k16 step ``s``: k ``16 s + 2 c``, + 1, + 8, + 9 for lane ``c`` of a
+quad), so x is read in its own: one ``ldmatrix`` per 8 rows and two k16 steps from shared memory,
+or four 4-byte loads from global (``xsm=False``).
 
 Loops: blocks of ``wn`` x ``warps`` warps; ``wn`` warps side by side along N (``nw`` 16-row tiles
 each), ``warps`` along K (split-K, added in shared memory at the end); ``mt`` 16-row tiles of M
@@ -47,7 +48,8 @@ from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
 from .common import drop_param, merge_knobs, weight_buffers
-from .cuda_ptx import LDG128_SRC, LDS128_SRC, dequant_tc16, h2, mma
+from .cuda_ptx import dequant_tc16, h2, ldg_pairs, ldsm_x4, mma
+from .cuda_stream import groups_per_unit, step_group
 from .cuda_lut import PASS_CONFIG, SMEM_LIMIT  # noqa: F401  (one limit; TVM cannot see reads made by inline PTX)
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
@@ -151,6 +153,7 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
     opt = -(-outs // threads)
     zp, sdt, adt = spec.zero_point, spec.scale_dtype, spec.act_dtype   # adt: x, the weights and out
     const = (2 ** b - 1) / 2.0
+    NG = groups_per_unit(spec)
     PLANES, COEF, ZEROS = weight_buffers(spec, "tc16")   # lutc.layouts' shapes of tc16
     red_shape = (S, WN, MP, NW * 16) if S > 1 else (1,)
     ZERO = tvm.tirx.const(0, adt)
@@ -168,8 +171,8 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
                     xs = T.alloc_buffer((MP * XR if xsm else 8,), adt, scope="shared")
                     red = T.alloc_buffer(red_shape, "float32", scope="shared")
                     wreg = T.alloc_buffer((2, UW, NW, b // 2, 4), "int32", scope="local")
-                    sreg = T.alloc_buffer((2, UW, NW, 2), "uint32", scope="local")
-                    zreg = T.alloc_buffer((2, UW, NW, 2), "uint32", scope="local")
+                    sreg = T.alloc_buffer((2, UW, NW, 2, NG), "uint32", scope="local")
+                    zreg = T.alloc_buffer((2, UW, NW, 2, NG), "uint32", scope="local")
                     xreg = T.alloc_buffer((vpt if XPRE else 1, 8), adt, scope="local")
                     areg = T.alloc_buffer((2, 4), "uint32", scope="local")
                     bfrag = T.alloc_buffer((2, NW, 2, 2), "uint32", scope="local")
@@ -199,16 +202,17 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
                                                             (bx * WN + tx // (32 * S)) * NW + t, ((k2 * 2 + par) * S + (tx // 32) % S) * UW + u,
                                                             j4, tx % 32, T.ramp(0, 1, 4)]
                                                     for t8 in T.unroll(2):
-                                                        sv[0] = T.Cast("float32", scales[
-                                                            (bx * WN + tx // (32 * S)) * NW + t,
-                                                            ((((k2 * 2 + par) * S + (tx // 32) % S) * UW + u) * 128 + (tx % 4) * 32) // gs,
-                                                            t8 * 8 + (tx % 32) // 4])
-                                                        sreg[par, u, t, t8] = h2(sv[0], adt)
-                                                        if zp:
-                                                            zreg[par, u, t, t8] = h2(T.Cast("float32", zeros[
+                                                        for ng in T.unroll(NG):   # the unit's groups
+                                                            sv[0] = T.Cast("float32", scales[
                                                                 (bx * WN + tx // (32 * S)) * NW + t,
-                                                                ((((k2 * 2 + par) * S + (tx // 32) % S) * UW + u) * 128 + (tx % 4) * 32) // gs,
-                                                                t8 * 8 + (tx % 32) // 4]), adt)
+                                                                ((((k2 * 2 + par) * S + (tx // 32) % S) * UW + u) * 128) // gs + ng,
+                                                                t8 * 8 + (tx % 32) // 4])
+                                                            sreg[par, u, t, t8, ng] = h2(sv[0], adt)
+                                                            if zp:
+                                                                zreg[par, u, t, t8, ng] = h2(T.Cast("float32", zeros[
+                                                                    (bx * WN + tx // (32 * S)) * NW + t,
+                                                                    ((((k2 * 2 + par) * S + (tx // 32) % S) * UW + u) * 128) // gs + ng,
+                                                                    t8 * 8 + (tx % 32) // 4]), adt)
                                     if XPRE:
                                         for e in T.unroll(vpt):
                                             if tx + e * threads < vecs:
@@ -231,24 +235,24 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
                                                             for h in T.unroll(2):
                                                                 bfrag[sp, t, t8, h] = dequant_tc16(
                                                                     wreg, (1 - par, u, t), (s2 * 2 + sp) * 4 + t8 * 2 + h, b,
-                                                                    sreg[1 - par, u, t, t8], zreg[1 - par, u, t, t8], zp, const, adt)
+                                                                    sreg[1 - par, u, t, t8, step_group(spec, s2 * 2 + sp)],
+                                                                    zreg[1 - par, u, t, t8, step_group(spec, s2 * 2 + sp)], zp, const, adt)
                                                 for i in T.unroll(MT):
                                                     for r in T.unroll(2):
+                                                        # A fragments of rows i 16 + r 8 .., k 32 s2 .. of the unit
                                                         if xsm:
-                                                            T.evaluate(T.cuda.func_call(
-                                                                "lutc_lds128",
-                                                                xbase[0] + T.Cast("uint32", ((i * 16 + r * 8 + (tx % 32) // 4) * XR
-                                                                                             + (((tx // 32) % S) * UW + u) * 128 + (tx % 4) * 32
-                                                                                             + s2 * 8) * 2),
-                                                                T.address_of(areg[r, 0]), source_code=LDS128_SRC))
+                                                            T.evaluate(ldsm_x4(
+                                                                xbase[0] + T.Cast("uint32", ((i * 16 + r * 8 + tx % 8) * XR
+                                                                                             + (((tx // 32) % S) * UW + u) * 128 + s2 * 32
+                                                                                             + ((tx % 32) // 8) * 8) * 2),
+                                                                T.address_of(areg[r, 0])))
                                                         else:
-                                                            T.evaluate(T.cuda.func_call(
-                                                                "lutc_ldg128",
+                                                            T.evaluate(ldg_pairs(
                                                                 T.address_of(x[T.min(by * MP + i * 16 + r * 8 + (tx % 32) // 4, M - 1),
                                                                                (((k2 * 2 + par - 1) * S + (tx // 32) % S) * UW + u) * 128
-                                                                               + (tx % 4) * 32 + s2 * 8]),
+                                                                               + s2 * 32 + (tx % 4) * 2]),
                                                                 by * MP + i * 16 + r * 8 + (tx % 32) // 4 < M,
-                                                                T.address_of(areg[r, 0]), source_code=LDG128_SRC))
+                                                                T.address_of(areg[r, 0])))
                                                     for sp in T.unroll(2):
                                                         for t in T.unroll(NW):
                                                             if (bx * WN + tx // (32 * S)) * NW + t < NT:

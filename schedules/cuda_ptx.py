@@ -69,13 +69,6 @@ __device__ __forceinline__ unsigned lutc_deq{sfx}(unsigned w, unsigned mask, uns
 """
 
 
-LDG128_SRC = """
-__device__ __forceinline__ void lutc_ldg128(const void* p, bool valid, unsigned* d) {
-  uint4 v = make_uint4(0u, 0u, 0u, 0u);
-  if (valid) v = __ldg(reinterpret_cast<const uint4*>(p));
-  d[0] = v.x; d[1] = v.y; d[2] = v.z; d[3] = v.w;
-}
-"""
 def mma_src(dtype: str = "float16") -> str:
     """``lutc_mma``: ``acc += A B`` for one ``m16n8k16`` tile of ``dtype`` (:func:`mma`)."""
     sfx, ab = HALVES[dtype][1], PTX_TYPE[dtype]
@@ -95,6 +88,20 @@ LDS128_SRC = """
 __device__ __forceinline__ void lutc_lds128(unsigned addr, unsigned* d) {
   asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
                : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]) : "r"(addr));
+}
+"""
+
+
+LDSM_X4_SRC = """
+__device__ __forceinline__ void lutc_ldsm_x4(unsigned addr, unsigned* d) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]) : "r"(addr));
+}
+"""
+LDG_PAIRS_SRC = """
+__device__ __forceinline__ void lutc_ldg_pairs(const void* p, bool valid, unsigned* d) {
+  const unsigned* w = reinterpret_cast<const unsigned*>(p);
+  for (int m = 0; m < 4; m++) d[m] = valid ? __ldg(w + 4 * m) : 0u;
 }
 """
 
@@ -199,11 +206,6 @@ __device__ __forceinline__ void lutc_cp16(unsigned dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(dst), "l"(src));
 }
 """
-CP4_SRC = """
-__device__ __forceinline__ void lutc_cp4(unsigned dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" :: "r"(dst), "l"(src));
-}
-"""
 COMMIT_SRC = """
 __device__ __forceinline__ void lutc_cp_commit() { asm volatile("cp.async.commit_group;"); }
 """
@@ -229,10 +231,19 @@ def mma(acc_ptr, a0, a1, a2, a3, b0, b1, dtype: str = "float16"):
     return T.cuda.func_call(f"lutc_mma{HALVES[dtype][1]}", acc_ptr, a0, a1, a2, a3, b0, b1, source_code=mma_src(dtype))
 
 
-def ldg128(src_ptr, valid, dst_ptr):
-    """16 bytes of global memory at ``src_ptr`` (read-only path) into 4 registers at ``dst_ptr``,
-    zeros where ``valid`` is false."""
-    return T.cuda.func_call("lutc_ldg128", src_ptr, valid, dst_ptr, source_code=LDG128_SRC)
+def ldsm_x4(addr, dst_ptr):
+    """Four 8 x 8 matrices of 16-bit values from shared memory (``ldmatrix .x4``): lane ``l``
+    gives the address of row ``l % 8`` of matrix ``l / 8``, and gets, in register ``m`` at
+    ``dst_ptr``, the pair at row ``l / 4``, columns ``2 (l % 4)`` and + 1 of matrix ``m``: with the
+    matrices at k ``0, 8, 16, 24`` of token rows, the fragments of two k16 steps of ``mma``."""
+    return T.cuda.func_call("lutc_ldsm_x4", addr, dst_ptr, source_code=LDSM_X4_SRC)
+
+
+def ldg_pairs(src_ptr, valid, dst_ptr):
+    """The four 16-bit pairs at ``src_ptr`` + 0, 8, 16 and 24 elements of global memory into 4
+    registers at ``dst_ptr`` (zeros where ``valid`` is false): a lane's fragment registers of
+    two k16 steps of ``mma``, read straight from x's row."""
+    return T.cuda.func_call("lutc_ldg_pairs", src_ptr, valid, dst_ptr, source_code=LDG_PAIRS_SRC)
 
 
 def lds128(addr, dst_ptr):
@@ -243,12 +254,6 @@ def lds128(addr, dst_ptr):
 def cp16(dst_addr, src_ptr):
     """Start an asynchronous 16-byte copy global -> shared (``cp.async.cg``, bypasses L1)."""
     return T.cuda.func_call("lutc_cp16", dst_addr, src_ptr, source_code=CP16_SRC)
-
-
-def cp4(dst_addr, src_ptr):
-    """Start an asynchronous 4-byte copy global -> shared (``cp.async.ca``: the 16-byte form
-    cannot scatter a row, and its neighbours' sectors are then read from L1)."""
-    return T.cuda.func_call("lutc_cp4", dst_addr, src_ptr, source_code=CP4_SRC)
 
 
 def cp_commit():

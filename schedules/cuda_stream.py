@@ -20,7 +20,8 @@ the knobs ask; :data:`SMEM_LIMIT`). Per step and stage a warp's part holds, per 
 ``nw x b/2`` 16-byte weight vectors (the ``tc16`` order: the lane reads back exactly what it
 copied), the 16 rows x groups of scales (and zero points) of its tiles, and, per K slice, M
 rows of x (fp16, padded to 136 per row against bank conflicts). Multiplying a step: 4 times,
-a 16-byte load of x per row, the fragments of two k16 steps of weights dequantized as
+one ``ldmatrix`` of x per 8 rows (x's fragments of two k16 steps: ``tc16`` holds k in the
+fragments' order, so x stays in its own), the fragments of two k16 steps of weights dequantized as
 ``cuda_mma`` does (:func:`schedules.cuda_ptx.deq`: ``(q - c) s``, one rounding; without zero
 points :func:`~schedules.cuda_ptx.deq_c`, which folds ``- c`` into the magic-number FMA: at
 M <= 8 the kernel is bound by these instructions, W2 and W4 took the same time), then the mma.
@@ -41,7 +42,7 @@ from lutc.dtypes import nbytes
 
 from .common import drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
-from .cuda_ptx import cp16, cp_commit, cp_wait, dequant_tc16, lds128, lds_scale_h2, mma
+from .cuda_ptx import cp16, cp_commit, cp_wait, dequant_tc16, lds128, lds_scale_h2, ldsm_x4, mma
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
@@ -131,6 +132,13 @@ def groups_per_unit(spec) -> int:
     return max(1, 128 // spec.group)
 
 
+def step_group(spec, s: int) -> int:
+    """The scale group, of the :func:`groups_per_unit` of a unit, of its k16 step ``s``: ``tc16``
+    gives each lane k of every step (k ``16 s .. 16 s + 15``), so a group of 32 weights is two
+    steps."""
+    return (16 * s) // spec.group % groups_per_unit(spec)
+
+
 def scale_size(spec) -> int:
     """Bytes of one stored scale or zero point (what the ``cp.async`` copies of coefficients count)."""
     return nbytes(spec.scale_dtype)
@@ -184,8 +192,8 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                 # (one dynamic allocation: TVM merges no others into it)
                 ring = T.alloc_buffer((WORDS,), "uint32", scope="shared.dyn")
                 wreg = T.alloc_buffer((NW, J4, 4), "uint32", scope="local")
-                sreg = T.alloc_buffer((NW, 2), "uint32", scope="local")
-                zreg = T.alloc_buffer((NW, 2), "uint32", scope="local")
+                sreg = T.alloc_buffer((NW, 2, NG), "uint32", scope="local")
+                zreg = T.alloc_buffer((NW, 2, NG), "uint32", scope="local")
                 areg = T.alloc_buffer((2, 4), "uint32", scope="local")
                 bfrag = T.alloc_buffer((2, NW, 2, 2), "uint32", scope="local")
                 acc = T.alloc_buffer((NW, 2, 4), "float32", scope="local")
@@ -198,7 +206,7 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                 ks = T.meta_var(warp % S)                      # this warp's K slice
                 tile0 = T.meta_var((bx * WN + warp // S) * NW)  # this warp's first N tile
                 g4 = T.meta_var(lane // 4)                     # fragment row (and row + 8)
-                c4 = T.meta_var(lane % 4)                      # fragment k quarter: 32 weights
+                c4 = T.meta_var(lane % 4)                      # fragment column pair
                 for i0 in T.unroll(NW):
                     for i1 in T.unroll(2):
                         for i2 in T.unroll(4):
@@ -255,16 +263,17 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                                                              + (((warp * NW + t) * J4 + j4) * 32 + lane) * 16),
                                             T.address_of(wreg[t, j4, 0])))
                                     for t8 in T.unroll(2):
-                                        # coefficient of row t8 * 8 + g4 in the group of k quarter c4
-                                        sreg[t, t8] = lds_scale_h2(
-                                            base[0] + T.Cast("uint32", ((j - P + 1) % P) * STAGE + OFF_S
-                                                             + (((warp * NW + t) * NG + (c4 * 32) // gs % NG) * 16
-                                                                + t8 * 8 + g4) * ssz), sdt, adt)
-                                        if zp:
-                                            zreg[t, t8] = lds_scale_h2(
-                                                base[0] + T.Cast("uint32", ((j - P + 1) % P) * STAGE + OFF_Z
-                                                                 + (((warp * NW + t) * NG + (c4 * 32) // gs % NG) * 16
-                                                                    + t8 * 8 + g4) * ssz), sdt, adt)
+                                        for ng in T.unroll(NG):
+                                            # coefficient of row t8 * 8 + g4 in the unit's group ng
+                                            sreg[t, t8, ng] = lds_scale_h2(
+                                                base[0] + T.Cast("uint32", ((j - P + 1) % P) * STAGE + OFF_S
+                                                                 + (((warp * NW + t) * NG + ng) * 16 + t8 * 8 + g4) * ssz),
+                                                sdt, adt)
+                                            if zp:
+                                                zreg[t, t8, ng] = lds_scale_h2(
+                                                    base[0] + T.Cast("uint32", ((j - P + 1) % P) * STAGE + OFF_Z
+                                                                     + (((warp * NW + t) * NG + ng) * 16 + t8 * 8 + g4) * ssz),
+                                                    sdt, adt)
                             for s2 in T.unroll(4):
                                 for sp in T.unroll(2):
                                     for t in T.unroll(NW):
@@ -272,16 +281,16 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                                             for h in T.unroll(2):
                                                 bfrag[sp, t, t8, h] = dequant_tc16(
                                                     wreg, (t,), (s2 * 2 + sp) * 4 + t8 * 2 + h, b,
-                                                    sreg[t, t8], zreg[t, t8], zp, const, adt)
+                                                    sreg[t, t8, step_group(spec, s2 * 2 + sp)],
+                                                    zreg[t, t8, step_group(spec, s2 * 2 + sp)], zp, const, adt)
                                 for r in T.unroll(2 if HI else 1):
-                                    if r * 8 + g4 < M:
-                                        T.evaluate(lds128(
-                                            base[0] + T.Cast("uint32", ((j - P + 1) % P) * STAGE + OFF_X
-                                                             + ((ks * M + r * 8 + g4) * X_ROW + c4 * 32 + s2 * 8) * 2),
-                                            T.address_of(areg[r, 0])))
-                                    else:
-                                        for q in T.unroll(4):
-                                            areg[r, q] = T.uint32(0)
+                                    # x rows r 8 .. r 8 + 7 (the last row again past M: its products
+                                    # are never stored), k 32 s2 + 8 m as matrix m
+                                    T.evaluate(ldsm_x4(
+                                        base[0] + T.Cast("uint32", ((j - P + 1) % P) * STAGE + OFF_X
+                                                         + ((ks * M + T.min(r * 8 + lane % 8, M - 1)) * X_ROW
+                                                            + s2 * 32 + (lane // 8) * 8) * 2),
+                                        T.address_of(areg[r, 0])))
                                 for sp in T.unroll(2):
                                     for t in T.unroll(NW):
                                         if tile0 + t < NT:

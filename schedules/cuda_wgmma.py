@@ -17,13 +17,16 @@ registers of its A fragment. The previous version of this kernel kept x in regis
 the dequantized weights into shared memory as B: up to 1.7x slower than this one, and as fast
 on one row of twelve (``benchmarks/results/cuda_wgmma_h200.md``).
 
-The k permutation. ``tc16`` gives lane ``c`` of a quad the contiguous 32 k of its quarter of a
-128-weight unit (one 16-byte load), so in k16 step ``s`` its A slots ``2 c + 8 h`` (and + 1)
-hold actual k ``32 c + 4 s + 2 h`` (and + 1). x therefore goes into B permuted the same way, in
-4-byte pieces: ``cp.async`` of 4 bytes (:func:`schedules.cuda_ptx.cp4`), a warp's 32 copies being
-one token row's 128 contiguous bytes of global memory (4 sectors) scattered to 32 distinct banks
-of the 128-byte-swizzled B layout (:func:`x_byte`). The other way out, a second weight layout
-in natural k order, would cost the front doors a second copy of the weights.
+The k order. ``tc16`` (version 2) holds k in the fragments' own order: in k16 step ``s`` lane
+``c`` of a quad dequantizes k ``16 s + 2 c`` (+ 1, + 8, + 9) of the unit, exactly the A slots
+``2 c + 8 h`` of ``wgmma``. So x goes into B in its own order, 16 bytes at a time
+(:func:`schedules.cuda_ptx.cp16`): a warp's 32 copies are two token rows' 256 contiguous bytes
+each, into the 128-byte-swizzled B layout (:func:`x_byte`). ``tc16`` version 1 gave each lane 32
+contiguous k (16-byte loads of x for ``mma.sync``, which ``ldmatrix`` now does as well) and x had
+to be scattered into B in 4-byte pieces, 64 ``cp.async`` per copying thread and unit: with 16-byte
+copies the kernel took 0.83-0.88x the time on the H200 (28672 x 8192 W2 at M = 128: 98.5
+against 119.4 us; 8192 x 28672 at M = 512: 393 against 468). A second weight layout in natural
+k order would have cost the front doors a second copy of the weights.
 
 Loops: block ``(m, n)`` computes ``bm`` tokens by ``64 wn wg`` weight rows (blockIdx.x walks M,
 so the blocks that share a weight tile run together and read it from DRAM once); computing
@@ -61,12 +64,12 @@ copying warpgroups keep 32 each and give the rest to the computing ones (``setma
 :func:`computing_registers`; ``__launch_bounds__(threads, 1)`` tells ptxas the count at entry).
 (The L2 was not the bound: halving the x traffic from L2 left the time unchanged.)
 
-Where it stands (``benchmarks/results/cuda_wgmma_h200_regs.md``, H200, same run): faster than
-Humming at M = 64 on 28672 x 8192 (62.5 against 72.0 us, W2) and level on 4096 x 4096 at
-M = 128..512; elsewhere 0.65-0.83x of Humming and 0.72-0.95x of cuBLAS fp16 (28672 x 8192 at
-M = 128: 120.5 against 93.1 and 124.0). Next steps: fewer instructions per copy (x stored in
-``tc16``'s k order by a pre-pass would allow 16-byte copies or TMA), fewer per dequantized pair,
-and split-K or stream-K for the narrow shapes (8192 x 28672 gives 64-128 blocks).
+Where it stands (``benchmarks/results/cuda_h200_x16.md``, H200, same hour): faster than
+Humming at M = 64 on 28672 x 8192 (59.1 against 72.5 us, W2), at M = 128..512 on 4096 x 4096 and
+at M = 512 on 8192 x 28672 (342.4 against 361.4); 0.70-0.99x of it elsewhere (28672 x 8192 at
+M = 128: 99.9 against 92.0); faster than cuBLAS fp16 to M = 128 and 0.91-1.06x of it from M = 512
+on the large shapes. Next steps: fewer instructions per dequantized pair, and split-K or stream-K
+for the narrow shapes (8192 x 28672 gives 64-128 blocks).
 
 Limits (``supports``): sm_90a, fp16 or bf16 activations (the weights are dequantized to the
 activations' type; bf16 rounds the scale to bf16 first), uniform W2/W4, K % 128 == 0, any M and N
@@ -80,10 +83,10 @@ from tvm.script import tirx as T
 
 from .common import drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
-from .cuda_ptx import (cp4, cp16, cp_commit, cp_mbar_arrive, cp_wait, dequant_tc16, lds128, lds_scale_h2, mbar_arrive,
+from .cuda_ptx import (cp16, cp_commit, cp_mbar_arrive, cp_wait, dequant_tc16, lds128, lds_scale_h2, mbar_arrive,
                        mbar_init, mbar_wait, proxy_fence_async, setmaxnreg, wgmma_commit, wgmma_fence,
                        wgmma_fence_acc, wgmma_m64k16, wgmma_wait)
-from .cuda_stream import groups_per_unit, scale_size
+from .cuda_stream import groups_per_unit, scale_size, step_group
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
@@ -135,13 +138,15 @@ def worth_tuning(spec, target, bm: int = 128, **_) -> bool:
 
 
 #: Tiles (wg, wn, bm, ws) from the most work per block down, each with the blocks it must give to
-#: be the default (:func:`default_knobs`): three computing warpgroups pay from about four waves of
-#: the H200's 132 SMs on (fewer leave the last wave's SMs idle), the others from 3/4 of one wave.
-#: From the H200 sweep (``benchmarks/results/sweep_cuda_wgmma_h200_regs.json``: 16 rows of
-#: W2/W4, M = 64..2048 on 28672 x 8192, 8192 x 28672 and 4096 x 4096, 6-11 knob sets each) this
-#: rule picks the fastest knob set in 13 rows and is within 3.2% in the other three.
-TILES = ((3, 1, 128, True, 500), (2, 1, 128, 2, 100), (2, 2, 64, True, 100), (2, 1, 64, True, 100),
-         (1, 1, 64, True, 0))
+#: be the default (:func:`default_knobs`): 256 tokens per block (each dequantized weight serves
+#: twice the tokens) and three computing warpgroups pay from about one and four waves of the
+#: H200's 132 SMs on (fewer leave the last wave's SMs idle), the others from 3/4 of one wave.
+#: From the H200 sweeps of 16-byte x copies (``benchmarks/results/sweep_cuda_wgmma_h200_x16.json``:
+#: W2, M = 128..2048 on 28672 x 8192, 8192 x 28672 and 4096 x 4096, 10-11 knob sets each) this
+#: rule picks the fastest knob set in 6 of the 8 rows, is within 3.7% in a seventh and 9.6% in the
+#: eighth (8192 x 28672 at M = 128, where one warpgroup with two copying ones was faster).
+TILES = ((2, 1, 256, True, 100), (3, 1, 128, True, 500), (2, 1, 128, 2, 100), (2, 2, 64, True, 100),
+         (2, 1, 64, True, 100), (1, 1, 64, True, 0))
 
 
 def blocks(spec, wg: int, wn: int, bm: int) -> int:
@@ -256,13 +261,12 @@ def schedule(func, spec, target, wg=None, wn=None, bm=None, stages=None, ws=None
     return s_tir.Schedule(IRModule({"main": wgmma_kernel(spec, **knobs)}))
 
 
-def x_byte(bm: int, row, s, h, c4):
+def x_byte(bm: int, row, s, h):
     """Byte offset in a stage's x (wgmma's B: ``bm`` token rows, K-major, 128-byte swizzle) of
-    the fp16 pair of token ``row`` at logical k ``16 s + 8 h + 2 c4`` of the unit, which holds
-    actual k ``32 c4 + 4 s + 2 h`` (``tc16``'s permutation): rows of 64 logical k (128 bytes)
+    the 8 values of token ``row`` at k ``16 s + 8 h ..`` of the unit: rows of 64 k (128 bytes)
     whose 16-byte chunks are XORed with the row mod 8, one such 8-row atom after another, the
     second half of the unit's k after the first."""
-    return (s // 4) * bm * 128 + row * 128 + T.bitwise_xor((s % 4) * 2 + h, row % 8) * 16 + c4 * 4
+    return (s // 4) * bm * 128 + row * 128 + T.bitwise_xor((s % 4) * 2 + h, row % 8) * 16
 
 
 def x_step(bm: int, s: int) -> int:
@@ -311,16 +315,12 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int):
         that warp ``w`` dequantizes as its tile ``t``."""
         cw = T.meta_var(ct // 32)
         lane = T.meta_var(ct % 32)
-        c4 = T.meta_var(lane // 8)                             # the lane's k quarter, and
-        s_lo = T.meta_var((lane % 8) // 2)                     # k16 step and half in a round
-        h = T.meta_var(lane % 2)
-        for e in T.unroll(-(-2 * BM // copiers)):
-            rnd = T.meta_var(cw + e * copiers)                 # round: token row, half of the k16 steps
-            xrow = T.meta_var(rnd // 2)
-            s = T.meta_var((rnd % 2) * 4 + s_lo)
-            if rnd < 2 * BM and bm_ * BM + xrow < M:
-                T.evaluate(cp4(st + T.Cast("uint32", x_byte(BM, xrow, s, h, c4)),
-                               T.address_of(x[bm_ * BM + xrow, j * 128 + c4 * 32 + s * 4 + h * 2])))
+        for e in T.unroll(-(-BM * 16 // (32 * copiers))):
+            chunk = T.meta_var(ct + e * 32 * copiers)          # 16 bytes of x: token row, 8 k
+            xrow = T.meta_var(chunk // 16)
+            if chunk < BM * 16 and bm_ * BM + xrow < M:
+                T.evaluate(cp16(st + T.Cast("uint32", x_byte(BM, xrow, (chunk % 16) // 2, chunk % 2)),
+                                T.address_of(x[bm_ * BM + xrow, j * 128 + (chunk % 16) * 8])))
         for e in T.unroll(-(-slots * J4 // copiers)):
             vec = T.meta_var(cw + e * copiers)                 # (slot, 16-byte vector) of the unit
             tile = T.meta_var(bn_ * (BN // 16) + row16((vec // J4) // TW, (vec // J4) % TW))
@@ -338,24 +338,26 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int):
                     T.evaluate(cp16(st + T.Cast("uint32", OFF_Z + copy * 16), T.address_of(zeros[tile, group, row])))
 
     @T.macro
-    def dequantize(st, buf, areg, wreg, sreg, zreg, warp, g4, c4, lane):
+    def dequantize(st, buf, areg, wreg, sreg, zreg, warp, g4, lane):
         """This lane's A fragments of the unit in the stage at ``st``, into A buffer ``buf``:
-        register ``t8 + 2 h`` of k16 step ``s`` is rows ``g4 + 8 t8`` at logical k ``2 c4 + 8 h``."""
+        register ``t8 + 2 h`` of k16 step ``s`` is rows ``g4 + 8 t8`` at k ``16 s + 8 h + 2 c4``."""
         for t in T.unroll(TW):
             for j4 in T.unroll(J4):
                 T.evaluate(lds128(st + T.Cast("uint32", OFF_W + (((warp * TW + t) * J4 + j4) * 32 + lane) * 16),
                                   T.address_of(wreg[t, j4, 0])))
             for t8 in T.unroll(2):
-                # coefficient of row t8 * 8 + g4 in the group of k quarter c4
-                coef = T.meta_var((((warp * TW + t) * NG + (c4 * 32) // gs % NG) * 16 + t8 * 8 + g4) * ssz)
-                sreg[t, t8] = lds_scale_h2(st + T.Cast("uint32", OFF_S + coef), sdt, adt)
-                if zp:
-                    zreg[t, t8] = lds_scale_h2(st + T.Cast("uint32", OFF_Z + coef), sdt, adt)
+                for ng in T.unroll(NG):
+                    # coefficient of row t8 * 8 + g4 in the unit's group ng
+                    coef = T.meta_var((((warp * TW + t) * NG + ng) * 16 + t8 * 8 + g4) * ssz)
+                    sreg[t, t8, ng] = lds_scale_h2(st + T.Cast("uint32", OFF_S + coef), sdt, adt)
+                    if zp:
+                        zreg[t, t8, ng] = lds_scale_h2(st + T.Cast("uint32", OFF_Z + coef), sdt, adt)
             for s in T.unroll(8):
                 for t8 in T.unroll(2):
                     for h in T.unroll(2):
                         areg[buf, t, s, t8 + 2 * h] = dequant_tc16(
-                            wreg, (t,), s * 4 + t8 * 2 + h, b, sreg[t, t8], zreg[t, t8], zp, const, adt)
+                            wreg, (t,), s * 4 + t8 * 2 + h, b, sreg[t, t8, step_group(spec, s)],
+                            zreg[t, t8, step_group(spec, s)], zp, const, adt)
 
     @T.macro
     def multiply(i, ab, areg, acc, stage):
@@ -406,16 +408,16 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int):
         warp = T.meta_var(tx // 32)
         lane = T.meta_var(tx % 32)
         g4 = T.meta_var(lane // 4)                     # fragment row (and row + 8)
-        c4 = T.meta_var(lane % 4)                      # fragment k quarter: 32 weights
+        c4 = T.meta_var(lane % 4)                      # fragment column pair
         receive(0, True, tx, bm_, bn_, x, planes, scales, zeros, stage, full)
-        dequantize(stage(0), 0, areg, wreg, sreg, zreg, warp, g4, c4, lane)
+        dequantize(stage(0), 0, areg, wreg, sreg, zreg, warp, g4, lane)
         for i2 in range((KU + 1) // 2):
             for ab in T.unroll(2):                    # A buffer ab holds unit i = 2 i2 + ab
                 if 2 * i2 + ab < KU:
                     multiply(2 * i2 + ab, ab, areg, acc, stage)
                     if 2 * i2 + ab + 1 < KU:
                         receive(2 * i2 + ab + 1, False, tx, bm_, bn_, x, planes, scales, zeros, stage, full)
-                        dequantize(stage(2 * i2 + ab + 1), 1 - ab, areg, wreg, sreg, zreg, warp, g4, c4, lane)
+                        dequantize(stage(2 * i2 + ab + 1), 1 - ab, areg, wreg, sreg, zreg, warp, g4, lane)
                     T.evaluate(wgmma_wait(0))          # unit i done: its A buffer free
                     if COPYING:
                         T.evaluate(mbar_arrive(empty(2 * i2 + ab)))
@@ -436,8 +438,8 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int):
                     # PTX (see cuda_stream)
                     smem = T.alloc_buffer((WORDS,), "uint32", scope="shared.dyn")
                     wreg = T.alloc_buffer((TW, J4, 4), "uint32", scope="local")
-                    sreg = T.alloc_buffer((TW, 2), "uint32", scope="local")
-                    zreg = T.alloc_buffer((TW, 2), "uint32", scope="local")
+                    sreg = T.alloc_buffer((TW, 2, NG), "uint32", scope="local")
+                    zreg = T.alloc_buffer((TW, 2, NG), "uint32", scope="local")
                     areg = T.alloc_buffer((2, TW, 8, 4), "uint32", scope="local")
                     acc = T.alloc_buffer((TW * ACC,), "float32", scope="local")
                     base = T.alloc_buffer((1,), "uint32", scope="local")

@@ -372,7 +372,7 @@ def test_cuda_default_kernel_exports_in_its_layout(tmp_path, schedule, arch):
     header = res.files["h"].read_text()
     planes = lay.shapes(kernel.spec)["planes"]
     assert planes.dtype == "int32"
-    for text in [f'layout "{kernel.layout}" version 1', *lay.family_doc.strip().splitlines()[:2],
+    for text in [f'layout "{kernel.layout}" version {lay.version}', *lay.family_doc.strip().splitlines()[:2],
                  f"planes  int32_t [{', '.join(map(str, planes.shape))}]",
                  f'#define K_LAYOUT "{kernel.layout}"', "#define K_PLANES_BITS 32",
                  f"#define K_LAYOUT_CODE {FILE_LAYOUTS.index(kernel.layout)}",
@@ -452,7 +452,7 @@ def test_weight_file_round_trip_in_every_layout(tmp_path, layout, fmt):
     packed = lutc.repack(qw, layout)
     path = save_weights(qw, tmp_path / "w.lutcw", layout=layout)      # repacked on the way
     back = load_weights(path)
-    assert back.layout == layout and back.layout_version == 1
+    assert back.layout == layout and back.layout_version == (2 if layout == "tc16" else 1)
     assert len(back.tensors()) == len(packed.tensors())
     for a, b in zip(packed.tensors(), back.tensors()):
         assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
@@ -477,6 +477,8 @@ def test_file_layouts_cover_every_layout_as_lutc_weights_h_spells_them():
     assert f"LUTC_NUM_LAYOUTS = {len(FILE_LAYOUTS)}" in header
     names = re.search(r"lutc_layout_names\[LUTC_NUM_LAYOUTS\] = \{([^}]*)\}", header).group(1)
     assert tuple(re.findall(r'"(\w+)"', names)) == FILE_LAYOUTS
+    versions = re.search(r"lutc_layout_versions\[LUTC_NUM_LAYOUTS\] = \{([^}]*)\}", header).group(1)
+    assert [int(v) for v in versions.split(",")] == [layouts.get(name).version for name in FILE_LAYOUTS]
     struct_fields = re.search(r"typedef struct \{(.*?)\} lutc_weights_header;", header, re.S).group(1)
     declared = []
     for decl in re.sub(r"/\*.*?\*/", "", struct_fields, flags=re.S).split(";"):
@@ -612,12 +614,17 @@ int main(int argc, char** argv) {
     bad_layout = tmp_path / "bad.lutcw"
     bad_layout.write_bytes(files[1].read_bytes())
     _field(bad_layout, "layout", 42)
-    run = _run([exe, *files, truncated, bad_layout])
+    old_tc16 = tmp_path / "old_tc16.lutcw"        # tc16 v1 held another k order
+    old_tc16.write_bytes(files[4].read_bytes())
+    _field(old_tc16, "layout_version", 1)
+    run = _run([exe, *files, truncated, bad_layout, old_tc16])
     lines = run.stdout.splitlines()
     assert lines[:len(expected)] == expected
     assert re.fullmatch(r"error .*cut\.lutcw: file is truncated or damaged: zeros need bytes \d+\.\.\d+, "
-                        r"the file has \d+ bytes", lines[-2])
-    assert re.fullmatch(r"error .*bad\.lutcw: header field layout is out of range \(file version 2\)", lines[-1])
+                        r"the file has \d+ bytes", lines[-3])
+    assert re.fullmatch(r"error .*bad\.lutcw: header field layout is out of range \(file version 2\)", lines[-2])
+    assert re.fullmatch(r"error .*old_tc16\.lutcw: header field layout_version is out of range \(file version 2\)",
+                        lines[-1])
 
 
 # --- the command line ---

@@ -188,12 +188,13 @@ def test_tc16_layout_is_exact_and_invertible(wbits, zp, gs):
     qw = lutc.quantize(w, wbits=wbits, group_size=gs, zero_point=zp)
     t = lutc.repack(qw, "tc16")
     assert t.planes.shape == (7, 3, wbits // 2, 32, 4) and t.planes.dtype == torch.int32
+    assert t.layout_version == 2
     assert torch.equal(t.dequantize(), qw.dequantize())
     assert torch.equal(lutc.repack(t, "bitplane").planes, qw.planes)
     bits = np.unpackbits(qw.planes.numpy(), axis=-1, bitorder="little")
     code = sum(bits[i].astype(np.int64) << i for i in range(wbits))
     for T, u, g, c, s, tt, h, e in ((1, 2, 5, 3, 6, 1, 1, 0), (0, 0, 0, 0, 0, 0, 0, 1), (6, 1, 3, 2, 7, 0, 1, 1)):
-        n, k = 16 * T + 8 * tt + g, 128 * u + 32 * c + 4 * s + 2 * h + e
+        n, k = 16 * T + 8 * tt + g, 128 * u + 16 * s + 8 * h + 2 * c + e     # the fragments' k order (v2)
         if n >= 100:
             continue
         P, PW = 4 * s + 2 * tt + h, 16 // wbits

@@ -91,6 +91,8 @@ def test_mma_sync_kernels_compile_for_bf16(schedule, knobs):
     ptx = lutc.cuda_binary(kernel, fmt="ptx").decode()
     assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in ptx and ".f16.f16" not in ptx
     assert "0x43004300" in kernel.source or "1124090624" in kernel.source
+    # x in its own k order (tc16 v2): ldmatrix from shared memory, or 4-byte loads from global
+    assert ("ldmatrix.sync.aligned.m8n8.x4.shared.b16" in ptx) == knobs.get("xsm", True)
     assert lutc.cuda_binary(kernel, fmt="cubin")[:4] == b"\x7fELF"
 
 
@@ -98,11 +100,12 @@ def test_mma_sync_kernels_compile_for_bf16(schedule, knobs):
 @pytest.mark.parametrize("ws", [True, False])
 def test_wgmma_both_copy_modes_compile(ws):
     """cuda_wgmma with the copying warpgroup (mbarriers) and without (block barriers): the
-    sm_90a code has the wgmma and the pipeline of its mode."""
+    sm_90a code has the wgmma, 16-byte copies only, and the pipeline of its mode."""
     spec = lutc.MPGemmSpec(130, 1000, 1536, wbits=4, group_size=64, zero_point=True, act_dtype="float16")
     kernel = lutc.build(spec, target="cuda:sm_90a", schedule="cuda_wgmma", knobs={"ws": ws, "stages": 3})
     ptx = lutc.cuda_binary(kernel, fmt="ptx").decode()
-    assert "wgmma.mma_async.sync.aligned.m64n" in ptx and "cp.async.ca.shared.global" in ptx
+    assert "wgmma.mma_async.sync.aligned.m64n" in ptx and "cp.async.cg.shared.global" in ptx
+    assert "cp.async.ca" not in ptx      # x in 16-byte copies too (tc16 holds k in the fragments' order)
     assert ("mbarrier.try_wait.parity" in ptx) == ws and ("cp.async.wait_group" in ptx) == (not ws)
     assert lutc.cuda_binary(kernel, fmt="cubin")[:4] == b"\x7fELF"
 

@@ -37,7 +37,6 @@
 
 #define LUTC_WEIGHTS_MAGIC "LUTCWGT"
 #define LUTC_WEIGHTS_FILE_VERSION 2 /* written by this lutc; 1 is read too */
-#define LUTC_LAYOUT_VERSION 1       /* of every layout below */
 
 enum { LUTC_FORMAT_UNIFORM = 0, LUTC_FORMAT_BCQ = 1, LUTC_FORMAT_TERNARY = 2 };
 
@@ -50,10 +49,12 @@ enum {
 static const char* const lutc_layout_names[LUTC_NUM_LAYOUTS] = {
     "bitplane", "tiles32", "tiles64", "tiles128", "ptiles32", "ptiles64", "dot4", "dot16",
     "warp32", "tc16"};
+/* The version of each layout this header reads (lutc.layouts: tc16 changed its k order in 2). */
+static const int64_t lutc_layout_versions[LUTC_NUM_LAYOUTS] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 2};
 
 typedef struct {
   int64_t file_version;   /* 1 or 2 (LUTC_WEIGHTS_FILE_VERSION) */
-  int64_t layout_version; /* LUTC_LAYOUT_VERSION */
+  int64_t layout_version; /* lutc_layout_versions[layout] */
   int64_t format;         /* LUTC_FORMAT_* */
   int64_t wbits;          /* 1-4 */
   int64_t planes;         /* bit planes b: wbits, or 2 for ternary */
@@ -109,7 +110,7 @@ static inline int lutc__check_header(const char* path, lutc_weights* w, int64_t 
   const char* bad = NULL;
   if (h->file_version != 1 && h->file_version != 2) bad = "file_version";
   else if (h->layout < 0 || h->layout >= LUTC_NUM_LAYOUTS) bad = "layout";
-  else if (h->layout_version != LUTC_LAYOUT_VERSION) bad = "layout_version";
+  else if (h->layout_version != lutc_layout_versions[h->layout]) bad = "layout_version";
   else if (h->format < 0 || h->format > 2) bad = "format";
   else if (h->wbits < 1 || h->wbits > 4) bad = "wbits";
   else if (h->N <= 0) bad = "N";
