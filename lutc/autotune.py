@@ -47,7 +47,8 @@ import torch
 import tvm
 
 from . import target as targets
-from .build import build, spec_for
+from . import layouts
+from .build import build, kernel_layout, record_layout, spec_for
 from .dtypes import TORCH_DTYPES
 from .fleet import Fleet, compiler_for
 from .runtime import Kernel
@@ -158,8 +159,9 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
         fleet.open(bench, calls, compiler_for(tgt))
     done = {}          # candidate -> us (None when invalid)
     history = []
-    for rec in log.matching(spec.key(), described):   # resume
-        if rec.get("device") == device:
+    for rec in log.matching(spec.key(), described):   # resume (a failure stays tried; a time of
+        # an older layout version's kernel is measured again)
+        if rec.get("device") == device and (rec.get("error") or record_layout(rec, kind, spec, tgt)):
             cand = Candidate(rec["schedule"], tuple(sorted(rec["knobs"].items())))
             done[cand] = None if rec.get("error") else rec["us"]
 
@@ -167,6 +169,9 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
         rec = {"workload": spec.key(), "target": described, "device": device, "versions": _versions(),
                "schedule": cand.schedule, "knobs": cand.knob_dict, "us": us, "error": error,
                "time": datetime.datetime.now().isoformat(timespec="seconds")}
+        layout = kernel_layout(rec, kind, spec, tgt)
+        if layout is not None:
+            rec["layout_version"] = layouts.get(layout).version
         if confirm:
             rec["confirm"] = confirm
         else:

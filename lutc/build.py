@@ -24,11 +24,12 @@ import tvm
 import schedules
 from schedules import contract
 
+from . import layouts
 from . import target as targets
 from .cache import KernelCache, nvcc_fatbin
 from .frontend import lut_mpgemm
 from .runtime import Kernel
-from .spec import MPGemmSpec
+from .spec import LAYOUT_VERSION, MPGemmSpec
 from .tuner.records import TuningLog, best_for, log_for, nearest_for
 
 _FROM_ENV = object()  # sentinel: "use KernelCache.from_env()"
@@ -170,12 +171,16 @@ def logged_record(log: TuningLog, spec: MPGemmSpec, tgt, default_schedule: Optio
     to prefer records of (default: this machine's, :func:`lutc.target.device_name`)."""
     kind, described = targets.kind(tgt), targets.describe(tgt)
     device = device or targets.device_name(tgt)
-    usable = lambda r: _record_layout(r, kind, spec, tgt) is not None  # noqa: E731
-    where = None if layout is None else lambda r: _record_layout(r, kind, spec, tgt) == layout
-    measured = log.schedules(spec.key(), described)
-    if measured:
-        record = best_for(log, spec.key(), described, device, usable=usable, where=where)
-        ok = record is not None and (default_schedule is None or default_schedule in measured)
+    # unbuildable records are skipped with a warning (``usable``); those of an older layout
+    # version silently (``current``: they timed a kernel that no longer exists, tc16 v1's)
+    usable = lambda r: kernel_layout(r, kind, spec, tgt) is not None  # noqa: E731
+    current = lambda r: (record_layout(r, kind, spec, tgt) is not None  # noqa: E731
+                         and (layout is None or record_layout(r, kind, spec, tgt) == layout))
+    if log.schedules(spec.key(), described):
+        # the log decides only if it timed today's default kernel
+        timed = {r["schedule"] for r in log.matching(spec.key(), described) if current(r)}
+        record = best_for(log, spec.key(), described, device, usable=usable, where=current)
+        ok = record is not None and (default_schedule is None or default_schedule in timed)
         return (record, "tuned") if ok else None
     # A transfer needs records that pin every knob: a partial one means "the defaults for the
     # rest", which depend on the shape and on the lutc that reads it. Knobs added after a record
@@ -185,7 +190,7 @@ def logged_record(log: TuningLog, spec: MPGemmSpec, tgt, default_schedule: Optio
     pinned = lambda r: usable(r) and contract.pins_every_knob(  # noqa: E731
         _schedule_module(r["schedule"], kind, spec, tgt), r["knobs"])
     record = nearest_for(log, spec.key(), described, device, pinned, targets.transferable(tgt),
-                         default_schedule, where)
+                         default_schedule, current)
     return None if record is None else (record, "transferred")
 
 
@@ -216,14 +221,23 @@ def checked_knobs(module: ModuleType, knobs: dict) -> dict:
     return dict(knobs)
 
 
-def _record_layout(record: dict, kind: str, spec: MPGemmSpec, tgt):
-    """The layout a tuning record's kernel reads, or None if this lutc cannot build the record
-    for ``spec`` (unknown schedule, bad knobs, unsupported): such records are skipped."""
+def kernel_layout(record: dict, kind: str, spec: MPGemmSpec, tgt) -> Optional[str]:
+    """The layout the kernel of a tuning record (its ``schedule`` and ``knobs``) reads for
+    ``spec``, or None if this lutc cannot build it (unknown schedule, bad knobs, unsupported)."""
     try:
         module = _schedule_module(record["schedule"], kind, spec, tgt)
         return module.layout(spec, tgt, **checked_knobs(module, record["knobs"]))
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
+
+
+def record_layout(record: dict, kind: str, spec: MPGemmSpec, tgt) -> Optional[str]:
+    """:func:`kernel_layout`, or None where the record timed a kernel of an older version of
+    that layout (its ``layout_version``, 1 where absent: ``tc16`` v2 changed how ``cuda_mma``,
+    ``cuda_stream`` and ``cuda_wgmma`` read x): such records are skipped."""
+    name = kernel_layout(record, kind, spec, tgt)
+    current = name is not None and record.get("layout_version", LAYOUT_VERSION) == layouts.get(name).version
+    return name if current else None
 
 
 def build(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: ScheduleLike = None,

@@ -9,12 +9,13 @@ the spec and prefers it (``contract.preferred``): on an x86 CPU with AVX-512 VNN
 multiply-add kernel (``dot_mac``: int8 activations times codes by ``vpdpbusd``, 4 rows of x per
 unpacked weight) at every M (as fast as the LUT kernel at M = 1, or faster: ``x86.preferred``);
 on other CPUs the SIMD LUT kernel (``x86``/``arm``) at M = 1; the generic schedules otherwise. :data:`ALTERNATIVES` holds kernels that are only ever tuned (none
-now). On CUDA: ``cuda_stream`` (dequantize + ``mma.sync`` fed by a ``cp.async`` pipeline,
-``tc16`` weights: fp16, uniform W2/W4, M <= 16; preferred for M = 2..8 and for W4 at M = 1),
-``cuda_wgmma`` (sm_90a: ``tc16`` weights dequantized in registers as the A operand of
-``wgmma``, x in shared memory from a copying warpgroup; preferred from M = 17), ``cuda_lut`` (shared-memory tables, ``warp32`` weights;
-builds M <= 8 and every format; preferred at M = 1), ``cuda_mma`` (the ``tc16`` product with
-register prefetch, any M: prefill before Hopper), and ``cuda_generic`` for everything else.
+now). On CUDA: ``cuda_wgmma`` (sm_90a: ``tc16`` weights dequantized in registers as the A
+operand of ``wgmma``, x in shared memory from copying warpgroups; preferred from M = 17, and
+from M = 9 on wide weights), ``cuda_stream`` (dequantize + ``mma.sync`` fed by a ``cp.async``
+pipeline, ``tc16`` weights, uniform W2/W4, M <= 16; preferred for M = 2..8, for W4 at M = 1 and
+on Hopper to M = 16), ``cuda_lut`` (shared-memory tables, ``warp32`` weights; builds M <= 8 and
+every format; preferred at M = 1), ``cuda_mma`` (the ``tc16`` product with register prefetch,
+any M: M >= 9 before Hopper), and ``cuda_generic`` for everything else.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from . import arm, contract, cpu_generic, cuda_generic, cuda_lut, cuda_mma, cuda
 GENERIC = (cpu_generic, cuda_generic)
 #: target kind (see ``lutc.target.kind``) -> schedule modules, best first.
 CANDIDATES = {"cpu": (x86, arm, dot_mac, cpu_generic), "cpu-cross": (x86, arm, dot_mac, cpu_generic),
-              "cuda": (cuda_stream, cuda_wgmma, cuda_lut, cuda_mma, cuda_generic)}
+              "cuda": (cuda_wgmma, cuda_stream, cuda_lut, cuda_mma, cuda_generic)}
 #: Other ways to compute the same spec, never chosen by default: the tuner weighs them.
 ALTERNATIVES = {"cpu": (), "cpu-cross": (), "cuda": ()}
 #: Every module above, each checked against the contract on import.

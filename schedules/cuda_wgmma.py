@@ -97,6 +97,10 @@ SMEM_LIMIT = 227 * 1024
 ALIGN = 1024
 #: From this M on the kernel is the default (below it the weights dominate: ``cuda_stream``).
 MIN_M = 17
+#: From M = 9 (``cuda_stream``'s transposed product ends at 8) the kernel is the default where N
+#: has this many 64-row tiles: its blocks walk all of K alone, so it needs about 1.5 waves of
+#: them on the H200's 132 SMs to keep every SM streaming weights (:func:`preferred`).
+SMALL_M_ROW_TILES = 200
 #: Registers a thread may spend on accumulators and A fragments (of 255, the rest addresses).
 REG_BUDGET = 200
 #: Registers a thread spends besides them (addresses, codes, coefficients: ptxas measured 30-60).
@@ -117,8 +121,12 @@ def supports(spec, target) -> bool:
 
 
 def preferred(spec, target) -> bool:
-    """M >= 17: where the tensor cores, not the weight bytes, set the time."""
-    return spec.M >= MIN_M
+    """M >= 17, where the tensor cores, not the weight bytes, set the time; and M = 9..16 on wide
+    weights (:data:`SMALL_M_ROW_TILES`). On the H200 (``benchmarks/results/cuda_small_m_h200.md``,
+    W2 us at M = 16, this kernel / ``cuda_stream`` / ``cuda_mma``): 28672 x 8192 40.8 / 60.9 /
+    51.6, 57344 x 8192 78.1 / 101.7 / 96.8, 14336 x 4096 16.1 / 18.6 / 16.0; but 8192 x 28672
+    71.7 / 63.1 / 64.0 and 4096 x 14336 36.7 / 31.5 / 32.8 (128 and 64 row tiles)."""
+    return spec.M >= MIN_M or (spec.M > 8 and -(-spec.N // 64) >= SMALL_M_ROW_TILES)
 
 
 def layout(spec, target, **knobs) -> str:

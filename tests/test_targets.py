@@ -133,7 +133,13 @@ def test_wgmma_tiles_over_the_even_register_share_move_registers(knobs, tmp_path
 
 def test_cuda_default_picks_lut_for_small_m_and_mma_beyond():
     assert lutc.build(lutc.MPGemmSpec(1, 256, 512, act_dtype="float16"), target="cuda:sm_90a").schedule == "cuda_lut"
-    assert lutc.build(lutc.MPGemmSpec(16, 256, 512, act_dtype="float16"), target="cuda:sm_90a").schedule == "cuda_mma"
+    assert lutc.build(lutc.MPGemmSpec(16, 256, 512, act_dtype="float16"), target="cuda:sm_80").schedule == "cuda_mma"
+    # M = 9..16 on Hopper: wgmma on wide weights (28672 x 8192 W2 at M = 16: 40.8 us against
+    # cuda_stream's 60.9), the streamed kernel on narrow ones (8192 x 28672: 63.1 against 71.7)
+    for M, N, K, sname in ((16, 256, 512, "cuda_stream"), (9, 28672, 8192, "cuda_wgmma"),
+                           (16, 14336, 4096, "cuda_wgmma"), (12, 8192, 28672, "cuda_stream")):
+        spec = lutc.MPGemmSpec(M, N, K, act_dtype="float16")
+        assert schedules.default("cuda", spec, lutc.target.resolve("cuda:sm_90a")).__name__.endswith(sname)
     assert lutc.build(lutc.MPGemmSpec(16, 256, 512, wbits=3), target="cuda:sm_90a").schedule == "cuda_generic"
     assert lutc.build(lutc.MPGemmSpec(4, 256, 512, act_dtype="float16"), target="cuda:sm_90a").schedule == "cuda_stream"
     # M = 2..8: the streamed mma kernel (the LUT kernel builds one table per row of x)

@@ -5,12 +5,15 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 
 import lutc
 import schedules
 from lutc.autotune import tune
+from lutc import layouts
+from lutc.build import choose, kernel_layout
 from lutc.cache import KernelCache
 from lutc.target import describe, device_name, resolve
 from lutc.tuner import Candidate, CostModel, TuningLog, best, candidates, features, log_history, rank_correlation
@@ -118,6 +121,32 @@ def test_a_log_decides_only_among_the_kernels_it_measured(tmp_path, monkeypatch)
     log.append(_record(30.0, schedule=default, knobs={}, spec=spec))
     kernel = lutc.build(spec, cache=None)
     assert kernel.schedule == "x86" and kernel.knobs == {"unroll": 2} and kernel.tuned["us"] == 20.0
+
+
+def test_records_of_an_older_layout_version_are_not_used(tmp_path, monkeypatch):
+    """tc16 v2 changed how the tensor-core kernels read x: a record timed with v1 (no
+    ``layout_version``) describes a kernel lutc no longer builds. It is skipped without a
+    warning, and while the default kernel has no current record the log does not decide (the
+    LUT kernel's record, still current, is not built in its place)."""
+    monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
+    tgt = resolve("cuda:sm_90a")
+    spec = lutc.MPGemmSpec(4, 256, 512, wbits=2, group_size=128, act_dtype="float16")
+    log = log_for("cuda", describe(tgt))
+
+    def rec(us, schedule, knobs, **extra):
+        return {"workload": spec.key(), "target": describe(tgt), "device": device_name(tgt), "versions": {},
+                "schedule": schedule, "knobs": knobs, "us": us, "error": None, "confirm": "run", **extra}
+
+    log.append(rec(10.0, "cuda_stream", {"stages": 3}))           # tc16 v1
+    log.append(rec(30.0, "cuda_lut", {"warps": 2}))                 # warp32 v1: current
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        choice = choose(spec, tgt)
+    assert (choice.schedule, choice.knobs, choice.origin) == ("cuda_stream", {}, "default")
+    log.append(rec(12.0, "cuda_stream", {"stages": 4}, layout_version=2))
+    choice = choose(spec, tgt)
+    assert (choice.schedule, choice.knobs, choice.origin) == ("cuda_stream", {"stages": 4}, "tuned")
+    assert choice.record["us"] == 12.0
 
 
 def test_compile_builds_the_best_tuned_record(tmp_path, monkeypatch):
@@ -324,6 +353,9 @@ def test_tune_end_to_end_and_resume(tmp_path, monkeypatch):
     confirmed = [r for r in log.records() if "confirm" in r]
     assert res.trials == 6 and len(recs) == 6 and res.best is not None
     assert [r["error"] for r in recs] == [None] * 6      # every candidate of this CPU is valid
+    # each record names the version of the layout its kernel read
+    assert all(r["layout_version"] == layouts.get(kernel_layout(r, "cpu", lutc.MPGemmSpec(**r["workload"]),
+                                                                resolve("host"))).version for r in recs)
     # the default and the 3 fastest others were timed again; the result is their best
     assert len(confirmed) == 4 and confirmed[0]["knobs"] == {}
     assert res.best_us == min(r["us"] for r in confirmed) and res.default_us == confirmed[0]["us"]

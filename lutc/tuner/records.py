@@ -5,8 +5,11 @@ A record::
     {"workload": {...MPGemmSpec.key()...}, "target": {...lutc.target.describe()...},
      "device": "Intel(R) Xeon(R) ... | avx512bw,avx512vnni,..." or "NVIDIA H100 80GB HBM3 | sm_90",
      "versions": {"lutc": "0.1.0", "tvm": "0.27.0.post1"},
-     "schedule": "x86", "knobs": {"vector_bytes": 64, ...},
+     "schedule": "x86", "knobs": {"vector_bytes": 64, ...}, "layout_version": 1,
      "us": 231.4 | null, "error": null | "build failed: ...", "time": "2026-11-21T20:30:00"}
+
+``layout_version`` is the version of the layout the kernel read (absent: 1); a record of an older
+version timed a kernel that no longer exists and is not used (``lutc.build.record_layout``).
 
 ``us`` is the median kernel time in microseconds; a record with ``error`` set (build failure,
 wrong result) is kept so the tuner never tries that candidate again, and never chosen.

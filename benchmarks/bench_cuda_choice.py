@@ -1,0 +1,81 @@
+"""What ``lutc.compile`` builds for decode batches (M = 1..24) on the GPU beside each tensor-core
+kernel's default: the choice rule (``schedules.default`` and the tuning log) checked against
+measurement. Kernel time in a CUDA graph, weights rotating past L2 (``bench_cuda``'s harness),
+fp16, group 128, us.
+
+    python benchmarks/bench_cuda_choice.py --shapes 28672x8192 8192x28672 --ms 12 16 --wbits 2
+    python benchmarks/bench_cuda_choice.py --precompile ...   # no GPU: fill lutc's nvcc cache
+
+A column ``compile`` is the kernel ``lutc.compile`` picks; ``cuda_mma xsm`` appears where that is a
+tuned ``cuda_mma`` reading x from global memory (the same knobs with x staged in shared memory).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_cuda as B  # noqa: E402
+import lutc  # noqa: E402
+import schedules  # noqa: E402
+from lutc.build import choose  # noqa: E402
+from lutc.testing import tolerance  # noqa: E402
+
+
+def kernels(shapes, ms, wbits, target):
+    """``(N, K, M, w), spec, {column: (schedule, knobs)}`` for each case."""
+    for (N, K) in shapes:
+        for M in ms:
+            for w in wbits:
+                spec = B.lutc_specs(N, K, M, w)
+                c = choose(spec, target)
+                name = c.schedule if isinstance(c.schedule, str) else c.schedule.__name__.rsplit(".", 1)[-1]
+                cols = {"compile": (name, c.knobs), "cuda_wgmma": ("cuda_wgmma", {})}
+                if M <= schedules.cuda_stream.MAX_M:
+                    cols["cuda_stream"] = ("cuda_stream", {})
+                if name == "cuda_mma" and c.knobs.get("xsm") is False:
+                    try:
+                        schedules.cuda_mma.resolve_knobs(spec, **{**c.knobs, "xsm": True})
+                        cols["cuda_mma xsm"] = ("cuda_mma", {**c.knobs, "xsm": True})
+                    except ValueError:
+                        pass
+                yield (N, K, M, w), spec, cols
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", nargs="*", default=["28672x8192", "8192x28672", "4096x4096"])
+    ap.add_argument("--ms", nargs="*", type=int, default=[1, 8, 16, 24])
+    ap.add_argument("--wbits", nargs="*", type=int, default=[2, 4])
+    ap.add_argument("--precompile", action="store_true")
+    args = ap.parse_args()
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
+    if args.precompile:
+        from lutc.build import precompile
+        for _, spec, cols in kernels(shapes, args.ms, args.wbits, "cuda:sm_90a"):
+            for s, kn in cols.values():
+                precompile(lutc.build(spec, target="cuda:sm_90a", schedule=s, knobs=kn or None))
+        return
+    import torch
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    print(f"# {torch.cuda.get_device_name(0)}: kernel us (CUDA graph), fp16, g128")
+    for (N, K, M, w), spec, cols in kernels(shapes, args.ms, args.wbits, "cuda"):
+        copies = B.copies_for(B.weight_bytes(N, K, w), l2)
+        x = torch.randn(M, K, device="cuda", generator=gen).half()
+        weights, line = {}, []
+        for col, (s, kn) in cols.items():
+            kernel = lutc.build(spec, target="cuda", schedule=s, knobs=kn or None)
+            if kernel.layout not in weights:
+                weights[kernel.layout] = [B.random_packed(kernel.layout, N, K, w, gen) for _ in range(copies)]
+            qws = weights[kernel.layout]
+            ref = x.float() @ B.dequant_packed(qws[0]).T
+            err = float((kernel(x, qws[0]).float() - ref).abs().max() / ref.abs().max())
+            t = B.time_graph(lambda i: kernel(x, qws[i]), copies)
+            line.append(f"{col}={s}{kn or ''}: {t:.1f}" + ("" if err < tolerance(spec) else f" WRONG ({err:.1e})"))
+        print(f"{N}x{K} M={M} W{w} | " + " | ".join(line), flush=True)
+        del weights
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
