@@ -158,7 +158,7 @@ class PackedWeights:
             alpha = self.scales.cpu().to(torch.float64).repeat_interleave(gs, dim=1)  # [N, K, b]
             return torch.einsum("nkb,bnk->nk", alpha, sig)
         code = sum((2.0 ** i) * (sig[i] + 1) / 2 for i in range(self.wbits))
-        zero = per_group(self.zeros) if self.zero_point else (2 ** self.wbits - 1) / 2
+        zero = per_group(self.zeros) if self.zero_point else self.weight_spec().code_center
         return per_group(self.scales) * (code - zero)
 
     # --- persistence (plain tensors + metadata, for torch.save / state_dict) ---

@@ -213,7 +213,7 @@ def _epilogue(spec, partial, table_scale, scales, zeros, act_sum, m, n, c):
     terms = [tirx.const(2.0 ** (i - 1), F32) * P(i) for i in range(b)]
     inner = sum(terms[1:], terms[0])
     if spec.zero_point:
-        const = tirx.const((2 ** b - 1) / 2, F32) - zeros[n, j].astype(F32)
+        const = tirx.const(spec.code_center, F32) - zeros[n, j].astype(F32)
         inner = inner + const * act_sum[m, c]
     return scales[n, j].astype(F32) * inner
 

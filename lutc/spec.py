@@ -123,6 +123,19 @@ class MPGemmSpec:
         return {"uniform": 2 ** self.wbits - 1, "ternary": 2, "bcq": 1}[self.format]
 
     @property
+    def code_center(self) -> float:
+        """The constant ``c`` of codes without zero points, ``w = (q - c) s``: ``(2^b - 1) / 2``
+        for uniform codes (the midpoint, which makes bit plane ``i`` worth ``+-2^(i-1)``: the
+        front end's epilogue and table symmetrization rest on it), 1 for ternary codes 0..2.
+        Every kernel and reference asks here.
+
+        Example:
+            >>> MPGemmSpec(1, 64, 128, wbits=4).code_center, MPGemmSpec(1, 64, 128, format="ternary").code_center
+            (7.5, 1.0)
+        """
+        return 1.0 if self.format == "ternary" else (2 ** self.wbits - 1) / 2
+
+    @property
     def blocks(self) -> int:
         """Partial sums per row: ``K / block``."""
         return self.K // self.block

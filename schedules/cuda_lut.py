@@ -137,7 +137,7 @@ def lut_kernel(spec, warps: int, tiles: int, rows: int, units: int):
     opt = -(-(WT * RL * M * 32) // threads)
     fmt, zp, sym = spec.format, spec.zero_point, spec.symmetrize
     act, sdt = spec.act_dtype, spec.scale_dtype
-    const = (2 ** b - 1) / 2.0
+    const = spec.code_center
     NS = b if fmt == "bcq" else 1         # coefficients per group
     if fmt == "ternary":
         scale_shape = (1,)

@@ -169,7 +169,7 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
     CP_TILE = 16 * NG * ssz // 16             # 16-byte copies of one tile's coefficients per unit
     EL16 = 16 // ssz                          # coefficients per 16-byte copy
     CPL = -(-NW * CP_TILE // 32)               # such copies per lane
-    const = (2 ** b - 1) / 2.0
+    const = spec.code_center
     part = stage_bytes(spec, S, WN, NW)
     STAGE = sum(part.values())
     OFF_S, OFF_Z, OFF_X = part["w"], part["w"] + part["s"], part["w"] + part["s"] + part["z"]

@@ -300,7 +300,7 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int):
     NG = groups_per_unit(spec)
     CP_TILE = 16 * NG * ssz // 16             # 16-byte copies of one slot's coefficients per unit
     EL16 = 16 // ssz                          # coefficients per 16-byte copy
-    const = (2 ** b - 1) / 2.0
+    const = spec.code_center
     part = stage_bytes(spec, wg, wn, bm)
     STAGE = stage_size(spec, wg, wn, bm)
     OFF_W, OFF_S = part["x"], part["x"] + part["w"]

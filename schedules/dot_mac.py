@@ -99,7 +99,7 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
     G = spec.groups
     per_group = spec.group // B
     fmt, zp, act, sdt = spec.format, spec.zero_point, spec.act_dtype, spec.scale_dtype
-    zconst = 1.0 if fmt == "ternary" else (2 ** spec.wbits - 1) / 2.0
+    zconst = spec.code_center
     V = 4 * L
     i8, i32 = f"int8x{V}", f"int32x{L}"
     mask = 2 ** w - 1

@@ -77,7 +77,7 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""
     act, sdt = spec.act_dtype, spec.scale_dtype
     i8, i16 = f"int8x{VL}", f"int16x{VL}"
     dup = VL // 16
-    const = (2 ** b - 1) / 2.0       # constant of identity (1) in lutc.frontend
+    const = spec.code_center         # constant of identity (1) in lutc.frontend
     if fmt == "ternary":
         scale_shape = (1,)
     elif fmt == "bcq":
