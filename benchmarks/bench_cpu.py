@@ -67,7 +67,8 @@ def packed_copies(packed, pool_bytes: int = GIB) -> list:
     """Copies of a packed weight, every tensor cloned, together at least ``pool_bytes`` (and at
     least 2): a call per copy in turn reads weights that no cache still holds."""
     import lutc
-    copies = max(2, -(-pool_bytes // packed_bytes(packed)))
+    from lutc.testing import rotation_copies
+    copies = rotation_copies(packed_bytes(packed), pool_bytes)
     names = ("planes", "scales", "zeros")
     return [lutc.PackedWeights(**dict(packed.state(), **{n: t.clone() for n, t in zip(names, packed.tensors())}))
             for _ in range(copies)]
@@ -111,7 +112,7 @@ def quantize_all(workdir: str, shapes) -> None:
 def child(workdir: str, shapes, pool_bytes: int, calls: int) -> dict:
     """Measure everything at this process's thread count; returns rows and the bandwidth."""
     import lutc
-    from lutc.testing import reference, rel_error
+    from lutc.testing import reference, rel_error, rotation_copies
     threads = int(os.environ["TVM_NUM_THREADS"])
     torch.set_num_threads(threads)
     bw = read_bandwidth_gbs()
@@ -121,7 +122,7 @@ def child(workdir: str, shapes, pool_bytes: int, calls: int) -> dict:
 
         def dense(dtype):
             w = torch.randn(N, K, dtype=dtype)
-            copies = max(2, -(-pool_bytes // (w.numel() * w.element_size())))
+            copies = rotation_copies(w.numel() * w.element_size(), pool_bytes)
             pool = [w.clone() for _ in range(copies)]
             xd = x.to(dtype)
             return median_us(lambda i: F.linear(xd, pool[i]), copies, calls), w.element_size() * 8
@@ -140,14 +141,12 @@ def child(workdir: str, shapes, pool_bytes: int, calls: int) -> dict:
                 kernel = lutc.compile((1, N, K), wbits=qw.wbits, group_size=qw.group_size,
                                       format=qw.format, table_dtype=table, schedule=schedule)
                 packed = kernel.pack(qw)
-                nbytes = sum(t.numel() * t.element_size() for t in packed.tensors())
-                copies = max(2, -(-pool_bytes // nbytes))
-                pool = [lutc.PackedWeights(**dict(packed.state(), planes=packed.planes.clone()))
-                        for _ in range(copies)]
+                pool = packed_copies(packed, pool_bytes)
+                copies = len(pool)
                 err = rel_error(kernel(x, pool[0]), ref)
                 n = calls if schedule != "cpu_generic" else max(20, calls // 5)
                 rows.append(dict(shape=f"{N}x{K}", fmt=name, method=label, us=median_us(
-                    lambda i: kernel(x, pool[i]), copies, n), err=err, bpw=8 * nbytes / (N * K)))
+                    lambda i: kernel(x, pool[i]), copies, n), err=err, bpw=8 * packed_bytes(packed) / (N * K)))
                 del pool
             if name == "W2":
                 pl, sc = qw.planes.numpy(), qw.scales.float().numpy()

@@ -49,7 +49,7 @@ import schedules  # noqa: E402
 from lutc.autotune import graph_time_us  # noqa: E402
 from lutc.formats import PackedWeights  # noqa: E402
 from lutc.layouts import tc16_codes  # noqa: E402
-from lutc.testing import tolerance  # noqa: E402
+from lutc.testing import rotation_copies, tolerance  # noqa: E402
 
 SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (28672, 8192), (8192, 28672))
 MS = (1, 4, 16, 64, 128, 512, 2048, 4096)
@@ -122,7 +122,7 @@ def time_eager(call, copies: int, n: int = 100, repeats: int = 5) -> float:
 
 def copies_for(nbytes: int, l2: int) -> int:
     """Weight copies whose total exceeds twice the L2 (at least 2)."""
-    return max(2, math.ceil(2.2 * l2 / max(nbytes, 1)))
+    return rotation_copies(nbytes, math.ceil(2.2 * l2))
 
 
 # --- weights -------------------------------------------------------------------------------

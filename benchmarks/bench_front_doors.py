@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lutc  # noqa: E402
 from bench_cpu import median_us, packed_copies  # noqa: E402
 from bench_cuda import time_eager as cuda_eager_us, time_graph as cuda_graph_us  # noqa: E402
-from lutc.testing import random_weights, reference, rel_error, tolerance  # noqa: E402
+from lutc.testing import random_weights, reference, rel_error, rotation_copies, tolerance  # noqa: E402
 
 
 def measure(N: int, K: int, wbits: int, M: int, device: str, pool_bytes: int) -> dict:
@@ -61,7 +61,7 @@ def measure(N: int, K: int, wbits: int, M: int, device: str, pool_bytes: int) ->
     module = lutc.LUTLinear.from_packed(qw, device=device, dtype=act)
     mpool = [copy.deepcopy(module) for _ in range(copies)]
     dense = [torch.randn(N, K, generator=gen).to(act).to(device)
-             for _ in range(max(2, -(-pool_bytes // (N * K * act.itemsize))))]
+             for _ in range(rotation_copies(N * K * act.itemsize, pool_bytes))]
     xd = x.to(device)
     plan = module.plan
     layout_i = plan.layout_for(M)

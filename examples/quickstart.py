@@ -17,7 +17,7 @@ import time
 import torch
 
 import lutc
-from lutc.testing import reference, rel_error, tolerance
+from lutc.testing import reference, rel_error, rotation_copies, tolerance
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
     # first call: fine for a model, not for a timing loop of fresh copies).
     packed = kernel.pack(qw)
     nbytes = sum(t.numel() * t.element_size() for t in packed.tensors())
-    copies = max(2, (512 << 20) // nbytes)
+    copies = rotation_copies(nbytes, 512 << 20)
     pool = [lutc.PackedWeights(**dict(packed.state(), planes=packed.planes.clone())) for _ in range(copies)]
     times = []
     for i in range(100):

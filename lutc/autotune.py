@@ -53,7 +53,7 @@ from .dtypes import TORCH_DTYPES
 from .fleet import Fleet, compiler_for
 from .runtime import Kernel
 from .spec import MPGemmSpec
-from .testing import random_weights, rel_error, tolerance
+from .testing import random_weights, rel_error, rotation_copies, tolerance
 from .tuner import CostModel, TuningLog, candidates, default_candidate, features, log_history, rank_correlation
 from .tuner.records import log_for
 from .tuner.space import Candidate
@@ -328,7 +328,7 @@ class Bench:
 
     def copies(self, tensors: list) -> int:
         """Copies of a weight (its ``tensors``) that fill the pool: at least 2."""
-        return max(2, -(-self.pool_bytes // sum(t.numel() * t.element_size() for t in tensors)))
+        return rotation_copies(sum(t.numel() * t.element_size() for t in tensors), self.pool_bytes)
 
     def _next(self, pool: list) -> list:
         self._cursor += 1

@@ -21,6 +21,18 @@ from .dtypes import TORCH_DTYPES
 from .spec import MPGemmSpec
 
 
+
+def rotation_copies(nbytes: int, pool_bytes: int) -> int:
+    """Copies of a weight of ``nbytes`` that together fill ``pool_bytes`` (at least 2): a timing
+    loop that calls each copy in turn reads weights that no cache still holds, as a model's
+    decode step does. The one rule for the tuner and every benchmark.
+
+    Example:
+        >>> rotation_copies(100 << 20, 1 << 30), rotation_copies(2 << 30, 1 << 30)
+        (11, 2)
+    """
+    return max(2, -(-pool_bytes // max(1, nbytes)))
+
 #: Relative error (``max |y - ref| / max |ref|``, :func:`rel_error`) a kernel may have against the
 #: float64 reference of its dequantized weight: the output dtype's rounding (float tables) ...
 OUTPUT_TOLERANCE = {"float32": 2e-5, "float16": 1.5e-3, "bfloat16": 1e-2}

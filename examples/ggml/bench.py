@@ -29,6 +29,7 @@ sys.path.insert(0, str(HERE))
 import prepare  # noqa: E402  (this folder's prepare.py; imports lutc first)
 
 import lutc.target  # noqa: E402
+from lutc.testing import rotation_copies  # noqa: E402
 
 #: One result line of ``lutc_in_ggml``: who, kernel (ggml type or lutc layout), rel_err, us.
 LINE = re.compile(r"^(ggml|lutc) (\S+): rel_err (\S+), (\S+) us")
@@ -49,7 +50,7 @@ def run_case(work: Path, qtype: str, M: int, N: int, K: int, threads: list, call
     kernel = prepare.prepare(work, qtype, (M, N, K))
     subprocess.run(["bash", str(HERE / "build.sh"), str(work)], check=True, capture_output=True)
     block, block_bytes = prepare.gguf.GGML_QUANT_SIZES[prepare.gguf.GGMLQuantizationType[qtype]]
-    copies = max(2, -(-ROTATE_BYTES // (N * K // block * block_bytes)))
+    copies = rotation_copies(N * K // block * block_bytes, ROTATE_BYTES)
     rows = []
     for t, repack in itertools.product(threads, (0, 1) if qtype in REPACKED else (0,)):
         run = subprocess.run([str(work / "lutc_in_ggml"), str(work), "--threads", str(t), "--copies",
