@@ -104,3 +104,11 @@ def arch(target) -> Optional[str]:
     target names none) from this machine."""
     triple = str(target.attrs.get("mtriple", "") or "") or platform.machine()
     return _ARCHES.get(triple.split("-")[0].lower())
+
+
+def cuda_arch(target) -> str:
+    """The CUDA architecture of ``target`` (``"sm_90a"``, ``"sm_80"``, ...), "" for any other
+    target (or None): what the CUDA schedules' ``supports`` and ``preferred`` ask."""
+    if target is None or target.kind.name != "cuda":
+        return ""
+    return str(target.attrs.get("arch", ""))

@@ -47,7 +47,7 @@ import tvm
 from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
-from .common import drop_param, merge_knobs, weight_buffers
+from .common import cuda_arch, drop_param, merge_knobs, weight_buffers
 from .cuda_ptx import dequant_tc16, h2, ldg_pairs, ldsm_x4, mma
 from .cuda_stream import groups_per_unit, step_group
 from .cuda_lut import PASS_CONFIG, SMEM_LIMIT  # noqa: F401  (one limit; TVM cannot see reads made by inline PTX)
@@ -59,7 +59,7 @@ KNOBS = {"warps": (1, 2, 4, 8), "wn": (1, 2, 4, 8), "nw": (1, 2, 4), "mt": (1, 2
 
 
 def supports(spec, target) -> bool:
-    arch = str(target.attrs.get("arch", "")) if target.kind.name == "cuda" else ""
+    arch = cuda_arch(target)
     return (arch.startswith("sm_") and int(arch[3:5]) >= 80 and spec.act_dtype in ("float16", "bfloat16")
             and spec.format == "uniform" and spec.wbits in (2, 4) and spec.K % 128 == 0)
 

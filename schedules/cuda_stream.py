@@ -40,7 +40,7 @@ from tvm.script import tirx as T
 
 from lutc.dtypes import nbytes
 
-from .common import drop_param, merge_knobs, weight_buffers
+from .common import cuda_arch, drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
 from .cuda_ptx import cp16, cp_commit, cp_wait, dequant_tc16, lds128, lds_scale_h2, ldsm_x4, mma
 
@@ -58,7 +58,7 @@ X_ROW = 136
 
 
 def supports(spec, target) -> bool:
-    arch = str(target.attrs.get("arch", "")) if target.kind.name == "cuda" else ""
+    arch = cuda_arch(target)
     return (arch.startswith("sm_") and int(arch[3:5]) >= 80 and spec.act_dtype in ("float16", "bfloat16")
             and spec.format == "uniform" and spec.wbits in (2, 4) and spec.K % 128 == 0
             and spec.M <= MAX_M)
@@ -74,7 +74,7 @@ def preferred(spec, target) -> bool:
     ``cuda_wgmma`` did not (W2 at M = 12: 60.0 against 70.0 us on 8192 x 28672, 10.5 against
     11.9 on 4096 x 4096, 30.8 against 35.7 on 4096 x 14336). Before Hopper M = 9..16 is
     ``cuda_mma``'s (not measured there since)."""
-    hopper = target is not None and target.kind.name == "cuda" and str(target.attrs.get("arch", "")) == "sm_90a"
+    hopper = cuda_arch(target) == "sm_90a"
     return 2 <= spec.M <= 8 or (spec.M == 1 and spec.wbits == 4) or (hopper and 9 <= spec.M <= 16)
 
 

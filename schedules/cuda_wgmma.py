@@ -81,7 +81,7 @@ from __future__ import annotations
 from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
-from .common import drop_param, merge_knobs, weight_buffers
+from .common import cuda_arch, drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
 from .cuda_ptx import (cp16, cp_commit, cp_mbar_arrive, cp_wait, dequant_tc16, lds128, lds_scale_h2, mbar_arrive,
                        mbar_init, mbar_wait, proxy_fence_async, setmaxnreg, wgmma_commit, wgmma_fence,
@@ -115,7 +115,7 @@ MAX_REGS = 248
 
 
 def supports(spec, target) -> bool:
-    arch = str(target.attrs.get("arch", "")) if target.kind.name == "cuda" else ""
+    arch = cuda_arch(target)
     return (arch == "sm_90a" and spec.act_dtype in ("float16", "bfloat16") and spec.format == "uniform"
             and spec.wbits in (2, 4) and spec.K % 128 == 0)
 
