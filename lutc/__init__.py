@@ -11,7 +11,8 @@ target) -> ``tuner`` (which knobs: space, cost model, logs) -> ``build``/``cache
 the best tuned candidate, on-disk cache) -> ``runtime`` (the safe callable) and its users:
 ``autotune`` (the driver that builds and measures candidates), ``torch_ops``
 (``torch.ops.lutc.mpgemm``, registered on import), ``nn`` (``LUTLinear``, ``quantize_model``),
-``exporter`` (``export``, packed weights as files) and ``cli`` (the ``lutc`` command).
+``exporter`` (``export``), ``weight_files`` (packed weights as files) and ``cli`` (the ``lutc``
+command).
 
 Imports: ``import lutc`` loads the vocabulary only; every other name loads on first use, and
 when torch is already imported ``torch.ops.lutc.mpgemm`` is registered at once (``import
@@ -41,11 +42,11 @@ from .spec import LAYOUT_VERSION, MPGemmSpec, SpecError  # noqa: E402  (no torch
 _LAZY = {"PackedWeights": "formats", "quantize": "formats", "repack": "formats",
          "build": "build", "compile": "build", "cuda_binary": "build", "precompile": "build",
          "Kernel": "runtime", "tune": "autotune", "LUTLinear": "nn", "quantize_model": "nn",
-         "export": "exporter", "load_weights": "exporter", "save_weights": "exporter",
+         "export": "exporter", "load_weights": "weight_files", "save_weights": "weight_files",
          "import_weights": "importers", "import_gguf": "importers", "load_checkpoint": "importers",
          "LutcConfig": "hf", "load_gguf": "hf"}
 _MODULES = ("layouts", "formats", "frontend", "target", "build", "cache", "runtime", "testing", "autotune",
-            "torch_ops", "nn", "exporter", "importers", "hf", "tuner", "dtypes", "cli")
+            "torch_ops", "nn", "exporter", "weight_files", "importers", "hf", "tuner", "dtypes", "cli")
 
 __version__ = "0.1.0"
 __all__ = ["MPGemmSpec", "SpecError", "LAYOUT_VERSION", "PackedWeights", "quantize", "repack", "compile",

@@ -24,7 +24,7 @@ import torch
 
 import lutc
 from lutc import layouts
-from lutc.exporter import FILE_LAYOUTS, HEADER_FIELDS, load_weights, save_weights
+from lutc.weight_files import FILE_LAYOUTS, HEADER_FIELDS, load_weights, save_weights
 from lutc.testing import random_case, reference, rel_error, tolerance
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -366,6 +366,8 @@ def _cuda_default(schedule: str, arch: str):
 def test_cuda_default_kernel_exports_in_its_layout(tmp_path, schedule, arch):
     if schedule == "cuda_wgmma" and arch != "sm_90a":
         pytest.skip("wgmma exists on sm_90a only (tests/test_targets.py checks sm_80 picks cuda_mma)")
+    if schedule == "cuda_mma" and arch == "sm_90a":
+        pytest.skip("cuda_mma is no default on sm_90a (cuda_stream and cuda_wgmma take every M there)")
     kernel = _cuda_default(schedule, arch)
     lay = layouts.get(kernel.layout)
     res = lutc.export(kernel, tmp_path, name="k", emit=["cu"])
@@ -412,7 +414,12 @@ def test_cuda_launcher_runs_on_the_gpu(schedule, spec, tmp_path):
         major, minor = torch.cuda.get_device_capability()
         if schedule == "cuda_wgmma" and (major, minor) != (9, 0):
             pytest.skip("wgmma exists on sm_90a only")
-        kernel = _cuda_default(schedule, f"sm_{major}{minor}{'a' if major == 9 else ''}")
+        arch = f"sm_{major}{minor}{'a' if major == 9 else ''}"
+        if schedule == "cuda_mma" and major == 9:     # no default there: built by name
+            (shape, fmt), _ = CUDA_DEFAULTS[schedule]
+            kernel = lutc.compile(shape, act_dtype="float16", target=f"cuda:{arch}", schedule=schedule, **fmt)
+        else:
+            kernel = _cuda_default(schedule, arch)
         spec = kernel.spec
     else:
         kernel = lutc.build(spec, target="cuda", schedule=schedule)

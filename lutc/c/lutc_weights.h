@@ -1,4 +1,4 @@
-/* lutc_weights.h: read a packed weight file written by lutc (lutc.exporter.save_weights).
+/* lutc_weights.h: read a packed weight file written by lutc (lutc.weight_files.save_weights).
  * Header-only C99 (also valid C++); written by lutc.export next to every kernel; Apache-2.0.
  *
  * File format "LUTCWGT" version 2 (version 1 is read too), little-endian:
@@ -40,7 +40,7 @@
 
 enum { LUTC_FORMAT_UNIFORM = 0, LUTC_FORMAT_BCQ = 1, LUTC_FORMAT_TERNARY = 2 };
 
-/* Layout codes (lutc.exporter.FILE_LAYOUTS): a fixed list, only ever appended to. */
+/* Layout codes (lutc.weight_files.FILE_LAYOUTS): a fixed list, only ever appended to. */
 enum {
   LUTC_LAYOUT_BITPLANE = 0, LUTC_LAYOUT_TILES32 = 1, LUTC_LAYOUT_TILES64 = 2, LUTC_LAYOUT_TILES128 = 3,
   LUTC_LAYOUT_PTILES32 = 4, LUTC_LAYOUT_PTILES64 = 5, LUTC_LAYOUT_DOT4 = 6, LUTC_LAYOUT_DOT16 = 7,
