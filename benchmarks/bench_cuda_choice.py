@@ -7,9 +7,12 @@ fp16, group 128, us.
     python benchmarks/bench_cuda_choice.py --precompile ...   # no GPU: fill lutc's nvcc cache
 
 A column ``compile`` is the kernel ``lutc.compile`` picks; ``cuda_mma xsm`` appears where that is a
-tuned ``cuda_mma`` reading x from global memory (the same knobs with x staged in shared memory).
+tuned ``cuda_mma`` reading x from global memory (the same knobs with x staged in shared memory);
+``--wgmma-knobs`` adds a ``cuda_wgmma`` column per knob set (JSON, over the defaults), e.g.
+``--wgmma-knobs '{"splits": 2}' '{"wg": 1, "bm": 64, "splits": 4}'``.
 """
 import argparse
+import json
 import os
 import sys
 
@@ -21,7 +24,7 @@ from lutc.build import choose  # noqa: E402
 from lutc.testing import tolerance  # noqa: E402
 
 
-def kernels(shapes, ms, wbits, target):
+def kernels(shapes, ms, wbits, target, wgmma_knobs=()):
     """``(N, K, M, w), spec, {column: (schedule, knobs)}`` for each case."""
     for (N, K) in shapes:
         for M in ms:
@@ -32,6 +35,12 @@ def kernels(shapes, ms, wbits, target):
                 cols = {"compile": (name, c.knobs), "cuda_wgmma": ("cuda_wgmma", {})}
                 if M <= schedules.cuda_stream.MAX_M:
                     cols["cuda_stream"] = ("cuda_stream", {})
+                for kn in wgmma_knobs:
+                    try:
+                        schedules.cuda_wgmma.resolve_knobs(spec, **kn)
+                        cols[f"cuda_wgmma {json.dumps(kn)}"] = ("cuda_wgmma", kn)
+                    except ValueError:
+                        pass
                 if name == "cuda_mma" and c.knobs.get("xsm") is False:
                     try:
                         schedules.cuda_mma.resolve_knobs(spec, **{**c.knobs, "xsm": True})
@@ -46,12 +55,13 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="*", default=["28672x8192", "8192x28672", "4096x4096"])
     ap.add_argument("--ms", nargs="*", type=int, default=[1, 8, 16, 24])
     ap.add_argument("--wbits", nargs="*", type=int, default=[2, 4])
+    ap.add_argument("--wgmma-knobs", nargs="*", type=json.loads, default=[])
     ap.add_argument("--precompile", action="store_true")
     args = ap.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
     if args.precompile:
         from lutc.build import precompile
-        for _, spec, cols in kernels(shapes, args.ms, args.wbits, "cuda:sm_90a"):
+        for _, spec, cols in kernels(shapes, args.ms, args.wbits, "cuda:sm_90a", args.wgmma_knobs):
             for s, kn in cols.values():
                 precompile(lutc.build(spec, target="cuda:sm_90a", schedule=s, knobs=kn or None))
         return
@@ -59,7 +69,7 @@ def main() -> None:
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     gen = torch.Generator(device="cuda").manual_seed(1)
     print(f"# {torch.cuda.get_device_name(0)}: kernel us (CUDA graph), fp16, g128")
-    for (N, K, M, w), spec, cols in kernels(shapes, args.ms, args.wbits, "cuda"):
+    for (N, K, M, w), spec, cols in kernels(shapes, args.ms, args.wbits, "cuda", args.wgmma_knobs):
         copies = B.copies_for(B.weight_bytes(N, K, w), l2)
         x = torch.randn(M, K, device="cuda", generator=gen).half()
         weights, line = {}, []

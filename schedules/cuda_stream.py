@@ -65,17 +65,13 @@ def supports(spec, target) -> bool:
 
 
 def preferred(spec, target) -> bool:
-    """M = 2..8, M = 1 at 4 bits, and on Hopper M = 9..16 where ``cuda_wgmma`` (ranked first) is
-    not preferred (H200, ``benchmarks/results/cuda_stream_h200.md`` and ``cuda_small_m_h200.md``).
+    """M = 2..8, and M = 1 at 4 bits (H200, ``benchmarks/results/cuda_stream_h200.md``).
 
     At M = 1, W2 is the LUT kernel's (28672 x 8192: ``cuda_lut`` 32.7 us, this kernel 35.3) and
     W4 this kernel's (43.6 against 54.6 us; 44.6 against 63.5 at 8192 x 28672). From M = 9 the
-    A operand is x again (no transposed product); on the H200 it still beat ``cuda_mma`` wherever
-    ``cuda_wgmma`` did not (W2 at M = 12: 60.0 against 70.0 us on 8192 x 28672, 10.5 against
-    11.9 on 4096 x 4096, 30.8 against 35.7 on 4096 x 14336). Before Hopper M = 9..16 is
-    ``cuda_mma``'s (not measured there since)."""
-    hopper = cuda_arch(target) == "sm_90a"
-    return 2 <= spec.M <= 8 or (spec.M == 1 and spec.wbits == 4) or (hopper and 9 <= spec.M <= 16)
+    A operand is x again (no transposed product): on Hopper ``cuda_wgmma`` with split-K was faster
+    on every shape measured (``cuda_small_m_h200.md``), elsewhere it is ``cuda_mma``'s."""
+    return 2 <= spec.M <= 8 or (spec.M == 1 and spec.wbits == 4)
 
 
 def layout(spec, target, **knobs) -> str:

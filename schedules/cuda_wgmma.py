@@ -64,17 +64,29 @@ copying warpgroups keep 32 each and give the rest to the computing ones (``setma
 :func:`computing_registers`; ``__launch_bounds__(threads, 1)`` tells ptxas the count at entry).
 (The L2 was not the bound: halving the x traffic from L2 left the time unchanged.)
 
+Split-K (knob ``splits``, for few blocks). Where M is small (to 64) and N narrow, the tiles give
+fewer blocks than SMs (8192 x 28672 at M = 16: 128 blocks of one warpgroup, each walking all of
+K's 224 units), so SMs idle while the weights stream. With ``splits = s`` block ``(m, n, z)``
+takes K's ``z``-th slice of ``KU / s`` units and stores fp32 partial sums into a workspace
+``[s, M, N]`` (TVM's, allocated per call from its pool), and a second kernel adds the slices in
+order (deterministic) and rounds once to the output type. On the H200: 8192 x 28672 W2 at M = 16
+51.6 against 71.2 us unsplit, 4096 x 4096 7.4 against 12.1; at M = 128 it lost (the tensor
+cores, not idle SMs, set the time there): :func:`default_splits`. The workspace comes from TVM's
+per-thread pool, so two calls of one kernel on different CUDA streams at the same time would
+share it (as ``cuda_generic``'s table workspaces would): one stream per thread is the supported use.
+
 Where it stands (``benchmarks/results/cuda_h200_x16.md``, H200, same hour): faster than
 Humming at M = 64 on 28672 x 8192 (59.1 against 72.5 us, W2), at M = 128..512 on 4096 x 4096 and
 at M = 512 on 8192 x 28672 (342.4 against 361.4); 0.70-0.99x of it elsewhere (28672 x 8192 at
 M = 128: 99.9 against 92.0); faster than cuBLAS fp16 to M = 128 and 0.91-1.06x of it from M = 512
-on the large shapes. Next steps: fewer instructions per dequantized pair, and split-K or stream-K
-for the narrow shapes (8192 x 28672 gives 64-128 blocks).
+on the large shapes; from M = 9 (``benchmarks/results/cuda_small_m_h200.md``) 28672 x 8192 at
+M = 16 40.8 against Humming's 49.5. Next steps: fewer instructions per dequantized pair, and a
+persistent (stream-K) grid for 8192 x 28672 at M = 128 (128 blocks, split-K did not pay there).
 
 Limits (``supports``): sm_90a, fp16 or bf16 activations (the weights are dequantized to the
-activations' type; bf16 rounds the scale to bf16 first), uniform W2/W4, K % 128 == 0, any M and N
-(tokens and rows past M and N are computed from stale shared memory and never stored). fp16
-results equal ``cuda_mma``'s up to the order of the fp32 sums.
+activations' type; bf16 rounds the scale to bf16 first), uniform W2/W4, K % 128 == 0 (``splits``
+must divide K / 128), any M and N (tokens and rows past M and N are computed from stale shared
+memory and never stored). fp16 results equal ``cuda_mma``'s up to the order of the fp32 sums.
 """
 from __future__ import annotations
 
@@ -90,17 +102,17 @@ from .cuda_stream import groups_per_unit, scale_size, step_group
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
-KNOBS = {"wg": (1, 2, 3, 4), "wn": (1, 2), "bm": (64, 128, 256), "stages": (3, 4), "ws": (False, True, 2)}
+KNOBS = {"wg": (1, 2, 3, 4), "wn": (1, 2), "bm": (64, 128, 256), "stages": (3, 4), "ws": (False, True, 2),
+         "splits": (1, 2, 4)}
 #: Dynamic shared memory of one block on sm_90 (227 KB, the opt-in maximum).
 SMEM_LIMIT = 227 * 1024
 #: Alignment of each stage's x (the 128-byte swizzle repeats every 1024 bytes).
 ALIGN = 1024
-#: From this M on the kernel is the default (below it the weights dominate: ``cuda_stream``).
-MIN_M = 17
-#: From M = 9 (``cuda_stream``'s transposed product ends at 8) the kernel is the default where N
-#: has this many 64-row tiles: its blocks walk all of K alone, so it needs about 1.5 waves of
-#: them on the H200's 132 SMs to keep every SM streaming weights (:func:`preferred`).
-SMALL_M_ROW_TILES = 200
+#: From this M on the kernel is the default (to M = 8 ``cuda_stream``'s transposed product).
+MIN_M = 9
+#: Split-K (knob ``splits``) is the default up to this M, where the weights, not the tensor
+#: cores, set the time: blocks that walk all of K alone leave SMs idle when there are few.
+SPLIT_MAX_M = 64
 #: Registers a thread may spend on accumulators and A fragments (of 255, the rest addresses).
 REG_BUDGET = 200
 #: Registers a thread spends besides them (addresses, codes, coefficients: ptxas measured 30-60).
@@ -121,12 +133,11 @@ def supports(spec, target) -> bool:
 
 
 def preferred(spec, target) -> bool:
-    """M >= 17, where the tensor cores, not the weight bytes, set the time; and M = 9..16 on wide
-    weights (:data:`SMALL_M_ROW_TILES`). On the H200 (``benchmarks/results/cuda_small_m_h200.md``,
-    W2 us at M = 16, this kernel / ``cuda_stream`` / ``cuda_mma``): 28672 x 8192 40.8 / 60.9 /
-    51.6, 57344 x 8192 78.1 / 101.7 / 96.8, 14336 x 4096 16.1 / 18.6 / 16.0; but 8192 x 28672
-    71.7 / 63.1 / 64.0 and 4096 x 14336 36.7 / 31.5 / 32.8 (128 and 64 row tiles)."""
-    return spec.M >= MIN_M or (spec.M > 8 and -(-spec.N // 64) >= SMALL_M_ROW_TILES)
+    """From M = 9 (:data:`MIN_M`). On the H200 (``benchmarks/results/cuda_small_m_h200.md``, W2
+    us at M = 16, this kernel with its default split-K / ``cuda_stream`` / ``cuda_mma``):
+    28672 x 8192 40.8 / 60.9 / 51.6, 57344 x 8192 78.1 / 101.7 / 96.8, 8192 x 28672 51.6 / 62.1 /
+    64.0, 4096 x 4096 7.4 / 11.0 / 11.2."""
+    return spec.M >= MIN_M
 
 
 def layout(spec, target, **knobs) -> str:
@@ -140,9 +151,16 @@ def tokens(spec, bm: int) -> int:
     return min(bm, -(-spec.M // 8) * 8)
 
 
-def worth_tuning(spec, target, bm: int = 128, **_) -> bool:
-    """False for a token tile past the one that already holds all of M (the same kernel)."""
-    return bm == KNOBS["bm"][0] or tokens(spec, bm) > tokens(spec, bm // 2)
+#: Blocks that split-K aims at (:func:`default_splits`), and from which it is not worth tuning:
+#: about two waves of the H200's 132 SMs keep every SM busy; more splits only add partial sums.
+SPLIT_BLOCKS = 256
+
+
+def worth_tuning(spec, target, bm: int = 128, wg: int = 2, wn: int = 1, splits: int = 1, **_) -> bool:
+    """False for a token tile past the one that already holds all of M (the same kernel), and
+    for split-K where the tile alone gives :data:`SPLIT_BLOCKS` blocks."""
+    new_tile = bm == KNOBS["bm"][0] or tokens(spec, bm) > tokens(spec, bm // 2)
+    return new_tile and (splits == 1 or blocks(spec, wg, wn, bm) < SPLIT_BLOCKS)
 
 
 #: Tiles (wg, wn, bm, ws) from the most work per block down, each with the blocks it must give to
@@ -213,7 +231,22 @@ def default_knobs(spec) -> dict:
                    and (t[2] == 64 or tokens(spec, t[2]) == t[2])),
                   max(tiles, key=lambda t: blocks(spec, *t[:3])))
     wg, wn, bm, ws = chosen[:4]
-    return {"wg": wg, "wn": wn, "bm": bm, "stages": 4 if fits(spec, wg, wn, bm, 4, ws=ws) else 3, "ws": ws}
+    return {"wg": wg, "wn": wn, "bm": bm, "stages": 4 if fits(spec, wg, wn, bm, 4, ws=ws) else 3, "ws": ws,
+            "splits": default_splits(spec, blocks(spec, wg, wn, bm)) if chosen == TILES[-1] else 1}
+
+
+def default_splits(spec, tile_blocks: int) -> int:
+    """K slices for the last tile of :data:`TILES` (the one taken when no larger tile gives its
+    blocks) with ``tile_blocks`` blocks: up to M = 64 (:data:`SPLIT_MAX_M`) the fewest of
+    ``KNOBS["splits"]`` that reach :data:`SPLIT_BLOCKS` blocks (or the most that divide K's
+    units). On the H200 (``cuda_small_m_h200.md``) 8192 x 28672 W2 at M = 64 took 71.3 us with 2
+    slices against 85.6 without, 4096 x 4096 9.8 with 4 against 14.1; at M = 128 slices lost
+    (135.2 against 132.7 on 8192 x 28672: the tensor cores set the time there). Larger tiles
+    were not measured with slices and keep none (28672 x 8192 at M = 16: 40.8 us unsplit)."""
+    if spec.M > SPLIT_MAX_M:
+        return 1
+    usable = [s for s in KNOBS["splits"] if (spec.K // 128) % s == 0]
+    return next((s for s in usable if tile_blocks * s >= SPLIT_BLOCKS), usable[-1])
 
 
 def resolve_knobs(spec, **given) -> dict:
@@ -232,6 +265,9 @@ def resolve_knobs(spec, **given) -> dict:
                          f"and A fragments (limit {limit} with {knobs['wg'] + knobs['ws']} warpgroups, and one "
                          f"wgmma's {tokens(spec, knobs['bm']) // 2 + 32} within the "
                          f"{launch_registers(knobs['wg'], knobs['ws'])} at launch): lower bm, wn, wg or ws")
+    if (spec.K // 128) % knobs["splits"]:
+        raise ValueError(f"cuda_wgmma knob splits={knobs['splits']} does not divide the {spec.K // 128} "
+                         f"128-weight units of K={spec.K}")
     used = smem_bytes(spec, knobs["wg"], knobs["wn"], knobs["bm"], knobs["stages"])
     if used > SMEM_LIMIT:
         raise ValueError(f"cuda_wgmma knobs {knobs} need {used} bytes of shared memory "
@@ -263,9 +299,10 @@ def smem_bytes(spec, wg: int, wn: int, bm: int, stages: int) -> int:
     return ALIGN + stages * (stage_size(spec, wg, wn, bm) + 16)
 
 
-def schedule(func, spec, target, wg=None, wn=None, bm=None, stages=None, ws=None) -> s_tir.Schedule:
+def schedule(func, spec, target, wg=None, wn=None, bm=None, stages=None, ws=None,
+             splits=None) -> s_tir.Schedule:
     """The dequantize-to-registers + wgmma kernel for ``spec`` (``func`` is its reference semantics)."""
-    knobs = resolve_knobs(spec, wg=wg, wn=wn, bm=bm, stages=stages, ws=ws)
+    knobs = resolve_knobs(spec, wg=wg, wn=wn, bm=bm, stages=stages, ws=ws, splits=splits)
     return s_tir.Schedule(IRModule({"main": wgmma_kernel(spec, **knobs)}))
 
 
@@ -282,13 +319,15 @@ def x_step(bm: int, s: int) -> int:
     return (s // 4) * bm * 128 + (s % 4) * 32
 
 
-def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int):
+def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: int = 1):
     """The PrimFunc (module docstring). Arguments: ``x [M, K]`` fp16 or bf16, ``planes`` (``tc16``),
     ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``."""
     M, N, K, b = spec.M, spec.N, spec.K, spec.wbits
     P, BM, TW = stages, tokens(spec, bm), wn
     BN = 64 * wn * wg                         # weight rows per block
     NT, KU, gs = -(-N // 16), K // 128, spec.group
+    SPLIT = splits > 1                        # split-K: partial sums, then a second kernel adds them
+    KB = KU // splits                         # 128-weight units of one block
     J4 = b // 2                               # 16-byte weight vectors per lane per tile and unit
     warps = 4 * wg                            # warps that dequantize and multiply
     threads = 32 * warps + 128 * ws
@@ -379,9 +418,10 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int):
         T.evaluate(wgmma_commit())
 
     @T.macro
-    def store(acc, warp, g4, c4, bm_, bn_, out):
+    def store(acc, warp, g4, c4, bm_, bn_, sk, out, psum):
         """Epilogue: accumulator ``t ACC + j8 4 + q`` is weight row ``g4 + 8 (q // 2)`` of the
-        warp's 16 rows of tile ``t``, token ``j8 8 + 2 c4 + q % 2`` of the block."""
+        warp's 16 rows of tile ``t``, token ``j8 8 + 2 c4 + q % 2`` of the block; into ``out``,
+        or with split-K into the block's slice ``sk`` of the fp32 partial sums ``psum``."""
         for t in T.unroll(TW):
             T.evaluate(wgmma_fence_acc(T.address_of(acc[t * ACC]), BM))
         for t in T.unroll(TW):
@@ -389,11 +429,15 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int):
                 for q in T.unroll(4):
                     if (bm_ * BM + j8 * 8 + c4 * 2 + q % 2 < M
                             and bn_ * BN + row16(warp, t) * 16 + g4 + (q // 2) * 8 < N):
-                        out[bm_ * BM + j8 * 8 + c4 * 2 + q % 2, bn_ * BN + row16(warp, t) * 16 + g4 + (q // 2) * 8] = \
-                            T.Cast(adt, acc[t * ACC + j8 * 4 + q])
+                        if SPLIT:
+                            psum[sk, bm_ * BM + j8 * 8 + c4 * 2 + q % 2, bn_ * BN + row16(warp, t) * 16 + g4 + (q // 2) * 8] = \
+                                acc[t * ACC + j8 * 4 + q]
+                        else:
+                            out[bm_ * BM + j8 * 8 + c4 * 2 + q % 2, bn_ * BN + row16(warp, t) * 16 + g4 + (q // 2) * 8] = \
+                                T.Cast(adt, acc[t * ACC + j8 * 4 + q])
 
     @T.macro
-    def receive(u, first, tx, bm_, bn_, x, planes, scales, zeros, stage, full):
+    def receive(u, first, tx, bm_, bn_, x, planes, scales, zeros, stage, full, unit):
         """Wait until unit ``u``'s stage is in shared memory for every computing thread (and, in
         the async proxy, for wgmma). Without ``ws`` a block barrier publishes the copies, after
         which (past the ``first`` unit) the stage of unit ``u - 2`` is free for the copies of
@@ -406,88 +450,115 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int):
             T.evaluate(proxy_fence_async())
             T.tvm_storage_sync("shared")
             if not first:
-                if u + P - 2 < KU:
-                    copy_unit(u + P - 2, stage(u + P - 2), tx, bm_, bn_, x, planes, scales, zeros)
+                if u + P - 2 < KB:
+                    copy_unit(unit(u + P - 2), stage(u + P - 2), tx, bm_, bn_, x, planes, scales, zeros)
                 T.evaluate(cp_commit())                # empty groups keep the count uniform
 
     @T.macro
-    def compute(x, planes, scales, zeros, out, bm_, bn_, tx, areg, wreg, sreg, zreg, acc, stage, full, empty):
+    def compute(x, planes, scales, zeros, out, psum, bm_, bn_, sk, tx, areg, wreg, sreg, zreg, acc, stage, full,
+                empty, unit):
         """A computing warp's K loop (module docstring) and its epilogue."""
         warp = T.meta_var(tx // 32)
         lane = T.meta_var(tx % 32)
         g4 = T.meta_var(lane // 4)                     # fragment row (and row + 8)
         c4 = T.meta_var(lane % 4)                      # fragment column pair
-        receive(0, True, tx, bm_, bn_, x, planes, scales, zeros, stage, full)
+        receive(0, True, tx, bm_, bn_, x, planes, scales, zeros, stage, full, unit)
         dequantize(stage(0), 0, areg, wreg, sreg, zreg, warp, g4, lane)
-        for i2 in range((KU + 1) // 2):
+        for i2 in range((KB + 1) // 2):
             for ab in T.unroll(2):                    # A buffer ab holds unit i = 2 i2 + ab
-                if 2 * i2 + ab < KU:
+                if 2 * i2 + ab < KB:
                     multiply(2 * i2 + ab, ab, areg, acc, stage)
-                    if 2 * i2 + ab + 1 < KU:
-                        receive(2 * i2 + ab + 1, False, tx, bm_, bn_, x, planes, scales, zeros, stage, full)
+                    if 2 * i2 + ab + 1 < KB:
+                        receive(2 * i2 + ab + 1, False, tx, bm_, bn_, x, planes, scales, zeros, stage, full, unit)
                         dequantize(stage(2 * i2 + ab + 1), 1 - ab, areg, wreg, sreg, zreg, warp, g4, lane)
                     T.evaluate(wgmma_wait(0))          # unit i done: its A buffer free
                     if COPYING:
                         T.evaluate(mbar_arrive(empty(2 * i2 + ab)))
-        store(acc, warp, g4, c4, bm_, bn_, out)
+        store(acc, warp, g4, c4, bm_, bn_, sk, out, psum)
+
+    @T.macro
+    def block(bm_, bn_, sk, x, planes, scales, zeros, out, psum):
+        """Thread block ``(bm_, bn_)`` (and K slice ``sk`` with split-K): its threads' work."""
+        for tx in T.thread_binding(threads, thread="threadIdx.x"):
+            if REGS_MOVED:   # ptxas must know the registers at entry: one block per SM
+                T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", 1)
+            # [alignment | stage 0 | ... | stage P-1 | P "full" and P "empty" mbarriers],
+            # each stage [x | weights | scales | zeros]: written by cp.async, read through
+            # PTX (see cuda_stream)
+            smem = T.alloc_buffer((WORDS,), "uint32", scope="shared.dyn")
+            wreg = T.alloc_buffer((TW, J4, 4), "uint32", scope="local")
+            sreg = T.alloc_buffer((TW, 2, NG), "uint32", scope="local")
+            zreg = T.alloc_buffer((TW, 2, NG), "uint32", scope="local")
+            areg = T.alloc_buffer((2, TW, 8, 4), "uint32", scope="local")
+            acc = T.alloc_buffer((TW * ACC,), "float32", scope="local")
+            base = T.alloc_buffer((1,), "uint32", scope="local")
+            # base: the first 1024-byte boundary in the buffer
+            base[0] = T.bitwise_and(T.cuda.cvta_generic_to_shared(T.address_of(smem[0])) + T.uint32(ALIGN - 1),
+                                    T.uint32(~(ALIGN - 1) & 0xFFFFFFFF))
+            T.evaluate(T.address_of(smem[WORDS - 1]))
+            unit = T.meta_var((lambda u: sk * KB + u) if SPLIT else (lambda u: u))   # this block's units of K
+            stage = T.meta_var(lambda u: base[0] + T.Cast("uint32", (u % P) * STAGE))
+            full = T.meta_var(lambda u: base[0] + T.Cast("uint32", P * STAGE + (u % P) * 8))
+            empty = T.meta_var(lambda u: base[0] + T.Cast("uint32", P * STAGE + (P + u % P) * 8))
+            for q in T.unroll(TW * ACC):
+                acc[q] = T.float32(0)
+            if COPYING:
+                # the copying warpgroups copy, the others wait on mbarriers: "full" (the
+                # copier threads' cp.async landed) and "empty" (every computing thread
+                # is done with the stage), no block barrier in the K loop
+                if tx == 0:
+                    for u in range(P):
+                        T.evaluate(mbar_init(full(u), 128 * ws))
+                        T.evaluate(mbar_init(empty(u), 32 * warps))
+                T.tvm_storage_sync("shared")
+                if tx >= 32 * warps:
+                    if REGS_MOVED:
+                        T.evaluate(setmaxnreg(False, COPIER_REGS))
+                    for u in range(KB):
+                        if u >= P:                     # its stage's previous unit released
+                            T.evaluate(mbar_wait(empty(u), (u // P + 1) % 2))
+                        copy_unit(unit(u), stage(u), tx - 32 * warps, bm_, bn_, x, planes, scales, zeros)
+                        T.evaluate(cp_mbar_arrive(full(u)))
+                else:
+                    if REGS_MOVED:
+                        T.evaluate(setmaxnreg(True, computing_registers(wg, ws)))
+                    compute(x, planes, scales, zeros, out, psum, bm_, bn_, sk, tx, areg, wreg, sreg, zreg, acc, stage,
+                        full, empty, unit)
+            else:
+                for j in range(P - 1):            # prologue: units 0 .. P-2 in flight
+                    if j < KB:
+                        copy_unit(unit(j), stage(j), tx, bm_, bn_, x, planes, scales, zeros)
+                    T.evaluate(cp_commit())
+                compute(x, planes, scales, zeros, out, psum, bm_, bn_, sk, tx, areg, wreg, sreg, zreg, acc, stage,
+                        full, empty, unit)
+
+    @T.macro
+    def add_splits(psum, out):
+        """Split-K's second kernel: ``out`` = the sum of the slices of ``psum``, in slice order."""
+        for rb in T.thread_binding(-(-M * N // 256), thread="blockIdx.x"):
+            for rt in T.thread_binding(256, thread="threadIdx.x"):
+                tot = T.alloc_buffer((1,), "float32", scope="local")
+                if rb * 256 + rt < M * N:
+                    tot[0] = psum[0, (rb * 256 + rt) // N, (rb * 256 + rt) % N]
+                    for sl in T.unroll(1, splits):
+                        tot[0] = tot[0] + psum[sl, (rb * 256 + rt) // N, (rb * 256 + rt) % N]
+                    out[(rb * 256 + rt) // N, (rb * 256 + rt) % N] = T.Cast(adt, tot[0])
 
     @T.prim_func(s_tir=True)
     def main(x: T.Buffer((M, K), adt), planes: T.Buffer(PLANES, "int32"),
              scales: T.Buffer(COEF, sdt), zeros: T.Buffer(ZEROS, sdt),
              out: T.Buffer((M, N), adt)):
         T.func_attr({"tirx.noalias": True})
-        for bm_ in T.thread_binding(nbm, thread="blockIdx.x"):
-            for bn_ in T.thread_binding(nbn, thread="blockIdx.y"):
-                for tx in T.thread_binding(threads, thread="threadIdx.x"):
-                    if REGS_MOVED:   # ptxas must know the registers at entry: one block per SM
-                        T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", 1)
-                    # [alignment | stage 0 | ... | stage P-1 | P "full" and P "empty" mbarriers],
-                    # each stage [x | weights | scales | zeros]: written by cp.async, read through
-                    # PTX (see cuda_stream)
-                    smem = T.alloc_buffer((WORDS,), "uint32", scope="shared.dyn")
-                    wreg = T.alloc_buffer((TW, J4, 4), "uint32", scope="local")
-                    sreg = T.alloc_buffer((TW, 2, NG), "uint32", scope="local")
-                    zreg = T.alloc_buffer((TW, 2, NG), "uint32", scope="local")
-                    areg = T.alloc_buffer((2, TW, 8, 4), "uint32", scope="local")
-                    acc = T.alloc_buffer((TW * ACC,), "float32", scope="local")
-                    base = T.alloc_buffer((1,), "uint32", scope="local")
-                    # base: the first 1024-byte boundary in the buffer
-                    base[0] = T.bitwise_and(T.cuda.cvta_generic_to_shared(T.address_of(smem[0])) + T.uint32(ALIGN - 1),
-                                            T.uint32(~(ALIGN - 1) & 0xFFFFFFFF))
-                    T.evaluate(T.address_of(smem[WORDS - 1]))
-                    stage = T.meta_var(lambda u: base[0] + T.Cast("uint32", (u % P) * STAGE))
-                    full = T.meta_var(lambda u: base[0] + T.Cast("uint32", P * STAGE + (u % P) * 8))
-                    empty = T.meta_var(lambda u: base[0] + T.Cast("uint32", P * STAGE + (P + u % P) * 8))
-                    for q in T.unroll(TW * ACC):
-                        acc[q] = T.float32(0)
-                    if COPYING:
-                        # the copying warpgroups copy, the others wait on mbarriers: "full" (the
-                        # copier threads' cp.async landed) and "empty" (every computing thread
-                        # is done with the stage), no block barrier in the K loop
-                        if tx == 0:
-                            for u in range(P):
-                                T.evaluate(mbar_init(full(u), 128 * ws))
-                                T.evaluate(mbar_init(empty(u), 32 * warps))
-                        T.tvm_storage_sync("shared")
-                        if tx >= 32 * warps:
-                            if REGS_MOVED:
-                                T.evaluate(setmaxnreg(False, COPIER_REGS))
-                            for u in range(KU):
-                                if u >= P:                     # its stage's previous unit released
-                                    T.evaluate(mbar_wait(empty(u), (u // P + 1) % 2))
-                                copy_unit(u, stage(u), tx - 32 * warps, bm_, bn_, x, planes, scales, zeros)
-                                T.evaluate(cp_mbar_arrive(full(u)))
-                        else:
-                            if REGS_MOVED:
-                                T.evaluate(setmaxnreg(True, computing_registers(wg, ws)))
-                            compute(x, planes, scales, zeros, out, bm_, bn_, tx, areg, wreg, sreg, zreg, acc, stage,
-                                    full, empty)
-                    else:
-                        for j in range(P - 1):            # prologue: units 0 .. P-2 in flight
-                            if j < KU:
-                                copy_unit(j, stage(j), tx, bm_, bn_, x, planes, scales, zeros)
-                            T.evaluate(cp_commit())
-                        compute(x, planes, scales, zeros, out, bm_, bn_, tx, areg, wreg, sreg, zreg, acc, stage,
-                                full, empty)
+        if SPLIT:
+            psum = T.alloc_buffer((splits, M, N), "float32")   # global: TVM's workspace
+            for bm_ in T.thread_binding(nbm, thread="blockIdx.x"):
+                for bn_ in T.thread_binding(nbn, thread="blockIdx.y"):
+                    for sk in T.thread_binding(splits, thread="blockIdx.z"):
+                        block(bm_, bn_, sk, x, planes, scales, zeros, out, psum)
+            add_splits(psum, out)
+        else:
+            for bm_ in T.thread_binding(nbm, thread="blockIdx.x"):
+                for bn_ in T.thread_binding(nbn, thread="blockIdx.y"):
+                    block(bm_, bn_, 0, x, planes, scales, zeros, out, out)
 
     return main if zp else drop_param(main, "zeros")

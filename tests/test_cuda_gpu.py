@@ -147,6 +147,12 @@ WGMMA_CASES = [
      dict(wg=2, bm=128, ws=False)),
     (lutc.MPGemmSpec(2048, 1000, 11008, wbits=2, group_size=-1, zero_point=True, act_dtype="bfloat16"),
      dict(wg=2, wn=2, bm=64, ws=True)),
+    # split-K: K slices of 43, 28 and 6 units summed by a second kernel (groups across a slice's
+    # edge, the whole row's group, tokens past M, bf16)
+    (lutc.MPGemmSpec(16, 1000, 11008, wbits=2, group_size=64, zero_point=True, act_dtype="float16"),
+     dict(wg=1, bm=64, splits=2)),
+    (lutc.MPGemmSpec(130, 200, 14336, wbits=4, group_size=-1, act_dtype="float16"), dict(splits=4)),
+    (lutc.MPGemmSpec(33, 1000, 1536, wbits=4, group_size=32, act_dtype="bfloat16"), dict(ws=False, splits=2)),
 ]
 
 

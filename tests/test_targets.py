@@ -111,6 +111,21 @@ def test_wgmma_both_copy_modes_compile(ws):
 
 
 @needs_nvcc
+def test_wgmma_split_k_is_two_kernels_and_a_workspace(tmp_path):
+    """Split-K: the K slices' fp32 partial sums go to a workspace that a second kernel adds up;
+    a split that does not divide K's 128-weight units is refused, naming the knob."""
+    spec = lutc.MPGemmSpec(64, 1000, 1536, wbits=2, group_size=128, act_dtype="float16")
+    kernel = lutc.build(spec, target="cuda:sm_90a", schedule="cuda_wgmma", knobs={"splits": 4})
+    res = lutc.export(kernel, tmp_path, name="k", emit=["cu"])
+    first, second = res.manifest["launches"]
+    assert first["grid"][2] == 4 and second["args"] == ["out", "psum"]
+    assert res.manifest["workspace"][0]["bytes"] == 4 * 64 * 1000 * 4
+    assert lutc.cuda_binary(kernel, fmt="cubin")[:4] == b"\x7fELF"
+    with pytest.raises(ValueError, match="splits=4 does not divide the 10 128-weight units"):
+        lutc.build(spec.with_(K=1280), target="cuda:sm_90a", schedule="cuda_wgmma", knobs={"splits": 4})
+
+
+@needs_nvcc
 @pytest.mark.parametrize("knobs", [dict(wg=2, wn=2, bm=64), dict(wg=3, wn=1, bm=128), dict(wg=2, wn=1, bm=256)])
 def test_wgmma_tiles_over_the_even_register_share_move_registers(knobs, tmp_path):
     """Tiles whose accumulators and A fragments exceed a thread's even share of the SM take the
@@ -134,12 +149,13 @@ def test_wgmma_tiles_over_the_even_register_share_move_registers(knobs, tmp_path
 def test_cuda_default_picks_lut_for_small_m_and_mma_beyond():
     assert lutc.build(lutc.MPGemmSpec(1, 256, 512, act_dtype="float16"), target="cuda:sm_90a").schedule == "cuda_lut"
     assert lutc.build(lutc.MPGemmSpec(16, 256, 512, act_dtype="float16"), target="cuda:sm_80").schedule == "cuda_mma"
-    # M = 9..16 on Hopper: wgmma on wide weights (28672 x 8192 W2 at M = 16: 40.8 us against
-    # cuda_stream's 60.9), the streamed kernel on narrow ones (8192 x 28672: 63.1 against 71.7)
-    for M, N, K, sname in ((16, 256, 512, "cuda_stream"), (9, 28672, 8192, "cuda_wgmma"),
-                           (16, 14336, 4096, "cuda_wgmma"), (12, 8192, 28672, "cuda_stream")):
+    # M = 9..16 on Hopper: wgmma (28672 x 8192 W2 at M = 16: 40.8 us against cuda_stream's 60.9),
+    # with K split where its blocks are few (8192 x 28672: 51.6 against 62.1)
+    for M, N, K, splits in ((16, 256, 512, 4), (9, 28672, 8192, 1), (16, 14336, 4096, 1), (12, 8192, 28672, 2),
+                            (64, 4096, 4096, 4), (128, 4096, 4096, 1)):
         spec = lutc.MPGemmSpec(M, N, K, act_dtype="float16")
-        assert schedules.default("cuda", spec, lutc.target.resolve("cuda:sm_90a")).__name__.endswith(sname)
+        assert schedules.default("cuda", spec, lutc.target.resolve("cuda:sm_90a")) is schedules.cuda_wgmma
+        assert schedules.cuda_wgmma.resolve_knobs(spec)["splits"] == splits
     assert lutc.build(lutc.MPGemmSpec(16, 256, 512, wbits=3), target="cuda:sm_90a").schedule == "cuda_generic"
     assert lutc.build(lutc.MPGemmSpec(4, 256, 512, act_dtype="float16"), target="cuda:sm_90a").schedule == "cuda_stream"
     # M = 2..8: the streamed mma kernel (the LUT kernel builds one table per row of x)
