@@ -46,8 +46,8 @@ from typing import Callable, Iterable, Optional
 import torch
 import tvm
 
-from . import target as targets
 from . import layouts
+from . import target as targets
 from .build import build, kernel_layout, record_layout, spec_for
 from .dtypes import TORCH_DTYPES
 from .fleet import Fleet, compiler_for

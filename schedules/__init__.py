@@ -10,10 +10,10 @@ multiply-add kernel (``dot_mac``: int8 activations times codes by ``vpdpbusd``, 
 unpacked weight) at every M (as fast as the LUT kernel at M = 1, or faster: ``x86.preferred``);
 on other CPUs the SIMD LUT kernel (``x86``/``arm``) at M = 1; the generic schedules otherwise. :data:`ALTERNATIVES` holds kernels that are only ever tuned (none
 now). On CUDA: ``cuda_wgmma`` (sm_90a: ``tc16`` weights dequantized in registers as the A
-operand of ``wgmma``, x in shared memory from copying warpgroups; preferred from M = 17, and
-from M = 9 on wide weights), ``cuda_stream`` (dequantize + ``mma.sync`` fed by a ``cp.async``
-pipeline, ``tc16`` weights, uniform W2/W4, M <= 16; preferred for M = 2..8, for W4 at M = 1 and
-on Hopper to M = 16), ``cuda_lut`` (shared-memory tables, ``warp32`` weights; builds M <= 8 and
+operand of ``wgmma``, x in shared memory from copying warpgroups, K split where blocks are
+few; preferred from M = 9), ``cuda_stream`` (dequantize + ``mma.sync`` fed by a ``cp.async``
+pipeline, ``tc16`` weights, uniform W2/W4, M <= 16; preferred for M = 2..8 and for W4 at
+M = 1), ``cuda_lut`` (shared-memory tables, ``warp32`` weights; builds M <= 8 and
 every format; preferred at M = 1), ``cuda_mma`` (the ``tc16`` product with register prefetch,
 any M: M >= 9 before Hopper), and ``cuda_generic`` for everything else.
 """

@@ -139,7 +139,7 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
     ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``."""
     M, N, K, b = spec.M, spec.N, spec.K, spec.wbits
     S, WN, NW, MT, UW = warps, wn, nw, mt, units
-    NT, KU, G, gs = -(-N // 16), K // 128, spec.groups, spec.group
+    NT, KU, gs = -(-N // 16), K // 128, spec.group
     MP = 16 * MT                          # rows of x per block
     threads = 32 * S * WN
     KC = 128 * S * UW                     # activations per chunk

@@ -154,7 +154,7 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
     ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``."""
     M, N, K, b = spec.M, spec.N, spec.K, spec.wbits
     S, WN, NW, P = warps, wn, nw, stages
-    NT, KU, G, gs = -(-N // 16), K // 128, spec.groups, spec.group
+    NT, KU, gs = -(-N // 16), K // 128, spec.group
     J4 = b // 2                               # 16-byte weight vectors per lane per tile and unit
     threads = 32 * S * WN
     steps = -(-KU // S)
