@@ -25,6 +25,10 @@ import tvm
 from tvm.target import codegen
 
 TargetLike = Union[None, str, dict, tvm.target.Target]
+#: Explicit caches of facts that hold for the life of the process, read once: targets resolved
+#: from names (the same ``Target`` object each time) and the hardware :func:`device_name` names.
+_RESOLVED: dict = {}
+_DEVICES: dict = {}
 
 _ARM = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1",
         "mattr": ["+neon", "+dotprod", "+fullfp16"]}
@@ -45,11 +49,18 @@ def resolve(target: TargetLike = None) -> tvm.target.Target:
         return target
     if isinstance(target, dict):
         return tvm.target.Target(target)
-    if target is None or target == "host":
-        return tvm.target.Target(host_cpu())
-    if not isinstance(target, str):
+    if target is not None and not isinstance(target, str):
         raise TypeError(f"target must be a name, a dict or a tvm.target.Target, got {type(target).__name__}")
-    name = target.lower()
+    name = "host" if target is None else target.lower()
+    if name not in _RESOLVED:
+        _RESOLVED[name] = _from_name(name, target)
+    return _RESOLVED[name]
+
+
+def _from_name(name: str, given) -> tvm.target.Target:
+    """The target a lower-case short name stands for (:func:`resolve`)."""
+    if name == "host":
+        return tvm.target.Target(host_cpu())
     if name in ("llvm", "x86", "cpu"):
         return tvm.target.Target(host_cpu() if _host_is_x86() else {"kind": "llvm", "mcpu": "x86-64-v3"})
     if name in ("arm", "aarch64", "neon"):
@@ -57,7 +68,7 @@ def resolve(target: TargetLike = None) -> tvm.target.Target:
     if name == "cuda" or name.startswith("cuda:"):
         arch = name.split(":", 1)[1] if ":" in name else _visible_cuda_arch() or "sm_90a"
         return cuda_target(arch)
-    raise ValueError(f"unknown target {target!r}: use 'host', 'llvm'/'x86', 'arm', 'cuda', "
+    raise ValueError(f"unknown target {given!r}: use 'host', 'llvm'/'x86', 'arm', 'cuda', "
                      "'cuda:sm_XX', or a TVM target dict")
 
 
@@ -105,6 +116,13 @@ def device_name(target: tvm.target.Target) -> str:
     """The hardware a measurement was taken on: GPU name and capability, or CPU model and
     its SIMD features (what decides which kernel is fastest). Cross targets: the triple."""
     k = kind(target)
+    key = (k, str(target.attrs.get("arch", "") or target.attrs.get("mtriple", "") or ""))
+    if key not in _DEVICES:
+        _DEVICES[key] = _device_name(target, k)
+    return _DEVICES[key]
+
+
+def _device_name(target: tvm.target.Target, k: str) -> str:
     if k == "cuda":
         try:
             import torch
