@@ -46,7 +46,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lutc  # noqa: E402
 import schedules  # noqa: E402
-from lutc.autotune import graph_time_us  # noqa: E402
+from lutc.measure import graph_time_us  # noqa: E402
 from lutc.formats import PackedWeights  # noqa: E402
 from lutc.layouts import tc16_codes  # noqa: E402
 from lutc.testing import rotation_copies, tolerance  # noqa: E402
@@ -95,7 +95,7 @@ def copy_bandwidth(nbytes=1 << 30) -> float:
 
 def time_graph(call, copies: int, target_calls: int = 40, replays: int = 10) -> float:
     """Median per-call time (us) of a CUDA graph of ``call(i)`` over rotating copies (lutc's
-    :func:`~lutc.autotune.graph_time_us`, after one eager call per copy: first calls prepare)."""
+    :func:`~lutc.measure.graph_time_us`, after one eager call per copy: first calls prepare)."""
     n = copies * max(1, math.ceil(target_calls / copies))
     for i in range(copies):
         call(i)

@@ -19,7 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lutc  # noqa: E402
 from lutc import target as targets  # noqa: E402
-from lutc.autotune import Bench  # noqa: E402
+from lutc.measure import Bench  # noqa: E402
 
 
 def main() -> None:

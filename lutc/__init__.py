@@ -9,7 +9,8 @@ Layers, each importing only the ones before it: ``spec``/``formats`` (the vocabu
 weight formats) -> ``frontend`` (what is computed, in TensorIR) -> ``schedules/`` (how, per
 target) -> ``tuner`` (which knobs: space, cost model, logs) -> ``build``/``cache`` (compile,
 the best tuned candidate, on-disk cache) -> ``runtime`` (the safe callable) and its users:
-``autotune`` (the driver that builds and measures candidates), ``torch_ops``
+``autotune`` (the driver that builds and measures candidates; ``measure`` times a kernel as
+the tuner and the benchmarks do), ``torch_ops``
 (``torch.ops.lutc.mpgemm``, registered on import), ``nn`` (``LUTLinear``, ``quantize_model``),
 ``exporter`` (``export``), ``weight_files`` (packed weights as files) and ``cli`` (the ``lutc``
 command).
@@ -45,8 +46,8 @@ _LAZY = {"PackedWeights": "formats", "quantize": "formats", "repack": "formats",
          "export": "exporter", "load_weights": "weight_files", "save_weights": "weight_files",
          "import_weights": "importers", "import_gguf": "importers", "load_checkpoint": "importers",
          "LutcConfig": "hf", "load_gguf": "hf"}
-_MODULES = ("layouts", "formats", "frontend", "target", "build", "cache", "runtime", "testing", "autotune",
-            "torch_ops", "nn", "exporter", "weight_files", "importers", "hf", "tuner", "dtypes", "cli")
+_MODULES = ("layouts", "formats", "frontend", "target", "build", "cache", "runtime", "testing", "measure",
+            "autotune", "torch_ops", "nn", "exporter", "weight_files", "importers", "hf", "tuner", "dtypes", "cli")
 
 __version__ = "0.1.0"
 __all__ = ["MPGemmSpec", "SpecError", "LAYOUT_VERSION", "PackedWeights", "quantize", "repack", "compile",

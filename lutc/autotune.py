@@ -17,7 +17,7 @@ For one workload on one target (:func:`tune_spec`):
    nvcc processes), then each candidate is checked against the float64 reference (a wrong
    result is an error record) and timed with the weights rotating through ``pool_mib`` of
    copies (a decode step reads each layer once, so cached weights would flatter): on CPUs the
-   median per-call wall time, on CUDA the kernel time inside a CUDA graph (:class:`Bench`);
+   median per-call wall time, on CUDA the kernel time inside a CUDA graph (:class:`lutc.measure.Bench`);
 5. every measurement, valid or not, is appended to the log at once (kill-safe); the search
    stops at ``trials`` measurements, after ``seconds``, when the space is exhausted, or when
    ``patience`` batches in a row found nothing faster;
@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
-import functools
 import os
 import random
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -49,11 +47,10 @@ import tvm
 from . import layouts
 from . import target as targets
 from .build import build, kernel_layout, record_layout, spec_for
-from .dtypes import TORCH_DTYPES
 from .fleet import Fleet, compiler_for
+from .measure import CUTOFF, Bench, reference_weights
 from .runtime import Kernel
 from .spec import MPGemmSpec
-from .testing import random_weights, rel_error, rotation_copies, tolerance
 from .tuner import CostModel, TuningLog, candidates, default_candidate, features, log_history, rank_correlation
 from .tuner.records import log_for
 from .tuner.space import Candidate
@@ -117,7 +114,7 @@ def tune(workloads: Iterable, target: targets.TargetLike = None, trials: int = 6
     finally:
         if fleet is not None:   # a run that fails still frees the servers it held
             fleet.close()
-    _weights.cache_clear()
+    reference_weights.cache_clear()
     return results
 
 
@@ -286,139 +283,6 @@ def report(results: list) -> str:
     return "\n".join(lines)
 
 
-#: Least time spent timing one CPU kernel (seconds).
-MIN_SECONDS = 0.05
-#: A CPU candidate whose warm-up calls take more than this many times the best time so far is
-#: not timed further (see ``Bench.measure``).
-CUTOFF = 4.0
-
-
-class Bench:
-    """Times kernels of one workload on shared data: random weights (:func:`_weights`) and
-    activations, the float64 reference, and a pool of weight copies per layout. Public: the
-    tuner's measurements and ``benchmarks/check_tuned.py`` time kernels the same way.
-
-    Each kernel is first checked against the float64 reference (a wrong result is an error
-    record), then timed as a decode step runs it: every call reads a weight copy that was last
-    read a whole pool ago (a cursor walks the pool across measurements, so repeated
-    measurements never find the weights in cache). On CPUs a time is the median of per-call
-    wall times; on CUDA it is the kernel time: a CUDA graph of ``calls`` launches over
-    successive copies, replayed, per launch (no host launch gaps; see :func:`graph_time_us`).
-    """
-
-    def __init__(self, spec: MPGemmSpec, pool_mib: int, calls: int, device_type: str):
-        self.spec, self.calls, self.device_type = spec, calls, device_type
-        self.pool_bytes = pool_mib << 20
-        self.qw, w64 = _weights(spec.N, spec.K, spec.wbits, spec.format, spec.group_size,
-                                spec.zero_point, spec.scale_dtype)
-        x = torch.randn(spec.M, spec.K, generator=torch.Generator().manual_seed(1))
-        x = x.to(TORCH_DTYPES[spec.act_dtype])
-        self.ref = x.double() @ w64.T
-        self.x = x.to(device_type)
-        self.tol = tolerance(spec)      # what the tests accept: a looser tuner could pick a kernel they reject
-        self._pools = {}
-        self._cursor = 0
-
-    def _pool(self, kernel: Kernel) -> list:
-        if kernel.layout not in self._pools:
-            packed = kernel.pack(self.qw)
-            tensors = packed.tensors()
-            self._pools[kernel.layout] = [[t.clone() for t in tensors] for _ in range(self.copies(tensors))]
-        return self._pools[kernel.layout]
-
-    def copies(self, tensors: list) -> int:
-        """Copies of a weight (its ``tensors``) that fill the pool: at least 2."""
-        return rotation_copies(sum(t.numel() * t.element_size() for t in tensors), self.pool_bytes)
-
-    def _next(self, pool: list) -> list:
-        self._cursor += 1
-        return pool[self._cursor % len(pool)]
-
-    def measure(self, kernel: Kernel, cutoff_us: float = float("inf")):
-        """(median us, None) or (None, error message).
-
-        On CPUs a kernel whose warm-up calls already take more than ``cutoff_us`` each gets
-        the warm-up median as its time, with no further calls (the tuner passes a multiple of
-        the best time so far: such a kernel cannot win, and a generic float-table kernel at
-        M = 16 costs tens of ms per call)."""
-        try:
-            out = torch.full((self.spec.M, self.spec.N), float("nan"), dtype=self.x.dtype, device=self.x.device)
-            pool = self._pool(kernel)
-            fn, x = kernel.function, self.x
-            fn(x, *pool[0], out)
-            _sync(self.device_type)
-            err = rel_error(out.cpu(), self.ref)
-            if not err < self.tol:
-                return None, f"wrong result: relative error {err:.2e} > {self.tol:.0e}"
-            if self.device_type == "cuda":
-                return graph_time_us(lambda: fn(x, *self._next(pool), out), self.calls), None
-            warm = []
-            for _ in range(3):
-                w = self._next(pool)
-                t0 = time.perf_counter()
-                fn(x, *w, out)
-                warm.append(time.perf_counter() - t0)
-            if statistics.median(warm) * 1e6 > cutoff_us:
-                return statistics.median(warm) * 1e6, None
-            times = []
-            # at least `calls` calls and MIN_SECONDS: a median over a few ms would follow the
-            # momentary load of a shared host
-            while len(times) < self.calls or (sum(times) < MIN_SECONDS and len(times) < 100 * self.calls):
-                w = self._next(pool)
-                t0 = time.perf_counter()
-                fn(x, *w, out)
-                times.append(time.perf_counter() - t0)
-            return statistics.median(times) * 1e6, None
-        except Exception as e:
-            return None, f"run failed: {str(e).splitlines()[-1][:300] if str(e) else type(e).__name__}"
-
-    def compare(self, kernels: list, rounds: int = 7) -> list:
-        """Median time of each kernel over ``rounds`` rounds, each round timing every kernel
-        once in turn (NaN for one that fails)."""
-        times = [[] for _ in kernels]
-        for _ in range(rounds):
-            for t, k in zip(times, kernels):
-                t.append(self.measure(k)[0] or float("nan"))
-        return [statistics.median(t) for t in times]
-
-
-@functools.lru_cache(maxsize=1)
-def _weights(N: int, K: int, wbits: int, format: str, group_size: int, zero_point: bool,
-             scale_dtype: str) -> tuple:
-    """Random packed weights of these fields and their float64 dequantization. The explicit
-    cache (one entry) serves the next workload too when only M differs (``tune`` runs shapes
-    in order): the dequantization of a 28672x8192 weight takes seconds."""
-    qw = random_weights(MPGemmSpec(1, N, K, wbits=wbits, format=format, group_size=group_size,
-                                   zero_point=zero_point, scale_dtype=scale_dtype), seed=1)
-    return qw, qw.dequantize()
-
-
-def graph_time_us(launch: Callable[[], None], calls: int = 30, replays: int = 5) -> float:
-    """Kernel time of a CUDA launch, in microseconds: ``calls`` calls of ``launch()`` captured in
-    one CUDA graph on a side stream, the graph replayed ``replays`` times (timed with CUDA
-    events), median per call. ``launch`` may differ per call (e.g. rotate weight copies): each
-    captured call keeps the arguments it had at capture."""
-    for _ in range(2):
-        launch()
-    torch.cuda.synchronize()
-    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
-        for _ in range(calls):
-            launch()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls)
-    return statistics.median(times)
-
-
 def _confirm(spec: MPGemmSpec, tgt, bench, finalists: list, jobs: int) -> dict:
     """Candidate -> median time over rounds in which every finalist is timed in turn; those
     that fail to build or run are left out."""
@@ -432,11 +296,6 @@ def _confirm(spec: MPGemmSpec, tgt, bench, finalists: list, jobs: int) -> dict:
 def _builder(spec: MPGemmSpec, tgt, cand: Candidate) -> Callable[[], Kernel]:
     # the default candidate has no knobs: the schedule's own defaults, what lutc.compile builds untuned
     return lambda: build(spec, tgt, schedule=cand.schedule, knobs=cand.knob_dict, cache=None, tuned=False)
-
-
-def _sync(device_type: str) -> None:
-    if device_type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _progress(spec, done: int, total: int, best_us: float, elapsed: float) -> None:

@@ -13,7 +13,7 @@ not this machine's, :func:`lutc.target.c_compiler`) and a :class:`Fleet` measure
 
 * one session per server registered under the key, each measuring one candidate at a time, all
   in parallel (:meth:`Fleet.measure_batch`);
-* a measurement is what :class:`lutc.autotune.Bench` does in-process, on the server: the kernel
+* a measurement is what :class:`lutc.measure.Bench` does in-process, on the server: the kernel
   (exported as a shared library, uploaded, loaded) is checked against the float64 reference
   once, then timed call by call with ``time_evaluator`` (one call per timing, on the server's
   clock) while the weight copies rotate through ``pool_mib`` of the server's memory
@@ -67,7 +67,7 @@ def parse_tracker(address: str) -> tuple:
 
 
 class RemoteBench:
-    """:class:`lutc.autotune.Bench`'s data (weights, activations, float64 reference, tolerance)
+    """:class:`lutc.measure.Bench`'s data (weights, activations, float64 reference, tolerance)
     measured on one RPC session's CPU. The weight pool is uploaded once per layout."""
 
     def __init__(self, bench, session, calls: int, compiler: Optional[str] = None):
@@ -241,7 +241,7 @@ class Fleet:
 
     def compare(self, kernels: list, rounds: int = 7) -> list:
         """Median time of each kernel over ``rounds`` rounds in turn on one server (NaN where
-        one fails), as :meth:`lutc.autotune.Bench.compare` does here."""
+        one fails), as :meth:`lutc.measure.Bench.compare` does here."""
         times = [[] for _ in kernels]
         for _ in range(rounds):
             for t, k in zip(times, kernels):

@@ -5,7 +5,8 @@ import psutil
 import pytest
 
 import lutc
-from lutc.autotune import Bench, tune, tune_spec
+from lutc.autotune import tune, tune_spec
+from lutc.measure import Bench
 from lutc.fleet import Fleet, local_fleet, parse_tracker
 from lutc.target import describe, resolve
 from lutc.tuner import TuningLog, candidates

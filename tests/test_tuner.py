@@ -387,7 +387,7 @@ def test_lutc_tune_command(tmp_path, monkeypatch, capsys):
 def test_bench_checks_then_times_random_weights(fields):
     """The tuner's random weights are valid inputs (the kernel matches their float64 reference),
     and a wrong result is reported as an error, not a time."""
-    from lutc.autotune import Bench
+    from lutc.measure import Bench
     spec = lutc.MPGemmSpec(2, 96, 512, table_dtype="int8", **fields)
     bench = Bench(spec, pool_mib=4, calls=3, device_type="cpu")
     kernel = lutc.build(spec, cache=None, tuned=False)
