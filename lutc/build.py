@@ -174,8 +174,8 @@ def logged_record(log: TuningLog, spec: MPGemmSpec, tgt, default_schedule: Optio
     # unbuildable records are skipped with a warning (``usable``); those of an older layout
     # version silently (``current``: they timed a kernel that no longer exists, tc16 v1's)
     usable = lambda r: kernel_layout(r, kind, spec, tgt) is not None  # noqa: E731
-    current = lambda r: (record_layout(r, kind, spec, tgt) is not None  # noqa: E731
-                         and (layout is None or record_layout(r, kind, spec, tgt) == layout))
+    current = lambda r: (layout is None and record_layout(r, kind, spec, tgt) is not None  # noqa: E731
+                         or layout is not None and record_layout(r, kind, spec, tgt) == layout)
     if log.schedules(spec.key(), described):
         # the log decides only if it timed today's default kernel
         timed = {r["schedule"] for r in log.matching(spec.key(), described) if current(r)}
