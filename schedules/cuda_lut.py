@@ -43,7 +43,7 @@ from __future__ import annotations
 from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
-from .common import drop_param, merge_knobs
+from .common import drop_param, merge_knobs, weight_buffers
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
@@ -122,7 +122,7 @@ def lut_kernel(spec, warps: int, tiles: int, rows: int, units: int):
     int32, ``scales`` (tile-major), ``zeros`` (zero points only), ``out [M, N]``."""
     M, N, K, b = spec.M, spec.N, spec.K, spec.planes
     S, WT, RL, UW = warps, tiles, rows, units
-    NT, KU, G, gs = -(-N // 32), K // 128, spec.groups, spec.group
+    NT, KU, gs = -(-N // 32), K // 128, spec.group
     threads = 32 * S * WT
     KT = 128 * UW * S                 # activations per chunk
     GT = KT // 4                      # table groups per chunk
@@ -139,18 +139,12 @@ def lut_kernel(spec, warps: int, tiles: int, rows: int, units: int):
     act, sdt = spec.act_dtype, spec.scale_dtype
     const = spec.code_center
     NS = b if fmt == "bcq" else 1         # coefficients per group
-    if fmt == "ternary":
-        scale_shape = (1,)
-    elif fmt == "bcq":
-        scale_shape = (NT, G, b, 32)
-    else:
-        scale_shape = (NT, G, 32)
-    zero_shape = (NT, G, 32) if zp else (1,)
+    PLANES, scale_shape, zero_shape = weight_buffers(spec, "warp32")   # lutc.layouts' shapes
     red_shape = (S, WT, RL, M, 32) if S > 1 else (1,)
     xs_shape = (2, WDS, M) if zp else (1,)
 
     @T.prim_func(s_tir=True)
-    def main(x: T.Buffer((M, K), act), planes: T.Buffer((NT, KU, b, 32, 4), "int32"),
+    def main(x: T.Buffer((M, K), act), planes: T.Buffer(PLANES, "int32"),
              scales: T.Buffer(scale_shape, sdt), zeros: T.Buffer(zero_shape, sdt),
              out: T.Buffer((M, N), act)):
         T.func_attr({"tirx.noalias": True})

@@ -34,7 +34,7 @@ from tvm.target import codegen
 from lutc.frontend import nan_if, nonfinite
 from lutc.layouts import code_bits
 
-from .common import arch, drop_param
+from .common import arch, drop_param, weight_buffers
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
@@ -96,20 +96,19 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
     NT = -(-N // L)
     TT = min(row_tiles, NT)
     NTG = -(-NT // TT)                        # parallel tasks
-    G = spec.groups
     per_group = spec.group // B
     fmt, zp, act, sdt = spec.format, spec.zero_point, spec.act_dtype, spec.scale_dtype
     zconst = spec.code_center
     V = 4 * L
     i8, i32 = f"int8x{V}", f"int32x{L}"
     mask = 2 ** w - 1
-    scale_shape = (1,) if fmt == "ternary" else (NT, G, L)
+    PLANES, scale_shape, zero_shape = weight_buffers(spec, f"dot{L}")   # lutc.layouts' shapes
     MR = min(rows, M)                         # rows of x per pass over the weights of a block
     MB = -(-M // MR)
 
     @T.prim_func(s_tir=True)
-    def main(x: T.Buffer((M, K), act), planes: T.Buffer((NT, KC, V), "uint8"),
-             scales: T.Buffer(scale_shape, sdt), zeros: T.Buffer((NT, G, L) if zp else (1,), sdt),
+    def main(x: T.Buffer((M, K), act), planes: T.Buffer(PLANES, "uint8"),
+             scales: T.Buffer(scale_shape, sdt), zeros: T.Buffer(zero_shape, sdt),
              out: T.Buffer((M, N), act)):
         T.func_attr({"tirx.noalias": True})
         xq = T.alloc_buffer((M, K // 4), "int32")

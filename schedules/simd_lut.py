@@ -41,7 +41,7 @@ from tvm.script import tirx as T
 
 from lutc.frontend import nan_if, nonfinite
 
-from .common import drop_param
+from .common import drop_param, weight_buffers
 
 
 def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""):
@@ -70,7 +70,6 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""
     B = spec.block
     GB = B // 4                      # groups per block
     C = K // B                       # blocks per row
-    G = spec.groups
     per_group = spec.group // B      # blocks per weight group
     NACC = 1 if pair_madd else b     # int16 accumulators per row: one per plane unless paired
     fmt, zp, sym = spec.format, spec.zero_point, spec.symmetrize
@@ -78,13 +77,7 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""
     i8, i16 = f"int8x{VL}", f"int16x{VL}"
     dup = VL // 16
     const = spec.code_center         # constant of identity (1) in lutc.frontend
-    if fmt == "ternary":
-        scale_shape = (1,)
-    elif fmt == "bcq":
-        scale_shape = (NT, G, b, R)
-    else:
-        scale_shape = (NT, G, R)
-    zero_shape = (NT, G, R) if zp else (1,)
+    PLANES, scale_shape, zero_shape = weight_buffers(spec, f"ptiles{R}" if paired else f"tiles{R}")
     U = next(u for u in range(min(unroll, GB), 0, -1) if GB % u == 0)   # a divisor of GB
     nplanes = b // 2 if paired else b       # weight registers per group
     H = VL // 2
@@ -93,7 +86,7 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""
     pair_unit = 1 + 2 * 256 if fmt == "uniform" else 1 + 256
 
     @T.prim_func(s_tir=True)
-    def main(x: T.Buffer((M, K), act), planes: T.Buffer((NT, KG, nplanes, VL), "uint8"),
+    def main(x: T.Buffer((M, K), act), planes: T.Buffer(PLANES, "uint8"),
              scales: T.Buffer(scale_shape, sdt), zeros: T.Buffer(zero_shape, sdt),
              out: T.Buffer((M, N), act)):
         T.func_attr({"tirx.noalias": True})
