@@ -158,6 +158,133 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
     red_shape = (S, WN, MP, NW * 16) if S > 1 else (1,)
     ZERO = tvm.tirx.const(0, adt)
 
+    @T.macro
+    def load_chunk(i, par, tx, bx, by, x, planes, scales, zeros, wreg, sreg, zreg, xreg, sv):
+        """Chunk ``i``'s loads into register set ``par``: this warp's weight words and
+        coefficients (rows g, g + 8) of each unit and tile, and with ``XPRE`` its share of x."""
+        warp_k = T.meta_var((tx // 32) % S)            # this warp's K slice
+        warp_n = T.meta_var(tx // (32 * S))            # and N column of the block
+        for u in T.unroll(UW):
+            unit = T.meta_var((i * S + warp_k) * UW + u)
+            if unit < KU:
+                for t in T.unroll(NW):
+                    tile = T.meta_var((bx * WN + warp_n) * NW + t)
+                    if tile < NT:
+                        for j4 in T.unroll(b // 2):
+                            wreg[par, u, t, j4, T.ramp(0, 1, 4)] = planes[tile, unit, j4, tx % 32, T.ramp(0, 1, 4)]
+                        for t8 in T.unroll(2):
+                            for ng in T.unroll(NG):   # the unit's groups
+                                sv[0] = T.Cast("float32", scales[tile, (unit * 128) // gs + ng, t8 * 8 + (tx % 32) // 4])
+                                sreg[par, u, t, t8, ng] = h2(sv[0], adt)
+                                if zp:
+                                    zreg[par, u, t, t8, ng] = h2(T.Cast("float32", zeros[
+                                        tile, (unit * 128) // gs + ng, t8 * 8 + (tx % 32) // 4]), adt)
+        if XPRE:
+            for e in T.unroll(vpt):
+                vec = T.meta_var(tx + e * threads)     # 8 values of x: row, column of the chunk
+                row = T.meta_var(vec // (KC // 8))
+                col = T.meta_var(i * KC + (vec % (KC // 8)) * 8)
+                if vec < vecs:
+                    if by * MP + row < M and col < K:
+                        xreg[e, T.ramp(0, 1, 8)] = x[by * MP + row, T.ramp(col, 1, 8)]
+                    else:
+                        xreg[e, T.ramp(0, 1, 8)] = T.broadcast(ZERO, 8)
+
+    @T.macro
+    def multiply_chunk(i, par, tx, bx, by, x, wreg, sreg, zreg, areg, bfrag, acc, xbase):
+        """Chunk ``i`` from register set ``par``: per unit 8 k16 steps, two per load of x's
+        fragments, each an mma per 16-row tile of x and 8-row tile of weights."""
+        warp_k = T.meta_var((tx // 32) % S)
+        warp_n = T.meta_var(tx // (32 * S))
+        for u in T.unroll(UW):
+            if (i * S + warp_k) * UW + u < KU:
+                for s2 in T.unroll(4):
+                    # B fragments of two k16 steps, then each 16-row tile of x
+                    for sp in T.unroll(2):
+                        for t in T.unroll(NW):
+                            for t8 in T.unroll(2):
+                                for h in T.unroll(2):
+                                    bfrag[sp, t, t8, h] = dequant_tc16(
+                                        wreg, (par, u, t), (s2 * 2 + sp) * 4 + t8 * 2 + h, b,
+                                        sreg[par, u, t, t8, step_group(spec, s2 * 2 + sp)],
+                                        zreg[par, u, t, t8, step_group(spec, s2 * 2 + sp)], zp, const, adt)
+                    for mi in T.unroll(MT):
+                        for r in T.unroll(2):
+                            # A fragments of rows mi 16 + r 8 .., k 32 s2 .. of the unit
+                            if xsm:
+                                T.evaluate(ldsm_x4(
+                                    xbase[0] + T.Cast("uint32", ((mi * 16 + r * 8 + tx % 8) * XR
+                                                                 + (warp_k * UW + u) * 128 + s2 * 32
+                                                                 + ((tx % 32) // 8) * 8) * 2),
+                                    T.address_of(areg[r, 0])))
+                            else:
+                                T.evaluate(ldg_pairs(
+                                    T.address_of(x[T.min(by * MP + mi * 16 + r * 8 + (tx % 32) // 4, M - 1),
+                                                   ((i * S + warp_k) * UW + u) * 128 + s2 * 32 + (tx % 4) * 2]),
+                                    by * MP + mi * 16 + r * 8 + (tx % 32) // 4 < M,
+                                    T.address_of(areg[r, 0])))
+                        for sp in T.unroll(2):
+                            for t in T.unroll(NW):
+                                if (bx * WN + warp_n) * NW + t < NT:
+                                    for t8 in T.unroll(2):
+                                        T.evaluate(mma(
+                                            T.address_of(acc[mi, t, t8, 0]),
+                                            areg[0, sp * 2], areg[1, sp * 2],
+                                            areg[0, sp * 2 + 1], areg[1, sp * 2 + 1],
+                                            bfrag[sp, t, t8, 0], bfrag[sp, t, t8, 1], adt))
+
+    @T.macro
+    def stage_x(i, tx, by, x, xreg, xs):
+        """x of chunk ``i`` into shared memory (zeros past M and K): from the registers that
+        ``load_chunk`` filled (``XPRE``), else straight from global memory."""
+        if XPRE:
+            for e in T.unroll(vpt):
+                vec = T.meta_var(tx + e * threads)
+                if vec < vecs:
+                    xs[T.ramp((vec // (KC // 8)) * XR + (vec % (KC // 8)) * 8, 1, 8)] = xreg[e, T.ramp(0, 1, 8)]
+        for e in range(1 if XPRE else vpt):
+            vec = T.meta_var(tx + e * threads)
+            row = T.meta_var(vec // (KC // 8))
+            col = T.meta_var(i * KC + (vec % (KC // 8)) * 8)
+            if not XPRE and vec < vecs:
+                if by * MP + row < M and col < K:
+                    xs[T.ramp(row * XR + (vec % (KC // 8)) * 8, 1, 8)] = x[by * MP + row, T.ramp(col, 1, 8)]
+                else:
+                    xs[T.ramp(row * XR + (vec % (KC // 8)) * 8, 1, 8)] = T.broadcast(ZERO, 8)
+
+    @T.macro
+    def store(tx, bx, by, acc, red, tot, out):
+        """Epilogue: a lane holds rows g, g + 8 and columns 2c, 2c + 1 of each 16 x 8 tile; with
+        split K the warps' partial sums meet in shared memory and are added there."""
+        if S == 1:
+            for mi in T.unroll(MT):
+                for t in T.unroll(NW):
+                    for t8 in T.unroll(2):
+                        for q in T.unroll(4):
+                            row = T.meta_var(by * MP + mi * 16 + (tx % 32) // 4 + (q // 2) * 8)
+                            col = T.meta_var(((bx * WN + tx // 32) * NW + t) * 16 + t8 * 8 + (tx % 4) * 2 + q % 2)
+                            if row < M and col < N:
+                                out[row, col] = T.Cast(adt, acc[mi, t, t8, q])
+        else:
+            for mi in T.unroll(MT):
+                for t in T.unroll(NW):
+                    for t8 in T.unroll(2):
+                        for q in T.unroll(4):
+                            red[(tx // 32) % S, tx // (32 * S), mi * 16 + (tx % 32) // 4 + (q // 2) * 8,
+                                t * 16 + t8 * 8 + (tx % 4) * 2 + q % 2] = acc[mi, t, t8, q]
+            T.tvm_storage_sync("shared")
+            for e in range(opt):
+                o = T.meta_var(tx + e * threads)       # output of the block: column of warps, row, column
+                wcol = T.meta_var(o // (MP * NW * 16))
+                row = T.meta_var((o // (NW * 16)) % MP)
+                col = T.meta_var(o % (NW * 16))
+                if o < outs:
+                    if by * MP + row < M and (bx * WN + wcol) * NW * 16 + col < N:
+                        tot[0] = T.float32(0)
+                        for sl in T.unroll(S):
+                            tot[0] = tot[0] + red[sl, wcol, row, col]
+                        out[by * MP + row, (bx * WN + wcol) * NW * 16 + col] = T.Cast(adt, tot[0])
+
     @T.prim_func(s_tir=True)
     def main(x: T.Buffer((M, K), adt), planes: T.Buffer(PLANES, "int32"),
              scales: T.Buffer(COEF, sdt), zeros: T.Buffer(ZEROS, sdt),
@@ -191,131 +318,18 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
                     for k2 in range((chunks + 2) // 2):
                         for par in T.unroll(2):
                             if k2 * 2 + par <= chunks:
-                                # 1. loads of chunk i: weight words, coefficients (rows g, g + 8), x
                                 if k2 * 2 + par < chunks:
-                                    for u in T.unroll(UW):
-                                        if ((k2 * 2 + par) * S + (tx // 32) % S) * UW + u < KU:
-                                            for t in T.unroll(NW):
-                                                if (bx * WN + tx // (32 * S)) * NW + t < NT:
-                                                    for j4 in T.unroll(b // 2):
-                                                        wreg[par, u, t, j4, T.ramp(0, 1, 4)] = planes[
-                                                            (bx * WN + tx // (32 * S)) * NW + t, ((k2 * 2 + par) * S + (tx // 32) % S) * UW + u,
-                                                            j4, tx % 32, T.ramp(0, 1, 4)]
-                                                    for t8 in T.unroll(2):
-                                                        for ng in T.unroll(NG):   # the unit's groups
-                                                            sv[0] = T.Cast("float32", scales[
-                                                                (bx * WN + tx // (32 * S)) * NW + t,
-                                                                ((((k2 * 2 + par) * S + (tx // 32) % S) * UW + u) * 128) // gs + ng,
-                                                                t8 * 8 + (tx % 32) // 4])
-                                                            sreg[par, u, t, t8, ng] = h2(sv[0], adt)
-                                                            if zp:
-                                                                zreg[par, u, t, t8, ng] = h2(T.Cast("float32", zeros[
-                                                                    (bx * WN + tx // (32 * S)) * NW + t,
-                                                                    ((((k2 * 2 + par) * S + (tx // 32) % S) * UW + u) * 128) // gs + ng,
-                                                                    t8 * 8 + (tx % 32) // 4]), adt)
-                                    if XPRE:
-                                        for e in T.unroll(vpt):
-                                            if tx + e * threads < vecs:
-                                                if (by * MP + (tx + e * threads) // (KC // 8) < M
-                                                        and (k2 * 2 + par) * KC + ((tx + e * threads) % (KC // 8)) * 8 < K):
-                                                    xreg[e, T.ramp(0, 1, 8)] = x[
-                                                        by * MP + (tx + e * threads) // (KC // 8),
-                                                        T.ramp((k2 * 2 + par) * KC + ((tx + e * threads) % (KC // 8)) * 8, 1, 8)]
-                                                else:
-                                                    xreg[e, T.ramp(0, 1, 8)] = T.broadcast(ZERO, 8)
-                                # 2. chunk i - 1: 8 k16 steps (two per 16-byte shared load of x)
+                                    load_chunk(k2 * 2 + par, par, tx, bx, by, x, planes, scales, zeros, wreg, sreg,
+                                               zreg, xreg, sv)
                                 if k2 * 2 + par >= 1:
-                                    for u in T.unroll(UW):
-                                        if ((k2 * 2 + par - 1) * S + (tx // 32) % S) * UW + u < KU:
-                                            for s2 in T.unroll(4):
-                                                # B fragments of two k16 steps, then each 16-row tile of x
-                                                for sp in T.unroll(2):
-                                                    for t in T.unroll(NW):
-                                                        for t8 in T.unroll(2):
-                                                            for h in T.unroll(2):
-                                                                bfrag[sp, t, t8, h] = dequant_tc16(
-                                                                    wreg, (1 - par, u, t), (s2 * 2 + sp) * 4 + t8 * 2 + h, b,
-                                                                    sreg[1 - par, u, t, t8, step_group(spec, s2 * 2 + sp)],
-                                                                    zreg[1 - par, u, t, t8, step_group(spec, s2 * 2 + sp)], zp, const, adt)
-                                                for i in T.unroll(MT):
-                                                    for r in T.unroll(2):
-                                                        # A fragments of rows i 16 + r 8 .., k 32 s2 .. of the unit
-                                                        if xsm:
-                                                            T.evaluate(ldsm_x4(
-                                                                xbase[0] + T.Cast("uint32", ((i * 16 + r * 8 + tx % 8) * XR
-                                                                                             + (((tx // 32) % S) * UW + u) * 128 + s2 * 32
-                                                                                             + ((tx % 32) // 8) * 8) * 2),
-                                                                T.address_of(areg[r, 0])))
-                                                        else:
-                                                            T.evaluate(ldg_pairs(
-                                                                T.address_of(x[T.min(by * MP + i * 16 + r * 8 + (tx % 32) // 4, M - 1),
-                                                                               (((k2 * 2 + par - 1) * S + (tx // 32) % S) * UW + u) * 128
-                                                                               + s2 * 32 + (tx % 4) * 2]),
-                                                                by * MP + i * 16 + r * 8 + (tx % 32) // 4 < M,
-                                                                T.address_of(areg[r, 0])))
-                                                    for sp in T.unroll(2):
-                                                        for t in T.unroll(NW):
-                                                            if (bx * WN + tx // (32 * S)) * NW + t < NT:
-                                                                for t8 in T.unroll(2):
-                                                                    T.evaluate(mma(
-                                                                        T.address_of(acc[i, t, t8, 0]),
-                                                                        areg[0, sp * 2], areg[1, sp * 2],
-                                                                        areg[0, sp * 2 + 1], areg[1, sp * 2 + 1],
-                                                                        bfrag[sp, t, t8, 0], bfrag[sp, t, t8, 1], adt))
+                                    multiply_chunk(k2 * 2 + par - 1, 1 - par, tx, bx, by, x, wreg, sreg, zreg, areg,
+                                                   bfrag, acc, xbase)
                                 if xsm:
                                     T.tvm_storage_sync("shared")
-                                # 3. x of chunk i -> shared memory (zeros past M and K)
                                 if xsm and k2 * 2 + par < chunks:
-                                    if XPRE:
-                                        for e in T.unroll(vpt):
-                                            if tx + e * threads < vecs:
-                                                xs[T.ramp(((tx + e * threads) // (KC // 8)) * XR
-                                                          + ((tx + e * threads) % (KC // 8)) * 8, 1, 8)] = xreg[e, T.ramp(0, 1, 8)]
-                                    for e in range(1 if XPRE else vpt):
-                                        if not XPRE and tx + e * threads < vecs:
-                                            if (by * MP + (tx + e * threads) // (KC // 8) < M
-                                                    and (k2 * 2 + par) * KC + ((tx + e * threads) % (KC // 8)) * 8 < K):
-                                                xs[T.ramp(((tx + e * threads) // (KC // 8)) * XR
-                                                          + ((tx + e * threads) % (KC // 8)) * 8, 1, 8)] = x[
-                                                    by * MP + (tx + e * threads) // (KC // 8),
-                                                    T.ramp((k2 * 2 + par) * KC + ((tx + e * threads) % (KC // 8)) * 8, 1, 8)]
-                                            else:
-                                                xs[T.ramp(((tx + e * threads) // (KC // 8)) * XR
-                                                          + ((tx + e * threads) % (KC // 8)) * 8, 1, 8)] = T.broadcast(
-                                                    ZERO, 8)
+                                    stage_x(k2 * 2 + par, tx, by, x, xreg, xs)
                                 if xsm:
                                     T.tvm_storage_sync("shared")
-                    # epilogue: lane holds rows g, g + 8 and columns 2c, 2c + 1 of each 16 x 8 tile
-                    if S == 1:
-                        for i in T.unroll(MT):
-                            for t in T.unroll(NW):
-                                for t8 in T.unroll(2):
-                                    for q in T.unroll(4):
-                                        if (by * MP + i * 16 + (tx % 32) // 4 + (q // 2) * 8 < M
-                                                and ((bx * WN + tx // 32) * NW + t) * 16 + t8 * 8 + (tx % 4) * 2 + q % 2 < N):
-                                            out[by * MP + i * 16 + (tx % 32) // 4 + (q // 2) * 8,
-                                                ((bx * WN + tx // 32) * NW + t) * 16 + t8 * 8 + (tx % 4) * 2 + q % 2] = T.Cast(
-                                                adt, acc[i, t, t8, q])
-                    else:
-                        for i in T.unroll(MT):
-                            for t in T.unroll(NW):
-                                for t8 in T.unroll(2):
-                                    for q in T.unroll(4):
-                                        red[(tx // 32) % S, tx // (32 * S), i * 16 + (tx % 32) // 4 + (q // 2) * 8,
-                                            t * 16 + t8 * 8 + (tx % 4) * 2 + q % 2] = acc[i, t, t8, q]
-                        T.tvm_storage_sync("shared")
-                        for e in range(opt):
-                            if tx + e * threads < outs:
-                                if (by * MP + ((tx + e * threads) // (NW * 16)) % MP < M
-                                        and (bx * WN + (tx + e * threads) // (MP * NW * 16)) * NW * 16
-                                        + (tx + e * threads) % (NW * 16) < N):
-                                    tot[0] = T.float32(0)
-                                    for s in T.unroll(S):
-                                        tot[0] = tot[0] + red[s, (tx + e * threads) // (MP * NW * 16),
-                                                              ((tx + e * threads) // (NW * 16)) % MP,
-                                                              (tx + e * threads) % (NW * 16)]
-                                    out[by * MP + ((tx + e * threads) // (NW * 16)) % MP,
-                                        (bx * WN + (tx + e * threads) // (MP * NW * 16)) * NW * 16
-                                        + (tx + e * threads) % (NW * 16)] = T.Cast(adt, tot[0])
+                    store(tx, bx, by, acc, red, tot, out)
 
     return main if zp else drop_param(main, "zeros")
