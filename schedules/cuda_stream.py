@@ -179,6 +179,145 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
     outs = WN * 16 * NW * 16
     opt = -(-outs // threads)
 
+    @T.macro
+    def copy_step(j, tx, bx, x, planes, scales, zeros, base):
+        """Start this thread's ``cp.async`` copies of step ``j`` into stage ``j % P``: its warp's
+        weight vectors and coefficients of the unit ``j S + ks``, and its share of x's rows."""
+        warp = T.meta_var(tx // 32)
+        lane = T.meta_var(tx % 32)
+        ks = T.meta_var(warp % S)                      # this warp's K slice
+        tile0 = T.meta_var((bx * WN + warp // S) * NW)  # this warp's first N tile
+        if j * S + ks < KU:
+            for t in T.unroll(NW):
+                if tile0 + t < NT:
+                    for j4 in T.unroll(J4):
+                        T.evaluate(cp16(
+                            base[0] + T.Cast("uint32", (j % P) * STAGE
+                                             + (((warp * NW + t) * J4 + j4) * 32 + lane) * 16),
+                            T.address_of(planes[tile0 + t, j * S + ks, j4, lane, 0])))
+            for e in T.unroll(CPL):
+                copy = T.meta_var(lane + e * 32)       # (tile, 16-byte chunk) of coefficients
+                group = T.meta_var(((j * S + ks) * 128) // gs + ((copy % CP_TILE) * EL16) // 16)
+                row = T.meta_var(((copy % CP_TILE) * EL16) % 16)
+                if copy < NW * CP_TILE:
+                    if tile0 + copy // CP_TILE < NT:
+                        T.evaluate(cp16(
+                            base[0] + T.Cast("uint32", (j % P) * STAGE + OFF_S + (warp * NW * CP_TILE + lane + e * 32) * 16),
+                            T.address_of(scales[tile0 + copy // CP_TILE, group, row])))
+                        if zp:
+                            T.evaluate(cp16(
+                                base[0] + T.Cast("uint32", (j % P) * STAGE + OFF_Z + (warp * NW * CP_TILE + lane + e * 32) * 16),
+                                T.address_of(zeros[tile0 + copy // CP_TILE, group, row])))
+        for e in T.unroll(xpt):
+            vec = T.meta_var(tx + e * threads)         # 8 values of x: K slice, row, column
+            if vec < XC:
+                if j * S + vec // (M * 16) < KU:
+                    T.evaluate(cp16(
+                        base[0] + T.Cast("uint32", (j % P) * STAGE + OFF_X + ((vec // 16) * X_ROW + (vec % 16) * 8) * 2),
+                        T.address_of(x[(vec // 16) % M, (j * S + vec // (M * 16)) * 128 + (vec % 16) * 8])))
+
+    @T.macro
+    def multiply_step(i, tx, bx, base, wreg, sreg, zreg, areg, bfrag, acc):
+        """Step ``i`` from stage ``i % P``: the warp's weight vectors and coefficients into
+        registers, then per pair of k16 steps the weight fragments, x's, and the mma."""
+        warp = T.meta_var(tx // 32)
+        lane = T.meta_var(tx % 32)
+        ks = T.meta_var(warp % S)
+        tile0 = T.meta_var((bx * WN + warp // S) * NW)
+        g4 = T.meta_var(lane // 4)                     # fragment row (and row + 8)
+        at = T.meta_var((i % P) * STAGE)               # the stage's byte offset in the ring
+        if i * S + ks < KU:
+            for t in T.unroll(NW):
+                if tile0 + t < NT:
+                    for j4 in T.unroll(J4):
+                        T.evaluate(lds128(base[0] + T.Cast("uint32", at + (((warp * NW + t) * J4 + j4) * 32 + lane) * 16),
+                                          T.address_of(wreg[t, j4, 0])))
+                    for t8 in T.unroll(2):
+                        for ng in T.unroll(NG):
+                            # coefficient of row t8 * 8 + g4 in the unit's group ng
+                            coef = T.meta_var((((warp * NW + t) * NG + ng) * 16 + t8 * 8 + g4) * ssz)
+                            sreg[t, t8, ng] = lds_scale_h2(base[0] + T.Cast("uint32", at + OFF_S + coef), sdt, adt)
+                            if zp:
+                                zreg[t, t8, ng] = lds_scale_h2(base[0] + T.Cast("uint32", at + OFF_Z + coef), sdt, adt)
+            for s2 in T.unroll(4):
+                for sp in T.unroll(2):
+                    for t in T.unroll(NW):
+                        for t8 in T.unroll(2):
+                            for h in T.unroll(2):
+                                bfrag[sp, t, t8, h] = dequant_tc16(
+                                    wreg, (t,), (s2 * 2 + sp) * 4 + t8 * 2 + h, b,
+                                    sreg[t, t8, step_group(spec, s2 * 2 + sp)],
+                                    zreg[t, t8, step_group(spec, s2 * 2 + sp)], zp, const, adt)
+                for r in T.unroll(2 if HI else 1):
+                    # x rows r 8 .. r 8 + 7 (the last row again past M: its products
+                    # are never stored), k 32 s2 + 8 m as matrix m
+                    T.evaluate(ldsm_x4(
+                        base[0] + T.Cast("uint32", at + OFF_X
+                                         + ((ks * M + T.min(r * 8 + lane % 8, M - 1)) * X_ROW + s2 * 32 + (lane // 8) * 8) * 2),
+                        T.address_of(areg[r, 0])))
+                for sp in T.unroll(2):
+                    for t in T.unroll(NW):
+                        if tile0 + t < NT:
+                            if SWAP:   # W tile as A (16 rows of N), x^T as B (8 rows of M)
+                                T.evaluate(mma(
+                                    T.address_of(acc[t, 0, 0]),
+                                    bfrag[sp, t, 0, 0], bfrag[sp, t, 1, 0], bfrag[sp, t, 0, 1], bfrag[sp, t, 1, 1],
+                                    areg[0, sp * 2], areg[0, sp * 2 + 1], adt))
+                            else:
+                                for t8 in T.unroll(2):
+                                    T.evaluate(mma(
+                                        T.address_of(acc[t, t8, 0]),
+                                        areg[0, sp * 2], areg[1, sp * 2] if HI else T.uint32(0),
+                                        areg[0, sp * 2 + 1], areg[1, sp * 2 + 1] if HI else T.uint32(0),
+                                        bfrag[sp, t, t8, 0], bfrag[sp, t, t8, 1], adt))
+
+    @T.macro
+    def store(tx, bx, acc, ring, tot, out):
+        """Epilogue (the K slices' sums meet in the ring, free by then)."""
+        warp = T.meta_var(tx // 32)
+        lane = T.meta_var(tx % 32)
+        ks = T.meta_var(warp % S)
+        tile0 = T.meta_var((bx * WN + warp // S) * NW)
+        g4 = T.meta_var(lane // 4)
+        c4 = T.meta_var(lane % 4)
+        # epilogue. Lane holds, of each 16 x 8 tile of C: rows g4, g4 + 8, columns 2 c4, 2 c4 + 1;
+        # rows are M and columns N, or (SWAP) rows are N and columns M.
+        if S == 1:
+            for t in T.unroll(NW):
+                for t8 in T.unroll(1 if SWAP else 2):
+                    for q in T.unroll(4 if HI or SWAP else 2):
+                        if SWAP:
+                            if c4 * 2 + q % 2 < M and (tile0 + t) * 16 + (q // 2) * 8 + g4 < N:
+                                out[c4 * 2 + q % 2, (tile0 + t) * 16 + (q // 2) * 8 + g4] = T.Cast(
+                                    adt, acc[t, 0, q])
+                        elif (g4 + (q // 2) * 8 < M
+                                and (tile0 + t) * 16 + t8 * 8 + c4 * 2 + q % 2 < N):
+                            out[g4 + (q // 2) * 8, (tile0 + t) * 16 + t8 * 8 + c4 * 2 + q % 2] = T.Cast(
+                                adt, acc[t, t8, q])
+        else:
+            T.tvm_storage_sync("shared")           # every warp is done with the stages
+            for t in T.unroll(NW):
+                for t8 in T.unroll(1 if SWAP else 2):
+                    for q in T.unroll(4):
+                        if SWAP:
+                            ring[((ks * WN + warp // S) * 16 + c4 * 2 + q % 2) * NW * 16
+                                 + t * 16 + (q // 2) * 8 + g4] = T.reinterpret("uint32", acc[t, 0, q])
+                        else:
+                            ring[((ks * WN + warp // S) * 16 + g4 + (q // 2) * 8) * NW * 16
+                                 + t * 16 + t8 * 8 + c4 * 2 + q % 2] = T.reinterpret("uint32", acc[t, t8, q])
+            T.tvm_storage_sync("shared")
+            for e in range(opt):
+                o = T.meta_var(tx + e * threads)           # output of the block: warp column, row, column
+                if o < outs:
+                    if ((o // (NW * 16)) % 16 < M
+                            and (bx * WN + o // (16 * NW * 16)) * NW * 16 + o % (NW * 16) < N):
+                        tot[0] = T.float32(0)
+                        for s in T.unroll(S):
+                            # [slice s][warp column][row][column] = slice s's block + this index
+                            tot[0] = tot[0] + T.reinterpret("float32", ring[s * outs + tx + e * threads])
+                        out[(o // (NW * 16)) % 16, (bx * WN + o // (16 * NW * 16)) * NW * 16 + o % (NW * 16)] = \
+                            T.Cast(adt, tot[0])
+
     @T.prim_func(s_tir=True)
     def main(x: T.Buffer((M, K), adt), planes: T.Buffer(PLANES, "int32"),
              scales: T.Buffer(COEF, sdt), zeros: T.Buffer(ZEROS, sdt),
@@ -200,12 +339,6 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                 base = T.alloc_buffer((1,), "uint32", scope="local")
                 base[0] = T.cuda.cvta_generic_to_shared(T.address_of(ring[0]))
                 T.evaluate(T.address_of(ring[WORDS - 1]))
-                warp = T.meta_var(tx // 32)
-                lane = T.meta_var(tx % 32)
-                ks = T.meta_var(warp % S)                      # this warp's K slice
-                tile0 = T.meta_var((bx * WN + warp // S) * NW)  # this warp's first N tile
-                g4 = T.meta_var(lane // 4)                     # fragment row (and row + 8)
-                c4 = T.meta_var(lane % 4)                      # fragment column pair
                 for i0 in T.unroll(NW):
                     for i1 in T.unroll(2):
                         for i2 in T.unroll(4):
@@ -215,133 +348,11 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                     if j >= P - 1:
                         T.evaluate(cp_wait(P - 2))             # the group of step j - P + 1 has landed
                         T.tvm_storage_sync("shared")           # ... for every thread; stage j - 1 is free
-                    # 1. copies of step j into stage j % P
                     if j < steps:
-                        if j * S + ks < KU:
-                            for t in T.unroll(NW):
-                                if tile0 + t < NT:
-                                    for j4 in T.unroll(J4):
-                                        T.evaluate(cp16(
-                                            base[0] + T.Cast("uint32", (j % P) * STAGE
-                                                             + (((warp * NW + t) * J4 + j4) * 32 + lane) * 16),
-                                            T.address_of(planes[tile0 + t, j * S + ks, j4, lane, 0])))
-                            for e in T.unroll(CPL):
-                                if lane + e * 32 < NW * CP_TILE:
-                                    if tile0 + (lane + e * 32) // CP_TILE < NT:
-                                        T.evaluate(cp16(
-                                            base[0] + T.Cast("uint32", (j % P) * STAGE + OFF_S
-                                                             + (warp * NW * CP_TILE + lane + e * 32) * 16),
-                                            T.address_of(scales[tile0 + (lane + e * 32) // CP_TILE,
-                                                                ((j * S + ks) * 128) // gs + (((lane + e * 32) % CP_TILE) * EL16) // 16,
-                                                                (((lane + e * 32) % CP_TILE) * EL16) % 16])))
-                                        if zp:
-                                            T.evaluate(cp16(
-                                                base[0] + T.Cast("uint32", (j % P) * STAGE + OFF_Z
-                                                                 + (warp * NW * CP_TILE + lane + e * 32) * 16),
-                                                T.address_of(zeros[tile0 + (lane + e * 32) // CP_TILE,
-                                                                   ((j * S + ks) * 128) // gs + (((lane + e * 32) % CP_TILE) * EL16) // 16,
-                                                                   (((lane + e * 32) % CP_TILE) * EL16) % 16])))
-                        for e in T.unroll(xpt):
-                            if tx + e * threads < XC:
-                                if j * S + (tx + e * threads) // (M * 16) < KU:
-                                    T.evaluate(cp16(
-                                        base[0] + T.Cast("uint32", (j % P) * STAGE + OFF_X
-                                                         + (((tx + e * threads) // 16) * X_ROW + ((tx + e * threads) % 16) * 8) * 2),
-                                        T.address_of(x[((tx + e * threads) // 16) % M,
-                                                       (j * S + (tx + e * threads) // (M * 16)) * 128
-                                                       + ((tx + e * threads) % 16) * 8])))
+                        copy_step(j, tx, bx, x, planes, scales, zeros, base)
                     T.evaluate(cp_commit())                    # empty groups keep the count uniform
-                    # 2. multiply step i = j - P + 1 from stage i % P
                     if j >= P - 1:
-                        if (j - P + 1) * S + ks < KU:
-                            for t in T.unroll(NW):
-                                if tile0 + t < NT:
-                                    for j4 in T.unroll(J4):
-                                        T.evaluate(lds128(
-                                            base[0] + T.Cast("uint32", ((j - P + 1) % P) * STAGE
-                                                             + (((warp * NW + t) * J4 + j4) * 32 + lane) * 16),
-                                            T.address_of(wreg[t, j4, 0])))
-                                    for t8 in T.unroll(2):
-                                        for ng in T.unroll(NG):
-                                            # coefficient of row t8 * 8 + g4 in the unit's group ng
-                                            sreg[t, t8, ng] = lds_scale_h2(
-                                                base[0] + T.Cast("uint32", ((j - P + 1) % P) * STAGE + OFF_S
-                                                                 + (((warp * NW + t) * NG + ng) * 16 + t8 * 8 + g4) * ssz),
-                                                sdt, adt)
-                                            if zp:
-                                                zreg[t, t8, ng] = lds_scale_h2(
-                                                    base[0] + T.Cast("uint32", ((j - P + 1) % P) * STAGE + OFF_Z
-                                                                     + (((warp * NW + t) * NG + ng) * 16 + t8 * 8 + g4) * ssz),
-                                                    sdt, adt)
-                            for s2 in T.unroll(4):
-                                for sp in T.unroll(2):
-                                    for t in T.unroll(NW):
-                                        for t8 in T.unroll(2):
-                                            for h in T.unroll(2):
-                                                bfrag[sp, t, t8, h] = dequant_tc16(
-                                                    wreg, (t,), (s2 * 2 + sp) * 4 + t8 * 2 + h, b,
-                                                    sreg[t, t8, step_group(spec, s2 * 2 + sp)],
-                                                    zreg[t, t8, step_group(spec, s2 * 2 + sp)], zp, const, adt)
-                                for r in T.unroll(2 if HI else 1):
-                                    # x rows r 8 .. r 8 + 7 (the last row again past M: its products
-                                    # are never stored), k 32 s2 + 8 m as matrix m
-                                    T.evaluate(ldsm_x4(
-                                        base[0] + T.Cast("uint32", ((j - P + 1) % P) * STAGE + OFF_X
-                                                         + ((ks * M + T.min(r * 8 + lane % 8, M - 1)) * X_ROW
-                                                            + s2 * 32 + (lane // 8) * 8) * 2),
-                                        T.address_of(areg[r, 0])))
-                                for sp in T.unroll(2):
-                                    for t in T.unroll(NW):
-                                        if tile0 + t < NT:
-                                            if SWAP:   # W tile as A (16 rows of N), x^T as B (8 rows of M)
-                                                T.evaluate(mma(
-                                                    T.address_of(acc[t, 0, 0]),
-                                                    bfrag[sp, t, 0, 0], bfrag[sp, t, 1, 0], bfrag[sp, t, 0, 1], bfrag[sp, t, 1, 1],
-                                                    areg[0, sp * 2], areg[0, sp * 2 + 1], adt))
-                                            else:
-                                                for t8 in T.unroll(2):
-                                                    T.evaluate(mma(
-                                                        T.address_of(acc[t, t8, 0]),
-                                                        areg[0, sp * 2], areg[1, sp * 2] if HI else T.uint32(0),
-                                                        areg[0, sp * 2 + 1], areg[1, sp * 2 + 1] if HI else T.uint32(0),
-                                                        bfrag[sp, t, t8, 0], bfrag[sp, t, t8, 1], adt))
-                # epilogue. Lane holds, of each 16 x 8 tile of C: rows g4, g4 + 8, columns 2 c4, 2 c4 + 1;
-                # rows are M and columns N, or (SWAP) rows are N and columns M.
-                if S == 1:
-                    for t in T.unroll(NW):
-                        for t8 in T.unroll(1 if SWAP else 2):
-                            for q in T.unroll(4 if HI or SWAP else 2):
-                                if SWAP:
-                                    if c4 * 2 + q % 2 < M and (tile0 + t) * 16 + (q // 2) * 8 + g4 < N:
-                                        out[c4 * 2 + q % 2, (tile0 + t) * 16 + (q // 2) * 8 + g4] = T.Cast(
-                                            adt, acc[t, 0, q])
-                                elif (g4 + (q // 2) * 8 < M
-                                        and (tile0 + t) * 16 + t8 * 8 + c4 * 2 + q % 2 < N):
-                                    out[g4 + (q // 2) * 8, (tile0 + t) * 16 + t8 * 8 + c4 * 2 + q % 2] = T.Cast(
-                                        adt, acc[t, t8, q])
-                else:
-                    T.tvm_storage_sync("shared")           # every warp is done with the stages
-                    for t in T.unroll(NW):
-                        for t8 in T.unroll(1 if SWAP else 2):
-                            for q in T.unroll(4):
-                                if SWAP:
-                                    ring[((ks * WN + warp // S) * 16 + c4 * 2 + q % 2) * NW * 16
-                                         + t * 16 + (q // 2) * 8 + g4] = T.reinterpret("uint32", acc[t, 0, q])
-                                else:
-                                    ring[((ks * WN + warp // S) * 16 + g4 + (q // 2) * 8) * NW * 16
-                                         + t * 16 + t8 * 8 + c4 * 2 + q % 2] = T.reinterpret("uint32", acc[t, t8, q])
-                    T.tvm_storage_sync("shared")
-                    for e in range(opt):
-                        if tx + e * threads < outs:
-                            if (((tx + e * threads) // (NW * 16)) % 16 < M
-                                    and (bx * WN + (tx + e * threads) // (16 * NW * 16)) * NW * 16
-                                    + (tx + e * threads) % (NW * 16) < N):
-                                tot[0] = T.float32(0)
-                                for s in T.unroll(S):
-                                    # [slice s][warp column][row][column] = slice s's block + this index
-                                    tot[0] = tot[0] + T.reinterpret("float32", ring[s * outs + tx + e * threads])
-                                out[((tx + e * threads) // (NW * 16)) % 16,
-                                    (bx * WN + (tx + e * threads) // (16 * NW * 16)) * NW * 16
-                                    + (tx + e * threads) % (NW * 16)] = T.Cast(adt, tot[0])
+                        multiply_step(j - P + 1, tx, bx, base, wreg, sreg, zreg, areg, bfrag, acc)
+                store(tx, bx, acc, ring, tot, out)
 
     return main if zp else drop_param(main, "zeros")
