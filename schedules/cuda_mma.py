@@ -48,8 +48,7 @@ from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
 from .common import cuda_arch, drop_param, merge_knobs, weight_buffers
-from .cuda_ptx import dequant_tc16, h2, ldg_pairs, ldsm_x4, mma
-from .cuda_stream import groups_per_unit, step_group
+from .cuda_ptx import groups_per_unit, h2, ldg_pairs, ldsm_x4, mma, tc16_fragment
 from .cuda_lut import PASS_CONFIG, SMEM_LIMIT  # noqa: F401  (one limit; TVM cannot see reads made by inline PTX)
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
@@ -152,7 +151,6 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
     outs = WN * MP * NW * 16
     opt = -(-outs // threads)
     zp, sdt, adt = spec.zero_point, spec.scale_dtype, spec.act_dtype   # adt: x, the weights and out
-    const = spec.code_center
     NG = groups_per_unit(spec)
     PLANES, COEF, ZEROS = weight_buffers(spec, "tc16")   # lutc.layouts' shapes of tc16
     red_shape = (S, WN, MP, NW * 16) if S > 1 else (1,)
@@ -204,10 +202,8 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
                         for t in T.unroll(NW):
                             for t8 in T.unroll(2):
                                 for h in T.unroll(2):
-                                    bfrag[sp, t, t8, h] = dequant_tc16(
-                                        wreg, (par, u, t), (s2 * 2 + sp) * 4 + t8 * 2 + h, b,
-                                        sreg[par, u, t, t8, step_group(spec, s2 * 2 + sp)],
-                                        zreg[par, u, t, t8, step_group(spec, s2 * 2 + sp)], zp, const, adt)
+                                    bfrag[sp, t, t8, h] = tc16_fragment(spec, wreg, sreg, zreg, (par, u), t,
+                                                                        s2 * 2 + sp, t8, h)
                     for mi in T.unroll(MT):
                         for r in T.unroll(2):
                             # A fragments of rows mi 16 + r 8 .., k 32 s2 .. of the unit

@@ -201,6 +201,28 @@ def dequant_tc16(words, lead: tuple, e, b: int, s2, z2, zero_points: bool, c: fl
     return deq(shifted, b, v, s2, z2, dtype) if zero_points else deq_c(shifted, b, v, s2, c, dtype)
 
 
+def groups_per_unit(spec) -> int:
+    """Scale groups that one 128-weight K unit touches (1 when a group spans whole units)."""
+    return max(1, 128 // spec.group)
+
+
+def step_group(spec, s: int) -> int:
+    """The scale group, of the :func:`groups_per_unit` of a unit, of its k16 step ``s``: ``tc16``
+    gives each lane k of every step (k ``16 s .. 16 s + 15``), so a group of 32 weights is two
+    steps."""
+    return (16 * s) // spec.group % groups_per_unit(spec)
+
+
+def tc16_fragment(spec, words, scales, zeros, lead: tuple, t, s, t8, h):
+    """Register ``t8 + 2 h`` of weight tile ``t``'s fragment in k16 step ``s`` (a pair of k
+    ``16 s + 8 h + 2 c``, rows ``g + 8 t8``): :func:`dequant_tc16` of the lane's words
+    ``words[(*lead, t, ...)]`` with the coefficients of the step's group, ``scales[(*lead, t, t8,
+    group)]`` (and ``zeros``). The one reading of a fragment the tensor-core kernels share."""
+    group = step_group(spec, s)
+    return dequant_tc16(words, (*lead, t), s * 4 + t8 * 2 + h, spec.wbits, scales[(*lead, t, t8, group)],
+                        zeros[(*lead, t, t8, group)], spec.zero_point, spec.code_center, spec.act_dtype)
+
+
 CP16_SRC = """
 __device__ __forceinline__ void lutc_cp16(unsigned dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(dst), "l"(src));

@@ -42,7 +42,7 @@ from lutc.dtypes import nbytes
 
 from .common import cuda_arch, drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
-from .cuda_ptx import cp16, cp_commit, cp_wait, dequant_tc16, lds128, lds_scale_h2, ldsm_x4, mma
+from .cuda_ptx import cp16, cp_commit, cp_wait, groups_per_unit, lds128, lds_scale_h2, ldsm_x4, mma, tc16_fragment
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
@@ -126,18 +126,6 @@ def smem_bytes(spec, warps: int, wn: int, nw: int, stages: int) -> int:
     return max(ring, red)
 
 
-def groups_per_unit(spec) -> int:
-    """Scale groups that one 128-weight K unit touches (1 when a group spans whole units)."""
-    return max(1, 128 // spec.group)
-
-
-def step_group(spec, s: int) -> int:
-    """The scale group, of the :func:`groups_per_unit` of a unit, of its k16 step ``s``: ``tc16``
-    gives each lane k of every step (k ``16 s .. 16 s + 15``), so a group of 32 weights is two
-    steps."""
-    return (16 * s) // spec.group % groups_per_unit(spec)
-
-
 def scale_size(spec) -> int:
     """Bytes of one stored scale or zero point (what the ``cp.async`` copies of coefficients count)."""
     return nbytes(spec.scale_dtype)
@@ -165,7 +153,6 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
     CP_TILE = 16 * NG * ssz // 16             # 16-byte copies of one tile's coefficients per unit
     EL16 = 16 // ssz                          # coefficients per 16-byte copy
     CPL = -(-NW * CP_TILE // 32)               # such copies per lane
-    const = spec.code_center
     part = stage_bytes(spec, S, WN, NW)
     STAGE = sum(part.values())
     OFF_S, OFF_Z, OFF_X = part["w"], part["w"] + part["s"], part["w"] + part["s"] + part["z"]
@@ -244,10 +231,7 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                     for t in T.unroll(NW):
                         for t8 in T.unroll(2):
                             for h in T.unroll(2):
-                                bfrag[sp, t, t8, h] = dequant_tc16(
-                                    wreg, (t,), (s2 * 2 + sp) * 4 + t8 * 2 + h, b,
-                                    sreg[t, t8, step_group(spec, s2 * 2 + sp)],
-                                    zreg[t, t8, step_group(spec, s2 * 2 + sp)], zp, const, adt)
+                                bfrag[sp, t, t8, h] = tc16_fragment(spec, wreg, sreg, zreg, (), t, s2 * 2 + sp, t8, h)
                 for r in T.unroll(2 if HI else 1):
                     # x rows r 8 .. r 8 + 7 (the last row again past M: its products
                     # are never stored), k 32 s2 + 8 m as matrix m

@@ -95,10 +95,10 @@ from tvm.script import tirx as T
 
 from .common import cuda_arch, drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
-from .cuda_ptx import (cp16, cp_commit, cp_mbar_arrive, cp_wait, dequant_tc16, lds128, lds_scale_h2, mbar_arrive,
+from .cuda_ptx import (cp16, cp_commit, cp_mbar_arrive, cp_wait, groups_per_unit, lds128, lds_scale_h2, mbar_arrive,
                        mbar_init, mbar_wait, proxy_fence_async, setmaxnreg, wgmma_commit, wgmma_fence,
-                       wgmma_fence_acc, wgmma_m64k16, wgmma_wait)
-from .cuda_stream import groups_per_unit, scale_size, step_group
+                       tc16_fragment, wgmma_fence_acc, wgmma_m64k16, wgmma_wait)
+from .cuda_stream import scale_size
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
@@ -339,7 +339,6 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
     NG = groups_per_unit(spec)
     CP_TILE = 16 * NG * ssz // 16             # 16-byte copies of one slot's coefficients per unit
     EL16 = 16 // ssz                          # coefficients per 16-byte copy
-    const = spec.code_center
     part = stage_bytes(spec, wg, wn, bm)
     STAGE = stage_size(spec, wg, wn, bm)
     OFF_W, OFF_S = part["x"], part["x"] + part["w"]
@@ -402,9 +401,7 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
             for s in T.unroll(8):
                 for t8 in T.unroll(2):
                     for h in T.unroll(2):
-                        areg[buf, t, s, t8 + 2 * h] = dequant_tc16(
-                            wreg, (t,), s * 4 + t8 * 2 + h, b, sreg[t, t8, step_group(spec, s)],
-                            zreg[t, t8, step_group(spec, s)], zp, const, adt)
+                        areg[buf, t, s, t8 + 2 * h] = tc16_fragment(spec, wreg, sreg, zreg, (), t, s, t8, h)
 
     @T.macro
     def multiply(i, ab, areg, acc, stage):
