@@ -143,6 +143,104 @@ def lut_kernel(spec, warps: int, tiles: int, rows: int, units: int):
     red_shape = (S, WT, RL, M, 32) if S > 1 else (1,)
     xs_shape = (2, WDS, M) if zp else (1,)
 
+    @T.macro
+    def load_chunk(chunk, par, tx, bx, x, planes, scales, zeros, wreg, sreg, zreg, xv):
+        """Loads of chunk ``chunk`` into register set ``par`` (weights, coefficients, activations)."""
+        lane = T.meta_var(tx % 32)
+        k_warp = T.meta_var((tx // 32) % S)           # this warp's share of each chunk (split-K)
+        first_tile = T.meta_var((bx * WT + tx // (32 * S)) * RL)   # its first 32-row tile
+        for u in T.unroll(UW):
+            unit = T.meta_var(chunk * (UW * S) + k_warp * UW + u)   # 128-weight unit
+            if unit < KU:
+                for r in T.unroll(RL):
+                    if first_tile + r < NT:
+                        for i in T.unroll(b):
+                            wreg[par, u, r, i, T.ramp(0, 1, 4)] = planes[
+                                first_tile + r, unit, i, lane, T.ramp(0, 1, 4)]
+                        if fmt != "ternary":
+                            for jj in T.unroll(SPU):
+                                group = T.meta_var((unit * 128) // gs + jj)
+                                for i in T.unroll(NS):
+                                    if fmt == "bcq":
+                                        sreg[par, u, r, jj, i] = T.Cast("float32", scales[
+                                            first_tile + r, group, i, lane])
+                                    else:
+                                        sreg[par, u, r, jj, i] = T.Cast("float32", scales[
+                                            first_tile + r, group, lane])
+                                if zp:
+                                    zreg[par, u, r, jj] = T.Cast("float32", zeros[
+                                        first_tile + r, group, lane])
+        for e in T.unroll(qpt):
+            slot = T.meta_var(tx + e * threads)   # (row of x, table group, quad)
+            if slot < quads:
+                if chunk * GT + (slot // 4) % GT < K // 4:
+                    for j in T.unroll(4):
+                        xv[e, j] = T.Cast("float32", x[
+                            slot // (GT * 4), (chunk * GT + (slot // 4) % GT) * 4 + j])
+
+    @T.macro
+    def look_up(chunk, par, tx, bx, tab, xs, tbase, wreg, sreg, zreg, acc, scales):
+        """Lookups of chunk ``chunk`` (register set ``par``, table buffer ``par``)."""
+        k_warp = T.meta_var((tx // 32) % S)           # this warp's share of each chunk (split-K)
+        first_tile = T.meta_var((bx * WT + tx // (32 * S)) * RL)   # its first 32-row tile
+        tbase[0] = T.cuda.cvta_generic_to_shared(T.address_of(
+            tab[par, k_warp * (UW * 32), 0, 0]))
+        for u in T.unroll(UW):
+            if chunk * (UW * S) + k_warp * UW + u < KU:
+                for r in T.unroll(RL):
+                    if first_tile + r < NT:
+                        for q in T.unroll(4):
+                            coef_group = T.meta_var((q * 32) // gs if not wide else 0)
+                            for nib in T.unroll(8):
+                                for i in T.unroll(b):
+                                    for m in T.unroll(M):
+                                        acc[r, m, nib % 2] = acc[r, m, nib % 2] + _lds(
+                                            tbase[0], wreg[par, u, r, i, q], nib,
+                                            ((u * 32 + q * 8 + nib) * M + m) * 64) * _coef(
+                                            fmt, sreg, scales, par, u, r, coef_group, i)
+                            if zp:
+                                for m in T.unroll(M):
+                                    acc[r, m, 0] = acc[r, m, 0] + (
+                                        sreg[par, u, r, coef_group, 0]
+                                        * (T.float32(const) - zreg[par, u, r, coef_group])
+                                        * T.cuda.func_call("lutc_lds", T.cuda.cvta_generic_to_shared(
+                                            T.address_of(xs[par, (k_warp * UW + u) * 4 + q, m])),
+                                            source_code=LDS_SRC, return_type="float32"))
+
+    @T.macro
+    def build_tables(chunk, par, tx, x, tab, xs, xv, tq, tot):
+        """Tables of chunk ``chunk`` (buffer ``par``): 4 entries of one (row of x, group) per thread.
+        With q = the quad (entries 4 q .. 4 q + 3) and f = (-x0-x1, x0-x1, -x0+x1, x0+x1):
+        T = base + f, base = +-x2 +-x3 by q's bits; symmetrized, quads 2 and 3 are the negated
+        mirrors of 1 and 0: T[15 - p] = -T[p], i.e. base = -(base of quad 3 - q), same f."""
+        for e in T.unroll(qpt):
+            slot = T.meta_var(tx + e * threads)
+            quad = T.meta_var(slot % 4)
+            if slot < quads:
+                if chunk * GT + (slot // 4) % GT < K // 4:
+                    tq[0] = xv[e, 0] + xv[e, 1]
+                    tq[1] = xv[e, 0] - xv[e, 1]
+                    if sym:
+                        tq[2] = T.Select(quad >= 2, T.float32(-1), T.float32(1)) * (
+                            T.Select(((3 - quad) & 1 == 1) == (quad >= 2),
+                                     xv[e, 2], T.float32(0) - xv[e, 2]) - xv[e, 3])
+                    else:
+                        tq[2] = (T.Select(quad & 1 == 1, xv[e, 2], T.float32(0) - xv[e, 2])
+                                 + T.Select(quad & 2 == 2, xv[e, 3], T.float32(0) - xv[e, 3]))
+                    for pp in T.unroll(4):
+                        tab[par, (slot // 4) % GT, slot // (GT * 4), quad * 4 + pp] = (
+                            tq[2] + _fsel(tq, pp))
+        if zp:
+            for e in range(zpt):
+                slot = T.meta_var(tx + e * threads)   # (row of x, 32-activation word)
+                if slot < WDS * M:
+                    if chunk * KT + (slot % WDS) * 32 < K:
+                        tot[0] = T.float32(0)
+                        for k in T.unroll(32):
+                            tot[0] = tot[0] + T.Cast("float32", x[
+                                slot // WDS, chunk * KT + (slot % WDS) * 32 + k])
+                        xs[par, slot % WDS, slot // WDS] = tot[0]
+
     @T.prim_func(s_tir=True)
     def main(x: T.Buffer((M, K), act), planes: T.Buffer(PLANES, "int32"),
              scales: T.Buffer(scale_shape, sdt), zeros: T.Buffer(zero_shape, sdt),
@@ -162,8 +260,7 @@ def lut_kernel(spec, warps: int, tiles: int, rows: int, units: int):
                 tot = T.alloc_buffer((1,), "float32", scope="local")
                 tbase = T.alloc_buffer((1,), "uint32", scope="local")
                 lane = T.meta_var(tx % 32)
-                k_warp = T.meta_var((tx // 32) % S)           # this warp's share of each chunk (split-K)
-                first_tile = T.meta_var((bx * WT + tx // (32 * S)) * RL)   # its first 32-row tile
+                k_warp = T.meta_var((tx // 32) % S)
                 for r in T.unroll(RL):
                     for m in T.unroll(M):
                         acc[r, m, 0] = T.float32(0)
@@ -175,94 +272,12 @@ def lut_kernel(spec, warps: int, tiles: int, rows: int, units: int):
                     for par in T.unroll(2):
                         chunk = T.meta_var(i2 * 2 + par)
                         if chunk <= chunks:
-                            # 1. loads of chunk i (weights, coefficients, activations)
                             if chunk < chunks:
-                                for u in T.unroll(UW):
-                                    unit = T.meta_var(chunk * (UW * S) + k_warp * UW + u)   # 128-weight unit
-                                    if unit < KU:
-                                        for r in T.unroll(RL):
-                                            if first_tile + r < NT:
-                                                for i in T.unroll(b):
-                                                    wreg[par, u, r, i, T.ramp(0, 1, 4)] = planes[
-                                                        first_tile + r, unit, i, lane, T.ramp(0, 1, 4)]
-                                                if fmt != "ternary":
-                                                    for jj in T.unroll(SPU):
-                                                        group = T.meta_var((unit * 128) // gs + jj)
-                                                        for i in T.unroll(NS):
-                                                            if fmt == "bcq":
-                                                                sreg[par, u, r, jj, i] = T.Cast("float32", scales[
-                                                                    first_tile + r, group, i, lane])
-                                                            else:
-                                                                sreg[par, u, r, jj, i] = T.Cast("float32", scales[
-                                                                    first_tile + r, group, lane])
-                                                        if zp:
-                                                            zreg[par, u, r, jj] = T.Cast("float32", zeros[
-                                                                first_tile + r, group, lane])
-                                for e in T.unroll(qpt):
-                                    slot = T.meta_var(tx + e * threads)   # (row of x, table group, quad)
-                                    if slot < quads:
-                                        if chunk * GT + (slot // 4) % GT < K // 4:
-                                            for j in T.unroll(4):
-                                                xv[e, j] = T.Cast("float32", x[
-                                                    slot // (GT * 4), (chunk * GT + (slot // 4) % GT) * 4 + j])
-                            # 2. lookups of chunk i - 1 (register set 1 - par, table buffer (i - 1) % 2)
+                                load_chunk(chunk, par, tx, bx, x, planes, scales, zeros, wreg, sreg, zreg, xv)
                             if chunk >= 1:
-                                tbase[0] = T.cuda.cvta_generic_to_shared(T.address_of(
-                                    tab[1 - par, k_warp * (UW * 32), 0, 0]))
-                                for u in T.unroll(UW):
-                                    if (chunk - 1) * (UW * S) + k_warp * UW + u < KU:
-                                        for r in T.unroll(RL):
-                                            if first_tile + r < NT:
-                                                for q in T.unroll(4):
-                                                    coef_group = T.meta_var((q * 32) // gs if not wide else 0)
-                                                    for nib in T.unroll(8):
-                                                        for i in T.unroll(b):
-                                                            for m in T.unroll(M):
-                                                                acc[r, m, nib % 2] = acc[r, m, nib % 2] + _lds(
-                                                                    tbase[0], wreg[1 - par, u, r, i, q], nib,
-                                                                    ((u * 32 + q * 8 + nib) * M + m) * 64) * _coef(
-                                                                    fmt, sreg, scales, 1 - par, u, r, coef_group, i)
-                                                    if zp:
-                                                        for m in T.unroll(M):
-                                                            acc[r, m, 0] = acc[r, m, 0] + (
-                                                                sreg[1 - par, u, r, coef_group, 0]
-                                                                * (T.float32(const) - zreg[1 - par, u, r, coef_group])
-                                                                * T.cuda.func_call("lutc_lds", T.cuda.cvta_generic_to_shared(
-                                                                    T.address_of(xs[1 - par, (k_warp * UW + u) * 4 + q, m])),
-                                                                    source_code=LDS_SRC, return_type="float32"))
-                            # 3. tables of chunk i (buffer i % 2): 4 entries of one (row of x, group)
-                            # per thread. With q = the quad (entries 4 q .. 4 q + 3) and
-                            # f = (-x0-x1, x0-x1, -x0+x1, x0+x1): T = base + f, base = +-x2 +-x3 by q's
-                            # bits; symmetrized, quads 2 and 3 are the negated mirrors of 1 and 0:
-                            # T[15 - p] = -T[p], i.e. base = -(base of quad 3 - q), same f.
+                                look_up(chunk - 1, 1 - par, tx, bx, tab, xs, tbase, wreg, sreg, zreg, acc, scales)
                             if chunk < chunks:
-                                for e in T.unroll(qpt):
-                                    slot = T.meta_var(tx + e * threads)
-                                    quad = T.meta_var(slot % 4)
-                                    if slot < quads:
-                                        if chunk * GT + (slot // 4) % GT < K // 4:
-                                            tq[0] = xv[e, 0] + xv[e, 1]
-                                            tq[1] = xv[e, 0] - xv[e, 1]
-                                            if sym:
-                                                tq[2] = T.Select(quad >= 2, T.float32(-1), T.float32(1)) * (
-                                                    T.Select(((3 - quad) & 1 == 1) == (quad >= 2),
-                                                             xv[e, 2], T.float32(0) - xv[e, 2]) - xv[e, 3])
-                                            else:
-                                                tq[2] = (T.Select(quad & 1 == 1, xv[e, 2], T.float32(0) - xv[e, 2])
-                                                         + T.Select(quad & 2 == 2, xv[e, 3], T.float32(0) - xv[e, 3]))
-                                            for pp in T.unroll(4):
-                                                tab[par, (slot // 4) % GT, slot // (GT * 4), quad * 4 + pp] = (
-                                                    tq[2] + _fsel(tq, pp))
-                                if zp:
-                                    for e in range(zpt):
-                                        slot = T.meta_var(tx + e * threads)   # (row of x, 32-activation word)
-                                        if slot < WDS * M:
-                                            if chunk * KT + (slot % WDS) * 32 < K:
-                                                tot[0] = T.float32(0)
-                                                for k in T.unroll(32):
-                                                    tot[0] = tot[0] + T.Cast("float32", x[
-                                                        slot // WDS, chunk * KT + (slot % WDS) * 32 + k])
-                                                xs[par, slot % WDS, slot // WDS] = tot[0]
+                                build_tables(chunk, par, tx, x, tab, xs, xv, tq, tot)
                             T.tvm_storage_sync("shared")
                 # epilogue
                 if S == 1:
