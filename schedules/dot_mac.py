@@ -106,6 +106,29 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
     MR = min(rows, M)                         # rows of x per pass over the weights of a block
     MB = -(-M // MR)
 
+    @T.macro
+    def add_block(task, c, m0, acc, accf, dx, xs, scales, zeros):
+        """The block's epilogue (``lutc.frontend``): each row's int32 dot products, less the code
+        constant (or zero point) times the row's activation sum, times its scale and ``dx``."""
+        for mr in range(MR):
+            row = T.meta_var(m0 * MR + mr)
+            if row < M:
+                for tt in range(TT):
+                    tile = T.meta_var(T.min(task * TT + tt, NT - 1))
+                    for r in T.vectorized(L):
+                        if fmt == "ternary":
+                            accf[row, tt, r] = accf[row, tt, r] + T.Cast(
+                                "float32", scales[0]) * dx[row, c] * (T.Cast("float32", acc[mr, tt, r]) - xs[row, c])
+                        elif zp:
+                            accf[row, tt, r] = accf[row, tt, r] + T.Cast(
+                                "float32", scales[tile, c // per_group, r]) * dx[row, c] * (
+                                T.Cast("float32", acc[mr, tt, r])
+                                - T.Cast("float32", zeros[tile, c // per_group, r]) * xs[row, c])
+                        else:
+                            accf[row, tt, r] = accf[row, tt, r] + T.Cast(
+                                "float32", scales[tile, c // per_group, r]) * dx[row, c] * (
+                                T.Cast("float32", acc[mr, tt, r]) - T.float32(zconst) * xs[row, c])
+
     @T.prim_func(s_tir=True)
     def main(x: T.Buffer((M, K), act), planes: T.Buffer(PLANES, "uint8"),
              scales: T.Buffer(scale_shape, sdt), zeros: T.Buffer(zero_shape, sdt),
@@ -115,27 +138,28 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
         dx = T.alloc_buffer((M, C), "float32")
         xs = T.alloc_buffer((M, C), "float32")
         for mc in T.parallel(M * C):
+            row, blk = T.meta_var(mc // C), T.meta_var(mc % C)   # x's row and block of B activations
             amax = T.alloc_buffer((1,), "float32", scope="local")
             tot = T.alloc_buffer((1,), "int32", scope="local")
             bad = T.alloc_buffer((1,), "int32", scope="local")   # NaN/Inf seen (T.max drops NaN)
             amax[0] = T.float32(0)
             bad[0] = 0
             for k in range(B):
-                xa = T.abs(T.Cast("float32", x[mc // C, (mc % C) * B + k]))
+                xa = T.abs(T.Cast("float32", x[row, blk * B + k]))
                 amax[0] = T.max(amax[0], xa)
                 bad[0] = bad[0] | T.Cast("int32", nonfinite(xa))
             # NaN in x reaches every output of its row through dx (int8 activations cannot hold it)
-            dx[mc // C, mc % C] = nan_if(bad[0] != 0, T.max(amax[0], T.float32(1e-30)) / T.float32(127))
+            dx[row, blk] = nan_if(bad[0] != 0, T.max(amax[0], T.float32(1e-30)) / T.float32(127))
             tot[0] = 0
             for k4 in range(B // 4):
                 word = T.alloc_buffer((4,), "int32", scope="local")
                 for u in range(4):
                     word[u] = T.Cast("int32", T.round(
-                        T.Cast("float32", x[mc // C, (mc % C) * B + k4 * 4 + u]) / dx[mc // C, mc % C]))
+                        T.Cast("float32", x[row, blk * B + k4 * 4 + u]) / dx[row, blk]))
                     tot[0] = tot[0] + word[u]
-                xq[mc // C, (mc % C) * (B // 4) + k4] = (
+                xq[row, blk * (B // 4) + k4] = (
                     (word[0] & 255) | ((word[1] & 255) << 8) | ((word[2] & 255) << 16) | (word[3] << 24))
-            xs[mc // C, mc % C] = T.Cast("float32", tot[0])
+            xs[row, blk] = T.Cast("float32", tot[0])
         for task in T.parallel(NTG):
             accf = T.alloc_buffer((M, TT, L), "float32", scope="local")
             acc = T.alloc_buffer((MR, TT, L), "int32", scope="local")
@@ -149,11 +173,12 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
                             acc[mr, tt, r] = 0
                     for kc in range(CB):
                         for tt in T.unroll(TT):
+                            tile = T.meta_var(T.min(task * TT + tt, NT - 1))   # (past N: the last again)
                             if prefetch > 0:   # (past the last chunk: the last again, harmless)
                                 T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
-                                    planes[T.min(task * TT + tt, NT - 1), T.min(c * CB + kc + prefetch, KC - 1), 0]),
+                                    planes[tile, T.min(c * CB + kc + prefetch, KC - 1), 0]),
                                     T.int32(0), T.int32(3), T.int32(1)))
-                            wv = planes[T.min(task * TT + tt, NT - 1), c * CB + kc, T.ramp(0, 1, V)]
+                            wv = planes[tile, c * CB + kc, T.ramp(0, 1, V)]
                             for s in T.unroll(cpb):
                                 codes = T.reinterpret(i8, T.shift_right(wv, T.broadcast(T.uint8(w * s), V))
                                                       & T.broadcast(T.uint8(mask), V))
@@ -163,25 +188,7 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
                                         xq[T.min(m0 * MR + mr, M - 1), (c * CB + kc) * cpb + s], L))
                                     acc[mr, tt, T.ramp(0, 1, L)] = T.call_llvm_pure_intrin(
                                         i32, intrin, acc[mr, tt, T.ramp(0, 1, L)], codes, xw)
-                    for mr in range(MR):
-                        if m0 * MR + mr < M:
-                            for tt in range(TT):
-                                for r in T.vectorized(L):
-                                    if fmt == "ternary":
-                                        accf[m0 * MR + mr, tt, r] = accf[m0 * MR + mr, tt, r] + T.Cast(
-                                            "float32", scales[0]) * dx[m0 * MR + mr, c] * (
-                                            T.Cast("float32", acc[mr, tt, r]) - xs[m0 * MR + mr, c])
-                                    elif zp:
-                                        accf[m0 * MR + mr, tt, r] = accf[m0 * MR + mr, tt, r] + T.Cast(
-                                            "float32", scales[T.min(task * TT + tt, NT - 1), c // per_group, r]) * dx[
-                                            m0 * MR + mr, c] * (T.Cast("float32", acc[mr, tt, r]) - T.Cast(
-                                                "float32", zeros[T.min(task * TT + tt, NT - 1), c // per_group, r])
-                                            * xs[m0 * MR + mr, c])
-                                    else:
-                                        accf[m0 * MR + mr, tt, r] = accf[m0 * MR + mr, tt, r] + T.Cast(
-                                            "float32", scales[T.min(task * TT + tt, NT - 1), c // per_group, r]) * dx[
-                                            m0 * MR + mr, c] * (T.Cast("float32", acc[mr, tt, r])
-                                                                - T.float32(zconst) * xs[m0 * MR + mr, c])
+                    add_block(task, c, m0, acc, accf, dx, xs, scales, zeros)
             for m, tt, r in T.grid(M, TT, L):
                 if (task * TT + tt) * L + r < N:
                     out[m, (task * TT + tt) * L + r] = T.Cast(act, accf[m, tt, r])
