@@ -172,10 +172,18 @@ def logged_record(log: TuningLog, spec: MPGemmSpec, tgt, default_schedule: Optio
     kind, described = targets.kind(tgt), targets.describe(tgt)
     device = device or targets.device_name(tgt)
     # unbuildable records are skipped with a warning (``usable``); those of an older layout
-    # version silently (``current``: they timed a kernel that no longer exists, tc16 v1's)
-    usable = lambda r: kernel_layout(r, kind, spec, tgt) is not None  # noqa: E731
-    current = lambda r: (layout is None and record_layout(r, kind, spec, tgt) is not None  # noqa: E731
-                         or layout is not None and record_layout(r, kind, spec, tgt) == layout)
+    # version silently (``current``: they timed a kernel that no longer exists, tc16 v1's).
+    # Each record's layout is read once per call (a transfer tests every record of the log).
+    read = {}   # id -> (record, layout): holding the record keeps its id from being reused
+
+    def layout_of(r):
+        if id(r) not in read:
+            read[id(r)] = (r, kernel_layout(r, kind, spec, tgt))
+        return read[id(r)][1]
+
+    usable = lambda r: layout_of(r) is not None  # noqa: E731
+    current = lambda r: (is_current(r, layout_of(r))  # noqa: E731
+                         and (layout is None or layout_of(r) == layout))
     if log.schedules(spec.key(), described):
         # the log decides only if it timed today's default kernel
         timed = {r["schedule"] for r in log.matching(spec.key(), described) if current(r)}
@@ -231,13 +239,17 @@ def kernel_layout(record: dict, kind: str, spec: MPGemmSpec, tgt) -> Optional[st
         return None
 
 
+def is_current(record: dict, name: Optional[str]) -> bool:
+    """Whether ``record`` timed today's kernel of layout ``name`` (None: none this lutc builds):
+    its ``layout_version`` (1 where absent) is the layout's version. ``tc16`` v2 changed how
+    ``cuda_mma``, ``cuda_stream`` and ``cuda_wgmma`` read x; records of v1 are skipped."""
+    return name is not None and record.get("layout_version", LAYOUT_VERSION) == layouts.get(name).version
+
+
 def record_layout(record: dict, kind: str, spec: MPGemmSpec, tgt) -> Optional[str]:
-    """:func:`kernel_layout`, or None where the record timed a kernel of an older version of
-    that layout (its ``layout_version``, 1 where absent: ``tc16`` v2 changed how ``cuda_mma``,
-    ``cuda_stream`` and ``cuda_wgmma`` read x): such records are skipped."""
+    """:func:`kernel_layout` of a record that :func:`is_current`, else None."""
     name = kernel_layout(record, kind, spec, tgt)
-    current = name is not None and record.get("layout_version", LAYOUT_VERSION) == layouts.get(name).version
-    return name if current else None
+    return name if is_current(record, name) else None
 
 
 def build(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: ScheduleLike = None,
