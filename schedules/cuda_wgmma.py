@@ -355,9 +355,9 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
 
     @T.macro
     def copy_unit(j, st, ct, bm_, bn_, x, planes, scales, zeros):
-        """Start copier thread ``ct``'s copies of unit ``j`` into the stage at shared byte ``st``:
-        rounds of x (half a token row each), 16-byte vectors of the slots' weights, and their
-        coefficients, dealt out over the ``copiers`` warps. Slot ``w TW + t`` holds the weights
+        """Start copier thread ``ct``'s copies of unit ``j`` (of all K) into the stage at shared
+        byte ``st``: 16-byte chunks of x (16 per token row), 16-byte vectors of the slots' weights,
+        and their coefficients, dealt out over the ``copiers`` warps. Slot ``w TW + t`` holds the weights
         that warp ``w`` dequantizes as its tile ``t``."""
         cw = T.meta_var(ct // 32)
         lane = T.meta_var(ct % 32)
