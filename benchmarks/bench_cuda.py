@@ -46,7 +46,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lutc  # noqa: E402
 import schedules  # noqa: E402
-from lutc.measure import graph_time_us  # noqa: E402
+from lutc.measure import graph_time_us, interleaved_graph_us  # noqa: E402
 from lutc.formats import PackedWeights  # noqa: E402
 from lutc.layouts import tc16_codes  # noqa: E402
 from lutc.testing import rotation_copies, tolerance  # noqa: E402
@@ -97,10 +97,16 @@ def time_graph(call, copies: int, target_calls: int = 40, replays: int = 10) -> 
     """Median per-call time (us) of a CUDA graph of ``call(i)`` over rotating copies (lutc's
     :func:`~lutc.measure.graph_time_us`, after one eager call per copy: first calls prepare)."""
     n = copies * max(1, math.ceil(target_calls / copies))
+    return graph_time_us(rotating(call, copies), n, replays)
+
+
+def rotating(call, copies: int):
+    """A launch that calls ``call(i)`` with ``i`` turning over the copies, one eager call per copy
+    first (first calls prepare): what :func:`time_graph` captures."""
     for i in range(copies):
         call(i)
     turn = itertools.count()
-    return graph_time_us(lambda: call(next(turn) % copies), n, replays)
+    return lambda: call(next(turn) % copies)
 
 
 def time_eager(call, copies: int, n: int = 100, repeats: int = 5) -> float:
@@ -241,19 +247,17 @@ def run(args) -> dict:
                 row["floor_us"][f"W{wbits}"] = nbytes / bw * 1e6
             result["rows"].append(row)
 
+            calls, copies_of = {}, {}
+
             def measure(name, factory, nbytes):
+                """Build ``name``'s rotating call (timed below, with the row's others in turns)."""
                 copies = copies_for(nbytes, l2)
                 try:
-                    call = factory(copies)
-                    row["kernel_us"][name] = time_graph(call, copies)
-                    row["eager_us"][name] = time_eager(call, copies)
+                    calls[name], copies_of[name] = factory(copies), copies
                 except Exception as exc:  # a peer that fails is reported, not fatal
                     row["notes"][name] = f"{type(exc).__name__}: {str(exc)[:160]}"
                     if args.verbose:
                         traceback.print_exc()
-                finally:
-                    call = None
-                    torch.cuda.empty_cache()
 
             for wbits in WBITS:
                 spec = lutc_specs(N, K, M, wbits)
@@ -284,6 +288,24 @@ def run(args) -> dict:
                             weight_bytes(N, K, wbits))
             if not args.no_bnb:
                 measure("bnb NF4", lambda c: peer_bnb(N, K, M, c, gen), N * K // 2 + N * K // 64 * 4)
+            # kernel time in turns, round by round: timed one after another, the later methods ran on a
+            # hotter, slower GPU (the same lutc kernel twice in a row at 8192 x 28672, M = 128: 100.8
+            # then 109.5 us), which favoured the first (lutc's kernels); eager times one by one after
+            try:
+                graph_us = interleaved_graph_us({n: rotating(c, copies_of[n]) for n, c in calls.items()},
+                                                calls={n: c * max(1, math.ceil(40 / c)) for n, c in copies_of.items()})
+            except Exception as exc:  # one method failing in a graph: time them one by one
+                row["notes"]["interleaved"] = f"{type(exc).__name__}: {str(exc)[:160]}"
+                graph_us = {}
+            for name, call in calls.items():
+                try:
+                    row["kernel_us"][name] = graph_us.get(name) or time_graph(call, copies_of[name])
+                    row["eager_us"][name] = time_eager(call, copies_of[name])
+                except Exception as exc:
+                    row["kernel_us"].pop(name, None)
+                    row["notes"][name] = f"{type(exc).__name__}: {str(exc)[:160]}"
+            calls.clear()
+            torch.cuda.empty_cache()
             print(format_row(row), flush=True)
             if args.out:  # partial results survive a time limit
                 os.makedirs(args.out, exist_ok=True)
@@ -453,7 +475,7 @@ def precompile(args) -> None:
             kernels.append(lutc.build(t.MMA_SPEC, target="cuda:sm_90a", schedule="cuda_mma", knobs=knobs))
         for spec, knobs in t.STREAM_CASES:
             kernels.append(lutc.build(spec, target="cuda:sm_90a", schedule="cuda_stream", knobs=knobs))
-        for spec, knobs in t.WGMMA_CASES:
+        for spec, knobs in t.WGMMA_CASES + t.STREAM_K_CASES:
             kernels.append(lutc.build(spec, target="cuda:sm_90a", schedule="cuda_wgmma", knobs=knobs))
         for spec in t.GENERIC_SPECS + [t.RUNTIME_SPEC]:
             kernels.append(lutc.build(spec, target="cuda:sm_90a"))

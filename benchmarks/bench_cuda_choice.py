@@ -1,7 +1,8 @@
 """What ``lutc.compile`` builds for decode batches (M = 1..24) on the GPU beside each tensor-core
 kernel's default: the choice rule (``schedules.default`` and the tuning log) checked against
 measurement. Kernel time in a CUDA graph, weights rotating past L2 (``bench_cuda``'s harness),
-fp16, group 128, us.
+fp16, group 128, us; the columns of a row timed in turns (``lutc.measure.interleaved_graph_us``:
+timed one after another, the later ones ran on a hotter, slower GPU).
 
     python benchmarks/bench_cuda_choice.py --shapes 28672x8192 8192x28672 --ms 12 16 --wbits 2
     python benchmarks/bench_cuda_choice.py --precompile ...   # no GPU: fill lutc's nvcc cache
@@ -9,7 +10,8 @@ fp16, group 128, us.
 A column ``compile`` is the kernel ``lutc.compile`` picks; ``cuda_mma xsm`` appears where that is a
 tuned ``cuda_mma`` reading x from global memory (the same knobs with x staged in shared memory);
 ``--wgmma-knobs`` adds a ``cuda_wgmma`` column per knob set (JSON, over the defaults), e.g.
-``--wgmma-knobs '{"splits": 2}' '{"wg": 1, "bm": 64, "splits": 4}'``.
+``--wgmma-knobs '{"splits": 2}' '{"wg": 1, "bm": 64, "splits": 4}'``; ``--humming`` adds Humming
+(W uint, group 128, zero points: ``bench_cuda``'s peer) timed the same way in the same run.
 """
 import argparse
 import json
@@ -21,6 +23,7 @@ import bench_cuda as B  # noqa: E402
 import lutc  # noqa: E402
 import schedules  # noqa: E402
 from lutc.build import choose  # noqa: E402
+from lutc.measure import interleaved_graph_us  # noqa: E402
 from lutc.testing import tolerance  # noqa: E402
 
 
@@ -57,6 +60,7 @@ def main() -> None:
     ap.add_argument("--wbits", nargs="*", type=int, default=[2, 4])
     ap.add_argument("--wgmma-knobs", nargs="*", type=json.loads, default=[])
     ap.add_argument("--precompile", action="store_true")
+    ap.add_argument("--humming", action="store_true", help="time Humming beside each row")
     args = ap.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
     if args.precompile:
@@ -72,7 +76,7 @@ def main() -> None:
     for (N, K, M, w), spec, cols in kernels(shapes, args.ms, args.wbits, "cuda", args.wgmma_knobs):
         copies = B.copies_for(B.weight_bytes(N, K, w), l2)
         x = torch.randn(M, K, device="cuda", generator=gen).half()
-        weights, line = {}, []
+        weights, launches, labels = {}, {}, {}
         for col, (s, kn) in cols.items():
             kernel = lutc.build(spec, target="cuda", schedule=s, knobs=kn or None)
             if kernel.layout not in weights:
@@ -80,10 +84,14 @@ def main() -> None:
             qws = weights[kernel.layout]
             ref = x.float() @ B.dequant_packed(qws[0]).T
             err = float((kernel(x, qws[0]).float() - ref).abs().max() / ref.abs().max())
-            t = B.time_graph(lambda i: kernel(x, qws[i]), copies)
-            line.append(f"{col}={s}{kn or ''}: {t:.1f}" + ("" if err < tolerance(spec) else f" WRONG ({err:.1e})"))
-        print(f"{N}x{K} M={M} W{w} | " + " | ".join(line), flush=True)
-        del weights
+            launches[col] = B.rotating(lambda i, kernel=kernel, qws=qws: kernel(x, qws[i]), copies)
+            labels[col] = f"{col}={s}{kn or ''}" + ("" if err < tolerance(spec) else f" WRONG ({err:.1e})")
+        if args.humming:
+            launches["humming"] = B.rotating(B.peer_humming(N, K, M, copies, gen, w), copies)
+            labels["humming"] = "humming"
+        us = interleaved_graph_us(launches, calls=copies * -(-40 // copies))
+        print(f"{N}x{K} M={M} W{w} | " + " | ".join(f"{labels[c]}: {t:.1f}" for c, t in us.items()), flush=True)
+        del weights, launches
         torch.cuda.empty_cache()
 
 

@@ -15,7 +15,8 @@ each with its own pool of weight copies rotating through ``--pool-mib`` MiB (mor
 caches hold: a decode step reads every layer's weights once). CPU times are medians of per-call
 wall times (at least 30 calls and 50 ms). On CUDA every method is timed twice, as
 ``bench_cuda.py`` times its rows: kernel time in a CUDA graph of rotating calls and eager time
-(back-to-back calls, host overhead included). The targets of the front-door issue are checked per row:
+(back-to-back calls, host overhead included); the four graphs are timed in turns, round by round
+(``lutc.measure.interleaved_graph_us``). The targets of the front-door issue are checked per row:
 CPU ``LUTLinear <= 1.15 x kernel + 15 us`` at M = 1 and ``<= 1.15 x kernel`` at larger M; CUDA
 ``LUTLinear (graph) <= 1.1 x kernel (graph)`` and ``LUTLinear (eager) <= kernel (graph) + 15 us``.
 
@@ -40,7 +41,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lutc  # noqa: E402
 from bench_cpu import median_us, packed_copies  # noqa: E402
-from bench_cuda import time_eager as cuda_eager_us, time_graph as cuda_graph_us  # noqa: E402
+from bench_cuda import rotating, time_eager as cuda_eager_us, time_graph as cuda_graph_us  # noqa: E402
+from lutc.measure import interleaved_graph_us  # noqa: E402
 from lutc.testing import random_weights, reference, rel_error, rotation_copies, tolerance  # noqa: E402
 
 
@@ -97,8 +99,11 @@ def measure(N: int, K: int, wbits: int, M: int, device: str, pool_bytes: int) ->
             for name, fn in fns.items():
                 row[name] = median_us(fn, copies, min_seconds=0.05)
         else:
+            # in turns: timed one after another, the later ones ran on a hotter, slower GPU
+            graph_us = interleaved_graph_us({name: rotating(fn, copies) for name, fn in fns.items()},
+                                            calls=copies * -(-40 // copies))
             for name, fn in fns.items():
-                row[name + "_graph"] = cuda_graph_us(fn, copies)
+                row[name + "_graph"] = graph_us[name]
                 row[name + "_eager"] = cuda_eager_us(fn, copies, n=200)
         used = {k.schedule for k in lutc.torch_ops.kernel_cache().kernels()
                 if k.spec.N == N and k.spec.K == K and k.spec.wbits == wbits}

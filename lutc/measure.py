@@ -139,6 +139,12 @@ def graph_time_us(launch: Callable[[], None], calls: int = 30, replays: int = 5)
     one CUDA graph on a side stream, the graph replayed ``replays`` times (timed with CUDA
     events), median per call. ``launch`` may differ per call (e.g. rotate weight copies): each
     captured call keeps the arguments it had at capture."""
+    graph = capture_graph(launch, calls)
+    return statistics.median(replay_us(graph, calls) for _ in range(replays))
+
+
+def capture_graph(launch: Callable[[], None], calls: int) -> "torch.cuda.CUDAGraph":
+    """``calls`` calls of ``launch()`` (after two warm-up calls) in one CUDA graph, replayed once."""
     for _ in range(2):
         launch()
     torch.cuda.synchronize()
@@ -149,15 +155,37 @@ def graph_time_us(launch: Callable[[], None], calls: int = 30, replays: int = 5)
             launch()
     graph.replay()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls)
-    return statistics.median(times)
+    return graph
+
+
+def replay_us(graph: "torch.cuda.CUDAGraph", calls: int) -> float:
+    """One timed replay of a graph of ``calls`` calls: microseconds per call."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e3 / calls
+
+
+def interleaved_graph_us(launches: dict, calls=40, rounds: int = 9) -> dict:
+    """:func:`graph_time_us` of several launches (name -> callable) timed in turns: each round
+    replays every graph once, starting one further along, and each gets the median of its rounds.
+    ``calls``: calls per graph, one count or one per name.
+    Timed one after another, a GPU's clock falls as it heats (H200, the same kernel twice in a
+    row: 100.8 then 109.5 us at 8192 x 28672, M = 128), which favours whatever runs first.
+
+    Example (GPU)::
+
+        us = interleaved_graph_us({"a": lambda: f(x), "b": lambda: g(x)})
+    """
+    counts = calls if isinstance(calls, dict) else dict.fromkeys(launches, calls)
+    graphs = {name: capture_graph(launch, counts[name]) for name, launch in launches.items()}
+    names, times = list(graphs), {name: [] for name in graphs}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(replay_us(graphs[name], counts[name]))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def sync(device_type: str) -> None:

@@ -75,17 +75,36 @@ cores, not idle SMs, set the time there): :func:`default_splits`. The workspace 
 per-thread pool, so two calls of one kernel on different CUDA streams at the same time would
 share it (as ``cuda_generic``'s table workspaces would): one stream per thread is the supported use.
 
+Stream-K (knob ``streamk``: the grid's block count, 0 for a block per tile; :mod:`schedules.stream_k`).
+The grid is one block per SM; block ``c`` runs its even share of the (tile, K unit) iterations
+in tile-major order, across tile edges: the copying warpgroups copy unit after unit as before
+(the ring's phases run on), and the computing ones, where a tile's units end, store it (whole
+into ``out``, cut into the block's workspace slot, fp32) and start the next from zero. A second
+kernel adds each cut tile's partial sums in block order, four neighbouring rows per thread
+(16-byte loads, all of a tile's partials in flight: the first version, one element and one load
+at a time per thread, took 30-40 us more). On the H200 (``benchmarks/results/cuda_stream_k_h200.md``)
+it pays where the block count forced small token tiles: 8192 x 28672 at M = 96..128 (64 tiles of
+128 rows) in 128-token tiles on 132 blocks, 85.9 against 125.2 us at M = 96 (W2, Humming 87.6 in
+turns in the same run) and 100.8 against 130.3 at M = 128 (the main kernel 96.1 us, the fix-up
+3.8): every weight is dequantized once, where 64-token tiles did it twice. It does not pay where
+the tiles already fill the GPU (28672 x 8192 at M = 128: 110.7 against 100.7; M = 512: 382.8
+against 388.3) or at small M (8192 x 28672 at M = 16: 85.4 against split-K's 52.9): the
+dequantization and tensor cores bound the time, and a GPU busy on every SM runs hotter and
+slower. :func:`default_streamk` takes it only for the first case.
+
 Where it stands (``benchmarks/results/cuda_h200_x16.md``, H200, same hour): faster than
 Humming at M = 64 on 28672 x 8192 (59.1 against 72.5 us, W2), at M = 128..512 on 4096 x 4096 and
 at M = 512 on 8192 x 28672 (342.4 against 361.4); 0.70-0.99x of it elsewhere (28672 x 8192 at
 M = 128: 99.9 against 92.0); faster than cuBLAS fp16 to M = 128 and 0.91-1.06x of it from M = 512
 on the large shapes; from M = 9 (``benchmarks/results/cuda_small_m_h200.md``) 28672 x 8192 at
-M = 16 40.8 against Humming's 49.5. Next steps: fewer instructions per dequantized pair, and a
-persistent (stream-K) grid for 8192 x 28672 at M = 128 (128 blocks, split-K did not pay there).
+M = 16 40.8 against Humming's 49.5; with the tuned 256-row tiles (``tuning_logs/cuda.jsonl``)
+8192 x 28672 at M = 16 37.9 / 40.0 us (W2 / W4) against Humming's 48.9 / 50.4, in turns. (Those
+tables timed lutc first; see ``lutc.measure.interleaved_graph_us`` for why that favoured lutc by
+up to 5-10% at M >= 96.) Next steps: fewer instructions per dequantized pair.
 
 Limits (``supports``): sm_90a, fp16 or bf16 activations (the weights are dequantized to the
 activations' type; bf16 rounds the scale to bf16 first), uniform W2/W4, K % 128 == 0 (``splits``
-must divide K / 128), any M and N (tokens and rows past M and N are computed from stale shared
+must divide K / 128; ``streamk`` at most the tile units, and not with ``splits``), any M and N (tokens and rows past M and N are computed from stale shared
 memory and never stored). fp16 results equal ``cuda_mma``'s up to the order of the fp32 sums.
 """
 from __future__ import annotations
@@ -93,6 +112,7 @@ from __future__ import annotations
 from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
+from . import stream_k
 from .common import cuda_arch, drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
 from .cuda_ptx import (cp16, cp_commit, cp_mbar_arrive, cp_wait, groups_per_unit, lds128, lds_scale_h2, mbar_arrive,
@@ -103,7 +123,10 @@ from .cuda_stream import scale_size
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
 KNOBS = {"wg": (1, 2, 3, 4), "wn": (1, 2), "bm": (64, 128, 256), "stages": (3, 4), "ws": (False, True, 2),
-         "splits": (1, 2, 4)}
+         "splits": (1, 2, 4), "streamk": (0, 78, 114, 132)}
+#: Stream-K grids (knob ``streamk``, :mod:`schedules.stream_k`): one block per SM of the Hopper
+#: parts, H20 (78 SMs), H100 PCIe (114), H100 SXM, H200 and GH200 (132); 0 is a block per tile.
+SMS = 132
 #: Dynamic shared memory of one block on sm_90 (227 KB, the opt-in maximum).
 SMEM_LIMIT = 227 * 1024
 #: Alignment of each stage's x (the 128-byte swizzle repeats every 1024 bytes).
@@ -151,16 +174,25 @@ def tokens(spec, bm: int) -> int:
     return min(bm, -(-spec.M // 8) * 8)
 
 
+#: Stream-K's tile where it is the default (:func:`default_streamk`): (wg, wn, bm, ws).
+STREAMK_TILE = (2, 1, 128, 2)
+#: Fewest K units per stream-K block worth it: each block pays a pipeline fill and up to two
+#: partial-sum stores (4096 x 4096 at M = 128, 8 units per block: 23-49 us against 14 unsplit).
+STREAMK_MIN_UNITS = 64
 #: Blocks that split-K aims at (:func:`default_splits`), and from which it is not worth tuning:
 #: about two waves of the H200's 132 SMs keep every SM busy; more splits only add partial sums.
 SPLIT_BLOCKS = 256
 
 
-def worth_tuning(spec, target, bm: int = 128, wg: int = 2, wn: int = 1, splits: int = 1, **_) -> bool:
-    """False for a token tile past the one that already holds all of M (the same kernel), and
-    for split-K where the tile alone gives :data:`SPLIT_BLOCKS` blocks."""
+def worth_tuning(spec, target, bm: int = 128, wg: int = 2, wn: int = 1, splits: int = 1, streamk: int = 0,
+                 **_) -> bool:
+    """False for a token tile past the one that already holds all of M (the same kernel), for
+    split-K or stream-K where the tile alone gives :data:`SPLIT_BLOCKS` blocks, and for stream-K
+    shares under :data:`STREAMK_MIN_UNITS` units."""
     new_tile = bm == KNOBS["bm"][0] or tokens(spec, bm) > tokens(spec, bm // 2)
-    return new_tile and (splits == 1 or blocks(spec, wg, wn, bm) < SPLIT_BLOCKS)
+    few = blocks(spec, wg, wn, bm) < SPLIT_BLOCKS
+    return (new_tile and (splits == 1 or few)
+            and (not streamk or (few and iterations(spec, wg, wn, bm) >= STREAMK_MIN_UNITS * streamk)))
 
 
 #: Tiles (wg, wn, bm, ws) from the most work per block down, each with the blocks it must give to
@@ -178,6 +210,11 @@ TILES = ((2, 1, 256, True, 100), (3, 1, 128, True, 500), (2, 1, 128, 2, 100), (2
 def blocks(spec, wg: int, wn: int, bm: int) -> int:
     """Thread blocks of the kernel: token tiles x weight-row tiles."""
     return -(-spec.M // tokens(spec, bm)) * -(-spec.N // (64 * wn * wg))
+
+
+def iterations(spec, wg: int, wn: int, bm: int) -> int:
+    """Stream-K's iterations: (tile, 128-weight K unit) pairs of the product."""
+    return blocks(spec, wg, wn, bm) * (spec.K // 128)
 
 
 def launch_registers(wg: int, ws: int = 0) -> int:
@@ -230,9 +267,27 @@ def default_knobs(spec) -> dict:
     chosen = next((t for t in tiles if blocks(spec, *t[:3]) >= t[4]
                    and (t[2] == 64 or tokens(spec, t[2]) == t[2])),
                   max(tiles, key=lambda t: blocks(spec, *t[:3])))
-    wg, wn, bm, ws = chosen[:4]
+    streamk = default_streamk(spec, chosen)
+    wg, wn, bm, ws = STREAMK_TILE if streamk else chosen[:4]
     return {"wg": wg, "wn": wn, "bm": bm, "stages": 4 if fits(spec, wg, wn, bm, 4, ws=ws) else 3, "ws": ws,
-            "splits": default_splits(spec, blocks(spec, wg, wn, bm)) if chosen == TILES[-1] else 1}
+            "splits": default_splits(spec, blocks(spec, wg, wn, bm)) if chosen == TILES[-1] and not streamk else 1,
+            "streamk": streamk}
+
+
+def default_streamk(spec, tile) -> int:
+    """Stream-K's grid (:data:`SMS` blocks, :data:`STREAMK_TILE`) where the tile the block count
+    chose (``tile`` of :data:`TILES`) takes fewer tokens than the stream-K tile, gives at most one
+    wave, and the shares are long (:data:`STREAMK_MIN_UNITS`); else 0. Past M = 64: below, the
+    weights set the time and split-K serves (8192 x 28672 at M = 16: 85.4 us with stream-K against
+    52.9 with split-K). On the H200 (W2): 8192 x 28672 at M = 128 in 128-token tiles on 132 blocks
+    100.6 us against 131.2 for 64-token tiles on 128 blocks (each weight dequantized once, not twice);
+    28672 x 8192 keeps its 224 blocks of 128 tokens (100.7 against 110.7 stream-K): the tensor
+    cores and dequantization, not the last wave, set the time there."""
+    wg, wn, bm, ws = STREAMK_TILE
+    if (spec.M > SPLIT_MAX_M and tokens(spec, tile[2]) < tokens(spec, bm) and blocks(spec, *tile[:3]) <= SMS
+            and iterations(spec, wg, wn, bm) >= STREAMK_MIN_UNITS * SMS and fits(spec, wg, wn, bm, ws=ws)):
+        return SMS
+    return 0
 
 
 def default_splits(spec, tile_blocks: int) -> int:
@@ -255,6 +310,8 @@ def resolve_knobs(spec, **given) -> dict:
     where 4 do not fit). Raises ValueError for a value outside ``KNOBS``, or a tile over the
     register budget or the shared memory of a block."""
     knobs = merge_knobs("cuda_wgmma", KNOBS, default_knobs(spec), given)
+    if given.get("streamk") and given.get("splits") is None:
+        knobs["splits"] = 1            # stream-K given: no default split-K beside it
     if given.get("ws") is None and registers(spec, knobs["wn"], knobs["bm"]) > register_limit(knobs["wg"], True):
         knobs["ws"] = False            # a tile asked for without ws that the copying warpgroup would not fit
     if given.get("stages") is None and not fits(spec, knobs["wg"], knobs["wn"], knobs["bm"], knobs["stages"]):
@@ -265,6 +322,12 @@ def resolve_knobs(spec, **given) -> dict:
                          f"and A fragments (limit {limit} with {knobs['wg'] + knobs['ws']} warpgroups, and one "
                          f"wgmma's {tokens(spec, knobs['bm']) // 2 + 32} within the "
                          f"{launch_registers(knobs['wg'], knobs['ws'])} at launch): lower bm, wn, wg or ws")
+    if knobs["streamk"] and knobs["splits"] > 1:
+        raise ValueError(f"cuda_wgmma knobs splits={knobs['splits']} and streamk={knobs['streamk']} both "
+                         "divide K among blocks: use one")
+    if knobs["streamk"] > iterations(spec, knobs["wg"], knobs["wn"], knobs["bm"]):
+        raise ValueError(f"cuda_wgmma knob streamk={knobs['streamk']} asks for more blocks than the "
+                         f"{iterations(spec, knobs['wg'], knobs['wn'], knobs['bm'])} tile units of the product")
     if (spec.K // 128) % knobs["splits"]:
         raise ValueError(f"cuda_wgmma knob splits={knobs['splits']} does not divide the {spec.K // 128} "
                          f"128-weight units of K={spec.K}")
@@ -300,9 +363,9 @@ def smem_bytes(spec, wg: int, wn: int, bm: int, stages: int) -> int:
 
 
 def schedule(func, spec, target, wg=None, wn=None, bm=None, stages=None, ws=None,
-             splits=None) -> s_tir.Schedule:
+             splits=None, streamk=None) -> s_tir.Schedule:
     """The dequantize-to-registers + wgmma kernel for ``spec`` (``func`` is its reference semantics)."""
-    knobs = resolve_knobs(spec, wg=wg, wn=wn, bm=bm, stages=stages, ws=ws, splits=splits)
+    knobs = resolve_knobs(spec, wg=wg, wn=wn, bm=bm, stages=stages, ws=ws, splits=splits, streamk=streamk)
     return s_tir.Schedule(IRModule({"main": wgmma_kernel(spec, **knobs)}))
 
 
@@ -319,7 +382,7 @@ def x_step(bm: int, s: int) -> int:
     return (s // 4) * bm * 128 + (s % 4) * 32
 
 
-def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: int = 1):
+def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: int = 1, streamk: int = 0):
     """The PrimFunc (module docstring). Arguments: ``x [M, K]`` fp16 or bf16, ``planes`` (``tc16``),
     ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``."""
     M, N, K, b = spec.M, spec.N, spec.K, spec.wbits
@@ -327,6 +390,8 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
     BN = 64 * wn * wg                         # weight rows per block
     NT, KU, gs = -(-N // 16), K // 128, spec.group
     SPLIT = splits > 1                        # split-K: partial sums, then a second kernel adds them
+    STREAMK = streamk > 0                     # a persistent grid sharing out the tile units (stream_k)
+    STORE_AT_END = not STREAMK                # (stream-K stores a tile where its units end)
     KB = KU // splits                         # 128-weight units of one block
     J4 = b // 2                               # 16-byte weight vectors per lane per tile and unit
     warps = 4 * wg                            # warps that dequantize and multiply
@@ -334,6 +399,10 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
     copiers = 4 * ws if ws else warps         # warps that copy: the copying warpgroups, or all
     slots = warps * TW                        # 16-row weight tiles of a block (its stage slots)
     nbm, nbn = -(-M // BM), -(-N // BN)
+    TILES_MN = nbm * nbn                      # output tiles (M fastest: tiles of one weight tile together)
+    ITERS = TILES_MN * KU                     # stream-K's iterations: (tile, K unit)
+    FIX_CHUNKS = -(-BM * BN // 1024)          # fix-up blocks per cut tile (256 threads x 4 rows)
+    FIX_PARTS = -(-KU * max(streamk, 1) // ITERS) + 1   # most blocks that share one tile
     zp, sdt, adt = spec.zero_point, spec.scale_dtype, spec.act_dtype   # adt: x, the weights and out
     ssz = scale_size(spec)
     NG = groups_per_unit(spec)
@@ -352,6 +421,17 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
     def row16(warp, t):
         """The block's 16-row tile of warp ``warp``'s tile ``t``: warpgroup, tile, warp in it."""
         return (warp // 4) * 4 * wn + t * 4 + warp % 4
+
+    def share(c, bm_, bn_, sk):
+        """Block ``c``'s work as ``(count, unit, tm, tn)``: how many K units it runs, and of its
+        ``u``-th the unit of K and the output tile (token tile ``tm``, weight-row tile ``tn``).
+        A block per tile walks its tile's units (its slice ``sk`` with split-K); with stream-K
+        block ``c`` runs iterations ``start(c) ..`` of the tile-major order, across tiles."""
+        if STREAMK:
+            first = stream_k.start(c, ITERS, streamk)
+            return (stream_k.start(c + 1, ITERS, streamk) - first, lambda u: (first + u) % KU,
+                    lambda u: (first + u) // KU % nbm, lambda u: (first + u) // KU // nbm)
+        return (KB, (lambda u: sk * KB + u) if SPLIT else (lambda u: u), lambda u: bm_, lambda u: bn_)
 
     @T.macro
     def copy_unit(j, st, ct, bm_, bn_, x, planes, scales, zeros):
@@ -415,10 +495,11 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
         T.evaluate(wgmma_commit())
 
     @T.macro
-    def store(acc, warp, g4, c4, bm_, bn_, sk, out, psum):
+    def store(acc, warp, g4, c4, bm_, bn_, sk, out, psum, whole, slot):
         """Epilogue: accumulator ``t ACC + j8 4 + q`` is weight row ``g4 + 8 (q // 2)`` of the
         warp's 16 rows of tile ``t``, token ``j8 8 + 2 c4 + q % 2`` of the block; into ``out``,
-        or with split-K into the block's slice ``sk`` of the fp32 partial sums ``psum``."""
+        or with split-K into the block's slice ``sk`` of the fp32 partial sums ``psum``; with
+        stream-K a tile the block did ``whole`` into ``out``, a cut one into its ``slot``."""
         for t in T.unroll(TW):
             T.evaluate(wgmma_fence_acc(T.address_of(acc[t * ACC]), BM))
         for t in T.unroll(TW):
@@ -426,7 +507,14 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
                 for q in T.unroll(4):
                     if (bm_ * BM + j8 * 8 + c4 * 2 + q % 2 < M
                             and bn_ * BN + row16(warp, t) * 16 + g4 + (q // 2) * 8 < N):
-                        if SPLIT:
+                        if STREAMK:
+                            if whole:
+                                out[bm_ * BM + j8 * 8 + c4 * 2 + q % 2, bn_ * BN + row16(warp, t) * 16 + g4 + (q // 2) * 8] = \
+                                    T.Cast(adt, acc[t * ACC + j8 * 4 + q])
+                            else:
+                                psum[sk, slot, j8 * 8 + c4 * 2 + q % 2, row16(warp, t) * 16 + g4 + (q // 2) * 8] = \
+                                    acc[t * ACC + j8 * 4 + q]
+                        elif SPLIT:
                             psum[sk, bm_ * BM + j8 * 8 + c4 * 2 + q % 2, bn_ * BN + row16(warp, t) * 16 + g4 + (q // 2) * 8] = \
                                 acc[t * ACC + j8 * 4 + q]
                         else:
@@ -434,7 +522,17 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
                                 T.Cast(adt, acc[t * ACC + j8 * 4 + q])
 
     @T.macro
-    def receive(u, first, tx, bm_, bn_, x, planes, scales, zeros, stage, full, unit):
+    def store_tile(acc, warp, g4, c4, c, out, psum, tm_, tn_):
+        """Stream-K: store block ``c``'s sums of tile ``(tm_, tn_)`` (whole, or a cut one's
+        partial sums into its slot) and start the next tile from zero."""
+        tile = T.meta_var(tn_ * nbm + tm_)
+        store(acc, warp, g4, c4, tm_, tn_, c, out, psum, stream_k.whole(tile, KU, ITERS, streamk),
+              stream_k.slot(c, tile, KU, TILES_MN, ITERS, streamk))
+        for q in T.unroll(TW * ACC):
+            acc[q] = T.float32(0)
+
+    @T.macro
+    def receive(u, first, tx, count, tm, tn, x, planes, scales, zeros, stage, full, unit):
         """Wait until unit ``u``'s stage is in shared memory for every computing thread (and, in
         the async proxy, for wgmma). Without ``ws`` a block barrier publishes the copies, after
         which (past the ``first`` unit) the stage of unit ``u - 2`` is free for the copies of
@@ -447,35 +545,44 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
             T.evaluate(proxy_fence_async())
             T.tvm_storage_sync("shared")
             if not first:
-                if u + P - 2 < KB:
-                    copy_unit(unit(u + P - 2), stage(u + P - 2), tx, bm_, bn_, x, planes, scales, zeros)
+                if u + P - 2 < count:
+                    copy_unit(unit(u + P - 2), stage(u + P - 2), tx, tm(u + P - 2), tn(u + P - 2), x, planes, scales,
+                              zeros)
                 T.evaluate(cp_commit())                # empty groups keep the count uniform
 
     @T.macro
-    def compute(x, planes, scales, zeros, out, psum, bm_, bn_, sk, tx, areg, wreg, sreg, zreg, acc, stage, full,
-                empty, unit):
-        """A computing warp's K loop (module docstring) and its epilogue."""
+    def compute(x, planes, scales, zeros, out, psum, sk, tx, areg, wreg, sreg, zreg, acc, stage, full,
+                empty, count, unit, tm, tn):
+        """A computing warp's K loop (module docstring) and its epilogue; with stream-K the
+        epilogue of each tile where its units end, the accumulators zeroed for the next."""
         warp = T.meta_var(tx // 32)
         lane = T.meta_var(tx % 32)
         g4 = T.meta_var(lane // 4)                     # fragment row (and row + 8)
         c4 = T.meta_var(lane % 4)                      # fragment column pair
-        receive(0, True, tx, bm_, bn_, x, planes, scales, zeros, stage, full, unit)
+        receive(0, True, tx, count, tm, tn, x, planes, scales, zeros, stage, full, unit)
         dequantize(stage(0), 0, areg, wreg, sreg, zreg, warp, g4, lane)
-        for i2 in range((KB + 1) // 2):
+        for i2 in range((count + 1) // 2):
             for ab in T.unroll(2):                    # A buffer ab holds unit i = 2 i2 + ab
-                if 2 * i2 + ab < KB:
+                if 2 * i2 + ab < count:
                     multiply(2 * i2 + ab, ab, areg, acc, stage)
-                    if 2 * i2 + ab + 1 < KB:
-                        receive(2 * i2 + ab + 1, False, tx, bm_, bn_, x, planes, scales, zeros, stage, full, unit)
+                    if 2 * i2 + ab + 1 < count:
+                        receive(2 * i2 + ab + 1, False, tx, count, tm, tn, x, planes, scales, zeros, stage, full,
+                                unit)
                         dequantize(stage(2 * i2 + ab + 1), 1 - ab, areg, wreg, sreg, zreg, warp, g4, lane)
                     T.evaluate(wgmma_wait(0))          # unit i done: its A buffer free
                     if COPYING:
                         T.evaluate(mbar_arrive(empty(2 * i2 + ab)))
-        store(acc, warp, g4, c4, bm_, bn_, sk, out, psum)
+                    if STREAMK:
+                        if unit(2 * i2 + ab) == KU - 1 or 2 * i2 + ab == count - 1:    # the tile's last unit here
+                            store_tile(acc, warp, g4, c4, sk, out, psum, tm(2 * i2 + ab), tn(2 * i2 + ab))
+        if STORE_AT_END:
+            store(acc, warp, g4, c4, tm(0), tn(0), sk, out, psum, True, 0)
+
 
     @T.macro
     def block(bm_, bn_, sk, x, planes, scales, zeros, out, psum):
-        """Thread block ``(bm_, bn_)`` (and K slice ``sk`` with split-K): its threads' work."""
+        """Thread block ``(bm_, bn_)`` (and K slice ``sk`` with split-K; stream-K block ``sk``):
+        its threads' work."""
         for tx in T.thread_binding(threads, thread="threadIdx.x"):
             if REGS_MOVED:   # ptxas must know the registers at entry: one block per SM
                 T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", 1)
@@ -493,7 +600,10 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
             base[0] = T.bitwise_and(T.cuda.cvta_generic_to_shared(T.address_of(smem[0])) + T.uint32(ALIGN - 1),
                                     T.uint32(~(ALIGN - 1) & 0xFFFFFFFF))
             T.evaluate(T.address_of(smem[WORDS - 1]))
-            unit = T.meta_var((lambda u: sk * KB + u) if SPLIT else (lambda u: u))   # this block's units of K
+            count = T.meta_var(share(sk, bm_, bn_, sk)[0])   # this block's K units, and of each
+            unit = T.meta_var(share(sk, bm_, bn_, sk)[1])    # its unit of K
+            tm = T.meta_var(share(sk, bm_, bn_, sk)[2])      # its token tile
+            tn = T.meta_var(share(sk, bm_, bn_, sk)[3])      # its weight-row tile
             stage = T.meta_var(lambda u: base[0] + T.Cast("uint32", (u % P) * STAGE))
             full = T.meta_var(lambda u: base[0] + T.Cast("uint32", P * STAGE + (u % P) * 8))
             empty = T.meta_var(lambda u: base[0] + T.Cast("uint32", P * STAGE + (P + u % P) * 8))
@@ -511,23 +621,23 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
                 if tx >= 32 * warps:
                     if REGS_MOVED:
                         T.evaluate(setmaxnreg(False, COPIER_REGS))
-                    for u in range(KB):
+                    for u in range(count):
                         if u >= P:                     # its stage's previous unit released
                             T.evaluate(mbar_wait(empty(u), (u // P + 1) % 2))
-                        copy_unit(unit(u), stage(u), tx - 32 * warps, bm_, bn_, x, planes, scales, zeros)
+                        copy_unit(unit(u), stage(u), tx - 32 * warps, tm(u), tn(u), x, planes, scales, zeros)
                         T.evaluate(cp_mbar_arrive(full(u)))
                 else:
                     if REGS_MOVED:
                         T.evaluate(setmaxnreg(True, computing_registers(wg, ws)))
-                    compute(x, planes, scales, zeros, out, psum, bm_, bn_, sk, tx, areg, wreg, sreg, zreg, acc, stage,
-                        full, empty, unit)
+                    compute(x, planes, scales, zeros, out, psum, sk, tx, areg, wreg, sreg, zreg, acc, stage,
+                            full, empty, count, unit, tm, tn)
             else:
                 for j in range(P - 1):            # prologue: units 0 .. P-2 in flight
-                    if j < KB:
-                        copy_unit(unit(j), stage(j), tx, bm_, bn_, x, planes, scales, zeros)
+                    if j < count:
+                        copy_unit(unit(j), stage(j), tx, tm(j), tn(j), x, planes, scales, zeros)
                     T.evaluate(cp_commit())
-                compute(x, planes, scales, zeros, out, psum, bm_, bn_, sk, tx, areg, wreg, sreg, zreg, acc, stage,
-                        full, empty, unit)
+                compute(x, planes, scales, zeros, out, psum, sk, tx, areg, wreg, sreg, zreg, acc, stage,
+                        full, empty, count, unit, tm, tn)
 
     @T.macro
     def add_splits(psum, out):
@@ -541,12 +651,42 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
                         tot[0] = tot[0] + psum[sl, (rb * 256 + rt) // N, (rb * 256 + rt) % N]
                     out[(rb * 256 + rt) // N, (rb * 256 + rt) % N] = T.Cast(adt, tot[0])
 
+    @T.macro
+    def fix_up(psum, out):
+        """Stream-K's second kernel: the blocks ``(f, chunk)`` add the partial sums of the tile
+        that boundary ``f`` first cuts (if it is the first to cut it), 4 neighbouring weight rows
+        per thread (16-byte loads, every partial's load in flight at once), in block order."""
+        for fb in T.thread_binding((streamk - 1) * FIX_CHUNKS, thread="blockIdx.x"):
+            for ft in T.thread_binding(256, thread="threadIdx.x"):
+                tot = T.alloc_buffer((4,), "float32", scope="local")
+                if stream_k.fixes(fb // FIX_CHUNKS + 1, KU, ITERS, streamk):
+                    tile = T.meta_var(stream_k.start(fb // FIX_CHUNKS + 1, ITERS, streamk) // KU)
+                    c0 = T.meta_var(stream_k.blocks_of(tile, KU, ITERS, streamk)[0])
+                    c1 = T.meta_var(stream_k.blocks_of(tile, KU, ITERS, streamk)[1])
+                    tok = T.meta_var(((fb % FIX_CHUNKS) * 256 + ft) * 4 // BN)     # of the tile
+                    row = T.meta_var(((fb % FIX_CHUNKS) * 256 + ft) * 4 % BN)
+                    for e in T.unroll(4):
+                        tot[e] = T.float32(0)
+                    for cc in T.unroll(FIX_PARTS):     # the tile's partial sums, block c0 + cc
+                        if c0 + cc <= c1 and tok < BM:
+                            for e in T.vectorized(4):
+                                tot[e] = tot[e] + psum[c0 + cc, stream_k.slot(c0 + cc, tile, KU, TILES_MN, ITERS,
+                                                                              streamk), tok, row + e]
+                    for e in T.unroll(4):
+                        if tok < BM and (tile % nbm) * BM + tok < M and (tile // nbm) * BN + row + e < N:
+                            out[(tile % nbm) * BM + tok, (tile // nbm) * BN + row + e] = T.Cast(adt, tot[e])
+
     @T.prim_func(s_tir=True)
     def main(x: T.Buffer((M, K), adt), planes: T.Buffer(PLANES, "int32"),
              scales: T.Buffer(COEF, sdt), zeros: T.Buffer(ZEROS, sdt),
              out: T.Buffer((M, N), adt)):
         T.func_attr({"tirx.noalias": True})
-        if SPLIT:
+        if STREAMK:
+            psum = T.alloc_buffer((streamk, 2, BM, BN), "float32")   # global: TVM's workspace
+            for c in T.thread_binding(streamk, thread="blockIdx.x"):
+                block(0, 0, c, x, planes, scales, zeros, out, psum)
+            fix_up(psum, out)
+        elif SPLIT:
             psum = T.alloc_buffer((splits, M, N), "float32")   # global: TVM's workspace
             for bm_ in T.thread_binding(nbm, thread="blockIdx.x"):
                 for bn_ in T.thread_binding(nbn, thread="blockIdx.y"):

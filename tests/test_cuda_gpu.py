@@ -155,6 +155,19 @@ WGMMA_CASES = [
     (lutc.MPGemmSpec(33, 1000, 1536, wbits=4, group_size=32, act_dtype="bfloat16"), dict(ws=False, splits=2)),
 ]
 
+#: Stream-K (schedules.stream_k): grids of 78, 114 and 132 blocks cutting tiles along K, both copy
+#: modes, tokens and rows past M and N, groups across a cut, zero points, bf16, 256-token tiles.
+STREAM_K_CASES = [
+    (lutc.MPGemmSpec(130, 200, 14336, wbits=4, group_size=-1, act_dtype="float16"), dict(streamk=114)),
+    (lutc.MPGemmSpec(33, 1000, 1536, wbits=2, group_size=32, zero_point=True, act_dtype="bfloat16"),
+     dict(ws=False, streamk=78)),
+    (lutc.MPGemmSpec(257, 3000, 11008, wbits=2, group_size=128, act_dtype="float16"),
+     dict(wg=2, bm=128, ws=2, streamk=132)),
+    (lutc.MPGemmSpec(2048, 1000, 1536, wbits=4, group_size=64, zero_point=True, act_dtype="float16"),
+     dict(wg=2, bm=256, ws=True, streamk=132)),
+    (lutc.MPGemmSpec(16, 1000, 11008, wbits=2, group_size=-1, act_dtype="float16"), dict(wg=1, bm=64, streamk=132)),
+]
+
 
 @pytest.mark.parametrize("spec,knobs", WGMMA_CASES, ids=lambda v: str(v))
 def test_wgmma_knobs_keep_results(spec, knobs):
@@ -165,6 +178,21 @@ def test_wgmma_knobs_keep_results(spec, knobs):
     out = torch.full((spec.M, spec.N), float("nan"), dtype=x.dtype, device="cuda")
     kernel(x.cuda(), qw.to("cuda"), out=out)
     assert rel_error(out.cpu(), reference(x, qw)) < TOL[spec.act_dtype]
+
+
+@pytest.mark.parametrize("spec,knobs", STREAM_K_CASES, ids=lambda v: str(v))
+def test_wgmma_stream_k_stores_every_tile(spec, knobs):
+    """Each 64 weight rows checked on their own: a cut tile summed wrong or left out (NaN) fails
+    even where the rest of the output hides it."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("wgmma needs sm_90a")
+    kernel = lutc.build(spec, target="cuda", schedule="cuda_wgmma", knobs=knobs)
+    x, qw = random_case(spec, seed=8)
+    out = torch.full((spec.M, spec.N), float("nan"), dtype=x.dtype, device="cuda")
+    kernel(x.cuda(), qw.to("cuda"), out=out)
+    ref = reference(x, qw)
+    for n in range(0, spec.N, 64):
+        assert rel_error(out.cpu()[:, n:n + 64], ref[:, n:n + 64]) < TOL[spec.act_dtype], n
 
 
 @pytest.mark.parametrize("knobs", LUT_KNOBS)

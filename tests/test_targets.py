@@ -126,6 +126,31 @@ def test_wgmma_split_k_is_two_kernels_and_a_workspace(tmp_path):
 
 
 @needs_nvcc
+def test_wgmma_stream_k_is_a_persistent_grid_and_a_fix_up(tmp_path):
+    """Stream-K: as many blocks as the knob asks (one per SM), each cut tile's partial sums in a
+    workspace of two slots per block that a second kernel adds up; knobs that cannot work are
+    refused, naming them; the default takes it where it measured faster (8192 x 28672 at M = 128)."""
+    spec = lutc.MPGemmSpec(128, 1000, 1536, wbits=2, group_size=128, act_dtype="float16")
+    kernel = lutc.build(spec, target="cuda:sm_90a", schedule="cuda_wgmma",
+                        knobs={"wg": 2, "bm": 128, "ws": 2, "streamk": 78})
+    res = lutc.export(kernel, tmp_path, name="k", emit=["cu"])
+    first, second = res.manifest["launches"]
+    # the fix-up: 16 blocks of 256 threads x 4 rows per cut tile, for each of the 77 boundaries
+    assert first["grid"] == [78, 1, 1] and second["grid"][0] == 77 * 16 and second["args"] == ["out", "psum"]
+    assert res.manifest["workspace"][0]["bytes"] == 78 * 2 * 128 * 128 * 4
+    assert lutc.cuda_binary(kernel, fmt="cubin")[:4] == b"\x7fELF"
+    with pytest.raises(ValueError, match="splits=2 and streamk=78 both divide K"):
+        lutc.build(spec, target="cuda:sm_90a", schedule="cuda_wgmma", knobs={"splits": 2, "streamk": 78})
+    with pytest.raises(ValueError, match="streamk=132 asks for more blocks than the 24 tile units"):
+        lutc.build(spec.with_(K=1536, N=256), target="cuda:sm_90a", schedule="cuda_wgmma",
+                   knobs={"wg": 2, "bm": 128, "streamk": 132})
+    for M, N, K, streamk in ((128, 8192, 28672, 132), (96, 8192, 28672, 132), (128, 28672, 8192, 0),
+                             (64, 8192, 28672, 0), (256, 8192, 28672, 0), (128, 4096, 4096, 0)):
+        knobs = schedules.cuda_wgmma.resolve_knobs(lutc.MPGemmSpec(M, N, K, act_dtype="float16"))
+        assert knobs["streamk"] == streamk and (not streamk or knobs["bm"] == 128 and knobs["splits"] == 1), (M, N, K)
+
+
+@needs_nvcc
 @pytest.mark.parametrize("knobs", [dict(wg=2, wn=2, bm=64), dict(wg=3, wn=1, bm=128), dict(wg=2, wn=1, bm=256)])
 def test_wgmma_tiles_over_the_even_register_share_move_registers(knobs, tmp_path):
     """Tiles whose accumulators and A fragments exceed a thread's even share of the SM take the
