@@ -7,7 +7,7 @@ Each shape (``NxK:bits``, group 128) is built once per value; the packed weight 
 copies totalling 1 GiB that every call rotates through (a decode step reads each weight once);
 three interleaved rounds of 200 calls per value, the best median kept (us), with the weight
 bytes per second it implies and the streaming read rate measured in the same process
-(``bench_cpu.read_bandwidth_gbs``). 2 threads.
+(``lutc.measure.read_bandwidth_gbs``). 2 threads.
 """
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_cpu import median_us, packed_bytes, packed_copies, read_bandwidth_gbs  # noqa: E402
+from bench_cpu import median_us, packed_bytes, packed_copies  # noqa: E402
 
 import lutc  # noqa: E402
+from lutc.measure import read_bandwidth_gbs  # noqa: E402
 from lutc.testing import random_case  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def main() -> None:
     torch.set_num_threads(2)
     lines = [f"`python benchmarks/bench_cpu_knobs.py --schedule {args.schedule} --knob {args.knob} --values "
              f"{' '.join(map(str, args.values))}`; {lutc.target.resolve('cpu').attrs.get('mcpu', '')}, 2 threads, "
-             f"read rate {read_bandwidth_gbs():.1f} GB/s (same process). us per call (GB/s of weights).", "",
+             f"read rate {read_bandwidth_gbs(threads=2):.1f} GB/s (same process). us per call (GB/s of weights).", "",
              "| N x K | W | " + " | ".join(f"{args.knob} = {v}" for v in args.values) + " | best / first |",
              "|---|---|" + "---|" * (len(args.values) + 1)]
     for item in args.shapes:
