@@ -10,7 +10,8 @@ that kernel ran on ``D`` for ``W`` in ``W``'s own records:
 * **other device**: only the other device's records (H100 <-> H200; Rocket Lake <-> EPYC), ``W`` included: the log of
   another GPU of the same architecture.
 
-Compared with the full tune (the best of ``W``'s confirmation on ``D``) and with the default
+Only records of kernels this lutc still builds count (:func:`load`). Compared with the full tune
+(the best of ``W``'s confirmation on ``D``) and with the default
 of the log's time (the confirmation's ``knobs = {}`` record of the default schedule). A
 candidate's time is its confirmation time where it was a finalist, else the median of its
 search measurements (one setting each; the confirmation re-times finalists alternately, so
@@ -32,7 +33,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lutc  # noqa: E402
 from lutc import target as targets  # noqa: E402
-from lutc.build import logged_record  # noqa: E402
+from lutc.build import logged_record, record_layout  # noqa: E402
 from lutc.tuner.records import TuningLog, best  # noqa: E402
 import schedules  # noqa: E402
 from schedules import contract  # noqa: E402
@@ -41,7 +42,19 @@ LOGS = ("cuda.jsonl", "cpu-x86_64.jsonl")
 
 
 def load(path: str) -> list:
-    return list(TuningLog(path).records())
+    """The log's records of kernels this lutc still builds: a record of an older weight-layout
+    version (``lutc.build.record_layout``; the ``tc16`` v1 records of ``cuda_mma`` and
+    ``cuda_stream``) timed a kernel that no longer exists, so it is neither a full tune nor a
+    default to compare a transfer with."""
+    return [r for r in TuningLog(path).records() if current(r)]
+
+
+def current(record: dict) -> bool:
+    tgt = targets.resolve(record["target"])
+    try:
+        return record_layout(record, targets.kind(tgt), lutc.MPGemmSpec(**record["workload"]), tgt) is not None
+    except (ValueError, TypeError):   # knobs or a workload this lutc no longer builds
+        return False
 
 
 def groups(records: list) -> dict:
