@@ -24,6 +24,8 @@ from typing import Callable, Optional, Union
 import tvm
 from tvm.target import codegen
 
+from schedules.common import machine
+
 TargetLike = Union[None, str, dict, tvm.target.Target]
 #: Explicit caches of facts that hold for the life of the process, read once: targets resolved
 #: from names (the same ``Target`` object each time) and the hardware :func:`device_name` names.
@@ -194,14 +196,11 @@ def _cpuinfo(*keys: str) -> str:
 
 
 def _host_is_x86() -> bool:
-    return platform.machine().lower() in ("x86_64", "amd64")
+    return machine() == "x86_64"
 
 
 def _same_arch(triple: str) -> bool:
-    arch = triple.split("-", 1)[0].lower()
-    host = platform.machine().lower()
-    aliases = {"amd64": "x86_64", "arm64": "aarch64"}
-    return aliases.get(arch, arch) == aliases.get(host, host)
+    return machine(triple) == machine()
 
 
 def _visible_cuda_arch() -> Optional[str]:

@@ -95,15 +95,29 @@ def drop_param(func, name: str):
     return tirx.PrimFunc(keep, func.body, func.ret_type, func.attrs)
 
 
-#: Architecture names of LLVM triples and ``platform.machine()``, per SIMD family.
-_ARCHES = {"x86_64": "x86", "amd64": "x86", "i686": "x86", "aarch64": "aarch64", "arm64": "aarch64"}
+#: SIMD family of each CPU architecture (as :func:`machine` spells it).
+_ARCHES = {"x86_64": "x86", "i686": "x86", "aarch64": "aarch64"}
+#: Other spellings of architectures (``platform.machine()`` on Windows and macOS) -> LLVM's.
+_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+def machine(triple: str = "") -> str:
+    """The CPU architecture code for an LLVM ``triple`` runs on, in LLVM's spelling (``x86_64``,
+    ``aarch64``, ...): the triple's first part, or this machine's for an empty triple (a host
+    target names none). The one reading of it: ``lutc.target`` (cross or native), the tuning
+    logs' file names (``cpu-x86_64.jsonl``) and :func:`arch` ask here.
+
+    Example:
+        >>> machine("aarch64-linux-gnu"), machine("AMD64-pc-windows")
+        ('aarch64', 'x86_64')
+    """
+    name = (triple or platform.machine()).split("-")[0].lower()
+    return _ALIASES.get(name, name)
 
 
 def arch(target) -> Optional[str]:
-    """``"x86"``, ``"aarch64"`` or None for an LLVM target: from its ``mtriple``, else (a host
-    target names none) from this machine."""
-    triple = str(target.attrs.get("mtriple", "") or "") or platform.machine()
-    return _ARCHES.get(triple.split("-")[0].lower())
+    """``"x86"``, ``"aarch64"`` or None: the SIMD family of an LLVM target's :func:`machine`."""
+    return _ARCHES.get(machine(str(target.attrs.get("mtriple", "") or "")))
 
 
 def cuda_arch(target) -> str:

@@ -36,6 +36,8 @@ import os
 import warnings
 from typing import Callable, Iterable, Iterator, Optional
 
+from schedules.common import machine
+
 
 class TuningLog:
     """The JSON-lines tuning log at ``path`` (created on first append).
@@ -143,12 +145,7 @@ def log_dir() -> str:
 
 def log_for(target_kind: str, target_attrs: dict, directory: Optional[str] = None) -> TuningLog:
     """The log file for a target family: ``cuda.jsonl``, ``cpu-x86_64.jsonl``, ``cpu-aarch64.jsonl``."""
-    if target_kind == "cuda":
-        name = "cuda"
-    else:
-        import platform
-        triple = str(target_attrs.get("mtriple") or "") or platform.machine()
-        name = "cpu-" + triple.split("-")[0]
+    name = "cuda" if target_kind == "cuda" else "cpu-" + machine(str(target_attrs.get("mtriple") or ""))
     return TuningLog(os.path.join(directory or log_dir(), name + ".jsonl"))
 
 
