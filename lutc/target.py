@@ -24,7 +24,7 @@ from typing import Callable, Optional, Union
 import tvm
 from tvm.target import codegen
 
-from schedules.common import machine
+from .cpu_arch import machine
 
 TargetLike = Union[None, str, dict, tvm.target.Target]
 #: Explicit caches of facts that hold for the life of the process, read once: targets resolved

@@ -7,12 +7,12 @@ loops; these helpers rely on that and never touch the reduction loops.
 """
 from __future__ import annotations
 
-import platform
 from typing import Optional
 
 from tvm import s_tir
 
 from lutc import layouts
+from lutc.cpu_arch import machine
 
 DATA_PAR = 0  # tirx.IterVar.DataPar
 
@@ -95,28 +95,13 @@ def drop_param(func, name: str):
     return tirx.PrimFunc(keep, func.body, func.ret_type, func.attrs)
 
 
-#: SIMD family of each CPU architecture (as :func:`machine` spells it).
+#: SIMD family of each CPU architecture (as ``lutc.cpu_arch.machine`` spells it).
 _ARCHES = {"x86_64": "x86", "i686": "x86", "aarch64": "aarch64"}
-#: Other spellings of architectures (``platform.machine()`` on Windows and macOS) -> LLVM's.
-_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
-
-
-def machine(triple: str = "") -> str:
-    """The CPU architecture code for an LLVM ``triple`` runs on, in LLVM's spelling (``x86_64``,
-    ``aarch64``, ...): the triple's first part, or this machine's for an empty triple (a host
-    target names none). The one reading of it: ``lutc.target`` (cross or native), the tuning
-    logs' file names (``cpu-x86_64.jsonl``) and :func:`arch` ask here.
-
-    Example:
-        >>> machine("aarch64-linux-gnu"), machine("AMD64-pc-windows")
-        ('aarch64', 'x86_64')
-    """
-    name = (triple or platform.machine()).split("-")[0].lower()
-    return _ALIASES.get(name, name)
 
 
 def arch(target) -> Optional[str]:
-    """``"x86"``, ``"aarch64"`` or None: the SIMD family of an LLVM target's :func:`machine`."""
+    """``"x86"``, ``"aarch64"`` or None: the SIMD family of an LLVM target's architecture
+    (``lutc.cpu_arch.machine`` of its ``mtriple``)."""
     return _ARCHES.get(machine(str(target.attrs.get("mtriple", "") or "")))
 
 

@@ -402,7 +402,7 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
     TILES_MN = nbm * nbn                      # output tiles (M fastest: tiles of one weight tile together)
     ITERS = TILES_MN * KU                     # stream-K's iterations: (tile, K unit)
     FIX_CHUNKS = -(-BM * BN // 1024)          # fix-up blocks per cut tile (256 threads x 4 rows)
-    FIX_PARTS = -(-KU * max(streamk, 1) // ITERS) + 1   # most blocks that share one tile
+    FIX_PARTS = stream_k.most_blocks(KU, ITERS, streamk) if STREAMK else 0   # partial sums of a cut tile
     zp, sdt, adt = spec.zero_point, spec.scale_dtype, spec.act_dtype   # adt: x, the weights and out
     ssz = scale_size(spec)
     NG = groups_per_unit(spec)
@@ -577,7 +577,6 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
                             store_tile(acc, warp, g4, c4, sk, out, psum, tm(2 * i2 + ab), tn(2 * i2 + ab))
         if STORE_AT_END:
             store(acc, warp, g4, c4, tm(0), tn(0), sk, out, psum, True, 0)
-
 
     @T.macro
     def block(bm_, bn_, sk, x, planes, scales, zeros, out, psum):

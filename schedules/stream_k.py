@@ -54,6 +54,12 @@ def fixes(f, units: int, iters: int, grid: int):
     return (s % units != 0) & (owner(s // units * units, iters, grid) == f - 1)
 
 
+def most_blocks(units: int, iters: int, grid: int) -> int:
+    """The most blocks whose shares touch one tile (a bound for the fix-up's partial sums): the
+    tile's ``units`` iterations over the shortest share, plus one for a share cut at each end."""
+    return -(-units // (iters // grid)) + 1
+
+
 def blocks_of(tile, units: int, iters: int, grid: int) -> tuple:
     """``(first, last)``: the blocks whose shares touch ``tile``, each one partial sum of it."""
     return owner(tile * units, iters, grid), owner(tile * units + units - 1, iters, grid)

@@ -39,6 +39,7 @@ def run(tiles: int, units: int, grid: int, seed: int = 0):
             tile = stream_k.start(f, iters, grid) // units
             c0, c1 = stream_k.blocks_of(tile, units, iters, grid)
             assert c0 == f - 1 and c1 > c0 and np.isnan(out[tile])
+            assert c1 - c0 + 1 <= stream_k.most_blocks(units, iters, grid)
             out[tile] = sum(psum[c, stream_k.slot(c, tile, units, tiles, iters, grid)] for c in range(c0, c1 + 1))
     return out, v.sum(1)
 

@@ -223,15 +223,18 @@ def test_simd_schedules_name_the_host_architecture(monkeypatch):
     NEON kernel, as a cross target to aarch64 does)."""
     import tvm
     import schedules
+    from lutc import cpu_arch
+    from lutc.tuner.records import log_for
     from schedules import arm, common, x86
     spec = lutc.MPGemmSpec(1, 64, 256, table_dtype="int8")
     host = resolve(None)
     assert not host.attrs.get("mtriple")
-    monkeypatch.setattr(common.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(cpu_arch.platform, "machine", lambda: "arm64")    # macOS spells it so
+    assert log_for("cpu", {}).path.endswith("cpu-aarch64.jsonl")
     assert common.arch(host) == "aarch64" and arm.supports(spec, host) and not x86.supports(spec, host)
     assert common.arch(tvm.target.Target({"kind": "llvm", "mtriple": "arm64-apple-macos"})) == "aarch64"
     assert common.arch(tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu"})) == "x86"
-    monkeypatch.setattr(common.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(cpu_arch.platform, "machine", lambda: "x86_64")
     assert common.arch(host) == "x86" and not arm.supports(spec, host)
     assert schedules.default("cpu-cross", spec, lutc.target.resolve("arm")) is arm
 

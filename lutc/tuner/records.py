@@ -36,7 +36,7 @@ import os
 import warnings
 from typing import Callable, Iterable, Iterator, Optional
 
-from schedules.common import machine
+from ..cpu_arch import machine
 
 
 class TuningLog:
