@@ -129,10 +129,10 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
     processes), ``batch`` candidates are chosen per round (default: ``max(8, jobs)``);
     ``finalists`` fastest candidates are confirmed against the default at the end; ``fleet``
     measures on RPC servers instead of this process (:mod:`lutc.fleet`)."""
-    tgt = targets.resolve(target)
+    facts = targets.facts(target)
+    tgt, kind = facts.target, facts.kind
     jobs = jobs or len(os.sched_getaffinity(0))
     batch = batch or max(8, jobs)
-    kind = targets.kind(tgt)
     if kind == "cpu-cross" and fleet is None:
         raise ValueError("cannot tune a cross-compiled target here: tune on the machine itself, or "
                          "measure on RPC servers there (rpc_tracker=HOST:PORT, rpc_key=KEY)")
@@ -141,8 +141,8 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
     if kind == "cuda" and not torch.cuda.is_available():
         # every candidate would fail to run and be logged as invalid, never to be tried again
         raise ValueError("cannot tune a CUDA target without a visible GPU: tune on the GPU machine")
-    described = targets.describe(tgt)
-    device = fleet.device if fleet is not None else targets.device_name(tgt)
+    described = facts.described
+    device = fleet.device if fleet is not None else facts.device
     log = log or log_for(kind, described)
     t_start = time.time()
     rng = random.Random(seed)

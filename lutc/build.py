@@ -137,8 +137,8 @@ def choose(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: Schedu
         >>> [choose(spec, {"kind": "llvm", "mcpu": cpu}, tuned=False).schedule for cpu in ("skylake", "icelake-server")]
         ['x86', 'dot_mac']
     """
-    tgt = targets.resolve(target)
-    kind = targets.kind(tgt)
+    facts = targets.facts(target)
+    tgt, kind = facts.target, facts.kind
     if schedule is not None:
         module = _schedule_module(schedule, kind, spec, tgt)
         knobs = checked_knobs(module, knobs or {})
@@ -152,7 +152,7 @@ def choose(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: Schedu
         return choose(spec, tgt, module, knobs, layout=layout)
     default = _default_choice(spec, tgt, kind, layout)
     if tuned:
-        found = logged_record(log_for(kind, targets.describe(tgt)), spec, tgt,
+        found = logged_record(log_for(kind, facts.described), spec, tgt,
                               None if default is None else default.schedule, layout)
         if found is not None:
             record, origin = found
@@ -169,8 +169,8 @@ def logged_record(log: TuningLog, spec: MPGemmSpec, tgt, default_schedule: Optio
     (``"tuned"``) if the log measured ``default_schedule`` for it; for a workload with no record
     on this target, the nearest tuned workload's (``"transferred"``). ``device``: the hardware
     to prefer records of (default: this machine's, :func:`lutc.target.device_name`)."""
-    kind, described = targets.kind(tgt), targets.describe(tgt)
-    device = device or targets.device_name(tgt)
+    facts = targets.facts(tgt)
+    kind, described, device = facts.kind, facts.described, device or facts.device
     # unbuildable records are skipped with a warning (``usable``); those of an older layout
     # version silently (``current``: they timed a kernel that no longer exists, tc16 v1's).
     # Each record's layout is read once per call (a transfer tests every record of the log).
@@ -260,13 +260,12 @@ def build(spec: MPGemmSpec, target: targets.TargetLike = None, schedule: Schedul
     ``layout``: the weight layout the kernel must read (weights already packed): the fastest
     kernel reading it is built; ``ValueError`` if no kernel of this target reads it for ``spec``.
     """
-    tgt = targets.resolve(target)
-    kind = targets.kind(tgt)
+    facts = targets.facts(target)
+    tgt, kind, described = facts.target, facts.kind, facts.described
     choice = choose(spec, tgt, schedule, knobs, tuned, layout)
     if choice is None:
-        raise ValueError(f"no lutc kernel for {targets.describe(tgt).get('kind')} reads weights in layout "
+        raise ValueError(f"no lutc kernel for {described.get('kind')} reads weights in layout "
                          f"{layout!r} for {spec}")
-    described = targets.describe(tgt)
     if cache is _FROM_ENV:
         cache = KernelCache.from_env()
     key = KernelCache.key(spec, described, choice.schedule, choice.knobs)
@@ -379,11 +378,11 @@ def default_table_dtype(spec: MPGemmSpec, target: targets.TargetLike = None) -> 
     """The table dtype lutc uses when none is given (``lutc.compile``, the torch op,
     ``LUTLinear``, ``lutc export``/``tune``): int8 where an int8-table SIMD kernel would be chosen
     for this spec (CPUs), else float32 (the CUDA kernels use float tables)."""
-    tgt = targets.resolve(target)
-    if targets.kind(tgt) == "cuda":
+    facts = targets.facts(target)
+    if facts.kind == "cuda":
         return "float32"
     as_int8 = spec.with_(table_dtype="int8")
-    simd = schedules.default(targets.kind(tgt), as_int8, tgt)
+    simd = schedules.default(facts.kind, as_int8, facts.target)
     return "int8" if simd not in schedules.GENERIC else "float32"
 
 

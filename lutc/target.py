@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
 import tvm
@@ -28,9 +29,11 @@ from .cpu_arch import machine
 
 TargetLike = Union[None, str, dict, tvm.target.Target]
 #: Explicit caches of facts that hold for the life of the process, read once: targets resolved
-#: from names (the same ``Target`` object each time) and the hardware :func:`device_name` names.
+#: from names (the same ``Target`` object each time), the hardware :func:`device_name` names and
+#: each target's :class:`Facts`.
 _RESOLVED: dict = {}
 _DEVICES: dict = {}
+_FACTS: dict = {}
 
 _ARM = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1",
         "mattr": ["+neon", "+dotprod", "+fullfp16"]}
@@ -94,6 +97,33 @@ def kind(target: tvm.target.Target) -> str:
             return "cpu-cross"
         return "cpu"
     raise ValueError(f"unsupported target kind {target.kind.name!r}: lutc builds llvm (CPU) and cuda")
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What lutc asks of a target, resolved once (:func:`facts`): the TVM target, its kind
+    (:func:`kind`), its JSON identity for logs and caches (:func:`describe`) and the hardware
+    measurements on it are taken on (:func:`device_name`)."""
+    target: tvm.target.Target
+    kind: str
+    described: dict = field(compare=False)
+    device: str
+
+
+def facts(target: TargetLike = None) -> Facts:
+    """The :class:`Facts` of ``target`` (a name, dict or Target: :func:`resolve`), cached per
+    target for the process: a ``lutc.compile`` asks for them once.
+
+    Example:
+        >>> f = facts("cuda:sm_80")
+        >>> f.kind, f.described["arch"], f is facts("cuda:sm_80")
+        ('cuda', 'sm_80', True)
+    """
+    tgt = resolve(target)
+    key = str(tgt)
+    if key not in _FACTS:
+        _FACTS[key] = Facts(tgt, kind(tgt), describe(tgt), device_name(tgt))
+    return _FACTS[key]
 
 
 def describe(target: tvm.target.Target) -> dict:
