@@ -1,7 +1,9 @@
 """How lutc times a kernel: on shared random data, checked against the float64 reference first,
 with the weights rotating through more memory than the caches hold (:class:`Bench`); on CUDA the
-kernel time inside a CUDA graph (:func:`graph_time_us`). The tuner measures candidates this way,
-``lutc.fleet`` the same on RPC servers, and the benchmarks time kernels with it.
+kernel time inside a CUDA graph (:func:`graph_time_us`; several graphs side by side in turns,
+:func:`interleaved_graph_us`). The tuner measures candidates this way, ``lutc.fleet`` the same on
+RPC servers, and the benchmarks time kernels with it; :func:`read_bandwidth_gbs` is the CPU's
+streaming read rate they compare decode kernels with.
 
 Example:
     >>> import lutc
@@ -200,7 +202,7 @@ def read_bandwidth_gbs(nbytes: int = 1 << 30, threads: int = 1, passes: int = 5)
     pool (64-byte vector loads into 4 accumulators), what a weight-reading kernel can reach.
 
     Why not torch: an fp32 GEMV over 1 GiB read 24 GB/s on the 2-core EPYC where lutc's own
-    W2 kernel read its weights at 43.5 GB/s with 2 threads; this probe reads 38-39 GB/s there
+    W2 kernel read its weights at 43.5 GB/s with 2 threads; this probe reads 37-39 GB/s there
     with one thread. Compare kernels to it within one process (``TVM_NUM_THREADS`` >= ``threads``).
 
     Example:

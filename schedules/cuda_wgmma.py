@@ -599,10 +599,8 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
             base[0] = T.bitwise_and(T.cuda.cvta_generic_to_shared(T.address_of(smem[0])) + T.uint32(ALIGN - 1),
                                     T.uint32(~(ALIGN - 1) & 0xFFFFFFFF))
             T.evaluate(T.address_of(smem[WORDS - 1]))
-            count = T.meta_var(share(sk, bm_, bn_, sk)[0])   # this block's K units, and of each
-            unit = T.meta_var(share(sk, bm_, bn_, sk)[1])    # its unit of K
-            tm = T.meta_var(share(sk, bm_, bn_, sk)[2])      # its token tile
-            tn = T.meta_var(share(sk, bm_, bn_, sk)[3])      # its weight-row tile
+            # this block's K units, and of each its unit of K, token tile and weight-row tile
+            count, unit, tm, tn = T.meta_var(share(sk, bm_, bn_, sk))
             stage = T.meta_var(lambda u: base[0] + T.Cast("uint32", (u % P) * STAGE))
             full = T.meta_var(lambda u: base[0] + T.Cast("uint32", P * STAGE + (u % P) * 8))
             empty = T.meta_var(lambda u: base[0] + T.Cast("uint32", P * STAGE + (P + u % P) * 8))
