@@ -82,8 +82,8 @@ in tile-major order, across tile edges: the copying warpgroups copy unit after u
 into ``out``, cut into the block's workspace slot, fp32) and start the next from zero. A second
 kernel adds each cut tile's partial sums in block order, four neighbouring rows per thread
 (16-byte loads, all of a tile's partials in flight: with the first version, one element and one
-load at a time per thread, 28672 x 8192 at M = 128 took 140.1 us where it now takes 110.7). On the H200 (``benchmarks/results/cuda_stream_k_h200.md``)
-it pays where the block count forced small token tiles: 8192 x 28672 at M = 96..128 (64 tiles of
+load at a time per thread, 28672 x 8192 at M = 128 took 140.1 us where it now takes 110.7). On
+the H200 (``benchmarks/results/cuda_stream_k_h200.md``) it pays where the block count forced small token tiles: 8192 x 28672 at M = 96..128 (64 tiles of
 128 rows) in 128-token tiles on 132 blocks, 85.9 against 125.2 us at M = 96 (W2, Humming 87.6 in
 turns in the same run) and 100.8 against 130.3 at M = 128 (the main kernel 96.1 us, the fix-up
 3.8): every weight is dequantized once, where 64-token tiles did it twice. It does not pay where
