@@ -75,22 +75,22 @@ cores, not idle SMs, set the time there): :func:`default_splits`. The workspace 
 per-thread pool, so two calls of one kernel on different CUDA streams at the same time would
 share it (as ``cuda_generic``'s table workspaces would): one stream per thread is the supported use.
 
-Stream-K (knob ``streamk``: the grid's block count, 0 for a block per tile; :mod:`schedules.stream_k`).
-The grid is one block per SM; block ``c`` runs its even share of the (tile, K unit) iterations
-in tile-major order, across tile edges: the copying warpgroups copy unit after unit as before
-(the ring's phases run on), and the computing ones, where a tile's units end, store it (whole
-into ``out``, cut into the block's workspace slot, fp32) and start the next from zero. A second
-kernel adds each cut tile's partial sums in block order, four neighbouring rows per thread
-(16-byte loads, all of a tile's partials in flight: with the first version, one element and one
-load at a time per thread, 28672 x 8192 at M = 128 took 140.1 us where it now takes 110.7). On
-the H200 (``benchmarks/results/cuda_stream_k_h200.md``) it pays where the block count forced small token tiles: 8192 x 28672 at M = 96..128 (64 tiles of
-128 rows) in 128-token tiles on 132 blocks, 85.9 against 125.2 us at M = 96 (W2, Humming 87.6 in
-turns in the same run) and 100.8 against 130.3 at M = 128 (the main kernel 96.1 us, the fix-up
-3.8): every weight is dequantized once, where 64-token tiles did it twice. It does not pay where
-the tiles already fill the GPU (28672 x 8192 at M = 128: 110.7 against 100.7; M = 512: 382.8
-against 388.3) or at small M (8192 x 28672 at M = 16: 85.4 against split-K's 52.9): the
-dequantization and tensor cores bound the time, and a GPU busy on every SM runs hotter and
-slower. :func:`default_streamk` takes it only for the first case.
+Stream-K (knob ``streamk``: the grid's block count, 0 for a block per tile;
+:mod:`schedules.stream_k`). The grid is one block per SM; block ``c`` runs its even share of the
+(tile, K unit) iterations in tile-major order, across tile edges: the copying warpgroups copy unit
+after unit as before (the ring's phases run on), and the computing ones, where a tile's units end,
+store it (whole into ``out``, cut into the block's workspace slot, fp32) and start the next from
+zero. A second kernel adds each cut tile's partial sums in block order, four neighbouring rows per
+thread (16-byte loads, all of a tile's partials in flight: with the first version, one element and
+one load at a time per thread, 28672 x 8192 at M = 128 took 140.1 us where it now takes 110.7). On
+the H200 (``benchmarks/results/cuda_stream_k_h200.md``) it pays where the block count forced small
+token tiles: 8192 x 28672 at M = 96..128 (64 tiles of 128 rows) in 128-token tiles on 132 blocks,
+85.9 against 125.2 us at M = 96 (W2, Humming 87.6 in turns in the same run) and 100.8 against 130.3
+at M = 128 (the main kernel 96.1 us, the fix-up 3.8): every weight is dequantized once, where
+64-token tiles did it twice. It does not pay where the tiles already fill the GPU (28672 x 8192 at
+M = 128: 110.7 against 100.7; M = 512: 382.8 against 388.3) or at small M (8192 x 28672 at M = 16:
+85.4 against split-K's 52.9): the dequantization and tensor cores bound the time, and a GPU busy on
+every SM runs hotter and slower. :func:`default_streamk` takes it only for the first case.
 
 Where it stands (``benchmarks/results/cuda_h200_x16.md``, H200, same hour): faster than
 Humming at M = 64 on 28672 x 8192 (59.1 against 72.5 us, W2), at M = 128..512 on 4096 x 4096 and
@@ -104,8 +104,9 @@ up to 5-10% at M >= 96.) Next steps: fewer instructions per dequantized pair.
 
 Limits (``supports``): sm_90a, fp16 or bf16 activations (the weights are dequantized to the
 activations' type; bf16 rounds the scale to bf16 first), uniform W2/W4, K % 128 == 0 (``splits``
-must divide K / 128; ``streamk`` at most the tile units, and not with ``splits``), any M and N (tokens and rows past M and N are computed from stale shared
-memory and never stored). fp16 results equal ``cuda_mma``'s up to the order of the fp32 sums.
+must divide K / 128; ``streamk`` at most the tile units, and not with ``splits``), any M and N
+(tokens and rows past M and N are computed from stale shared memory and never stored). fp16 results
+equal ``cuda_mma``'s up to the order of the fp32 sums.
 """
 from __future__ import annotations
 
