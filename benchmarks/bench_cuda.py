@@ -96,8 +96,13 @@ def copy_bandwidth(nbytes=1 << 30) -> float:
 def time_graph(call, copies: int, target_calls: int = 40, replays: int = 10) -> float:
     """Median per-call time (us) of a CUDA graph of ``call(i)`` over rotating copies (lutc's
     :func:`~lutc.measure.graph_time_us`, after one eager call per copy: first calls prepare)."""
-    n = copies * max(1, math.ceil(target_calls / copies))
-    return graph_time_us(rotating(call, copies), n, replays)
+    return graph_time_us(rotating(call, copies), graph_calls(copies, target_calls), replays)
+
+
+def graph_calls(copies: int, target_calls: int = 40) -> int:
+    """Calls captured in one graph: at least ``target_calls``, a whole number of turns over the
+    weight copies (each copy read equally often)."""
+    return copies * max(1, math.ceil(target_calls / copies))
 
 
 def rotating(call, copies: int):
@@ -293,7 +298,7 @@ def run(args) -> dict:
             # then 109.5 us), which favoured the first (lutc's kernels); eager times one by one after
             try:
                 graph_us = interleaved_graph_us({n: rotating(c, copies_of[n]) for n, c in calls.items()},
-                                                calls={n: c * max(1, math.ceil(40 / c)) for n, c in copies_of.items()})
+                                                calls={n: graph_calls(c) for n, c in copies_of.items()})
             except Exception as exc:  # one method failing in a graph: time them one by one
                 row["notes"]["interleaved"] = f"{type(exc).__name__}: {str(exc)[:160]}"
                 graph_us = {}

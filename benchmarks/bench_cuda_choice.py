@@ -89,7 +89,7 @@ def main() -> None:
         if args.humming:
             launches["humming"] = B.rotating(B.peer_humming(N, K, M, copies, gen, w), copies)
             labels["humming"] = "humming"
-        us = interleaved_graph_us(launches, calls=copies * -(-40 // copies))
+        us = interleaved_graph_us(launches, calls=B.graph_calls(copies))
         print(f"{N}x{K} M={M} W{w} | " + " | ".join(f"{labels[c]}: {t:.1f}" for c, t in us.items()), flush=True)
         del weights, launches
         torch.cuda.empty_cache()

@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lutc  # noqa: E402
 from bench_cpu import median_us, packed_copies  # noqa: E402
-from bench_cuda import rotating, time_eager as cuda_eager_us, time_graph as cuda_graph_us  # noqa: E402
+from bench_cuda import graph_calls, rotating, time_eager as cuda_eager_us, time_graph as cuda_graph_us  # noqa: E402
 from lutc.measure import interleaved_graph_us  # noqa: E402
 from lutc.testing import random_weights, reference, rel_error, rotation_copies, tolerance  # noqa: E402
 
@@ -101,7 +101,7 @@ def measure(N: int, K: int, wbits: int, M: int, device: str, pool_bytes: int) ->
         else:
             # in turns: timed one after another, the later ones ran on a hotter, slower GPU
             graph_us = interleaved_graph_us({name: rotating(fn, copies) for name, fn in fns.items()},
-                                            calls=copies * -(-40 // copies))
+                                            calls=graph_calls(copies))
             for name, fn in fns.items():
                 row[name + "_graph"] = graph_us[name]
                 row[name + "_eager"] = cuda_eager_us(fn, copies, n=200)
