@@ -36,7 +36,8 @@ def owner(i, iters: int, grid: int):
 
 def whole(tile, units: int, iters: int, grid: int):
     """Whether one block does all of ``tile``'s units (and stores it itself)."""
-    return owner(tile * units, iters, grid) == owner(tile * units + units - 1, iters, grid)
+    first, last = blocks_of(tile, units, iters, grid)
+    return first == last
 
 
 def slot(c, tile, units: int, tiles: int, iters: int, grid: int):
@@ -51,7 +52,7 @@ def fixes(f, units: int, iters: int, grid: int):
     """Whether boundary ``f`` (the start of block ``f``, ``1 <= f < grid``) is the first to cut
     its tile ``start(f) // units``, whose partial sums the fix-up kernel's block ``f`` then adds."""
     s = start(f, iters, grid)
-    return (s % units != 0) & (owner(s // units * units, iters, grid) == f - 1)
+    return (s % units != 0) & (blocks_of(s // units, units, iters, grid)[0] == f - 1)
 
 
 def most_blocks(units: int, iters: int, grid: int) -> int:
