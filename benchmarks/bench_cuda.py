@@ -48,6 +48,7 @@ import lutc  # noqa: E402
 import schedules  # noqa: E402
 from lutc.measure import graph_time_us, interleaved_graph_us  # noqa: E402
 from lutc.formats import PackedWeights  # noqa: E402
+from lutc import layouts  # noqa: E402
 from lutc.layouts import tc16_codes  # noqa: E402
 from lutc.testing import rotation_copies, tolerance  # noqa: E402
 
@@ -63,14 +64,21 @@ def lutc_specs(N, K, M, wbits):
 
 
 def lutc_modules(spec):
-    """(name, module) of the lutc CUDA schedules that build ``spec``."""
+    """(name, module) of the lutc CUDA schedules that build ``spec``; ``("default", None)`` for
+    the name ``default``: the kernel ``lutc.compile`` picks (tuning log, else
+    ``schedules.default``), what a user gets."""
     tgt = lutc.target.resolve("cuda:sm_90a")
     out = []
     for name in LUTC_SCHEDULES:
         module = getattr(schedules, name, None)
-        if module is not None and module.supports(spec, tgt):
+        if name == "default" or (module is not None and module.supports(spec, tgt)):
             out.append((name, module))
     return out
+
+
+def lutc_kernel(spec, sname: str, target: str = "cuda"):
+    """The kernel of column ``sname`` (a schedule's name, or ``default``: :func:`lutc_modules`)."""
+    return lutc.build(spec, target=target, schedule=None if sname == "default" else sname)
 
 
 # --- timing --------------------------------------------------------------------------------
@@ -139,11 +147,15 @@ def copies_for(nbytes: int, l2: int) -> int:
 # --- weights -------------------------------------------------------------------------------
 
 def random_packed(layout: str, N, K, wbits, gen) -> PackedWeights:
-    """Random uniform-format weights already in a CUDA kernel's layout, on the GPU."""
+    """Random uniform-format weights already in a CUDA kernel's layout, on the GPU (``tc16``
+    holds 1- and 3-bit codes in 2- and 4-bit slots: the bits above a code are cleared)."""
     R = {"warp32": 32, "tc16": 16}[layout]
     NT = -(-N // R)
-    shape = (NT, K // 128, wbits, 32, 4) if layout == "warp32" else (NT, K // 128, wbits // 2, 32, 4)
+    shape = layouts.get(layout).shapes(lutc.MPGemmSpec(1, N, K, wbits=wbits, group_size=GROUP))["planes"].shape
     planes = torch.randint(-2 ** 31, 2 ** 31 - 1, shape, dtype=torch.int32, device="cuda", generator=gen)
+    slot = 2 * shape[2] if layout == "tc16" else wbits
+    if slot > wbits:
+        planes &= sum((2 ** wbits - 1) << i for i in range(0, 32, slot))     # below bit 31: an int32
     scales = (torch.rand((NT, K // GROUP, R), device="cuda", generator=gen) * 0.02 + 0.005).half()
     if N % R:
         scales[-1, :, N % R:] = 0
@@ -162,7 +174,7 @@ def dequant_packed(qw: PackedWeights) -> torch.Tensor:
         code = sum(bits[:, :, i, :].float() * (2 ** i) for i in range(b)).reshape(NT * R, -1)
     else:
         NT, R = qw.planes.shape[0], 16
-        code = tc16_codes(qw.planes, b).float()
+        code = tc16_codes(qw.planes).float()
     scale = qw.scales.permute(0, 2, 1).reshape(NT * R, -1).float().repeat_interleave(GROUP, 1)
     return (scale * (code - (2 ** b - 1) / 2))[: qw.N]
 
@@ -267,7 +279,7 @@ def run(args) -> dict:
             for wbits in WBITS:
                 spec = lutc_specs(N, K, M, wbits)
                 for sname, _ in lutc_modules(spec):
-                    kernel = lutc.build(spec, target="cuda", schedule=sname)
+                    kernel = lutc_kernel(spec, sname)
 
                     def factory(copies, kernel=kernel, wbits=wbits):
                         qws = [random_packed(kernel.layout, N, K, wbits, gen) for _ in range(copies)]
@@ -280,7 +292,8 @@ def run(args) -> dict:
                             raise AssertionError(f"lutc {sname} W{wbits} wrong: rel err {err:.2e}")
                         return lambda i: kernel(x, qws[i])
                     measure(f"lutc {sname} W{wbits}", factory, weight_bytes(N, K, wbits))
-                    row["notes"][f"lutc {sname} W{wbits} knobs"] = effective_knobs(sname, spec, kernel)
+                    row["notes"][f"lutc {sname} W{wbits} knobs"] = {"schedule": kernel.schedule,
+                                                                    **effective_knobs(kernel.schedule, spec, kernel)}
             measure("fp16 cuBLAS", lambda c: peer_fp16(N, K, M, c, gen), N * K * 2)
             measure("torch int4 W4", lambda c: peer_int4(N, K, M, c, gen), weight_bytes(N, K, 4))
             if not args.no_gemlite:
@@ -320,8 +333,10 @@ def run(args) -> dict:
 
 
 def effective_knobs(sname, spec, kernel) -> dict:
-    """The knobs the kernel was built with (its own over the schedule's defaults)."""
-    return getattr(schedules, sname).resolve_knobs(spec, **kernel.knobs)
+    """The knobs the kernel was built with (its own over the schedule's defaults, where the
+    schedule has defaults)."""
+    resolve = getattr(schedules.named(sname), "resolve_knobs", None)
+    return resolve(spec, **kernel.knobs) if resolve else dict(kernel.knobs)
 
 
 def candidates(sname: str, M: int) -> list:
@@ -421,22 +436,25 @@ def format_row(row) -> str:
     return " | ".join(parts)
 
 
-COLUMNS = ["lutc cuda_lut W2", "lutc cuda_lut W4", "lutc cuda_stream W2", "lutc cuda_stream W4",
-           "lutc cuda_wgmma W2", "lutc cuda_wgmma W4", "lutc cuda_mma W2", "lutc cuda_mma W4", "fp16 cuBLAS",
-           "torch int4 W4", "humming W2", "humming W4", "gemlite W2", "gemlite W4", "bnb NF4"]
+def columns() -> list:
+    """The table's columns, in order: lutc's (per schedule and bit width), then the peers'."""
+    per_bits = lambda name: [f"{name} W{w}" for w in WBITS]    # noqa: E731
+    return ([c for s in ("default",) + LUTC_SCHEDULES for c in per_bits(f"lutc {s}")] + ["fp16 cuBLAS", "torch int4 W4"]
+            + per_bits("humming") + per_bits("gemlite") + ["bnb NF4"])
 
 
 def markdown(result) -> str:
-    cols = [c for c in COLUMNS if any(c in r["kernel_us"] for r in result["rows"])]
+    cols = [c for c in dict.fromkeys(columns()) if any(c in r["kernel_us"] for r in result["rows"])]
     head = (f"Measured {result['date']} on {result['device']} ({result['sms']} SMs, L2 "
             f"{result['l2_bytes'] / 2**20:.0f} MiB), torch {result['torch']}; copy bandwidth "
             f"{result['copy_bw_Bps'] / 1e12:.2f} TB/s (read + write). Each cell: kernel time in a CUDA "
             "graph / eager call time, us (median); weights rotate through > 2x L2. Floors: bytes moved "
             "/ copy bandwidth. `of floor` = floor / kernel time for lutc's best kernel of that bit width.\n")
-    lines = [head, "| N x K | M | W2 floor | W4 floor | " + " | ".join(cols) + " | lutc W2 of floor | lutc W4 of floor |",
-             "|" + "---|" * (len(cols) + 6)]
+    lines = [head, "| N x K | M | " + " | ".join(f"W{w} floor" for w in WBITS) + " | " + " | ".join(cols) + " | "
+             + " | ".join(f"lutc W{w} of floor" for w in WBITS) + " |",
+             "|" + "---|" * (len(cols) + 2 + 2 * len(WBITS))]
     for r in result["rows"]:
-        cells = [f"{r['N']}x{r['K']}", str(r["M"]), f"{r['floor_us']['W2']:.1f}", f"{r['floor_us']['W4']:.1f}"]
+        cells = [f"{r['N']}x{r['K']}", str(r["M"])] + [f"{r['floor_us'][f'W{w}']:.1f}" for w in WBITS]
         for c in cols:
             if c in r["kernel_us"]:
                 cells.append(f"{r['kernel_us'][c]:.1f} / {r['eager_us'][c]:.1f}")
@@ -467,7 +485,7 @@ def precompile(args) -> None:
             for wbits in WBITS:
                 spec = lutc_specs(N, K, M, wbits)
                 for sname, _ in lutc_modules(spec):
-                    kernels.append(lutc.build(spec, target="cuda:sm_90a", schedule=sname))
+                    kernels.append(lutc_kernel(spec, sname, target="cuda:sm_90a"))
     if args.tests:
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
         import test_cuda_gpu as t
@@ -512,7 +530,8 @@ def main() -> None:
     ap.add_argument("--precompile", action="store_true", help="no GPU: fill lutc's nvcc cache")
     ap.add_argument("--tests", action="store_true", help="with --precompile: the GPU tests' kernels too")
     ap.add_argument("--sweep", default=None, help="a lutc CUDA schedule: time its knob sets instead")
-    ap.add_argument("--schedules", nargs="*", help="lutc schedules to time (default: all four)")
+    ap.add_argument("--schedules", nargs="*", help="lutc schedules to time (default: all four; 'default': "
+                    "the kernel lutc.compile picks)")
     ap.add_argument("--wbits", nargs="*", help="bit widths (default 2 4)")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()

@@ -28,13 +28,13 @@ layout         ``planes``                   read by                             
 ``dot{L}``     uint8 ``[N/L, K/(4c), 4L]``  ``dot_mac`` (NEON L=4, AVX-512 VNNI 16)     not bcq
 ``warp32``     int32 ``[N/32, K/128, b,     ``cuda_lut``                                all
                32, 4]``
-``tc16``       int32 ``[N/16, K/128, b/2,   ``cuda_stream``, ``cuda_wgmma``, ``cuda_mma`` uniform
-               32, 4]``                                                                 W2/W4
+``tc16``       int32 ``[N/16, K/128, w/2,   ``cuda_stream``, ``cuda_wgmma``, ``cuda_mma`` not bcq
+               32, 4]`` (``w`` 2 or 4)
 =============  ===========================  ==========================================  ============
 
 Coefficients: ``bitplane`` keeps them row-major (``scales [N, G]``, bcq ``[N, G, b]``, ternary
 ``[1]``, ``zeros [N, G]``); every tiled layout stores them tile-major, ``[N/R, G, R]`` (bcq
-``[N/R, G, b, R]``), so an epilogue loads one group's coefficients of a tile as one vector.
+``[N/R, G, b, R]``; ternary ``[1]``, but ``[N/16, 1, 16]`` in ``tc16``), so an epilogue loads one group's coefficients of a tile as one vector.
 Each family's :attr:`Layout.doc` gives the byte order.
 
 Conversions run on the CPU with torch and numpy (no TVM); :func:`lutc.repack` puts the result
@@ -242,6 +242,23 @@ def code_bits(wbits: int) -> int:
     return {1: 1, 2: 2, 3: 4, 4: 4}[wbits]
 
 
+def integer_codes(spec: MPGemmSpec, byte: torch.Tensor) -> torch.Tensor:
+    """``bitplane`` planes -> the integer codes int64 ``[N, K]`` that the multiply-add and
+    tensor-core layouts hold: uniform ``q``, ternary ``t + 1`` (0..2, the sum of its two bits:
+    ``w = s (code - spec.code_center)`` for both)."""
+    if spec.format == "ternary":
+        bits = _unpack_bits(byte, spec.K).to(torch.int64)
+        return bits[0] + bits[1]
+    return planes_to_codes(byte, spec.K, spec.wbits)
+
+
+def integer_planes(spec: MPGemmSpec, code: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`integer_codes`: codes ``[N, K]`` -> ``bitplane`` planes."""
+    if spec.format == "ternary":
+        return pack_bits(torch.stack([code >= 1, code >= 2]))
+    return codes_to_planes(code, spec.wbits)
+
+
 class Dot(Layout):
     family = "dot"
     family_doc = """
@@ -266,11 +283,7 @@ dot instruction (4 codes of each of L rows times 4 activations)."""
 
     def _pack_planes(self, spec, byte):
         L, NT, K = self.rows, self.tiles(spec), spec.K
-        if spec.format == "ternary":   # t + 1 = sigma_0 bit + sigma_1 bit
-            bits = _unpack_bits(byte, K).to(torch.int64)
-            code = bits[0] + bits[1]
-        else:
-            code = planes_to_codes(byte, K, spec.wbits)
+        code = integer_codes(spec, byte)
         w = code_bits(spec.wbits)
         c = 8 // w
         code = _pad_rows(code, NT * L)
@@ -284,10 +297,7 @@ dot instruction (4 codes of each of L rows times 4 activations)."""
         NT, KC, _ = p.shape
         p = p.to(torch.int32).reshape(NT, KC, L, 4)
         code = torch.stack([(p >> (w * s)) & (2 ** w - 1) for s in range(c)], -1)   # [NT, KC, L, 4, c]
-        code = code.permute(0, 2, 1, 4, 3).reshape(NT * L, spec.K)[: spec.N]
-        if spec.format == "ternary":
-            return pack_bits(torch.stack([code >= 1, code >= 2]))
-        return codes_to_planes(code, spec.wbits)
+        return integer_planes(spec, code.permute(0, 2, 1, 4, 3).reshape(NT * L, spec.K)[: spec.N])
 
 
 #: CUDA: 32 rows (one per lane), 128-weight slices (one 16-byte load per lane and plane).
@@ -323,8 +333,16 @@ reads 512 contiguous bytes."""
         return p.permute(2, 0, 3, 1, 4).reshape(b, NT * R, KU * 16)[:, :spec.N].contiguous()
 
 
-#: Tensor-core layout (uniform W2/W4): 16-row tiles, 128-weight units.
+#: Tensor-core layout (uniform W1-W4, ternary): 16-row tiles, 128-weight units.
 TC_ROWS = 16
+
+
+def tc16_code_bits(spec: MPGemmSpec) -> int:
+    """Bits of a code's slot in ``tc16``: 2 for 1- and 2-bit codes and ternary, 4 for 3- and
+    4-bit codes. The kernels' dequantization (one LOP3 under a magic number per code pair,
+    ``schedules.cuda_ptx.deq``) reads 2- and 4-bit fields that tile a byte; a wider slot costs
+    the bits (W3 reads 4 bits per weight, W1 2) and keeps one kernel per slot width."""
+    return 2 if spec.planes <= 2 else 4
 
 
 def tc_shifts(b: int) -> torch.Tensor:
@@ -341,27 +359,47 @@ class TC16(Layout):
     #: x then enters ``wgmma``'s shared-memory operand in 16-byte copies (``cuda_wgmma``).
     version = LAYOUT_VERSION + 1
     family_doc = """
-For tensor-core (mma.sync m16n8k16, wgmma) kernels, uniform 2- or 4-bit codes q = sum_i 2^i
-bit_i placed where one lane needs them as fragments. Rows in 16-row tiles, K in 128-weight units;
+For tensor-core (mma.sync m16n8k16, wgmma) kernels, integer codes (uniform q = sum_i 2^i bit_i,
+ternary t + 1) in b-bit slots (b = 2 for W1, W2 and ternary, 4 for W3 and W4) placed where one
+lane needs them as fragments. Rows in 16-row tiles, K in 128-weight units;
 planes int32 [N/16, K/128, b/2, 32, 4]. Lane l = 4 g + c of tile T, unit u owns the 2 b words
 W[j] = planes[T, u, j / 4, l, j % 4]; they hold 32 pairs P = 4 s + 2 t + h (s < 8; t, h < 2):
 the codes of row 16 T + 8 t + g at k = 128 u + 16 s + 8 h + 2 c + e (e < 2), the fragment's
 own k order (k16 step s), pair P in word P / (16/b), slot v = P % (16/b), code e at bit
-8 (v / (8/b)) + b (v % (8/b)) + 16 e."""
+8 (v / (8/b)) + b (v % (8/b)) + 16 e. Ternary keeps its one scale per row tile and row,
+scales [N/16, 1, 16], all equal: the kernels read every format's coefficients alike."""
 
     def check(self, spec):
-        if spec.format != "uniform" or spec.wbits not in (2, 4):
-            raise ValueError(f"layout 'tc16' holds uniform 2- or 4-bit codes, not {spec.format} "
-                             f"with wbits={spec.wbits}")
+        if spec.format == "bcq":
+            raise ValueError("layout 'tc16' holds integer codes (uniform, ternary), not bcq: its "
+                             "planes carry one alpha each")
         if spec.K % 128:
             raise ValueError(f"layout 'tc16' needs K to be a multiple of 128, got K={spec.K}")
 
+    def coef_shape(self, spec, scales=True):
+        if scales and spec.format == "ternary":     # the tensor's scale, per row (module docstring)
+            return (self.tiles(spec), 1, self.rows)
+        return super().coef_shape(spec, scales)
+
+    def _tile_coef(self, spec, c, NT):
+        if c is not None and spec.format == "ternary":
+            return c.cpu().reshape(1, 1, 1).expand(NT, 1, self.rows).contiguous()
+        return super()._tile_coef(spec, c, NT)
+
+    def _untile_coef(self, spec, c):
+        if c is not None and spec.format == "ternary":
+            c = c.cpu()
+            if not bool((c == c.reshape(-1)[0]).all()):
+                raise ValueError("ternary 'tc16' scales differ between rows: a ternary weight has one scale")
+            return c.reshape(-1)[:1].contiguous()
+        return super()._untile_coef(spec, c)
+
     def _planes_shape(self, spec):
-        return (self.tiles(spec), spec.K // 128, spec.wbits // 2, 32, 4)
+        return (self.tiles(spec), spec.K // 128, tc16_code_bits(spec) // 2, 32, 4)
 
     def _pack_planes(self, spec, byte):
-        b, K, NT = spec.wbits, spec.K, self.tiles(spec)
-        q = _pad_rows(planes_to_codes(byte, K, b), NT * TC_ROWS)                           # [Np, K]
+        b, K, NT = tc16_code_bits(spec), spec.K, self.tiles(spec)
+        q = _pad_rows(integer_codes(spec, byte), NT * TC_ROWS)                             # [Np, K]
         # n = (T 2 + t) 8 + g ; k = u 128 + s 16 + h 8 + c 2 + e
         q = q.reshape(NT, 2, 8, K // 128, 8, 2, 4, 2).permute(0, 3, 2, 6, 4, 1, 5, 7)   # T u g c s t h e
         q = q.reshape(NT, K // 128, 32, 2 * b, 16 // b, 2)                               # lane, word, slot, e
@@ -370,16 +408,18 @@ own k order (k16 step s), pair P in word P / (16/b), slot v = P % (16/b), code e
         return words.reshape(NT, K // 128, 32, b // 2, 4).permute(0, 1, 3, 2, 4).contiguous()
 
     def _unpack_planes(self, spec, p):
-        return codes_to_planes(tc16_codes(p, spec.wbits)[:spec.N].cpu(), spec.wbits)
+        return integer_planes(spec, tc16_codes(p)[:spec.N].cpu())
 
 
-def tc16_codes(planes: torch.Tensor, wbits: int) -> torch.Tensor:
-    """The integer codes int64 ``[N/16 * 16, K]`` held by ``tc16`` planes, on their device (the
-    inverse of ``TC16``'s packing; benchmarks check GPU kernels with it)."""
-    NT, KU = planes.shape[:2]
+def tc16_codes(planes: torch.Tensor) -> torch.Tensor:
+    """The integer codes int64 ``[N/16 * 16, K]`` held by ``tc16`` planes (their slot width is
+    in the shape: ``b/2`` vectors per lane), on their device (the inverse of ``TC16``'s
+    packing; benchmarks check GPU kernels with it)."""
+    NT, KU, vectors = planes.shape[:3]
+    b = 2 * vectors
     words = planes.to(torch.int64) & 0xFFFFFFFF
-    words = words.permute(0, 1, 3, 2, 4).reshape(NT, KU, 32, 2 * wbits, 1, 1)
-    q = (words >> tc_shifts(wbits).to(words.device)) & (2 ** wbits - 1)               # [NT, KU, 32, 2b, PW, 2]
+    words = words.permute(0, 1, 3, 2, 4).reshape(NT, KU, 32, 2 * b, 1, 1)
+    q = (words >> tc_shifts(b).to(words.device)) & (2 ** b - 1)                       # [NT, KU, 32, 2b, PW, 2]
     # T u g c s t h e -> n = (T 2 + t) 8 + g ; k = u 128 + s 16 + h 8 + c 2 + e
     return q.reshape(NT, KU, 8, 4, 8, 2, 2, 2).permute(0, 5, 2, 1, 4, 6, 3, 7).reshape(NT * TC_ROWS, KU * 128)
 

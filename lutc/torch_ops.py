@@ -109,9 +109,10 @@ class LayoutPlan:
     A second copy is planned only on CUDA, where the decode kernel (``cuda_lut``, ``warp32``) and
     the batch kernels (``cuda_stream``, ``cuda_wgmma``, ``cuda_mma``: ``tc16``) read different layouts: fp16 W2,
     where on an H200 at 28672x8192 the LUT kernel takes 32.7 us at M = 1 and ``cuda_stream``
-    35.3, and the LUT kernel builds one table per row of x (M = 4: 127.3 us against 39.9). At W4
-    ``cuda_stream`` is also the M = 1 kernel (43.6 against 54.6 us): one ``tc16`` copy. The copy costs
-    the packed bits once more (W2: 2 more bits per weight). CPUs hold one copy, and where the
+    35.3, and the LUT kernel builds one table per row of x (M = 4: 127.3 us against 39.9); W1 and
+    ternary likewise. At W4 ``cuda_stream`` is also the M = 1 kernel (43.6 against 54.6 us), and at
+    W3 (41.0 against 44.5): one ``tc16`` copy. The copy costs the packed bits once more (W2: 2 more
+    bits per weight; W1 and ternary: 2, their ``tc16`` slot). CPUs hold one copy, and where the
     decode and batch kernels read different layouts it is the batch kernel's: on the EPYC a
     tuned LUT kernel beat ``dot_mac`` at M = 1 by 1.08x (4096 x 4096 W2, 123.8 against 133.6 us,
     ``benchmarks/results/tuning_cpu_epyc_llama3_8b.md``), where at M = 16 the LUT kernel takes

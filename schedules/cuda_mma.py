@@ -36,7 +36,8 @@ reads x fragments straight from global memory (L1/L2) instead, no barriers in th
 ``units`` = 128-weight units per warp per chunk (more bytes in flight per warp).
 
 Limits (``supports``): CUDA sm_80+, fp16 or bf16 activations (weights dequantized to their type:
-:func:`schedules.cuda_ptx.dequant_tc16`), uniform format, wbits 2 or 4, K % 128 == 0.
+:func:`schedules.cuda_ptx.dequant_tc16`), the formats ``tc16`` holds (uniform W1-W4, ternary),
+K % 128 == 0.
 Numerics: each weight becomes the fp16 ``(q - c) s`` (``q - c`` exact, one rounding), products
 are exact in the fp32 tensor-core accumulation; an earlier ``q s - c s`` form rounded ``c s``
 per group, a bias that failed the fp16 test tolerance at W4.
@@ -48,7 +49,7 @@ from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
 from .common import cuda_arch, drop_param, merge_knobs, weight_buffers
-from .cuda_ptx import groups_per_unit, h2, ldg_pairs, ldsm_x4, mma, tc16_fragment
+from .cuda_ptx import groups_per_unit, h2, ldg_pairs, ldsm_x4, mma, reads_tc16, tc16_fragment, tc16_vectors
 from .cuda_lut import PASS_CONFIG, SMEM_LIMIT  # noqa: F401  (one limit; TVM cannot see reads made by inline PTX)
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
@@ -60,7 +61,7 @@ KNOBS = {"warps": (1, 2, 4, 8), "wn": (1, 2, 4, 8), "nw": (1, 2, 4), "mt": (1, 2
 def supports(spec, target) -> bool:
     arch = cuda_arch(target)
     return (arch.startswith("sm_") and int(arch[3:5]) >= 80 and spec.act_dtype in ("float16", "bfloat16")
-            and spec.format == "uniform" and spec.wbits in (2, 4) and spec.K % 128 == 0)
+            and reads_tc16(spec))
 
 
 def layout(spec, target, **knobs) -> str:
@@ -136,7 +137,8 @@ def schedule(func, spec, target, warps=None, wn=None, nw=None, mt=None, xsm=None
 def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, units: int = 1):
     """The PrimFunc (module docstring). Arguments: ``x [M, K]`` fp16 or bf16, ``planes`` (``tc16``),
     ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``."""
-    M, N, K, b = spec.M, spec.N, spec.K, spec.wbits
+    M, N, K = spec.M, spec.N, spec.K
+    J4 = tc16_vectors(spec)                   # 16-byte weight vectors per lane per tile and unit
     S, WN, NW, MT, UW = warps, wn, nw, mt, units
     NT, KU, gs = -(-N // 16), K // 128, spec.group
     MP = 16 * MT                          # rows of x per block
@@ -168,7 +170,7 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
                 for t in T.unroll(NW):
                     tile = T.meta_var((bx * WN + warp_n) * NW + t)
                     if tile < NT:
-                        for j4 in T.unroll(b // 2):
+                        for j4 in T.unroll(J4):
                             wreg[par, u, t, j4, T.ramp(0, 1, 4)] = planes[tile, unit, j4, tx % 32, T.ramp(0, 1, 4)]
                         for t8 in T.unroll(2):
                             for ng in T.unroll(NG):   # the unit's groups
@@ -293,7 +295,7 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
                     # are inline PTX) cannot drop the row padding and change the row stride
                     xs = T.alloc_buffer((MP * XR if xsm else 8,), adt, scope="shared")
                     red = T.alloc_buffer(red_shape, "float32", scope="shared")
-                    wreg = T.alloc_buffer((2, UW, NW, b // 2, 4), "int32", scope="local")
+                    wreg = T.alloc_buffer((2, UW, NW, J4, 4), "int32", scope="local")
                     sreg = T.alloc_buffer((2, UW, NW, 2, NG), "uint32", scope="local")
                     zreg = T.alloc_buffer((2, UW, NW, 2, NG), "uint32", scope="local")
                     xreg = T.alloc_buffer((vpt if XPRE else 1, 8), adt, scope="local")

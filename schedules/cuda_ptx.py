@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
+from lutc import layouts
+
 H2_SRC = """
 __device__ __forceinline__ unsigned lutc_h2(float v) {
   __half2 h = __float2half2_rn(v);
@@ -213,13 +215,26 @@ def step_group(spec, s: int) -> int:
     return (16 * s) // spec.group % groups_per_unit(spec)
 
 
+def reads_tc16(spec) -> bool:
+    """Whether ``spec``'s weight fits ``tc16`` (uniform W1-W4 and ternary, K % 128 == 0): the
+    formats the tensor-core kernels dequantize, as ``(q - c) s`` with ``c`` the zero point or
+    :attr:`~lutc.spec.MPGemmSpec.code_center`."""
+    return layouts.get("tc16").holds(spec)
+
+
+def tc16_vectors(spec) -> int:
+    """16-byte weight vectors per lane per 16-row tile and 128-weight unit in ``tc16``: half its
+    slot width (:func:`lutc.layouts.tc16_code_bits`)."""
+    return layouts.tc16_code_bits(spec) // 2
+
+
 def tc16_fragment(spec, words, scales, zeros, lead: tuple, t, s, t8, h):
     """Register ``t8 + 2 h`` of weight tile ``t``'s fragment in k16 step ``s`` (a pair of k
     ``16 s + 8 h + 2 c``, rows ``g + 8 t8``): :func:`dequant_tc16` of the lane's words
     ``words[(*lead, t, ...)]`` with the coefficients of the step's group, ``scales[(*lead, t, t8,
     group)]`` (and ``zeros``). The one reading of a fragment the tensor-core kernels share."""
     group = step_group(spec, s)
-    return dequant_tc16(words, (*lead, t), s * 4 + t8 * 2 + h, spec.wbits, scales[(*lead, t, t8, group)],
+    return dequant_tc16(words, (*lead, t), s * 4 + t8 * 2 + h, layouts.tc16_code_bits(spec), scales[(*lead, t, t8, group)],
                         zeros[(*lead, t, t8, group)], spec.zero_point, spec.code_center, spec.act_dtype)
 
 

@@ -30,8 +30,8 @@ the A operand (its registers are exactly the two 8-row B fragments of ``cuda_mma
 8-column B operand, so one ``m16n8k16`` covers 16 rows of N (``2 x nw`` per k16 pair) where
 padding M to 16 took two (``2 x nw x 2``); for 8 < M <= 16, x is A (rows 8..15 loaded).
 
-Limits (``supports``): CUDA sm_80+, fp16 or bf16 activations, uniform format, wbits 2 or 4,
-K % 128 == 0, M <= 16. Results equal ``cuda_mma``'s up to the order of the fp32 sums.
+Limits (``supports``): CUDA sm_80+, fp16 or bf16 activations, the formats ``tc16`` holds (uniform
+W1-W4, ternary: :func:`~schedules.cuda_ptx.reads_tc16`), K % 128 == 0, M <= 16. Results equal ``cuda_mma``'s up to the order of the fp32 sums.
 """
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ from lutc.dtypes import nbytes
 
 from .common import cuda_arch, drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
-from .cuda_ptx import cp16, cp_commit, cp_wait, groups_per_unit, lds128, lds_scale_h2, ldsm_x4, mma, tc16_fragment
+from .cuda_ptx import (cp16, cp_commit, cp_wait, groups_per_unit, lds128, lds_scale_h2, ldsm_x4, mma, reads_tc16,
+                       tc16_fragment, tc16_vectors)
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
@@ -60,18 +61,22 @@ X_ROW = 136
 def supports(spec, target) -> bool:
     arch = cuda_arch(target)
     return (arch.startswith("sm_") and int(arch[3:5]) >= 80 and spec.act_dtype in ("float16", "bfloat16")
-            and spec.format == "uniform" and spec.wbits in (2, 4) and spec.K % 128 == 0
-            and spec.M <= MAX_M)
+            and reads_tc16(spec) and spec.M <= MAX_M)
 
 
 def preferred(spec, target) -> bool:
-    """M = 2..8, and M = 1 at 4 bits (H200, ``benchmarks/results/cuda_stream_h200.md``).
+    """M = 2..8, and M = 1 at 3 and 4 bits (H200, ``benchmarks/results/cuda_stream_h200.md``,
+    ``cuda_w1_w3_ternary_h200.md``).
 
-    At M = 1, W2 is the LUT kernel's (28672 x 8192: ``cuda_lut`` 32.7 us, this kernel 35.3) and
-    W4 this kernel's (43.6 against 54.6 us; 44.6 against 63.5 at 8192 x 28672). From M = 9 the
+    At M = 1, W2 is the LUT kernel's (28672 x 8192: ``cuda_lut`` 32.7 us, this kernel 35.3), and
+    so are W1 and ternary (W1 24.1 against 33.4: the LUT kernel reads 1 bit per weight, this
+    one a 2-bit slot); W4 is this kernel's (43.6 against 54.6 us; 44.6 against 63.5 at
+    8192 x 28672), and W3 too, though it reads a 4-bit slot where the LUT kernel reads 3 bits
+    (41.0 against 44.5 us; 41.2 against 52.6 at 8192 x 28672; 6.2 against 7.6 at 4096 x 4096):
+    the LUT kernel's lookups per bit plane cost more than the extra bit. From M = 9 the
     A operand is x again (no transposed product): on Hopper ``cuda_wgmma`` with split-K was faster
     on every shape measured (``cuda_small_m_h200.md``), elsewhere it is ``cuda_mma``'s."""
-    return 2 <= spec.M <= 8 or (spec.M == 1 and spec.wbits == 4)
+    return 2 <= spec.M <= 8 or (spec.M == 1 and spec.format == "uniform" and spec.wbits >= 3)
 
 
 def layout(spec, target, **knobs) -> str:
@@ -115,7 +120,7 @@ def stage_bytes(spec, warps: int, wn: int, nw: int) -> dict:
     """Bytes of one pipeline stage, by part (weights, scales, zero points, x)."""
     per_warp_tile = 16 * groups_per_unit(spec) * scale_size(spec)
     coef = warps * wn * nw * per_warp_tile
-    return {"w": warps * wn * nw * (spec.wbits // 2) * 512, "s": coef,
+    return {"w": warps * wn * nw * tc16_vectors(spec) * 512, "s": coef,
             "z": coef if spec.zero_point else 0, "x": warps * spec.M * X_ROW * 2}
 
 
@@ -140,10 +145,10 @@ def schedule(func, spec, target, warps=None, wn=None, nw=None, stages=None) -> s
 def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
     """The PrimFunc (module docstring). Arguments: ``x [M, K]`` fp16 or bf16, ``planes`` (``tc16``),
     ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``."""
-    M, N, K, b = spec.M, spec.N, spec.K, spec.wbits
+    M, N, K = spec.M, spec.N, spec.K
     S, WN, NW, P = warps, wn, nw, stages
     NT, KU, gs = -(-N // 16), K // 128, spec.group
-    J4 = b // 2                               # 16-byte weight vectors per lane per tile and unit
+    J4 = tc16_vectors(spec)                   # 16-byte weight vectors per lane per tile and unit
     threads = 32 * S * WN
     steps = -(-KU // S)
     nbx = -(-NT // (WN * NW))

@@ -103,7 +103,8 @@ tables timed lutc first; see ``lutc.measure.interleaved_graph_us`` for why that 
 up to 5-10% at M >= 96.) Next steps: fewer instructions per dequantized pair.
 
 Limits (``supports``): sm_90a, fp16 or bf16 activations (the weights are dequantized to the
-activations' type; bf16 rounds the scale to bf16 first), uniform W2/W4, K % 128 == 0 (``splits``
+activations' type; bf16 rounds the scale to bf16 first), the formats ``tc16`` holds (uniform
+W1-W4, ternary), K % 128 == 0 (``splits``
 must divide K / 128; ``streamk`` at most the tile units, and not with ``splits``), any M and N
 (tokens and rows past M and N are computed from stale shared memory and never stored). fp16 results
 equal ``cuda_mma``'s up to the order of the fp32 sums.
@@ -118,7 +119,7 @@ from .common import cuda_arch, drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
 from .cuda_ptx import (cp16, cp_commit, cp_mbar_arrive, cp_wait, groups_per_unit, lds128, lds_scale_h2, mbar_arrive,
                        mbar_init, mbar_wait, proxy_fence_async, setmaxnreg, wgmma_commit, wgmma_fence,
-                       tc16_fragment, wgmma_fence_acc, wgmma_m64k16, wgmma_wait)
+                       reads_tc16, tc16_fragment, tc16_vectors, wgmma_fence_acc, wgmma_m64k16, wgmma_wait)
 from .cuda_stream import scale_size
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
@@ -152,8 +153,7 @@ MAX_REGS = 248
 
 def supports(spec, target) -> bool:
     arch = cuda_arch(target)
-    return (arch == "sm_90a" and spec.act_dtype in ("float16", "bfloat16") and spec.format == "uniform"
-            and spec.wbits in (2, 4) and spec.K % 128 == 0)
+    return arch == "sm_90a" and spec.act_dtype in ("float16", "bfloat16") and reads_tc16(spec)
 
 
 def preferred(spec, target) -> bool:
@@ -348,7 +348,7 @@ def stage_bytes(spec, wg: int, wn: int, bm: int) -> dict:
     """Bytes of one pipeline stage, by part (x, weights, scales, zero points)."""
     rows = 64 * wn * wg
     coef = rows * groups_per_unit(spec) * scale_size(spec)
-    return {"x": tokens(spec, bm) * 256, "w": (rows // 16) * (spec.wbits // 2) * 512, "s": coef,
+    return {"x": tokens(spec, bm) * 256, "w": (rows // 16) * tc16_vectors(spec) * 512, "s": coef,
             "z": coef if spec.zero_point else 0}
 
 
@@ -386,7 +386,7 @@ def x_step(bm: int, s: int) -> int:
 def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: int = 1, streamk: int = 0):
     """The PrimFunc (module docstring). Arguments: ``x [M, K]`` fp16 or bf16, ``planes`` (``tc16``),
     ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``."""
-    M, N, K, b = spec.M, spec.N, spec.K, spec.wbits
+    M, N, K = spec.M, spec.N, spec.K
     P, BM, TW = stages, tokens(spec, bm), wn
     BN = 64 * wn * wg                         # weight rows per block
     NT, KU, gs = -(-N // 16), K // 128, spec.group
@@ -394,7 +394,7 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
     STREAMK = streamk > 0                     # a persistent grid sharing out the tile units (stream_k)
     STORE_AT_END = not STREAMK                # (stream-K stores a tile where its units end)
     KB = KU // splits                         # 128-weight units of one block
-    J4 = b // 2                               # 16-byte weight vectors per lane per tile and unit
+    J4 = tc16_vectors(spec)                   # 16-byte weight vectors per lane per tile and unit
     warps = 4 * wg                            # warps that dequantize and multiply
     threads = 32 * warps + 128 * ws
     copiers = 4 * ws if ws else warps         # warps that copy: the copying warpgroups, or all

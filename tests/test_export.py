@@ -301,10 +301,11 @@ CUDA_SPECS = [lutc.MPGemmSpec(3, 64, 256, wbits=2, group_size=64),
                               act_dtype="float16", table_dtype="int8"),
               lutc.MPGemmSpec(1, 64, 512, wbits=3, format="bcq", group_size=32, act_dtype="bfloat16")]
 #: The default CUDA kernels: (shape, format fields) -> (schedule, layout), fp16 activations.
-CUDA_DEFAULTS = {"cuda_lut": (((1, 96, 512), dict(wbits=3, group_size=64, zero_point=True)), "warp32"),
-                 # 4 stages of 4 warps x 2 tiles of W4 and 8 rows of x: past 48 KB of dynamic shared memory
-                 "cuda_stream": (((8, 64, 512), dict(wbits=4, group_size=64, zero_point=True)), "tc16"),
-                 "cuda_mma": (((16, 64, 512), dict(wbits=4, group_size=128)), "tc16"),
+CUDA_DEFAULTS = {"cuda_lut": (((1, 96, 512), dict(wbits=1, group_size=64, zero_point=True)), "warp32"),
+                 # 4 stages of 4 warps x 2 tiles of W3 (4-bit slots) and 8 rows of x: past 48 KB of
+                 # dynamic shared memory
+                 "cuda_stream": (((8, 64, 512), dict(wbits=3, group_size=64, zero_point=True)), "tc16"),
+                 "cuda_mma": (((16, 64, 512), dict(format="ternary")), "tc16"),
                  # sm_90a only; 113 KB of dynamic shared memory
                  "cuda_wgmma": (((64, 64, 512), dict(wbits=2, group_size=64, zero_point=True)), "tc16")}
 

@@ -182,35 +182,52 @@ def test_warp32_layout_is_exact_and_invertible(fmt, wbits, zp, gs):
         assert (t.scales[-1, ..., 100 % 32:] == 0).all()
 
 
-@pytest.mark.parametrize("wbits,zp,gs", [(2, False, 128), (4, True, 32), (2, True, -1), (4, False, 64)])
-def test_tc16_layout_is_exact_and_invertible(wbits, zp, gs):
+@pytest.mark.parametrize("fmt,wbits,zp,gs,slot", [("uniform", 2, False, 128, 2), ("uniform", 4, True, 32, 4),
+                                                  ("uniform", 2, True, -1, 2), ("uniform", 4, False, 64, 4),
+                                                  ("uniform", 1, False, 64, 2), ("uniform", 1, True, 128, 2),
+                                                  ("uniform", 3, False, 32, 4), ("uniform", 3, True, -1, 4),
+                                                  ("ternary", 2, False, -1, 2)])
+def test_tc16_layout_is_exact_and_invertible(fmt, wbits, zp, gs, slot):
+    """Each code sits at the bit the layout's docstring gives, in a slot of 2 bits (W1, W2,
+    ternary: code t + 1) or 4 (W3, W4); ternary's one scale is every row's."""
     w = _weight(100, 384)
-    qw = lutc.quantize(w, wbits=wbits, group_size=gs, zero_point=zp)
+    qw = lutc.quantize(w, wbits=wbits, format=fmt, group_size=gs, zero_point=zp)
     t = lutc.repack(qw, "tc16")
-    assert t.planes.shape == (7, 3, wbits // 2, 32, 4) and t.planes.dtype == torch.int32
+    assert t.planes.shape == (7, 3, slot // 2, 32, 4) and t.planes.dtype == torch.int32
     assert t.layout_version == 2
     assert torch.equal(t.dequantize(), qw.dequantize())
     assert torch.equal(lutc.repack(t, "bitplane").planes, qw.planes)
-    bits = np.unpackbits(qw.planes.numpy(), axis=-1, bitorder="little")
-    code = sum(bits[i].astype(np.int64) << i for i in range(wbits))
+    assert torch.equal(lutc.repack(t, "bitplane").scales, qw.scales)
+    bits = np.unpackbits(qw.planes.numpy(), axis=-1, bitorder="little").astype(np.int64)
+    code = bits[0] + bits[1] if fmt == "ternary" else sum(bits[i] << i for i in range(wbits))
+    if fmt == "ternary":
+        assert t.scales.shape == (7, 1, 16) and (t.scales == qw.scales[0]).all()
+        assert set(np.unique(code)) == {0, 1, 2}
     for T, u, g, c, s, tt, h, e in ((1, 2, 5, 3, 6, 1, 1, 0), (0, 0, 0, 0, 0, 0, 0, 1), (6, 1, 3, 2, 7, 0, 1, 1)):
         n, k = 16 * T + 8 * tt + g, 128 * u + 16 * s + 8 * h + 2 * c + e     # the fragments' k order (v2)
         if n >= 100:
             continue
-        P, PW = 4 * s + 2 * tt + h, 16 // wbits
+        P, PW = 4 * s + 2 * tt + h, 16 // slot
         word = int(t.planes[T, u, (P // PW) // 4, 4 * g + c, (P // PW) % 4]) & 0xFFFFFFFF
         v = P % PW
-        pos = 8 * (v // (8 // wbits)) + wbits * (v % (8 // wbits)) + 16 * e
-        assert (word >> pos) & (2 ** wbits - 1) == code[n, k]
+        pos = 8 * (v // (8 // slot)) + slot * (v % (8 // slot)) + 16 * e
+        assert (word >> pos) & (2 ** slot - 1) == code[n, k]
+
+
+def test_tc16_refuses_ternary_scales_that_differ():
+    t = lutc.repack(lutc.quantize(_weight(32, 128), format="ternary"), "tc16")
+    t.scales[1, 0, 3] += 1
+    with pytest.raises(ValueError, match="ternary 'tc16' scales differ"):
+        lutc.repack(t, "bitplane")
 
 
 def test_cuda_layouts_refuse_what_they_cannot_hold():
     with pytest.raises(ValueError, match="multiple of 128"):
         lutc.repack(lutc.quantize(_weight(32, 64), group_size=32), "warp32")
-    with pytest.raises(ValueError, match="uniform 2- or 4-bit"):
-        lutc.repack(lutc.quantize(_weight(32, 128), wbits=3), "tc16")
-    with pytest.raises(ValueError, match="uniform 2- or 4-bit"):
+    with pytest.raises(ValueError, match="integer codes .*not bcq"):
         lutc.repack(lutc.quantize(_weight(32, 128), format="bcq"), "tc16")
+    with pytest.raises(ValueError, match="multiple of 128"):
+        lutc.repack(lutc.quantize(_weight(32, 64), wbits=3, group_size=32), "tc16")
 
 
 def test_repack_keeps_the_device():

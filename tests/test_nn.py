@@ -320,3 +320,43 @@ def test_lutlinear_cuda_decode_and_batch_layouts_compile_and_graph():
     assert single.layouts == ("warp32",)
     x = torch.randn(40, 512, generator=GEN).half()
     assert rel_error(single(x.cuda()).cpu(), _reference(q, x)) < tol     # chunks of 8 rows
+
+
+CODE_FORMATS = [("uniform", 1, False), ("uniform", 3, True), ("uniform", 3, False), ("ternary", 2, False)]
+
+
+def _cuda_layouts(fmt, wbits):
+    """W1 and ternary decode with the LUT kernel (``warp32``, their own bits) and batch on the
+    tensor cores (``tc16`` in 2-bit slots): two copies, as W2; W3 runs the tensor-core kernels
+    at every M (4-bit slots; at M = 1 ``cuda_stream`` beat the LUT kernel on the H200): one."""
+    return ("tc16",) if wbits == 3 else ("warp32", "tc16")
+
+
+@pytest.mark.parametrize("fmt,wbits,zp", CODE_FORMATS)
+def test_w1_w3_ternary_plan_tensor_core_copies_on_cuda(fmt, wbits, zp):
+    from lutc.torch_ops import OpKernels
+    spec = lutc.MPGemmSpec(1, 200, 512, wbits=wbits, format=fmt, zero_point=zp, act_dtype="float16")
+    for arch in ("sm_90a", "sm_80"):
+        plan = OpKernels(targets={"cuda": f"cuda:{arch}"}).layout_plan(spec, "cuda")
+        assert plan.layouts == _cuda_layouts(fmt, wbits), (arch, plan)
+        assert plan.split == (None if wbits == 3 else 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("fmt,wbits,zp", CODE_FORMATS)
+def test_lutlinear_cuda_w1_w3_ternary_batches_on_tensor_cores(fmt, wbits, zp):
+    lin = _linear(K=512, N=200).cuda().half()
+    q = LUTLinear.from_linear(lin, wbits=wbits, format=fmt, zero_point=zp,
+                              group_size=-1 if fmt == "ternary" else 64)
+    assert q.layouts == _cuda_layouts(fmt, wbits)
+    tol = tolerance(q.kernel_spec())
+    for M in (1, 2, 5, 16, 130):
+        x = torch.randn(M, 512, generator=GEN).half()
+        out = q(x.cuda())
+        assert torch.isfinite(out).all()
+        assert rel_error(out.cpu(), _reference(q, x)) < tol, M
+    used = {k.schedule for k in kernel_cache().kernels()
+            if k.spec.N == 200 and k.spec.wbits == wbits and k.spec.format == fmt}
+    hopper = torch.cuda.get_device_capability() == (9, 0)
+    decode = set() if wbits == 3 else {"cuda_lut"}
+    assert used == decode | {"cuda_stream", "cuda_wgmma" if hopper else "cuda_mma"}

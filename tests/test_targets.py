@@ -181,6 +181,16 @@ def test_cuda_default_picks_lut_for_small_m_and_mma_beyond():
         spec = lutc.MPGemmSpec(M, N, K, act_dtype="float16")
         assert schedules.default("cuda", spec, lutc.target.resolve("cuda:sm_90a")) is schedules.cuda_wgmma
         assert schedules.cuda_wgmma.resolve_knobs(spec)["splits"] == splits
+    # W1, W3 and ternary take the tensor-core kernels too (tc16 holds them in 2- or 4-bit slots);
+    # bcq has none, nor fp32 activations
+    # (M = 1: the LUT kernel for W1 and ternary, the streamed one for W3, as for W4)
+    for fmt, wbits in (("uniform", 1), ("uniform", 3), ("ternary", 2)):
+        for M, arch, sname in ((1, "sm_90a", "cuda_stream" if wbits == 3 else "cuda_lut"), (4, "sm_90a", "cuda_stream"),
+                               (16, "sm_90a", "cuda_wgmma"), (16, "sm_80", "cuda_mma")):
+            spec = lutc.MPGemmSpec(M, 256, 512, wbits=wbits, format=fmt, act_dtype="float16")
+            assert lutc.build(spec, target=f"cuda:{arch}").schedule == sname, (fmt, wbits, M, arch)
+    assert lutc.build(lutc.MPGemmSpec(16, 256, 512, wbits=3, format="bcq", act_dtype="float16"),
+                      target="cuda:sm_90a").schedule == "cuda_generic"
     assert lutc.build(lutc.MPGemmSpec(16, 256, 512, wbits=3), target="cuda:sm_90a").schedule == "cuda_generic"
     assert lutc.build(lutc.MPGemmSpec(4, 256, 512, act_dtype="float16"), target="cuda:sm_90a").schedule == "cuda_stream"
     # M = 2..8: the streamed mma kernel (the LUT kernel builds one table per row of x)
@@ -194,11 +204,12 @@ def test_cuda_default_picks_lut_for_small_m_and_mma_beyond():
     spec = lutc.MPGemmSpec(128, 28672, 8192, wbits=2, act_dtype="float16")
     assert lutc.build(spec, target="cuda:sm_90a").schedule == "cuda_wgmma"
     assert lutc.build(spec, target="cuda:sm_80").schedule == "cuda_mma"
-    # bf16 activations take the same kernels as fp16; 3 bits has no mma kernel: the LUT kernel takes small M
+    # bf16 activations take the same kernels as fp16; fp32 activations have no mma kernel: the LUT
+    # kernel takes small M
     for M, arch, sname in ((1, "sm_90a", "cuda_lut"), (4, "sm_90a", "cuda_stream"), (16, "sm_80", "cuda_mma"),
                            (128, "sm_80", "cuda_mma"), (128, "sm_90a", "cuda_wgmma")):
         assert lutc.build(lutc.MPGemmSpec(M, 256, 512, act_dtype="bfloat16"), target=f"cuda:{arch}").schedule == sname
-    assert lutc.build(lutc.MPGemmSpec(4, 256, 512, wbits=3), target="cuda:sm_90a").schedule == "cuda_lut"
+    assert lutc.build(lutc.MPGemmSpec(4, 256, 512, wbits=3, act_dtype="float32"), target="cuda:sm_90a").schedule == "cuda_lut"
 
 
 @pytest.mark.parametrize("name,expect", [("host", "cpu"), ("llvm", "cpu"), ("arm", "cpu-cross"),
@@ -267,22 +278,26 @@ def test_templates_do_not_build_the_front_end_function(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("wbits", [2, 4])
-@pytest.mark.parametrize("zero_points", [True, False])
-def test_tc16_dequantization_bits(dtype, wbits, zero_points):
+@pytest.mark.parametrize("fmt,wbits,zero_points", [(f, b, zp) for b in (1, 2, 3, 4) for zp in (True, False)
+                                                   for f in ["uniform"]] + [("ternary", 2, False)])
+def test_tc16_dequantization_bits(dtype, fmt, wbits, zero_points):
     """The tensor-core kernels' dequantization (:func:`schedules.cuda_ptx.dequant_tc16`), emulated
     bit by bit on random words for every code pair of a lane: the LOP3 under the magic number,
     the exact FMA, then ``(q - z) s`` rounded once to ``dtype``, must equal the codes' ``(q - c) s``
-    (bf16: ``s`` rounded to bf16 first, as the kernel loads it)."""
+    (bf16: ``s`` rounded to bf16 first, as the kernel loads it). Every slot value of the format's
+    ``tc16`` slot width is read (W3 sits in 4-bit slots, W1 and ternary in 2-bit ones), with the
+    format's own centre ``c``."""
     import torch
     import tvm
+    from lutc.layouts import tc16_code_bits
     from schedules.cuda_ptx import HALVES, dequant_tc16, magic
     tdt = getattr(torch, dtype)
+    spec = lutc.MPGemmSpec(1, 16, 128, wbits=wbits, format=fmt, zero_point=zero_points)
+    slot, c = tc16_code_bits(spec), spec.code_center
     gen = np.random.default_rng(wbits * 2 + zero_points)
-    words = gen.integers(0, 2 ** 32, size=(wbits // 2, 4), dtype=np.uint64)
-    names = {(j, w): tvm.tirx.Var(f"w{j}{w}", "uint32") for j in range(wbits // 2) for w in range(4)}
+    words = gen.integers(0, 2 ** 32, size=(slot // 2, 4), dtype=np.uint64)
+    names = {(j, w): tvm.tirx.Var(f"w{j}{w}", "uint32") for j in range(slot // 2) for w in range(4)}
     s2, z2 = tvm.tirx.Var("s2", "uint32"), tvm.tirx.Var("z2", "uint32")
-    c = (2 ** wbits - 1) / 2
     scale, zero = torch.tensor(0.0371, dtype=tdt), torch.tensor(float(2 ** wbits // 2 - 1), dtype=tdt)
     bound = {v.name: int(words[k]) for k, v in names.items()}
     ops = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b,
@@ -304,16 +319,16 @@ def test_tc16_dequantization_bits(dtype, wbits, zero_points):
         return t.double().to(tdt)
 
     for e in range(32):
-        call = dequant_tc16(names, (), e, wbits, s2, z2, zero_points, c, dtype)
+        call = dequant_tc16(names, (), e, slot, s2, z2, zero_points, c, dtype)
         word, mask, mul, add = (value(a) for a in call.args[1:5])
         h = halves((word & mask) | (magic(dtype) * 0x10001))       # the LOP3
         q = rnd(h.double() * halves(mul).double() + halves(add).double())
         got = rnd(rnd(q.double() - zero.double()).double() * scale.double()) if zero_points else \
             rnd(q.double() * scale.double())
-        pairs, slots = 16 // wbits, 8 // wbits
+        pairs, slots = 16 // slot, 8 // slot
         w = int(words[(e // pairs) // 4, (e // pairs) % 4])
-        byte, slot = (e % pairs) // slots, (e % pairs) % slots
-        codes = [(w >> (16 * half + 8 * byte + wbits * slot)) & (2 ** wbits - 1) for half in (0, 1)]
+        byte, v = (e % pairs) // slots, (e % pairs) % slots
+        codes = [(w >> (16 * half + 8 * byte + slot * v)) & (2 ** slot - 1) for half in (0, 1)]
         offset = zero.double() if zero_points else c
         want = rnd(rnd(torch.tensor(codes, dtype=torch.float64) - offset).double() * scale.double())
         assert torch.equal(got, want), (e, codes, got, want, HALVES[dtype])
