@@ -64,9 +64,9 @@ def lutc_specs(N, K, M, wbits):
 
 
 def lutc_modules(spec):
-    """(name, module) of the lutc CUDA schedules that build ``spec``; ``("default", None)`` for
-    the name ``default``: the kernel ``lutc.compile`` picks (tuning log, else
-    ``schedules.default``), what a user gets."""
+    """(name, module) of the lutc CUDA schedules that build ``spec``; for the name ``default``
+    (module unused): the kernel ``lutc.compile`` picks (tuning log, else ``schedules.default``),
+    what a user gets."""
     tgt = lutc.target.resolve("cuda:sm_90a")
     out = []
     for name in LUTC_SCHEDULES:
@@ -151,9 +151,10 @@ def random_packed(layout: str, N, K, wbits, gen) -> PackedWeights:
     holds 1- and 3-bit codes in 2- and 4-bit slots: the bits above a code are cleared)."""
     R = {"warp32": 32, "tc16": 16}[layout]
     NT = -(-N // R)
-    shape = layouts.get(layout).shapes(lutc.MPGemmSpec(1, N, K, wbits=wbits, group_size=GROUP))["planes"].shape
+    spec = lutc.MPGemmSpec(1, N, K, wbits=wbits, group_size=GROUP)
+    shape = layouts.get(layout).shapes(spec)["planes"].shape
     planes = torch.randint(-2 ** 31, 2 ** 31 - 1, shape, dtype=torch.int32, device="cuda", generator=gen)
-    slot = 2 * shape[2] if layout == "tc16" else wbits
+    slot = layouts.tc16_code_bits(spec) if layout == "tc16" else wbits
     if slot > wbits:
         planes &= sum((2 ** wbits - 1) << i for i in range(0, 32, slot))     # below bit 31: an int32
     scales = (torch.rand((NT, K // GROUP, R), device="cuda", generator=gen) * 0.02 + 0.005).half()

@@ -345,6 +345,12 @@ def tc16_code_bits(spec: MPGemmSpec) -> int:
     return 2 if spec.planes <= 2 else 4
 
 
+def tc16_vectors(spec: MPGemmSpec) -> int:
+    """16-byte vectors per lane, 16-row tile and 128-weight unit in ``tc16``: half the slot width
+    (a unit holds 2048 codes, 512 bytes per 2 bits of slot)."""
+    return tc16_code_bits(spec) // 2
+
+
 def tc_shifts(b: int) -> torch.Tensor:
     """Bit position of code ``e`` of slot ``v`` in a ``tc16`` word: ``[16/b, 2]``."""
     v = torch.arange(16 // b)[:, None]
@@ -359,15 +365,17 @@ class TC16(Layout):
     #: x then enters ``wgmma``'s shared-memory operand in 16-byte copies (``cuda_wgmma``).
     version = LAYOUT_VERSION + 1
     family_doc = """
-For tensor-core (mma.sync m16n8k16, wgmma) kernels, integer codes (uniform q = sum_i 2^i bit_i,
-ternary t + 1) in b-bit slots (b = 2 for W1, W2 and ternary, 4 for W3 and W4) placed where one
-lane needs them as fragments. Rows in 16-row tiles, K in 128-weight units;
-planes int32 [N/16, K/128, b/2, 32, 4]. Lane l = 4 g + c of tile T, unit u owns the 2 b words
-W[j] = planes[T, u, j / 4, l, j % 4]; they hold 32 pairs P = 4 s + 2 t + h (s < 8; t, h < 2):
-the codes of row 16 T + 8 t + g at k = 128 u + 16 s + 8 h + 2 c + e (e < 2), the fragment's
-own k order (k16 step s), pair P in word P / (16/b), slot v = P % (16/b), code e at bit
-8 (v / (8/b)) + b (v % (8/b)) + 16 e. Ternary keeps its one scale per row tile and row,
-scales [N/16, 1, 16], all equal: the kernels read every format's coefficients alike."""
+For tensor-core (mma.sync m16n8k16, wgmma) kernels, integer codes q (uniform q = sum_i 2^i bit_i,
+ternary t + 1 in 0..2) in w-bit slots (w = 2 for W1, W2 and ternary, 4 for W3 and W4; the bits
+above a code are zero) placed where one lane needs them as fragments; the weight is s (q - c)
+with c the zero point, (2^wbits - 1)/2 for uniform codes without (W3: 3.5, W1: 0.5), 1 for
+ternary. Rows in 16-row tiles, K in 128-weight units; planes int32 [N/16, K/128, w/2, 32, 4].
+Lane l = 4 g + c of tile T, unit u owns the 2 w words W[j] = planes[T, u, j / 4, l, j % 4];
+they hold 32 pairs P = 4 s + 2 t + h (s < 8; t, h < 2): the codes of row 16 T + 8 t + g at
+k = 128 u + 16 s + 8 h + 2 c + e (e < 2), the fragment's own k order (k16 step s), pair P in
+word P / (16/w), slot v = P % (16/w), code e at bit 8 (v / (8/w)) + w (v % (8/w)) + 16 e.
+Ternary's one scale is stored per row, scales [N/16, 1, 16] (rows past N zero): the kernels
+read every format's coefficients alike."""
 
     def check(self, spec):
         if spec.format == "bcq":
@@ -382,20 +390,21 @@ scales [N/16, 1, 16], all equal: the kernels read every format's coefficients al
         return super().coef_shape(spec, scales)
 
     def _tile_coef(self, spec, c, NT):
-        if c is not None and spec.format == "ternary":
-            return c.cpu().reshape(1, 1, 1).expand(NT, 1, self.rows).contiguous()
+        if c is not None and spec.format == "ternary":   # one group of one scale per row, then tiled
+            per_row = c.cpu().reshape(1, 1).expand(spec.N, 1)
+            return super()._tile_coef(spec.with_(format="uniform"), per_row, NT)
         return super()._tile_coef(spec, c, NT)
 
     def _untile_coef(self, spec, c):
         if c is not None and spec.format == "ternary":
-            c = c.cpu()
-            if not bool((c == c.reshape(-1)[0]).all()):
+            rows = super()._untile_coef(spec.with_(format="uniform"), c).reshape(-1)
+            if not bool((rows == rows[0]).all()):
                 raise ValueError("ternary 'tc16' scales differ between rows: a ternary weight has one scale")
-            return c.reshape(-1)[:1].contiguous()
+            return rows[:1].contiguous()
         return super()._untile_coef(spec, c)
 
     def _planes_shape(self, spec):
-        return (self.tiles(spec), spec.K // 128, tc16_code_bits(spec) // 2, 32, 4)
+        return (self.tiles(spec), spec.K // 128, tc16_vectors(spec), 32, 4)
 
     def _pack_planes(self, spec, byte):
         b, K, NT = tc16_code_bits(spec), spec.K, self.tiles(spec)
@@ -408,7 +417,12 @@ scales [N/16, 1, 16], all equal: the kernels read every format's coefficients al
         return words.reshape(NT, K // 128, 32, b // 2, 4).permute(0, 1, 3, 2, 4).contiguous()
 
     def _unpack_planes(self, spec, p):
-        return integer_planes(spec, tc16_codes(p)[:spec.N].cpu())
+        codes = tc16_codes(p)[:spec.N].cpu()
+        top = 2 if spec.format == "ternary" else 2 ** spec.wbits - 1
+        if codes.numel() and int(codes.max()) > top:     # the kernels would read the stray bits
+            raise ValueError(f"'tc16' planes hold a code above {top}, the largest of a {spec.format} "
+                             f"w{spec.wbits} weight: bits above a code must be zero")
+        return integer_planes(spec, codes)
 
 
 def tc16_codes(planes: torch.Tensor) -> torch.Tensor:

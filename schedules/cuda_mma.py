@@ -1,11 +1,12 @@
-"""CUDA dequantize + tensor-core kernel (``mma.sync.m16n8k16``, fp16) for larger M and 4 bits.
+"""CUDA dequantize + tensor-core kernel (``mma.sync.m16n8k16``) for larger M before Hopper.
 
 The LUT kernel's cost grows with M (one table lookup per row of ``x`` per weight nibble and
 plane); a tensor core multiplies a 16 x 16 tile of ``x`` by a 16 x 8 tile of weights in one
 instruction, so past a few rows it pays to turn the weights back into fp16 in registers and let
 the tensor cores do the products (what LUT Tensor Core and LUT-GEMM users report on current
-GPUs). This schedule computes the same ``y = x @ W^T`` as :mod:`lutc.frontend` for uniform 2- and
-4-bit weights (zero points or not) with fp16 activations.
+GPUs). This schedule computes the same ``y = x @ W^T`` as :mod:`lutc.frontend` for the integer
+codes ``tc16`` holds (uniform W1-W4, zero points or not, and ternary) with fp16 or bf16
+activations.
 
 Why ``mma.sync`` written as inline PTX in TVMScript (through ``T.cuda.func_call``), not TVM's
 tensor intrinsics or ``wgmma``: the B operand is made in registers by bit tricks that no
@@ -17,9 +18,10 @@ serves sm_80/sm_89 and the tuner.
 
 Weights come in the ``tc16`` layout of :mod:`lutc.formats`: integer codes pre-permuted so that
 one 16-byte load per lane gives it the B fragments of two 8-row tiles for a 128-weight unit
-(W2; two loads for W4), coalesced across the warp. Dequantization of two codes (a ``half2``,
-:func:`schedules.cuda_ptx.deq`): ``LOP3`` (mask + fp16 magic ``0x6400``: ``1024 + q 2^(b v)``),
-``HFMA2`` (exactly ``q``), ``HSUB2`` (``q - c``, exact; ``c = (2^b - 1)/2`` or the zero point),
+(2-bit slots: W1, W2, ternary; two loads for 4-bit slots: W3, W4), coalesced across the warp.
+Dequantization of two codes (a ``half2``, :func:`schedules.cuda_ptx.deq`): ``LOP3`` (mask + fp16
+magic ``0x6400``: ``1024 + q 2^(w v)`` for slot width ``w``), ``HFMA2`` (exactly ``q``), ``HSUB2``
+(``q - c``, exact; ``c`` the zero point or the format's ``spec.code_center``),
 ``HMUL2`` by the group scale: 2 instructions per weight; without zero points
 :func:`~schedules.cuda_ptx.deq_c` folds ``- c`` into the ``HFMA2``: 1.5. ``tc16`` holds k in
 the fragments' own order (k16 step ``s``: k ``16 s + 2 c``, + 1, + 8, + 9 for lane ``c`` of a
@@ -49,7 +51,9 @@ from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
 from .common import cuda_arch, drop_param, merge_knobs, weight_buffers
-from .cuda_ptx import groups_per_unit, h2, ldg_pairs, ldsm_x4, mma, reads_tc16, tc16_fragment, tc16_vectors
+from lutc.layouts import tc16_vectors
+
+from .cuda_ptx import groups_per_unit, h2, ldg_pairs, ldsm_x4, mma, reads_tc16, tc16_fragment
 from .cuda_lut import PASS_CONFIG, SMEM_LIMIT  # noqa: F401  (one limit; TVM cannot see reads made by inline PTX)
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).

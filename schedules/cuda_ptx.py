@@ -136,8 +136,9 @@ def _twice(h):
 
 
 def deq(word, b, v, s2, zs2, dtype: str = "float16"):
-    """Pair (uint32) of the two codes in slot position ``v`` of ``word`` (already shifted by 8 u):
-    ``(q - c) s`` with ``q - c`` exact (``c`` = (2^b - 1)/2 or the zero point), one rounding by
+    """Pair (uint32) of the two codes in ``b``-bit slot ``v`` of ``word`` (already shifted by 8 u):
+    ``(q - c) s`` with ``q - c`` exact (``c`` the zero point; :func:`deq_c` for the format's
+    constant), one rounding by
     the multiply. The codes sit at bits ``e = b v`` of each half: ORed under the magic number
     ``2^P`` they read ``2^P + q 2^e``, and one FMA by ``2^-e`` and ``-2^(P-e)`` gives ``q``
     exactly; they must fit the mantissa (``e + b <= P``, see :func:`dequant_tc16`)."""
@@ -165,7 +166,8 @@ __device__ __forceinline__ unsigned lutc_deq_c{sfx}(unsigned w, unsigned mask, u
 
 
 def deq_c(word, b, v, s2, c: float, dtype: str = "float16"):
-    """:func:`deq` for the format's constant zero ``c = (2^b - 1)/2`` (no zero points), one
+    """:func:`deq` for the format's constant zero ``c`` (no zero points: ``spec.code_center``, which
+    is not the slot's midpoint for W1, W3 or ternary, e.g. 3.5 for W3 in a 4-bit slot), one
     instruction shorter: the ``HFMA2`` that undoes the magic number also subtracts ``c``.
 
     ``2^P 2^-e + c`` must be exact, which a half-integer ``c`` is not next to ``2^P``, so the
@@ -220,12 +222,6 @@ def reads_tc16(spec) -> bool:
     formats the tensor-core kernels dequantize, as ``(q - c) s`` with ``c`` the zero point or
     :attr:`~lutc.spec.MPGemmSpec.code_center`."""
     return layouts.get("tc16").holds(spec)
-
-
-def tc16_vectors(spec) -> int:
-    """16-byte weight vectors per lane per 16-row tile and 128-weight unit in ``tc16``: half its
-    slot width (:func:`lutc.layouts.tc16_code_bits`)."""
-    return layouts.tc16_code_bits(spec) // 2
 
 
 def tc16_fragment(spec, words, scales, zeros, lead: tuple, t, s, t8, h):

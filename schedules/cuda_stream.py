@@ -39,11 +39,12 @@ from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
 from lutc.dtypes import nbytes
+from lutc.layouts import tc16_vectors
 
 from .common import cuda_arch, drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
 from .cuda_ptx import (cp16, cp_commit, cp_wait, groups_per_unit, lds128, lds_scale_h2, ldsm_x4, mma, reads_tc16,
-                       tc16_fragment, tc16_vectors)
+                       tc16_fragment)
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True

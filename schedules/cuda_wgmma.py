@@ -114,12 +114,14 @@ from __future__ import annotations
 from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
+from lutc.layouts import tc16_vectors
+
 from . import stream_k
 from .common import cuda_arch, drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
 from .cuda_ptx import (cp16, cp_commit, cp_mbar_arrive, cp_wait, groups_per_unit, lds128, lds_scale_h2, mbar_arrive,
                        mbar_init, mbar_wait, proxy_fence_async, setmaxnreg, wgmma_commit, wgmma_fence,
-                       reads_tc16, tc16_fragment, tc16_vectors, wgmma_fence_acc, wgmma_m64k16, wgmma_wait)
+                       reads_tc16, tc16_fragment, wgmma_fence_acc, wgmma_m64k16, wgmma_wait)
 from .cuda_stream import scale_size
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).

@@ -200,8 +200,9 @@ def test_tc16_layout_is_exact_and_invertible(fmt, wbits, zp, gs, slot):
     assert torch.equal(lutc.repack(t, "bitplane").scales, qw.scales)
     bits = np.unpackbits(qw.planes.numpy(), axis=-1, bitorder="little").astype(np.int64)
     code = bits[0] + bits[1] if fmt == "ternary" else sum(bits[i] << i for i in range(wbits))
-    if fmt == "ternary":
-        assert t.scales.shape == (7, 1, 16) and (t.scales == qw.scales[0]).all()
+    if fmt == "ternary":     # one scale per row, rows past N zero as in every tiled layout
+        per_row = t.scales.permute(0, 2, 1).reshape(-1)
+        assert t.scales.shape == (7, 1, 16) and (per_row[:100] == qw.scales[0]).all() and (per_row[100:] == 0).all()
         assert set(np.unique(code)) == {0, 1, 2}
     for T, u, g, c, s, tt, h, e in ((1, 2, 5, 3, 6, 1, 1, 0), (0, 0, 0, 0, 0, 0, 0, 1), (6, 1, 3, 2, 7, 0, 1, 1)):
         n, k = 16 * T + 8 * tt + g, 128 * u + 16 * s + 8 * h + 2 * c + e     # the fragments' k order (v2)
@@ -219,6 +220,16 @@ def test_tc16_refuses_ternary_scales_that_differ():
     t.scales[1, 0, 3] += 1
     with pytest.raises(ValueError, match="ternary 'tc16' scales differ"):
         lutc.repack(t, "bitplane")
+
+
+@pytest.mark.parametrize("fmt,wbits", [("uniform", 1), ("uniform", 3), ("ternary", 2)])
+def test_tc16_refuses_bits_above_a_code(fmt, wbits):
+    """A wider slot's spare bits must be zero: the kernels read the whole slot, the reference
+    only the code's bits, so a weight with stray bits would compute something else."""
+    t = lutc.repack(lutc.quantize(_weight(32, 128), wbits=wbits, format=fmt), "tc16")
+    t.planes |= 0x0C0C0C0C if wbits == 3 else 0x0A0A0A0A     # bit 3 of 4-bit slots, bit 1 of 2-bit ones
+    with pytest.raises(ValueError, match="code above"):
+        t.dequantize()
 
 
 def test_cuda_layouts_refuse_what_they_cannot_hold():
