@@ -20,6 +20,11 @@ from .frontend import int8_table_error_bound
 from .dtypes import TORCH_DTYPES
 from .spec import MPGemmSpec
 
+#: Every (format, wbits, zero_point) lutc stores: the one case matrix the kernel tests share.
+FORMATS = ([("uniform", b, zp) for b in (1, 2, 3, 4) for zp in (False, True)]
+           + [("bcq", b, False) for b in (1, 2, 3, 4)] + [("ternary", 2, False)])
+#: The group sizes a format may have (-1: one group per row).
+GROUP_SIZES = (32, 64, 128, -1)
 
 
 def rotation_copies(nbytes: int, pool_bytes: int) -> int:

@@ -16,7 +16,8 @@ import torch
 import tvm_ffi.libinfo
 
 import lutc
-from lutc.testing import INT8_TOLERANCE, int8_activation_bound, int8_table_bound, random_case, reference, rel_error
+from lutc.testing import (FORMATS, INT8_TOLERANCE, int8_activation_bound, int8_table_bound, random_case, reference,
+                          rel_error)
 
 CC, QEMU = "aarch64-linux-gnu-gcc", "qemu-aarch64"
 HERE = os.path.dirname(__file__)
@@ -54,8 +55,6 @@ def run_under_qemu(kernel, args, out_shape, out_dtype, runner_object, tmp_path):
     return torch.from_numpy(raw).view(out_dtype).reshape(out_shape)
 
 
-FORMATS = ([("uniform", b, zp) for b in (1, 2, 3, 4) for zp in (False, True)]
-           + [("bcq", b, False) for b in (1, 2, 3, 4)] + [("ternary", 2, False)])
 
 
 @pytest.mark.parametrize("fmt,wbits,zp", FORMATS, ids=lambda v: str(v))

@@ -13,13 +13,10 @@ import torch
 
 import lutc
 import schedules
-from lutc.testing import OUTPUT_TOLERANCE as TOL, random_case, reference, rel_error, tolerance
+from lutc.testing import FORMATS, GROUP_SIZES, OUTPUT_TOLERANCE as TOL, random_case, reference, rel_error, tolerance
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-FORMATS = ([("uniform", b, zp) for b in (1, 2, 3, 4) for zp in (False, True)]
-           + [("bcq", b, False) for b in (1, 2, 3, 4)] + [("ternary", 2, False)])
-GROUP_SIZES = (32, 64, 128, -1)
 MS = (1, 2, 3, 5, 16, 33, 128)
 NKS = ((1000, 1024), (200, 11008), (1000, 512))
 ACTS = ("float16", "bfloat16", "float32")

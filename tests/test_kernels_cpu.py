@@ -12,11 +12,9 @@ import torch
 
 import lutc
 import schedules
-from lutc.testing import INT8_TOLERANCE, OUTPUT_TOLERANCE as TOL, int8_table_bound, random_case, reference, rel_error
+from lutc.testing import (FORMATS, GROUP_SIZES, INT8_TOLERANCE, OUTPUT_TOLERANCE as TOL, int8_table_bound, random_case,
+                          reference, rel_error)
 
-FORMATS = ([("uniform", b, zp) for b in (1, 2, 3, 4) for zp in (False, True)]
-           + [("bcq", b, False) for b in (1, 2, 3, 4)] + [("ternary", 2, False)])
-GROUP_SIZES = (32, 64, 128, -1)
 MS = (1, 3, 16)
 # N values that are not multiples of the 16-row block; K = 11008 (LLaMA MLP) included.
 NKS = ((64, 256), (130, 1024), (40, 11008), (96, 512))

@@ -12,13 +12,11 @@ from tvm.target import codegen
 
 import lutc
 from lutc.target import resolve
-from lutc.testing import INT8_TOLERANCE, ROUNDING_SLACK, int8_activation_bound, int8_table_bound, random_case, reference, rel_error
+from lutc.testing import (FORMATS, GROUP_SIZES, INT8_TOLERANCE, ROUNDING_SLACK, int8_activation_bound, int8_table_bound,
+                          random_case, reference, rel_error)
 
 HOST = resolve("host")
 WIDTHS = [32] + ([64] if codegen.llvm_cpu_has_features(["avx512bw"], HOST) else [])
-FORMATS = ([("uniform", b, zp) for b in (1, 2, 3, 4) for zp in (False, True)]
-           + [("bcq", b, False) for b in (1, 2, 3, 4)] + [("ternary", 2, False)])
-GROUP_SIZES = (32, 64, 128, -1)
 SHAPES = ((1, 64, 256), (3, 130, 1024), (16, 40, 11008), (1, 200, 512))
 
 
@@ -110,7 +108,7 @@ def test_swapped_weight_tensors_are_checked_again():
         kernel(x, qw)
 
 
-DOT_FORMATS = [("uniform", b, zp) for b in (1, 2, 3, 4) for zp in (False, True)] + [("ternary", 2, False)]
+DOT_FORMATS = [f for f in FORMATS if f[0] != "bcq"]      # integer codes
 HAS_VNNI = codegen.llvm_cpu_has_features(["avx512vnni", "avx512bw"], HOST)
 
 
