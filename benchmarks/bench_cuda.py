@@ -46,6 +46,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lutc  # noqa: E402
 import schedules  # noqa: E402
+from schedules import contract  # noqa: E402
 from lutc.measure import graph_time_us, interleaved_graph_us  # noqa: E402
 from lutc.formats import PackedWeights  # noqa: E402
 from lutc import layouts  # noqa: E402
@@ -336,8 +337,7 @@ def run(args) -> dict:
 def effective_knobs(sname, spec, kernel) -> dict:
     """The knobs the kernel was built with (its own over the schedule's defaults, where the
     schedule has defaults)."""
-    resolve = getattr(schedules.named(sname), "resolve_knobs", None)
-    return resolve(spec, **kernel.knobs) if resolve else dict(kernel.knobs)
+    return contract.resolve_knobs(schedules.named(sname), spec, **kernel.knobs)
 
 
 def candidates(sname: str, M: int) -> list:

@@ -15,6 +15,10 @@ Optional, asked for through the functions below (never with ``getattr`` elsewher
   builds ``spec`` is known to be faster (:func:`schedules.default` ranks it after them);
 * ``worth_tuning(spec, target, **knobs) -> bool`` (default True): False for knob values that
   build but can only be slower (the tuner's space leaves them out);
+* ``resolve_knobs(spec, **given) -> dict`` (default: ``given`` as it is, the ``schedule``'s keyword
+  defaults filling the rest): the knobs a kernel is built with, defaults filled in
+  (``default_knobs(spec)``, the untuned choice) and impossible combinations refused with
+  ``ValueError`` (the CUDA templates, whose defaults depend on the spec);
 * ``PASS_CONFIG`` (default None): TVM pass options its kernels need (CUDA);
 * ``ADDED_KNOBS`` (default none): knobs added after tuning logs were written, each with the value
   their kernels had before (``dot_mac``'s ``rows``: 1, ``prefetch``: 0), so that an older record
@@ -22,7 +26,7 @@ Optional, asked for through the functions below (never with ``getattr`` elsewher
   (:func:`recorded_knobs`);
 * ``TEMPLATE`` (default False): True for a module that writes its kernel itself and keeps the
   front end's function only as its reference semantics (``simd_lut`` through ``x86``/``arm``,
-  ``dot_mac``, ``cuda_lut``, ``cuda_mma``): :func:`lutc.build.scheduled` then passes
+  ``dot_mac``, ``cuda_lut``, ``cuda_stream``, ``cuda_wgmma``, ``cuda_mma``): :func:`lutc.build.scheduled` then passes
   ``func=None`` instead of building a function it would discard. The others (``cpu_generic``,
   ``cuda_generic``) transform the front end's function.
 
@@ -67,6 +71,14 @@ def preferred(module: ModuleType, spec, target) -> bool:
     """Whether :func:`schedules.default` may rank ``module`` first for ``spec`` (default True)."""
     rule = getattr(module, "preferred", None)
     return True if rule is None else bool(rule(spec, target))
+
+
+def resolve_knobs(module: ModuleType, spec, **given) -> dict:
+    """The knobs ``module`` builds ``spec`` with for the ``given`` ones (module docstring); a
+    module without ``resolve_knobs`` gets ``given`` back (its ``schedule``'s keyword defaults fill
+    the rest)."""
+    rule = getattr(module, "resolve_knobs", None)
+    return dict(given) if rule is None else rule(spec, **given)
 
 
 def worth_tuning(module: ModuleType, spec, target, **knobs) -> bool:

@@ -3,7 +3,6 @@ macros, the header's opening lines, the manifest, and how a file that cannot be 
 skipped or refused."""
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import textwrap
@@ -14,6 +13,9 @@ from typing import Optional, Union
 
 import numpy as np
 import tvm
+
+import schedules
+from schedules import contract
 
 from .. import layouts
 from ..build import scheduled
@@ -69,8 +71,7 @@ def schedule_text(kernel: Kernel) -> str:
 
 def scheduled_again(kernel: Kernel, symbol: str, tgt: tvm.target.Target) -> tvm.IRModule:
     """The kernel's schedule applied again (same spec, schedule and knobs), under ``symbol``."""
-    module = importlib.import_module(f"schedules.{kernel.schedule}")
-    return scheduled(kernel.spec, tgt, module, kernel.knobs, symbol)
+    return scheduled(kernel.spec, tgt, schedules.named(kernel.schedule), kernel.knobs, symbol)
 
 
 def reusable(kernel: Kernel, symbol: str) -> bool:
@@ -81,7 +82,7 @@ def reusable(kernel: Kernel, symbol: str) -> bool:
 
 def pass_config(kernel: Kernel) -> Optional[dict]:
     """The pass options the kernel's schedule compiles with (``PASS_CONFIG`` of its module)."""
-    return getattr(importlib.import_module(f"schedules.{kernel.schedule}"), "PASS_CONFIG", None)
+    return contract.pass_config(schedules.named(kernel.schedule))
 
 
 def arguments(spec: MPGemmSpec, layout: str) -> list:
