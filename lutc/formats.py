@@ -150,16 +150,17 @@ class PackedWeights:
             w[:, self.perm.cpu()] = stored
             return w
         sig = self.signs()
-        gs = self.K if self.group_size == -1 else self.group_size
+        spec = self.weight_spec()
+        gs = spec.group
         per_group = lambda c: c.cpu().to(torch.float64).repeat_interleave(gs, dim=1)  # noqa: E731
-        if self.format == "ternary":
-            return float(self.scales.cpu().to(torch.float64)[0]) * (sig[0] + sig[1]) / 2
         if self.format == "bcq":
             alpha = self.scales.cpu().to(torch.float64).repeat_interleave(gs, dim=1)  # [N, K, b]
             return torch.einsum("nkb,bnk->nk", alpha, sig)
-        code = sum((2.0 ** i) * (sig[i] + 1) / 2 for i in range(self.wbits))
-        zero = per_group(self.zeros) if self.zero_point else self.weight_spec().code_center
-        return per_group(self.scales) * (code - zero)
+        planes = sum(spec.plane_coef(i) * sig[i] for i in range(spec.planes))   # q - c, or t (exact)
+        if self.format == "ternary":
+            return float(self.scales.cpu().to(torch.float64)[0]) * planes
+        zero = per_group(self.zeros) if self.zero_point else spec.code_center
+        return per_group(self.scales) * (planes + spec.code_center - zero)
 
     # --- persistence (plain tensors + metadata, for torch.save / state_dict) ---
     def state(self) -> dict:

@@ -206,11 +206,11 @@ def _epilogue(spec, partial, table_scale, scales, zeros, act_sum, m, n, c):
 
     b = spec.planes
     if spec.format == "ternary":
-        return scales[0].astype(F32) * tirx.const(0.5, F32) * (P(0) + P(1))
+        return scales[0].astype(F32) * tirx.const(spec.plane_coef(0), F32) * (P(0) + P(1))
     if spec.format == "bcq":
         terms = [scales[n, j, i].astype(F32) * P(i) for i in range(b)]
         return sum(terms[1:], terms[0])
-    terms = [tirx.const(2.0 ** (i - 1), F32) * P(i) for i in range(b)]
+    terms = [tirx.const(spec.plane_coef(i), F32) * P(i) for i in range(b)]
     inner = sum(terms[1:], terms[0])
     if spec.zero_point:
         const = tirx.const(spec.code_center, F32) - zeros[n, j].astype(F32)

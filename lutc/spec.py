@@ -115,6 +115,19 @@ class MPGemmSpec:
             limit = min(limit, self.g * (32767 // (127 * self.plane_weight)))
         return next(b for b in range(limit, 0, -1) if self.group % b == 0 and b % self.g == 0)
 
+    def plane_coef(self, i: int) -> float:
+        """The factor of a group's scale that multiplies bit plane ``i``'s signed lookups
+        (``sigma_i`` in {-1, +1}), the one statement of each format's epilogue: ``2^(i-1)``
+        for uniform codes (``q - c = sum_i 2^(i-1) sigma_i``, ``c`` = :attr:`code_center`),
+        ``1/2`` for ternary (``t = (sigma_0 + sigma_1) / 2``), 1 for bcq (each plane has its
+        own alpha). The front end, the reference, the kernels and the error bounds ask here.
+
+        Example:
+            >>> [MPGemmSpec(1, 64, 128, wbits=3).plane_coef(i) for i in range(3)]
+            [0.5, 1.0, 2.0]
+        """
+        return {"uniform": 2.0 ** (i - 1), "ternary": 0.5, "bcq": 1.0}[self.format]
+
     @property
     def plane_weight(self) -> int:
         """Sum of the integer weights an int16 accumulator gives one group's plane lookups:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import layouts
 from .formats import LAYOUT, PackedWeights, quantize, repack
 from .frontend import int8_table_error_bound
 from .dtypes import TORCH_DTYPES
@@ -95,19 +96,13 @@ def random_weights(spec: MPGemmSpec, seed: int = 0) -> PackedWeights:
     """
     gen = torch.Generator().manual_seed(seed)
     N, K, b = spec.N, spec.K, spec.wbits
-    groups = spec.groups
+    shapes = layouts.get(LAYOUT).shapes(spec)          # the bitplane layout's tensors, its one owner
     sdt = TORCH_DTYPES[spec.scale_dtype]
-    planes = torch.randint(0, 256, (b, N, K // 8), dtype=torch.uint8, generator=gen)
-    coef = lambda *shape: (torch.rand(shape, generator=gen) * 0.02 + 0.005).to(sdt)  # noqa: E731
+    planes = torch.randint(0, 256, shapes["planes"].shape, dtype=torch.uint8, generator=gen)
+    scales = (torch.rand(shapes["scales"].shape, generator=gen) * 0.02 + 0.005).to(sdt)
     zeros = None
-    if spec.format == "ternary":
-        scales = coef(1)
-    elif spec.format == "bcq":
-        scales = coef(N, groups, b)
-    else:
-        scales = coef(N, groups)
-        if spec.zero_point:
-            zeros = (torch.rand((N, groups), generator=gen) * (2 ** b - 1)).to(sdt)
+    if "zeros" in shapes:
+        zeros = (torch.rand(shapes["zeros"].shape, generator=gen) * (2 ** b - 1)).to(sdt)
     return PackedWeights(format=spec.format, wbits=b, N=N, K=K, group_size=spec.group_size,
                          zero_point=spec.zero_point, scale_dtype=spec.scale_dtype, planes=planes,
                          scales=scales, zeros=zeros)
@@ -161,12 +156,12 @@ def int8_table_bound(spec: MPGemmSpec, x, qw: PackedWeights) -> torch.Tensor:
 def coef_abs(qw: PackedWeights) -> np.ndarray:
     """``sum_i |coef[n, j, i]|`` of :mod:`lutc.frontend`'s epilogue, ``[N, G]``."""
     qw = repack(qw, LAYOUT)
-    s = qw.scales.double()
-    if qw.format == "ternary":
-        return np.full((qw.N, 1), float(s[0]))  # two planes of s/2
+    spec = qw.weight_spec()
+    s = qw.scales.double().abs()
     if qw.format == "bcq":
-        return s.abs().sum(-1).numpy()
-    return (s.abs() * sum(2.0 ** (i - 1) for i in range(qw.wbits))).numpy()
+        return s.sum(-1).numpy()
+    per_scale = sum(abs(spec.plane_coef(i)) for i in range(spec.planes))
+    return (s.expand(qw.N, 1) if qw.format == "ternary" else s).numpy() * per_scale
 
 
 def int8_activation_bound(spec: MPGemmSpec, x, qw: PackedWeights) -> torch.Tensor:

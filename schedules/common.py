@@ -68,6 +68,16 @@ def inline_table_scale(sch: s_tir.Schedule) -> None:
         sch.compute_inline(sch.get_sblock("table_scale"))
 
 
+def plane_coef(spec, i):
+    """:meth:`lutc.spec.MPGemmSpec.plane_coef` as a float32 TIR expression, for a plane index
+    ``i`` that may be a loop variable (an unrolled loop over the planes): ``2^(i-1)`` as
+    ``(1 << i) * 0.5`` (exact), the format's constant otherwise."""
+    from tvm.script import tirx as T
+    if isinstance(i, int) or spec.format != "uniform":
+        return T.float32(spec.plane_coef(i if isinstance(i, int) else 0))
+    return T.Cast("float32", T.shift_left(T.int32(1), i)) * T.float32(0.5)
+
+
 def merge_knobs(schedule: str, domains: dict, defaults: dict, given: dict) -> dict:
     """``defaults`` with the values in ``given`` that are not None; a value outside its domain
     in ``domains`` (the schedule's ``KNOBS``) raises ValueError naming ``schedule``."""

@@ -43,7 +43,7 @@ from __future__ import annotations
 from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
-from .common import drop_param, merge_knobs, weight_buffers
+from .common import drop_param, merge_knobs, plane_coef, weight_buffers
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
@@ -197,7 +197,7 @@ def lut_kernel(spec, warps: int, tiles: int, rows: int, units: int):
                                         acc[r, m, nib % 2] = acc[r, m, nib % 2] + _lds(
                                             tbase[0], wreg[par, u, r, i, q], nib,
                                             ((u * 32 + q * 8 + nib) * M + m) * 64) * _coef(
-                                            fmt, sreg, scales, par, u, r, coef_group, i)
+                                            spec, sreg, scales, par, u, r, coef_group, i)
                             if zp:
                                 for m in T.unroll(M):
                                     acc[r, m, 0] = acc[r, m, 0] + (
@@ -330,13 +330,14 @@ def _lds(base, word, nib, offset):
                             source_code=LDS_SRC, return_type="float32")
 
 
-def _coef(fmt, sreg, scales, par, u, r, jj, i):
-    """The float32 coefficient of plane ``i`` (module docstring, step 3)."""
-    if fmt == "ternary":
-        return T.float32(0.5) * T.Cast("float32", scales[0])
-    if fmt == "bcq":
+def _coef(spec, sreg, scales, par, u, r, jj, i):
+    """The float32 coefficient of plane ``i`` (module docstring, step 3): the group's scale (bcq:
+    the plane's alpha; ternary: the tensor's) times :func:`~schedules.common.plane_coef`."""
+    if spec.format == "ternary":
+        return plane_coef(spec, i) * T.Cast("float32", scales[0])
+    if spec.format == "bcq":
         return sreg[par, u, r, jj, i]
-    return sreg[par, u, r, jj, 0] * T.Cast("float32", T.shift_left(1, i)) * T.float32(0.5)
+    return sreg[par, u, r, jj, 0] * plane_coef(spec, i)
 
 
 def _fsel(tq, pp):

@@ -41,7 +41,7 @@ from tvm.script import tirx as T
 
 from lutc.frontend import nan_if, nonfinite
 
-from .common import drop_param, weight_buffers
+from .common import drop_param, plane_coef, weight_buffers
 
 
 def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""):
@@ -164,12 +164,12 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""
                                 accf[m, r] = accf[m, r] + tscale[m, c] * T.Cast(
                                     "float32", scales[nt, c // per_group, i, r]) * T.Cast("float32", acc[i, r])
                             elif fmt == "ternary":
-                                accf[m, r] = accf[m, r] + tscale[m, c] * T.float32(0.5) * T.Cast(
+                                accf[m, r] = accf[m, r] + tscale[m, c] * plane_coef(spec, i) * T.Cast(
                                     "float32", scales[0]) * T.Cast("float32", acc[i, r])
-                            else:  # 2^(i-1): identity (1); a paired accumulator already holds sum 2^i Q_i
+                            else:  # a paired accumulator (i = 0) holds sum_i 2^i Q_i: plane 0's 1/2 makes it 2^(i-1)
                                 accf[m, r] = accf[m, r] + tscale[m, c] * T.Cast(
-                                    "float32", scales[nt, c // per_group, r]) * T.Cast(
-                                    "float32", T.shift_left(T.int32(1), i)) * T.float32(0.5) * T.Cast("float32", acc[i, r])
+                                    "float32", scales[nt, c // per_group, r]) * plane_coef(spec, i) * T.Cast(
+                                    "float32", acc[i, r])
                     if zp:
                         for r in T.vectorized(R):
                             accf[m, r] = accf[m, r] + T.Cast("float32", scales[nt, c // per_group, r]) * (
