@@ -31,6 +31,18 @@ def dtype_name(dtype: torch.dtype) -> str:
         raise TypeError(f"lutc has no name for dtype {dtype}") from None
 
 
+#: The float dtypes' short names: C symbols and suffixes (``lutc_..._f16``), PTX's type names.
+SHORT_NAMES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+
+
+def short_name(name: str) -> str:
+    """``"float16"`` -> ``"f16"`` (:data:`SHORT_NAMES`); ``ValueError`` for other dtypes."""
+    try:
+        return SHORT_NAMES[name]
+    except KeyError:
+        raise ValueError(f"no short name for dtype {name!r}; lutc has them for {sorted(SHORT_NAMES)}") from None
+
+
 def nbytes(name: str) -> int:
     """Bytes per element of the dtype called ``name``."""
     return torch_dtype(name).itemsize

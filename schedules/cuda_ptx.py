@@ -13,6 +13,7 @@ from __future__ import annotations
 from tvm.script import tirx as T
 
 from lutc import layouts
+from lutc.dtypes import short_name
 
 H2_SRC = """
 __device__ __forceinline__ unsigned lutc_h2(float v) {
@@ -23,8 +24,8 @@ __device__ __forceinline__ unsigned lutc_h2(float v) {
 #: The 16-bit floats the tensor-core kernels multiply in: C type of a pair, the suffix of its
 #: snippets, mantissa bits and exponent bias (for the magic-number dequantization, :func:`deq`).
 HALVES = {"float16": ("__half2", "", 10, 15), "bfloat16": ("__nv_bfloat162", "_bf16", 7, 127)}
-#: Their names in PTX's mma and wgmma instructions.
-PTX_TYPE = {"float16": "f16", "bfloat16": "bf16"}
+#: Their names in PTX's mma and wgmma instructions (PTX spells them as lutc's short names).
+PTX_TYPE = {d: short_name(d) for d in HALVES}
 
 
 def magic(dtype: str) -> int:
@@ -323,7 +324,7 @@ __device__ __forceinline__ unsigned lutc_lds_h2_f32_bf16(unsigned addr) {
 
 def lds_scale_h2(addr, dtype: str, half: str = "float16"):
     """Pair (uint32, of ``half``) of the scale or zero point of type ``dtype`` at shared byte ``addr``."""
-    short = {"float16": "f16", "float32": "f32"}[dtype]
+    short = short_name(dtype)
     if half == "bfloat16":
         return T.cuda.func_call(f"lutc_lds_h2_{short}_bf16", addr, source_code=LDS_SCALE_BF16_SRC[dtype],
                                 return_type="uint32")

@@ -75,6 +75,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Optional
 
+from ..dtypes import short_name
 from ..runtime import Kernel
 from ..spec import MPGemmSpec
 from .common import C_DIR, Exported, PathLike, manifest, skip
@@ -87,7 +88,7 @@ CPU_EMIT = ("so", "o", "c")
 def default_name(spec: MPGemmSpec) -> str:
     """A C identifier naming the kernel of ``spec``, e.g. ``lutc_uniform_w2g128_1x4096x4096_f32``."""
     zp = "zp" if spec.zero_point else ""
-    act = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}[spec.act_dtype]
+    act = short_name(spec.act_dtype)
     gs = "row" if spec.group_size == -1 else spec.group_size
     return f"lutc_{spec.format}_w{spec.wbits}g{gs}{zp}_{spec.M}x{spec.N}x{spec.K}_{act}"
 
