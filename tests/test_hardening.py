@@ -258,7 +258,7 @@ def test_knobs_of_a_checkpoint_replan_the_layer():
     assert dst.table_dtype == "float32" and dst.layouts == ("bitplane",)       # the generic float kernel
     x = torch.randn(2, 256, generator=GEN)
     y = dst(x)
-    assert rel_error(y - dst.bias, reference(x, src.packed())) < 2e-5
+    assert rel_error(y - dst.bias, reference(x, src.packed())) < tolerance(dst.kernel_spec())
     bad = {**sd, "_extra_state": encode_extra_state(dict(decode_extra_state(sd["_extra_state"]), table_dtype="float16"))}
     before = dst.bias.clone()
     with pytest.raises(ValueError, match=r"checkpoint's LUT knobs: table_dtype must be one of"):

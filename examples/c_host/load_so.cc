@@ -38,7 +38,7 @@ static DLTensor tensor(void* data, std::vector<int64_t>& shape, uint8_t code, ui
 
 int main(int argc, char** argv) {
   std::string dir = argc > 1 ? argv[1] : ".";
-  double bound = argc > 2 ? std::atof(argv[2]) : std::string(KERNEL_TABLE_DTYPE) == "int8" ? 3e-2 : 1e-4;
+  double bound = argc > 2 ? std::atof(argv[2]) : KERNEL_TOLERANCE; /* lutc.testing.tolerance, from kernel.h */
   lutc_weights w;
   if (lutc_weights_load((dir + "/weights.lutcw").c_str(), &w) != 0) {
     std::fprintf(stderr, "cxx_host: %s\n", w.error);

@@ -8,8 +8,8 @@
  * KERNEL_LAYOUT, which it must match), OUT/x.bin (float32 [M, K]) and OUT/ref.bin (float64
  * [M, N], lutc's reference x @ W^T of the dequantized weight), runs kernel_run() from the
  * exported kernel.h once on a NaN-poisoned output and compares: max |y - ref| / max |ref| must
- * stay below the bound fixed here for the kernel's tables (BOUND_INT8_TABLES, BOUND_FLOAT_TABLES;
- * --bound may only tighten it). Then times --calls calls (default 50) and prints the median per
+ * stay below the bound the export wrote into kernel.h (KERNEL_TOLERANCE, lutc.testing.tolerance of the
+ * kernel's spec; --bound may only tighten it). Then times --calls calls (default 50) and prints the median per
  * call, the weights rotating through --copies copies (default 1: cache-hot for small weights;
  * give enough copies to exceed the last-level cache to time a decode step, which reads each
  * layer's weights once). Exits 1 on a mismatch, 2 on bad inputs.
@@ -23,11 +23,6 @@
 
 #include "kernel.h"
 #include "lutc_weights.h"
-
-/* int8 tables (the SIMD kernels): about 1e-2 of max |y| (bound (4) of lutc.frontend);
- * float32 tables: float32 rounding of K-long sums. */
-#define BOUND_INT8_TABLES 3e-2
-#define BOUND_FLOAT_TABLES 1e-4
 
 #include "lutc_backend.h" /* lutc_last_error(): lutc_backend.c, built with -DLUTC_STANDALONE */
 
@@ -106,7 +101,7 @@ static int by_value(const void* a, const void* b) {
 int main(int argc, char** argv) {
   const char* dir = ".";
   int copies = 1, calls = 50;
-  double bound = strcmp(KERNEL_TABLE_DTYPE, "int8") == 0 ? BOUND_INT8_TABLES : BOUND_FLOAT_TABLES;
+  double bound = KERNEL_TOLERANCE; /* lutc.testing.tolerance of the kernel's spec, from kernel.h */
   for (int i = 1; i < argc; i++) {
     if (i + 1 < argc && strcmp(argv[i], "--copies") == 0) copies = atoi(argv[++i]);
     else if (i + 1 < argc && strcmp(argv[i], "--calls") == 0) calls = atoi(argv[++i]);

@@ -5,7 +5,8 @@
 Reads OUT/kernel.json (the export's manifest), loads the library with ``tvm_ffi.load_module``,
 reads OUT/weights.lutcw (saved in the kernel's layout) with the few lines of
 :func:`read_weights` (the format of ``lutc_weights.h``), runs the kernel on OUT/x.bin and
-compares with OUT/ref.bin (default bound: 3e-2 of max |y| for int8 tables, else 1e-4). Exits 1
+compares with OUT/ref.bin (default bound: the manifest's ``tolerance``, lutc's bound for the
+kernel's spec, relative to max |y|). Exits 1
 on a mismatch. The tests run it in a process where importing lutc or tvm fails.
 """
 import json
@@ -54,8 +55,7 @@ def read_weights(path) -> tuple:
 def main() -> int:
     out = Path(sys.argv[1])
     manifest = json.loads((out / "kernel.json").read_text())
-    default = 3e-2 if manifest["spec"]["table_dtype"] == "int8" else 1e-4
-    bound = float(sys.argv[2]) if len(sys.argv) > 2 else default
+    bound = float(sys.argv[2]) if len(sys.argv) > 2 else manifest["tolerance"]
     fn = tvm_ffi.load_module(str(out / manifest["files"]["so"]))[manifest["symbol"]]
     shapes = {a["name"]: tuple(a["shape"]) for a in manifest["args"]}
     layout, arrays = read_weights(out / "weights.lutcw")

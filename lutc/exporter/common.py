@@ -22,6 +22,7 @@ from ..build import scheduled
 from ..dtypes import nbytes
 from ..runtime import Kernel
 from ..spec import FORMATS, MPGemmSpec
+from ..testing import tolerance
 from ..weight_files import FILE_LAYOUTS
 
 PathLike = Union[str, os.PathLike]
@@ -105,6 +106,7 @@ def size_macros(P: str, spec: MPGemmSpec, layout: str, args: list) -> list:
              f"#define {P}_ZERO_POINT {int(spec.zero_point)}",
              f'#define {P}_ACT_DTYPE "{spec.act_dtype}"', f'#define {P}_SCALE_DTYPE "{spec.scale_dtype}"',
              f'#define {P}_TABLE_DTYPE "{spec.table_dtype}"',
+             f"#define {P}_TOLERANCE {tolerance(spec)!r} /* max |y - ref| / max |ref| lutc accepts (lutc.testing) */",
              f'#define {P}_LAYOUT "{layout}"',
              f"#define {P}_LAYOUT_CODE {FILE_LAYOUTS.index(layout)} /* lutc_weights.h: LUTC_LAYOUT_{layout.upper()} */",
              f"#define {P}_LAYOUT_VERSION {lay.version}",
@@ -130,6 +132,7 @@ def manifest(kernel: Kernel, res: Exported) -> dict:
          "layout_version": layouts.get(kernel.layout).version,
          "layout_code": FILE_LAYOUTS.index(kernel.layout),
          "layout_doc": layouts.get(kernel.layout).doc(spec),
+         "tolerance": tolerance(spec),
          "args": [{"name": a, "shape": list(s), "dtype": d} for a, s, d in arguments(spec, kernel.layout)],
          "files": {k: p.name for k, p in res.files.items()}, "skipped": res.skipped}
     m.update(res.extra)
