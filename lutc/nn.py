@@ -51,6 +51,7 @@ from torch import nn
 from . import layouts
 from .dtypes import dtype_name, torch_dtype
 from .formats import LAYOUT, PackedWeights, check_layout, quantize, repack
+from .memory import in_huge_pages
 from .spec import ACT_DTYPES, LAYOUT_VERSION, MPGemmSpec, SpecError
 from . import torch_ops  # registers torch.ops.lutc.mpgemm
 
@@ -208,7 +209,8 @@ class LUTLinear(nn.Module):
             tensors = [None] * 3
             if i < len(plan.layouts):
                 held = repack(qw, plan.layouts[i])
-                tensors = [t.to(device).contiguous() for t in held.tensors()] + [None] * (3 - len(held.tensors()))
+                tensors = [in_huge_pages(t.to(device).contiguous()) for t in held.tensors()]
+                tensors += [None] * (3 - len(tensors))
             for name, t in zip(names, tensors):
                 setattr(self, name, t)
         self.perm = None if qw.perm is None else qw.perm.to(device).contiguous()

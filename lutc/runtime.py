@@ -18,6 +18,7 @@ import torch
 from . import layouts
 from .dtypes import TORCH_DTYPES
 from .formats import PackedWeights, repack
+from .memory import in_huge_pages
 from .spec import MPGemmSpec
 
 ALIGN = 64  # bytes; what TVM's buffers declare and its vector code assumes
@@ -139,10 +140,11 @@ class Kernel:
             return entry[1]
         qw.check_fits(self.spec)
         packed = repack(qw, self.layout)
+        held = packed.tensors() if packed is qw else [in_huge_pages(t) for t in packed.tensors()]  # our copy
         expected = layouts.get(self.layout).shapes(self.spec)
         tensors = [_input(f"qw.{name}", t, expected[name].shape, TORCH_DTYPES[expected[name].dtype],
                           self.device, hint_move=True)
-                   for name, t in zip(("planes", "scales", "zeros"), packed.tensors())]
+                   for name, t in zip(("planes", "scales", "zeros"), held)]
         self._prepared[qw] = (ids, tensors)
         return tensors
 
