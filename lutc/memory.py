@@ -2,13 +2,14 @@
 
 A decode step reads every weight once, in long sequential runs per thread. With 4 KiB pages those
 runs cross a page every 4 KiB: a TLB miss each time, and the hardware prefetchers, which do not
-cross pages, start again. Backed by 2 MiB pages, ``LUTLinear`` decoded 1.00-1.12x faster on the
-2-core EPYC VM, never slower (M = 1, weights rotating through 1 GiB, alternating rounds in one
-process: 4096x4096 W4 1 thread 319.9 -> 286.7 us, W2 205.2 -> 192.4 us; 4096x11008 W4 1.00-1.01x;
-``benchmarks/results/cpu_huge_pages_epyc.md``). Only the whole 2 MiB pages inside a tensor are
-advised (no over-allocation): a 4 MiB weight gets one or two. Linux backs an anonymous region with huge pages on its first
+cross pages, start again. Backed by 2 MiB pages, ``LUTLinear`` decoded 1.09-1.11x faster on the
+2-core EPYC VM at 4096x4096 (M = 1, weights rotating through 1 GiB, alternating rounds in one
+process: W4 1 thread 298.1 -> 268.1 us) and 0.96-1.07x at 4096x11008 (within the VM's noise at
+W4; ``benchmarks/results/cpu_huge_pages_epyc.md``). Linux backs an anonymous region with huge pages on its first
 writes when the region is advised (``madvise(MADV_HUGEPAGE)``; THP mode ``always`` or
-``madvise``), so :func:`in_huge_pages` advises fresh memory before copying into it.
+``madvise``), so :func:`in_huge_pages` maps fresh memory (its own anonymous mapping, 2 MiB
+aligned: memory from torch's allocator may be recycled heap, already backed by 4 KiB pages, as it
+was in a long test run), advises it, and only then copies into it.
 
 lutc advises only the copies it makes and keeps (``LUTLinear``'s buffers, a kernel's repacked
 weight); ``LUTC_HUGE_PAGES=0`` turns it off. (torch's own ``THP_MEM_ALLOC_ENABLE=1`` does the
@@ -16,47 +17,41 @@ same for every large CPU tensor of a process.)
 """
 from __future__ import annotations
 
-import ctypes
 import functools
+import mmap
 import os
 import sys
-from typing import Optional
 
+import numpy as np
 import torch
 
 #: Bytes per transparent huge page on x86-64 and (4 KiB-granule) aarch64 Linux.
 HUGE_PAGE = 2 << 20
-#: ``MADV_HUGEPAGE`` of ``<sys/mman.h>`` (Linux).
-_MADV_HUGEPAGE = 14
 
 
 @functools.lru_cache(maxsize=1)
-def _madvise() -> Optional[ctypes._CFuncPtr]:
-    """libc's ``madvise`` where transparent huge pages can be asked for, else None."""
-    if not sys.platform.startswith("linux"):
-        return None
+def _available() -> bool:
+    """Whether this system can back memory with transparent huge pages on request."""
+    if not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return False
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            if "[never]" in f.read():
-                return None
-        fn = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    fn.restype = ctypes.c_int
-    return fn
+            return "[never]" not in f.read()
+    except OSError:
+        return False
 
 
 def enabled() -> bool:
     """Whether :func:`in_huge_pages` copies (``LUTC_HUGE_PAGES`` is not ``0`` and Linux offers
     transparent huge pages)."""
-    return os.environ.get("LUTC_HUGE_PAGES", "1") != "0" and _madvise() is not None
+    return os.environ.get("LUTC_HUGE_PAGES", "1") != "0" and _available()
 
 
 def in_huge_pages(t: torch.Tensor) -> torch.Tensor:
-    """``t`` (a CPU tensor) copied into fresh memory advised for 2 MiB pages, contiguous; ``t``
-    itself where that cannot pay or cannot be had: not on the CPU, under two huge pages, or
-    not :func:`enabled`.
+    """``t`` (a CPU tensor) copied into a fresh mapping whose whole 2 MiB pages are advised for
+    huge pages, contiguous; ``t`` itself where that cannot pay or cannot be had: not on the CPU,
+    under two huge pages, or not :func:`enabled`. The tail past the last whole huge page stays
+    in 4 KiB pages (no memory spent on a partly used huge page).
 
     Example:
         >>> import torch
@@ -70,12 +65,14 @@ def in_huge_pages(t: torch.Tensor) -> torch.Tensor:
     nbytes = t.numel() * t.element_size()
     if t.device.type != "cpu" or nbytes < 2 * HUGE_PAGE or not enabled():
         return t
-    out = torch.empty(t.shape, dtype=t.dtype)          # not written yet: its pages come on first write
-    start = out.data_ptr()
-    first = -(-start // HUGE_PAGE) * HUGE_PAGE          # the whole huge pages inside the tensor
-    last = (start + nbytes) // HUGE_PAGE * HUGE_PAGE
-    if last > first:
-        _madvise()(first, last - first, _MADV_HUGEPAGE)   # advice only: a refusal leaves 4 KiB pages
+    region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    raw = np.frombuffer(region, dtype=np.uint8)        # keeps the mapping alive as long as the tensor
+    start = (-raw.ctypes.data) % HUGE_PAGE              # the first 2 MiB boundary (a whole page offset)
+    try:
+        region.madvise(mmap.MADV_HUGEPAGE, start, nbytes // HUGE_PAGE * HUGE_PAGE)
+    except OSError:                                     # advice only: refused, the copy keeps 4 KiB pages
+        pass
+    out = torch.from_numpy(raw[start:start + nbytes]).view(t.dtype).view(t.shape)
     out.copy_(t)
     return out
 
