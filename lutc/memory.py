@@ -12,7 +12,9 @@ aligned: memory from torch's allocator may be recycled heap, already backed by 4
 was in a long test run), advises it, and only then copies into it.
 
 lutc advises only the copies it makes and keeps (``LUTLinear``'s buffers, a kernel's repacked
-weight); ``LUTC_HUGE_PAGES=0`` turns it off. (torch's own ``THP_MEM_ALLOC_ENABLE=1`` does the
+weight); ``LUTC_HUGE_PAGES=0`` turns it off. Copies that torch makes of them (``copy.deepcopy``,
+``torch.load`` of a pickled module, ``share_memory_``) are ordinary memory again: build or load
+the module (``from_linear``, ``from_packed``, ``load_state_dict``) where it will run. (torch's own ``THP_MEM_ALLOC_ENABLE=1`` does the
 same for every large CPU tensor of a process.)
 """
 from __future__ import annotations
@@ -65,7 +67,10 @@ def in_huge_pages(t: torch.Tensor) -> torch.Tensor:
     nbytes = t.numel() * t.element_size()
     if t.device.type != "cpu" or nbytes < 2 * HUGE_PAGE or not enabled():
         return t
-    region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:    # an address-space limit or vm.max_map_count (each copy is about 2 mappings) refuses it
+        region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except OSError:
+        return t
     raw = np.frombuffer(region, dtype=np.uint8)        # keeps the mapping alive as long as the tensor
     start = (-raw.ctypes.data) % HUGE_PAGE              # the first 2 MiB boundary (a whole page offset)
     try:

@@ -55,6 +55,8 @@ def read_weights(path) -> tuple:
 def main() -> int:
     out = Path(sys.argv[1])
     manifest = json.loads((out / "kernel.json").read_text())
+    if len(sys.argv) < 3 and "tolerance" not in manifest:
+        sys.exit("kernel.json has no 'tolerance' (exported by an older lutc): export again, or pass the bound")
     bound = float(sys.argv[2]) if len(sys.argv) > 2 else manifest["tolerance"]
     fn = tvm_ffi.load_module(str(out / manifest["files"]["so"]))[manifest["symbol"]]
     shapes = {a["name"]: tuple(a["shape"]) for a in manifest["args"]}
