@@ -34,7 +34,8 @@ layout         ``planes``                   read by                             
 
 Coefficients: ``bitplane`` keeps them row-major (``scales [N, G]``, bcq ``[N, G, b]``, ternary
 ``[1]``, ``zeros [N, G]``); every tiled layout stores them tile-major, ``[N/R, G, R]`` (bcq
-``[N/R, G, b, R]``; ternary ``[1]``, but ``[N/16, 1, 16]`` in ``tc16``), so an epilogue loads one group's coefficients of a tile as one vector.
+``[N/R, G, b, R]``; ternary ``[1]``, but ``[N/16, 1, 16]`` in ``tc16``), so an epilogue loads
+one group's coefficients of a tile as one vector.
 Each family's :attr:`Layout.doc` gives the byte order.
 
 Conversions run on the CPU with torch and numpy (no TVM); :func:`lutc.repack` puts the result

@@ -14,8 +14,8 @@ was in a long test run), advises it, and only then copies into it.
 lutc advises only the copies it makes and keeps (``LUTLinear``'s buffers, a kernel's repacked
 weight); ``LUTC_HUGE_PAGES=0`` turns it off. Copies that torch makes of them (``copy.deepcopy``,
 ``torch.load`` of a pickled module, ``share_memory_``) are ordinary memory again: build or load
-the module (``from_linear``, ``from_packed``, ``load_state_dict``) where it will run. (torch's own ``THP_MEM_ALLOC_ENABLE=1`` does the
-same for every large CPU tensor of a process.)
+the module (``from_linear``, ``from_packed``, ``load_state_dict``) where it will run. (torch's
+own ``THP_MEM_ALLOC_ENABLE=1`` does the same for every large CPU tensor of a process.)
 """
 from __future__ import annotations
 

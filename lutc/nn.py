@@ -17,9 +17,11 @@ the kernels of its device (:mod:`lutc.layouts`; :meth:`lutc.torch_ops.OpKernels.
 on x86 the SIMD LUT kernel's ``ptiles``/``tiles`` (or the VNNI kernel's ``dot16`` where the
 tuning log says it is the faster decode kernel), ``tiles32`` on ARM, and on CUDA ``warp32`` for
 the LUT decode kernel plus, where the tensor-core kernels serve the larger ``M`` (fp16 or bf16;
-W1, W2, ternary), a ``tc16`` copy (W3 and W4: ``tc16`` alone, every ``M``). The weight is repacked once, when it is given (``from_linear``,
-``from_packed``, ``load_state_dict``) and when the module moves (``.to(device)``, ``.half()``:
-the activation dtype decides the CUDA kernels), not inside ``forward``, so
+W1, W2, ternary), a ``tc16`` copy (W3 and W4: ``tc16`` alone, every ``M``). On a CPU the held
+copies live in 2 MiB pages where Linux offers them (:mod:`lutc.memory`). The weight is repacked
+once, when it is given (``from_linear``, ``from_packed``, ``load_state_dict``) and when the
+module moves (``.to(device)``, ``.half()``: the activation dtype decides the CUDA kernels), not
+inside ``forward``, so
 ``torch.compile(fullgraph=True)`` and CUDA-graph capture see plain buffers. (The one exception:
 activations of another dtype than the module was moved to make an eager ``forward`` repack
 once, with a warning; call ``model.to(dtype)`` first.) The held copies are independent tensors:
