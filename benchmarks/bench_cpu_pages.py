@@ -5,7 +5,10 @@ Two pools of the same ``LUTLinear`` layers (same packed weights), one built with
 caches hold: a decode step reads every layer's weights once), and the pools are timed in
 alternating rounds in one process, so that machine noise hits both alike. Per-call wall time,
 median over rounds, M = 1, float32 activations (what a CPU user runs). Each thread count runs in
-its own process (TVM reads TVM_NUM_THREADS when its pool starts).
+its own process (TVM reads TVM_NUM_THREADS when its pool starts). The read bandwidth
+(``lutc.measure.read_bandwidth_gbs``, 1 GiB, same threads) is measured in the same process at the
+start and the end, in each page size; ``% bw`` = the layer's bytes per call / time against the
+larger of the two probes of its page size.
 
     python benchmarks/bench_cpu_pages.py --out benchmarks/results/cpu_huge_pages_epyc.md
 """
@@ -23,12 +26,22 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+PAGES = {"4 KiB pages": False, "2 MiB pages": True}
+
+
+def probes(threads: int) -> dict:
+    from lutc.measure import read_bandwidth_gbs
+    return {name: read_bandwidth_gbs(1 << 30, threads, huge_pages=huge) for name, huge in PAGES.items()}
+
+
 def child(N: int, K: int, wbits: int, pool_mib: int, rounds: int) -> dict:
     import torch
     import lutc
     from lutc import memory
     from lutc.testing import rotation_copies
-    torch.set_num_threads(int(os.environ["TVM_NUM_THREADS"]))
+    threads = int(os.environ["TVM_NUM_THREADS"])
+    torch.set_num_threads(threads)
+    bw_start = probes(threads)
     gen = torch.Generator().manual_seed(0)
     lin = torch.nn.Linear(K, N)
     with torch.no_grad():
@@ -38,8 +51,8 @@ def child(N: int, K: int, wbits: int, pool_mib: int, rounds: int) -> dict:
     nbytes = sum(b.numel() * b.element_size() for b in first.buffers())
     copies = rotation_copies(nbytes, pool_mib << 20)
     pools = {}
-    for name, env in (("4 KiB pages", "0"), ("2 MiB pages", "1")):
-        os.environ["LUTC_HUGE_PAGES"] = env
+    for name, huge in PAGES.items():
+        os.environ["LUTC_HUGE_PAGES"] = "1" if huge else "0"
         # a fresh copy of the packed weight per layer (from_packed keeps tensors already in its layout)
         pools[name] = [lutc.LUTLinear.from_packed(lutc.PackedWeights(**{k: v.clone() if isinstance(v, torch.Tensor) else v
                                                                         for k, v in qw.state().items()}), lin.bias)
@@ -58,10 +71,14 @@ def child(N: int, K: int, wbits: int, pool_mib: int, rounds: int) -> dict:
                 for m in pools[name]:
                     m(x)
                 times[name].append((time.perf_counter() - t0) / copies * 1e6)
-    return {"N": N, "K": K, "wbits": wbits, "threads": int(os.environ["TVM_NUM_THREADS"]),
-            "copies": copies, "layer_mib": nbytes / 2 ** 20, "huge_page_bytes_first4": huge,
-            "kernel": first.plan.layouts, "us": {n: statistics.median(v) for n, v in times.items()},
-            "rounds": rounds}
+    bw_end = probes(threads)
+    us = {n: statistics.median(v) for n, v in times.items()}
+    bw = {n: max(bw_start[n], bw_end[n]) for n in PAGES}
+    return {"N": N, "K": K, "wbits": wbits, "threads": threads,
+            "copies": copies, "layer_bytes": nbytes, "huge_page_bytes_first4": huge,
+            "kernel": first.plan.layouts, "us": us, "rounds": rounds,
+            "read_gbs_start": bw_start, "read_gbs_end": bw_end,
+            "pct_bw": {n: nbytes / (us[n] * 1e-6) / 1e9 / bw[n] for n in PAGES}}
 
 
 def main() -> None:
@@ -90,19 +107,26 @@ def main() -> None:
                 row = json.loads(out.strip().splitlines()[-1])
                 rows.append(row)
                 us = row["us"]
-                print(f"{N}x{K} W{w} {t} thread(s): 4 KiB {us['4 KiB pages']:.1f} us, 2 MiB {us['2 MiB pages']:.1f} us, "
+                pct = row["pct_bw"]
+                print(f"{N}x{K} W{w} {t} thread(s): 4 KiB {us['4 KiB pages']:.1f} us ({pct['4 KiB pages']:.0%} bw), "
+                      f"2 MiB {us['2 MiB pages']:.1f} us ({pct['2 MiB pages']:.0%} bw), "
                       f"{us['4 KiB pages'] / us['2 MiB pages']:.3f}x", flush=True)
     if args.out:
         lines = [f"`python benchmarks/bench_cpu_pages.py{' --out ' + args.out}`, {time.strftime('%Y-%m-%d')}, "
                  f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; `LUTLinear` decode (M = 1, "
                  f"float32 activations, group 128), weights rotating through {args.pool_mib} MiB per pool, "
                  f"median of {args.rounds} alternating rounds, us per call.", "",
-                 "| N x K | W | threads | layout | 4 KiB pages | 2 MiB pages | speed-up |", "|---|---|---|---|---|---|---|"]
+                 "| N x K | W | threads | layout | MB per call | read GB/s 4 KiB (start / end) | 4 KiB pages us | % bw | "
+                 "read GB/s 2 MiB (start / end) | 2 MiB pages us | % bw | speed-up |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
-            us = r["us"]
-            lines.append(f"| {r['N']}x{r['K']} | {r['wbits']} | {r['threads']} | {'+'.join(r['kernel'])} | "
-                         f"{us['4 KiB pages']:.1f} | {us['2 MiB pages']:.1f} | "
-                         f"{us['4 KiB pages'] / us['2 MiB pages']:.2f}x |")
+            us, pct, s, e = r["us"], r["pct_bw"], r["read_gbs_start"], r["read_gbs_end"]
+            cells = [f"{r['N']}x{r['K']}", str(r["wbits"]), str(r["threads"]), "+".join(r["kernel"]),
+                     f"{r['layer_bytes'] / 1e6:.2f}"]
+            for n in PAGES:
+                cells += [f"{s[n]:.1f} / {e[n]:.1f}", f"{us[n]:.1f}", f"{pct[n]:.0%}"]
+            cells.append(f"{us['4 KiB pages'] / us['2 MiB pages']:.2f}x")
+            lines.append("| " + " | ".join(cells) + " |")
         with open(args.out, "w") as f:
             f.write("\n".join(lines) + "\n")
         with open(os.path.splitext(args.out)[0] + ".json", "w") as f:

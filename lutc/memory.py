@@ -2,10 +2,10 @@
 
 A decode step reads every weight once, in long sequential runs per thread. With 4 KiB pages those
 runs cross a page every 4 KiB: a TLB miss each time, and the hardware prefetchers, which do not
-cross pages, start again. Backed by 2 MiB pages, ``LUTLinear`` decoded 1.09-1.11x faster on the
-2-core EPYC VM at 4096x4096 (M = 1, weights rotating through 1 GiB, alternating rounds in one
-process: W4 1 thread 298.1 -> 268.1 us) and 0.96-1.07x at 4096x11008 (within the VM's noise at
-W4; ``benchmarks/results/cpu_huge_pages_epyc.md``). Linux backs an anonymous region with huge pages on its first
+cross pages, start again. Backed by 2 MiB pages, ``LUTLinear`` decoded 1.02-1.12x faster on the
+2-core EPYC VM at 4096x4096 in three runs (M = 1, weights rotating through 1 GiB, alternating
+rounds in one process: W4 1 thread 288.0 -> 270.4 us, 80% of the read rate) and 0.96-1.08x at
+4096x11008 (within the VM's noise; ``benchmarks/results/cpu_huge_pages_epyc.md``). Linux backs an anonymous region with huge pages on its first
 writes when the region is advised (``madvise(MADV_HUGEPAGE)``; THP mode ``always`` or
 ``madvise``), so :func:`in_huge_pages` maps fresh memory (its own anonymous mapping, 2 MiB
 aligned: memory from torch's allocator may be recycled heap, already backed by 4 KiB pages, as it
