@@ -178,7 +178,7 @@ def dequant_packed(qw: PackedWeights) -> torch.Tensor:
         NT, R = qw.planes.shape[0], 16
         code = tc16_codes(qw.planes).float()
     scale = qw.scales.permute(0, 2, 1).reshape(NT * R, -1).float().repeat_interleave(GROUP, 1)
-    return (scale * (code - (2 ** b - 1) / 2))[: qw.N]
+    return (scale * (code - qw.weight_spec().code_center))[: qw.N]
 
 
 # --- peers ---------------------------------------------------------------------------------
@@ -295,7 +295,7 @@ def run(args) -> dict:
                         return lambda i: kernel(x, qws[i])
                     measure(f"lutc {sname} W{wbits}", factory, weight_bytes(N, K, wbits))
                     row["notes"][f"lutc {sname} W{wbits} knobs"] = {"schedule": kernel.schedule,
-                                                                    **effective_knobs(kernel.schedule, spec, kernel)}
+                                                                    **effective_knobs(spec, kernel)}
             measure("fp16 cuBLAS", lambda c: peer_fp16(N, K, M, c, gen), N * K * 2)
             measure("torch int4 W4", lambda c: peer_int4(N, K, M, c, gen), weight_bytes(N, K, 4))
             if not args.no_gemlite:
@@ -334,10 +334,10 @@ def run(args) -> dict:
     return result
 
 
-def effective_knobs(sname, spec, kernel) -> dict:
+def effective_knobs(spec, kernel) -> dict:
     """The knobs the kernel was built with (its own over the schedule's defaults, where the
     schedule has defaults)."""
-    return contract.resolve_knobs(schedules.named(sname), spec, **kernel.knobs)
+    return contract.resolve_knobs(schedules.named(kernel.schedule), spec, **kernel.knobs)
 
 
 def candidates(sname: str, M: int) -> list:

@@ -419,7 +419,7 @@ read every format's coefficients alike."""
 
     def _unpack_planes(self, spec, p):
         codes = tc16_codes(p)[:spec.N].cpu()
-        top = 2 if spec.format == "ternary" else 2 ** spec.wbits - 1
+        top = int(2 * spec.code_center)                  # codes run 0 .. 2c (uniform 2^b - 1, ternary 2)
         if codes.numel() and int(codes.max()) > top:     # the kernels would read the stray bits
             raise ValueError(f"'tc16' planes hold a code above {top}, the largest of a {spec.format} "
                              f"w{spec.wbits} weight: bits above a code must be zero")

@@ -5,9 +5,9 @@ runs cross a page every 4 KiB: a TLB miss each time, and the hardware prefetcher
 cross pages, start again. Backed by 2 MiB pages, ``LUTLinear`` decoded 1.02-1.12x faster on the
 2-core EPYC VM at 4096x4096 in three runs (M = 1, weights rotating through 1 GiB, alternating
 rounds in one process: W4 1 thread 288.0 -> 270.4 us, 80% of the read rate) and 0.96-1.08x at
-4096x11008 (within the VM's noise; ``benchmarks/results/cpu_huge_pages_epyc.md``). Linux backs an anonymous region with huge pages on its first
-writes when the region is advised (``madvise(MADV_HUGEPAGE)``; THP mode ``always`` or
-``madvise``), so :func:`in_huge_pages` maps fresh memory (its own anonymous mapping, 2 MiB
+4096x11008 (within the VM's noise; ``benchmarks/results/cpu_huge_pages_epyc.md``). Linux backs
+an anonymous region with huge pages on its first writes when the region is advised
+(``madvise(MADV_HUGEPAGE)``; THP mode ``always`` or ``madvise``), so :func:`in_huge_pages` maps fresh memory (its own anonymous mapping, 2 MiB
 aligned: memory from torch's allocator may be recycled heap, already backed by 4 KiB pages, as it
 was in a long test run), advises it, and only then copies into it.
 

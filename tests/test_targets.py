@@ -278,8 +278,8 @@ def test_templates_do_not_build_the_front_end_function(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("fmt,wbits,zero_points", [(f, b, zp) for b in (1, 2, 3, 4) for zp in (True, False)
-                                                   for f in ["uniform"]] + [("ternary", 2, False)])
+@pytest.mark.parametrize("fmt,wbits,zero_points", [("uniform", b, zp) for b in (1, 2, 3, 4) for zp in (True, False)]
+                                                  + [("ternary", 2, False)])
 def test_tc16_dequantization_bits(dtype, fmt, wbits, zero_points):
     """The tensor-core kernels' dequantization (:func:`schedules.cuda_ptx.dequant_tc16`), emulated
     bit by bit on random words for every code pair of a lane: the LOP3 under the magic number,
