@@ -99,15 +99,39 @@ def kind(target: tvm.target.Target) -> str:
     raise ValueError(f"unsupported target kind {target.kind.name!r}: lutc builds llvm (CPU) and cuda")
 
 
+#: The LLVM features of a CPU target that decide which kernels build (``schedules.x86``,
+#: ``schedules.dot_mac``): what :attr:`Facts.features` holds where the target has them.
+LLVM_FEATURES = ("avx2", "avx512bw", "avx512vnni", "avx512vbmi", "neon", "dotprod", "i8mm", "sve")
+#: SIMD family of each CPU architecture (as :func:`lutc.cpu_arch.machine` spells it).
+_SIMD = {"x86_64": "x86", "i686": "x86", "aarch64": "aarch64"}
+
+
 @dataclass(frozen=True)
 class Facts:
     """What lutc asks of a target, resolved once (:func:`facts`): the TVM target, its kind
-    (:func:`kind`), its JSON identity for logs and caches (:func:`describe`) and the hardware
-    measurements on it are taken on (:func:`device_name`)."""
+    (:func:`kind`), its JSON identity for logs and caches (:func:`describe`), the hardware
+    measurements on it are taken on (:func:`device_name`), and what the schedules ask: the SIMD
+    family of a CPU target (``"x86"``, ``"aarch64"``, else None), its :data:`LLVM_FEATURES`, and
+    a CUDA target's architecture (``"sm_90a"``; "" for a CPU)."""
     target: tvm.target.Target
     kind: str
     described: dict = field(compare=False)
     device: str
+    simd: Optional[str] = None
+    features: frozenset = frozenset()
+    cuda_arch: str = ""
+
+    def has(self, *features: str) -> bool:
+        """Whether the target has every one of the LLVM ``features`` (:data:`LLVM_FEATURES`).
+
+        Example:
+            >>> facts("arm").has("neon", "dotprod"), facts("arm").has("avx2")
+            (True, False)
+        """
+        unknown = set(features) - set(LLVM_FEATURES)
+        if unknown:
+            raise ValueError(f"unknown CPU features {sorted(unknown)}: lutc reads {LLVM_FEATURES}")
+        return set(features) <= self.features
 
 
 def facts(target: TargetLike = None) -> Facts:
@@ -122,8 +146,25 @@ def facts(target: TargetLike = None) -> Facts:
     tgt = resolve(target)
     key = str(tgt)
     if key not in _FACTS:
-        _FACTS[key] = Facts(tgt, kind(tgt), describe(tgt), device_name(tgt))
+        _FACTS[key] = _read_facts(tgt)
     return _FACTS[key]
+
+
+def forget_facts() -> None:
+    """Empty the cache of :func:`facts` (and of :func:`device_name`): for a test that makes this
+    process look like another machine; the facts of a real host never change."""
+    _FACTS.clear()
+    _DEVICES.clear()
+
+
+def _read_facts(tgt: tvm.target.Target) -> Facts:
+    """The :class:`Facts` of a resolved target, read from TVM, LLVM and the machine."""
+    k = kind(tgt)
+    if k == "cuda":
+        return Facts(tgt, k, describe(tgt), device_name(tgt), cuda_arch=str(tgt.attrs.get("arch", "")))
+    simd = _SIMD.get(machine(str(tgt.attrs.get("mtriple", "") or "")))
+    features = frozenset(f for f in LLVM_FEATURES if codegen.llvm_cpu_has_features([f], tgt))
+    return Facts(tgt, k, describe(tgt), device_name(tgt), simd=simd, features=features)
 
 
 def describe(target: tvm.target.Target) -> dict:

@@ -1,6 +1,6 @@
 """Helpers shared by the schedules: find a block's spatial loops, parallelize or bind them;
 merge given knob values over a schedule's defaults; declare a template's weight buffers from
-:mod:`lutc.layouts` and drop its unused parameter; name a CPU target's architecture.
+:mod:`lutc.layouts` and drop its unused parameter; ask a target's facts (:class:`lutc.target.Facts`).
 
 Blocks built by ``te.create_prim_func`` list their spatial loops first, then their reduction
 loops; these helpers rely on that and never touch the reduction loops.
@@ -12,7 +12,7 @@ from typing import Optional
 from tvm import s_tir
 
 from lutc import layouts
-from lutc.cpu_arch import machine
+from lutc import target as targets
 
 DATA_PAR = 0  # tirx.IterVar.DataPar
 
@@ -105,19 +105,18 @@ def drop_param(func, name: str):
     return tirx.PrimFunc(keep, func.body, func.ret_type, func.attrs)
 
 
-#: SIMD family of each CPU architecture (as ``lutc.cpu_arch.machine`` spells it).
-_ARCHES = {"x86_64": "x86", "i686": "x86", "aarch64": "aarch64"}
-
-
 def arch(target) -> Optional[str]:
     """``"x86"``, ``"aarch64"`` or None: the SIMD family of an LLVM target's architecture
-    (``lutc.cpu_arch.machine`` of its ``mtriple``)."""
-    return _ARCHES.get(machine(str(target.attrs.get("mtriple", "") or "")))
+    (:attr:`lutc.target.Facts.simd`)."""
+    return targets.facts(target).simd
+
+
+def has_features(target, *features: str) -> bool:
+    """Whether the CPU ``target`` has the LLVM ``features`` (:meth:`lutc.target.Facts.has`)."""
+    return targets.facts(target).has(*features)
 
 
 def cuda_arch(target) -> str:
     """The CUDA architecture of ``target`` (``"sm_90a"``, ``"sm_80"``, ...), "" for any other
     target (or None): what the CUDA schedules' ``supports`` and ``preferred`` ask."""
-    if target is None or target.kind.name != "cuda":
-        return ""
-    return str(target.attrs.get("arch", ""))
+    return "" if target is None else targets.facts(target).cuda_arch

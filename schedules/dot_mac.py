@@ -29,12 +29,11 @@ from __future__ import annotations
 
 from tvm import IRModule, s_tir
 from tvm.script import tirx as T
-from tvm.target import codegen
 
 from lutc.frontend import nan_if, nonfinite
 from lutc.layouts import code_bits
 
-from .common import arch, drop_param, weight_buffers
+from .common import arch, drop_param, has_features, weight_buffers
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
@@ -43,8 +42,8 @@ KNOBS = {"row_tiles": (1, 2, 4), "rows": (1, 2, 4, 8), "prefetch": (0, 16, 64)}
 #: of x per pass over the weights, before rows shared an unpacked weight vector).
 ADDED_KNOBS = {"rows": 1, "prefetch": 0}
 # (int32 lanes, intrinsic, needed LLVM features) per architecture
-DOT = {"x86": (16, "llvm.x86.avx512.vpdpbusd.512", ["avx512vnni", "avx512bw"]),
-       "aarch64": (4, "llvm.aarch64.neon.sdot", ["dotprod"])}
+DOT = {"x86": (16, "llvm.x86.avx512.vpdpbusd.512", ("avx512vnni", "avx512bw")),
+       "aarch64": (4, "llvm.aarch64.neon.sdot", ("dotprod",))}
 
 
 def supports(spec, target) -> bool:
@@ -52,7 +51,7 @@ def supports(spec, target) -> bool:
     family = arch(target)
     return (spec.format in ("uniform", "ternary") and spec.table_dtype == "int8" and family is not None
             and spec.block % (4 * (8 // code_bits(spec.wbits))) == 0
-            and codegen.llvm_cpu_has_features(DOT[family][2], target))
+            and has_features(target, *DOT[family][2]))
 
 
 def layout(spec, target, **_) -> str:

@@ -9,9 +9,7 @@ kernel is bound by memory there), so the tuner decides per shape.
 from __future__ import annotations
 
 from tvm import IRModule, s_tir
-from tvm.target import codegen
-
-from .common import arch
+from .common import arch, has_features
 from .simd_lut import lut_kernel
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
@@ -24,7 +22,7 @@ PAIR_MADD = {32: "llvm.x86.avx2.pmadd.ub.sw", 64: "llvm.x86.avx512.pmaddubs.w.51
 def supports(spec, target) -> bool:
     """g = 4, int8 tables, and an x86 target with AVX2."""
     return (spec.g == 4 and spec.table_dtype == "int8" and arch(target) == "x86"
-            and codegen.llvm_cpu_has_features(["avx2"], target))
+            and has_features(target, "avx2"))
 
 
 def preferred(spec, target) -> bool:
@@ -36,7 +34,7 @@ def preferred(spec, target) -> bool:
     W2 234 / 142 against 223 / 142, W4 544 / 312 against 332 / 292, ternary 237 / 217 against
     228 / 182, W1 153 / 157 against 165 / 130; 4096 x 11008 W2 571 / 325 against 473 / 275.
     M = 16 (``front_doors_cpu_batches.md``): W2 797 us against 448."""
-    return spec.M == 1 and not codegen.llvm_cpu_has_features(["avx512vnni"], target)
+    return spec.M == 1 and not has_features(target, "avx512vnni")
 
 
 def layout(spec, target, vector_bytes=None, paired=None, **_) -> str:
@@ -66,7 +64,7 @@ def _paired(spec, paired) -> bool:
 
 
 def _width(target, vector_bytes) -> int:
-    widest = 64 if codegen.llvm_cpu_has_features(["avx512bw"], target) else 32
+    widest = 64 if has_features(target, "avx512bw") else 32
     if vector_bytes is None:
         return widest
     if vector_bytes not in SHUFFLE or vector_bytes > widest:

@@ -240,14 +240,37 @@ def test_simd_schedules_name_the_host_architecture(monkeypatch):
     spec = lutc.MPGemmSpec(1, 64, 256, table_dtype="int8")
     host = resolve(None)
     assert not host.attrs.get("mtriple")
-    monkeypatch.setattr(cpu_arch.platform, "machine", lambda: "arm64")    # macOS spells it so
-    assert log_for("cpu", {}).path.endswith("cpu-aarch64.jsonl")
-    assert common.arch(host) == "aarch64" and arm.supports(spec, host) and not x86.supports(spec, host)
-    assert common.arch(tvm.target.Target({"kind": "llvm", "mtriple": "arm64-apple-macos"})) == "aarch64"
-    assert common.arch(tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu"})) == "x86"
-    monkeypatch.setattr(cpu_arch.platform, "machine", lambda: "x86_64")
-    assert common.arch(host) == "x86" and not arm.supports(spec, host)
-    assert schedules.default("cpu-cross", spec, lutc.target.resolve("arm")) is arm
+    def pretend(name):     # this process on another machine: its facts read again
+        monkeypatch.setattr(cpu_arch.platform, "machine", lambda: name)
+        lutc.target.forget_facts()
+    try:
+        pretend("arm64")    # macOS spells it so
+        assert log_for("cpu", {}).path.endswith("cpu-aarch64.jsonl")
+        assert common.arch(host) == "aarch64" and arm.supports(spec, host) and not x86.supports(spec, host)
+        assert common.arch(tvm.target.Target({"kind": "llvm", "mtriple": "arm64-apple-macos"})) == "aarch64"
+        assert common.arch(tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu"})) == "x86"
+        pretend("x86_64")
+        assert common.arch(host) == "x86" and not arm.supports(spec, host)
+        assert schedules.default("cpu-cross", spec, lutc.target.resolve("arm")) is arm
+    finally:
+        monkeypatch.undo()
+        lutc.target.forget_facts()
+
+
+def test_facts_carry_what_the_schedules_ask():
+    """One resolution per target: kind, SIMD family, LLVM features and CUDA architecture, the
+    same object each time; the schedules' questions are answered from it."""
+    from tvm.target import codegen
+    from schedules import common
+    arm, sm80, host = (lutc.target.facts(t) for t in ("arm", "cuda:sm_80", None))
+    assert (arm.kind, arm.simd, arm.cuda_arch) == ("cpu-cross", "aarch64", "")
+    assert arm.has("neon", "dotprod") and not arm.has("avx2") and lutc.target.facts("arm") is arm
+    assert (sm80.kind, sm80.simd, sm80.features, sm80.cuda_arch) == ("cuda", None, frozenset(), "sm_80")
+    for f in lutc.target.LLVM_FEATURES:       # the host's, as LLVM reports them
+        assert host.has(f) == bool(codegen.llvm_cpu_has_features([f], host.target)), f
+    assert common.arch(host.target) == host.simd and common.cuda_arch(sm80.target) == "sm_80"
+    with pytest.raises(ValueError, match="avx512fp16"):
+        host.has("avx512fp16")
 
 
 def test_every_schedule_module_provides_the_contract():
