@@ -10,7 +10,8 @@ timed one after another, the later ones ran on a hotter, slower GPU).
 A column ``compile`` is the kernel ``lutc.compile`` picks; ``cuda_mma xsm`` appears where that is a
 tuned ``cuda_mma`` reading x from global memory (the same knobs with x staged in shared memory);
 ``--wgmma-knobs`` adds a ``cuda_wgmma`` column per knob set (JSON, over the defaults), e.g.
-``--wgmma-knobs '{"splits": 2}' '{"wg": 1, "bm": 64, "splits": 4}'``; ``--humming`` adds Humming
+``--wgmma-knobs '{"splits": 2}' '{"wg": 1, "bm": 64, "splits": 4}'``, and ``--stream-knobs`` a
+``cuda_stream`` column per knob set (``--stream-knobs '{"late_scale": 0}'``); ``--humming`` adds Humming
 (W uint, group 128, zero points: ``bench_cuda``'s peer) timed the same way in the same run.
 """
 import argparse
@@ -27,7 +28,7 @@ from lutc.measure import interleaved_graph_us  # noqa: E402
 from lutc.testing import tolerance  # noqa: E402
 
 
-def kernels(shapes, ms, wbits, target, wgmma_knobs=()):
+def kernels(shapes, ms, wbits, target, wgmma_knobs=(), stream_knobs=()):
     """``(N, K, M, w), spec, {column: (schedule, knobs)}`` for each case."""
     for (N, K) in shapes:
         for M in ms:
@@ -38,12 +39,15 @@ def kernels(shapes, ms, wbits, target, wgmma_knobs=()):
                 cols = {"compile": (name, c.knobs), "cuda_wgmma": ("cuda_wgmma", {})}
                 if M <= schedules.cuda_stream.MAX_M:
                     cols["cuda_stream"] = ("cuda_stream", {})
-                for kn in wgmma_knobs:
-                    try:
-                        schedules.cuda_wgmma.resolve_knobs(spec, **kn)
-                        cols[f"cuda_wgmma {json.dumps(kn)}"] = ("cuda_wgmma", kn)
-                    except ValueError:
-                        pass
+                for module, knob_sets in ((schedules.cuda_wgmma, wgmma_knobs), (schedules.cuda_stream, stream_knobs)):
+                    sname = module.__name__.rsplit(".", 1)[-1]
+                    for kn in knob_sets:
+                        try:
+                            if module.supports(spec, lutc.target.resolve(target)):
+                                module.resolve_knobs(spec, **kn)
+                                cols[f"{sname} {json.dumps(kn)}"] = (sname, kn)
+                        except ValueError:
+                            pass
                 if name == "cuda_mma" and c.knobs.get("xsm") is False:
                     try:
                         schedules.cuda_mma.resolve_knobs(spec, **{**c.knobs, "xsm": True})
@@ -59,13 +63,14 @@ def main() -> None:
     ap.add_argument("--ms", nargs="*", type=int, default=[1, 8, 16, 24])
     ap.add_argument("--wbits", nargs="*", type=int, default=[2, 4])
     ap.add_argument("--wgmma-knobs", nargs="*", type=json.loads, default=[])
+    ap.add_argument("--stream-knobs", nargs="*", type=json.loads, default=[])
     ap.add_argument("--precompile", action="store_true")
     ap.add_argument("--humming", action="store_true", help="time Humming beside each row")
     args = ap.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
     if args.precompile:
         from lutc.build import precompile
-        for _, spec, cols in kernels(shapes, args.ms, args.wbits, "cuda:sm_90a", args.wgmma_knobs):
+        for _, spec, cols in kernels(shapes, args.ms, args.wbits, "cuda:sm_90a", args.wgmma_knobs, args.stream_knobs):
             for s, kn in cols.values():
                 precompile(lutc.build(spec, target="cuda:sm_90a", schedule=s, knobs=kn or None))
         return
@@ -73,7 +78,7 @@ def main() -> None:
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     gen = torch.Generator(device="cuda").manual_seed(1)
     print(f"# {torch.cuda.get_device_name(0)}: kernel us (CUDA graph), fp16, g128")
-    for (N, K, M, w), spec, cols in kernels(shapes, args.ms, args.wbits, "cuda", args.wgmma_knobs):
+    for (N, K, M, w), spec, cols in kernels(shapes, args.ms, args.wbits, "cuda", args.wgmma_knobs, args.stream_knobs):
         copies = B.copies_for(B.weight_bytes(N, K, w), l2)
         x = torch.randn(M, K, device="cuda", generator=gen).half()
         weights, launches, labels = {}, {}, {}

@@ -166,10 +166,25 @@ __device__ __forceinline__ unsigned lutc_deq_c{sfx}(unsigned w, unsigned mask, u
 """
 
 
+def centred_src(dtype: str = "float16") -> str:
+    """``lutc_centred``: ``q - c`` of a pair of codes under the magic number, unscaled (:func:`deq_c`
+    with ``s2=None``)."""
+    t2, sfx = HALVES[dtype][:2]
+    return lop3_src(dtype) + f"""
+__device__ __forceinline__ unsigned lutc_centred{sfx}(unsigned w, unsigned mask, unsigned mul, unsigned add) {{
+  unsigned h = lutc_lop3_and_or{sfx}(w, mask);
+  {t2} r = __hfma2({_cast(t2, "h")}, {_cast(t2, "mul")}, {_cast(t2, "add")});
+  return *reinterpret_cast<unsigned*>(&r);
+}}
+"""
+
+
 def deq_c(word, b, v, s2, c: float, dtype: str = "float16"):
     """:func:`deq` for the format's constant zero ``c`` (no zero points: ``spec.code_center``, which
     is not the slot's midpoint for W1, W3 or ternary, e.g. 3.5 for W3 in a 4-bit slot), one
-    instruction shorter: the ``HFMA2`` that undoes the magic number also subtracts ``c``.
+    instruction shorter: the ``HFMA2`` that undoes the magic number also subtracts ``c``. With
+    ``s2=None`` the pair is ``q - c`` itself, exact, two instructions (the caller scales the
+    sums of the products: a kernel's late scale).
 
     ``2^P 2^-e + c`` must be exact, which a half-integer ``c`` is not next to ``2^P``, so the
     codes are read one bit higher (``word << 1``: ``e = b v + 1 >= 1``, the spacing at
@@ -180,9 +195,11 @@ def deq_c(word, b, v, s2, c: float, dtype: str = "float16"):
     mask = T.shift_left(T.uint32((2 ** b - 1) * 0x10001), T.Cast("uint32", e))
     # -(2^(P-e) + c): exponent of 2^(P-e), mantissa c 2^e = (2c) 2^(e-1)
     add_h = _pair_bits(dtype, 1, p - e) | T.shift_left(T.uint32(int(2 * c)), T.Cast("uint32", e - 1))
-    return T.cuda.func_call(f"lutc_deq_c{HALVES[dtype][1]}", T.shift_left(word, T.uint32(1)), mask,
-                            _twice(_pair_bits(dtype, 0, -e)), _twice(add_h),
-                            s2, source_code=deq_c_src(dtype), return_type="uint32")
+    args = (T.shift_left(word, T.uint32(1)), mask, _twice(_pair_bits(dtype, 0, -e)), _twice(add_h))
+    sfx = HALVES[dtype][1]
+    if s2 is None:
+        return T.cuda.func_call(f"lutc_centred{sfx}", *args, source_code=centred_src(dtype), return_type="uint32")
+    return T.cuda.func_call(f"lutc_deq_c{sfx}", *args, s2, source_code=deq_c_src(dtype), return_type="uint32")
 
 
 def dequant_tc16(words, lead: tuple, e, b: int, s2, z2, zero_points: bool, c: float, dtype: str = "float16"):
@@ -193,7 +210,9 @@ def dequant_tc16(words, lead: tuple, e, b: int, s2, z2, zero_points: bool, c: fl
 
     bf16 has 7 mantissa bits, too few for codes in the high nibble of a byte (bits 4..7, read one
     bit higher without zero points): those are read from the word shifted 4 bits further, one
-    more shift per word and nibble, shared by the pairs in it."""
+    more shift per word and nibble, shared by the pairs in it.
+
+    ``s2=None`` (no zero points only): ``q - c`` unscaled, for a kernel that scales its sums."""
     pairs, slots = 16 // b, 8 // b                 # code pairs per word, slots per byte pair
     word = words[(*lead, (e // pairs) // 4, (e // pairs) % 4)]
     shift = 8 * ((e % pairs) // slots)
@@ -203,6 +222,8 @@ def dequant_tc16(words, lead: tuple, e, b: int, s2, z2, zero_points: bool, c: fl
         high = T.Cast("int32", v >= v_high)
         shift, v = shift + 4 * high, v - (4 // b) * high
     shifted = T.shift_right(T.Cast("uint32", word), T.Cast("uint32", shift))
+    if zero_points and s2 is None:
+        raise ValueError("an unscaled dequantization (late scale) needs the format's constant zero, not zero points")
     return deq(shifted, b, v, s2, z2, dtype) if zero_points else deq_c(shifted, b, v, s2, c, dtype)
 
 
@@ -229,9 +250,11 @@ def tc16_fragment(spec, words, scales, zeros, lead: tuple, t, s, t8, h):
     """Register ``t8 + 2 h`` of weight tile ``t``'s fragment in k16 step ``s`` (a pair of k
     ``16 s + 8 h + 2 c``, rows ``g + 8 t8``): :func:`dequant_tc16` of the lane's words
     ``words[(*lead, t, ...)]`` with the coefficients of the step's group, ``scales[(*lead, t, t8,
-    group)]`` (and ``zeros``). The one reading of a fragment the tensor-core kernels share."""
+    group)]`` (and ``zeros``); ``scales=None``: ``q - c`` unscaled (:func:`deq_c`). The one reading
+    of a fragment the tensor-core kernels share."""
     group = step_group(spec, s)
-    return dequant_tc16(words, (*lead, t), s * 4 + t8 * 2 + h, layouts.tc16_code_bits(spec), scales[(*lead, t, t8, group)],
+    s2 = None if scales is None else scales[(*lead, t, t8, group)]
+    return dequant_tc16(words, (*lead, t), s * 4 + t8 * 2 + h, layouts.tc16_code_bits(spec), s2,
                         zeros[(*lead, t, t8, group)], spec.zero_point, spec.code_center, spec.act_dtype)
 
 
@@ -329,6 +352,28 @@ def lds_scale_h2(addr, dtype: str, half: str = "float16"):
         return T.cuda.func_call(f"lutc_lds_h2_{short}_bf16", addr, source_code=LDS_SCALE_BF16_SRC[dtype],
                                 return_type="uint32")
     return T.cuda.func_call(f"lutc_lds_h2_{short}", addr, source_code=LDS_SCALE_SRC[dtype], return_type="uint32")
+
+
+LDS_SCALE_F32_SRC = {"float16": """
+__device__ __forceinline__ float lutc_lds_f32_f16(unsigned addr) {
+  unsigned short v;
+  asm volatile("ld.shared.u16 %0, [%1];" : "=h"(v) : "r"(addr));
+  return __half2float(*reinterpret_cast<__half*>(&v));
+}
+""", "float32": """
+__device__ __forceinline__ float lutc_lds_f32_f32(unsigned addr) {
+  float v;
+  asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(addr));
+  return v;
+}
+"""}
+
+
+def lds_scale_f32(addr, dtype: str):
+    """The scale of type ``dtype`` (fp16 or fp32) at shared byte ``addr``, as an fp32 value: what a
+    late scale multiplies the fp32 sums by."""
+    return T.cuda.func_call(f"lutc_lds_f32_{short_name(dtype)}", addr, source_code=LDS_SCALE_F32_SRC[dtype],
+                            return_type="float32")
 
 
 # --- wgmma (sm_90a): cuda_wgmma ------------------------------------------------------------

@@ -43,12 +43,15 @@ from lutc.layouts import tc16_vectors
 
 from .common import cuda_arch, drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
-from .cuda_ptx import (cp16, cp_commit, cp_wait, groups_per_unit, lds128, lds_scale_h2, ldsm_x4, mma, reads_tc16,
-                       tc16_fragment)
+from .cuda_ptx import (cp16, cp_commit, cp_wait, groups_per_unit, lds128, lds_scale_f32, lds_scale_h2, ldsm_x4, mma,
+                       reads_tc16, tc16_fragment)
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
-KNOBS = {"warps": (1, 2, 4), "wn": (1, 2, 4, 8), "nw": (1, 2, 4), "stages": (2, 3, 4, 6, 8)}
+KNOBS = {"warps": (1, 2, 4), "wn": (1, 2, 4, 8), "nw": (1, 2, 4), "stages": (2, 3, 4, 6, 8), "late_scale": (0, 1)}
+#: Knobs added after tuning logs were written, at the value their kernels had (``late_scale``: the
+#: scales multiplied the dequantized fp16 weights).
+ADDED_KNOBS = {"late_scale": 0}
 MAX_M = 16
 #: Shared memory of one block (all of it dynamic: the ring, reused for the split-K sum): the
 #: opt-in limit of sm_86/sm_89 (99 KB), the smallest of the GPUs this kernel supports (sm_80
@@ -66,18 +69,20 @@ def supports(spec, target) -> bool:
 
 
 def preferred(spec, target) -> bool:
-    """M = 2..8, and M = 1 at 3 and 4 bits (H200, ``benchmarks/results/cuda_stream_h200.md``,
-    ``cuda_w1_w3_ternary_h200.md``).
+    """M = 2..8, and M = 1 for uniform weights of 2 to 4 bits (H200, ``benchmarks/results/
+    cuda_late_scale_h200.md``, ``cuda_stream_h200.md``, ``cuda_w1_w3_ternary_h200.md``).
 
-    At M = 1, W2 is the LUT kernel's (28672 x 8192: ``cuda_lut`` 32.7 us, this kernel 35.3), and
-    so are W1 and ternary (W1 24.1 against 33.4: the LUT kernel reads 1 bit per weight, this
-    one a 2-bit slot); W4 is this kernel's (43.6 against 54.6 us; 44.6 against 63.5 at
-    8192 x 28672), and W3 too, though it reads a 4-bit slot where the LUT kernel reads 3 bits
-    (41.0 against 44.5 us; 41.2 against 52.6 at 8192 x 28672; 6.2 against 7.6 at 4096 x 4096):
-    the LUT kernel's lookups per bit plane cost more than the extra bit. From M = 9 the
+    At M = 1, W2 is this kernel's since its late scale (28672 x 8192: 29.9 us against the LUT
+    kernel's 30.0; 8192 x 28672: 33.2 against 39.5; 4096 x 4096: 6.0 against 6.6): a W2
+    ``LUTLinear`` on a GPU then holds one ``tc16`` copy, not two. So are W4 (43.6 against 54.6
+    us; 44.6 against 63.5 at 8192 x 28672) and W3, though it reads a 4-bit slot where the LUT
+    kernel reads 3 bits (41.0 against 44.5 us; 41.2 against 52.6 at 8192 x 28672; 6.2 against
+    7.6 at 4096 x 4096): the LUT kernel's lookups per bit plane cost more than the extra bit. W1
+    and ternary stay with the LUT kernel (W1 24.1 against 33.4 before the late scale: it reads
+    1 bit per weight, this one a 2-bit slot; ternary not measured against it). From M = 9 the
     A operand is x again (no transposed product): on Hopper ``cuda_wgmma`` with split-K was faster
     on every shape measured (``cuda_small_m_h200.md``), elsewhere it is ``cuda_mma``'s."""
-    return 2 <= spec.M <= 8 or (spec.M == 1 and spec.format == "uniform" and spec.wbits >= 3)
+    return 2 <= spec.M <= 8 or (spec.M == 1 and spec.format == "uniform" and spec.wbits >= 2)
 
 
 def layout(spec, target, **knobs) -> str:
@@ -91,22 +96,34 @@ def default_knobs(spec) -> dict:
     (``benchmarks/results/sweep_cuda_stream_h200*.json``) on 4096 x 4096, 28672 x 8192 and
     8192 x 28672: 4 warps splitting K with 4 stages; 2 row tiles each up to M = 4 (28672 x 8192
     W2: 35.1 us at M = 1); for M = 5..8 (x fills more of each stage) 2 warps side by side, with
-    2 tiles each and 3 stages on wide N (28672 x 8192 M = 8: 43.1 us W2, 47.6 W4, against 46.1
-    and 52.3 with 1 tile) and 1 tile, 4 stages on narrow N (4096 x 4096: 7.3 against 9.1 us);
-    2 x 2 tiles and 3 stages beyond. Where a choice does not fit in shared memory, stages, then
-    warps, then tiles step down (:func:`resolve_knobs`)."""
+    2 tiles each and 3 stages past N = 4096 (28672 x 8192 M = 8: 43.1 us W2, 47.6 W4, against
+    46.1 and 52.3 with 1 tile; 8192 x 28672 with the late scale: 38.7 and 41.7 against 42.6 and
+    46.1, ``cuda_late_scale_h200.md``) and 1 tile, 4 stages up to it (4096 x 4096: 7.3 against
+    9.1 us); 2 x 2 tiles and 3 stages beyond. Where a choice does not fit in shared memory,
+    stages, then warps, then tiles step down (:func:`resolve_knobs`)."""
+    late = {"late_scale": int(can_scale_late(spec))}
     if spec.M <= 4:
-        return {"warps": 4, "wn": 1, "nw": 2, "stages": 4}
+        return {"warps": 4, "wn": 1, "nw": 2, "stages": 4, **late}
     if spec.M <= 8:     # wide N: 2 tiles per warp; narrow N: 1, for enough blocks
-        wide = -(-spec.N // 16) > 1024
-        return {"warps": 4, "wn": 2, "nw": 2 if wide else 1, "stages": 3 if wide else 4}
-    return {"warps": 4, "wn": 2, "nw": 2, "stages": 3}
+        wide = spec.N > 4096
+        return {"warps": 4, "wn": 2, "nw": 2 if wide else 1, "stages": 3 if wide else 4, **late}
+    return {"warps": 4, "wn": 2, "nw": 2, "stages": 3, **late}
+
+
+def can_scale_late(spec) -> bool:
+    """Whether the ``late_scale`` knob can be 1: the transposed product (M <= 8), whose fp32 sums
+    of a tile hold one row of N per register pair, and the format's constant zero (a zero point
+    would have to leave the dequantization too)."""
+    return spec.M <= 8 and not spec.zero_point
 
 
 def resolve_knobs(spec, **given) -> dict:
     """The knobs a kernel is built with: ``given`` (None = default) over :func:`default_knobs`.
     Raises ValueError for a value outside ``KNOBS`` or more shared memory than a block has."""
     knobs = merge_knobs("cuda_stream", KNOBS, default_knobs(spec), given)
+    if knobs["late_scale"] and not can_scale_late(spec):
+        raise ValueError("cuda_stream knob late_scale=1 needs M <= 8 and no zero points "
+                         f"(M = {spec.M}, zero_point = {spec.zero_point})")
     for name in ("stages", "warps", "nw"):    # a default that does not fit beside the knobs given
         while given.get(name) is None and smem_bytes(spec, **knobs) > SMEM_LIMIT and knobs[name] > min(KNOBS[name]):
             knobs[name] = max(v for v in KNOBS[name] if v < knobs[name])
@@ -125,8 +142,9 @@ def stage_bytes(spec, warps: int, wn: int, nw: int) -> dict:
             "z": coef if spec.zero_point else 0, "x": warps * spec.M * X_ROW * 2}
 
 
-def smem_bytes(spec, warps: int, wn: int, nw: int, stages: int) -> int:
-    """Dynamic shared memory of one block: the ring, whose storage the split-K sum reuses."""
+def smem_bytes(spec, warps: int, wn: int, nw: int, stages: int, late_scale: int = 0) -> int:
+    """Dynamic shared memory of one block: the ring, whose storage the split-K sum reuses
+    (``late_scale`` changes none of it)."""
     ring = stages * sum(stage_bytes(spec, warps, wn, nw).values())
     red = warps * wn * 16 * nw * 16 * 4 if warps > 1 else 0
     return max(ring, red)
@@ -137,15 +155,20 @@ def scale_size(spec) -> int:
     return nbytes(spec.scale_dtype)
 
 
-def schedule(func, spec, target, warps=None, wn=None, nw=None, stages=None) -> s_tir.Schedule:
+def schedule(func, spec, target, warps=None, wn=None, nw=None, stages=None, late_scale=None) -> s_tir.Schedule:
     """The streamed dequantize + mma kernel for ``spec`` (``func`` is its reference semantics)."""
-    knobs = resolve_knobs(spec, warps=warps, wn=wn, nw=nw, stages=stages)
+    knobs = resolve_knobs(spec, warps=warps, wn=wn, nw=nw, stages=stages, late_scale=late_scale)
     return s_tir.Schedule(IRModule({"main": stream_kernel(spec, **knobs)}))
 
 
-def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
+def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: int = 0):
     """The PrimFunc (module docstring). Arguments: ``x [M, K]`` fp16 or bf16, ``planes`` (``tc16``),
-    ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``."""
+    ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``.
+
+    ``late_scale``: the weights are dequantized to ``q - c`` (exact, :func:`~schedules.cuda_ptx.deq_c`
+    without its multiply: two instructions per pair instead of three) and multiplied into a
+    tile's fp32 sums of the scale group, which are then scaled into the tile's accumulators,
+    4 FMAs per tile and group per lane; one rounding less than scaling the fp16 weights."""
     M, N, K = spec.M, spec.N, spec.K
     S, WN, NW, P = warps, wn, nw, stages
     NT, KU, gs = -(-N // 16), K // 128, spec.group
@@ -156,6 +179,8 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
     zp, sdt, ssz = spec.zero_point, spec.scale_dtype, scale_size(spec)
     adt = spec.act_dtype                      # x, the dequantized weights and out
     NG = groups_per_unit(spec)
+    SPG = 8 // NG                             # k16 steps per scale group (a unit has 8)
+    LATE = bool(late_scale)
     CP_TILE = 16 * NG * ssz // 16             # 16-byte copies of one tile's coefficients per unit
     EL16 = 16 // ssz                          # coefficients per 16-byte copy
     CPL = -(-NW * CP_TILE // 32)               # such copies per lane
@@ -210,9 +235,10 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                         T.address_of(x[(vec // 16) % M, (j * S + vec // (M * 16)) * 128 + (vec % 16) * 8])))
 
     @T.macro
-    def multiply_step(i, tx, bx, base, wreg, sreg, zreg, areg, bfrag, acc):
+    def multiply_step(i, tx, bx, base, wreg, sreg, zreg, areg, bfrag, acc, gacc):
         """Step ``i`` from stage ``i % P``: the warp's weight vectors and coefficients into
-        registers, then per pair of k16 steps the weight fragments, x's, and the mma."""
+        registers, then per pair of k16 steps the weight fragments, x's, and the mma (with a
+        late scale: into the group's sums ``gacc``, scaled into ``acc`` where a group ends)."""
         warp = T.meta_var(tx // 32)
         lane = T.meta_var(tx % 32)
         ks = T.meta_var(warp % S)
@@ -229,7 +255,11 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                         for ng in T.unroll(NG):
                             # coefficient of row t8 * 8 + g4 in the unit's group ng
                             coef = T.meta_var((((warp * NW + t) * NG + ng) * 16 + t8 * 8 + g4) * ssz)
-                            sreg[t, t8, ng] = lds_scale_h2(base[0] + T.Cast("uint32", at + OFF_S + coef), sdt, adt)
+                            if LATE:
+                                sreg[t, t8, ng] = T.reinterpret("uint32", lds_scale_f32(
+                                    base[0] + T.Cast("uint32", at + OFF_S + coef), sdt))
+                            else:
+                                sreg[t, t8, ng] = lds_scale_h2(base[0] + T.Cast("uint32", at + OFF_S + coef), sdt, adt)
                             if zp:
                                 zreg[t, t8, ng] = lds_scale_h2(base[0] + T.Cast("uint32", at + OFF_Z + coef), sdt, adt)
             for s2 in T.unroll(4):
@@ -237,7 +267,8 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                     for t in T.unroll(NW):
                         for t8 in T.unroll(2):
                             for h in T.unroll(2):
-                                bfrag[sp, t, t8, h] = tc16_fragment(spec, wreg, sreg, zreg, (), t, s2 * 2 + sp, t8, h)
+                                bfrag[sp, t, t8, h] = tc16_fragment(spec, wreg, None if LATE else sreg, zreg, (), t,
+                                                                    s2 * 2 + sp, t8, h)
                 for r in T.unroll(2 if HI else 1):
                     # x rows r 8 .. r 8 + 7 (the last row again past M: its products
                     # are never stored), k 32 s2 + 8 m as matrix m
@@ -250,9 +281,15 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                         if tile0 + t < NT:
                             if SWAP:   # W tile as A (16 rows of N), x^T as B (8 rows of M)
                                 T.evaluate(mma(
-                                    T.address_of(acc[t, 0, 0]),
+                                    T.address_of(gacc[t, 0] if LATE else acc[t, 0, 0]),
                                     bfrag[sp, t, 0, 0], bfrag[sp, t, 1, 0], bfrag[sp, t, 0, 1], bfrag[sp, t, 1, 1],
                                     areg[0, sp * 2], areg[0, sp * 2 + 1], adt))
+                                if LATE and (s2 * 2 + sp + 1) % SPG == 0:
+                                    # the group's last step: its sums, rows g4 (q < 2) and g4 + 8, scaled
+                                    for q in T.unroll(4):
+                                        acc[t, 0, q] = acc[t, 0, q] + gacc[t, q] * T.reinterpret(
+                                            "float32", sreg[t, q // 2, (s2 * 2 + sp) // SPG])
+                                        gacc[t, q] = T.float32(0)
                             else:
                                 for t8 in T.unroll(2):
                                     T.evaluate(mma(
@@ -325,6 +362,7 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                 areg = T.alloc_buffer((2, 4), "uint32", scope="local")
                 bfrag = T.alloc_buffer((2, NW, 2, 2), "uint32", scope="local")
                 acc = T.alloc_buffer((NW, 2, 4), "float32", scope="local")
+                gacc = T.alloc_buffer((NW, 4), "float32", scope="local")   # a scale group's sums (late_scale)
                 tot = T.alloc_buffer((1,), "float32", scope="local")
                 base = T.alloc_buffer((1,), "uint32", scope="local")
                 base[0] = T.cuda.cvta_generic_to_shared(T.address_of(ring[0]))
@@ -333,6 +371,7 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                     for i1 in T.unroll(2):
                         for i2 in T.unroll(4):
                             acc[i0, i1, i2] = T.float32(0)
+                            gacc[i0, i2] = T.float32(0)
                 # Prologue: steps 0 .. P-2 in flight, one cp.async group each.
                 for j in range(steps + P - 1):
                     if j >= P - 1:
@@ -342,7 +381,7 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int):
                         copy_step(j, tx, bx, x, planes, scales, zeros, base)
                     T.evaluate(cp_commit())                    # empty groups keep the count uniform
                     if j >= P - 1:
-                        multiply_step(j - P + 1, tx, bx, base, wreg, sreg, zreg, areg, bfrag, acc)
+                        multiply_step(j - P + 1, tx, bx, base, wreg, sreg, zreg, areg, bfrag, acc, gacc)
                 store(tx, bx, acc, ring, tot, out)
 
     return main if zp else drop_param(main, "zeros")

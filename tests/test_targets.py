@@ -97,6 +97,25 @@ def test_mma_sync_kernels_compile_for_bf16(schedule, knobs):
 
 
 @needs_nvcc
+def test_stream_late_scale_leaves_the_weights_unscaled():
+    """``cuda_stream``'s late scale (its default at M <= 8 without zero points): the dequantized
+    pairs are ``q - c`` (no fp16 multiply by the scale), the groups' fp32 sums are scaled; with
+    zero points, or at M > 8, the knob is refused by name."""
+    spec = lutc.MPGemmSpec(4, 1000, 1536, wbits=2, group_size=64, act_dtype="float16")
+    assert schedules.cuda_stream.resolve_knobs(spec)["late_scale"] == 1
+    ptx = {late: lutc.cuda_binary(lutc.build(spec, target="cuda:sm_90a", schedule="cuda_stream",
+                                             knobs={"late_scale": late}), fmt="ptx").decode() for late in (0, 1)}
+    assert ptx[0].count("mul.f16x2") == ptx[0].count("fma.rn.f16x2") > 0       # one multiply per pair
+    assert "mul.f16x2" not in ptx[1] and ptx[1].count("fma.rn.f16x2") == ptx[0].count("fma.rn.f16x2")
+    assert re.search(r"fma\.rn(\.ftz)?\.f32", ptx[1]) and not re.search(r"fma\.rn(\.ftz)?\.f32", ptx[0])
+    for bad in (lutc.MPGemmSpec(4, 1000, 1536, wbits=2, zero_point=True, act_dtype="float16"),
+                lutc.MPGemmSpec(9, 1000, 1536, wbits=2, act_dtype="float16")):
+        assert schedules.cuda_stream.resolve_knobs(bad)["late_scale"] == 0
+        with pytest.raises(ValueError, match="late_scale"):
+            schedules.cuda_stream.resolve_knobs(bad, late_scale=1)
+
+
+@needs_nvcc
 @pytest.mark.parametrize("ws", [True, False])
 def test_wgmma_both_copy_modes_compile(ws):
     """cuda_wgmma with the copying warpgroup (mbarriers) and without (block barriers): the
@@ -171,8 +190,10 @@ def test_wgmma_tiles_over_the_even_register_share_move_registers(knobs, tmp_path
     assert "setmaxnreg" not in plain.source
 
 
-def test_cuda_default_picks_lut_for_small_m_and_mma_beyond():
-    assert lutc.build(lutc.MPGemmSpec(1, 256, 512, act_dtype="float16"), target="cuda:sm_90a").schedule == "cuda_lut"
+def test_cuda_default_kernel_for_each_m():
+    # M = 1: the streamed mma kernel for uniform W2-W4 (fp16/bf16), the LUT kernel for fp32 x
+    assert lutc.build(lutc.MPGemmSpec(1, 256, 512, act_dtype="float16"), target="cuda:sm_90a").schedule == "cuda_stream"
+    assert lutc.build(lutc.MPGemmSpec(1, 256, 512), target="cuda:sm_90a").schedule == "cuda_lut"
     assert lutc.build(lutc.MPGemmSpec(16, 256, 512, act_dtype="float16"), target="cuda:sm_80").schedule == "cuda_mma"
     # M = 9..16 on Hopper: wgmma (28672 x 8192 W2 at M = 16: 40.8 us against cuda_stream's 60.9),
     # with K split where its blocks are few (8192 x 28672: 51.6 against 62.1)
@@ -197,16 +218,18 @@ def test_cuda_default_picks_lut_for_small_m_and_mma_beyond():
     for M, wbits in itertools.product((2, 8), (2, 4)):
         spec = lutc.MPGemmSpec(M, 28672, 8192, wbits=wbits, act_dtype="float16")
         assert lutc.build(spec, target="cuda:sm_90a").schedule == "cuda_stream"
-    # M = 1: the LUT kernel at 2 bits, the streamed mma kernel at 4 (H200: 43.6 against 54.6 us)
-    assert lutc.build(lutc.MPGemmSpec(1, 28672, 8192, wbits=4, act_dtype="float16"),
-                      target="cuda:sm_90a").schedule == "cuda_stream"
+    # M = 1: the streamed mma kernel at 2 and 4 bits (H200: 29.9 against the LUT kernel's 30.0 us
+    # at W2 with its late scale, 43.6 against 54.6 at W4)
+    for wbits in (2, 4):
+        assert lutc.build(lutc.MPGemmSpec(1, 28672, 8192, wbits=wbits, act_dtype="float16"),
+                          target="cuda:sm_90a").schedule == "cuda_stream"
     # M >= 17 on Hopper: the wgmma kernel; on Ampere the mma.sync one
     spec = lutc.MPGemmSpec(128, 28672, 8192, wbits=2, act_dtype="float16")
     assert lutc.build(spec, target="cuda:sm_90a").schedule == "cuda_wgmma"
     assert lutc.build(spec, target="cuda:sm_80").schedule == "cuda_mma"
     # bf16 activations take the same kernels as fp16; fp32 activations have no mma kernel: the LUT
     # kernel takes small M
-    for M, arch, sname in ((1, "sm_90a", "cuda_lut"), (4, "sm_90a", "cuda_stream"), (16, "sm_80", "cuda_mma"),
+    for M, arch, sname in ((1, "sm_90a", "cuda_stream"), (4, "sm_90a", "cuda_stream"), (16, "sm_80", "cuda_mma"),
                            (128, "sm_80", "cuda_mma"), (128, "sm_90a", "cuda_wgmma")):
         assert lutc.build(lutc.MPGemmSpec(M, 256, 512, act_dtype="bfloat16"), target=f"cuda:{arch}").schedule == sname
     assert lutc.build(lutc.MPGemmSpec(4, 256, 512, wbits=3, act_dtype="float32"), target="cuda:sm_90a").schedule == "cuda_lut"
