@@ -53,7 +53,7 @@ chunks keep the table workspace (``8 M K`` bytes for ``g=4``) and the number of 
 **Layout plans.** :meth:`OpKernels.layout_plan` says in which layout(s) a weight should be held
 on a device so that every bucket runs its fastest kernel: the layout of the ``M = 1`` (decode)
 kernel, and on CUDA a second copy where the batch kernels read another (``cuda_lut``'s
-``warp32`` for decode at W1 and ternary, ``tc16`` (``cuda_stream`` to M = 8, ``cuda_wgmma`` on Hopper and ``cuda_mma`` beyond) from the
+``warp32`` for decode at W1, ``tc16`` (``cuda_stream`` to M = 8, ``cuda_wgmma`` on Hopper and ``cuda_mma`` beyond) from the
 first bucket it is chosen for): see
 :class:`LayoutPlan`. ``LUTLinear`` holds its weights by that plan.
 
@@ -107,12 +107,13 @@ class LayoutPlan:
     ``split`` is None), ``layouts[1]`` (if any) the larger ``M``.
 
     A second copy is planned only on CUDA, where the decode kernel (``cuda_lut``, ``warp32``) and
-    the batch kernels (``cuda_stream``, ``cuda_wgmma``, ``cuda_mma``: ``tc16``) read different layouts: fp16 W2,
-    where on an H200 at 28672x8192 the LUT kernel takes 32.7 us at M = 1 and ``cuda_stream``
-    35.3, and the LUT kernel builds one table per row of x (M = 4: 127.3 us against 39.9); W1 and
-    ternary likewise. At W4 ``cuda_stream`` is also the M = 1 kernel (43.6 against 54.6 us), and at
-    W3 (41.0 against 44.5): one ``tc16`` copy. The copy costs the packed bits once more (W2: 2 more
-    bits per weight; W1 and ternary: 2, their ``tc16`` slot). CPUs hold one copy, and where the
+    the batch kernels (``cuda_stream``, ``cuda_wgmma``, ``cuda_mma``: ``tc16``) read different layouts: fp16 W1,
+    where on an H200 at 28672x8192 the LUT kernel takes 23.5 us at M = 1 and ``cuda_stream``
+    29.3 (it reads a 2-bit slot), and the LUT kernel builds one table per row of x (W2 M = 4:
+    127.3 us against 39.9). At W2 and ternary ``cuda_stream`` is also the M = 1 kernel since
+    its late scale (W2 29.9 against 30.0 us, ternary 30.0 against 32.4), at W4 (43.6 against 54.6)
+    and at W3 (41.0 against 44.5): one ``tc16`` copy. The copy costs W1 2 more bits per weight
+    (its ``tc16`` slot). CPUs hold one copy, and where the
     decode and batch kernels read different layouts it is the batch kernel's: on the EPYC a
     tuned LUT kernel beat ``dot_mac`` at M = 1 by 1.08x (4096 x 4096 W2, 123.8 against 133.6 us,
     ``benchmarks/results/tuning_cpu_epyc_llama3_8b.md``), where at M = 16 the LUT kernel takes

@@ -13,7 +13,7 @@ now). On CUDA: ``cuda_wgmma`` (sm_90a: ``tc16`` weights dequantized in registers
 operand of ``wgmma``, x in shared memory from copying warpgroups, K split where blocks are
 few; preferred from M = 9), ``cuda_stream`` (dequantize + ``mma.sync`` fed by a ``cp.async``
 pipeline, ``tc16`` weights: uniform W1-W4 and ternary, M <= 16; preferred for M = 2..8 and for
-W2-W4 at M = 1), ``cuda_lut`` (shared-memory tables, ``warp32`` weights; builds M <= 8 and
+W2-W4 and ternary at M = 1), ``cuda_lut`` (shared-memory tables, ``warp32`` weights; builds M <= 8 and
 every format; preferred at M = 1), ``cuda_mma`` (the ``tc16`` product with register prefetch,
 any M: M >= 9 before Hopper), and ``cuda_generic`` for everything else.
 """

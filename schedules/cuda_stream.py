@@ -39,7 +39,7 @@ from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
 from lutc.dtypes import nbytes
-from lutc.layouts import tc16_vectors
+from lutc.layouts import tc16_code_bits, tc16_vectors
 
 from .common import cuda_arch, drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
@@ -69,20 +69,21 @@ def supports(spec, target) -> bool:
 
 
 def preferred(spec, target) -> bool:
-    """M = 2..8, and M = 1 for uniform weights of 2 to 4 bits (H200, ``benchmarks/results/
-    cuda_late_scale_h200.md``, ``cuda_stream_h200.md``, ``cuda_w1_w3_ternary_h200.md``).
+    """M = 2..8, and M = 1 for all but W1 (H200, ``benchmarks/results/cuda_late_scale_h200.md``,
+    ``cuda_stream_h200.md``, ``cuda_w1_w3_ternary_h200.md``).
 
-    At M = 1, W2 is this kernel's since its late scale (28672 x 8192: 29.9 us against the LUT
-    kernel's 30.0; 8192 x 28672: 33.2 against 39.5; 4096 x 4096: 6.0 against 6.6): a W2
+    At M = 1, W2 and ternary are this kernel's since its late scale (28672 x 8192: W2 29.9 us
+    against the LUT kernel's 30.0, ternary 30.0 against 32.4; 8192 x 28672: 33.2 against 39.5,
+    32.9 against 40.6; 4096 x 4096: 6.0 against 6.6, 5.7 against 6.6): a W2 or ternary
     ``LUTLinear`` on a GPU then holds one ``tc16`` copy, not two. So are W4 (43.6 against 54.6
     us; 44.6 against 63.5 at 8192 x 28672) and W3, though it reads a 4-bit slot where the LUT
     kernel reads 3 bits (41.0 against 44.5 us; 41.2 against 52.6 at 8192 x 28672; 6.2 against
     7.6 at 4096 x 4096): the LUT kernel's lookups per bit plane cost more than the extra bit. W1
-    and ternary stay with the LUT kernel (W1 24.1 against 33.4 before the late scale: it reads
-    1 bit per weight, this one a 2-bit slot; ternary not measured against it). From M = 9 the
+    stays with the LUT kernel (23.5 / 31.9 / 5.6 us against 29.3 / 33.1 / 5.9 with the late
+    scale: it reads 1 bit per weight, this one a 2-bit slot). From M = 9 the
     A operand is x again (no transposed product): on Hopper ``cuda_wgmma`` with split-K was faster
     on every shape measured (``cuda_small_m_h200.md``), elsewhere it is ``cuda_mma``'s."""
-    return 2 <= spec.M <= 8 or (spec.M == 1 and spec.format == "uniform" and spec.wbits >= 2)
+    return 2 <= spec.M <= 8 or (spec.M == 1 and not (spec.format == "uniform" and spec.wbits == 1))
 
 
 def layout(spec, target, **knobs) -> str:
@@ -95,13 +96,17 @@ def default_knobs(spec) -> dict:
     """Untuned choice, from the H200 sweeps of ``benchmarks/bench_cuda.py --sweep cuda_stream``
     (``benchmarks/results/sweep_cuda_stream_h200*.json``) on 4096 x 4096, 28672 x 8192 and
     8192 x 28672: 4 warps splitting K with 4 stages; 2 row tiles each up to M = 4 (28672 x 8192
-    W2: 35.1 us at M = 1); for M = 5..8 (x fills more of each stage) 2 warps side by side, with
+    W2: 35.1 us at M = 1), 6 stages for 4-bit slots at M = 1 (28672 x 8192 W4 with the late
+    scale: 36.7 against 40.9 us with 4, 81% of the copy floor; 8192 x 28672: 39.8 against 40.0;
+    ``cuda_late_scale_h200.md``); for M = 5..8 (x fills more of each stage) 2 warps side by side, with
     2 tiles each and 3 stages past N = 4096 (28672 x 8192 M = 8: 43.1 us W2, 47.6 W4, against
     46.1 and 52.3 with 1 tile; 8192 x 28672 with the late scale: 38.7 and 41.7 against 42.6 and
     46.1, ``cuda_late_scale_h200.md``) and 1 tile, 4 stages up to it (4096 x 4096: 7.3 against
     9.1 us); 2 x 2 tiles and 3 stages beyond. Where a choice does not fit in shared memory,
     stages, then warps, then tiles step down (:func:`resolve_knobs`)."""
     late = {"late_scale": int(can_scale_late(spec))}
+    if spec.M == 1 and tc16_code_bits(spec) == 4:    # a step of 4-bit slots: 6 deep
+        return {"warps": 4, "wn": 1, "nw": 2, "stages": 6, **late}
     if spec.M <= 4:
         return {"warps": 4, "wn": 1, "nw": 2, "stages": 4, **late}
     if spec.M <= 8:     # wide N: 2 tiles per warp; narrow N: 1, for enough blocks

@@ -329,10 +329,10 @@ CODE_FORMATS = [("uniform", 1, False), ("uniform", 3, True), ("uniform", 3, Fals
 
 
 def _cuda_layouts(fmt, wbits):
-    """W1 and ternary decode with the LUT kernel (``warp32``, their own bits) and batch on the
-    tensor cores (``tc16`` in 2-bit slots): two copies; W3 runs the tensor-core kernels at every
-    M (4-bit slots; at M = 1 ``cuda_stream`` beat the LUT kernel on the H200), as W2 and W4: one."""
-    return ("tc16",) if wbits == 3 else ("warp32", "tc16")
+    """W1 decodes with the LUT kernel (``warp32``, its 1 bit per weight) and batches on the tensor
+    cores (``tc16`` in 2-bit slots): two copies; W3 and ternary run the tensor-core kernels at
+    every M (at M = 1 ``cuda_stream`` beat the LUT kernel on the H200), as W2 and W4: one."""
+    return ("warp32", "tc16") if (fmt, wbits) == ("uniform", 1) else ("tc16",)
 
 
 @pytest.mark.parametrize("fmt,wbits,zp", CODE_FORMATS)
@@ -342,7 +342,7 @@ def test_w1_w3_ternary_plan_tensor_core_copies_on_cuda(fmt, wbits, zp):
     for arch in ("sm_90a", "sm_80"):
         plan = OpKernels(targets={"cuda": f"cuda:{arch}"}).layout_plan(spec, "cuda")
         assert plan.layouts == _cuda_layouts(fmt, wbits), (arch, plan)
-        assert plan.split == (None if wbits == 3 else 1)
+        assert plan.split == (1 if (fmt, wbits) == ("uniform", 1) else None)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -361,5 +361,5 @@ def test_lutlinear_cuda_w1_w3_ternary_batches_on_tensor_cores(fmt, wbits, zp):
     used = {k.schedule for k in kernel_cache().kernels()
             if k.spec.N == 200 and k.spec.wbits == wbits and k.spec.format == fmt}
     hopper = torch.cuda.get_device_capability() == (9, 0)
-    decode = set() if wbits == 3 else {"cuda_lut"}
+    decode = {"cuda_lut"} if (fmt, wbits) == ("uniform", 1) else set()
     assert used == decode | {"cuda_stream", "cuda_wgmma" if hopper else "cuda_mma"}

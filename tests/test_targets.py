@@ -204,9 +204,9 @@ def test_cuda_default_kernel_for_each_m():
         assert schedules.cuda_wgmma.resolve_knobs(spec)["splits"] == splits
     # W1, W3 and ternary take the tensor-core kernels too (tc16 holds them in 2- or 4-bit slots);
     # bcq has none, nor fp32 activations
-    # (M = 1: the LUT kernel for W1 and ternary, the streamed one for W3, as for W4)
+    # (M = 1: the LUT kernel for W1, the streamed one for W3 and ternary, as for W2 and W4)
     for fmt, wbits in (("uniform", 1), ("uniform", 3), ("ternary", 2)):
-        for M, arch, sname in ((1, "sm_90a", "cuda_stream" if wbits == 3 else "cuda_lut"), (4, "sm_90a", "cuda_stream"),
+        for M, arch, sname in ((1, "sm_90a", "cuda_lut" if wbits == 1 else "cuda_stream"), (4, "sm_90a", "cuda_stream"),
                                (16, "sm_90a", "cuda_wgmma"), (16, "sm_80", "cuda_mma")):
             spec = lutc.MPGemmSpec(M, 256, 512, wbits=wbits, format=fmt, act_dtype="float16")
             assert lutc.build(spec, target=f"cuda:{arch}").schedule == sname, (fmt, wbits, M, arch)
