@@ -35,7 +35,7 @@ import torch
 from . import layouts
 from .dtypes import torch_dtype
 from .layouts import codes_to_planes, pack_bits
-from .spec import MPGemmSpec, SpecError
+from .spec import WEIGHT_FIELDS, MPGemmSpec, SpecError
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 LAYOUT = layouts.BITPLANE
@@ -102,9 +102,7 @@ class PackedWeights:
     # --- identity ---
     def weight_spec(self, M: int = 1, **knobs) -> MPGemmSpec:
         """The :class:`MPGemmSpec` this weight fits, for ``M`` rows of activations."""
-        return MPGemmSpec(M, self.N, self.K, wbits=self.wbits, format=self.format,
-                          group_size=self.group_size, zero_point=self.zero_point,
-                          scale_dtype=self.scale_dtype, **knobs)
+        return MPGemmSpec.of_weight(self.N, self.K, self, M, **knobs)
 
     @property
     def bits_per_weight(self) -> float:
@@ -119,7 +117,7 @@ class PackedWeights:
     def check_fits(self, spec: MPGemmSpec) -> None:
         """Raise ``ValueError`` naming the first field where this weight differs from ``spec``."""
         check_layout(self.layout, self.layout_version)
-        for name in ("N", "K", "wbits", "format", "group_size", "zero_point", "scale_dtype"):
+        for name in ("N", "K", *WEIGHT_FIELDS):
             mine, theirs = getattr(self, name), getattr(spec, name)
             if mine != theirs:
                 raise ValueError(f"packed weight has {name}={mine!r} but the kernel was compiled "
@@ -201,8 +199,8 @@ def quantize(weight: ArrayLike, wbits: int = 2, group_size: Optional[int] = None
     """
     w = _as_weight(weight)
     N, K = w.shape
-    spec = MPGemmSpec(1, N, K, wbits=wbits, format=format, group_size=group_size,
-                      zero_point=zero_point, scale_dtype=scale_dtype, g=2)
+    spec = MPGemmSpec.of_weight(N, K, dict(wbits=wbits, format=format, group_size=group_size,
+                                           zero_point=zero_point, scale_dtype=scale_dtype), g=2)
     gs, group_size = spec.group, spec.group_size
     wg = w.reshape(N, K // gs, gs)
     sdt = torch_dtype(scale_dtype)

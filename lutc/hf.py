@@ -65,9 +65,8 @@ class LutcConfig(QuantizationConfigMixin):
 
     def post_init(self) -> None:
         """Refuse a format lutc cannot build, naming the field (SpecError)."""
-        MPGemmSpec(1, 128, 128 if self.group_size in (None, -1) else max(128, self.group_size),
-                   wbits=self.wbits, format=self.format, group_size=self.group_size,
-                   zero_point=self.zero_point, scale_dtype=self.scale_dtype, table_dtype=self.table_dtype or "float32")
+        MPGemmSpec.of_weight(128, 128 if self.group_size in (None, -1) else max(128, self.group_size), self,
+                             table_dtype=self.table_dtype or "float32")
 
     def weight_format(self) -> dict:
         return dict(wbits=self.wbits, group_size=self.group_size, format=self.format,

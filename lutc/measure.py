@@ -132,8 +132,8 @@ def reference_weights(N: int, K: int, wbits: int, format: str, group_size: int, 
     """Random packed weights of these fields and their float64 dequantization. The explicit
     cache (one entry) serves the next workload too when only M differs (``tune`` runs shapes
     in order): the dequantization of a 28672x8192 weight takes seconds."""
-    qw = random_weights(MPGemmSpec(1, N, K, wbits=wbits, format=format, group_size=group_size,
-                                   zero_point=zero_point, scale_dtype=scale_dtype), seed=1)
+    qw = random_weights(MPGemmSpec.of_weight(N, K, dict(wbits=wbits, format=format, group_size=group_size,
+                                                        zero_point=zero_point, scale_dtype=scale_dtype)), seed=1)
     return qw, qw.dequantize()
 
 

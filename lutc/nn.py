@@ -54,11 +54,11 @@ from . import layouts
 from .dtypes import dtype_name, torch_dtype
 from .formats import LAYOUT, PackedWeights, check_layout, quantize, repack
 from .memory import in_huge_pages
-from .spec import ACT_DTYPES, LAYOUT_VERSION, MPGemmSpec, SpecError
+from .spec import ACT_DTYPES, LAYOUT_VERSION, WEIGHT_FIELDS, MPGemmSpec, SpecError
 from . import torch_ops  # registers torch.ops.lutc.mpgemm
 
 #: Weight-format fields a checkpoint must share with the module it is loaded into.
-_FORMAT_FIELDS = ("format", "wbits", "group_size", "zero_point", "scale_dtype", "N", "K")
+_FORMAT_FIELDS = (*WEIGHT_FIELDS, "N", "K")
 #: LUT knobs: how the kernel computes, taken from the checkpoint when it has them.
 _KNOB_FIELDS = ("g", "symmetrize", "table_dtype")
 #: Buffer names of the held copies: the first serves M <= plan.split, the second the larger M.
@@ -107,9 +107,9 @@ class LUTLinear(nn.Module):
                  table_dtype: Optional[str] = None, single_layout: bool = False, device=None, dtype=None):
         super().__init__()
         # Validates every field (SpecError names the first bad one) before any buffer exists.
-        spec = MPGemmSpec(1, out_features, in_features, wbits=wbits, format=format,
-                          group_size=group_size, zero_point=zero_point, scale_dtype=scale_dtype,
-                          g=g, symmetrize=symmetrize, table_dtype=table_dtype or "float32")
+        spec = MPGemmSpec.of_weight(out_features, in_features, dict(
+            wbits=wbits, format=format, group_size=group_size, zero_point=zero_point, scale_dtype=scale_dtype),
+            g=g, symmetrize=symmetrize, table_dtype=table_dtype or "float32")
         self.in_features, self.out_features = in_features, out_features
         self.wbits, self.group_size, self.format = wbits, spec.group_size, format   # None: the format's default
         self.zero_point, self.scale_dtype = zero_point, scale_dtype
@@ -357,10 +357,9 @@ class LUTLinear(nn.Module):
                              f"lutc reads {LAYOUT!r} v{LAYOUT_VERSION}: re-quantize the float model "
                              "(lutc.quantize_model) with this lutc")
         try:   # the LUT knobs of the checkpoint must be ones this lutc builds
-            MPGemmSpec(1, self.out_features, self.in_features, wbits=self.wbits, format=self.format,
-                       group_size=self.group_size, g=state.get("g", self.g),
-                       symmetrize=state.get("symmetrize", self.symmetrize),
-                       table_dtype=state.get("table_dtype") or "float32")
+            MPGemmSpec.of_weight(self.out_features, self.in_features, self, g=state.get("g", self.g),
+                                 symmetrize=state.get("symmetrize", self.symmetrize),
+                                 table_dtype=state.get("table_dtype") or "float32")
         except SpecError as e:
             raise ValueError(f"checkpoint's LUT knobs: {e}") from None
         mine = self.metadata()

@@ -30,6 +30,10 @@ LAYOUT_VERSION = 1
 
 
 _INT_FIELDS = ("M", "N", "K", "wbits", "group_size", "g")
+#: What describes a packed weight besides its shape ``N x K``: the fields a ``PackedWeights``, a
+#: weight file's header, a ``LUTLinear`` and a Hugging Face config hold, and that a kernel must be
+#: built for. :meth:`MPGemmSpec.of_weight` turns them into a workload.
+WEIGHT_FIELDS = ("wbits", "format", "group_size", "zero_point", "scale_dtype")
 
 
 class SpecError(ValueError):
@@ -175,6 +179,24 @@ class MPGemmSpec:
     def with_(self, **changes) -> "MPGemmSpec":
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def of_weight(cls, N: int, K: int, weight, M: int = 1, **knobs) -> "MPGemmSpec":
+        """The workload of an ``N x K`` packed weight described by ``weight`` (an object with the
+        :data:`WEIGHT_FIELDS` as attributes, or a mapping of them; a field a mapping leaves out
+        takes its default) for ``M`` rows of x and the other fields in ``knobs`` (``act_dtype``,
+        ``g``, ``symmetrize``, ``table_dtype``): the one translation from a weight's
+        description to a spec. Raises :class:`SpecError` naming the field lutc cannot build.
+
+        Example:
+            >>> MPGemmSpec.of_weight(4096, 11008, {"wbits": 4, "zero_point": True}, M=16).groups
+            86
+        """
+        if isinstance(weight, dict):
+            fields = {f: weight[f] for f in WEIGHT_FIELDS if f in weight}
+        else:
+            fields = {f: getattr(weight, f) for f in WEIGHT_FIELDS}
+        return cls(M, N, K, **fields, **knobs)
 
 
 def validate(spec: MPGemmSpec) -> None:

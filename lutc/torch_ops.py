@@ -11,7 +11,8 @@ read ``layout``* (tuned records apply), so weights packed in a kernel's layout
 kernels (``perm``: the column order of an act-order weight, applied to ``x``'s features). No
 kernel is swapped silently: a layout no kernel of this device reads for the spec
 raises, naming the layout. ``table_dtype=None`` is the device's default
-(:func:`lutc.build.default_table_dtype`: int8 on SIMD CPUs, float32 on CUDA).
+(:func:`lutc.build.spec_for`, as ``lutc.compile`` resolves it: int8 on SIMD CPUs, float32 on
+CUDA).
 
 It is a ``torch.library.custom_op``, so it runs in eager mode, traces as one node under
 ``torch.compile(fullgraph=True)`` (its ``register_fake`` gives the output shape and dtype,
@@ -79,7 +80,7 @@ import torch
 import schedules
 
 from . import layouts
-from .build import build, choose, default_table_dtype
+from .build import build, choose, spec_for
 from .dtypes import TORCH_DTYPES, dtype_name
 from .formats import LAYOUT, PackedWeights
 from .runtime import ALIGN, Kernel, check_contiguous, check_tensor
@@ -364,15 +365,14 @@ def weight_spec(N: int, K: int, wbits: int, format: str, group_size: int, zero_p
                 act_dtype: str, scale_dtype: str, g: int, symmetrize: bool, table_dtype: Optional[str],
                 device_type: str) -> MPGemmSpec:
     """The ``M = 1`` spec of a packed weight and the LUT knobs (the op's arguments), with a None
-    ``table_dtype`` resolved for ``device_type`` (:func:`lutc.build.default_table_dtype`).
-    Validation raises :class:`lutc.SpecError` naming the field; cached, so a call costs a lookup."""
-    fields = dict(wbits=wbits, format=format, group_size=group_size, zero_point=zero_point,
-                  act_dtype=act_dtype, scale_dtype=scale_dtype, g=g, symmetrize=symmetrize)
-    if table_dtype is None:
-        probe = MPGemmSpec(1, N, K, **fields)
-        table_dtype = ("float32" if device_type == "meta" else
-                       default_table_dtype(probe, _CACHE.target(device_type)))
-    return MPGemmSpec(1, N, K, table_dtype=table_dtype, **fields)
+    ``table_dtype`` resolved for ``device_type`` (:func:`lutc.build.spec_for`, the rule
+    ``lutc.compile`` follows; float32 for shapes only, on "meta"). Validation raises
+    :class:`lutc.SpecError` naming the field; cached, so a call costs a lookup."""
+    weight = dict(wbits=wbits, format=format, group_size=group_size, zero_point=zero_point, scale_dtype=scale_dtype)
+    knobs = dict(act_dtype=act_dtype, g=g, symmetrize=symmetrize)
+    if table_dtype is None and device_type != "meta":
+        return spec_for((1, N, K), _CACHE.target(device_type), **weight, **knobs)
+    return MPGemmSpec.of_weight(N, K, weight, table_dtype=table_dtype or "float32", **knobs)
 
 
 @functools.lru_cache(maxsize=4096)

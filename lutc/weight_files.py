@@ -203,9 +203,9 @@ def _header_weight(path, h: dict) -> tuple:
     if h["scale_bits"] not in _SCALE_DTYPES:
         raise bad("scale_bits", f"scales are {' or '.join(map(str, sorted(_SCALE_DTYPES)))}-bit floats")
     try:
-        spec = MPGemmSpec(1, h["N"], h["K"], wbits=h["wbits"], format=FORMATS[h["format"]],
-                          group_size=h["group_size"], zero_point=bool(h["zero_point"]),
-                          scale_dtype=_SCALE_DTYPES[h["scale_bits"]])
+        spec = MPGemmSpec.of_weight(h["N"], h["K"], dict(
+            wbits=h["wbits"], format=FORMATS[h["format"]], group_size=h["group_size"],
+            zero_point=bool(h["zero_point"]), scale_dtype=_SCALE_DTYPES[h["scale_bits"]]))
         layout.check(spec)
     except SpecError as e:
         raise ValueError(f"{path}: the fields N, K, wbits, format, group_size, zero_point describe "

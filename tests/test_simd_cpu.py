@@ -12,8 +12,8 @@ from tvm.target import codegen
 
 import lutc
 from lutc.target import resolve
-from lutc.testing import (FORMATS, GROUP_SIZES, INT8_TOLERANCE, ROUNDING_SLACK, int8_activation_bound, int8_table_bound,
-                          random_case, reference, rel_error)
+from lutc.testing import (FORMATS, GROUP_SIZES, ROUNDING_SLACK, int8_activation_bound, int8_table_bound, random_case,
+                          reference, rel_error, tolerance)
 
 HOST = resolve("host")
 WIDTHS = [32] + ([64] if codegen.llvm_cpu_has_features(["avx512bw"], HOST) else [])
@@ -30,7 +30,7 @@ def check_simd(spec, kernel, seed=0):
     slack = ROUNDING_SLACK[spec.act_dtype]
     assert torch.isfinite(out).all()
     assert ((out.double() - ref).abs() <= bound + slack * ref.abs().max()).all()
-    assert rel_error(out, ref) < INT8_TOLERANCE
+    assert rel_error(out, ref) < tolerance(spec)
     model = lutc.build(spec, schedule="cpu_generic")(x, qw)
     assert rel_error(out, model.double()) < 3 * slack
 
@@ -121,7 +121,7 @@ def check_dot(spec, kernel, seed=0):
     bound = int8_activation_bound(spec, x, qw)
     assert torch.isfinite(out).all()
     assert ((out.double() - ref).abs() <= bound + slack * ref.abs().max()).all()
-    assert rel_error(out, ref) < INT8_TOLERANCE
+    assert rel_error(out, ref) < tolerance(spec)
 
 
 @pytest.mark.skipif(not HAS_VNNI, reason="host has no AVX-512 VNNI")
