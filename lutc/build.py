@@ -292,7 +292,8 @@ def scheduled(spec: MPGemmSpec, tgt, module: ModuleType, knobs: dict, symbol: st
     another name or for another target)."""
     with _SCRIPT_LOCK:       # templates parse TVMScript too
         if contract.is_template(module):      # writes its own kernel: no front-end function to build
-            return module.schedule(None, spec, tgt, **knobs).mod
+            mod = module.schedule(None, spec, tgt, **knobs).mod
+            return mod if symbol == "main" else tvm.IRModule({"main": mod["main"].with_attr("global_symbol", symbol)})
         func = lut_mpgemm(spec)
         if symbol != "main":
             func = func.with_attr("global_symbol", symbol)

@@ -165,17 +165,25 @@ def test_so_loaded_next_to_tvm(exported):
 
 
 @needs_gcc
-def test_kernels_with_own_symbols_link_into_one_program(tmp_path):
-    spec = lutc.MPGemmSpec(2, 64, 256, wbits=2, group_size=64)
+@pytest.mark.parametrize("table_dtype", ["float32", "int8"])
+def test_kernels_with_own_symbols_link_into_one_program(tmp_path, table_dtype):
+    """Two kernels renamed by ``symbol=`` link into one program: the generic schedule (float
+    tables) and this CPU's default kernel (int8: a template that writes its own function)."""
+    spec = lutc.MPGemmSpec(2, 64, 256, wbits=2, group_size=64, table_dtype=table_dtype)
     other = spec.with_(wbits=4, zero_point=True)
+    kinds = ("o", "c")
     for s, name in ((spec, "ka"), (other, "kb")):
-        lutc.export(lutc.build(s), tmp_path, name=name, symbol=f"lutc_{name}")
+        kernel = lutc.build(s)
+        if kernel.schedule != "cpu_generic":
+            kinds = ("o",)                     # SIMD intrinsics: no C source (see the test below)
+        lutc.export(kernel, tmp_path, name=name, symbol=f"lutc_{name}", emit=list(kinds))
+        assert f" T __tvm_ffi_lutc_{name}\n" in _run(["nm", "-g", tmp_path / f"{name}.o"]).stdout
     host = tmp_path / "two.c"
     host.write_text('#include "ka.h"\n#include "kb.h"\n#include <stdio.h>\n'
                     "int main(void) { /* both entry points resolve; the calls fail their checks */\n"
                     "  printf(\"%d %d\\n\", ka_run(0, 0, 0, 0, 0), kb_run(0, 0, 0, 0, 0)); return 0; }\n")
     flags = ["-O1", "-I", tmp_path, "-I", tmp_path / "include", "-DLUTC_STANDALONE", "-pthread"]
-    for kind in ("o", "c"):
+    for kind in kinds:
         objs = [tmp_path / f"ka.{kind}", tmp_path / f"kb.{kind}", tmp_path / "lutc_backend.c"]
         build = _run(["gcc", *flags, host, *objs, "-lm", "-o", tmp_path / f"two_{kind}"])
         assert build.returncode == 0, build.stderr
