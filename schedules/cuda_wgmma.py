@@ -119,15 +119,20 @@ from lutc.layouts import tc16_vectors
 from . import stream_k
 from .common import cuda_arch, drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
-from .cuda_ptx import (cp16, cp_commit, cp_mbar_arrive, cp_wait, groups_per_unit, lds128, lds_scale_h2, mbar_arrive,
-                       mbar_init, mbar_wait, proxy_fence_async, setmaxnreg, wgmma_commit, wgmma_fence,
+from .cuda_ptx import (cp16, cp_commit, cp_mbar_arrive, cp_wait, groups_per_unit, lds128, lds_scale_f32, lds_scale_h2,
+                       mbar_arrive, mbar_init, mbar_wait, proxy_fence_async, setmaxnreg, wgmma_commit, wgmma_fence,
                        reads_tc16, tc16_fragment, wgmma_fence_acc, wgmma_m64k16, wgmma_wait)
 from .cuda_stream import scale_size
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
 KNOBS = {"wg": (1, 2, 3, 4), "wn": (1, 2), "bm": (64, 128, 256), "stages": (3, 4), "ws": (False, True, 2),
-         "splits": (1, 2, 4), "streamk": (0, 78, 114, 132)}
+         "splits": (1, 2, 4), "streamk": (0, 78, 114, 132), "late_scale": (0, 1)}
+#: Knobs added after tuning logs were written, at the value their kernels had (``late_scale``: the
+#: scales multiplied the dequantized weights).
+ADDED_KNOBS = {"late_scale": 0}
+#: Most tokens of a block with a late scale: each unit's sums need as many accumulators again.
+LATE_MAX_TOKENS = 64
 #: Stream-K grids (knob ``streamk``, :mod:`schedules.stream_k`): one block per SM of the Hopper
 #: parts, H20 (78 SMs), H100 PCIe (114), H100 SXM, H200 and GH200 (132); 0 is a block per tile.
 SMS = 132
@@ -274,7 +279,15 @@ def default_knobs(spec) -> dict:
     wg, wn, bm, ws = STREAMK_TILE if streamk else chosen[:4]
     return {"wg": wg, "wn": wn, "bm": bm, "stages": 4 if fits(spec, wg, wn, bm, 4, ws=ws) else 3, "ws": ws,
             "splits": default_splits(spec, blocks(spec, wg, wn, bm)) if chosen == TILES[-1] and not streamk else 1,
-            "streamk": streamk}
+            "streamk": streamk, "late_scale": 0}
+
+
+def can_scale_late(spec, wn: int, bm: int, wg: int, ws) -> bool:
+    """Whether the ``late_scale`` knob can be 1 (:func:`wgmma_kernel`): one scale group per K unit
+    (groups of 128 weights or more), the format's constant zero (no zero points), at most
+    :data:`LATE_MAX_TOKENS` tokens, and room for the unit's accumulators beside the others."""
+    return (groups_per_unit(spec) == 1 and not spec.zero_point and tokens(spec, bm) <= LATE_MAX_TOKENS
+            and registers(spec, wn, bm) + wn * tokens(spec, bm) // 2 <= register_limit(wg, ws))
 
 
 def default_streamk(spec, tile) -> int:
@@ -328,6 +341,9 @@ def resolve_knobs(spec, **given) -> dict:
     if knobs["streamk"] and knobs["splits"] > 1:
         raise ValueError(f"cuda_wgmma knobs splits={knobs['splits']} and streamk={knobs['streamk']} both "
                          "divide K among blocks: use one")
+    if knobs["late_scale"] and not can_scale_late(spec, knobs["wn"], knobs["bm"], knobs["wg"], knobs["ws"]):
+        raise ValueError(f"cuda_wgmma knob late_scale=1 needs groups of 128 weights or more, no zero points "
+                         f"and at most {LATE_MAX_TOKENS} tokens per block with registers to spare (knobs {knobs})")
     if knobs["streamk"] > iterations(spec, knobs["wg"], knobs["wn"], knobs["bm"]):
         raise ValueError(f"cuda_wgmma knob streamk={knobs['streamk']} asks for more blocks than the "
                          f"{iterations(spec, knobs['wg'], knobs['wn'], knobs['bm'])} tile units of the product")
@@ -366,9 +382,10 @@ def smem_bytes(spec, wg: int, wn: int, bm: int, stages: int) -> int:
 
 
 def schedule(func, spec, target, wg=None, wn=None, bm=None, stages=None, ws=None,
-             splits=None, streamk=None) -> s_tir.Schedule:
+             splits=None, streamk=None, late_scale=None) -> s_tir.Schedule:
     """The dequantize-to-registers + wgmma kernel for ``spec`` (``func`` is its reference semantics)."""
-    knobs = resolve_knobs(spec, wg=wg, wn=wn, bm=bm, stages=stages, ws=ws, splits=splits, streamk=streamk)
+    knobs = resolve_knobs(spec, wg=wg, wn=wn, bm=bm, stages=stages, ws=ws, splits=splits, streamk=streamk,
+                          late_scale=late_scale)
     return s_tir.Schedule(IRModule({"main": wgmma_kernel(spec, **knobs)}))
 
 
@@ -385,9 +402,15 @@ def x_step(bm: int, s: int) -> int:
     return (s // 4) * bm * 128 + (s % 4) * 32
 
 
-def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: int = 1, streamk: int = 0):
+def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: int = 1, streamk: int = 0,
+                 late_scale: int = 0):
     """The PrimFunc (module docstring). Arguments: ``x [M, K]`` fp16 or bf16, ``planes`` (``tc16``),
-    ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``."""
+    ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``.
+
+    ``late_scale`` (as ``cuda_stream``'s): a unit's weights are dequantized to the exact ``q - c``
+    (two instructions per pair, not three), its wgmma add into the unit's own accumulators
+    ``gacc``, and once they are done (the unit's ``wgmma.wait_group``) these are scaled into the
+    others by the unit's scales, kept as fp32 per A buffer."""
     M, N, K = spec.M, spec.N, spec.K
     P, BM, TW = stages, tokens(spec, bm), wn
     BN = 64 * wn * wg                         # weight rows per block
@@ -420,6 +443,7 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
     ACC = BM // 2                             # fp32 accumulators per thread and tile (m64 x BM / 128)
     REGS_MOVED = moves_registers(spec, wg, wn, bm, ws)
     COPYING = bool(ws)                        # ws copying warpgroups (TIR's if needs a bool)
+    LATE = bool(late_scale)
 
     def row16(warp, t):
         """The block's 16-row tile of warp ``warp``'s tile ``t``: warpgroup, tile, warp in it."""
@@ -467,9 +491,10 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
                     T.evaluate(cp16(st + T.Cast("uint32", OFF_Z + copy * 16), T.address_of(zeros[tile, group, row])))
 
     @T.macro
-    def dequantize(st, buf, areg, wreg, sreg, zreg, warp, g4, lane):
+    def dequantize(st, buf, areg, wreg, sreg, zreg, sf, warp, g4, lane):
         """This lane's A fragments of the unit in the stage at ``st``, into A buffer ``buf``:
-        register ``t8 + 2 h`` of k16 step ``s`` is rows ``g4 + 8 t8`` at k ``16 s + 8 h + 2 c4``."""
+        register ``t8 + 2 h`` of k16 step ``s`` is rows ``g4 + 8 t8`` at k ``16 s + 8 h + 2 c4``
+        (with a late scale ``q - c``, and the rows' scales into ``sf[buf]``)."""
         for t in T.unroll(TW):
             for j4 in T.unroll(J4):
                 T.evaluate(lds128(st + T.Cast("uint32", OFF_W + (((warp * TW + t) * J4 + j4) * 32 + lane) * 16),
@@ -478,17 +503,22 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
                 for ng in T.unroll(NG):
                     # coefficient of row t8 * 8 + g4 in the unit's group ng
                     coef = T.meta_var((((warp * TW + t) * NG + ng) * 16 + t8 * 8 + g4) * ssz)
-                    sreg[t, t8, ng] = lds_scale_h2(st + T.Cast("uint32", OFF_S + coef), sdt, adt)
+                    if LATE:    # (one group per unit)
+                        sf[buf, t, t8] = lds_scale_f32(st + T.Cast("uint32", OFF_S + coef), sdt)
+                    else:
+                        sreg[t, t8, ng] = lds_scale_h2(st + T.Cast("uint32", OFF_S + coef), sdt, adt)
                     if zp:
                         zreg[t, t8, ng] = lds_scale_h2(st + T.Cast("uint32", OFF_Z + coef), sdt, adt)
             for s in T.unroll(8):
                 for t8 in T.unroll(2):
                     for h in T.unroll(2):
-                        areg[buf, t, s, t8 + 2 * h] = tc16_fragment(spec, wreg, sreg, zreg, (), t, s, t8, h)
+                        areg[buf, t, s, t8 + 2 * h] = tc16_fragment(spec, wreg, None if LATE else sreg, zreg, (), t,
+                                                                    s, t8, h)
 
     @T.macro
     def multiply(i, ab, areg, acc, stage):
-        """Issue unit ``i``'s wgmma (A buffer ``ab``, x in its stage) as one group."""
+        """Issue unit ``i``'s wgmma (A buffer ``ab``, x in its stage) as one group, adding into
+        ``acc`` (with a late scale: the unit's own accumulators)."""
         T.evaluate(wgmma_fence())
         for t in T.unroll(TW):
             for s in T.unroll(8):
@@ -496,6 +526,19 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
                     T.address_of(acc[t * ACC]), BM, 128, areg[ab, t, s, 0], areg[ab, t, s, 1],
                     areg[ab, t, s, 2], areg[ab, t, s, 3], stage(i) + T.Cast("uint32", x_step(BM, s)), adt))
         T.evaluate(wgmma_commit())
+
+    @T.macro
+    def scale_unit(ab, acc, gacc, sf):
+        """Late scale, once a unit's wgmma are done: its sums ``gacc`` times its rows' scales
+        ``sf[ab]`` (accumulator ``j8 4 + q`` is row ``g4 + 8 (q // 2)``) into ``acc``, and
+        ``gacc`` zeroed for the next unit."""
+        for t in T.unroll(TW):
+            T.evaluate(wgmma_fence_acc(T.address_of(gacc[t * ACC]), BM))
+        for t in T.unroll(TW):
+            for j8 in T.unroll(BM // 8):
+                for q in T.unroll(4):
+                    acc[t * ACC + j8 * 4 + q] = acc[t * ACC + j8 * 4 + q] + gacc[t * ACC + j8 * 4 + q] * sf[ab, t, q // 2]
+                    gacc[t * ACC + j8 * 4 + q] = T.float32(0)
 
     @T.macro
     def store(acc, warp, g4, c4, bm_, bn_, sk, out, psum, whole, slot):
@@ -554,7 +597,7 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
                 T.evaluate(cp_commit())                # empty groups keep the count uniform
 
     @T.macro
-    def compute(x, planes, scales, zeros, out, psum, sk, tx, areg, wreg, sreg, zreg, acc, stage, full,
+    def compute(x, planes, scales, zeros, out, psum, sk, tx, areg, wreg, sreg, zreg, acc, gacc, sf, stage, full,
                 empty, count, unit, tm, tn):
         """A computing warp's K loop (module docstring) and its epilogue; with stream-K the
         epilogue of each tile where its units end, the accumulators zeroed for the next."""
@@ -563,16 +606,18 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
         g4 = T.meta_var(lane // 4)                     # fragment row (and row + 8)
         c4 = T.meta_var(lane % 4)                      # fragment column pair
         receive(0, True, tx, count, tm, tn, x, planes, scales, zeros, stage, full, unit)
-        dequantize(stage(0), 0, areg, wreg, sreg, zreg, warp, g4, lane)
+        dequantize(stage(0), 0, areg, wreg, sreg, zreg, sf, warp, g4, lane)
         for i2 in range((count + 1) // 2):
             for ab in T.unroll(2):                    # A buffer ab holds unit i = 2 i2 + ab
                 if 2 * i2 + ab < count:
-                    multiply(2 * i2 + ab, ab, areg, acc, stage)
+                    multiply(2 * i2 + ab, ab, areg, gacc if LATE else acc, stage)
                     if 2 * i2 + ab + 1 < count:
                         receive(2 * i2 + ab + 1, False, tx, count, tm, tn, x, planes, scales, zeros, stage, full,
                                 unit)
-                        dequantize(stage(2 * i2 + ab + 1), 1 - ab, areg, wreg, sreg, zreg, warp, g4, lane)
+                        dequantize(stage(2 * i2 + ab + 1), 1 - ab, areg, wreg, sreg, zreg, sf, warp, g4, lane)
                     T.evaluate(wgmma_wait(0))          # unit i done: its A buffer free
+                    if LATE:
+                        scale_unit(ab, acc, gacc, sf)
                     if COPYING:
                         T.evaluate(mbar_arrive(empty(2 * i2 + ab)))
                     if STREAMK:
@@ -597,6 +642,8 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
             zreg = T.alloc_buffer((TW, 2, NG), "uint32", scope="local")
             areg = T.alloc_buffer((2, TW, 8, 4), "uint32", scope="local")
             acc = T.alloc_buffer((TW * ACC,), "float32", scope="local")
+            gacc = T.alloc_buffer((TW * ACC if LATE else 1,), "float32", scope="local")   # a unit's sums
+            sf = T.alloc_buffer((2, TW, 2), "float32", scope="local")       # their rows' scales, per A buffer
             base = T.alloc_buffer((1,), "uint32", scope="local")
             # base: the first 1024-byte boundary in the buffer
             base[0] = T.bitwise_and(T.cuda.cvta_generic_to_shared(T.address_of(smem[0])) + T.uint32(ALIGN - 1),
@@ -609,6 +656,8 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
             empty = T.meta_var(lambda u: base[0] + T.Cast("uint32", P * STAGE + (P + u % P) * 8))
             for q in T.unroll(TW * ACC):
                 acc[q] = T.float32(0)
+                if LATE:
+                    gacc[q] = T.float32(0)
             if COPYING:
                 # the copying warpgroups copy, the others wait on mbarriers: "full" (the
                 # copier threads' cp.async landed) and "empty" (every computing thread
@@ -629,14 +678,14 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
                 else:
                     if REGS_MOVED:
                         T.evaluate(setmaxnreg(True, computing_registers(wg, ws)))
-                    compute(x, planes, scales, zeros, out, psum, sk, tx, areg, wreg, sreg, zreg, acc, stage,
-                            full, empty, count, unit, tm, tn)
+                    compute(x, planes, scales, zeros, out, psum, sk, tx, areg, wreg, sreg, zreg, acc, gacc, sf,
+                            stage, full, empty, count, unit, tm, tn)
             else:
                 for j in range(P - 1):            # prologue: units 0 .. P-2 in flight
                     if j < count:
                         copy_unit(unit(j), stage(j), tx, tm(j), tn(j), x, planes, scales, zeros)
                     T.evaluate(cp_commit())
-                compute(x, planes, scales, zeros, out, psum, sk, tx, areg, wreg, sreg, zreg, acc, stage,
+                compute(x, planes, scales, zeros, out, psum, sk, tx, areg, wreg, sreg, zreg, acc, gacc, sf, stage,
                         full, empty, count, unit, tm, tn)
 
     @T.macro

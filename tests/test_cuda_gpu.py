@@ -160,6 +160,14 @@ WGMMA_CASES = [
      dict(wg=1, bm=64, splits=2)),
     (lutc.MPGemmSpec(130, 200, 14336, wbits=4, group_size=-1, act_dtype="float16"), dict(splits=4)),
     (lutc.MPGemmSpec(33, 1000, 1536, wbits=4, group_size=32, act_dtype="bfloat16"), dict(ws=False, splits=2)),
+    # late scale (each unit's fp32 sums scaled once its wgmma are done): the default tile, split-K,
+    # both copy modes, bf16, fp32 scales, a row's one scale (ternary, group -1), W3, tokens past M
+    (lutc.MPGemmSpec(16, 1000, 11008, wbits=2, group_size=128, act_dtype="float16"), dict(late_scale=1)),
+    (lutc.MPGemmSpec(5, 1000, 1536, wbits=4, group_size=-1, act_dtype="bfloat16"),
+     dict(wg=1, bm=64, ws=False, late_scale=1)),
+    (lutc.MPGemmSpec(33, 1000, 14336, format="ternary", act_dtype="float16"), dict(wg=2, wn=1, bm=64, late_scale=1)),
+    (lutc.MPGemmSpec(64, 1000, 11008, wbits=3, group_size=128, act_dtype="float16", scale_dtype="float32"),
+     dict(wg=1, wn=1, bm=64, splits=2, late_scale=1)),
 ]
 
 #: Stream-K (schedules.stream_k): grids of 78, 114 and 132 blocks cutting tiles along K, both copy
@@ -173,6 +181,8 @@ STREAM_K_CASES = [
     (lutc.MPGemmSpec(2048, 1000, 1536, wbits=4, group_size=64, zero_point=True, act_dtype="float16"),
      dict(wg=2, bm=256, ws=True, streamk=132)),
     (lutc.MPGemmSpec(16, 1000, 11008, wbits=2, group_size=-1, act_dtype="float16"), dict(wg=1, bm=64, streamk=132)),
+    (lutc.MPGemmSpec(40, 1000, 11008, wbits=4, group_size=128, act_dtype="float16"),
+     dict(wg=1, bm=64, streamk=78, late_scale=1)),
 ]
 
 

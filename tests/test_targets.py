@@ -116,6 +116,22 @@ def test_stream_late_scale_leaves_the_weights_unscaled():
 
 
 @needs_nvcc
+def test_wgmma_late_scale_leaves_the_weights_unscaled():
+    """``cuda_wgmma``'s late scale: ``q - c`` into the A fragments (no fp16 multiply by the scale),
+    each unit's sums scaled in fp32; refused where a unit holds several scale groups, with zero
+    points, or past 64 tokens per block."""
+    spec = lutc.MPGemmSpec(16, 1000, 1536, wbits=2, group_size=128, act_dtype="float16")
+    ptx = {late: lutc.cuda_binary(lutc.build(spec, target="cuda:sm_90a", schedule="cuda_wgmma",
+                                             knobs={"late_scale": late}), fmt="ptx").decode() for late in (0, 1)}
+    assert ptx[0].count("mul.f16x2") == ptx[0].count("fma.rn.f16x2") > 0
+    assert "mul.f16x2" not in ptx[1] and ptx[1].count("fma.rn.f16x2") == ptx[0].count("fma.rn.f16x2")
+    assert re.search(r"fma\.rn(\.ftz)?\.f32", ptx[1]) and "wgmma.mma_async" in ptx[1]
+    for bad in (spec.with_(group_size=64), spec.with_(zero_point=True), spec.with_(M=128)):
+        with pytest.raises(ValueError, match="late_scale"):
+            schedules.cuda_wgmma.resolve_knobs(bad, late_scale=1, bm=128 if bad.M == 128 else None)
+
+
+@needs_nvcc
 @pytest.mark.parametrize("ws", [True, False])
 def test_wgmma_both_copy_modes_compile(ws):
     """cuda_wgmma with the copying warpgroup (mbarriers) and without (block barriers): the
