@@ -102,14 +102,17 @@ def default_knobs(spec) -> dict:
     2 tiles each and 3 stages past N = 4096 (28672 x 8192 M = 8: 43.1 us W2, 47.6 W4, against
     46.1 and 52.3 with 1 tile; 8192 x 28672 with the late scale: 38.7 and 41.7 against 42.6 and
     46.1, ``cuda_late_scale_h200.md``) and 1 tile, 4 stages up to it (4096 x 4096: 7.3 against
-    9.1 us); 2 x 2 tiles and 3 stages beyond. Where a choice does not fit in shared memory,
+    9.1 us); past N = 16384 K split in 2 with 4 stages (28672 x 8192 M = 8: 35.0 / 44.4 us W2 /
+    W4 against 35.5 / 46.5, same run); 2 x 2 tiles and 3 stages beyond. Where a choice does not fit in shared memory,
     stages, then warps, then tiles step down (:func:`resolve_knobs`)."""
     late = {"late_scale": int(can_scale_late(spec))}
     if spec.M == 1 and tc16_code_bits(spec) == 4:    # a step of 4-bit slots: 6 deep
         return {"warps": 4, "wn": 1, "nw": 2, "stages": 6, **late}
     if spec.M <= 4:
         return {"warps": 4, "wn": 1, "nw": 2, "stages": 4, **late}
-    if spec.M <= 8:     # wide N: 2 tiles per warp; narrow N: 1, for enough blocks
+    if spec.M <= 8:     # wide N: 2 tiles per warp (very wide: K split in 2, 4 stages); narrow N: 1
+        if spec.N > 16384:
+            return {"warps": 2, "wn": 2, "nw": 2, "stages": 4, **late}
         wide = spec.N > 4096
         return {"warps": 4, "wn": 2, "nw": 2 if wide else 1, "stages": 3 if wide else 4, **late}
     return {"warps": 4, "wn": 2, "nw": 2, "stages": 3, **late}

@@ -133,6 +133,11 @@ KNOBS = {"wg": (1, 2, 3, 4), "wn": (1, 2), "bm": (64, 128, 256), "stages": (3, 4
 ADDED_KNOBS = {"late_scale": 0}
 #: Most tokens of a block with a late scale: each unit's sums need as many accumulators again.
 LATE_MAX_TOKENS = 64
+#: The late scale is the default up to this M (H200, ``benchmarks/results/cuda_wgmma_late_scale_h200.log``:
+#: 28672 x 8192 W2 at M = 16 36.8 us against 40.4, W4 41.6 against 43.3; 4096 x 4096 7.0 against
+#: 7.3; at M = 32 1.00-0.98x; at M = 64 slower, 11.2 against 9.5 on 4096 x 4096: past the weights'
+#: bound the extra FMAs and the unit's wait cost more than the multiplies saved).
+LATE_MAX_M = 32
 #: Stream-K grids (knob ``streamk``, :mod:`schedules.stream_k`): one block per SM of the Hopper
 #: parts, H20 (78 SMs), H100 PCIe (114), H100 SXM, H200 and GH200 (132); 0 is a block per tile.
 SMS = 132
@@ -279,7 +284,12 @@ def default_knobs(spec) -> dict:
     wg, wn, bm, ws = STREAMK_TILE if streamk else chosen[:4]
     return {"wg": wg, "wn": wn, "bm": bm, "stages": 4 if fits(spec, wg, wn, bm, 4, ws=ws) else 3, "ws": ws,
             "splits": default_splits(spec, blocks(spec, wg, wn, bm)) if chosen == TILES[-1] and not streamk else 1,
-            "streamk": streamk, "late_scale": 0}
+            "streamk": streamk, "late_scale": default_late_scale(spec, wn, bm, wg, ws)}
+
+
+def default_late_scale(spec, wn: int, bm: int, wg: int, ws) -> int:
+    """1 up to :data:`LATE_MAX_M` where the tile can scale late (:func:`can_scale_late`), else 0."""
+    return int(spec.M <= LATE_MAX_M and can_scale_late(spec, wn, bm, wg, ws))
 
 
 def can_scale_late(spec, wn: int, bm: int, wg: int, ws) -> bool:
@@ -332,6 +342,8 @@ def resolve_knobs(spec, **given) -> dict:
         knobs["ws"] = False            # a tile asked for without ws that the copying warpgroup would not fit
     if given.get("stages") is None and not fits(spec, knobs["wg"], knobs["wn"], knobs["bm"], knobs["stages"]):
         knobs["stages"] = 3
+    if given.get("late_scale") is None:    # the default for the tile given, not the default tile's
+        knobs["late_scale"] = default_late_scale(spec, knobs["wn"], knobs["bm"], knobs["wg"], knobs["ws"])
     regs, limit = registers(spec, knobs["wn"], knobs["bm"]), register_limit(knobs["wg"], knobs["ws"])
     if regs > limit or not wgmma_fits(spec, knobs["wg"], knobs["bm"], knobs["ws"]):
         raise ValueError(f"cuda_wgmma knobs {knobs} need {regs} registers per thread for accumulators "
