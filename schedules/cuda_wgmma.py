@@ -100,7 +100,9 @@ on the large shapes; from M = 9 (``benchmarks/results/cuda_small_m_h200.md``) 28
 M = 16 40.8 against Humming's 49.5; with the tuned 256-row tiles (``tuning_logs/cuda.jsonl``)
 8192 x 28672 at M = 16 37.9 / 40.0 us (W2 / W4) against Humming's 48.9 / 50.4, in turns. (Those
 tables timed lutc first; see ``lutc.measure.interleaved_graph_us`` for why that favoured lutc by
-up to 5-10% at M >= 96.) Next steps: fewer instructions per dequantized pair.
+up to 5-10% at M >= 96.) Fewer instructions per dequantized pair: the knob ``late_scale``
+(:func:`wgmma_kernel`), the default up to M = 32 (28672 x 8192 W2 at M = 16: 36.8 us against
+40.4, ``benchmarks/results/cuda_late_scale_h200.md``).
 
 Limits (``supports``): sm_90a, fp16 or bf16 activations (the weights are dequantized to the
 activations' type; bf16 rounds the scale to bf16 first), the formats ``tc16`` holds (uniform
