@@ -71,7 +71,7 @@ def lutc_modules(spec):
     tgt = lutc.target.resolve("cuda:sm_90a")
     out = []
     for name in LUTC_SCHEDULES:
-        module = getattr(schedules, name, None)
+        module = schedules.named(name)
         if name == "default" or (module is not None and module.supports(spec, tgt)):
             out.append((name, module))
     return out
@@ -370,7 +370,7 @@ def candidates(sname: str, M: int) -> list:
             (4, 2, 1, 2), (4, 1, 1, 2), (8, 1, 1, 1), (4, 2, 1, 1), (4, 1, 2, 1), (2, 4, 1, 2),
             (2, 4, 1, 1), (2, 2, 2, 1), (1, 4, 1, 2), (2, 2, 1, 1))]
     spec = lutc.MPGemmSpec(M, 4096, 4096, wbits=2, group_size=GROUP, act_dtype="float16")
-    module = getattr(schedules, sname)
+    module = schedules.named(sname)
     # cuda_wgmma: a token tile past M's is the same kernel again (its worth_tuning)
     return [k for k in cands if _builds(module, spec, k)
             and (sname != "cuda_wgmma" or schedules.contract.worth_tuning(module, spec, None, **k))]
@@ -379,7 +379,7 @@ def candidates(sname: str, M: int) -> list:
 def _builds(module, spec, knobs: dict) -> bool:
     """Whether the schedule accepts these knobs for ``spec`` (e.g. its shared memory fits)."""
     try:
-        module.resolve_knobs(spec, **knobs)
+        contract.resolve_knobs(module, spec, **knobs)
         return True
     except ValueError:
         return False
@@ -400,7 +400,7 @@ def sweep(args) -> dict:
             for wbits in WBITS:
                 spec = lutc_specs(N, K, M, wbits)
                 copies = copies_for(weight_bytes(N, K, wbits), l2)
-                layout = getattr(schedules, sname).layout(spec, None)
+                layout = schedules.named(sname).layout(spec, None)
                 qws = [random_packed(layout, N, K, wbits, gen) for _ in range(copies)]
                 x = torch.randn(M, K, device="cuda", generator=gen).half()
                 ref = x.float() @ dequant_packed(qws[0]).T
@@ -509,7 +509,7 @@ def precompile(args) -> None:
                 for wbits in WBITS:
                     spec = lutc_specs(N, K, M, wbits)
                     for knobs in candidates(args.sweep, M):
-                        if _builds(getattr(schedules, args.sweep), spec, knobs):
+                        if _builds(schedules.named(args.sweep), spec, knobs):
                             kernels.append(lutc.build(spec, target="cuda:sm_90a", schedule=args.sweep,
                                                       knobs=knobs))
     from concurrent.futures import ThreadPoolExecutor

@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_cuda as B  # noqa: E402
 import lutc  # noqa: E402
 import schedules  # noqa: E402
+from schedules import contract  # noqa: E402
 from lutc.build import choose  # noqa: E402
 from lutc.measure import interleaved_graph_us  # noqa: E402
 from lutc.testing import random_weights, tolerance  # noqa: E402
@@ -62,13 +63,13 @@ def kernels(shapes, ms, wbits, target, wgmma_knobs=(), stream_knobs=(), fmt="uni
                     for kn in knob_sets:
                         try:
                             if module.supports(spec, lutc.target.resolve(target)):
-                                module.resolve_knobs(spec, **kn)
+                                contract.resolve_knobs(module, spec, **kn)
                                 cols[f"{sname} {json.dumps(kn)}"] = (sname, kn)
                         except ValueError:
                             pass
                 if name == "cuda_mma" and c.knobs.get("xsm") is False:
                     try:
-                        schedules.cuda_mma.resolve_knobs(spec, **{**c.knobs, "xsm": True})
+                        contract.resolve_knobs(schedules.cuda_mma, spec, **{**c.knobs, "xsm": True})
                         cols["cuda_mma xsm"] = ("cuda_mma", {**c.knobs, "xsm": True})
                     except ValueError:
                         pass

@@ -47,7 +47,7 @@ def main() -> None:
     spec = lutc_specs(N, K, M, args.wbits)
     kernel = lutc.build(spec, target="cuda", schedule=args.schedule, knobs=parse_knobs(args.knobs))
     gen = torch.Generator(device="cuda").manual_seed(1)
-    qw = random_packed(getattr(schedules, args.schedule).layout(spec, None), N, K, args.wbits, gen)
+    qw = random_packed(schedules.named(args.schedule).layout(spec, None), N, K, args.wbits, gen)
     x = torch.randn(M, K, device="cuda", generator=gen).half()
     ref = x.float() @ dequant_packed(qw).T
     y = kernel(x, qw)

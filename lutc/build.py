@@ -326,7 +326,7 @@ def cuda_binary(kernel: Kernel, arch: Optional[str] = None, fmt: str = "cubin") 
     if kernel.device != "cuda":
         raise ValueError(f"cuda_binary needs a CUDA kernel, this one targets {kernel.target.get('kind')}")
     from tvm.support import nvcc
-    arch = arch or kernel.target.get("arch", "sm_90a")
+    arch = arch or targets.facts(kernel.target).cuda_arch
     with targets.cuda_target(arch):
         return bytes(nvcc.compile_cuda(kernel.source, target_format=fmt, arch=arch, compiler="nvcc"))
 
@@ -337,7 +337,7 @@ def precompile(kernel: Kernel) -> Optional[str]:
     cache file (None when ``LUTC_CACHE=0``)."""
     if kernel.device != "cuda":
         raise ValueError("precompile needs a CUDA kernel")
-    arch = kernel.target.get("arch", "sm_90a")
+    arch = targets.facts(kernel.target).cuda_arch
     with targets.cuda_target(arch):
         return nvcc_fatbin(kernel.source, arch)[1]
 
@@ -356,7 +356,7 @@ def _install_compile_callback() -> None:
 
     def callback(code, *_):
         tgt = tvm.target.Target.current(allow_none=True)
-        return nvcc_fatbin(code, str(tgt.attrs.get("arch", "")) if tgt is not None else "")[0]
+        return nvcc_fatbin(code, targets.facts(tgt).cuda_arch if tgt is not None else "")[0]
 
     tvm_ffi.register_global_func("tvm_callback_cuda_compile", callback, override=True)
     _CALLBACK_INSTALLED = True

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 # The vocabulary only (no torch, no TVM): `lutc --help` answers at once.
-from .spec import ACT_DTYPES, ACT_GROUPS, FORMATS, SCALE_DTYPES, TABLE_DTYPES
+from .spec import ACT_DTYPES, ACT_GROUPS, BIT_WIDTHS, FORMATS, GROUP_SIZES, SCALE_DTYPES, TABLE_DTYPES
 from .model_shapes import MODELS, linear_shapes as model_linear_shapes
 
 #: Every subcommand's help shows each option's default.
@@ -26,9 +26,9 @@ HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter
 
 def add_format_args(g) -> None:
     """The weight-format, activation and target options every subcommand shares."""
-    g.add_argument("--wbits", type=int, default=2, help="bits per weight, 1-4")
-    g.add_argument("--group-size", type=int, default=None,
-                   help="32, 64, 128 or -1 for one scale per row (None: 128; -1 for ternary)")
+    g.add_argument("--wbits", type=int, default=2, choices=BIT_WIDTHS, help="bits per weight")
+    g.add_argument("--group-size", type=int, default=None, choices=GROUP_SIZES,
+                   help="weights per scale, -1 for one scale per row (default: 128; -1 for ternary)")
     g.add_argument("--format", default="uniform", choices=FORMATS, help="weight format")
     g.add_argument("--zero-point", action="store_true", help="uniform: per-group zero points")
     g.add_argument("--act-dtype", default="float32", choices=ACT_DTYPES, help="dtype of x and y")

@@ -77,6 +77,18 @@ class Kernel:
         # a weight whose tensors were swapped since is checked (and repacked) again.
         self._prepared: "weakref.WeakKeyDictionary[PackedWeights, tuple]" = weakref.WeakKeyDictionary()
 
+    @property
+    def prepared_weights(self) -> int:
+        """How many weight objects this kernel holds a checked copy of in its layout (a weight
+        passed in another layout is repacked once; the copy goes with the weight object).
+
+        Example:
+            >>> import lutc
+            >>> lutc.compile((1, 64, 256), wbits=2, group_size=64).prepared_weights
+            0
+        """
+        return len(self._prepared)
+
     def pack(self, qw: PackedWeights) -> PackedWeights:
         """``qw`` in this kernel's layout, on this kernel's device (a copy unless it already is)."""
         packed = repack(qw, self.layout)

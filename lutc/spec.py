@@ -22,6 +22,8 @@ ACT_DTYPES = ("float32", "float16", "bfloat16")
 TABLE_DTYPES = ("float32", "int8")
 SCALE_DTYPES = ("float32", "float16")
 GROUP_SIZES = (32, 64, 128, -1)
+#: Bits per weight (bit planes) lutc packs and builds.
+BIT_WIDTHS = (1, 2, 3, 4)
 ACT_GROUPS = (2, 4)
 #: Longest run of activations summed before a (float) scale is applied; see ``MPGemmSpec.block``.
 MAX_BLOCK = 128
@@ -222,7 +224,7 @@ def validate(spec: MPGemmSpec) -> None:
         if spec.group_size != -1:
             raise SpecError("ternary weights have one scale per tensor: group_size must be -1, "
                             f"got {spec.group_size}")
-    elif spec.wbits not in (1, 2, 3, 4):
+    elif spec.wbits not in BIT_WIDTHS:
         raise SpecError(f"wbits must be 1, 2, 3 or 4, got {spec.wbits!r}")
     if spec.zero_point and spec.format != "uniform":
         raise SpecError(f"zero_point applies to the uniform format only, not {spec.format!r}")

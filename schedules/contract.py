@@ -21,7 +21,8 @@ Optional, asked for through the functions below (never with ``getattr`` elsewher
   ``ValueError`` (the CUDA templates, whose defaults depend on the spec);
 * ``PASS_CONFIG`` (default None): TVM pass options its kernels need (CUDA);
 * ``ADDED_KNOBS`` (default none): knobs added after tuning logs were written, each with the value
-  their kernels had before (``dot_mac``'s ``rows``: 1, ``prefetch``: 0), so that an older record
+  their kernels had before (``dot_mac``'s ``rows``: 1, ``prefetch``: 0; the CUDA templates'
+  ``late_scale``: 0), so that an older record
   still pins every knob (:func:`pins_every_knob`) and builds the kernel it measured
   (:func:`recorded_knobs`);
 * ``TEMPLATE`` (default False): True for a module that writes its kernel itself and keeps the
@@ -112,4 +113,5 @@ def is_template(module: ModuleType) -> bool:
     return bool(getattr(module, "TEMPLATE", False))
 
 
-__all__ = ["Schedule", "REQUIRED", "check", "preferred", "worth_tuning", "pass_config", "is_template"]
+__all__ = ["Schedule", "REQUIRED", "check", "preferred", "resolve_knobs", "worth_tuning", "pins_every_knob",
+           "recorded_knobs", "pass_config", "is_template"]

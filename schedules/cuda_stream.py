@@ -321,14 +321,16 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
             for t in T.unroll(NW):
                 for t8 in T.unroll(1 if SWAP else 2):
                     for q in T.unroll(4 if HI or SWAP else 2):
-                        if SWAP:
-                            if c4 * 2 + q % 2 < M and (tile0 + t) * 16 + (q // 2) * 8 + g4 < N:
-                                out[c4 * 2 + q % 2, (tile0 + t) * 16 + (q // 2) * 8 + g4] = T.Cast(
-                                    adt, acc[t, 0, q])
-                        elif (g4 + (q // 2) * 8 < M
-                                and (tile0 + t) * 16 + t8 * 8 + c4 * 2 + q % 2 < N):
-                            out[g4 + (q // 2) * 8, (tile0 + t) * 16 + t8 * 8 + c4 * 2 + q % 2] = T.Cast(
-                                adt, acc[t, t8, q])
+                        if SWAP:   # register q: token 2 c4 + q % 2, weight row g4 + 8 (q // 2)
+                            token = T.meta_var(c4 * 2 + q % 2)
+                            n = T.meta_var((tile0 + t) * 16 + (q // 2) * 8 + g4)
+                            if token < M and n < N:
+                                out[token, n] = T.Cast(adt, acc[t, 0, q])
+                        else:      # register q: token g4 + 8 (q // 2), weight row t8 8 + 2 c4 + q % 2
+                            token = T.meta_var(g4 + (q // 2) * 8)
+                            n = T.meta_var((tile0 + t) * 16 + t8 * 8 + c4 * 2 + q % 2)
+                            if token < M and n < N:
+                                out[token, n] = T.Cast(adt, acc[t, t8, q])
         else:
             T.tvm_storage_sync("shared")           # every warp is done with the stages
             for t in T.unroll(NW):

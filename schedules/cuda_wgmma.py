@@ -622,21 +622,21 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
         receive(0, True, tx, count, tm, tn, x, planes, scales, zeros, stage, full, unit)
         dequantize(stage(0), 0, areg, wreg, sreg, zreg, sf, warp, g4, lane)
         for i2 in range((count + 1) // 2):
-            for ab in T.unroll(2):                    # A buffer ab holds unit i = 2 i2 + ab
-                if 2 * i2 + ab < count:
-                    multiply(2 * i2 + ab, ab, areg, gacc if LATE else acc, stage)
-                    if 2 * i2 + ab + 1 < count:
-                        receive(2 * i2 + ab + 1, False, tx, count, tm, tn, x, planes, scales, zeros, stage, full,
-                                unit)
-                        dequantize(stage(2 * i2 + ab + 1), 1 - ab, areg, wreg, sreg, zreg, sf, warp, g4, lane)
+            for ab in T.unroll(2):
+                i = T.meta_var(2 * i2 + ab)           # the unit in A buffer ab
+                if i < count:
+                    multiply(i, ab, areg, gacc if LATE else acc, stage)
+                    if i + 1 < count:
+                        receive(i + 1, False, tx, count, tm, tn, x, planes, scales, zeros, stage, full, unit)
+                        dequantize(stage(i + 1), 1 - ab, areg, wreg, sreg, zreg, sf, warp, g4, lane)
                     T.evaluate(wgmma_wait(0))          # unit i done: its A buffer free
                     if LATE:
                         scale_unit(ab, acc, gacc, sf)
                     if COPYING:
-                        T.evaluate(mbar_arrive(empty(2 * i2 + ab)))
+                        T.evaluate(mbar_arrive(empty(i)))
                     if STREAMK:
-                        if unit(2 * i2 + ab) == KU - 1 or 2 * i2 + ab == count - 1:    # the tile's last unit here
-                            store_tile(acc, warp, g4, c4, sk, out, psum, tm(2 * i2 + ab), tn(2 * i2 + ab))
+                        if unit(i) == KU - 1 or i == count - 1:    # the tile's last unit here
+                            store_tile(acc, warp, g4, c4, sk, out, psum, tm(i), tn(i))
         if STORE_AT_END:
             store(acc, warp, g4, c4, tm(0), tn(0), sk, out, psum, True, 0)
 

@@ -662,6 +662,11 @@ def test_cli_export_in_process(tmp_path, capsys):
     assert "K must be a multiple of 8" in capsys.readouterr().err
     assert main(["export", "--shape", "2,64,256", "--group-size", "64", "-o", str(tmp_path / "bad"),
                  "--weights", str(tmp_path / "w.pt"), "--wbits", "2", "--knob", "oops"]) == 2
+    for option, value in (("--wbits", "5"), ("--group-size", "100")):   # choices from lutc.spec
+        with pytest.raises(SystemExit):
+            main(["export", "--shape", "2,64,256", option, value, "-o", str(tmp_path / "bad")])
+        assert f"argument {option}: invalid choice: {value}" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("args,fields", [

@@ -88,13 +88,13 @@ def test_weights_in_a_foreign_layout_are_repacked_once():
     x, qw = random_case(spec)
     other = lutc.repack(qw, "tiles128")
     y1 = kernel(x, other)
-    assert len(kernel._prepared) == 1
+    assert kernel.prepared_weights == 1
     y2 = kernel(x, other)
-    assert len(kernel._prepared) == 1 and torch.equal(y1, y2)
+    assert kernel.prepared_weights == 1 and torch.equal(y1, y2)
     del other
     import gc
     gc.collect()
-    assert len(kernel._prepared) == 0
+    assert kernel.prepared_weights == 0
 
 
 def test_swapped_weight_tensors_are_checked_again():

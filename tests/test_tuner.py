@@ -231,7 +231,7 @@ def test_records_of_another_cpu_of_the_same_isa_lend_only_their_knobs(tmp_path, 
     kernel = lutc.build(SPEC, cache=None)
     assert kernel.origin == "transferred" and kernel.schedule == default.schedule
     # (a knob added since, dot_mac's prefetch, at the value the record's kernel had)
-    assert kernel.knobs == contract.recorded_knobs(getattr(schedules, default.schedule), other_knobs)
+    assert kernel.knobs == contract.recorded_knobs(schedules.named(default.schedule), other_knobs)
     # the same records from a CPU without this host's SIMD features: not used
     alien = tmp_path / "alien"
     monkeypatch.setenv("LUTC_TUNING_LOGS", str(alien))

@@ -192,7 +192,7 @@ def cuda_header(kernel: Kernel, name: str, symbol: str, launches: list, workspac
     for w in workspace:
         lines.append(f" *   {w['name']:<14} {w['dtype']:<8} [{w['elements']}]  offset {w['offset']}")
     lines += [" * Kernel parameters (types, names) are those of the __global__ functions in the .cu.",
-              " *", f" * Build: nvcc -c -arch={kernel.target.get('arch', 'sm_90a')} {name}.cu "
+              " *", f" * Build: nvcc -c -arch={targets.facts(kernel.target).cuda_arch} {name}.cu "
               "(or -shared -Xcompiler -fPIC)", " */",
               f"#ifndef {P}_H_", f"#define {P}_H_", ""]
     lines += size_macros(P, spec, kernel.layout, args)
