@@ -98,7 +98,8 @@ def main() -> None:
     import torch
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     gen = torch.Generator(device="cuda").manual_seed(1)
-    print(f"# {torch.cuda.get_device_name(0)}: kernel us (CUDA graph), fp16, g128")
+    weights = "uniform, g128" if args.format == "uniform" else f"{args.format}, a scale per row"
+    print(f"# {torch.cuda.get_device_name(0)}: kernel us (CUDA graph), fp16, {weights}")
     drawn = {}
     for (N, K, M, w), spec, cols in kernels(shapes, args.ms, args.wbits, "cuda", args.wgmma_knobs, args.stream_knobs,
                                             args.format):

@@ -15,9 +15,10 @@ float32/float16/bfloat16 activations, eager or ``torch.compile(fullgraph=True)``
 **Weights in the kernels' layout.** A ``LUTLinear`` holds its packed weight in the layout of
 the kernels of its device (:mod:`lutc.layouts`; :meth:`lutc.torch_ops.OpKernels.layout_plan`):
 on x86 the SIMD LUT kernel's ``ptiles``/``tiles`` (or the VNNI kernel's ``dot16`` where the
-tuning log says it is the faster decode kernel), ``tiles32`` on ARM, and on CUDA ``warp32`` for
-the LUT decode kernel plus, where the tensor-core kernels serve the larger ``M`` (fp16 or bf16;
-W1, W2, ternary), a ``tc16`` copy (W3 and W4: ``tc16`` alone, every ``M``). On a CPU the held
+tuning log says it is the faster decode kernel), ``tiles32`` on ARM, and on CUDA ``tc16`` for
+the tensor-core kernels at every ``M`` (fp16 or bf16: W2-W4 and ternary), or ``warp32`` for the
+LUT decode kernel plus a ``tc16`` copy for the larger ``M`` (W1, and W2 with zero points), or
+``warp32`` alone (fp32 activations, bcq). On a CPU the held
 copies live in 2 MiB pages where Linux offers them (:mod:`lutc.memory`). The weight is repacked
 once, when it is given (``from_linear``, ``from_packed``, ``load_state_dict``) and when the
 module moves (``.to(device)``, ``.half()``: the activation dtype decides the CUDA kernels), not

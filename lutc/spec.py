@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
 FORMATS = ("uniform", "bcq", "ternary")
 ACT_DTYPES = ("float32", "float16", "bfloat16")
@@ -35,7 +35,7 @@ _INT_FIELDS = ("M", "N", "K", "wbits", "group_size", "g")
 #: What describes a packed weight besides its shape ``N x K``: the fields a ``PackedWeights``, a
 #: weight file's header, a ``LUTLinear`` and a Hugging Face config hold, and that a kernel must be
 #: built for. :meth:`MPGemmSpec.of_weight` turns them into a workload.
-WEIGHT_FIELDS = ("wbits", "format", "group_size", "zero_point", "scale_dtype")
+WEIGHT_FIELDS = ("format", "wbits", "group_size", "zero_point", "scale_dtype")
 
 
 class SpecError(ValueError):
@@ -194,7 +194,10 @@ class MPGemmSpec:
             >>> MPGemmSpec.of_weight(4096, 11008, {"wbits": 4, "zero_point": True}, M=16).groups
             86
         """
-        if isinstance(weight, dict):
+        if isinstance(weight, Mapping):
+            unknown = set(weight) - set(WEIGHT_FIELDS)
+            if unknown:
+                raise SpecError(f"unknown weight field(s) {sorted(unknown)}: a weight is described by {WEIGHT_FIELDS}")
             fields = {f: weight[f] for f in WEIGHT_FIELDS if f in weight}
         else:
             fields = {f: getattr(weight, f) for f in WEIGHT_FIELDS}

@@ -37,6 +37,8 @@ _FACTS: dict = {}
 
 _ARM = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1",
         "mattr": ["+neon", "+dotprod", "+fullfp16"]}
+#: The CUDA architecture of a target that names none (and of "cuda" without a visible GPU).
+DEFAULT_CUDA_ARCH = "sm_90a"
 _CUDA_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152,
                 "thread_warp_size": 32, "registers_per_block": 65536, "max_num_threads": 1024}
 
@@ -71,13 +73,13 @@ def _from_name(name: str, given) -> tvm.target.Target:
     if name in ("arm", "aarch64", "neon"):
         return tvm.target.Target(dict(_ARM))
     if name == "cuda" or name.startswith("cuda:"):
-        arch = name.split(":", 1)[1] if ":" in name else _visible_cuda_arch() or "sm_90a"
+        arch = name.split(":", 1)[1] if ":" in name else _visible_cuda_arch() or DEFAULT_CUDA_ARCH
         return cuda_target(arch)
     raise ValueError(f"unknown target {given!r}: use 'host', 'llvm'/'x86', 'arm', 'cuda', "
                      "'cuda:sm_XX', or a TVM target dict")
 
 
-def cuda_target(arch: str = "sm_90a") -> tvm.target.Target:
+def cuda_target(arch: str = DEFAULT_CUDA_ARCH) -> tvm.target.Target:
     """A CUDA target for ``arch`` with its limits spelled out, host code for this CPU."""
     return tvm.target.Target({"kind": "cuda", "arch": arch, **_CUDA_LIMITS}, host=host_cpu())
 
@@ -151,17 +153,19 @@ def facts(target: TargetLike = None) -> Facts:
 
 
 def forget_facts() -> None:
-    """Empty the cache of :func:`facts` (and of :func:`device_name`): for a test that makes this
-    process look like another machine; the facts of a real host never change."""
+    """Empty the caches of :func:`facts`, :func:`device_name` and :func:`resolve` (targets named
+    "host", "cuda", ...): for a test that makes this process look like another machine; the facts
+    of a real host never change."""
     _FACTS.clear()
     _DEVICES.clear()
+    _RESOLVED.clear()
 
 
 def _read_facts(tgt: tvm.target.Target) -> Facts:
     """The :class:`Facts` of a resolved target, read from TVM, LLVM and the machine."""
     k = kind(tgt)
     if k == "cuda":
-        return Facts(tgt, k, describe(tgt), device_name(tgt), cuda_arch=str(tgt.attrs.get("arch", "")))
+        return Facts(tgt, k, describe(tgt), device_name(tgt), cuda_arch=str(tgt.attrs.get("arch", "") or DEFAULT_CUDA_ARCH))
     simd = _SIMD.get(machine(str(tgt.attrs.get("mtriple", "") or "")))
     features = frozenset(f for f in LLVM_FEATURES if codegen.llvm_cpu_has_features([f], tgt))
     return Facts(tgt, k, describe(tgt), device_name(tgt), simd=simd, features=features)

@@ -84,10 +84,11 @@ def default_knobs(spec) -> dict:
 
 def preferred(spec, target) -> bool:
     """Whether ``schedules.default`` should pick this kernel when another also builds ``spec``:
-    only at M = 1 (and there after ``cuda_stream`` where that one is preferred: W2-W4). On the H200
-    (benchmarks/results/cuda_h200.md) the LUT kernel beat dequantize + mma at M = 1 (28672x8192
-    W2: 32.5 against 59.2 us) and lost from M = 2 on (71.8 against 59.2 us W2, 93.4 against
-    62.1 us W4): it builds one table per row of x."""
+    only at M = 1, and there after ``cuda_stream`` where that one is preferred (W2-W4 and
+    ternary with fp16/bf16 activations; :func:`schedules.cuda_stream.preferred`): this kernel
+    decodes W1 (its 1 bit per weight), W2 with zero points, bcq and fp32 activations. It loses
+    from M = 2 on (H200, ``benchmarks/results/cuda_h200.md``: 71.8 against 59.2 us W2, 93.4
+    against 62.1 us W4): it builds one table per row of x."""
     return spec.M == 1
 
 

@@ -31,7 +31,10 @@ the A operand (its registers are exactly the two 8-row B fragments of ``cuda_mma
 padding M to 16 took two (``2 x nw x 2``); for 8 < M <= 16, x is A (rows 8..15 loaded).
 
 Limits (``supports``): CUDA sm_80+, fp16 or bf16 activations, the formats ``tc16`` holds (uniform
-W1-W4, ternary: :func:`~schedules.cuda_ptx.reads_tc16`), K % 128 == 0, M <= 16. Results equal ``cuda_mma``'s up to the order of the fp32 sums.
+W1-W4, ternary: :func:`~schedules.cuda_ptx.reads_tc16`), K % 128 == 0, M <= 16. Results equal
+``cuda_mma``'s up to the order of the fp32 sums; with the late scale (the default at M <= 8
+without zero points, :func:`stream_kernel`) the scale multiplies fp32 sums instead of fp16
+weights: one rounding less.
 """
 from __future__ import annotations
 
@@ -80,10 +83,12 @@ def preferred(spec, target) -> bool:
     kernel reads 3 bits (41.0 against 44.5 us; 41.2 against 52.6 at 8192 x 28672; 6.2 against
     7.6 at 4096 x 4096): the LUT kernel's lookups per bit plane cost more than the extra bit. W1
     stays with the LUT kernel (23.5 / 31.9 / 5.6 us against 29.3 / 33.1 / 5.9 with the late
-    scale: it reads 1 bit per weight, this one a 2-bit slot). From M = 9 the
+    scale: it reads 1 bit per weight, this one a 2-bit slot), and so do W2 with zero points (no
+    late scale there: 33.5 against the LUT kernel's 30.0 us without it). From M = 9 the
     A operand is x again (no transposed product): on Hopper ``cuda_wgmma`` with split-K was faster
     on every shape measured (``cuda_small_m_h200.md``), elsewhere it is ``cuda_mma``'s."""
-    return 2 <= spec.M <= 8 or (spec.M == 1 and not (spec.format == "uniform" and spec.wbits == 1))
+    return 2 <= spec.M <= 8 or (spec.M == 1 and not (spec.format == "uniform" and spec.wbits == 1)
+                                and (tc16_code_bits(spec) == 4 or can_scale_late(spec)))
 
 
 def layout(spec, target, **knobs) -> str:

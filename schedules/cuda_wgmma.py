@@ -105,11 +105,12 @@ up to 5-10% at M >= 96.) Fewer instructions per dequantized pair: the knob ``lat
 40.4, ``benchmarks/results/cuda_late_scale_h200.md``).
 
 Limits (``supports``): sm_90a, fp16 or bf16 activations (the weights are dequantized to the
-activations' type; bf16 rounds the scale to bf16 first), the formats ``tc16`` holds (uniform
-W1-W4, ternary), K % 128 == 0 (``splits``
-must divide K / 128; ``streamk`` at most the tile units, and not with ``splits``), any M and N
-(tokens and rows past M and N are computed from stale shared memory and never stored). fp16 results
-equal ``cuda_mma``'s up to the order of the fp32 sums.
+activations' type; bf16 rounds the scale to bf16 first, except with the late scale, which
+multiplies fp32 sums), the formats ``tc16`` holds (uniform W1-W4, ternary), K % 128 == 0
+(``splits`` must divide K / 128; ``streamk`` at most the tile units, and not with ``splits``), any
+M and N (tokens and rows past M and N are computed from stale shared memory and never stored).
+fp16 results equal ``cuda_mma``'s up to the order of the fp32 sums (and, with the late scale,
+one rounding fewer).
 """
 from __future__ import annotations
 
@@ -254,10 +255,12 @@ def register_limit(wg: int, ws: int = 0) -> int:
     return min(REG_BUDGET, computing_registers(wg, ws) - REG_OTHER)
 
 
-def moves_registers(spec, wg: int, wn: int, bm: int, ws: int) -> bool:
+def moves_registers(spec, wg: int, wn: int, bm: int, ws: int, late_scale: int = 0) -> bool:
     """Whether the kernel moves registers from the copying warpgroup to the computing ones: only
-    a tile that does not fit the even share does (the others keep the code they were timed with)."""
-    return bool(ws) and registers(spec, wn, bm) > launch_registers(wg, ws) - REG_OTHER
+    a tile that does not fit the even share does, a late scale's accumulators counted (the others
+    keep the code they were timed with)."""
+    return bool(ws) and (registers(spec, wn, bm) + late_registers(spec, wn, bm, late_scale)
+                         > launch_registers(wg, ws) - REG_OTHER)
 
 
 def fits(spec, wg: int, wn: int, bm: int, stages: int = 3, ws: int = 0) -> bool:
@@ -297,9 +300,16 @@ def default_late_scale(spec, wn: int, bm: int, wg: int, ws) -> int:
 def can_scale_late(spec, wn: int, bm: int, wg: int, ws) -> bool:
     """Whether the ``late_scale`` knob can be 1 (:func:`wgmma_kernel`): one scale group per K unit
     (groups of 128 weights or more), the format's constant zero (no zero points), at most
-    :data:`LATE_MAX_TOKENS` tokens, and room for the unit's accumulators beside the others."""
+    :data:`LATE_MAX_TOKENS` tokens, and room for the unit's accumulators beside the others
+    (:func:`late_registers`)."""
     return (groups_per_unit(spec) == 1 and not spec.zero_point and tokens(spec, bm) <= LATE_MAX_TOKENS
-            and registers(spec, wn, bm) + wn * tokens(spec, bm) // 2 <= register_limit(wg, ws))
+            and registers(spec, wn, bm) + late_registers(spec, wn, bm, 1) <= register_limit(wg, ws))
+
+
+def late_registers(spec, wn: int, bm: int, late_scale: int) -> int:
+    """Registers a thread spends on a unit's own accumulators with a late scale (as many again as
+    its accumulators), 0 without."""
+    return wn * tokens(spec, bm) // 2 if late_scale else 0
 
 
 def default_streamk(spec, tile) -> int:
@@ -455,7 +465,7 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
     PLANES, COEF, ZEROS = weight_buffers(spec, "tc16")   # lutc.layouts' shapes of tc16
     WORDS = smem_bytes(spec, wg, wn, bm, P) // 4
     ACC = BM // 2                             # fp32 accumulators per thread and tile (m64 x BM / 128)
-    REGS_MOVED = moves_registers(spec, wg, wn, bm, ws)
+    REGS_MOVED = moves_registers(spec, wg, wn, bm, ws, late_scale)
     COPYING = bool(ws)                        # ws copying warpgroups (TIR's if needs a bool)
     LATE = bool(late_scale)
 

@@ -397,6 +397,10 @@ def test_cuda_default_kernel_exports_in_its_layout(tmp_path, schedule, arch):
     assert ("cudaFuncAttributeMaxDynamicSharedMemorySize" in res.files["cu"].read_text()) == (dyn > 48 * 1024)
     nvcc = _run(["nvcc", "-w", "-c", f"-arch={arch}", res.files["cu"], "-o", tmp_path / "k.o"])
     assert nvcc.returncode == 0, nvcc.stderr[-3000:]
+    # under its own symbol (a template writes its function itself: renamed after it is written)
+    named = lutc.export(kernel, tmp_path / "named", name="k2", symbol="lutc_k2", emit=["cu"])
+    cu = named.files["cu"].read_text()
+    assert "lutc_k2_kernel" in cu and "main_kernel" not in cu
 
 
 @needs_nvcc
