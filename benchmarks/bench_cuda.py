@@ -150,15 +150,15 @@ def copies_for(nbytes: int, l2: int) -> int:
 def random_packed(layout: str, N, K, wbits, gen) -> PackedWeights:
     """Random uniform-format weights already in a CUDA kernel's layout, on the GPU (``tc16``
     holds 1- and 3-bit codes in 2- and 4-bit slots: the bits above a code are cleared)."""
-    R = {"warp32": 32, "tc16": 16}[layout]
-    NT = -(-N // R)
     spec = lutc.MPGemmSpec(1, N, K, wbits=wbits, group_size=GROUP)
-    shape = layouts.get(layout).shapes(spec)["planes"].shape
-    planes = torch.randint(-2 ** 31, 2 ** 31 - 1, shape, dtype=torch.int32, device="cuda", generator=gen)
+    shapes = layouts.get(layout).shapes(spec)          # [row tiles, ..., rows per tile]
+    planes = torch.randint(-2 ** 31, 2 ** 31 - 1, shapes["planes"].shape, dtype=torch.int32, device="cuda",
+                           generator=gen)
     slot = layouts.tc16_code_bits(spec) if layout == "tc16" else wbits
     if slot > wbits:
         planes &= sum((2 ** wbits - 1) << i for i in range(0, 32, slot))     # below bit 31: an int32
-    scales = (torch.rand((NT, K // GROUP, R), device="cuda", generator=gen) * 0.02 + 0.005).half()
+    scales = (torch.rand(shapes["scales"].shape, device="cuda", generator=gen) * 0.02 + 0.005).half()
+    R = scales.shape[-1]
     if N % R:
         scales[-1, :, N % R:] = 0
     return PackedWeights(format="uniform", wbits=wbits, N=N, K=K, group_size=GROUP, zero_point=False,

@@ -154,23 +154,20 @@ def lut_kernel(spec, warps: int, tiles: int, rows: int, units: int):
             unit = T.meta_var(chunk * (UW * S) + k_warp * UW + u)   # 128-weight unit
             if unit < KU:
                 for r in T.unroll(RL):
-                    if first_tile + r < NT:
+                    tile = T.meta_var(first_tile + r)     # the 32-row tile in register set r
+                    if tile < NT:
                         for i in T.unroll(b):
-                            wreg[par, u, r, i, T.ramp(0, 1, 4)] = planes[
-                                first_tile + r, unit, i, lane, T.ramp(0, 1, 4)]
+                            wreg[par, u, r, i, T.ramp(0, 1, 4)] = planes[tile, unit, i, lane, T.ramp(0, 1, 4)]
                         if fmt != "ternary":
                             for jj in T.unroll(SPU):
                                 group = T.meta_var((unit * 128) // gs + jj)
                                 for i in T.unroll(NS):
                                     if fmt == "bcq":
-                                        sreg[par, u, r, jj, i] = T.Cast("float32", scales[
-                                            first_tile + r, group, i, lane])
+                                        sreg[par, u, r, jj, i] = T.Cast("float32", scales[tile, group, i, lane])
                                     else:
-                                        sreg[par, u, r, jj, i] = T.Cast("float32", scales[
-                                            first_tile + r, group, lane])
+                                        sreg[par, u, r, jj, i] = T.Cast("float32", scales[tile, group, lane])
                                 if zp:
-                                    zreg[par, u, r, jj] = T.Cast("float32", zeros[
-                                        first_tile + r, group, lane])
+                                    zreg[par, u, r, jj] = T.Cast("float32", zeros[tile, group, lane])
         for e in T.unroll(qpt):
             slot = T.meta_var(tx + e * threads)   # (row of x, table group, quad)
             if slot < quads:

@@ -168,6 +168,7 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
         coefficients (rows g, g + 8) of each unit and tile, and with ``XPRE`` its share of x."""
         warp_k = T.meta_var((tx // 32) % S)            # this warp's K slice
         warp_n = T.meta_var(tx // (32 * S))            # and N column of the block
+        token0 = T.meta_var(by * MP)                   # the block's first row of x
         for u in T.unroll(UW):
             unit = T.meta_var((i * S + warp_k) * UW + u)
             if unit < KU:
@@ -189,8 +190,8 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
                 row = T.meta_var(vec // (KC // 8))
                 col = T.meta_var(i * KC + (vec % (KC // 8)) * 8)
                 if vec < vecs:
-                    if by * MP + row < M and col < K:
-                        xreg[e, T.ramp(0, 1, 8)] = x[by * MP + row, T.ramp(col, 1, 8)]
+                    if token0 + row < M and col < K:
+                        xreg[e, T.ramp(0, 1, 8)] = x[token0 + row, T.ramp(col, 1, 8)]
                     else:
                         xreg[e, T.ramp(0, 1, 8)] = T.broadcast(ZERO, 8)
 
@@ -239,6 +240,7 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
     def stage_x(i, tx, by, x, xreg, xs):
         """x of chunk ``i`` into shared memory (zeros past M and K): from the registers that
         ``load_chunk`` filled (``XPRE``), else straight from global memory."""
+        token0 = T.meta_var(by * MP)                   # the block's first row of x
         if XPRE:
             for e in T.unroll(vpt):
                 vec = T.meta_var(tx + e * threads)
@@ -249,8 +251,8 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
             row = T.meta_var(vec // (KC // 8))
             col = T.meta_var(i * KC + (vec % (KC // 8)) * 8)
             if not XPRE and vec < vecs:
-                if by * MP + row < M and col < K:
-                    xs[T.ramp(row * XR + (vec % (KC // 8)) * 8, 1, 8)] = x[by * MP + row, T.ramp(col, 1, 8)]
+                if token0 + row < M and col < K:
+                    xs[T.ramp(row * XR + (vec % (KC // 8)) * 8, 1, 8)] = x[token0 + row, T.ramp(col, 1, 8)]
                 else:
                     xs[T.ramp(row * XR + (vec % (KC // 8)) * 8, 1, 8)] = T.broadcast(ZERO, 8)
 
@@ -319,17 +321,17 @@ def mma_kernel(spec, warps: int, wn: int, nw: int, mt: int, xsm: bool = True, un
                     # multiplies chunk i - 1 (x in shared memory), then stores x of chunk i.
                     for k2 in range((chunks + 2) // 2):
                         for par in T.unroll(2):
-                            if k2 * 2 + par <= chunks:
-                                if k2 * 2 + par < chunks:
-                                    load_chunk(k2 * 2 + par, par, tx, bx, by, x, planes, scales, zeros, wreg, sreg,
-                                               zreg, xreg, sv)
-                                if k2 * 2 + par >= 1:
-                                    multiply_chunk(k2 * 2 + par - 1, 1 - par, tx, bx, by, x, wreg, sreg, zreg, areg,
-                                                   bfrag, acc, xbase)
+                            i = T.meta_var(k2 * 2 + par)      # the chunk loaded into register set par
+                            if i <= chunks:
+                                if i < chunks:
+                                    load_chunk(i, par, tx, bx, by, x, planes, scales, zeros, wreg, sreg, zreg, xreg, sv)
+                                if i >= 1:
+                                    multiply_chunk(i - 1, 1 - par, tx, bx, by, x, wreg, sreg, zreg, areg, bfrag, acc,
+                                                   xbase)
                                 if xsm:
                                     T.tvm_storage_sync("shared")
-                                if xsm and k2 * 2 + par < chunks:
-                                    stage_x(k2 * 2 + par, tx, by, x, xreg, xs)
+                                if xsm and i < chunks:
+                                    stage_x(i, tx, by, x, xreg, xs)
                                 if xsm:
                                     T.tvm_storage_sync("shared")
                     store(tx, bx, by, acc, red, tot, out)
