@@ -165,7 +165,8 @@ def _read_facts(tgt: tvm.target.Target) -> Facts:
     """The :class:`Facts` of a resolved target, read from TVM, LLVM and the machine."""
     k = kind(tgt)
     if k == "cuda":
-        return Facts(tgt, k, describe(tgt), device_name(tgt), cuda_arch=str(tgt.attrs.get("arch", "") or DEFAULT_CUDA_ARCH))
+        arch = str(tgt.attrs.get("arch", "") or DEFAULT_CUDA_ARCH)
+        return Facts(tgt, k, describe(tgt), device_name(tgt), cuda_arch=arch)
     simd = _SIMD.get(machine(str(tgt.attrs.get("mtriple", "") or "")))
     features = frozenset(f for f in LLVM_FEATURES if codegen.llvm_cpu_has_features([f], tgt))
     return Facts(tgt, k, describe(tgt), device_name(tgt), simd=simd, features=features)

@@ -54,8 +54,8 @@ chunks keep the table workspace (``8 M K`` bytes for ``g=4``) and the number of 
 **Layout plans.** :meth:`OpKernels.layout_plan` says in which layout(s) a weight should be held
 on a device so that every bucket runs its fastest kernel: the layout of the ``M = 1`` (decode)
 kernel, and on CUDA a second copy where the batch kernels read another (``cuda_lut``'s
-``warp32`` for decode at W1, ``tc16`` (``cuda_stream`` to M = 8, ``cuda_wgmma`` on Hopper and ``cuda_mma`` beyond) from the
-first bucket it is chosen for): see
+``warp32`` for decode at W1, ``tc16`` (``cuda_stream`` to M = 8, ``cuda_wgmma`` on Hopper and
+``cuda_mma`` beyond) from the first bucket it is chosen for): see
 :class:`LayoutPlan`. ``LUTLinear`` holds its weights by that plan.
 
 CUDA graphs: the op allocates its output (and any padding) with torch on ``x``'s device, never

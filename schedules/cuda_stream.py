@@ -103,13 +103,14 @@ def default_knobs(spec) -> dict:
     8192 x 28672: 4 warps splitting K with 4 stages; 2 row tiles each up to M = 4 (28672 x 8192
     W2: 35.1 us at M = 1), 6 stages for 4-bit slots at M = 1 (28672 x 8192 W4 with the late
     scale: 36.7 against 40.9 us with 4, 81% of the copy floor; 8192 x 28672: 39.8 against 40.0;
-    ``cuda_late_scale_h200.md``); for M = 5..8 (x fills more of each stage) 2 warps side by side, with
-    2 tiles each and 3 stages past N = 4096 (28672 x 8192 M = 8: 43.1 us W2, 47.6 W4, against
-    46.1 and 52.3 with 1 tile; 8192 x 28672 with the late scale: 38.7 and 41.7 against 42.6 and
-    46.1, ``cuda_late_scale_h200.md``) and 1 tile, 4 stages up to it (4096 x 4096: 7.3 against
-    9.1 us); past N = 16384 K split in 2 with 4 stages (28672 x 8192 M = 8: 35.0 / 44.4 us W2 /
-    W4 against 35.5 / 46.5, same run); 2 x 2 tiles and 3 stages beyond. Where a choice does not fit in shared memory,
-    stages, then warps, then tiles step down (:func:`resolve_knobs`)."""
+    ``cuda_late_scale_h200.md``); for M = 5..8 (x fills more of each stage) 2 warps side by
+    side, with 2 tiles each and 3 stages past N = 4096 (28672 x 8192 M = 8: 43.1 us W2, 47.6 W4,
+    against 46.1 and 52.3 with 1 tile; 8192 x 28672 with the late scale: 38.7 and 41.7 against
+    42.6 and 46.1, ``cuda_late_scale_h200.md``) and 1 tile, 4 stages up to it (4096 x 4096: 7.3
+    against 9.1 us); past N = 16384 K split in 2 with 4 stages (28672 x 8192 M = 8: 35.0 / 44.4
+    us W2 / W4 against 35.5 / 46.5, same run); 2 x 2 tiles and 3 stages beyond. Where a choice
+    does not fit in shared memory, stages, then warps, then tiles step down
+    (:func:`resolve_knobs`)."""
     late = {"late_scale": int(can_scale_late(spec))}
     if spec.M == 1 and tc16_code_bits(spec) == 4:    # a step of 4-bit slots: 6 deep
         return {"warps": 4, "wn": 1, "nw": 2, "stages": 6, **late}

@@ -561,8 +561,9 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
         for t in T.unroll(TW):
             for j8 in T.unroll(BM // 8):
                 for q in T.unroll(4):
-                    acc[t * ACC + j8 * 4 + q] = acc[t * ACC + j8 * 4 + q] + gacc[t * ACC + j8 * 4 + q] * sf[ab, t, q // 2]
-                    gacc[t * ACC + j8 * 4 + q] = T.float32(0)
+                    a = T.meta_var(t * ACC + j8 * 4 + q)
+                    acc[a] = acc[a] + gacc[a] * sf[ab, t, q // 2]
+                    gacc[a] = T.float32(0)
 
     @T.macro
     def store(acc, warp, g4, c4, bm_, bn_, sk, out, psum, whole, slot):
