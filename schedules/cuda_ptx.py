@@ -187,7 +187,8 @@ def deq_c(word, b, v, s2, c: float, dtype: str = "float16"):
     sums of the products: a kernel's late scale).
 
     ``2^P 2^-e + c`` must be exact, which a half-integer ``c`` is not next to ``2^P``, so the
-    codes are read one bit higher (``word << 1``: ``e = b v + 1 >= 1``, the spacing at
+    codes are read one bit higher (``word`` comes shifted one bit up, :func:`dequant_tc16`:
+    ``e = b v + 1 >= 1``, the spacing at
     ``2^(P-e)`` is ``2^-e <= 1/2``); the FMA's exact result ``q - c`` rounds to itself, and the
     multiply by ``s`` is the one rounding, as in :func:`deq`: bit-identical results."""
     p = HALVES[dtype][2]
@@ -195,35 +196,49 @@ def deq_c(word, b, v, s2, c: float, dtype: str = "float16"):
     mask = T.shift_left(T.uint32((2 ** b - 1) * 0x10001), T.Cast("uint32", e))
     # -(2^(P-e) + c): exponent of 2^(P-e), mantissa c 2^e = (2c) 2^(e-1)
     add_h = _pair_bits(dtype, 1, p - e) | T.shift_left(T.uint32(int(2 * c)), T.Cast("uint32", e - 1))
-    args = (T.shift_left(word, T.uint32(1)), mask, _twice(_pair_bits(dtype, 0, -e)), _twice(add_h))
+    args = (word, mask, _twice(_pair_bits(dtype, 0, -e)), _twice(add_h))
     sfx = HALVES[dtype][1]
     if s2 is None:
         return T.cuda.func_call(f"lutc_centred{sfx}", *args, source_code=centred_src(dtype), return_type="uint32")
     return T.cuda.func_call(f"lutc_deq_c{sfx}", *args, s2, source_code=deq_c_src(dtype), return_type="uint32")
 
 
-def dequant_tc16(words, lead: tuple, e, b: int, s2, z2, zero_points: bool, c: float, dtype: str = "float16"):
-    """Pair (uint32, ``dtype``) of the code pair ``e`` (0..31) of a lane's ``tc16`` vector, held
-    in ``words[(*lead, j4, w)]`` (``b/2`` x 4 words): the word that holds the pair, shifted so the
-    pair's byte pair is at the bottom, dequantized with the zero points ``z2`` (:func:`deq`) or
-    the format's constant ``c`` (:func:`deq_c`). The one place the kernels read ``tc16`` codes.
+def tc16_slot(e, b: int, dtype: str, up: int):
+    """Where code pair ``e`` (0..31) of a lane's ``tc16`` vector sits: ``(word, shift, v)``, the
+    word's index ``(j4, w)`` in the lane's ``b/2`` x 4 words, the right shift that brings the pair's
+    byte pair to the bottom, and its ``b``-bit slot ``v`` there, for codes read ``up`` bits higher
+    (``b v + up + b <= P``).
 
-    bf16 has 7 mantissa bits, too few for codes in the high nibble of a byte (bits 4..7, read one
-    bit higher without zero points): those are read from the word shifted 4 bits further, one
-    more shift per word and nibble, shared by the pairs in it.
-
-    ``s2=None`` (no zero points only): ``q - c`` unscaled, for a kernel that scales its sums."""
+    bf16 has 7 mantissa bits, too few for codes in the high nibble of a byte (bits 4..7): those
+    are read from the word shifted 4 bits further, one more shift per word and nibble, shared by
+    the pairs in it."""
     pairs, slots = 16 // b, 8 // b                 # code pairs per word, slots per byte pair
-    word = words[(*lead, (e // pairs) // 4, (e // pairs) % 4)]
+    word = ((e // pairs) // 4, (e // pairs) % 4)
     shift = 8 * ((e % pairs) // slots)
     v = (e % pairs) % slots
-    v_high = (HALVES[dtype][2] - b - (not zero_points)) // b + 1    # first slot past the mantissa
+    v_high = (HALVES[dtype][2] - b - up) // b + 1    # first slot past the mantissa
     if v_high < slots:
         high = T.Cast("int32", v >= v_high)
         shift, v = shift + 4 * high, v - (4 // b) * high
-    shifted = T.shift_right(T.Cast("uint32", word), T.Cast("uint32", shift))
+    return word, shift, v
+
+
+def dequant_tc16(words, lead: tuple, e, b: int, s2, z2, zero_points: bool, c: float, dtype: str = "float16"):
+    """Pair (uint32, ``dtype``) of the code pair ``e`` (0..31) of a lane's ``tc16`` vector, held
+    in ``words[(*lead, j4, w)]`` (``b/2`` x 4 words, :func:`tc16_slot`), dequantized with the zero
+    points ``z2`` (:func:`deq`) or the format's constant ``c`` (:func:`deq_c`). The one place the
+    kernels read ``tc16`` codes.
+
+    ``s2=None`` (no zero points only): ``q - c`` unscaled, for a kernel that scales its sums."""
     if zero_points and s2 is None:
         raise ValueError("an unscaled dequantization (late scale) needs the format's constant zero, not zero points")
+    word, shift, v = tc16_slot(e, b, dtype, up=int(not zero_points))
+    w = T.Cast("uint32", words[(*lead, *word)])
+    if zero_points:
+        shifted = T.shift_right(w, T.Cast("uint32", shift))
+    else:   # one bit up: (w >> shift) << 1 in one shift (bit 0, which differs, is in no slot's mask)
+        shifted = T.if_then_else(shift == 0, T.shift_left(w, T.uint32(1)),
+                                 T.shift_right(w, T.Cast("uint32", T.max(shift - 1, 0))))
     return deq(shifted, b, v, s2, z2, dtype) if zero_points else deq_c(shifted, b, v, s2, c, dtype)
 
 
@@ -378,28 +393,31 @@ def lds_scale_f32(addr, dtype: str):
 
 # --- wgmma (sm_90a): cuda_wgmma ------------------------------------------------------------
 
-def _wgmma_src(n: int, swizzle: int, dtype: str = "float16") -> str:
+def _wgmma_src(n: int, swizzle: int, dtype: str = "float16", accumulate: bool = True) -> str:
     """``lutc_wgmma_n{n}_s{swizzle}``: ``acc += A B`` for one ``m64n{n}k16`` (fp16 in, fp32 out), A
     from the 4 registers of the ``mma.m16n8k16`` A fragment of this warp's 16 rows, B (K-major)
     from shared memory at byte address ``b``. ``swizzle=0``: core matrices of 8 rows x 16 bytes,
     the next k8 block ``n * 16`` bytes on (leading byte offset), the next 8 rows 128 bytes on
     (stride byte offset). ``swizzle=128``: rows of 64 k (128 bytes) whose 16-byte chunks are
     XORed with the row mod 8, the next 8 rows 1024 bytes on; ``b`` must sit in a 1024-byte
-    aligned atom, k16 step ``s`` of it at ``32 s`` bytes."""
+    aligned atom, k16 step ``s`` of it at ``32 s`` bytes. ``accumulate=False``
+    (``lutc_wgmma_n{n}_s{swizzle}_set``): ``acc = A B``, the accumulators' old values unread
+    (wgmma's ``scale-d`` 0)."""
     regs = n // 2
     sfx, ab = HALVES[dtype][1], PTX_TYPE[dtype]
     d = ", ".join(f"%{i}" for i in range(regs))
-    outs = ", ".join(f'"+f"(d[{i}])' for i in range(regs))
+    outs = ", ".join(f'"{"+" if accumulate else "="}f"(d[{i}])' for i in range(regs))
+    name = f"lutc_wgmma_n{n}_s{swizzle}{sfx}{'' if accumulate else '_set'}"
     lbo, sbo, mode = (n * 16, 128, 0) if swizzle == 0 else (16, 1024, 1)
     return f"""
-__device__ __forceinline__ void lutc_wgmma_n{n}_s{swizzle}{sfx}(float* d, unsigned a0, unsigned a1, unsigned a2,
+__device__ __forceinline__ void {name}(float* d, unsigned a0, unsigned a1, unsigned a2,
                                                  unsigned a3, unsigned b) {{
   unsigned long long desc = (unsigned long long)((b & 0x3FFFFu) >> 4)
       | ((unsigned long long)({lbo} >> 4) << 16) | ((unsigned long long)({sbo} >> 4) << 32)
       | ((unsigned long long){mode} << 62);
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   asm volatile("wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ab}.{ab} {{{d}}}, "
-               "{{%{regs}, %{regs + 1}, %{regs + 2}, %{regs + 3}}}, %{regs + 4}, 1, 1, 1, 0;"
+               "{{%{regs}, %{regs + 1}, %{regs + 2}, %{regs + 3}}}, %{regs + 4}, {int(accumulate)}, 1, 1, 0;"
                : {outs}
                : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc) : "memory");
 #else
@@ -416,12 +434,14 @@ def _fence_acc_src(n: int) -> str:
     return f"__device__ __forceinline__ void lutc_wgmma_acc_n{n}(float* d) {{\n{body}\n}}\n"
 
 
-def wgmma_m64k16(acc_ptr, n: int, swizzle: int, a0, a1, a2, a3, b_addr, dtype: str = "float16"):
-    """Issue ``acc += A B`` for one ``m64n{n}k16`` of ``dtype`` (fp16 or bf16) with B in the layout
-    ``swizzle`` (0 or 128, see :func:`_wgmma_src`); asynchronous: :func:`wgmma_commit`,
-    :func:`wgmma_wait`."""
-    return T.cuda.func_call(f"lutc_wgmma_n{n}_s{swizzle}{HALVES[dtype][1]}", acc_ptr, a0, a1, a2, a3, b_addr,
-                            source_code=_wgmma_src(n, swizzle, dtype))
+def wgmma_m64k16(acc_ptr, n: int, swizzle: int, a0, a1, a2, a3, b_addr, dtype: str = "float16",
+                 accumulate: bool = True):
+    """Issue ``acc += A B`` (``accumulate=False``: ``acc = A B``) for one ``m64n{n}k16`` of ``dtype``
+    (fp16 or bf16) with B in the layout ``swizzle`` (0 or 128, see :func:`_wgmma_src`);
+    asynchronous: :func:`wgmma_commit`, :func:`wgmma_wait`."""
+    name = f"lutc_wgmma_n{n}_s{swizzle}{HALVES[dtype][1]}{'' if accumulate else '_set'}"
+    return T.cuda.func_call(name, acc_ptr, a0, a1, a2, a3, b_addr,
+                            source_code=_wgmma_src(n, swizzle, dtype, accumulate))
 
 
 def wgmma_fence_acc(acc_ptr, n: int):

@@ -86,7 +86,9 @@ def preferred(spec, target) -> bool:
     scale: it reads 1 bit per weight, this one a 2-bit slot), and so do W2 with zero points (no
     late scale there: 33.5 against the LUT kernel's 30.0 us without it). From M = 9 the
     A operand is x again (no transposed product): on Hopper ``cuda_wgmma`` with split-K was faster
-    on every shape measured (``cuda_small_m_h200.md``), elsewhere it is ``cuda_mma``'s."""
+    on every shape measured (``cuda_small_m_h200.md``), elsewhere it is ``cuda_mma``'s. On Hopper
+    ``cuda_wgmma`` also ranks first from M = 2 (4-bit slots) or 4 (2-bit slots) on weights wide
+    enough for its tile alone (:func:`schedules.cuda_wgmma.preferred`)."""
     return 2 <= spec.M <= 8 or (spec.M == 1 and not (spec.format == "uniform" and spec.wbits == 1)
                                 and (tc16_code_bits(spec) == 4 or can_scale_late(spec)))
 
@@ -182,7 +184,16 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
     ``late_scale``: the weights are dequantized to ``q - c`` (exact, :func:`~schedules.cuda_ptx.deq_c`
     without its multiply: two instructions per pair instead of three) and multiplied into a
     tile's fp32 sums of the scale group, which are then scaled into the tile's accumulators,
-    4 FMAs per tile and group per lane; one rounding less than scaling the fp16 weights."""
+    4 FMAs per tile and group per lane; one rounding less than scaling the fp16 weights.
+
+    Fewer instructions per pair do not pay past this one: with the pairs as a single ``LOP3`` left
+    them (``2^(P-e) + q``, the slot's own exponent making the code's bit worth 1) and the offsets'
+    products taken off each group's sums by one more mma per k16 step, 28672 x 8192 W2 at M = 1
+    went from 247 to 203 instructions per step and took the same time (29.4 against 29.3 us on the
+    H200), 1.00-1.15x the time elsewhere (``benchmarks/results/cuda_raw_codes_stream_h200.log``). Nsight
+    Compute shows this decode bound by latency, not issue: 0.65 instructions per cycle and
+    scheduler, DRAM 36% busy at the profiler's clock, 22 of 32 warps per SM active
+    (``ncu_stream_w2_m1_h200.txt``)."""
     M, N, K = spec.M, spec.N, spec.K
     S, WN, NW, P = warps, wn, nw, stages
     NT, KU, gs = -(-N // 16), K // 128, spec.group

@@ -117,7 +117,7 @@ from __future__ import annotations
 from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
-from lutc.layouts import tc16_vectors
+from lutc.layouts import tc16_code_bits, tc16_vectors
 
 from . import stream_k
 from .common import cuda_arch, drop_param, merge_knobs, weight_buffers
@@ -172,11 +172,35 @@ def supports(spec, target) -> bool:
 
 
 def preferred(spec, target) -> bool:
-    """From M = 9 (:data:`MIN_M`). On the H200 (``benchmarks/results/cuda_small_m_h200.md``, W2
-    us at M = 16, this kernel with its default split-K / ``cuda_stream`` / ``cuda_mma``):
-    28672 x 8192 40.8 / 60.9 / 51.6, 57344 x 8192 78.1 / 101.7 / 96.8, 8192 x 28672 51.6 / 62.1 /
-    64.0, 4096 x 4096 7.4 / 11.0 / 11.2."""
-    return spec.M >= MIN_M
+    """From M = 9 (:data:`MIN_M`), and from M = :func:`wide_min_m` where N is wide enough for
+    :data:`WIDE_TILE` alone to fill the GPU (:func:`fills_unsplit`). On the H200
+    (``benchmarks/results/cuda_small_m_h200.md``, W2 us at M = 16, this kernel with its default
+    split-K / ``cuda_stream`` / ``cuda_mma``): 28672 x 8192 40.8 / 60.9 / 51.6, 57344 x 8192 78.1 /
+    101.7 / 96.8, 8192 x 28672 51.6 / 62.1 / 64.0, 4096 x 4096 7.4 / 11.0 / 11.2. Below M = 9
+    (``benchmarks/results/cuda_cliff_wide_wgmma_h200.log``, both kernels' defaults timed in turns):
+    on 28672 x 8192 W4 36.0 / 36.4 / 36.8 us against ``cuda_stream``'s 39.7 / 39.4 / 44.9 at
+    M = 2 / 4 / 8, W2 32.4 / 32.4 against 34.7 / 36.0 at M = 4 / 8 (but 33.2 against 30.3 at
+    M = 2), ternary 31.6 / 32.9 against 34.3 / 34.2 at M = 4 / 8; on 8192 x 28672 and 4096 x 4096,
+    whose tiles need split-K, ``cuda_stream`` is faster at every M <= 8 (W4 at M = 8: 41.2 against
+    46.9 us). An earlier run of the same pairs (``cuda_raw_codes_stream_h200.log``) agrees."""
+    return spec.M >= MIN_M or (spec.M >= wide_min_m(spec) and fills_unsplit(spec))
+
+
+#: The tile (wg, wn, bm, ws) of a decode batch on a wide weight, and the blocks it must give
+#: (:data:`TILES`' 256 rows of 64 tokens).
+WIDE_TILE = (2, 2, 64, True, 100)
+
+
+def wide_min_m(spec) -> int:
+    """Fewest tokens from which this kernel beats ``cuda_stream`` on a wide weight: 2 for 4-bit
+    slots (W3, W4), 4 for 2-bit ones (W1, W2, ternary), whose dequantization costs less per
+    weight, so that ``cuda_stream``'s transposed product stays ahead longer."""
+    return 2 if tc16_code_bits(spec) == 4 else 4
+
+
+def fills_unsplit(spec) -> bool:
+    """Whether :data:`WIDE_TILE` gives its blocks without split-K (N of 25600 and more)."""
+    return blocks(spec, *WIDE_TILE[:3]) >= WIDE_TILE[4]
 
 
 def layout(spec, target, **knobs) -> str:
@@ -219,7 +243,7 @@ def worth_tuning(spec, target, bm: int = 128, wg: int = 2, wn: int = 1, splits: 
 #: W2, M = 128..2048 on 28672 x 8192, 8192 x 28672 and 4096 x 4096, 10-11 knob sets each) this
 #: rule picks the fastest knob set in 6 of the 8 rows, is within 3.7% in a seventh and 9.6% in the
 #: eighth (8192 x 28672 at M = 128, where one warpgroup with two copying ones was faster).
-TILES = ((2, 1, 256, True, 100), (3, 1, 128, True, 500), (2, 1, 128, 2, 100), (2, 2, 64, True, 100),
+TILES = ((2, 1, 256, True, 100), (3, 1, 128, True, 500), (2, 1, 128, 2, 100), WIDE_TILE,
          (2, 1, 64, True, 100), (1, 1, 64, True, 0))
 
 
@@ -545,7 +569,11 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
         ``acc`` (with a late scale: the unit's own accumulators)."""
         T.evaluate(wgmma_fence())
         for t in T.unroll(TW):
-            for s in T.unroll(8):
+            # with a late scale the unit's first wgmma sets its sums (scale-d 0): zeros written into
+            # them between the units made ptxas serialize the wgmma (C7519, and C7520 with one tile)
+            T.evaluate(wgmma_m64k16(T.address_of(acc[t * ACC]), BM, 128, areg[ab, t, 0, 0], areg[ab, t, 0, 1],
+                                    areg[ab, t, 0, 2], areg[ab, t, 0, 3], stage(i), adt, accumulate=not LATE))
+            for s in T.unroll(1, 8):
                 T.evaluate(wgmma_m64k16(
                     T.address_of(acc[t * ACC]), BM, 128, areg[ab, t, s, 0], areg[ab, t, s, 1],
                     areg[ab, t, s, 2], areg[ab, t, s, 3], stage(i) + T.Cast("uint32", x_step(BM, s)), adt))
@@ -554,8 +582,8 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
     @T.macro
     def scale_unit(ab, acc, gacc, sf):
         """Late scale, once a unit's wgmma are done: its sums ``gacc`` times its rows' scales
-        ``sf[ab]`` (accumulator ``j8 4 + q`` is row ``g4 + 8 (q // 2)``) into ``acc``, and
-        ``gacc`` zeroed for the next unit."""
+        ``sf[ab]`` (accumulator ``j8 4 + q`` is row ``g4 + 8 (q // 2)``) into ``acc`` (the next
+        unit's first wgmma overwrites ``gacc``)."""
         for t in T.unroll(TW):
             T.evaluate(wgmma_fence_acc(T.address_of(gacc[t * ACC]), BM))
         for t in T.unroll(TW):
@@ -563,7 +591,6 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
                 for q in T.unroll(4):
                     a = T.meta_var(t * ACC + j8 * 4 + q)
                     acc[a] = acc[a] + gacc[a] * sf[ab, t, q // 2]
-                    gacc[a] = T.float32(0)
 
     @T.macro
     def store(acc, warp, g4, c4, bm_, bn_, sk, out, psum, whole, slot):
@@ -681,8 +708,6 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
             empty = T.meta_var(lambda u: base[0] + T.Cast("uint32", P * STAGE + (P + u % P) * 8))
             for q in T.unroll(TW * ACC):
                 acc[q] = T.float32(0)
-                if LATE:
-                    gacc[q] = T.float32(0)
             if COPYING:
                 # the copying warpgroups copy, the others wait on mbarriers: "full" (the
                 # copier threads' cp.async landed) and "empty" (every computing thread

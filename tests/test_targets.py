@@ -126,6 +126,8 @@ def test_wgmma_late_scale_leaves_the_weights_unscaled():
     assert ptx[0].count("mul.f16x2") == ptx[0].count("fma.rn.f16x2") > 0
     assert "mul.f16x2" not in ptx[1] and ptx[1].count("fma.rn.f16x2") == ptx[0].count("fma.rn.f16x2")
     assert re.search(r"fma\.rn(\.ftz)?\.f32", ptx[1]) and "wgmma.mma_async" in ptx[1]
+    # each unit's first wgmma sets its sums (scale-d 0): no zeros written between units
+    assert re.search(r"wgmma\.mma_async[^;]*, 0, 1, 1, 0;", ptx[1]) and ", 0, 1, 1, 0;" not in ptx[0]
     for bad in (spec.with_(group_size=64), spec.with_(zero_point=True), spec.with_(M=128)):
         with pytest.raises(ValueError, match="late_scale"):
             schedules.cuda_wgmma.resolve_knobs(bad, late_scale=1, bm=128 if bad.M == 128 else None)
@@ -218,6 +220,13 @@ def test_cuda_default_kernel_for_each_m():
         spec = lutc.MPGemmSpec(M, N, K, act_dtype="float16")
         assert schedules.default("cuda", spec, lutc.target.resolve("cuda:sm_90a")) is schedules.cuda_wgmma
         assert schedules.cuda_wgmma.resolve_knobs(spec)["splits"] == splits
+    # M = 2..8: wgmma where N is wide enough for its 256-row tile alone (28672 x 8192 W4 at M = 2:
+    # 36.3 us against 40.3), from M = 4 for 2-bit slots (W2 at M = 2: 33.2 against cuda_stream's 29.0)
+    for M, N, K, wbits, sname in ((2, 28672, 8192, 4, "cuda_wgmma"), (2, 28672, 8192, 2, "cuda_stream"),
+                                  (4, 28672, 8192, 2, "cuda_wgmma"), (8, 57344, 8192, 1, "cuda_wgmma"),
+                                  (8, 8192, 28672, 4, "cuda_stream"), (8, 16384, 4096, 2, "cuda_stream")):
+        spec = lutc.MPGemmSpec(M, N, K, wbits=wbits, group_size=128, act_dtype="float16")
+        assert schedules.default("cuda", spec, lutc.target.resolve("cuda:sm_90a")).__name__ == f"schedules.{sname}"
     # W1, W3 and ternary take the tensor-core kernels too (tc16 holds them in 2- or 4-bit slots);
     # bcq has none, nor fp32 activations
     # (M = 1: the LUT kernel for W1, the streamed one for W3 and ternary, as for W2 and W4)
@@ -230,9 +239,10 @@ def test_cuda_default_kernel_for_each_m():
                       target="cuda:sm_90a").schedule == "cuda_generic"
     assert lutc.build(lutc.MPGemmSpec(16, 256, 512, wbits=3), target="cuda:sm_90a").schedule == "cuda_generic"
     assert lutc.build(lutc.MPGemmSpec(4, 256, 512, act_dtype="float16"), target="cuda:sm_90a").schedule == "cuda_stream"
-    # M = 2..8: the streamed mma kernel (the LUT kernel builds one table per row of x)
+    # M = 2..8: the streamed mma kernel (the LUT kernel builds one table per row of x), or on a wide
+    # weight wgmma (above)
     for M, wbits in itertools.product((2, 8), (2, 4)):
-        spec = lutc.MPGemmSpec(M, 28672, 8192, wbits=wbits, act_dtype="float16")
+        spec = lutc.MPGemmSpec(M, 8192, 28672, wbits=wbits, act_dtype="float16")
         assert lutc.build(spec, target="cuda:sm_90a").schedule == "cuda_stream"
     # M = 1: the streamed mma kernel at 2 and 4 bits (H200: 29.9 against the LUT kernel's 30.0 us
     # at W2 with its late scale, 43.6 against 54.6 at W4)
@@ -366,12 +376,16 @@ def test_tc16_dequantization_bits(dtype, fmt, wbits, zero_points):
            "LShift": lambda a, b: a << b, "RShift": lambda a, b: a >> b, "BitwiseOr": lambda a, b: a | b,
            "BitwiseAnd": lambda a, b: a & b}
 
+    ops.update({"EQ": lambda a, b: int(a == b), "Max": max})
+
     def value(expr) -> int:      # the integer a constant index expression of the kernel folds to
         kind = type(expr).__name__
         if kind in ops:
             return ops[kind](value(expr.a), value(expr.b)) & 0xFFFFFFFF
         if kind == "Cast":
             return value(expr.value) & 0xFFFFFFFF
+        if kind == "Call" and expr.op.name.endswith("if_then_else"):
+            return value(expr.args[1] if value(expr.args[0]) else expr.args[2])
         return bound[expr.name] if kind == "Var" else int(expr.value)
 
     def halves(bits: int):
