@@ -139,7 +139,8 @@ LATE_MAX_TOKENS = 64
 #: The late scale is the default up to this M (H200, ``benchmarks/results/cuda_wgmma_late_scale_h200.log``:
 #: 28672 x 8192 W2 at M = 16 36.8 us against 40.4, W4 41.6 against 43.3; 4096 x 4096 7.0 against
 #: 7.3; at M = 32 1.00-0.98x; at M = 64 slower, 11.2 against 9.5 on 4096 x 4096: past the weights'
-#: bound the extra FMAs and the unit's wait cost more than the multiplies saved).
+#: bound the extra FMAs and the unit's wait cost more than the multiplies saved; the same at M = 48
+#: and 64 once its sums were no longer zeroed, 1.15-1.22x: ``cuda_wgmma_late_scale_m48_m64_h200.log``).
 LATE_MAX_M = 32
 #: Stream-K grids (knob ``streamk``, :mod:`schedules.stream_k`): one block per SM of the Hopper
 #: parts, H20 (78 SMs), H100 PCIe (114), H100 SXM, H200 and GH200 (132); 0 is a block per tile.
