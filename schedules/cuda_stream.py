@@ -63,6 +63,9 @@ MAX_M = 16
 SMEM_LIMIT = 99 * 1024
 #: fp16 elements per padded row of x in shared memory (128 + 8: rows start 16 bytes apart mod 128)
 X_ROW = 136
+#: Blocks of the 2-tile decode default (N / 32) under which a warp takes one tile instead: two
+#: blocks per SM of the 132-SM H100 SXM / H200 (:func:`default_knobs`).
+FEW_BLOCKS = 2 * 132
 
 
 def supports(spec, target) -> bool:
@@ -112,8 +115,20 @@ def default_knobs(spec) -> dict:
     against 9.1 us); past N = 16384 K split in 2 with 4 stages (28672 x 8192 M = 8: 35.0 / 44.4
     us W2 / W4 against 35.5 / 46.5, same run); 2 x 2 tiles and 3 stages beyond. Where a choice
     does not fit in shared memory, stages, then warps, then tiles step down
-    (:func:`resolve_knobs`)."""
+    (:func:`resolve_knobs`).
+
+    At M = 1 on a narrow weight, whose 2-tile blocks are fewer than :data:`FEW_BLOCKS`, a warp
+    takes one row tile (twice the warps, each with a step in flight): 2-bit slots 8 deep, 4-bit
+    slots with 2 warps side by side, 6 deep (H200, ``benchmarks/results/cuda_stream_narrow_h200.log``,
+    us W2 / W4 against the 2-tile default: 8192 x 28672 31.3 / 37.0 against 33.5 / 39.0, the W4 at
+    80% of the copy floor; 4096 x 11008 10.9 / 12.4 against 13.4 / 13.9; 4096 x 4096 5.6 / 6.1
+    against 5.9 / 6.0; with 344 blocks, 11008 x 4096 kept the default: 9.2 / 11.3 against
+    11.5 / 11.7)."""
     late = {"late_scale": int(can_scale_late(spec))}
+    if spec.M == 1 and -(-spec.N // 32) < FEW_BLOCKS:     # narrow: a tile per warp, deeper
+        if tc16_code_bits(spec) == 4:
+            return {"warps": 4, "wn": 2, "nw": 1, "stages": 6, **late}
+        return {"warps": 4, "wn": 1, "nw": 1, "stages": 8, **late}
     if spec.M == 1 and tc16_code_bits(spec) == 4:    # a step of 4-bit slots: 6 deep
         return {"warps": 4, "wn": 1, "nw": 2, "stages": 6, **late}
     if spec.M <= 4:

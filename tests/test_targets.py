@@ -227,6 +227,12 @@ def test_cuda_default_kernel_for_each_m():
                                   (8, 8192, 28672, 4, "cuda_stream"), (8, 16384, 4096, 2, "cuda_stream")):
         spec = lutc.MPGemmSpec(M, N, K, wbits=wbits, group_size=128, act_dtype="float16")
         assert schedules.default("cuda", spec, lutc.target.resolve("cuda:sm_90a")).__name__ == f"schedules.{sname}"
+    # M = 1 on a narrow weight (fewer than 2 blocks of 2 tiles per SM): a tile per warp, deeper
+    # (8192 x 28672 W4: 37.0 us against 39.0 with the 2-tile default)
+    for N, K, wbits, knobs in ((8192, 28672, 2, dict(wn=1, nw=1, stages=8)), (4096, 11008, 4, dict(wn=2, nw=1, stages=6)),
+                               (11008, 4096, 2, dict(wn=1, nw=2, stages=4)), (28672, 8192, 4, dict(wn=1, nw=2, stages=6))):
+        chosen = schedules.cuda_stream.resolve_knobs(lutc.MPGemmSpec(1, N, K, wbits=wbits, act_dtype="float16"))
+        assert {k: chosen[k] for k in knobs} == knobs, (N, K, wbits, chosen)
     # W1, W3 and ternary take the tensor-core kernels too (tc16 holds them in 2- or 4-bit slots);
     # bcq has none, nor fp32 activations
     # (M = 1: the LUT kernel for W1, the streamed one for W3 and ternary, as for W2 and W4)
