@@ -200,7 +200,7 @@ def wide_min_m(spec) -> int:
 
 
 def fills_unsplit(spec) -> bool:
-    """Whether :data:`WIDE_TILE` gives its blocks without split-K (N of 25600 and more)."""
+    """Whether :data:`WIDE_TILE` gives its blocks without split-K (at M <= 64: N over 25344)."""
     return blocks(spec, *WIDE_TILE[:3]) >= WIDE_TILE[4]
 
 
