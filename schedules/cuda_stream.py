@@ -119,7 +119,8 @@ def default_knobs(spec) -> dict:
 
     At M = 1 on a narrow weight, whose 2-tile blocks are fewer than :data:`FEW_BLOCKS`, a warp
     takes one row tile (twice the warps, each with a step in flight): 2-bit slots 8 deep, 4-bit
-    slots with 2 warps side by side, 6 deep (H200, ``benchmarks/results/cuda_stream_narrow_h200.log``,
+    slots with 2 warps side by side, 6 deep (the faster 4-bit set on 8192 x 28672, 37.0 against
+    38.3 us 8 deep; 12.4 against 11.9 on 4096 x 11008) (H200, ``benchmarks/results/cuda_stream_narrow_h200.log``,
     us W2 / W4 against the 2-tile default: 8192 x 28672 31.3 / 37.0 against 33.5 / 39.0, the W4 at
     80% of the copy floor; 4096 x 11008 10.9 / 12.4 against 13.4 / 13.9; 4096 x 4096 5.6 / 6.1
     against 5.9 / 6.0; with 344 blocks, 11008 x 4096 kept the default: 9.2 / 11.3 against

@@ -174,7 +174,8 @@ def supports(spec, target) -> bool:
 
 def preferred(spec, target) -> bool:
     """From M = 9 (:data:`MIN_M`), and from M = :func:`wide_min_m` where N is wide enough for
-    :data:`WIDE_TILE` alone to fill the GPU (:func:`fills_unsplit`). On the H200
+    :data:`WIDE_TILE` alone to fill the GPU (:func:`fills_unsplit`) and both kernels scale late
+    (no zero points, groups of 128 or more: as measured). On the H200
     (``benchmarks/results/cuda_small_m_h200.md``, W2 us at M = 16, this kernel with its default
     split-K / ``cuda_stream`` / ``cuda_mma``): 28672 x 8192 40.8 / 60.9 / 51.6, 57344 x 8192 78.1 /
     101.7 / 96.8, 8192 x 28672 51.6 / 62.1 / 64.0, 4096 x 4096 7.4 / 11.0 / 11.2. Below M = 9
@@ -184,7 +185,8 @@ def preferred(spec, target) -> bool:
     M = 2), ternary 31.6 / 32.9 against 34.3 / 34.2 at M = 4 / 8; on 8192 x 28672 and 4096 x 4096,
     whose tiles need split-K, ``cuda_stream`` is faster at every M <= 8 (W4 at M = 8: 41.2 against
     46.9 us). An earlier run of the same pairs (``cuda_raw_codes_stream_h200.log``) agrees."""
-    return spec.M >= MIN_M or (spec.M >= wide_min_m(spec) and fills_unsplit(spec))
+    return spec.M >= MIN_M or (spec.M >= wide_min_m(spec) and fills_unsplit(spec)
+                               and can_scale_late(spec, *WIDE_TILE[1:3], WIDE_TILE[0], WIDE_TILE[3]))
 
 
 #: The tile (wg, wn, bm, ws) of a decode batch on a wide weight, and the blocks it must give

@@ -101,6 +101,9 @@ STREAM_CASES = [
     (lutc.MPGemmSpec(3, 1000, 1536, format="ternary", act_dtype="bfloat16"),
      dict(warps=1, wn=2, nw=2, stages=2, late_scale=1)),
     (lutc.MPGemmSpec(4, 1000, 11008, wbits=4, group_size=128, act_dtype="float16"), dict(late_scale=0)),
+    # decode on a narrow weight: a row tile per warp (the M = 1 defaults where N / 32 blocks are few)
+    (lutc.MPGemmSpec(1, 1000, 11008, wbits=4, group_size=128, act_dtype="float16"), dict(wn=2, nw=1, stages=6)),
+    (lutc.MPGemmSpec(1, 1000, 14336, wbits=2, group_size=128, act_dtype="bfloat16"), dict(nw=1, stages=8)),
 ]
 
 
@@ -168,6 +171,10 @@ WGMMA_CASES = [
     (lutc.MPGemmSpec(33, 1000, 14336, format="ternary", act_dtype="float16"), dict(wg=2, wn=1, bm=64, late_scale=1)),
     (lutc.MPGemmSpec(64, 1000, 11008, wbits=3, group_size=128, act_dtype="float16", scale_dtype="float32"),
      dict(wg=1, wn=1, bm=64, splits=2, late_scale=1)),
+    # the wide-weight decode batch tile (M = 2..8 on N > 25344), two tiles per warp, late scale
+    (lutc.MPGemmSpec(4, 1000, 11008, wbits=4, group_size=128, act_dtype="float16"),
+     dict(wg=2, wn=2, bm=64, ws=True, late_scale=1)),
+    (lutc.MPGemmSpec(8, 1000, 1536, format="ternary", act_dtype="bfloat16"), dict(wg=2, wn=2, bm=64, late_scale=1)),
 ]
 
 #: Stream-K (schedules.stream_k): grids of 78, 114 and 132 blocks cutting tiles along K, both copy

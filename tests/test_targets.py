@@ -126,7 +126,7 @@ def test_wgmma_late_scale_leaves_the_weights_unscaled():
     assert ptx[0].count("mul.f16x2") == ptx[0].count("fma.rn.f16x2") > 0
     assert "mul.f16x2" not in ptx[1] and ptx[1].count("fma.rn.f16x2") == ptx[0].count("fma.rn.f16x2")
     assert re.search(r"fma\.rn(\.ftz)?\.f32", ptx[1]) and "wgmma.mma_async" in ptx[1]
-    # each unit's first wgmma sets its sums (scale-d 0): no zeros written between units
+    # each unit's first wgmma sets its sums (scale-d 0), in place of zeros written between units
     assert re.search(r"wgmma\.mma_async[^;]*, 0, 1, 1, 0;", ptx[1]) and ", 0, 1, 1, 0;" not in ptx[0]
     for bad in (spec.with_(group_size=64), spec.with_(zero_point=True), spec.with_(M=128)):
         with pytest.raises(ValueError, match="late_scale"):
@@ -227,6 +227,9 @@ def test_cuda_default_kernel_for_each_m():
                                   (8, 8192, 28672, 4, "cuda_stream"), (8, 16384, 4096, 2, "cuda_stream")):
         spec = lutc.MPGemmSpec(M, N, K, wbits=wbits, group_size=128, act_dtype="float16")
         assert schedules.default("cuda", spec, lutc.target.resolve("cuda:sm_90a")).__name__ == f"schedules.{sname}"
+    # ... where both kernels scale late, as measured (zero points keep cuda_stream)
+    spec = lutc.MPGemmSpec(4, 28672, 8192, wbits=4, group_size=128, zero_point=True, act_dtype="float16")
+    assert schedules.default("cuda", spec, lutc.target.resolve("cuda:sm_90a")) is schedules.cuda_stream
     # M = 1 on a narrow weight (fewer than 2 blocks of 2 tiles per SM): a tile per warp, deeper
     # (8192 x 28672 W4: 37.0 us against 39.0 with the 2-tile default)
     for N, K, wbits, knobs in ((8192, 28672, 2, dict(wn=1, nw=1, stages=8)), (4096, 11008, 4, dict(wn=2, nw=1, stages=6)),
