@@ -15,6 +15,9 @@ from lutc import layouts
 from lutc import target as targets
 
 DATA_PAR = 0  # tirx.IterVar.DataPar
+#: SMs of the GPU the CUDA defaults are sized for (H100 SXM, H200, GH200: 132; H100 PCIe has 114,
+#: H20 78): the block counts that fill it, one wave or two. Tuning measures the GPU at hand.
+SMS = 132
 
 
 def has_block(sch: s_tir.Schedule, name: str) -> bool:

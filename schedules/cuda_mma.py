@@ -50,7 +50,7 @@ import tvm
 from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
-from .common import cuda_arch, drop_param, merge_knobs, weight_buffers
+from .common import SMS, cuda_arch, drop_param, merge_knobs, weight_buffers
 from lutc.layouts import tc16_vectors
 
 from .cuda_ptx import groups_per_unit, h2, ldg_pairs, ldsm_x4, mma, reads_tc16, tc16_fragment
@@ -108,7 +108,7 @@ def default_knobs(spec) -> dict:
         knobs = {"warps": 1, "wn": 4, "nw": 2, "mt": 2, "xsm": True, "units": 2}
     # Fewer warps side by side when one row of blocks would leave SMs idle (not for prefill:
     # blockIdx.y walks M there).
-    while not prefill and knobs["wn"] > 1 and NT < 132 * knobs["wn"] * knobs["nw"] // 4:
+    while not prefill and knobs["wn"] > 1 and NT < SMS * knobs["wn"] * knobs["nw"] // 4:
         knobs["wn"] //= 2
     return knobs
 

@@ -44,7 +44,7 @@ from tvm.script import tirx as T
 from lutc.dtypes import nbytes
 from lutc.layouts import tc16_code_bits, tc16_vectors
 
-from .common import cuda_arch, drop_param, merge_knobs, weight_buffers
+from .common import SMS, cuda_arch, drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
 from .cuda_ptx import (cp16, cp_commit, cp_wait, groups_per_unit, lds128, lds_scale_f32, lds_scale_h2, ldsm_x4, mma,
                        reads_tc16, tc16_fragment)
@@ -64,8 +64,8 @@ SMEM_LIMIT = 99 * 1024
 #: fp16 elements per padded row of x in shared memory (128 + 8: rows start 16 bytes apart mod 128)
 X_ROW = 136
 #: Blocks of the 2-tile decode default (N / 32) under which a warp takes one tile instead: two
-#: blocks per SM of the 132-SM H100 SXM / H200 (:func:`default_knobs`).
-FEW_BLOCKS = 2 * 132
+#: blocks per SM (:func:`default_knobs`).
+FEW_BLOCKS = 2 * SMS
 
 
 def supports(spec, target) -> bool:

@@ -120,7 +120,7 @@ from tvm.script import tirx as T
 from lutc.layouts import tc16_code_bits, tc16_vectors
 
 from . import stream_k
-from .common import cuda_arch, drop_param, merge_knobs, weight_buffers
+from .common import SMS, cuda_arch, drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
 from .cuda_ptx import (cp16, cp_commit, cp_mbar_arrive, cp_wait, groups_per_unit, lds128, lds_scale_f32, lds_scale_h2,
                        mbar_arrive, mbar_init, mbar_wait, proxy_fence_async, setmaxnreg, wgmma_commit, wgmma_fence,
@@ -130,7 +130,7 @@ from .cuda_stream import scale_size
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
 KNOBS = {"wg": (1, 2, 3, 4), "wn": (1, 2), "bm": (64, 128, 256), "stages": (3, 4), "ws": (False, True, 2),
-         "splits": (1, 2, 4), "streamk": (0, 78, 114, 132), "late_scale": (0, 1)}
+         "splits": (1, 2, 4), "streamk": (0, 78, 114, SMS), "late_scale": (0, 1)}
 #: Knobs added after tuning logs were written, at the value their kernels had (``late_scale``: the
 #: scales multiplied the dequantized weights).
 ADDED_KNOBS = {"late_scale": 0}
@@ -143,8 +143,8 @@ LATE_MAX_TOKENS = 64
 #: and 64 once its sums were no longer zeroed, 1.15-1.22x: ``cuda_wgmma_late_scale_m48_m64_h200.log``).
 LATE_MAX_M = 32
 #: Stream-K grids (knob ``streamk``, :mod:`schedules.stream_k`): one block per SM of the Hopper
-#: parts, H20 (78 SMs), H100 PCIe (114), H100 SXM, H200 and GH200 (132); 0 is a block per tile.
-SMS = 132
+#: parts, H20 (78 SMs), H100 PCIe (114), H100 SXM, H200 and GH200 (132, the default's ``SMS``); 0 is
+#: a block per tile.
 #: Dynamic shared memory of one block on sm_90 (227 KB, the opt-in maximum).
 SMEM_LIMIT = 227 * 1024
 #: Alignment of each stage's x (the 128-byte swizzle repeats every 1024 bytes).
@@ -173,9 +173,8 @@ def supports(spec, target) -> bool:
 
 
 def preferred(spec, target) -> bool:
-    """From M = 9 (:data:`MIN_M`), and from M = :func:`wide_min_m` where N is wide enough for
-    :data:`WIDE_TILE` alone to fill the GPU (:func:`fills_unsplit`) and both kernels scale late
-    (no zero points, groups of 128 or more: as measured). On the H200
+    """From M = 9 (:data:`MIN_M`), and from M = :func:`wide_min_m` where :data:`WIDE_TILE` alone
+    fills the GPU and scales late (:func:`fits_wide_batch`). On the H200
     (``benchmarks/results/cuda_small_m_h200.md``, W2 us at M = 16, this kernel with its default
     split-K / ``cuda_stream`` / ``cuda_mma``): 28672 x 8192 40.8 / 60.9 / 51.6, 57344 x 8192 78.1 /
     101.7 / 96.8, 8192 x 28672 51.6 / 62.1 / 64.0, 4096 x 4096 7.4 / 11.0 / 11.2. Below M = 9
@@ -185,8 +184,7 @@ def preferred(spec, target) -> bool:
     M = 2), ternary 31.6 / 32.9 against 34.3 / 34.2 at M = 4 / 8; on 8192 x 28672 and 4096 x 4096,
     whose tiles need split-K, ``cuda_stream`` is faster at every M <= 8 (W4 at M = 8: 41.2 against
     46.9 us). An earlier run of the same pairs (``cuda_raw_codes_stream_h200.log``) agrees."""
-    return spec.M >= MIN_M or (spec.M >= wide_min_m(spec) and fills_unsplit(spec)
-                               and can_scale_late(spec, *WIDE_TILE[1:3], WIDE_TILE[0], WIDE_TILE[3]))
+    return spec.M >= MIN_M or (spec.M >= wide_min_m(spec) and fits_wide_batch(spec))
 
 
 #: The tile (wg, wn, bm, ws) of a decode batch on a wide weight, and the blocks it must give
@@ -201,9 +199,12 @@ def wide_min_m(spec) -> int:
     return 2 if tc16_code_bits(spec) == 4 else 4
 
 
-def fills_unsplit(spec) -> bool:
-    """Whether :data:`WIDE_TILE` gives its blocks without split-K (at M <= 64: N over 25344)."""
-    return blocks(spec, *WIDE_TILE[:3]) >= WIDE_TILE[4]
+def fits_wide_batch(spec) -> bool:
+    """Whether :data:`WIDE_TILE` gives its blocks without split-K (at M <= 64: N over 25344) and
+    can scale late (no zero points, groups of 128 or more: where ``cuda_stream`` does too, as
+    measured)."""
+    wg, wn, bm, ws, min_blocks = WIDE_TILE
+    return blocks(spec, wg, wn, bm) >= min_blocks and can_scale_late(spec, wn, bm, wg, ws)
 
 
 def layout(spec, target, **knobs) -> str:
