@@ -64,6 +64,31 @@ copying warpgroups keep 32 each and give the rest to the computing ones (``setma
 :func:`computing_registers`; ``__launch_bounds__(threads, 1)`` tells ptxas the count at entry).
 (The L2 was not the bound: halving the x traffic from L2 left the time unchanged.)
 
+A buffers of part of a unit (knob ``ak``: k16 steps per A buffer, 8 = a whole unit). A buffer
+of a whole unit costs 32 registers per 64-row tile, two buffers 64, which leaves no room for two
+tiles of 128 tokens beside their 128 accumulators. With ``ak < 8`` a unit runs as ``8 / ak``
+chunks: issue chunk ``c``'s wgmma, dequantize chunk ``c + 1`` (the next unit's first, after
+waiting for its stage, at the unit's end), ``wgmma.wait_group 0``; the unit's codes and
+coefficients are read with its first chunk. Two computing warpgroups of two 64-row tiles then
+take 256 weight rows x 128 tokens with ``ak = 2`` (:data:`BATCH_TILE`, the default at
+M = 65..128 where it gives its blocks, and stream-K's tile): each x tile copied serves twice the
+rows, and on the H200 28672 x 8192 at M = 96 took 89.2 / 97.1 us (W2 / W4) against 129.9 / 137.9
+with 128-row tiles (Humming 92.3 / 100.4, in turns). The tile that fits whole units measured the same with
+``ak = 2`` (28672 x 8192 W2 at M = 512: 388.4 against 388.6 us), so the tuner tries ``ak < 8``
+only where whole units do not fit (:func:`worth_tuning`).
+
+Where prefill stands, and why (``benchmarks/results/cuda_prefill_h200.md``). At M = 512 on
+28672 x 8192 Nsight Compute (clock locked at 1.34-1.36 GHz) shows this kernel's tensor pipe 89.7%
+busy while the SMs are active, Humming's 86.5% (442 against 403 us: 448 blocks are 3.39 waves, so
+the SMs are active 84% of the time, where Humming's persistent stream-K grid keeps them busy 97%).
+At the full clock both run at the H200's 690 W limit, and there the energy per product decides:
+sustained, this kernel ran at 1575 MHz (411.7 us), its stream-K grid at 1455 MHz (399.1), Humming
+at 1710 (354.9), cuBLAS at 1320 (391.8) (``benchmarks/results/cuda_prefill_power_h200.log``). 256-row
+tiles (half the x copied from L2) did not speed it up (412-429 us), so the bytes of x copied are
+not what costs. What else differs, untested: Humming loads x with TMA (one instruction per tile,
+multicast to the two blocks of a cluster) where this kernel issues 16-byte ``cp.async``, and it
+stores the output through shared memory with TMA where this kernel stores from registers.
+
 Split-K (knob ``splits``, for few blocks). Where M is small (to 64) and N narrow, the tiles give
 fewer blocks than SMs (8192 x 28672 at M = 16: 128 blocks of one warpgroup, each walking all of
 K's 224 units), so SMs idle while the weights stream. With ``splits = s`` block ``(m, n, z)``
@@ -129,11 +154,12 @@ from .cuda_stream import scale_size
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
-KNOBS = {"wg": (1, 2, 3, 4), "wn": (1, 2), "bm": (64, 128, 256), "stages": (3, 4), "ws": (False, True, 2),
-         "splits": (1, 2, 4), "streamk": (0, 78, 114, SMS), "late_scale": (0, 1)}
+KNOBS = {"wg": (1, 2, 3, 4), "wn": (1, 2), "bm": (64, 128, 176, 256), "stages": (3, 4),
+         "ws": (False, True, 2), "splits": (1, 2, 4), "streamk": (0, 78, 114, SMS), "late_scale": (0, 1),
+         "ak": (8, 4, 2, 1)}
 #: Knobs added after tuning logs were written, at the value their kernels had (``late_scale``: the
 #: scales multiplied the dequantized weights).
-ADDED_KNOBS = {"late_scale": 0}
+ADDED_KNOBS = {"late_scale": 0, "ak": 8}
 #: Most tokens of a block with a late scale: each unit's sums need as many accumulators again.
 LATE_MAX_TOKENS = 64
 #: The late scale is the default up to this M (H200, ``benchmarks/results/cuda_wgmma_late_scale_h200.log``:
@@ -218,25 +244,42 @@ def tokens(spec, bm: int) -> int:
     return min(bm, -(-spec.M // 8) * 8)
 
 
-#: Stream-K's tile where it is the default (:func:`default_streamk`): (wg, wn, bm, ws).
-STREAMK_TILE = (2, 1, 128, 2)
+#: The tile (wg, wn, bm, ws, ak) of a batch of 65..128 tokens (:func:`fits_batch`) and of stream-K
+#: where that is the default (:func:`default_streamk`): 256 weight rows x 128 tokens, two 64-row
+#: tiles per computing warpgroup, whose accumulators fit beside A buffers of two k16 steps (eight,
+#: a whole unit, would not), two copying warpgroups. Each x tile copied serves twice the rows of a
+#: 128-row tile. On the
+#: H200, in turns (``benchmarks/results/cuda_wgmma_ak_m96_m256_h200.log``, W2 / W4 us): 28672 x 8192
+#: at M = 96 89.2 / 97.1 against 129.9 / 137.9 for 224 blocks of 128 rows x 128 tokens (Humming
+#: 92.3 / 100.4), at M = 128 105.0 / 110.4 against 111.2 / 117.9 (Humming 105.1 / 118.7); 8192 x
+#: 28672 (stream-K) at M = 96 84.8 / 92.3 against 94.0 / 105.3 with 128-row tiles (Humming 95.7 /
+#: 106.2), at M = 128 104.2 against 109.2 (W2). At M = 256 it lost (28672 x 8192: 208.7 against
+#: 192.4 for 256-token tiles), and on 4096 x 4096 (16 blocks: 46.8 against 14.3).
+BATCH_TILE = (2, 2, 128, 2, 2)
+#: Fewest blocks :data:`BATCH_TILE` must give to be the default without stream-K (28672 x 8192
+#: gives 112).
+BATCH_MIN_BLOCKS = 100
 #: Fewest K units per stream-K block worth it: each block pays a pipeline fill and up to two
-#: partial-sum stores (4096 x 4096 at M = 128, 8 units per block: 23-49 us against 14 unsplit).
-STREAMK_MIN_UNITS = 64
+#: partial-sum stores (4096 x 4096 at M = 128, 8 units per block: 23-49 us against 14 unsplit;
+#: 8192 x 28672 at M = 96 in :data:`BATCH_TILE`, 54 units per block, paid).
+STREAMK_MIN_UNITS = 48
 #: Blocks that split-K aims at (:func:`default_splits`), and from which it is not worth tuning:
 #: about two waves of the H200's 132 SMs keep every SM busy; more splits only add partial sums.
 SPLIT_BLOCKS = 256
 
 
 def worth_tuning(spec, target, bm: int = 128, wg: int = 2, wn: int = 1, splits: int = 1, streamk: int = 0,
-                 **_) -> bool:
+                 ak: int = 8, ws=True, **_) -> bool:
     """False for a token tile past the one that already holds all of M (the same kernel), for
-    split-K or stream-K where the tile alone gives :data:`SPLIT_BLOCKS` blocks, and for stream-K
-    shares under :data:`STREAMK_MIN_UNITS` units."""
+    split-K or stream-K where the tile alone gives :data:`SPLIT_BLOCKS` blocks, for stream-K
+    shares under :data:`STREAMK_MIN_UNITS` units, and for A buffers of part of a unit where whole
+    units fit (the same tile measured the same: 28672 x 8192 W2 at M = 512 388.4 us with ``ak = 2``
+    against 388.6, ``benchmarks/results/cuda_wgmma_ak_w2_h200.log``)."""
     new_tile = bm == KNOBS["bm"][0] or tokens(spec, bm) > tokens(spec, bm // 2)
     few = blocks(spec, wg, wn, bm) < SPLIT_BLOCKS
     return (new_tile and (splits == 1 or few)
-            and (not streamk or (few and iterations(spec, wg, wn, bm) >= STREAMK_MIN_UNITS * streamk)))
+            and (not streamk or (few and iterations(spec, wg, wn, bm) >= STREAMK_MIN_UNITS * streamk))
+            and (ak == 8 or registers(spec, wn, bm) > register_limit(wg, ws)))
 
 
 #: Tiles (wg, wn, bm, ws) from the most work per block down, each with the blocks it must give to
@@ -283,18 +326,18 @@ def register_limit(wg: int, ws: int = 0) -> int:
     return min(REG_BUDGET, computing_registers(wg, ws) - REG_OTHER)
 
 
-def moves_registers(spec, wg: int, wn: int, bm: int, ws: int, late_scale: int = 0) -> bool:
+def moves_registers(spec, wg: int, wn: int, bm: int, ws: int, late_scale: int = 0, ak: int = 8) -> bool:
     """Whether the kernel moves registers from the copying warpgroup to the computing ones: only
     a tile that does not fit the even share does, a late scale's accumulators counted (the others
     keep the code they were timed with)."""
-    return bool(ws) and (registers(spec, wn, bm) + late_registers(spec, wn, bm, late_scale)
+    return bool(ws) and (registers(spec, wn, bm, ak) + late_registers(spec, wn, bm, late_scale)
                          > launch_registers(wg, ws) - REG_OTHER)
 
 
-def fits(spec, wg: int, wn: int, bm: int, stages: int = 3, ws: int = 0) -> bool:
+def fits(spec, wg: int, wn: int, bm: int, stages: int = 3, ws: int = 0, ak: int = 8) -> bool:
     """Whether the tile fits a block's registers (:func:`register_limit`, :func:`wgmma_fits`) and
     shared memory."""
-    return (registers(spec, wn, bm) <= register_limit(wg, ws) and wgmma_fits(spec, wg, bm, ws)
+    return (registers(spec, wn, bm, ak) <= register_limit(wg, ws) and wgmma_fits(spec, wg, bm, ws)
             and smem_bytes(spec, wg, wn, bm, stages) <= SMEM_LIMIT)
 
 
@@ -314,23 +357,36 @@ def default_knobs(spec) -> dict:
                    and (t[2] == 64 or tokens(spec, t[2]) == t[2])),
                   max(tiles, key=lambda t: blocks(spec, *t[:3])))
     streamk = default_streamk(spec, chosen)
-    wg, wn, bm, ws = STREAMK_TILE if streamk else chosen[:4]
-    return {"wg": wg, "wn": wn, "bm": bm, "stages": 4 if fits(spec, wg, wn, bm, 4, ws=ws) else 3, "ws": ws,
+    if streamk or fits_batch(spec):
+        wg, wn, bm, ws, ak = BATCH_TILE
+    else:
+        (wg, wn, bm, ws), ak = chosen[:4], 8
+    return {"wg": wg, "wn": wn, "bm": bm, "stages": 4 if fits(spec, wg, wn, bm, 4, ws=ws, ak=ak) else 3, "ws": ws,
             "splits": default_splits(spec, blocks(spec, wg, wn, bm)) if chosen == TILES[-1] and not streamk else 1,
-            "streamk": streamk, "late_scale": default_late_scale(spec, wn, bm, wg, ws)}
+            "streamk": streamk, "late_scale": default_late_scale(spec, wn, bm, wg, ws, ak), "ak": ak}
 
 
-def default_late_scale(spec, wn: int, bm: int, wg: int, ws) -> int:
+def fits_batch(spec) -> bool:
+    """Whether :data:`BATCH_TILE` is the default without stream-K: M = 65..128 (from
+    :data:`SPLIT_MAX_M`, where the weights set the time; to its 128 tokens) and at least
+    :data:`BATCH_MIN_BLOCKS` blocks."""
+    wg, wn, bm, ws, ak = BATCH_TILE
+    return (SPLIT_MAX_M < spec.M <= bm and blocks(spec, wg, wn, bm) >= BATCH_MIN_BLOCKS
+            and fits(spec, wg, wn, bm, ws=ws, ak=ak))
+
+
+def default_late_scale(spec, wn: int, bm: int, wg: int, ws, ak: int = 8) -> int:
     """1 up to :data:`LATE_MAX_M` where the tile can scale late (:func:`can_scale_late`), else 0."""
-    return int(spec.M <= LATE_MAX_M and can_scale_late(spec, wn, bm, wg, ws))
+    return int(spec.M <= LATE_MAX_M and can_scale_late(spec, wn, bm, wg, ws, ak))
 
 
-def can_scale_late(spec, wn: int, bm: int, wg: int, ws) -> bool:
+def can_scale_late(spec, wn: int, bm: int, wg: int, ws, ak: int = 8) -> bool:
     """Whether the ``late_scale`` knob can be 1 (:func:`wgmma_kernel`): one scale group per K unit
     (groups of 128 weights or more), the format's constant zero (no zero points), at most
-    :data:`LATE_MAX_TOKENS` tokens, and room for the unit's accumulators beside the others
+    :data:`LATE_MAX_TOKENS` tokens, A buffers of whole units (``ak = 8``: the unit's sums are
+    scaled once its wgmma are done) and room for the unit's accumulators beside the others
     (:func:`late_registers`)."""
-    return (groups_per_unit(spec) == 1 and not spec.zero_point and tokens(spec, bm) <= LATE_MAX_TOKENS
+    return (groups_per_unit(spec) == 1 and not spec.zero_point and tokens(spec, bm) <= LATE_MAX_TOKENS and ak == 8
             and registers(spec, wn, bm) + late_registers(spec, wn, bm, 1) <= register_limit(wg, ws))
 
 
@@ -341,7 +397,7 @@ def late_registers(spec, wn: int, bm: int, late_scale: int) -> int:
 
 
 def default_streamk(spec, tile) -> int:
-    """Stream-K's grid (:data:`SMS` blocks, :data:`STREAMK_TILE`) where the tile the block count
+    """Stream-K's grid (:data:`SMS` blocks, :data:`BATCH_TILE`) where the tile the block count
     chose (``tile`` of :data:`TILES`) takes fewer tokens than the stream-K tile, gives at most one
     wave, and the shares are long (:data:`STREAMK_MIN_UNITS`); else 0. Past M = 64: below, the
     weights set the time and split-K serves (8192 x 28672 at M = 16: 85.4 us with stream-K against
@@ -349,9 +405,9 @@ def default_streamk(spec, tile) -> int:
     100.6 us against 131.2 for 64-token tiles on 128 blocks (each weight dequantized once, not twice);
     28672 x 8192 keeps its 224 blocks of 128 tokens (100.7 against 110.7 stream-K): the tensor
     cores and dequantization, not the last wave, set the time there."""
-    wg, wn, bm, ws = STREAMK_TILE
+    wg, wn, bm, ws, ak = BATCH_TILE
     if (spec.M > SPLIT_MAX_M and tokens(spec, tile[2]) < tokens(spec, bm) and blocks(spec, *tile[:3]) <= SMS
-            and iterations(spec, wg, wn, bm) >= STREAMK_MIN_UNITS * SMS and fits(spec, wg, wn, bm, ws=ws)):
+            and iterations(spec, wg, wn, bm) >= STREAMK_MIN_UNITS * SMS and fits(spec, wg, wn, bm, ws=ws, ak=ak)):
         return SMS
     return 0
 
@@ -378,13 +434,14 @@ def resolve_knobs(spec, **given) -> dict:
     knobs = merge_knobs("cuda_wgmma", KNOBS, default_knobs(spec), given)
     if given.get("streamk") and given.get("splits") is None:
         knobs["splits"] = 1            # stream-K given: no default split-K beside it
-    if given.get("ws") is None and registers(spec, knobs["wn"], knobs["bm"]) > register_limit(knobs["wg"], True):
+    if given.get("ws") is None and registers(spec, knobs["wn"], knobs["bm"], knobs["ak"]) > register_limit(knobs["wg"], True):
         knobs["ws"] = False            # a tile asked for without ws that the copying warpgroup would not fit
-    if given.get("stages") is None and not fits(spec, knobs["wg"], knobs["wn"], knobs["bm"], knobs["stages"]):
+    if given.get("stages") is None and not fits(spec, knobs["wg"], knobs["wn"], knobs["bm"], knobs["stages"],
+                                                 ak=knobs["ak"]):
         knobs["stages"] = 3
     if given.get("late_scale") is None:    # the default for the tile given, not the default tile's
-        knobs["late_scale"] = default_late_scale(spec, knobs["wn"], knobs["bm"], knobs["wg"], knobs["ws"])
-    regs, limit = registers(spec, knobs["wn"], knobs["bm"]), register_limit(knobs["wg"], knobs["ws"])
+        knobs["late_scale"] = default_late_scale(spec, knobs["wn"], knobs["bm"], knobs["wg"], knobs["ws"], knobs["ak"])
+    regs, limit = registers(spec, knobs["wn"], knobs["bm"], knobs["ak"]), register_limit(knobs["wg"], knobs["ws"])
     if regs > limit or not wgmma_fits(spec, knobs["wg"], knobs["bm"], knobs["ws"]):
         raise ValueError(f"cuda_wgmma knobs {knobs} need {regs} registers per thread for accumulators "
                          f"and A fragments (limit {limit} with {knobs['wg'] + knobs['ws']} warpgroups, and one "
@@ -393,9 +450,9 @@ def resolve_knobs(spec, **given) -> dict:
     if knobs["streamk"] and knobs["splits"] > 1:
         raise ValueError(f"cuda_wgmma knobs splits={knobs['splits']} and streamk={knobs['streamk']} both "
                          "divide K among blocks: use one")
-    if knobs["late_scale"] and not can_scale_late(spec, knobs["wn"], knobs["bm"], knobs["wg"], knobs["ws"]):
-        raise ValueError(f"cuda_wgmma knob late_scale=1 needs groups of 128 weights or more, no zero points "
-                         f"and at most {LATE_MAX_TOKENS} tokens per block with registers to spare (knobs {knobs})")
+    if knobs["late_scale"] and not can_scale_late(spec, knobs["wn"], knobs["bm"], knobs["wg"], knobs["ws"], knobs["ak"]):
+        raise ValueError(f"cuda_wgmma knob late_scale=1 needs groups of 128 weights or more, no zero points, "
+                         f"ak=8 and at most {LATE_MAX_TOKENS} tokens per block with registers to spare (knobs {knobs})")
     if knobs["streamk"] > iterations(spec, knobs["wg"], knobs["wn"], knobs["bm"]):
         raise ValueError(f"cuda_wgmma knob streamk={knobs['streamk']} asks for more blocks than the "
                          f"{iterations(spec, knobs['wg'], knobs['wn'], knobs['bm'])} tile units of the product")
@@ -409,9 +466,10 @@ def resolve_knobs(spec, **given) -> dict:
     return knobs
 
 
-def registers(spec, wn: int, bm: int) -> int:
-    """Accumulators (``64 x tokens / 128`` per tile) and two A buffers (32 per tile) per thread."""
-    return wn * (tokens(spec, bm) // 2 + 2 * 32)
+def registers(spec, wn: int, bm: int, ak: int = 8) -> int:
+    """Accumulators (``64 x tokens / 128`` per tile) and two A buffers (``4 ak`` per tile: the
+    fragments of ``ak`` k16 steps) per thread."""
+    return wn * (tokens(spec, bm) // 2 + 2 * 4 * ak)
 
 
 def stage_bytes(spec, wg: int, wn: int, bm: int) -> dict:
@@ -434,10 +492,10 @@ def smem_bytes(spec, wg: int, wn: int, bm: int, stages: int) -> int:
 
 
 def schedule(func, spec, target, wg=None, wn=None, bm=None, stages=None, ws=None,
-             splits=None, streamk=None, late_scale=None) -> s_tir.Schedule:
+             splits=None, streamk=None, late_scale=None, ak=None) -> s_tir.Schedule:
     """The dequantize-to-registers + wgmma kernel for ``spec`` (``func`` is its reference semantics)."""
     knobs = resolve_knobs(spec, wg=wg, wn=wn, bm=bm, stages=stages, ws=ws, splits=splits, streamk=streamk,
-                          late_scale=late_scale)
+                          late_scale=late_scale, ak=ak)
     return s_tir.Schedule(IRModule({"main": wgmma_kernel(spec, **knobs)}))
 
 
@@ -455,7 +513,7 @@ def x_step(bm: int, s: int) -> int:
 
 
 def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: int = 1, streamk: int = 0,
-                 late_scale: int = 0):
+                 late_scale: int = 0, ak: int = 8):
     """The PrimFunc (module docstring). Arguments: ``x [M, K]`` fp16 or bf16, ``planes`` (``tc16``),
     ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``.
 
@@ -493,7 +551,8 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
     PLANES, COEF, ZEROS = weight_buffers(spec, "tc16")   # lutc.layouts' shapes of tc16
     WORDS = smem_bytes(spec, wg, wn, bm, P) // 4
     ACC = BM // 2                             # fp32 accumulators per thread and tile (m64 x BM / 128)
-    REGS_MOVED = moves_registers(spec, wg, wn, bm, ws, late_scale)
+    REGS_MOVED = moves_registers(spec, wg, wn, bm, ws, late_scale, ak)
+    AK, CH = ak, 8 // ak                      # k16 steps per A buffer, A chunks per unit
     COPYING = bool(ws)                        # ws copying warpgroups (TIR's if needs a bool)
     LATE = bool(late_scale)
 
@@ -543,44 +602,54 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
                     T.evaluate(cp16(st + T.Cast("uint32", OFF_Z + copy * 16), T.address_of(zeros[tile, group, row])))
 
     @T.macro
-    def dequantize(st, buf, areg, wreg, sreg, zreg, sf, warp, g4, lane):
-        """This lane's A fragments of the unit in the stage at ``st``, into A buffer ``buf``:
-        register ``t8 + 2 h`` of k16 step ``s`` is rows ``g4 + 8 t8`` at k ``16 s + 8 h + 2 c4``
-        (with a late scale ``q - c``, and the rows' scales into ``sf[buf]``)."""
+    def read_codes(st, t, wreg, sreg, zreg, sf, buf, warp, g4, lane):
+        """The lane's codes of tile ``t`` of the unit in the stage at ``st`` and their rows'
+        coefficients (with a late scale the scales into ``sf[buf]``)."""
+        for j4 in T.unroll(J4):
+            T.evaluate(lds128(st + T.Cast("uint32", OFF_W + (((warp * TW + t) * J4 + j4) * 32 + lane) * 16),
+                              T.address_of(wreg[t, j4, 0])))
+        for t8 in T.unroll(2):
+            for ng in T.unroll(NG):
+                # coefficient of row t8 * 8 + g4 in the unit's group ng
+                coef = T.meta_var((((warp * TW + t) * NG + ng) * 16 + t8 * 8 + g4) * ssz)
+                if LATE:    # (one group per unit)
+                    sf[buf, t, t8] = lds_scale_f32(st + T.Cast("uint32", OFF_S + coef), sdt)
+                else:
+                    sreg[t, t8, ng] = lds_scale_h2(st + T.Cast("uint32", OFF_S + coef), sdt, adt)
+                if zp:
+                    zreg[t, t8, ng] = lds_scale_h2(st + T.Cast("uint32", OFF_Z + coef), sdt, adt)
+
+    @T.macro
+    def dequantize(st, c, buf, areg, wreg, sreg, zreg, sf, warp, g4, lane):
+        """This lane's A fragments of chunk ``c`` (k16 steps ``c AK ..``) of the unit in the stage
+        at ``st``, into A buffer ``buf``: register ``t8 + 2 h`` of the chunk's step ``s`` is rows
+        ``g4 + 8 t8`` at k ``16 (c AK + s) + 8 h + 2 c4`` (with a late scale ``q - c``, and the
+        rows' scales into ``sf[buf]``). The unit's codes and coefficients are read with its
+        first chunk."""
         for t in T.unroll(TW):
-            for j4 in T.unroll(J4):
-                T.evaluate(lds128(st + T.Cast("uint32", OFF_W + (((warp * TW + t) * J4 + j4) * 32 + lane) * 16),
-                                  T.address_of(wreg[t, j4, 0])))
-            for t8 in T.unroll(2):
-                for ng in T.unroll(NG):
-                    # coefficient of row t8 * 8 + g4 in the unit's group ng
-                    coef = T.meta_var((((warp * TW + t) * NG + ng) * 16 + t8 * 8 + g4) * ssz)
-                    if LATE:    # (one group per unit)
-                        sf[buf, t, t8] = lds_scale_f32(st + T.Cast("uint32", OFF_S + coef), sdt)
-                    else:
-                        sreg[t, t8, ng] = lds_scale_h2(st + T.Cast("uint32", OFF_S + coef), sdt, adt)
-                    if zp:
-                        zreg[t, t8, ng] = lds_scale_h2(st + T.Cast("uint32", OFF_Z + coef), sdt, adt)
-            for s in T.unroll(8):
+            if c == 0:
+                read_codes(st, t, wreg, sreg, zreg, sf, buf, warp, g4, lane)
+            for s in T.unroll(AK):
                 for t8 in T.unroll(2):
                     for h in T.unroll(2):
                         areg[buf, t, s, t8 + 2 * h] = tc16_fragment(spec, wreg, None if LATE else sreg, zreg, (), t,
-                                                                    s, t8, h)
+                                                                    c * AK + s, t8, h)
 
     @T.macro
-    def multiply(i, ab, areg, acc, stage):
-        """Issue unit ``i``'s wgmma (A buffer ``ab``, x in its stage) as one group, adding into
-        ``acc`` (with a late scale: the unit's own accumulators)."""
+    def multiply(i, c, ab, areg, acc, stage):
+        """Issue the wgmma of unit ``i``'s chunk ``c`` (A buffer ``ab``, x in its stage) as one
+        group, adding into ``acc`` (with a late scale: the unit's own accumulators)."""
         T.evaluate(wgmma_fence())
         for t in T.unroll(TW):
-            # with a late scale the unit's first wgmma sets its sums (scale-d 0): zeros written into
-            # them between the units made ptxas serialize the wgmma (C7519, and C7520 with one tile)
-            T.evaluate(wgmma_m64k16(T.address_of(acc[t * ACC]), BM, 128, areg[ab, t, 0, 0], areg[ab, t, 0, 1],
-                                    areg[ab, t, 0, 2], areg[ab, t, 0, 3], stage(i), adt, accumulate=not LATE))
-            for s in T.unroll(1, 8):
+            if LATE:    # (one chunk per unit)
+                # the unit's first wgmma sets its sums (scale-d 0): zeros written into them between
+                # the units made ptxas serialize the wgmma (C7519, and C7520 with one tile)
+                T.evaluate(wgmma_m64k16(T.address_of(acc[t * ACC]), BM, 128, areg[ab, t, 0, 0], areg[ab, t, 0, 1],
+                                        areg[ab, t, 0, 2], areg[ab, t, 0, 3], stage(i), adt, accumulate=False))
+            for s in T.unroll(1 if LATE else 0, AK):
                 T.evaluate(wgmma_m64k16(
                     T.address_of(acc[t * ACC]), BM, 128, areg[ab, t, s, 0], areg[ab, t, s, 1],
-                    areg[ab, t, s, 2], areg[ab, t, s, 3], stage(i) + T.Cast("uint32", x_step(BM, s)), adt))
+                    areg[ab, t, s, 2], areg[ab, t, s, 3], stage(i) + T.Cast("uint32", x_step(BM, c * AK + s)), adt))
         T.evaluate(wgmma_commit())
 
     @T.macro
@@ -662,16 +731,22 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
         g4 = T.meta_var(lane // 4)                     # fragment row (and row + 8)
         c4 = T.meta_var(lane % 4)                      # fragment column pair
         receive(0, True, tx, count, tm, tn, x, planes, scales, zeros, stage, full, unit)
-        dequantize(stage(0), 0, areg, wreg, sreg, zreg, sf, warp, g4, lane)
-        for i2 in range((count + 1) // 2):
-            for ab in T.unroll(2):
-                i = T.meta_var(2 * i2 + ab)           # the unit in A buffer ab
+        dequantize(stage(0), 0, 0, areg, wreg, sreg, zreg, sf, warp, g4, lane)
+        # the loop over units is unrolled by two where a unit is one chunk, so that both A
+        # buffers have static register names; with several chunks a unit alternates them itself
+        for i2 in range((count + 1) // 2 if CH == 1 else count):
+            for ab in T.unroll(2 if CH == 1 else 1):
+                i = T.meta_var(2 * i2 + ab if CH == 1 else i2)    # the unit
                 if i < count:
-                    multiply(i, ab, areg, gacc if LATE else acc, stage)
-                    if i + 1 < count:
-                        receive(i + 1, False, tx, count, tm, tn, x, planes, scales, zeros, stage, full, unit)
-                        dequantize(stage(i + 1), 1 - ab, areg, wreg, sreg, zreg, sf, warp, g4, lane)
-                    T.evaluate(wgmma_wait(0))          # unit i done: its A buffer free
+                    for c in T.unroll(CH):
+                        b = T.meta_var(ab if CH == 1 else c % 2)    # chunk c's A buffer
+                        multiply(i, c, b, areg, gacc if LATE else acc, stage)
+                        if c + 1 < CH:
+                            dequantize(stage(i), c + 1, 1 - b, areg, wreg, sreg, zreg, sf, warp, g4, lane)
+                        if c + 1 == CH and i + 1 < count:
+                            receive(i + 1, False, tx, count, tm, tn, x, planes, scales, zeros, stage, full, unit)
+                            dequantize(stage(i + 1), 0, 1 - b, areg, wreg, sreg, zreg, sf, warp, g4, lane)
+                        T.evaluate(wgmma_wait(0))      # chunk c done: its A buffer free
                     if LATE:
                         scale_unit(ab, acc, gacc, sf)
                     if COPYING:
@@ -696,7 +771,7 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
             wreg = T.alloc_buffer((TW, J4, 4), "uint32", scope="local")
             sreg = T.alloc_buffer((TW, 2, NG), "uint32", scope="local")
             zreg = T.alloc_buffer((TW, 2, NG), "uint32", scope="local")
-            areg = T.alloc_buffer((2, TW, 8, 4), "uint32", scope="local")
+            areg = T.alloc_buffer((2, TW, AK, 4), "uint32", scope="local")
             acc = T.alloc_buffer((TW * ACC,), "float32", scope="local")
             gacc = T.alloc_buffer((TW * ACC if LATE else 1,), "float32", scope="local")   # a unit's sums
             sf = T.alloc_buffer((2, TW, 2), "float32", scope="local")       # their rows' scales, per A buffer

@@ -175,6 +175,23 @@ WGMMA_CASES = [
     (lutc.MPGemmSpec(4, 1000, 11008, wbits=4, group_size=128, act_dtype="float16"),
      dict(wg=2, wn=2, bm=64, ws=True, late_scale=1)),
     (lutc.MPGemmSpec(8, 1000, 1536, format="ternary", act_dtype="bfloat16"), dict(wg=2, wn=2, bm=64, late_scale=1)),
+    # A buffers of part of a unit (ak k16 steps): 256-row tiles of 128 and 176 tokens, four computing
+    # warpgroups, groups inside a chunk and across chunks, zero points, bf16, W3, ternary, tokens
+    # and rows past M and N
+    (lutc.MPGemmSpec(257, 1000, 11008, wbits=2, group_size=128, act_dtype="float16"),
+     dict(wg=2, wn=2, bm=176, ak=1, ws=True)),
+    (lutc.MPGemmSpec(130, 1000, 14336, wbits=4, group_size=32, zero_point=True, act_dtype="bfloat16"),
+     dict(wg=2, wn=2, bm=128, ak=2, ws=True)),
+    (lutc.MPGemmSpec(300, 1000, 1536, wbits=3, group_size=64, act_dtype="float16", scale_dtype="float32"),
+     dict(wg=4, wn=1, bm=128, ak=2, ws=True)),
+    (lutc.MPGemmSpec(2048, 1000, 1536, format="ternary", act_dtype="float16"), dict(wg=2, wn=1, bm=256, ak=4, ws=True)),
+    (lutc.MPGemmSpec(33, 1000, 11008, wbits=4, group_size=-1, zero_point=True, act_dtype="float16"),
+     dict(wg=1, wn=1, bm=64, ak=1, ws=False)),
+    # the batch tile of M = 65..128 (schedules.cuda_wgmma.BATCH_TILE: two copying warpgroups)
+    (lutc.MPGemmSpec(100, 3000, 11008, wbits=2, group_size=128, act_dtype="float16"),
+     dict(wg=2, wn=2, bm=128, ak=2, ws=2)),
+    (lutc.MPGemmSpec(128, 1000, 1536, wbits=4, group_size=64, zero_point=True, act_dtype="bfloat16"),
+     dict(wg=2, wn=2, bm=128, ak=2, ws=2)),
 ]
 
 #: Stream-K (schedules.stream_k): grids of 78, 114 and 132 blocks cutting tiles along K, both copy
@@ -190,6 +207,8 @@ STREAM_K_CASES = [
     (lutc.MPGemmSpec(16, 1000, 11008, wbits=2, group_size=-1, act_dtype="float16"), dict(wg=1, bm=64, streamk=132)),
     (lutc.MPGemmSpec(40, 1000, 11008, wbits=4, group_size=128, act_dtype="float16"),
      dict(wg=1, bm=64, streamk=78, late_scale=1)),
+    (lutc.MPGemmSpec(128, 3000, 14336, wbits=2, group_size=128, act_dtype="float16"),
+     dict(wg=2, wn=2, bm=128, ak=1, ws=True, streamk=132)),
 ]
 
 

@@ -134,6 +134,24 @@ def test_wgmma_late_scale_leaves_the_weights_unscaled():
 
 
 @needs_nvcc
+def test_wgmma_a_buffers_of_part_of_a_unit():
+    """Knob ``ak``: the A fragments of ``ak`` k16 steps per buffer, each chunk's wgmma one group
+    (a unit is 8 steps: the loop over units, unrolled by two for whole units, holds 2 groups of 8
+    wgmma, else 2, 4 or 8 groups of 4, 2 or 1); a late scale needs whole units, and the register
+    count falls so that two 64-row tiles of 128 tokens fit."""
+    spec = lutc.MPGemmSpec(130, 1000, 1536, wbits=2, group_size=64, act_dtype="float16")
+    for ak, groups, wgmma in ((8, 2, 16), (4, 2, 8), (2, 4, 8), (1, 8, 8)):
+        ptx = lutc.cuda_binary(lutc.build(spec, target="cuda:sm_90a", schedule="cuda_wgmma",
+                                          knobs={"wg": 1, "bm": 128, "ws": True, "ak": ak}), fmt="ptx").decode()
+        assert ptx.count("wgmma.commit_group") == groups and ptx.count("wgmma.mma_async") == wgmma, (ak, groups)
+    assert schedules.cuda_wgmma.registers(spec, 2, 128, 2) == 2 * (64 + 16) < schedules.cuda_wgmma.registers(spec, 2, 128)
+    with pytest.raises(ValueError, match="late_scale"):
+        schedules.cuda_wgmma.resolve_knobs(spec.with_(M=16, group_size=128), late_scale=1, ak=2)
+    with pytest.raises(ValueError, match="ak=3 is not one of"):
+        schedules.cuda_wgmma.resolve_knobs(spec, ak=3)
+
+
+@needs_nvcc
 @pytest.mark.parametrize("ws", [True, False])
 def test_wgmma_both_copy_modes_compile(ws):
     """cuda_wgmma with the copying warpgroup (mbarriers) and without (block barriers): the
@@ -185,10 +203,19 @@ def test_wgmma_stream_k_is_a_persistent_grid_and_a_fix_up(tmp_path):
                              (64, 8192, 28672, 0), (256, 8192, 28672, 0), (128, 4096, 4096, 0)):
         knobs = schedules.cuda_wgmma.resolve_knobs(lutc.MPGemmSpec(M, N, K, act_dtype="float16"))
         assert knobs["streamk"] == streamk and (not streamk or knobs["bm"] == 128 and knobs["splits"] == 1), (M, N, K)
+        if streamk:    # in the batch tile: 256 rows, A buffers of two k16 steps
+            assert (knobs["wn"], knobs["ak"]) == (2, 2), knobs
+    # M = 65..128 where the 256-row batch tile gives its blocks alone (28672 x 8192 at M = 96: 89.2 us
+    # against 129.9 for 128-row tiles, Humming 92.3); not at M = 64, 129 or on a narrow weight
+    for M, N, tile in ((96, 28672, (2, 2, 128, 2, 2)), (65, 57344, (2, 2, 128, 2, 2)), (128, 28672, (2, 2, 128, 2, 2)),
+                       (64, 28672, (2, 2, 64, True, 8)), (129, 28672, (2, 1, 128, 2, 8)), (96, 4096, (1, 1, 64, True, 8))):
+        knobs = schedules.cuda_wgmma.resolve_knobs(lutc.MPGemmSpec(M, N, 8192 if N > 4096 else 4096, act_dtype="float16"))
+        assert tuple(knobs[k] for k in ("wg", "wn", "bm", "ws", "ak")) == tile and knobs["streamk"] == 0, (M, N, knobs)
 
 
 @needs_nvcc
-@pytest.mark.parametrize("knobs", [dict(wg=2, wn=2, bm=64), dict(wg=3, wn=1, bm=128), dict(wg=2, wn=1, bm=256)])
+@pytest.mark.parametrize("knobs", [dict(wg=2, wn=2, bm=64), dict(wg=3, wn=1, bm=128), dict(wg=2, wn=1, bm=256),
+                                   dict(wg=2, wn=2, bm=128, ak=2), dict(wg=2, wn=2, bm=176, ak=1)])
 def test_wgmma_tiles_over_the_even_register_share_move_registers(knobs, tmp_path):
     """Tiles whose accumulators and A fragments exceed a thread's even share of the SM take the
     copying warpgroup's registers (setmaxnreg), and ptxas honours it: no 'setmaxnreg ignored',
