@@ -39,8 +39,8 @@ contiguous but not 64-byte aligned (row slices) are still copied safely, and a c
 that would start misaligned is written through a copy.
 
 **M buckets.** A compiled kernel has a static ``M``; the op's ``M`` is known only at run time.
-:class:`OpKernels` maps ``M`` to a *bucket*: the next power of two up to 256 (``1, 2, 4, ...,
-256``); the rows are zero-padded to the bucket and the padding rows of ``y`` dropped, and an
+:class:`OpKernels` maps ``M`` to a *bucket*: the next of ``1, 2, 4, ..., 64, 96, 128, 192, 256``
+(:data:`DEFAULT_BUCKETS`); the rows are zero-padded to the bucket and the padding rows of ``y`` dropped, and an
 ``M`` above the largest bucket runs in chunks of it. The largest bucket of a layout is the
 largest whose kernels read it (``cuda_lut``, the only CUDA kernel reading ``warp32``, builds
 ``M <= 8``: such weights run larger ``M`` in chunks of 8). Why not a kernel per exact ``M``: a
@@ -48,7 +48,11 @@ model sees many ``M`` (every prompt length), each compile costs ~0.1 s and a ker
 small ``M`` a LUT GEMM's time is reading the weights (the same for 3 rows or 4) plus building
 one table per row (cheap), so padding at most doubles the cheap part; at large ``M`` the
 chunks keep the table workspace (``8 M K`` bytes for ``g=4``) and the number of kernels bounded
-(9 per layer shape). ``OpKernels(buckets="exact")`` compiles one kernel per ``M`` instead
+(11 per layer shape). Past 64 rows the tensor-core kernels' time grows with the rows, so the
+buckets step by 1.5x there: on the H200, 28672 x 8192 W2, ``LUTLinear`` takes 89.0 us for 96 rows
+with their own bucket (``benchmarks/results/front_doors_h200_buckets.md``) where padded to 128 it
+took 110.2 (``front_doors_h200_batch_tile.md``); a batch of 192 rows' kernel took 150.5 us where
+256 rows' took 191.5 (``cuda_m192_bm256_h200.log``, ``cuda_m192_h200.log``). ``OpKernels(buckets="exact")`` compiles one kernel per ``M`` instead
 (decode-only serving with a few fixed batch sizes).
 
 **Layout plans.** :meth:`OpKernels.layout_plan` says in which layout(s) a weight should be held
@@ -86,8 +90,9 @@ from .formats import LAYOUT, PackedWeights
 from .runtime import ALIGN, Kernel, check_contiguous, check_tensor
 from .spec import ACT_DTYPES, SCALE_DTYPES, MPGemmSpec
 
-#: Row counts lutc compiles kernels for by default (see the module docstring).
-DEFAULT_BUCKETS = tuple(2 ** i for i in range(9))  # 1 .. 256
+#: Row counts lutc compiles kernels for by default (see the module docstring): powers of two, and
+#: from 64 on steps of 1.5x (96, 192), where the tensor cores' time grows with the rows.
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256)
 _ACT_DTYPES = {TORCH_DTYPES[n]: n for n in ACT_DTYPES}   # torch dtype -> name, activations only
 _SCALE_DTYPES = {TORCH_DTYPES[n]: n for n in SCALE_DTYPES}
 _LOG = logging.getLogger("lutc")
@@ -136,7 +141,7 @@ class OpKernels:
     bucketing.
 
     Args:
-        buckets: sorted row counts to compile kernels for (default ``1, 2, 4, ..., 256``);
+        buckets: sorted row counts to compile kernels for (default :data:`DEFAULT_BUCKETS`);
             an ``M`` is padded up to the next bucket, and an ``M`` above the last bucket runs in
             chunks of that size. ``"exact"``: one kernel per distinct ``M``, no padding.
         targets: device type -> lutc target, e.g. ``{"cpu": "x86", "cuda": "cuda:sm_80"}``;

@@ -290,7 +290,13 @@ def worth_tuning(spec, target, bm: int = 128, wg: int = 2, wn: int = 1, splits: 
 #: W2, M = 128..2048 on 28672 x 8192, 8192 x 28672 and 4096 x 4096, 10-11 knob sets each) this
 #: rule picks the fastest knob set in 6 of the 8 rows, is within 3.7% in a seventh and 9.6% in the
 #: eighth (8192 x 28672 at M = 128, where one warpgroup with two copying ones was faster).
-TILES = ((2, 1, 256, True, 100), (3, 1, 128, True, 500), (2, 1, 128, 2, 100), WIDE_TILE,
+#: Past :data:`BATCH_TILE`'s 128 tokens a 256-token tile that M does not fill still ranks first,
+#: with two copying warpgroups where one wgmma's registers fit (to 192 tokens): on the H200
+#: (``benchmarks/results/cuda_m192_bm256_h200.log``, W2 / W4 us) 28672 x 8192 at M = 160 took
+#: 127.4 / 132.1 against 212.7 / 224.9 for two 128-token tiles, at M = 192 150.5 / 155.9 against
+#: 215.0 / 228.4 (Humming 179.3 / 179.8 in another run, ``cuda_m192_h200.log``); on 8192 x 28672
+#: (64 such blocks) the 128-token tiles stay (173.2 against 235.1 at M = 192).
+TILES = ((2, 1, 256, 2, 100), (2, 1, 256, True, 100), (3, 1, 128, True, 500), (2, 1, 128, 2, 100), WIDE_TILE,
          (2, 1, 64, True, 100), (1, 1, 64, True, 0))
 
 
@@ -349,12 +355,13 @@ def wgmma_fits(spec, wg: int, bm: int, ws: int = 0) -> bool:
 
 
 def default_knobs(spec) -> dict:
-    """The first tile of :data:`TILES` that fits, gives its blocks and is not cut down to M (a
-    tile of more than 64 tokens that M does not fill is left to the smaller tiles), else the one
-    that gives the most blocks; 4 stages where they fit, else 3."""
+    """The first tile of :data:`TILES` that fits, gives its blocks and is not cut down to M (to
+    :data:`BATCH_TILE`'s 128 tokens, a tile of more than 64 tokens that M does not fill is left
+    to the smaller tiles), else the one that gives the most blocks; 4 stages where they fit,
+    else 3."""
     tiles = [t for t in TILES if fits(spec, t[0], t[1], t[2], ws=t[3])]
     chosen = next((t for t in tiles if blocks(spec, *t[:3]) >= t[4]
-                   and (t[2] == 64 or tokens(spec, t[2]) == t[2])),
+                   and (t[2] == 64 or tokens(spec, t[2]) == t[2] or spec.M > BATCH_TILE[2])),
                   max(tiles, key=lambda t: blocks(spec, *t[:3])))
     streamk = default_streamk(spec, chosen)
     if streamk or fits_batch(spec):

@@ -37,10 +37,10 @@ from .common import arch, drop_param, has_features, weight_buffers
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
-KNOBS = {"row_tiles": (1, 2, 4), "rows": (1, 2, 4, 8), "prefetch": (0, 16, 64)}
+KNOBS = {"row_tiles": (1, 2, 4), "rows": (1, 2, 4, 8), "prefetch": (0, 16, 64), "chains": (1, 2, 4)}
 #: Knobs added after tuning logs were written, at the value their kernels had (``rows``: one row
 #: of x per pass over the weights, before rows shared an unpacked weight vector).
-ADDED_KNOBS = {"rows": 1, "prefetch": 0}
+ADDED_KNOBS = {"rows": 1, "prefetch": 0, "chains": 1}
 # (int32 lanes, intrinsic, needed LLVM features) per architecture
 DOT = {"x86": (16, "llvm.x86.avx512.vpdpbusd.512", ("avx512vnni", "avx512bw")),
        "aarch64": (4, "llvm.aarch64.neon.sdot", ("dotprod",))}
@@ -54,8 +54,17 @@ def supports(spec, target) -> bool:
             and has_features(target, *DOT[family][2]))
 
 
-def layout(spec, target, **_) -> str:
+def layout(spec, target, chains: int = 1, **_) -> str:
+    chunks = chunks_per_block(spec)
+    if chunks % chains:
+        raise ValueError(f"dot_mac knob chains={chains} does not divide the {chunks} weight chunks of a "
+                         f"{spec.block}-weight block")
     return f"dot{DOT[arch(target)][0]}"
+
+
+def chunks_per_block(spec) -> int:
+    """Weight loads (``4 x 8 / bits`` codes of each row of a tile) per block of activations."""
+    return spec.block // (4 * (8 // code_bits(spec.wbits)))
 
 
 def default_rows(spec) -> int:
@@ -66,14 +75,23 @@ def default_rows(spec) -> int:
     return min(4, 1 << (spec.M - 1).bit_length())
 
 
-def schedule(func, spec, target, row_tiles: int = 4, rows=None, prefetch: int = 0) -> s_tir.Schedule:
+def schedule(func, spec, target, row_tiles: int = 4, rows=None, prefetch: int = 0, chains: int = 1) -> s_tir.Schedule:
     """The dot-product kernel for ``spec`` on ``target`` (``func``: its reference semantics)."""
     lanes, intrin, _ = DOT[arch(target)]
     rows = default_rows(spec) if rows is None else rows
-    return s_tir.Schedule(IRModule({"main": dot_kernel(spec, lanes, intrin, row_tiles, rows, prefetch)}))
+    layout(spec, target, chains=chains)    # refuses a chain count that does not divide a block
+    return s_tir.Schedule(IRModule({"main": dot_kernel(spec, lanes, intrin, row_tiles, rows, prefetch, chains)}))
 
 
-def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, prefetch: int = 0):
+def chain_sum(acc, mr, tt, r, chains: int):
+    """The int32 sum of a tile row's ``chains`` accumulators (knob ``chains``)."""
+    total = acc[0, mr, tt, r]
+    for ch in range(1, chains):
+        total = total + acc[ch, mr, tt, r]
+    return total
+
+
+def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, prefetch: int = 0, chains: int = 1):
     """The PrimFunc: ``x [M, K]``, ``planes [N/L, K/(4c), 4L]``, ``scales``, [``zeros``], ``out``.
 
     ``prefetch``: with each weight load, a software prefetch of the same tile's weights that many
@@ -84,7 +102,11 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
     reads its tiles' weights as one sequential stream, which the hardware prefetchers follow);
     the tuner chose 64 for the long-K shapes of Llama-3-70B and Qwen2.5-32B (K = 27648, 28672:
     1.08-1.12x over the default, with other knobs changed too,
-    ``benchmarks/results/tuning_cpu_epyc_llama3_70b_qwen2.5_32b.md``)."""
+    ``benchmarks/results/tuning_cpu_epyc_llama3_70b_qwen2.5_32b.md``).
+
+    ``chains``: independent int32 accumulators per tile row, chunk ``kc`` adding into ``kc %
+    chains``, summed at the block's end: one tile per task (``row_tiles = 1``, one weight stream
+    per task) otherwise waits on each dot instruction's latency."""
     M, N, K = spec.M, spec.N, spec.K
     w = code_bits(spec.wbits)
     cpb = 8 // w                              # codes per byte: dot instructions per load
@@ -104,6 +126,7 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
     PLANES, scale_shape, zero_shape = weight_buffers(spec, f"dot{L}")   # lutc.layouts' shapes
     MR = min(rows, M)                         # rows of x per pass over the weights of a block
     MB = -(-M // MR)
+    CH = chains                               # accumulator chains per tile row
 
     @T.macro
     def add_block(task, c, m0, acc, accf, dx, xs, scales, zeros):
@@ -117,16 +140,16 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
                     for r in T.vectorized(L):
                         if fmt == "ternary":
                             accf[row, tt, r] = accf[row, tt, r] + T.Cast(
-                                "float32", scales[0]) * dx[row, c] * (T.Cast("float32", acc[mr, tt, r]) - xs[row, c])
+                                "float32", scales[0]) * dx[row, c] * (T.Cast("float32", chain_sum(acc, mr, tt, r, CH)) - xs[row, c])
                         elif zp:
                             accf[row, tt, r] = accf[row, tt, r] + T.Cast(
                                 "float32", scales[tile, c // per_group, r]) * dx[row, c] * (
-                                T.Cast("float32", acc[mr, tt, r])
+                                T.Cast("float32", chain_sum(acc, mr, tt, r, CH))
                                 - T.Cast("float32", zeros[tile, c // per_group, r]) * xs[row, c])
                         else:
                             accf[row, tt, r] = accf[row, tt, r] + T.Cast(
                                 "float32", scales[tile, c // per_group, r]) * dx[row, c] * (
-                                T.Cast("float32", acc[mr, tt, r]) - T.float32(zconst) * xs[row, c])
+                                T.Cast("float32", chain_sum(acc, mr, tt, r, CH)) - T.float32(zconst) * xs[row, c])
 
     @T.prim_func(s_tir=True)
     def main(x: T.Buffer((M, K), act), planes: T.Buffer(PLANES, "uint8"),
@@ -161,32 +184,34 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
             xs[row, blk] = T.Cast("float32", tot[0])
         for task in T.parallel(NTG):
             accf = T.alloc_buffer((M, TT, L), "float32", scope="local")
-            acc = T.alloc_buffer((MR, TT, L), "int32", scope="local")
+            acc = T.alloc_buffer((CH, MR, TT, L), "int32", scope="local")
             for m, tt in T.grid(M, TT):
                 for r in T.vectorized(L):
                     accf[m, tt, r] = T.float32(0)
             for c in range(C):
                 for m0 in range(MB):
-                    for mr, tt in T.grid(MR, TT):
+                    for ch, mr, tt in T.grid(CH, MR, TT):
                         for r in T.vectorized(L):
-                            acc[mr, tt, r] = 0
-                    for kc in range(CB):
-                        for tt in T.unroll(TT):
-                            tile = T.meta_var(T.min(task * TT + tt, NT - 1))   # (past N: the last again)
-                            if prefetch > 0:   # (past the last chunk: the last again, harmless)
-                                T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
-                                    planes[tile, T.min(c * CB + kc + prefetch, KC - 1), 0]),
-                                    T.int32(0), T.int32(3), T.int32(1)))
-                            wv = planes[tile, c * CB + kc, T.ramp(0, 1, V)]
-                            for s in T.unroll(cpb):
-                                codes = T.reinterpret(i8, T.shift_right(wv, T.broadcast(T.uint8(w * s), V))
-                                                      & T.broadcast(T.uint8(mask), V))
-                                # one unpacked code vector, MR rows of x (rows past M repeat the last)
-                                for mr in T.unroll(MR):
-                                    xw = T.reinterpret(i8, T.broadcast(
-                                        xq[T.min(m0 * MR + mr, M - 1), (c * CB + kc) * cpb + s], L))
-                                    acc[mr, tt, T.ramp(0, 1, L)] = T.call_llvm_pure_intrin(
-                                        i32, intrin, acc[mr, tt, T.ramp(0, 1, L)], codes, xw)
+                            acc[ch, mr, tt, r] = 0
+                    for kc2 in range(CB // CH):
+                        for ch in T.unroll(CH):
+                            kc = T.meta_var(kc2 * CH + ch)    # (chunk kc adds into chain ch)
+                            for tt in T.unroll(TT):
+                                tile = T.meta_var(T.min(task * TT + tt, NT - 1))   # (past N: the last again)
+                                if prefetch > 0:   # (past the last chunk: the last again, harmless)
+                                    T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
+                                        planes[tile, T.min(c * CB + kc + prefetch, KC - 1), 0]),
+                                        T.int32(0), T.int32(3), T.int32(1)))
+                                wv = planes[tile, c * CB + kc, T.ramp(0, 1, V)]
+                                for s in T.unroll(cpb):
+                                    codes = T.reinterpret(i8, T.shift_right(wv, T.broadcast(T.uint8(w * s), V))
+                                                          & T.broadcast(T.uint8(mask), V))
+                                    # one unpacked code vector, MR rows of x (rows past M repeat the last)
+                                    for mr in T.unroll(MR):
+                                        xw = T.reinterpret(i8, T.broadcast(
+                                            xq[T.min(m0 * MR + mr, M - 1), (c * CB + kc) * cpb + s], L))
+                                        acc[ch, mr, tt, T.ramp(0, 1, L)] = T.call_llvm_pure_intrin(
+                                            i32, intrin, acc[ch, mr, tt, T.ramp(0, 1, L)], codes, xw)
                     add_block(task, c, m0, acc, accf, dx, xs, scales, zeros)
             for m, tt, r in T.grid(M, TT, L):
                 if (task * TT + tt) * L + r < N:

@@ -192,6 +192,10 @@ WGMMA_CASES = [
      dict(wg=2, wn=2, bm=128, ak=2, ws=2)),
     (lutc.MPGemmSpec(128, 1000, 1536, wbits=4, group_size=64, zero_point=True, act_dtype="bfloat16"),
      dict(wg=2, wn=2, bm=128, ak=2, ws=2)),
+    # 256-token tiles that M = 129..192 does not fill, two copying warpgroups (the default there)
+    (lutc.MPGemmSpec(150, 1000, 11008, wbits=4, group_size=128, zero_point=True, act_dtype="bfloat16"),
+     dict(wg=2, wn=1, bm=256, ws=2)),
+    (lutc.MPGemmSpec(192, 3000, 1536, wbits=2, group_size=64, act_dtype="float16"), dict(wg=2, wn=1, bm=256, ws=2)),
 ]
 
 #: Stream-K (schedules.stream_k): grids of 78, 114 and 132 blocks cutting tiles along K, both copy

@@ -11,6 +11,7 @@ import torch
 from tvm.target import codegen
 
 import lutc
+import schedules
 from lutc.target import resolve
 from lutc.testing import (FORMATS, GROUP_SIZES, ROUNDING_SLACK, int8_activation_bound, int8_table_bound, random_case,
                           reference, rel_error, tolerance)
@@ -125,14 +126,17 @@ def check_dot(spec, kernel, seed=0):
 
 
 @pytest.mark.skipif(not HAS_VNNI, reason="host has no AVX-512 VNNI")
-@pytest.mark.parametrize("row_tiles,prefetch", [(1, 0), (4, 0), (2, 16), (4, 64)])
+@pytest.mark.parametrize("row_tiles,prefetch,chains", [(1, 0, 1), (4, 0, 1), (2, 16, 1), (4, 64, 1), (1, 0, 4),
+                                                      (2, 16, 2)])
 @pytest.mark.parametrize("fmt,wbits,zp", DOT_FORMATS, ids=str)
-def test_x86_vnni_multiply_add_kernel(fmt, wbits, zp, row_tiles, prefetch):
+def test_x86_vnni_multiply_add_kernel(fmt, wbits, zp, row_tiles, prefetch, chains):
     gs = -1 if fmt == "ternary" else (32, 64, 128, -1)[wbits - 1]
     M, N, K = ((1, 100, 512), (3, 40, 11008), (16, 130, 1024))[(wbits + zp) % 3]
     spec = lutc.MPGemmSpec(M, N, K, wbits=wbits, format=fmt, group_size=gs, zero_point=zp,
                            table_dtype="int8")
-    kernel = lutc.build(spec, schedule="dot_mac", knobs={"row_tiles": row_tiles, "prefetch": prefetch})
+    chains = min(chains, schedules.dot_mac.chunks_per_block(spec))   # (W1 in blocks of 32: one load each)
+    kernel = lutc.build(spec, schedule="dot_mac", knobs={"row_tiles": row_tiles, "prefetch": prefetch,
+                                                         "chains": chains})
     assert kernel.layout == "dot16" and "vpdpbusd" in kernel.source
     assert ("@llvm.prefetch" in kernel.source) == (prefetch > 0)   # (a CPU kernel's source is its LLVM IR)
     check_dot(spec, kernel, seed=wbits)
@@ -144,6 +148,12 @@ def test_x86_vnni_half_activations(act_dtype):
     spec = lutc.MPGemmSpec(3, 70, 1024, wbits=4, group_size=128, zero_point=True,
                            table_dtype="int8", act_dtype=act_dtype)
     check_dot(spec, lutc.build(spec, schedule="dot_mac"), seed=6)
+
+
+def test_multiply_add_refuses_chains_that_do_not_divide_a_block():
+    spec = lutc.MPGemmSpec(1, 64, 256, wbits=1, group_size=32, table_dtype="int8")
+    with pytest.raises(ValueError, match="chains=2 does not divide the 1 weight chunks of a 32-weight block"):
+        schedules.dot_mac.layout(spec, lutc.target.resolve(None), chains=2)
 
 
 def test_multiply_add_refuses_bcq():

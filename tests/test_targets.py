@@ -207,9 +207,14 @@ def test_wgmma_stream_k_is_a_persistent_grid_and_a_fix_up(tmp_path):
             assert (knobs["wn"], knobs["ak"]) == (2, 2), knobs
     # M = 65..128 where the 256-row batch tile gives its blocks alone (28672 x 8192 at M = 96: 89.2 us
     # against 129.9 for 128-row tiles, Humming 92.3); not at M = 64, 129 or on a narrow weight
-    for M, N, tile in ((96, 28672, (2, 2, 128, 2, 2)), (65, 57344, (2, 2, 128, 2, 2)), (128, 28672, (2, 2, 128, 2, 2)),
-                       (64, 28672, (2, 2, 64, True, 8)), (129, 28672, (2, 1, 128, 2, 8)), (96, 4096, (1, 1, 64, True, 8))):
-        knobs = schedules.cuda_wgmma.resolve_knobs(lutc.MPGemmSpec(M, N, 8192 if N > 4096 else 4096, act_dtype="float16"))
+    # past it a 256-token tile that M does not fill, with two copying warpgroups to 192 tokens
+    # (28672 x 8192 at M = 192: 150.5 us against 215.0 for 128-token tiles), where it gives its blocks
+    for M, N, K, tile in ((96, 28672, 8192, (2, 2, 128, 2, 2)), (65, 57344, 8192, (2, 2, 128, 2, 2)),
+                          (128, 28672, 8192, (2, 2, 128, 2, 2)), (64, 28672, 8192, (2, 2, 64, True, 8)),
+                          (96, 4096, 4096, (1, 1, 64, True, 8)), (129, 28672, 8192, (2, 1, 256, 2, 8)),
+                          (192, 28672, 8192, (2, 1, 256, 2, 8)), (224, 28672, 8192, (2, 1, 256, True, 8)),
+                          (192, 8192, 28672, (2, 1, 128, 2, 8))):
+        knobs = schedules.cuda_wgmma.resolve_knobs(lutc.MPGemmSpec(M, N, K, act_dtype="float16"))
         assert tuple(knobs[k] for k in ("wg", "wn", "bm", "ws", "ak")) == tile and knobs["streamk"] == 0, (M, N, knobs)
 
 

@@ -257,8 +257,10 @@ def test_check_args_returns_the_spec(qw2, x):
 # --- the cache ---
 def test_buckets_and_plan():
     cache = OpKernels()
-    assert [cache.bucket(m) for m in (1, 2, 3, 5, 255, 256, 257)] == [1, 2, 4, 8, 256, 256, 256]
-    assert cache.plan(600) == [(0, 256, 256), (256, 256, 256), (512, 88, 128)]
+    # powers of two, then steps of 1.5x from 64 (96, 192)
+    assert [cache.bucket(m) for m in (1, 2, 3, 5, 65, 97, 129, 193, 255, 256, 257)] == \
+        [1, 2, 4, 8, 96, 128, 192, 256, 256, 256, 256]
+    assert cache.plan(600) == [(0, 256, 256), (256, 256, 256), (512, 88, 96)]
     assert cache.plan(0) == []
     assert cache.plan(20, limit=8) == [(0, 8, 8), (8, 8, 8), (16, 4, 4)]
     exact = OpKernels(buckets="exact")
