@@ -38,14 +38,14 @@ def main() -> None:
     ap.add_argument("--knob-sets", nargs="+", type=json.loads, default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    threads = int(os.environ["TVM_NUM_THREADS"])    # (lutc sets it on import: LUTC_NUM_THREADS)
+    threads = int(os.environ["TVM_NUM_THREADS"])    # lutc's pool (set on import from LUTC_NUM_THREADS)
     torch.set_num_threads(threads)
     sets = args.knob_sets or [{args.knob: v} for v in args.values]
     names = [json.dumps(kn) if args.knob_sets else f"{args.knob} = {kn[args.knob]}" for kn in sets]
     command = (f"--knob-sets {' '.join(repr(n) for n in names)}" if args.knob_sets
                else f"--knob {args.knob} --values {' '.join(map(str, args.values))}")
-    lines = [f"`LUTC_NUM_THREADS={threads} python benchmarks/bench_cpu_knobs.py --schedule {args.schedule} {command}`; "
-             f"{lutc.target.resolve('cpu').attrs.get('mcpu', '')}, {threads} thread(s), read rate "
+    lines = [f"`python benchmarks/bench_cpu_knobs.py --schedule {args.schedule} {command}`; "
+             f"{lutc.target.resolve('cpu').attrs.get('mcpu', '')}, {threads} thread(s) (TVM_NUM_THREADS), read rate "
              f"{read_bandwidth_gbs(threads=threads):.1f} GB/s (same process). us per call (GB/s of weights).", "",
              "| N x K | W | " + " | ".join(names) + " | best / first |",
              "|---|---|" + "---|" * (len(sets) + 1)]

@@ -91,7 +91,8 @@ from .runtime import ALIGN, Kernel, check_contiguous, check_tensor
 from .spec import ACT_DTYPES, SCALE_DTYPES, MPGemmSpec
 
 #: Row counts lutc compiles kernels for by default (see the module docstring): powers of two, and
-#: from 64 on steps of 1.5x (96, 192), where the tensor cores' time grows with the rows.
+#: from 64 on steps of 1.5x (96, 192), where a kernel's time grows with the rows (the tensor
+#: cores' on GPUs, the dot products' of ``dot_mac`` on CPUs).
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256)
 _ACT_DTYPES = {TORCH_DTYPES[n]: n for n in ACT_DTYPES}   # torch dtype -> name, activations only
 _SCALE_DTYPES = {TORCH_DTYPES[n]: n for n in SCALE_DTYPES}

@@ -245,7 +245,7 @@ def tokens(spec, bm: int) -> int:
 
 
 #: The tile (wg, wn, bm, ws, ak) of a batch of 65..128 tokens (:func:`fits_batch`) and of stream-K
-#: where that is the default (:func:`default_streamk`): 256 weight rows x 128 tokens, two 64-row
+#: there (:func:`streamk_tile`): 256 weight rows x 128 tokens, two 64-row
 #: tiles per computing warpgroup, whose accumulators fit beside A buffers of two k16 steps (eight,
 #: a whole unit, would not), two copying warpgroups. Each x tile copied serves twice the rows of a
 #: 128-row tile. On the
@@ -259,10 +259,14 @@ BATCH_TILE = (2, 2, 128, 2, 2)
 #: Fewest blocks :data:`BATCH_TILE` must give to be the default without stream-K (28672 x 8192
 #: gives 112).
 BATCH_MIN_BLOCKS = 100
-#: Fewest K units per stream-K block worth it: each block pays a pipeline fill and up to two
-#: partial-sum stores (4096 x 4096 at M = 128, 8 units per block: 23-49 us against 14 unsplit;
-#: 8192 x 28672 at M = 96 in :data:`BATCH_TILE`, 54 units per block, paid).
-STREAMK_MIN_UNITS = 48
+#: Stream-K's tile past :data:`BATCH_TILE`'s 128 tokens, as it was timed before that tile existed
+#: (:func:`default_streamk`).
+STREAMK_TILE = (2, 1, 128, 2, 8)
+#: Fewest K units of a 128-row tile per stream-K block worth it (a unit of a 256-row tile counts
+#: twice): each block pays a pipeline fill and up to two partial-sum stores (4096 x 4096 at
+#: M = 128, 8 units per block: 23-49 us against 14 unsplit; 8192 x 28672 at M = 96 in
+#: :data:`BATCH_TILE`, 54 units of 256 rows per block, paid).
+STREAMK_MIN_UNITS = 64
 #: Blocks that split-K aims at (:func:`default_splits`), and from which it is not worth tuning:
 #: about two waves of the H200's 132 SMs keep every SM busy; more splits only add partial sums.
 SPLIT_BLOCKS = 256
@@ -275,10 +279,11 @@ def worth_tuning(spec, target, bm: int = 128, wg: int = 2, wn: int = 1, splits: 
     shares under :data:`STREAMK_MIN_UNITS` units, and for A buffers of part of a unit where whole
     units fit (the same tile measured the same: 28672 x 8192 W2 at M = 512 388.4 us with ``ak = 2``
     against 388.6, ``benchmarks/results/cuda_wgmma_ak_w2_h200.log``)."""
-    new_tile = bm == KNOBS["bm"][0] or tokens(spec, bm) > tokens(spec, bm // 2)
+    smaller = KNOBS["bm"][:KNOBS["bm"].index(bm)]
+    new_tile = not smaller or tokens(spec, bm) > tokens(spec, smaller[-1])
     few = blocks(spec, wg, wn, bm) < SPLIT_BLOCKS
     return (new_tile and (splits == 1 or few)
-            and (not streamk or (few and iterations(spec, wg, wn, bm) >= STREAMK_MIN_UNITS * streamk))
+            and (not streamk or (few and long_shares(spec, wg, wn, bm, streamk)))
             and (ak == 8 or registers(spec, wn, bm) > register_limit(wg, ws)))
 
 
@@ -308,6 +313,12 @@ def blocks(spec, wg: int, wn: int, bm: int) -> int:
 def iterations(spec, wg: int, wn: int, bm: int) -> int:
     """Stream-K's iterations: (tile, 128-weight K unit) pairs of the product."""
     return blocks(spec, wg, wn, bm) * (spec.K // 128)
+
+
+def long_shares(spec, wg: int, wn: int, bm: int, grid: int) -> bool:
+    """Whether each of ``grid`` stream-K blocks gets :data:`STREAMK_MIN_UNITS` units of a 128-row
+    tile's work or more."""
+    return iterations(spec, wg, wn, bm) * wg * wn >= 2 * STREAMK_MIN_UNITS * grid
 
 
 def launch_registers(wg: int, ws: int = 0) -> int:
@@ -364,7 +375,9 @@ def default_knobs(spec) -> dict:
                    and (t[2] == 64 or tokens(spec, t[2]) == t[2] or spec.M > BATCH_TILE[2])),
                   max(tiles, key=lambda t: blocks(spec, *t[:3])))
     streamk = default_streamk(spec, chosen)
-    if streamk or fits_batch(spec):
+    if streamk:
+        wg, wn, bm, ws, ak = streamk_tile(spec)
+    elif fits_batch(spec):
         wg, wn, bm, ws, ak = BATCH_TILE
     else:
         (wg, wn, bm, ws), ak = chosen[:4], 8
@@ -380,6 +393,12 @@ def fits_batch(spec) -> bool:
     wg, wn, bm, ws, ak = BATCH_TILE
     return (SPLIT_MAX_M < spec.M <= bm and blocks(spec, wg, wn, bm) >= BATCH_MIN_BLOCKS
             and fits(spec, wg, wn, bm, ws=ws, ak=ak))
+
+
+def default_ak(spec, wg: int, wn: int, bm: int, ws) -> int:
+    """A buffers of a whole unit (8) where they fit, else of two k16 steps (as :data:`BATCH_TILE`,
+    timed as fast as one step), else one."""
+    return next((ak for ak in (8, 2, 1) if registers(spec, wn, bm, ak) <= register_limit(wg, ws)), 8)
 
 
 def default_late_scale(spec, wn: int, bm: int, wg: int, ws, ak: int = 8) -> int:
@@ -403,18 +422,26 @@ def late_registers(spec, wn: int, bm: int, late_scale: int) -> int:
     return wn * tokens(spec, bm) // 2 if late_scale else 0
 
 
+def streamk_tile(spec) -> tuple:
+    """Stream-K's tile (wg, wn, bm, ws, ak): :data:`BATCH_TILE` to its 128 tokens (8192 x 28672 at
+    M = 96: 84.8 / 92.3 us W2 / W4 against 94.0 / 105.3 in :data:`STREAMK_TILE`), past them
+    :data:`STREAMK_TILE`, as timed before."""
+    return BATCH_TILE if spec.M <= BATCH_TILE[2] else STREAMK_TILE
+
+
 def default_streamk(spec, tile) -> int:
-    """Stream-K's grid (:data:`SMS` blocks, :data:`BATCH_TILE`) where the tile the block count
+    """Stream-K's grid (:data:`SMS` blocks, :func:`streamk_tile`) where the tile the block count
     chose (``tile`` of :data:`TILES`) takes fewer tokens than the stream-K tile, gives at most one
-    wave, and the shares are long (:data:`STREAMK_MIN_UNITS`); else 0. Past M = 64: below, the
-    weights set the time and split-K serves (8192 x 28672 at M = 16: 85.4 us with stream-K against
-    52.9 with split-K). On the H200 (W2): 8192 x 28672 at M = 128 in 128-token tiles on 132 blocks
-    100.6 us against 131.2 for 64-token tiles on 128 blocks (each weight dequantized once, not twice);
-    28672 x 8192 keeps its 224 blocks of 128 tokens (100.7 against 110.7 stream-K): the tensor
-    cores and dequantization, not the last wave, set the time there."""
-    wg, wn, bm, ws, ak = BATCH_TILE
+    wave, and the shares are long (:func:`long_shares`); else 0. Past M = 64: below, the weights
+    set the time and split-K serves (8192 x 28672 at M = 16: 85.4 us with stream-K against 52.9
+    with split-K). On the H200 (W2, with :data:`STREAMK_TILE`): 8192 x 28672 at M = 128 in
+    128-token tiles on 132 blocks 100.6 us against 131.2 for 64-token tiles on 128 blocks (each
+    weight dequantized once, not twice); 28672 x 8192 kept its 224 blocks of 128 tokens (100.7
+    against 110.7 stream-K): the tensor cores and dequantization, not the last wave, set the time
+    there."""
+    wg, wn, bm, ws, ak = streamk_tile(spec)
     if (spec.M > SPLIT_MAX_M and tokens(spec, tile[2]) < tokens(spec, bm) and blocks(spec, *tile[:3]) <= SMS
-            and iterations(spec, wg, wn, bm) >= STREAMK_MIN_UNITS * SMS and fits(spec, wg, wn, bm, ws=ws, ak=ak)):
+            and long_shares(spec, wg, wn, bm, SMS) and fits(spec, wg, wn, bm, ws=ws, ak=ak)):
         return SMS
     return 0
 
@@ -446,6 +473,8 @@ def resolve_knobs(spec, **given) -> dict:
     if given.get("stages") is None and not fits(spec, knobs["wg"], knobs["wn"], knobs["bm"], knobs["stages"],
                                                  ak=knobs["ak"]):
         knobs["stages"] = 3
+    if given.get("ak") is None and any(given.get(k) is not None for k in ("wg", "wn", "bm", "ws")):
+        knobs["ak"] = default_ak(spec, knobs["wg"], knobs["wn"], knobs["bm"], knobs["ws"])   # for the tile given
     if given.get("late_scale") is None:    # the default for the tile given, not the default tile's
         knobs["late_scale"] = default_late_scale(spec, knobs["wn"], knobs["bm"], knobs["wg"], knobs["ws"], knobs["ak"])
     regs, limit = registers(spec, knobs["wn"], knobs["bm"], knobs["ak"]), register_limit(knobs["wg"], knobs["ws"])
@@ -560,6 +589,7 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
     ACC = BM // 2                             # fp32 accumulators per thread and tile (m64 x BM / 128)
     REGS_MOVED = moves_registers(spec, wg, wn, bm, ws, late_scale, ak)
     AK, CH = ak, 8 // ak                      # k16 steps per A buffer, A chunks per unit
+    assert not late_scale or ak == 8, "a late scale scales a unit's sums once: whole-unit A buffers"
     COPYING = bool(ws)                        # ws copying warpgroups (TIR's if needs a bool)
     LATE = bool(late_scale)
 
@@ -627,24 +657,24 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
                     zreg[t, t8, ng] = lds_scale_h2(st + T.Cast("uint32", OFF_Z + coef), sdt, adt)
 
     @T.macro
-    def dequantize(st, c, buf, areg, wreg, sreg, zreg, sf, warp, g4, lane):
-        """This lane's A fragments of chunk ``c`` (k16 steps ``c AK ..``) of the unit in the stage
-        at ``st``, into A buffer ``buf``: register ``t8 + 2 h`` of the chunk's step ``s`` is rows
-        ``g4 + 8 t8`` at k ``16 (c AK + s) + 8 h + 2 c4`` (with a late scale ``q - c``, and the
-        rows' scales into ``sf[buf]``). The unit's codes and coefficients are read with its
-        first chunk."""
+    def dequantize(st, chunk, buf, areg, wreg, sreg, zreg, sf, warp, g4, lane):
+        """This lane's A fragments of ``chunk`` (k16 steps ``chunk AK ..``) of the unit in the
+        stage at ``st``, into A buffer ``buf``: register ``t8 + 2 h`` of the chunk's step ``s`` is
+        rows ``g4 + 8 t8`` at k ``16 (chunk AK + s) + 8 h + 2 c4`` (with a late scale the exact
+        code minus its centre, and the rows' scales into ``sf[buf]``). The unit's codes and
+        coefficients are read with its first chunk."""
         for t in T.unroll(TW):
-            if c == 0:
+            if chunk == 0:
                 read_codes(st, t, wreg, sreg, zreg, sf, buf, warp, g4, lane)
             for s in T.unroll(AK):
                 for t8 in T.unroll(2):
                     for h in T.unroll(2):
                         areg[buf, t, s, t8 + 2 * h] = tc16_fragment(spec, wreg, None if LATE else sreg, zreg, (), t,
-                                                                    c * AK + s, t8, h)
+                                                                    chunk * AK + s, t8, h)
 
     @T.macro
-    def multiply(i, c, ab, areg, acc, stage):
-        """Issue the wgmma of unit ``i``'s chunk ``c`` (A buffer ``ab``, x in its stage) as one
+    def multiply(i, chunk, ab, areg, acc, stage):
+        """Issue the wgmma of unit ``i``'s ``chunk`` (A buffer ``ab``, x in its stage) as one
         group, adding into ``acc`` (with a late scale: the unit's own accumulators)."""
         T.evaluate(wgmma_fence())
         for t in T.unroll(TW):
@@ -656,7 +686,7 @@ def wgmma_kernel(spec, wg: int, wn: int, bm: int, stages: int, ws: int, splits: 
             for s in T.unroll(1 if LATE else 0, AK):
                 T.evaluate(wgmma_m64k16(
                     T.address_of(acc[t * ACC]), BM, 128, areg[ab, t, s, 0], areg[ab, t, s, 1],
-                    areg[ab, t, s, 2], areg[ab, t, s, 3], stage(i) + T.Cast("uint32", x_step(BM, c * AK + s)), adt))
+                    areg[ab, t, s, 2], areg[ab, t, s, 3], stage(i) + T.Cast("uint32", x_step(BM, chunk * AK + s)), adt))
         T.evaluate(wgmma_commit())
 
     @T.macro

@@ -62,6 +62,19 @@ def layout(spec, target, chains: int = 1, **_) -> str:
     return f"dot{DOT[arch(target)][0]}"
 
 
+#: int32 accumulator vectors a task may hold (``chains x rows x row_tiles``): half of AVX-512's
+#: (and NEON's) 32 vector registers, the rest for codes, activations and addresses.
+MAX_ACCUMULATORS = 16
+
+
+def worth_tuning(spec, target, row_tiles: int = 4, rows: int = 1, chains: int = 1, **_) -> bool:
+    """False where the accumulators would not fit the registers (:data:`MAX_ACCUMULATORS`), and
+    for several chains beside several rows of x or tiles already keeping the dot products
+    independent (one tile and one row per task is where chains pay: ``cpu_knobs_chains_epyc.md``)."""
+    fit = chains * min(rows, spec.M) * row_tiles <= MAX_ACCUMULATORS
+    return fit and (chains == 1 or row_tiles * min(rows, spec.M) < 4)
+
+
 def chunks_per_block(spec) -> int:
     """Weight loads (``4 x 8 / bits`` codes of each row of a tile) per block of activations."""
     return spec.block // (4 * (8 // code_bits(spec.wbits)))
@@ -113,7 +126,7 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
     B = spec.block
     C = K // B
     KC = K // (4 * cpb)                       # weight chunks per row
-    CB = B // (4 * cpb)                       # chunks per block
+    CB = chunks_per_block(spec)               # weight chunks per block
     NT = -(-N // L)
     TT = min(row_tiles, NT)
     NTG = -(-NT // TT)                        # parallel tasks

@@ -144,9 +144,18 @@ def test_wgmma_a_buffers_of_part_of_a_unit():
         ptx = lutc.cuda_binary(lutc.build(spec, target="cuda:sm_90a", schedule="cuda_wgmma",
                                           knobs={"wg": 1, "bm": 128, "ws": True, "ak": ak}), fmt="ptx").decode()
         assert ptx.count("wgmma.commit_group") == groups and ptx.count("wgmma.mma_async") == wgmma, (ak, groups)
-    assert schedules.cuda_wgmma.registers(spec, 2, 128, 2) == 2 * (64 + 16) < schedules.cuda_wgmma.registers(spec, 2, 128)
-    with pytest.raises(ValueError, match="late_scale"):
+    with pytest.raises(ValueError, match="ak=8"):
         schedules.cuda_wgmma.resolve_knobs(spec.with_(M=16, group_size=128), late_scale=1, ak=2)
+    # a tile asked for takes its own A buffers (whole units where they fit), not the default tile's
+    wide = lutc.MPGemmSpec(96, 28672, 8192, act_dtype="float16")
+    assert schedules.cuda_wgmma.resolve_knobs(wide)["ak"] == 2
+    assert schedules.cuda_wgmma.resolve_knobs(wide, wg=2, wn=2, bm=64, ws=True)["ak"] == 8
+    assert schedules.cuda_wgmma.resolve_knobs(wide, wg=2, wn=2, bm=128, ws=True)["ak"] == 2
+    # the tuner skips A buffers of part of a unit where whole units fit, and a token tile that
+    # holds no more of M than the next smaller one (bm 176 at M = 100: 104 tokens, as bm 128)
+    worth = schedules.cuda_wgmma.worth_tuning
+    assert not worth(wide, None, wg=2, wn=1, bm=128, ws=2, ak=2) and worth(wide, None, wg=2, wn=2, bm=128, ws=2, ak=2)
+    assert not worth(wide.with_(M=100), None, bm=176) and worth(wide.with_(M=160), None, bm=176)
     with pytest.raises(ValueError, match="ak=3 is not one of"):
         schedules.cuda_wgmma.resolve_knobs(spec, ak=3)
 
