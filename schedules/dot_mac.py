@@ -68,11 +68,12 @@ MAX_ACCUMULATORS = 16
 
 
 def worth_tuning(spec, target, row_tiles: int = 4, rows: int = 1, chains: int = 1, **_) -> bool:
-    """False where the accumulators would not fit the registers (:data:`MAX_ACCUMULATORS`), and
-    for several chains beside several rows of x or tiles already keeping the dot products
-    independent (one tile and one row per task is where chains pay: ``cpu_knobs_chains_epyc.md``)."""
+    """False for ``rows`` past M (the kernel of the next smaller value), where the accumulators
+    would not fit the registers (:data:`MAX_ACCUMULATORS`), and for several chains beside several
+    rows of x or tiles already keeping the dot products independent (one tile and one row per
+    task is where chains pay: ``cpu_knobs_chains_epyc.md``)."""
     fit = chains * min(rows, spec.M) * row_tiles <= MAX_ACCUMULATORS
-    return fit and (chains == 1 or row_tiles * min(rows, spec.M) < 4)
+    return (rows == 1 or rows // 2 < spec.M) and fit and (chains == 1 or row_tiles * min(rows, spec.M) < 4)
 
 
 def chunks_per_block(spec) -> int:

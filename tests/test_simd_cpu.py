@@ -156,6 +156,18 @@ def test_multiply_add_refuses_chains_that_do_not_divide_a_block():
         schedules.dot_mac.layout(spec, lutc.target.resolve(None), chains=2)
 
 
+def test_multiply_add_tuning_space_skips_kernels_it_already_has():
+    """``rows`` past M builds the kernel of the next smaller value; more accumulators than half
+    the vector registers, or chains beside four tiles, are left out of the tuner's space."""
+    worth = schedules.dot_mac.worth_tuning
+    decode, batch = lutc.MPGemmSpec(1, 64, 256, table_dtype="int8"), lutc.MPGemmSpec(3, 64, 256, table_dtype="int8")
+    assert worth(decode, None, rows=1) and not worth(decode, None, rows=2)
+    assert worth(batch, None, rows=4) and not worth(batch, None, rows=8)
+    assert worth(decode, None, row_tiles=1, chains=4) and not worth(decode, None, row_tiles=4, chains=2)
+    # 4 tiles x 3 rows: 12 accumulators; two chains of them would be 24
+    assert worth(batch, None, row_tiles=4, rows=4) and not worth(batch, None, row_tiles=4, rows=4, chains=2)
+
+
 def test_multiply_add_refuses_bcq():
     with pytest.raises(ValueError, match="does not support"):
         lutc.build(lutc.MPGemmSpec(1, 64, 256, format="bcq", table_dtype="int8"), schedule="dot_mac")
