@@ -52,8 +52,9 @@ chunks keep the table workspace (``8 M K`` bytes for ``g=4``) and the number of 
 buckets step by 1.5x there: on the H200, 28672 x 8192 W2, ``LUTLinear`` takes 89.0 us for 96 rows
 with their own bucket (``benchmarks/results/front_doors_h200_buckets.md``) where padded to 128 it
 took 110.2 (``front_doors_h200_batch_tile.md``); a batch of 192 rows' kernel took 150.5 us where
-256 rows' took 191.5 (``cuda_m192_bm256_h200.log``, ``cuda_m192_h200.log``). ``OpKernels(buckets="exact")`` compiles one kernel per ``M`` instead
-(decode-only serving with a few fixed batch sizes).
+256 rows' took 191.5 (``cuda_m192_bm256_h200.log``, ``cuda_m192_h200.log``).
+``OpKernels(buckets="exact")`` compiles one kernel per ``M`` instead (decode-only serving with a
+few fixed batch sizes).
 
 **Layout plans.** :meth:`OpKernels.layout_plan` says in which layout(s) a weight should be held
 on a device so that every bucket runs its fastest kernel: the layout of the ``M = 1`` (decode)

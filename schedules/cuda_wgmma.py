@@ -468,7 +468,8 @@ def resolve_knobs(spec, **given) -> dict:
     knobs = merge_knobs("cuda_wgmma", KNOBS, default_knobs(spec), given)
     if given.get("streamk") and given.get("splits") is None:
         knobs["splits"] = 1            # stream-K given: no default split-K beside it
-    if given.get("ws") is None and registers(spec, knobs["wn"], knobs["bm"], knobs["ak"]) > register_limit(knobs["wg"], True):
+    if (given.get("ws") is None
+            and registers(spec, knobs["wn"], knobs["bm"], knobs["ak"]) > register_limit(knobs["wg"], True)):
         knobs["ws"] = False            # a tile asked for without ws that the copying warpgroup would not fit
     if given.get("stages") is None and not fits(spec, knobs["wg"], knobs["wn"], knobs["bm"], knobs["stages"],
                                                  ak=knobs["ak"]):
@@ -486,7 +487,8 @@ def resolve_knobs(spec, **given) -> dict:
     if knobs["streamk"] and knobs["splits"] > 1:
         raise ValueError(f"cuda_wgmma knobs splits={knobs['splits']} and streamk={knobs['streamk']} both "
                          "divide K among blocks: use one")
-    if knobs["late_scale"] and not can_scale_late(spec, knobs["wn"], knobs["bm"], knobs["wg"], knobs["ws"], knobs["ak"]):
+    if knobs["late_scale"] and not can_scale_late(spec, knobs["wn"], knobs["bm"], knobs["wg"], knobs["ws"],
+                                                   knobs["ak"]):
         raise ValueError(f"cuda_wgmma knob late_scale=1 needs groups of 128 weights or more, no zero points, "
                          f"ak=8 and at most {LATE_MAX_TOKENS} tokens per block with registers to spare (knobs {knobs})")
     if knobs["streamk"] > iterations(spec, knobs["wg"], knobs["wn"], knobs["bm"]):

@@ -154,7 +154,8 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
                     for r in T.vectorized(L):
                         if fmt == "ternary":
                             accf[row, tt, r] = accf[row, tt, r] + T.Cast(
-                                "float32", scales[0]) * dx[row, c] * (T.Cast("float32", chain_sum(acc, mr, tt, r, CH)) - xs[row, c])
+                                "float32", scales[0]) * dx[row, c] * (
+                                T.Cast("float32", chain_sum(acc, mr, tt, r, CH)) - xs[row, c])
                         elif zp:
                             accf[row, tt, r] = accf[row, tt, r] + T.Cast(
                                 "float32", scales[tile, c // per_group, r]) * dx[row, c] * (
