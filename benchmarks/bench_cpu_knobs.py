@@ -1,15 +1,17 @@
-"""Time one CPU schedule's knob sets against each other at M = 1, interleaved, same process.
+"""Time one CPU schedule's knob sets (or several schedules) against each other, interleaved, same process.
 
     python benchmarks/bench_cpu_knobs.py --schedule dot_mac --knob prefetch --values 0 16 64 \
         [--shapes 4096x4096:2 4096x11008:2 11008x4096:4 4096x4096:4] [--out FILE.md]
     python benchmarks/bench_cpu_knobs.py --knob-sets '{}' '{"row_tiles": 1, "chains": 4}'
+    python benchmarks/bench_cpu_knobs.py --knob-sets '{}' '{"schedule": "amx"}' --ms 1 16 128
 
 Each shape (``NxK:bits``, group 128) is built once per value; the packed weight is cloned into
 copies totalling 1 GiB that every call rotates through (a decode step reads each weight once);
 three interleaved rounds of 200 calls per value, the best median kept (us), with the weight
 bytes per second it implies and the streaming read rate measured in the same process
 (``lutc.measure.read_bandwidth_gbs``). ``--knob-sets`` times whole knob sets (JSON, over the
-defaults) instead of one knob's values. Threads: lutc's (``LUTC_NUM_THREADS``, default every core
+defaults) instead of one knob's values; a set's ``"schedule"`` names another schedule (its defaults
+under the other knobs given). ``--ms``: the batch sizes (rows of x), M = 1 by default. Threads: lutc's (``LUTC_NUM_THREADS``, default every core
 this process may run on; ``LUTC_NUM_THREADS=1`` for one).
 """
 from __future__ import annotations
@@ -36,6 +38,7 @@ def main() -> None:
     ap.add_argument("--values", nargs="+", type=int, default=[0, 16, 64])
     ap.add_argument("--shapes", nargs="+", default=["4096x4096:2", "4096x11008:2", "11008x4096:4", "4096x4096:4"])
     ap.add_argument("--knob-sets", nargs="+", type=json.loads, default=None)
+    ap.add_argument("--ms", nargs="+", type=int, default=[1], help="rows of x (M) to time each shape at")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     threads = int(os.environ["TVM_NUM_THREADS"])    # lutc's pool (set on import from LUTC_NUM_THREADS)
@@ -44,28 +47,33 @@ def main() -> None:
     names = [json.dumps(kn) if args.knob_sets else f"{args.knob} = {kn[args.knob]}" for kn in sets]
     command = (f"--knob-sets {' '.join(repr(n) for n in names)}" if args.knob_sets
                else f"--knob {args.knob} --values {' '.join(map(str, args.values))}")
+    command += f" --ms {' '.join(map(str, args.ms))} --shapes {' '.join(args.shapes)}"
     lines = [f"`python benchmarks/bench_cpu_knobs.py --schedule {args.schedule} {command}`; "
              f"{lutc.target.resolve('cpu').attrs.get('mcpu', '')}, {threads} thread(s) (TVM_NUM_THREADS), read rate "
              f"{read_bandwidth_gbs(threads=threads):.1f} GB/s (same process). us per call (GB/s of weights).", "",
-             "| N x K | W | " + " | ".join(names) + " | best / first |",
-             "|---|---|" + "---|" * (len(sets) + 1)]
+             "| N x K | W | M | " + " | ".join(names) + " | best / first |",
+             "|---|---|---|" + "---|" * (len(sets) + 1)]
     for item in args.shapes:
         shape, bits = item.split(":")
         N, K = (int(v) for v in shape.split("x"))
-        spec = lutc.MPGemmSpec(1, N, K, wbits=int(bits), group_size=128, table_dtype="int8")
-        x, qw = random_case(spec, seed=1)
-        kernels = [lutc.build(spec, schedule=args.schedule, knobs=kn) for kn in sets]
-        packed = kernels[0].pack(qw)
-        nbytes, copies = packed_bytes(packed), packed_copies(packed)
-        pool = len(copies)
-        best = [float("inf")] * len(sets)
-        for _ in range(3):                    # interleaved rounds against drift
-            for j, k in enumerate(kernels):
-                best[j] = min(best[j], median_us(lambda i: k(x, copies[i]), pool, calls=200))
-        cells = [f"{t:.0f} ({nbytes / t / 1e3:.1f})" for t in best]
-        lines.append(f"| {N}x{K} | {bits} | " + " | ".join(cells) + f" | {best[0] / min(best):.2f}x |")
-        print(lines[-1], flush=True)
-        del copies
+        for M in args.ms:
+            spec = lutc.MPGemmSpec(M, N, K, wbits=int(bits), group_size=128, table_dtype="int8")
+            x, qw = random_case(spec, seed=1)
+            kernels = [lutc.build(spec, schedule=kn.get("schedule", args.schedule),
+                                  knobs={k: v for k, v in kn.items() if k != "schedule"}) for kn in sets]
+            if len({k.layout for k in kernels}) > 1:
+                raise SystemExit(f"the sets read different weight layouts: {[k.layout for k in kernels]}")
+            packed = kernels[0].pack(qw)
+            nbytes, copies = packed_bytes(packed), packed_copies(packed)
+            pool = len(copies)
+            best = [float("inf")] * len(sets)
+            for _ in range(3):                    # interleaved rounds against drift
+                for j, k in enumerate(kernels):
+                    best[j] = min(best[j], median_us(lambda i: k(x, copies[i]), pool, calls=200 if M < 64 else 30))
+            cells = [f"{t:.0f} ({nbytes / t / 1e3:.1f})" for t in best]
+            lines.append(f"| {N}x{K} | {bits} | {M} | " + " | ".join(cells) + f" | {best[0] / min(best):.2f}x |")
+            print(lines[-1], flush=True)
+            del copies
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -25,7 +25,7 @@ layout         ``planes``                   read by                             
 ``bitplane``   uint8 ``[b, N, K/8]``        ``cpu_generic``, ``cuda_generic``           all
 ``tiles{R}``   uint8 ``[N/R, K/4, b, R/2]`` SIMD LUT (NEON R=32, AVX2 64, AVX-512 128)  all
 ``ptiles{R}``  uint8 ``[N/R, K/4, b/2, R]`` x86 LUT with paired planes (R=32, 64)       even ``b``
-``dot{L}``     uint8 ``[N/L, K/(4c), 4L]``  ``dot_mac`` (NEON L=4, AVX-512 VNNI 16)     not bcq
+``dot{L}``     uint8 ``[N/L, K/(4c), 4L]``  ``dot_mac`` (NEON L=4, VNNI 16), ``amx``    not bcq
 ``warp32``     int32 ``[N/32, K/128, b,     ``cuda_lut``                                all
                32, 4]``
 ``tc16``       int32 ``[N/16, K/128, w/2,   ``cuda_stream``, ``cuda_wgmma``, ``cuda_mma`` not bcq

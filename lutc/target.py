@@ -103,7 +103,7 @@ def kind(target: tvm.target.Target) -> str:
 
 #: The LLVM features of a CPU target that decide which kernels build (``schedules.x86``,
 #: ``schedules.dot_mac``): what :attr:`Facts.features` holds where the target has them.
-LLVM_FEATURES = ("avx2", "avx512bw", "avx512vnni", "avx512vbmi", "neon", "dotprod", "i8mm", "sve")
+LLVM_FEATURES = ("avx2", "avx512bw", "avx512vnni", "avx512vbmi", "amx-tile", "amx-int8", "neon", "dotprod", "i8mm", "sve")
 #: SIMD family of each CPU architecture (as :func:`lutc.cpu_arch.machine` spells it).
 _SIMD = {"x86_64": "x86", "i686": "x86", "aarch64": "aarch64"}
 

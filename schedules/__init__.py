@@ -7,7 +7,8 @@ One module per idea, each providing the contract of :mod:`schedules.contract` (`
 :func:`default` picks, per target kind, the first module in :data:`CANDIDATES` that supports
 the spec and prefers it (``contract.preferred``): on an x86 CPU with AVX-512 VNNI the
 multiply-add kernel (``dot_mac``: int8 activations times codes by ``vpdpbusd``, 4 rows of x per
-unpacked weight) at every M (as fast as the LUT kernel at M = 1, or faster: ``x86.preferred``);
+unpacked weight) at every M (as fast as the LUT kernel at M = 1, or faster: ``x86.preferred``),
+and where the CPU has AMX-INT8 the same arithmetic on tiles (``amx``) from M = 9;
 on other CPUs the SIMD LUT kernel (``x86``/``arm``) at M = 1; the generic schedules otherwise. :data:`ALTERNATIVES` holds kernels that are only ever tuned (none
 now). On CUDA: ``cuda_wgmma`` (sm_90a: ``tc16`` weights dequantized in registers as the A
 operand of ``wgmma``, x in shared memory from copying warpgroups, K split where blocks are
@@ -22,12 +23,12 @@ from __future__ import annotations
 
 import itertools
 
-from . import arm, contract, cpu_generic, cuda_generic, cuda_lut, cuda_mma, cuda_stream, cuda_wgmma, dot_mac, x86
+from . import amx, arm, contract, cpu_generic, cuda_generic, cuda_lut, cuda_mma, cuda_stream, cuda_wgmma, dot_mac, x86
 
 #: Schedules that build every spec (no SIMD tables): the fallbacks.
 GENERIC = (cpu_generic, cuda_generic)
 #: target kind (see ``lutc.target.kind``) -> schedule modules, best first.
-CANDIDATES = {"cpu": (x86, arm, dot_mac, cpu_generic), "cpu-cross": (x86, arm, dot_mac, cpu_generic),
+CANDIDATES = {"cpu": (x86, arm, amx, dot_mac, cpu_generic), "cpu-cross": (x86, arm, amx, dot_mac, cpu_generic),
               "cuda": (cuda_wgmma, cuda_stream, cuda_lut, cuda_mma, cuda_generic)}
 #: Other ways to compute the same spec, never chosen by default: the tuner weighs them.
 ALTERNATIVES = {"cpu": (), "cpu-cross": (), "cuda": ()}

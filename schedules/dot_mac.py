@@ -13,10 +13,12 @@ NEON ``sdot`` (``L`` = 4, codes fit the signed operand). Per block and row::
 The activation rounding is the only approximation: ``|y - y_exact| <= sum_k |w_k| dx / 2``
 (``lutc.testing.int8_activation_bound``). ONNX Runtime shipped a T-MAC-style LUT kernel and then found
 a VNNI multiply-add kernel faster on some x86 shapes; lutc's default is the LUT kernel at M = 1
-and this one from M = 2 (``schedules.x86.preferred`` has the numbers).
+and this one from M = 2 (``schedules.x86.preferred`` has the numbers), and on CPUs with AMX
+``schedules.amx`` (this arithmetic on tiles) from M = 9. Both ask this module for the activation
+quantization (:func:`quantize_activations`) and the block epilogue (:func:`block_term`).
 
-Loops: (1) per (row of x, block), in parallel: ``dx``, the int8 activations packed four to an
-int32 word (one broadcast feeds a dot instruction), and ``sum xq``; (2) per group of
+Loops: (1) per row of x, in parallel, per block: ``dx``, the int8 activations (each 4 bytes one
+int32 word: one broadcast feeds a dot instruction), and ``sum xq``; (2) per group of
 ``row_tiles`` tiles of ``L`` rows, in parallel: for each block and each pass over ``rows`` rows
 of x, for each chunk of the block, one ``4L``-byte weight load; each of its ``8/w`` code slots
 (shift, mask) is unpacked once and meets the broadcast activation word of each of the ``rows``
@@ -27,7 +29,7 @@ float accumulators. Weights: the ``dot{L}`` layout of :mod:`lutc.formats`.
 """
 from __future__ import annotations
 
-from tvm import IRModule, s_tir
+from tvm import DataType, IRModule, s_tir
 from tvm.script import tirx as T
 
 from lutc.frontend import nan_if, nonfinite
@@ -105,6 +107,106 @@ def chain_sum(acc, mr, tt, r, chains: int):
     return total
 
 
+def quantize_activations(spec):
+    """A macro ``quantize(x, xq, dx, xs)``: per row of x (in parallel) and block of ``spec.block``
+    activations, ``dx = max |x| / 127`` (NaN where the block holds NaN or Inf: int8 activations
+    cannot carry it, so it reaches the row's outputs through ``dx``), the int8 activations
+    ``round(x / dx)`` as the bytes of ``xq`` (``[rows, K]`` int8, in x's order: 4 consecutive bytes
+    are the 4-byte group of a dot instruction) and their sum ``xs``. Rows of ``xq`` past M are
+    left as they are.
+
+    Vectorized across the block (:func:`lanes`), the maximum, the NaN flag and the sum in
+    per-lane partials reduced in halves at the end. Scalar, with the bytes packed into int32
+    words, this loop took 830 us for 128 x 4096 values on one thread of the Emerald Rapids VM,
+    more than AMX's products; this one 419 (``benchmarks/results/cpu_amx_emr.md``)."""
+    M, K, B = spec.M, spec.K, spec.block
+    C = K // B
+    V = lanes(B)
+
+    @T.macro
+    def fold(amax, bad, half):
+        """Lanes ``half ..`` into lanes ``.. half`` (none where ``half`` is 0: fewer lanes)."""
+        if half > 0:
+            for v in T.vectorized(half):
+                amax[v] = T.max(amax[v], amax[v + half])
+                bad[v] = bad[v] | bad[v + half]
+
+    @T.macro
+    def add_halves(tot, half):
+        if half > 0:
+            for v in T.vectorized(half):
+                tot[v] = tot[v] + tot[v + half]
+
+    @T.macro
+    def quantize(x, xq, dx, xs):
+        for row in T.parallel(M):     # (rows, not (row, block) pairs: a parallel body's locals and
+            for blk in range(C):      # closure cost 3x the work per block, measured at M = 128)
+                amax = T.alloc_buffer((V,), "float32", scope="local")
+                bad = T.alloc_buffer((V,), "int32", scope="local")   # NaN/Inf seen (T.max drops NaN)
+                tot = T.alloc_buffer((V,), "int32", scope="local")
+                inv = T.alloc_buffer((1,), "float32", scope="local")
+                for v in T.vectorized(V):
+                    amax[v] = T.float32(0)
+                    bad[v] = 0
+                    tot[v] = 0
+                for k1 in range(B // V):
+                    for v in T.vectorized(V):
+                        # (an expression, not a let binding: TVM 0.27 vectorizes a let inside a vectorized
+                        # loop wrongly, and every dx came out garbage)
+                        xa = T.meta_var(T.abs(T.Cast("float32", x[row, blk * B + k1 * V + v])))
+                        amax[v] = T.max(amax[v], xa)
+                        bad[v] = bad[v] | T.Cast("int32", nonfinite(xa))
+                # tree reductions: log2(V) steps, not V - 1 in a chain
+                fold(amax, bad, V // 2)
+                fold(amax, bad, V // 4)
+                fold(amax, bad, V // 8)
+                fold(amax, bad, V // 16)
+                dx[row, blk] = nan_if(bad[0] != 0, T.max(amax[0], T.float32(1e-30)) / T.float32(127))
+                inv[0] = T.float32(1) / dx[row, blk]      # one division per block (NaN dx: NaN out anyway)
+                for k1 in range(B // V):
+                    for v in T.vectorized(V):
+                        q = T.meta_var(T.Cast("int32", T.round(T.Cast("float32", x[row, blk * B + k1 * V + v]) * inv[0])))
+                        xq[row, blk * B + k1 * V + v] = T.Cast("int8", q)
+                        tot[v] = tot[v] + q
+                add_halves(tot, V // 2)
+                add_halves(tot, V // 4)
+                add_halves(tot, V // 8)
+                add_halves(tot, V // 16)
+                xs[row, blk] = T.Cast("float32", tot[0])
+
+    return quantize
+
+
+def x_align(act: str) -> int:
+    """The alignment x's data may be assumed to have: one element. The activation loop reads x
+    in vectors, and at TVM's default of 64 bytes LLVM makes them aligned loads, which fault on a
+    tensor that a host (ggml) aligns to less, or on a view into a row."""
+    return DataType(act).bits // 8
+
+
+def word(xq, row, k4):
+    """The int32 word of int8 activations ``4 k4 .. 4 k4 + 3`` of ``row`` (little-endian: a dot
+    instruction's 4-byte group)."""
+    return T.reinterpret("int32", xq[row, T.ramp(4 * k4, 1, 4)])
+
+
+def lanes(n: int) -> int:
+    """Vector lanes for a loop of ``n`` iterations: 16 (an AVX-512 register of floats), 8 or 4,
+    the widest that divides ``n``, else 1."""
+    return next(v for v in (16, 8, 4, 2, 1) if n % v == 0)
+
+
+def block_term(spec, scales, zeros, tile, c, r, dx, xs, total):
+    """What block ``c`` adds to output row ``r`` of weight tile ``tile`` (``lutc.frontend``'s
+    epilogue): the int32 dot product ``total`` less the code constant (or zero point, ternary:
+    1) times the activation sum ``xs``, times the group's scale and ``dx``."""
+    group = c // (spec.group // spec.block)
+    if spec.format == "ternary":
+        return T.Cast("float32", scales[0]) * dx * (T.Cast("float32", total) - xs)
+    zero = T.Cast("float32", zeros[tile, group, r]) if spec.zero_point else T.float32(spec.code_center)
+    return T.Cast("float32", scales[tile, group, r]) * dx * (T.Cast("float32", total) - zero * xs)
+
+
 def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, prefetch: int = 0, chains: int = 1):
     """The PrimFunc: ``x [M, K]``, ``planes [N/L, K/(4c), 4L]``, ``scales``, [``zeros``], ``out``.
 
@@ -131,72 +233,37 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
     NT = -(-N // L)
     TT = min(row_tiles, NT)
     NTG = -(-NT // TT)                        # parallel tasks
-    per_group = spec.group // B
-    fmt, zp, act, sdt = spec.format, spec.zero_point, spec.act_dtype, spec.scale_dtype
-    zconst = spec.code_center
+    zp, act, sdt = spec.zero_point, spec.act_dtype, spec.scale_dtype
     V = 4 * L
     i8, i32 = f"int8x{V}", f"int32x{L}"
     mask = 2 ** w - 1
     PLANES, scale_shape, zero_shape = weight_buffers(spec, f"dot{L}")   # lutc.layouts' shapes
     MR = min(rows, M)                         # rows of x per pass over the weights of a block
+    quantize = quantize_activations(spec)
     MB = -(-M // MR)
     CH = chains                               # accumulator chains per tile row
 
     @T.macro
     def add_block(task, c, m0, acc, accf, dx, xs, scales, zeros):
-        """The block's epilogue (``lutc.frontend``): each row's int32 dot products, less the code
-        constant (or zero point) times the row's activation sum, times its scale and ``dx``."""
+        """The block's epilogue (:func:`block_term`) for the ``MR`` rows of x of pass ``m0``."""
         for mr in range(MR):
             row = T.meta_var(m0 * MR + mr)
             if row < M:
                 for tt in range(TT):
                     tile = T.meta_var(T.min(task * TT + tt, NT - 1))
                     for r in T.vectorized(L):
-                        if fmt == "ternary":
-                            accf[row, tt, r] = accf[row, tt, r] + T.Cast(
-                                "float32", scales[0]) * dx[row, c] * (
-                                T.Cast("float32", chain_sum(acc, mr, tt, r, CH)) - xs[row, c])
-                        elif zp:
-                            accf[row, tt, r] = accf[row, tt, r] + T.Cast(
-                                "float32", scales[tile, c // per_group, r]) * dx[row, c] * (
-                                T.Cast("float32", chain_sum(acc, mr, tt, r, CH))
-                                - T.Cast("float32", zeros[tile, c // per_group, r]) * xs[row, c])
-                        else:
-                            accf[row, tt, r] = accf[row, tt, r] + T.Cast(
-                                "float32", scales[tile, c // per_group, r]) * dx[row, c] * (
-                                T.Cast("float32", chain_sum(acc, mr, tt, r, CH)) - T.float32(zconst) * xs[row, c])
+                        accf[row, tt, r] = accf[row, tt, r] + block_term(
+                            spec, scales, zeros, tile, c, r, dx[row, c], xs[row, c], chain_sum(acc, mr, tt, r, CH))
 
     @T.prim_func(s_tir=True)
-    def main(x: T.Buffer((M, K), act), planes: T.Buffer(PLANES, "uint8"),
+    def main(x: T.Buffer((M, K), act, align=x_align(act)), planes: T.Buffer(PLANES, "uint8"),
              scales: T.Buffer(scale_shape, sdt), zeros: T.Buffer(zero_shape, sdt),
              out: T.Buffer((M, N), act)):
         T.func_attr({"tirx.noalias": True})
-        xq = T.alloc_buffer((M, K // 4), "int32")
+        xq = T.alloc_buffer((M, K), "int8")
         dx = T.alloc_buffer((M, C), "float32")
         xs = T.alloc_buffer((M, C), "float32")
-        for mc in T.parallel(M * C):
-            row, blk = T.meta_var(mc // C), T.meta_var(mc % C)   # x's row and block of B activations
-            amax = T.alloc_buffer((1,), "float32", scope="local")
-            tot = T.alloc_buffer((1,), "int32", scope="local")
-            bad = T.alloc_buffer((1,), "int32", scope="local")   # NaN/Inf seen (T.max drops NaN)
-            amax[0] = T.float32(0)
-            bad[0] = 0
-            for k in range(B):
-                xa = T.abs(T.Cast("float32", x[row, blk * B + k]))
-                amax[0] = T.max(amax[0], xa)
-                bad[0] = bad[0] | T.Cast("int32", nonfinite(xa))
-            # NaN in x reaches every output of its row through dx (int8 activations cannot hold it)
-            dx[row, blk] = nan_if(bad[0] != 0, T.max(amax[0], T.float32(1e-30)) / T.float32(127))
-            tot[0] = 0
-            for k4 in range(B // 4):
-                word = T.alloc_buffer((4,), "int32", scope="local")
-                for u in range(4):
-                    word[u] = T.Cast("int32", T.round(
-                        T.Cast("float32", x[row, blk * B + k4 * 4 + u]) / dx[row, blk]))
-                    tot[0] = tot[0] + word[u]
-                xq[row, blk * (B // 4) + k4] = (
-                    (word[0] & 255) | ((word[1] & 255) << 8) | ((word[2] & 255) << 16) | (word[3] << 24))
-            xs[row, blk] = T.Cast("float32", tot[0])
+        quantize(x, xq, dx, xs)
         for task in T.parallel(NTG):
             accf = T.alloc_buffer((M, TT, L), "float32", scope="local")
             acc = T.alloc_buffer((CH, MR, TT, L), "int32", scope="local")
@@ -224,7 +291,7 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
                                     # one unpacked code vector, MR rows of x (rows past M repeat the last)
                                     for mr in T.unroll(MR):
                                         xw = T.reinterpret(i8, T.broadcast(
-                                            xq[T.min(m0 * MR + mr, M - 1), (c * CB + kc) * cpb + s], L))
+                                            word(xq, T.min(m0 * MR + mr, M - 1), (c * CB + kc) * cpb + s), L))
                                         acc[ch, mr, tt, T.ramp(0, 1, L)] = T.call_llvm_pure_intrin(
                                             i32, intrin, acc[ch, mr, tt, T.ramp(0, 1, L)], codes, xw)
                     add_block(task, c, m0, acc, accf, dx, xs, scales, zeros)

@@ -46,7 +46,7 @@ def test_tiny_weights_keep_a_nonzero_scale(zero_point):
     assert q16.dequantize().abs().max() < 1e-6
 
 
-INT8_PATHS = [("x86", None), ("x86", {"paired": False}), ("dot_mac", None), ("cpu_generic", None)]
+INT8_PATHS = [("x86", None), ("x86", {"paired": False}), ("dot_mac", None), ("amx", None), ("cpu_generic", None)]
 
 
 @pytest.mark.parametrize("schedule,knobs", INT8_PATHS)

@@ -111,6 +111,9 @@ def test_swapped_weight_tensors_are_checked_again():
 
 DOT_FORMATS = [f for f in FORMATS if f[0] != "bcq"]      # integer codes
 HAS_VNNI = codegen.llvm_cpu_has_features(["avx512vnni", "avx512bw"], HOST)
+HAS_AMX = codegen.llvm_cpu_has_features(["amx-tile", "amx-int8"], HOST)
+#: A CPU with AMX-INT8, for code generation on any host.
+AMX_CPU = {"kind": "llvm", "mcpu": "sapphirerapids"}
 
 
 def check_dot(spec, kernel, seed=0):
@@ -148,6 +151,56 @@ def test_x86_vnni_half_activations(act_dtype):
     spec = lutc.MPGemmSpec(3, 70, 1024, wbits=4, group_size=128, zero_point=True,
                            table_dtype="int8", act_dtype=act_dtype)
     check_dot(spec, lutc.build(spec, schedule="dot_mac"), seed=6)
+
+
+@pytest.mark.skipif(not HAS_VNNI, reason="host has no AVX-512 VNNI")
+def test_multiply_add_with_blocks_of_fewer_vector_lanes():
+    """K = 1000 in one group: blocks of 40 activations, so the activation loop runs 8 lanes wide
+    and reduces them in three halvings, not four."""
+    spec = lutc.MPGemmSpec(3, 40, 1000, wbits=4, group_size=-1, table_dtype="int8")
+    assert spec.block == 40 and schedules.dot_mac.lanes(spec.block) == 8
+    check_dot(spec, lutc.build(spec, schedule="dot_mac"), seed=5)
+
+
+@pytest.mark.skipif(not HAS_AMX, reason="host has no AMX-INT8")
+@pytest.mark.parametrize("weight_tiles,token_tiles", [(1, 1), (3, 1), (2, 2), (1, 3), (2, 1)])
+@pytest.mark.parametrize("fmt,wbits,zp", DOT_FORMATS, ids=str)
+def test_amx_tile_kernel(fmt, wbits, zp, weight_tiles, token_tiles):
+    """Every format on the tile kernel: M across token tiles and passes (1, 3, 17, 100), N not a
+    multiple of 16 x weight_tiles, blocks of 64 and 128, outputs poisoned first (check_dot)."""
+    gs = -1 if fmt == "ternary" else (64, 64, 128, -1)[wbits - 1]
+    M, N, K = ((1, 100, 512), (17, 40, 11008), (100, 130, 1024), (3, 33, 1536))[(wbits + zp + weight_tiles) % 4]
+    spec = lutc.MPGemmSpec(M, N, K, wbits=wbits, format=fmt, group_size=gs, zero_point=zp, table_dtype="int8")
+    kernel = lutc.build(spec, schedule="amx", knobs={"weight_tiles": weight_tiles, "token_tiles": token_tiles})
+    assert kernel.layout == "dot16" and "tdpbsud" in kernel.source
+    check_dot(spec, kernel, seed=wbits)
+
+
+@pytest.mark.skipif(not HAS_AMX, reason="host has no AMX-INT8")
+@pytest.mark.parametrize("act_dtype", ["float16", "bfloat16"])
+def test_amx_half_activations(act_dtype):
+    spec = lutc.MPGemmSpec(20, 70, 1024, wbits=4, group_size=128, zero_point=True,
+                           table_dtype="int8", act_dtype=act_dtype)
+    check_dot(spec, lutc.build(spec, schedule="amx"), seed=7)
+
+
+def test_amx_kernel_builds_for_an_amx_cpu_on_any_host():
+    """Code generation (any host): the tile instructions, the per-call request for the tile state,
+    the default from 9 rows of x, the knobs that cannot fit the tile registers refused by name."""
+    spec = lutc.MPGemmSpec(16, 64, 512, wbits=2, group_size=128, table_dtype="int8")
+    amx_cpu = resolve(AMX_CPU)
+    kernel = lutc.build(spec, target=AMX_CPU, schedule="amx", knobs={"weight_tiles": 2, "token_tiles": 1})
+    for text in ("@llvm.x86.tdpbsud", "@llvm.x86.ldtilecfg", "@llvm.x86.tilerelease", "@syscall"):
+        assert text in kernel.source
+    assert schedules.default("cpu", spec, amx_cpu) is schedules.amx
+    assert schedules.default("cpu", lutc.MPGemmSpec(8, 64, 512, table_dtype="int8"), amx_cpu) is schedules.dot_mac
+    assert not schedules.amx.supports(spec, resolve("arm")) and not schedules.amx.supports(
+        lutc.MPGemmSpec(16, 64, 512, wbits=1, group_size=32, table_dtype="int8"), amx_cpu)   # blocks of 32
+    with pytest.raises(ValueError, match=r"weight_tiles=3 x token_tiles=3: .* exceed the 8 tile registers"):
+        schedules.amx.layout(spec, amx_cpu, weight_tiles=3, token_tiles=3)
+    worth = schedules.amx.worth_tuning
+    assert worth(spec, amx_cpu, token_tiles=1) and not worth(spec, amx_cpu, token_tiles=2)
+    assert worth(lutc.MPGemmSpec(17, 64, 512, table_dtype="int8"), amx_cpu, token_tiles=2)
 
 
 def test_multiply_add_refuses_chains_that_do_not_divide_a_block():

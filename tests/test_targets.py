@@ -376,9 +376,9 @@ def test_every_schedule_module_provides_the_contract():
     import types
     from schedules import contract
     modules = schedules.MODULES
-    assert len(modules) == 9 and all(isinstance(contract.check(m), types.ModuleType) for m in modules)
+    assert len(modules) == 10 and all(isinstance(contract.check(m), types.ModuleType) for m in modules)
     assert {m.__name__.rsplit(".", 1)[-1] for m in modules if contract.is_template(m)} == {
-        "x86", "arm", "dot_mac", "cuda_lut", "cuda_stream", "cuda_wgmma", "cuda_mma"}
+        "x86", "arm", "amx", "dot_mac", "cuda_lut", "cuda_stream", "cuda_wgmma", "cuda_mma"}
     broken = types.ModuleType("schedules.broken")
     broken.KNOBS, broken.supports, broken.schedule = {}, lambda s, t: True, lambda *a, **k: None
     with pytest.raises(TypeError, match="schedules.broken .*layout"):

@@ -290,7 +290,8 @@ int main(int argc, char** argv) {
     ggml_build_forward_expand(l[c].graph, l[c].out);
   }
 
-  __TVMBackendParallelLaunch = (void*)ggml_parallel_launch;   /* after lutc_backend.c's start-up */
+  /* after lutc_backend.c's start-up; a kernel with no parallel loop (a small one) has no hook */
+  if (&__TVMBackendParallelLaunch) __TVMBackendParallelLaunch = (void*)ggml_parallel_launch;
   struct ggml_threadpool_params tpp = ggml_threadpool_params_default(threads);
   struct ggml_threadpool* tp = ggml_threadpool_new(&tpp);
   /* every copy's graph has the same shapes: one work buffer sized for the larger of the two */

@@ -2,7 +2,8 @@
  * with the kernels (written by lutc.export next to every CPU kernel; Apache-2.0).
  *
  * A host that runs a kernel's parallel loops on its own threads assigns its launcher to the
- * kernel's weak hook after start-up:   __TVMBackendParallelLaunch = (void*)my_launch;
+ * kernel's weak hook after start-up, where the kernel has one (a kernel with no parallel loop
+ * does not):   if (&__TVMBackendParallelLaunch) __TVMBackendParallelLaunch = (void*)my_launch;
  * (examples/ggml/lutc_in_ggml.c maps them onto ggml's thread pool). The launcher calls
  * f(task_id, &env, cdata) for task_id 0 .. env.num_task - 1, concurrently, and returns 0.
  */
