@@ -145,12 +145,14 @@ def test_x86_vnni_multiply_add_kernel(fmt, wbits, zp, row_tiles, prefetch, chain
     check_dot(spec, kernel, seed=wbits)
 
 
-@pytest.mark.skipif(not HAS_VNNI, reason="host has no AVX-512 VNNI")
+@pytest.mark.parametrize("schedule,M,has", [("dot_mac", 3, HAS_VNNI), ("amx", 20, HAS_AMX)])
 @pytest.mark.parametrize("act_dtype", ["float16", "bfloat16"])
-def test_x86_vnni_half_activations(act_dtype):
-    spec = lutc.MPGemmSpec(3, 70, 1024, wbits=4, group_size=128, zero_point=True,
+def test_multiply_add_half_activations(schedule, M, has, act_dtype):
+    if not has:
+        pytest.skip(f"host cannot run {schedule} (AVX-512 VNNI / AMX-INT8)")
+    spec = lutc.MPGemmSpec(M, 70, 1024, wbits=4, group_size=128, zero_point=True,
                            table_dtype="int8", act_dtype=act_dtype)
-    check_dot(spec, lutc.build(spec, schedule="dot_mac"), seed=6)
+    check_dot(spec, lutc.build(spec, schedule=schedule), seed=6)
 
 
 @pytest.mark.skipif(not HAS_VNNI, reason="host has no AVX-512 VNNI")
@@ -174,14 +176,6 @@ def test_amx_tile_kernel(fmt, wbits, zp, weight_tiles, token_tiles):
     kernel = lutc.build(spec, schedule="amx", knobs={"weight_tiles": weight_tiles, "token_tiles": token_tiles})
     assert kernel.layout == "dot16" and "tdpbsud" in kernel.source
     check_dot(spec, kernel, seed=wbits)
-
-
-@pytest.mark.skipif(not HAS_AMX, reason="host has no AMX-INT8")
-@pytest.mark.parametrize("act_dtype", ["float16", "bfloat16"])
-def test_amx_half_activations(act_dtype):
-    spec = lutc.MPGemmSpec(20, 70, 1024, wbits=4, group_size=128, zero_point=True,
-                           table_dtype="int8", act_dtype=act_dtype)
-    check_dot(spec, lutc.build(spec, schedule="amx"), seed=7)
 
 
 def test_amx_kernel_builds_for_an_amx_cpu_on_any_host():
