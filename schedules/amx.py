@@ -19,16 +19,17 @@ Loops: (1) per token row, in parallel: ``dx`` per block, the int8 activations, `
 (:func:`schedules.dot_mac.quantize_activations`); (2) per ``weight_tiles`` tiles of 16 weight
 rows, in parallel (the tile configuration is per thread, loaded by each task): per block, its
 codes unpacked once into a buffer (B tiles, ``tmm0..``); per pass over ``token_tiles`` tiles of
-16 tokens, per 64 activations (a tile step): the B tiles loaded, then per token tile its A
-tile (straight from ``xq``) and one ``tdpbsud`` per B tile into its own C tile (every pair of
-tiles has one: independent accumulators, so the products overlap); (3) at the block's end each
+16 tokens, per tile step (64 activations, or 32 where blocks are 32: :func:`tile_step`): the B
+tiles loaded, then per token tile its A tile (straight from ``xq``) and one ``tdpbsud`` per B
+tile into its own C tile (every pair of tiles has one: independent accumulators, so the
+products overlap); (3) at the block's end each
 C tile is stored and scaled into float accumulators by ``dot_mac``'s epilogue
 (:func:`schedules.dot_mac.block_term`). Tokens past M in the last token tile read padding rows
 of ``xq`` whose sums are never used.
 
 Measured on a 2-core Emerald Rapids VM (``benchmarks/results/cpu_amx_emr.md``): from about
 M = 8 it overtakes ``dot_mac`` (whose cost grows with M while a tile's is flat to 16 tokens),
-1.4-1.9x at M = 16 and 1.5-2.9x at M = 128. What it does not hide: the per-block store and
+1.3-2.0x at M = 16 and 1.4-2.6x at M = 128. What it does not hide: the per-block store and
 scale of the C tiles, and tile loads that serve at most two products; software-pipelining
 both (unpacking a block ahead, scaling a block late) was tried and was slower (its doubled
 buffers crowd L1).
@@ -53,17 +54,24 @@ TEMPLATE = True
 #: pass (A tiles). Each pair has its C tile, and all must fit the 8 tile registers
 #: (:func:`fits`): 1 x 1..3, 2 x 1..2, 3 x 1. More pairs keep more ``tdpbsud`` independent.
 KNOBS = {"weight_tiles": (1, 2, 3), "token_tiles": (1, 2, 3)}
-#: Weight rows (and tokens) of a tile, activations per tile step (one tile row: 64 bytes), tile registers.
-ROWS, STEP, TILES = 16, 64, 8
+#: Weight rows (and tokens) of a tile, bytes of a tile row, tile registers.
+ROWS, ROW_BYTES, TILES = 16, 64, 8
 #: Linux ``arch_prctl`` codes (``asm/prctl.h``, ``asm/fpu/types.h``) for the tile data state.
 SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
 
 
 def supports(spec, target) -> bool:
     """uniform/ternary with int8 tables (int8 activations) on a CPU with AMX-INT8, blocks of
-    whole tile steps (64 activations)."""
+    whole tile steps (:func:`tile_step`)."""
     return (spec.format in ("uniform", "ternary") and spec.table_dtype == "int8"
-            and has_features(target, "amx-tile", "amx-int8") and spec.block % STEP == 0)
+            and has_features(target, "amx-tile", "amx-int8") and spec.block % 32 == 0)
+
+
+def tile_step(spec) -> int:
+    """Activations per ``tdpbsud``: a whole A tile row (64) where blocks hold whole rows, else 32
+    (A tiles of 32-byte rows, B tiles of 8 rows: llama.cpp's Q4_0 and other groups of 32 scale
+    every 32 activations)."""
+    return ROW_BYTES if spec.block % ROW_BYTES == 0 else 32
 
 
 #: Rows of x from which the tile kernel is the default: at M = 8 it ties ``dot_mac`` at W2 and
@@ -117,6 +125,7 @@ def amx_kernel(spec, weight_tiles: int, token_tiles: int):
     cpb = 8 // w                              # codes per byte: B-tile rows per weight chunk
     B = spec.block
     C = K // B
+    STEP = tile_step(spec)                    # activations per tdpbsud
     SB = B // STEP                            # tile steps per block
     CPS = STEP // (4 * cpb)                   # weight chunks per tile step
     NT = -(-N // ROWS)                        # weight tiles
@@ -125,7 +134,7 @@ def amx_kernel(spec, weight_tiles: int, token_tiles: int):
     TK = min(token_tiles, -(-M // ROWS))      # token tiles per pass
     P = -(-M // (ROWS * TK))                  # passes over a block's codes
     MP = P * TK * ROWS                        # token rows of xq, padded to whole tiles
-    XW = K + STEP                             # xq's row: K bytes and one tile row more, so that an A
+    XW = K + ROW_BYTES                        # xq's row: K bytes and one tile row more, so that an A
     # tile's 16 rows do not fall in one L1 set (a row stride of 4 KiB would)
     V = 4 * ROWS
     mask = 2 ** w - 1
@@ -163,9 +172,9 @@ def amx_kernel(spec, weight_tiles: int, token_tiles: int):
             for i in range(64):
                 cfg[i] = T.uint8(0)
             cfg[0] = T.uint8(1)                                   # palette 1
-            for t in range(used):
-                cfg[16 + 2 * t] = T.uint8(V)                      # bytes per row (low byte)
-                cfg[48 + t] = T.uint8(ROWS)                       # rows
+            for t in range(used):                                 # bytes per row (low byte), rows:
+                cfg[16 + 2 * t] = T.uint8(T.if_then_else(t >= A0 and t < C0, STEP, V))   # A: STEP bytes
+                cfg[48 + t] = T.uint8(T.if_then_else(t < A0, STEP // 4, ROWS))           # B: STEP / 4 rows
             tile("ldtilecfg", T.address_of(cfg[0]))
             for m, b in T.grid(M, WT):
                 for r in T.vectorized(ROWS):
@@ -186,8 +195,8 @@ def amx_kernel(spec, weight_tiles: int, token_tiles: int):
                             tile("tilezero", T.int8(C0 + a * WT + b))
                     for j in range(SB):
                         for b in T.unroll(WT):
-                            tile("tileloadd64", T.int8(b), codes.access_ptr("r", offset=(b * SB + j) * ROWS * V),
-                                 T.int64(V))
+                            tile("tileloadd64", T.int8(b),
+                                 codes.access_ptr("r", offset=(b * SB + j) * (STEP // 4) * V), T.int64(V))
                         for a in T.unroll(TK):
                             tile("tileloadd64", T.int8(A0 + a),
                                  xq.access_ptr("r", offset=(p * TK + a) * ROWS * XW + (c * SB + j) * STEP),

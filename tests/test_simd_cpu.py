@@ -169,8 +169,9 @@ def test_multiply_add_with_blocks_of_fewer_vector_lanes():
 @pytest.mark.parametrize("fmt,wbits,zp", DOT_FORMATS, ids=str)
 def test_amx_tile_kernel(fmt, wbits, zp, weight_tiles, token_tiles):
     """Every format on the tile kernel: M across token tiles and passes (1, 3, 17, 100), N not a
-    multiple of 16 x weight_tiles, blocks of 64 and 128, outputs poisoned first (check_dot)."""
-    gs = -1 if fmt == "ternary" else (64, 64, 128, -1)[wbits - 1]
+    multiple of 16 x weight_tiles, blocks of 32 (tile steps of 32), 64 and 128, outputs poisoned
+    first (check_dot)."""
+    gs = -1 if fmt == "ternary" else (32, 64, 128, 32)[wbits - 1]
     M, N, K = ((1, 100, 512), (17, 40, 11008), (100, 130, 1024), (3, 33, 1536))[(wbits + zp + weight_tiles) % 4]
     spec = lutc.MPGemmSpec(M, N, K, wbits=wbits, format=fmt, group_size=gs, zero_point=zp, table_dtype="int8")
     kernel = lutc.build(spec, schedule="amx", knobs={"weight_tiles": weight_tiles, "token_tiles": token_tiles})
@@ -188,8 +189,9 @@ def test_amx_kernel_builds_for_an_amx_cpu_on_any_host():
         assert text in kernel.source
     assert schedules.default("cpu", spec, amx_cpu) is schedules.amx
     assert schedules.default("cpu", lutc.MPGemmSpec(8, 64, 512, table_dtype="int8"), amx_cpu) is schedules.dot_mac
-    assert not schedules.amx.supports(spec, resolve("arm")) and not schedules.amx.supports(
-        lutc.MPGemmSpec(16, 64, 512, wbits=1, group_size=32, table_dtype="int8"), amx_cpu)   # blocks of 32
+    q4_0 = lutc.MPGemmSpec(16, 64, 512, wbits=4, group_size=32, zero_point=True, table_dtype="int8")
+    assert schedules.amx.tile_step(q4_0) == 32 and schedules.amx.tile_step(spec) == 64
+    assert schedules.amx.supports(q4_0, amx_cpu) and not schedules.amx.supports(spec, resolve("arm"))
     with pytest.raises(ValueError, match=r"weight_tiles=3 x token_tiles=3: .* exceed the 8 tile registers"):
         schedules.amx.layout(spec, amx_cpu, weight_tiles=3, token_tiles=3)
     worth = schedules.amx.worth_tuning
