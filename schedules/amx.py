@@ -153,11 +153,10 @@ def amx_kernel(spec, weight_tiles: int, token_tiles: int):
              scales: T.Buffer(scale_shape, spec.scale_dtype), zeros: T.Buffer(zero_shape, spec.scale_dtype),
              out: T.Buffer((M, N), act)):
         T.func_attr({"tirx.noalias": True})
-        # Tile instructions reach buffers through access_ptr (an opaque access: their whole
-        # extent stays allocated; TVM would shrink a buffer to the elements indexed, and the
-        # padding rows of xq are only ever read by tile loads).
-        # the tile state for this process (idempotent; the answer is not needed: without it the
-        # first tile instruction faults, as it would with no AMX)
+        # The tile state for this process (idempotent; the answer is not needed: without it the
+        # first tile instruction faults, as it would with no AMX). Below, tile instructions reach
+        # buffers through access_ptr, an opaque access that keeps a buffer's whole extent: TVM
+        # would shrink it to the elements indexed, and xq's padding rows are read by tiles only.
         T.evaluate(T.call_extern("int64", "syscall", T.int64(SYS_ARCH_PRCTL), T.int64(ARCH_REQ_XCOMP_PERM),
                                  T.int64(XFEATURE_XTILEDATA)))
         xq = T.alloc_buffer((MP, XW), "int8")
