@@ -7,12 +7,13 @@
 
 Each shape (``NxK:bits``, group 128) is built once per value; the packed weight is cloned into
 copies totalling 1 GiB that every call rotates through (a decode step reads each weight once);
-three interleaved rounds of 200 calls per value, the best median kept (us), with the weight
+three interleaved rounds of 200 calls per value (30 from M = 64), the best median kept (us), with the weight
 bytes per second it implies and the streaming read rate measured in the same process
 (``lutc.measure.read_bandwidth_gbs``). ``--knob-sets`` times whole knob sets (JSON, over the
 defaults) instead of one knob's values; a set's ``"schedule"`` names another schedule (its defaults
-under the other knobs given). ``--ms``: the batch sizes (rows of x), M = 1 by default. Threads: lutc's (``LUTC_NUM_THREADS``, default every core
-this process may run on; ``LUTC_NUM_THREADS=1`` for one).
+under the other knobs given). ``--ms``: the batch sizes (rows of x), M = 1 by default. Threads:
+lutc's (``LUTC_NUM_THREADS``, default every core this process may run on; ``LUTC_NUM_THREADS=1``
+for one).
 """
 from __future__ import annotations
 

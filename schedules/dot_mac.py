@@ -111,9 +111,9 @@ def quantize_activations(spec):
     """A macro ``quantize(x, xq, dx, xs)``: per row of x (in parallel) and block of ``spec.block``
     activations, ``dx = max |x| / 127`` (NaN where the block holds NaN or Inf: int8 activations
     cannot carry it, so it reaches the row's outputs through ``dx``), the int8 activations
-    ``round(x / dx)`` as the bytes of ``xq`` (``[rows, K]`` int8, in x's order: 4 consecutive bytes
-    are the 4-byte group of a dot instruction) and their sum ``xs``. Rows of ``xq`` past M are
-    left as they are.
+    ``round(x / dx)`` (as ``x`` times ``1 / dx``: one division per block) as the bytes of ``xq``
+    (``[rows, K]`` int8, in x's order: 4 consecutive bytes are the 4-byte group of a dot
+    instruction) and their sum ``xs``. Rows of ``xq`` past M are left as they are.
 
     Vectorized across the block (:func:`lanes`), the maximum, the NaN flag and the sum in
     per-lane partials reduced in halves at the end. Scalar, with the bytes packed into int32
@@ -165,7 +165,8 @@ def quantize_activations(spec):
                 inv[0] = T.float32(1) / dx[row, blk]      # one division per block (NaN dx: NaN out anyway)
                 for k1 in range(B // V):
                     for v in T.vectorized(V):
-                        q = T.meta_var(T.Cast("int32", T.round(T.Cast("float32", x[row, blk * B + k1 * V + v]) * inv[0])))
+                        xv = T.meta_var(T.Cast("float32", x[row, blk * B + k1 * V + v]))
+                        q = T.meta_var(T.Cast("int32", T.round(xv * inv[0])))
                         xq[row, blk * B + k1 * V + v] = T.Cast("int8", q)
                         tot[v] = tot[v] + q
                 add_halves(tot, V // 2)
@@ -191,8 +192,8 @@ def word(xq, row, k4):
 
 
 def lanes(n: int) -> int:
-    """Vector lanes for a loop of ``n`` iterations: 16 (an AVX-512 register of floats), 8 or 4,
-    the widest that divides ``n``, else 1."""
+    """Vector lanes for a loop of ``n`` iterations: the widest of 16 (an AVX-512 register of
+    floats), 8, 4, 2 and 1 that divides ``n``."""
     return next(v for v in (16, 8, 4, 2, 1) if n % v == 0)
 
 
