@@ -117,7 +117,11 @@ M = 128: 110.7 against 100.7; M = 512: 382.8 against 388.3) or at small M (8192 
 85.4 against split-K's 52.9): the dequantization and tensor cores bound the time, and a GPU busy on
 every SM runs hotter and slower. :func:`default_streamk` takes it only for the first case.
 
-Where it stands (``benchmarks/results/cuda_h200_x16.md``, H200, same hour): faster than
+Where it stands, newest (``benchmarks/results/cuda_h200_retuned.md``, H200, in turns, with the
+re-tuned log): faster than Humming at every M <= 128 but two cells (1-2% behind: 28672 x 8192
+W2 at M = 128, 8192 x 28672 W4 at M = 64), on 4096 x 4096 at every M and on 8192 x 28672 at
+M = 512; behind by 1.07-1.21x at M = 2048 and on 28672 x 8192 at M = 512. Earlier
+(``benchmarks/results/cuda_h200_x16.md``, H200, same hour, lutc timed first): faster than
 Humming at M = 64 on 28672 x 8192 (59.1 against 72.5 us, W2), at M = 128..512 on 4096 x 4096 and
 at M = 512 on 8192 x 28672 (342.4 against 361.4); 0.70-0.99x of it elsewhere (28672 x 8192 at
 M = 128: 99.9 against 92.0); faster than cuBLAS fp16 to M = 128 and 0.91-1.06x of it from M = 512
@@ -300,7 +304,8 @@ def worth_tuning(spec, target, bm: int = 128, wg: int = 2, wn: int = 1, splits: 
 #: (``benchmarks/results/cuda_m192_bm256_h200.log``, W2 / W4 us) 28672 x 8192 at M = 160 took
 #: 127.4 / 132.1 against 212.7 / 224.9 for two 128-token tiles, at M = 192 150.5 / 155.9 against
 #: 215.0 / 228.4 (Humming 179.3 / 179.8 in another run, ``cuda_m192_h200.log``); on 8192 x 28672
-#: (64 such blocks) the 128-token tiles stay (173.2 against 235.1 at M = 192).
+#: (64 such blocks) the 128-token tiles are chosen (173.2 against 235.1 at M = 192), and then
+#: replaced by stream-K's grid over the 256-token tile (:func:`streamk_tile`).
 TILES = ((2, 1, 256, 2, 100), (2, 1, 256, True, 100), (3, 1, 128, True, 500), (2, 1, 128, 2, 100), WIDE_TILE,
          (2, 1, 64, True, 100), (1, 1, 64, True, 0))
 
@@ -424,9 +429,19 @@ def late_registers(spec, wn: int, bm: int, late_scale: int) -> int:
 
 def streamk_tile(spec) -> tuple:
     """Stream-K's tile (wg, wn, bm, ws, ak): :data:`BATCH_TILE` to its 128 tokens (8192 x 28672 at
-    M = 96: 84.8 / 92.3 us W2 / W4 against 94.0 / 105.3 in :data:`STREAMK_TILE`), past them
+    M = 96: 84.8 / 92.3 us W2 / W4 against 94.0 / 105.3 in :data:`STREAMK_TILE`); past them the
+    first of :data:`TILES`, one 256-token tile for all of M, where it fits (to 192 tokens): every
+    weight is dequantized once, where the two 128-token tiles that gave their blocks did it twice.
+    On the H200, in turns (``benchmarks/results/cuda_m160_m256_streamk_h200.log``, W2 / W4 us),
+    8192 x 28672 at M = 160 took 123.1 / 132.5 against 191.4 / 203.1 (Humming 123.1 / 127.7),
+    at M = 192 143.0 / 152.5 against 189.4 / 206.0 (Humming 185.5 / 187.2). Else
     :data:`STREAMK_TILE`, as timed before."""
-    return BATCH_TILE if spec.M <= BATCH_TILE[2] else STREAMK_TILE
+    if spec.M <= BATCH_TILE[2]:
+        return BATCH_TILE
+    wg, wn, bm, ws = TILES[0][:4]
+    if fits(spec, wg, wn, bm, ws=ws):
+        return wg, wn, bm, ws, 8
+    return STREAMK_TILE
 
 
 def default_streamk(spec, tile) -> int:

@@ -208,6 +208,8 @@ STREAM_K_CASES = [
      dict(wg=2, bm=128, ws=2, streamk=132)),
     (lutc.MPGemmSpec(2048, 1000, 1536, wbits=4, group_size=64, zero_point=True, act_dtype="float16"),
      dict(wg=2, bm=256, ws=True, streamk=132)),
+    (lutc.MPGemmSpec(150, 1000, 11008, wbits=2, group_size=128, act_dtype="float16"),
+     dict(wg=2, bm=256, ws=2, streamk=132)),
     (lutc.MPGemmSpec(16, 1000, 11008, wbits=2, group_size=-1, act_dtype="float16"), dict(wg=1, bm=64, streamk=132)),
     (lutc.MPGemmSpec(40, 1000, 11008, wbits=4, group_size=128, act_dtype="float16"),
      dict(wg=1, bm=64, streamk=78, late_scale=1)),

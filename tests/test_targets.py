@@ -208,12 +208,19 @@ def test_wgmma_stream_k_is_a_persistent_grid_and_a_fix_up(tmp_path):
     with pytest.raises(ValueError, match="streamk=132 asks for more blocks than the 24 tile units"):
         lutc.build(spec.with_(K=1536, N=256), target="cuda:sm_90a", schedule="cuda_wgmma",
                    knobs={"wg": 2, "bm": 128, "streamk": 132})
-    for M, N, K, streamk in ((128, 8192, 28672, 132), (96, 8192, 28672, 132), (128, 28672, 8192, 0),
-                             (64, 8192, 28672, 0), (256, 8192, 28672, 0), (128, 4096, 4096, 0)):
+    # to M = 128 in the batch tile (256 rows, A buffers of two k16 steps); past it, to 192 tokens,
+    # in one 256-token tile (8192 x 28672 at M = 192: 143.0 us against 189.4 for two 128-token tiles)
+    batch, wide = (2, 2, 128, 2, 2), (2, 1, 256, 2, 8)
+    for M, N, K, tile in ((128, 8192, 28672, batch), (96, 8192, 28672, batch), (128, 28672, 8192, None),
+                          (64, 8192, 28672, None), (136, 8192, 28672, wide), (192, 8192, 28672, wide),
+                          (224, 8192, 28672, None), (256, 8192, 28672, None), (192, 8192, 8192, None),
+                          (128, 4096, 4096, None)):
         knobs = schedules.cuda_wgmma.resolve_knobs(lutc.MPGemmSpec(M, N, K, act_dtype="float16"))
-        assert knobs["streamk"] == streamk and (not streamk or knobs["bm"] == 128 and knobs["splits"] == 1), (M, N, K)
-        if streamk:    # in the batch tile: 256 rows, A buffers of two k16 steps
-            assert (knobs["wn"], knobs["ak"]) == (2, 2), knobs
+        assert knobs["streamk"] == (132 if tile else 0), (M, N, K, knobs)
+        if tile:
+            assert tuple(knobs[k] for k in ("wg", "wn", "bm", "ws", "ak")) == tile and knobs["splits"] == 1, knobs
+    wide_default = lutc.build(lutc.MPGemmSpec(160, 8192, 28672, act_dtype="float16"), target="cuda:sm_90a")
+    assert wide_default.schedule == "cuda_wgmma" and lutc.cuda_binary(wide_default, fmt="cubin")[:4] == b"\x7fELF"
     # M = 65..128 where the 256-row batch tile gives its blocks alone (28672 x 8192 at M = 96: 89.2 us
     # against 129.9 for 128-row tiles, Humming 92.3); not at M = 64, 129 or on a narrow weight
     # past it a 256-token tile that M does not fill, with two copying warpgroups to 192 tokens
@@ -222,7 +229,7 @@ def test_wgmma_stream_k_is_a_persistent_grid_and_a_fix_up(tmp_path):
                           (128, 28672, 8192, (2, 2, 128, 2, 2)), (64, 28672, 8192, (2, 2, 64, True, 8)),
                           (96, 4096, 4096, (1, 1, 64, True, 8)), (129, 28672, 8192, (2, 1, 256, 2, 8)),
                           (192, 28672, 8192, (2, 1, 256, 2, 8)), (224, 28672, 8192, (2, 1, 256, True, 8)),
-                          (192, 8192, 28672, (2, 1, 128, 2, 8))):
+                          (224, 8192, 28672, (2, 1, 128, 2, 8))):
         knobs = schedules.cuda_wgmma.resolve_knobs(lutc.MPGemmSpec(M, N, K, act_dtype="float16"))
         assert tuple(knobs[k] for k in ("wg", "wn", "bm", "ws", "ak")) == tile and knobs["streamk"] == 0, (M, N, knobs)
 
