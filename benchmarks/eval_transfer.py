@@ -7,8 +7,9 @@ that kernel ran on ``D`` for ``W`` in ``W``'s own records:
 
 * **held-out shape**: the log without any record of ``W`` (every device), so the choice comes
   from the nearest other shapes;
-* **other device**: only the other device's records (H100 <-> H200; Rocket Lake <-> EPYC), ``W`` included: the log of
-  another GPU of the same architecture.
+* **other device**: only the other devices' records (H100 <-> H200; among the x86 VMs: a Rocket
+  Lake, an EPYC, an Emerald Rapids), ``W`` included: the log of another GPU of the same
+  architecture, or of another CPU.
 
 Only records of kernels this lutc still builds count (:func:`load`). Compared with the full tune
 (the best of ``W``'s confirmation on ``D``) and with the default
