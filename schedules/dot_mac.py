@@ -39,10 +39,11 @@ from .common import arch, drop_param, has_features, weight_buffers
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
-KNOBS = {"row_tiles": (1, 2, 4), "rows": (1, 2, 4, 8), "prefetch": (0, 16, 64), "chains": (1, 2, 4)}
+KNOBS = {"row_tiles": (1, 2, 4), "rows": (1, 2, 4, 8), "prefetch": (0, 16, 64), "chains": (1, 2, 4),
+         "in_place": (0, 1)}
 #: Knobs added after tuning logs were written, at the value their kernels had (``rows``: one row
 #: of x per pass over the weights, before rows shared an unpacked weight vector).
-ADDED_KNOBS = {"rows": 1, "prefetch": 0, "chains": 1}
+ADDED_KNOBS = {"rows": 1, "prefetch": 0, "chains": 1, "in_place": 0}
 # (int32 lanes, intrinsic, needed LLVM features) per architecture
 DOT = {"x86": (16, "llvm.x86.avx512.vpdpbusd.512", ("avx512vnni", "avx512bw")),
        "aarch64": (4, "llvm.aarch64.neon.sdot", ("dotprod",))}
@@ -67,15 +68,49 @@ def layout(spec, target, chains: int = 1, **_) -> str:
 #: int32 accumulator vectors a task may hold (``chains x rows x row_tiles``): half of AVX-512's
 #: (and NEON's) 32 vector registers, the rest for codes, activations and addresses.
 MAX_ACCUMULATORS = 16
+#: With ``in_place``, all 32 (the slot sums of one row of x): W1's 8 sums x 4 row tiles measured
+#: faster than 2 row tiles within 16 (:func:`default_in_place`).
+MAX_SLOT_SUMS = 32
 
 
-def worth_tuning(spec, target, row_tiles: int = 4, rows: int = 1, chains: int = 1, **_) -> bool:
+def worth_tuning(spec, target, row_tiles: int = 4, rows: int = 1, chains: int = 1, in_place: int = 0,
+                 **_) -> bool:
     """False for ``rows`` past M (the kernel of the next smaller value), where the accumulators
-    would not fit the registers (:data:`MAX_ACCUMULATORS`), and for several chains beside several
+    would not fit the registers (:data:`MAX_ACCUMULATORS`), for several chains beside several
     rows of x or tiles already keeping the dot products independent (one tile and one row per
-    task is where chains pay: ``cpu_knobs_chains_epyc.md``)."""
-    fit = chains * min(rows, spec.M) * row_tiles <= MAX_ACCUMULATORS
-    return (rows == 1 or rows // 2 < spec.M) and fit and (chains == 1 or row_tiles * min(rows, spec.M) < 4)
+    task is where chains pay: ``cpu_knobs_chains_epyc.md``), and for ``in_place`` where the codes
+    are not the unsigned operand (:func:`masks_in_place`)."""
+    fit = (chains * min(rows, spec.M) * row_tiles <= MAX_ACCUMULATORS
+           and accumulators(spec, row_tiles, rows, chains, in_place) <= MAX_SLOT_SUMS)
+    return ((rows == 1 or rows // 2 < spec.M) and fit and (chains == 1 or row_tiles * min(rows, spec.M) < 4)
+            and (not in_place or masks_in_place(target)))
+
+
+def accumulators(spec, row_tiles: int, rows: int, chains: int, in_place: int) -> int:
+    """int32 accumulator vectors of a task: ``chains x rows x row_tiles``, times the code slots of
+    a byte with ``in_place``."""
+    return chains * min(rows, spec.M) * row_tiles * (slot_sums(spec) if in_place else 1)
+
+
+def slot_sums(spec) -> int:
+    """Code slots per weight byte (``8 / bits``): the sums per tile row with ``in_place``."""
+    return 8 // code_bits(spec.wbits)
+
+
+def default_in_place(spec, target) -> int:
+    """1 for 1-bit codes where they may stay in place (:func:`masks_in_place`): 7 of a byte's 8
+    shifts saved. On the 2-core Emerald Rapids VM, M = 1 (``benchmarks/results/cpu_in_place_emr.md``)
+    W1 took 0.89-0.97x the time at 2 threads and 0.88-0.99x at 1 thread on 4096 x 4096,
+    4096 x 11008, 11008 x 4096 and 14336 x 4096; W2 0.92-1.06x and W4 1.00-1.04x: their 3 and 1
+    shifts per byte did not set the time."""
+    return int(code_bits(spec.wbits) == 1 and masks_in_place(target))
+
+
+def masks_in_place(target) -> bool:
+    """Whether codes may stay in place, masked but not shifted (knob ``in_place``): where they
+    are the unsigned operand (x86's ``vpdpbusd``); NEON's ``sdot`` takes them signed, and a top
+    slot in place (``3 << 6`` for 2 bits) is past 127."""
+    return arch(target) == "x86"
 
 
 def chunks_per_block(spec) -> int:
@@ -91,19 +126,29 @@ def default_rows(spec) -> int:
     return min(4, 1 << (spec.M - 1).bit_length())
 
 
-def schedule(func, spec, target, row_tiles: int = 4, rows=None, prefetch: int = 0, chains: int = 1) -> s_tir.Schedule:
+def schedule(func, spec, target, row_tiles: int = 4, rows=None, prefetch: int = 0, chains: int = 1,
+             in_place=None) -> s_tir.Schedule:
     """The dot-product kernel for ``spec`` on ``target`` (``func``: its reference semantics)."""
     lanes, intrin, _ = DOT[arch(target)]
     rows = default_rows(spec) if rows is None else rows
+    in_place = default_in_place(spec, target) if in_place is None else in_place
     layout(spec, target, chains=chains)    # refuses a chain count that does not divide a block
-    return s_tir.Schedule(IRModule({"main": dot_kernel(spec, lanes, intrin, row_tiles, rows, prefetch, chains)}))
+    if in_place and not masks_in_place(target):
+        raise ValueError(f"dot_mac knob in_place=1 needs codes as the unsigned operand (x86 vpdpbusd), "
+                         f"not {arch(target)}'s signed dot product")
+    return s_tir.Schedule(IRModule({"main": dot_kernel(spec, lanes, intrin, row_tiles, rows, prefetch, chains,
+                                                       in_place)}))
 
 
-def chain_sum(acc, mr, tt, r, chains: int):
-    """The int32 sum of a tile row's ``chains`` accumulators (knob ``chains``)."""
-    total = acc[0, mr, tt, r]
-    for ch in range(1, chains):
-        total = total + acc[ch, mr, tt, r]
+def exact_sum(acc, mr, tt, r, chains: int, slots: int, bits: int):
+    """The int32 dot product of a tile row: its ``chains`` accumulators (knob ``chains``), each
+    of ``slots`` sums; slot ``s``'s codes stood ``bits s`` up (knob ``in_place``), so its sum is
+    an exact multiple of ``2^(bits s)`` and shifts down exactly."""
+    total = None
+    for ch in range(chains):
+        for s in range(slots):
+            part = acc[ch, s, mr, tt, r] if s == 0 else T.shift_right(acc[ch, s, mr, tt, r], bits * s)
+            total = part if total is None else total + part
     return total
 
 
@@ -208,7 +253,8 @@ def block_term(spec, scales, zeros, tile, c, r, dx, xs, total):
     return T.Cast("float32", scales[tile, group, r]) * dx * (T.Cast("float32", total) - zero * xs)
 
 
-def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, prefetch: int = 0, chains: int = 1):
+def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, prefetch: int = 0, chains: int = 1,
+               in_place: int = 0):
     """The PrimFunc: ``x [M, K]``, ``planes [N/L, K/(4c), 4L]``, ``scales``, [``zeros``], ``out``.
 
     ``prefetch``: with each weight load, a software prefetch of the same tile's weights that many
@@ -223,7 +269,12 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
 
     ``chains``: independent int32 accumulators per tile row, chunk ``kc`` adding into ``kc %
     chains``, summed at the block's end: one tile per task (``row_tiles = 1``, one weight stream
-    per task) otherwise waits on each dot instruction's latency."""
+    per task) otherwise waits on each dot instruction's latency.
+
+    ``in_place``: each code slot masked where it stands, not shifted down first (``q 2^(b s)``,
+    at most 192 for 2 bits: still an unsigned byte), into a sum of its own per slot, shifted down
+    once per block (:func:`exact_sum`): one instruction fewer per slot past the first (2-bit codes:
+    8 instead of 11 per weight load), for ``8 / bits`` times the accumulators."""
     M, N, K = spec.M, spec.N, spec.K
     w = code_bits(spec.wbits)
     cpb = 8 // w                              # codes per byte: dot instructions per load
@@ -243,6 +294,8 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
     quantize = quantize_activations(spec)
     MB = -(-M // MR)
     CH = chains                               # accumulator chains per tile row
+    SL = slot_sums(spec) if in_place else 1   # sums per chain: one per code slot with in_place
+    IN_PLACE = bool(in_place)                 # (TIR's if needs a bool)
 
     @T.macro
     def add_block(task, c, m0, acc, accf, dx, xs, scales, zeros):
@@ -254,7 +307,8 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
                     tile = T.meta_var(T.min(task * TT + tt, NT - 1))
                     for r in T.vectorized(L):
                         accf[row, tt, r] = accf[row, tt, r] + block_term(
-                            spec, scales, zeros, tile, c, r, dx[row, c], xs[row, c], chain_sum(acc, mr, tt, r, CH))
+                            spec, scales, zeros, tile, c, r, dx[row, c], xs[row, c],
+                            exact_sum(acc, mr, tt, r, CH, SL, w))
 
     @T.prim_func(s_tir=True)
     def main(x: T.Buffer((M, K), act, align=x_align(act)), planes: T.Buffer(PLANES, "uint8"),
@@ -267,15 +321,15 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
         quantize(x, xq, dx, xs)
         for task in T.parallel(NTG):
             accf = T.alloc_buffer((M, TT, L), "float32", scope="local")
-            acc = T.alloc_buffer((CH, MR, TT, L), "int32", scope="local")
+            acc = T.alloc_buffer((CH, SL, MR, TT, L), "int32", scope="local")
             for m, tt in T.grid(M, TT):
                 for r in T.vectorized(L):
                     accf[m, tt, r] = T.float32(0)
             for c in range(C):
                 for m0 in range(MB):
-                    for ch, mr, tt in T.grid(CH, MR, TT):
+                    for ch, sl, mr, tt in T.grid(CH, SL, MR, TT):
                         for r in T.vectorized(L):
-                            acc[ch, mr, tt, r] = 0
+                            acc[ch, sl, mr, tt, r] = 0
                     for kc2 in range(CB // CH):
                         for ch in T.unroll(CH):
                             kc = T.meta_var(kc2 * CH + ch)    # (chunk kc adds into chain ch)
@@ -287,14 +341,17 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
                                         T.int32(0), T.int32(3), T.int32(1)))
                                 wv = planes[tile, c * CB + kc, T.ramp(0, 1, V)]
                                 for s in T.unroll(cpb):
-                                    codes = T.reinterpret(i8, T.shift_right(wv, T.broadcast(T.uint8(w * s), V))
-                                                          & T.broadcast(T.uint8(mask), V))
+                                    if IN_PLACE:    # slot s where it stands: q 2^(w s)
+                                        codes = T.reinterpret(i8, wv & T.broadcast(T.shift_left(T.uint8(mask), T.uint8(w * s)), V))
+                                    else:
+                                        codes = T.reinterpret(i8, T.shift_right(wv, T.broadcast(T.uint8(w * s), V))
+                                                              & T.broadcast(T.uint8(mask), V))
                                     # one unpacked code vector, MR rows of x (rows past M repeat the last)
                                     for mr in T.unroll(MR):
                                         xw = T.reinterpret(i8, T.broadcast(
                                             word(xq, T.min(m0 * MR + mr, M - 1), (c * CB + kc) * cpb + s), L))
-                                        acc[ch, mr, tt, T.ramp(0, 1, L)] = T.call_llvm_pure_intrin(
-                                            i32, intrin, acc[ch, mr, tt, T.ramp(0, 1, L)], codes, xw)
+                                        acc[ch, s % SL, mr, tt, T.ramp(0, 1, L)] = T.call_llvm_pure_intrin(
+                                            i32, intrin, acc[ch, s % SL, mr, tt, T.ramp(0, 1, L)], codes, xw)
                     add_block(task, c, m0, acc, accf, dx, xs, scales, zeros)
             for m, tt, r in T.grid(M, TT, L):
                 if (task * TT + tt) * L + r < N:

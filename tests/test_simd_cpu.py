@@ -129,17 +129,17 @@ def check_dot(spec, kernel, seed=0):
 
 
 @pytest.mark.skipif(not HAS_VNNI, reason="host has no AVX-512 VNNI")
-@pytest.mark.parametrize("row_tiles,prefetch,chains", [(1, 0, 1), (4, 0, 1), (2, 16, 1), (4, 64, 1), (1, 0, 4),
-                                                      (2, 16, 2)])
+@pytest.mark.parametrize("row_tiles,prefetch,chains,in_place", [(1, 0, 1, 0), (4, 0, 1, 0), (2, 16, 1, 0), (4, 64, 1, 0),
+                                                               (1, 0, 4, 0), (2, 16, 2, 0), (4, 0, 1, 1), (1, 16, 2, 1)])
 @pytest.mark.parametrize("fmt,wbits,zp", DOT_FORMATS, ids=str)
-def test_x86_vnni_multiply_add_kernel(fmt, wbits, zp, row_tiles, prefetch, chains):
+def test_x86_vnni_multiply_add_kernel(fmt, wbits, zp, row_tiles, prefetch, chains, in_place):
     gs = -1 if fmt == "ternary" else (32, 64, 128, -1)[wbits - 1]
     M, N, K = ((1, 100, 512), (3, 40, 11008), (16, 130, 1024))[(wbits + zp) % 3]
     spec = lutc.MPGemmSpec(M, N, K, wbits=wbits, format=fmt, group_size=gs, zero_point=zp,
                            table_dtype="int8")
     chains = min(chains, schedules.dot_mac.chunks_per_block(spec))   # (W1 in blocks of 32: one load each)
     kernel = lutc.build(spec, schedule="dot_mac", knobs={"row_tiles": row_tiles, "prefetch": prefetch,
-                                                         "chains": chains})
+                                                         "chains": chains, "in_place": in_place})
     assert kernel.layout == "dot16" and "vpdpbusd" in kernel.source
     assert ("@llvm.prefetch" in kernel.source) == (prefetch > 0)   # (a CPU kernel's source is its LLVM IR)
     check_dot(spec, kernel, seed=wbits)
@@ -215,6 +215,15 @@ def test_multiply_add_tuning_space_skips_kernels_it_already_has():
     assert worth(decode, None, row_tiles=1, chains=4) and not worth(decode, None, row_tiles=4, chains=2)
     # 4 tiles x 3 rows: 12 accumulators; two chains of them would be 24
     assert worth(batch, None, row_tiles=4, rows=4) and not worth(batch, None, row_tiles=4, rows=4, chains=2)
+    # codes in place: a sum per slot (2 bits: 4), up to all 32 registers; only as vpdpbusd's unsigned operand
+    x86, arm = lutc.target.resolve("x86"), lutc.target.resolve("arm")
+    assert worth(decode, x86, row_tiles=4, in_place=1) and worth(batch, x86, row_tiles=4, rows=2, in_place=1)
+    assert not worth(batch, x86, row_tiles=4, rows=4, in_place=1) and not worth(decode, arm, in_place=1)
+    with pytest.raises(ValueError, match="in_place=1 needs codes as the unsigned operand"):
+        lutc.build(decode, target="arm", schedule="dot_mac", knobs={"in_place": 1})
+    w1 = lutc.MPGemmSpec(1, 64, 256, wbits=1, group_size=32, table_dtype="int8")
+    default = schedules.dot_mac.default_in_place
+    assert default(w1, x86) == 1 and default(w1, arm) == 0 and default(decode, x86) == 0
 
 
 def test_multiply_add_refuses_bcq():
