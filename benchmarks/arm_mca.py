@@ -120,13 +120,15 @@ def main() -> None:
         spec = lutc.MPGemmSpec(1, 4096, 4096, wbits=wbits, format=fmt, table_dtype="int8")
         planes = spec.planes
         blocks = []
-        for schedule, mnemonic in (("arm", "tbl"), ("dot_mac", "sdot")):
-            kernel = lutc.build(spec, target="arm", schedule=schedule)
+        for schedule, mnemonic, target, knobs in (("arm", "tbl", "arm", {}), ("dot_mac", "sdot", "arm", {}),
+                                                  ("dot_mac", "usdot", "arm-i8mm", {"in_place": 1})):
+            kernel = lutc.build(spec, target=target, schedule=schedule, knobs=knobs)
             block = hottest_block(kernel.executable.mod.inspect_source("asm"), mnemonic)
             count = sum(1 for ins in block if ins.split()[0] == mnemonic)
-            # tbl: 16 lookups of g = 4 activations, each one plane: 64 / planes weights; sdot: 16
+            # tbl: 16 lookups of g = 4 activations, each one plane: 64 / planes weights; (us)dot: 16
             weights = count * 16 * 4 // planes if mnemonic == "tbl" else count * 16
-            blocks.append((f"lutc {schedule} ({mnemonic})", f"{fmt} W{wbits}", block, count, weights))
+            name = f"lutc {schedule}{' in place' if knobs else ''} ({mnemonic})"
+            blocks.append((name, f"{fmt} W{wbits}", block, count, weights))
         for t in ggml_types:
             try:
                 block = hottest_block(function_asm(ggml, f"ggml_vec_dot_{t}"), "sdot")
@@ -137,7 +139,10 @@ def main() -> None:
                 blocks.append((f"ggml {t.split('_q8')[0]} (sdot)", f"{fmt} W{wbits}", block, count, count * 16))
         for name, what, block, count, weights in blocks:
             for cpu in CPUS:
-                cyc, ipc = mca_cycles(block, cpu, mca)
+                try:
+                    cyc, ipc = mca_cycles(block, cpu, mca)
+                except subprocess.CalledProcessError:    # an instruction this CPU lacks (M1: usdot)
+                    continue
                 rows.append(f"| {name} | {what} | {len(block)} | {weights} | {cpu} | {cyc:.1f} | {ipc:.2f} "
                             f"| {cyc / count:.2f} | {cyc * 128 / weights:.2f} |")
                 print(rows[-1], flush=True)

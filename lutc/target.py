@@ -6,6 +6,7 @@ name               target
 ``None``/"host"    the CPU this process runs on (LLVM's host CPU model: AVX2/AVX-512 as present)
 "llvm", "x86"      same as "host" on an x86-64 machine; generic x86-64-v3 (AVX2) elsewhere
 "arm", "aarch64"   64-bit Arm Linux with NEON and dot-product (cross-compiled on x86)
+"arm-i8mm"         the same on an Armv8.6+ core with ``i8mm`` (Neoverse V2, Graviton4): ``usdot``
 "cuda"             the visible NVIDIA GPU's architecture, else ``sm_90a`` (H100/H200)
 "cuda:sm_80"       an explicit CUDA architecture
 a dict/Target      passed to TVM as it is (``{"kind": "llvm", "mcpu": "skylake-avx512"}``)
@@ -37,6 +38,8 @@ _FACTS: dict = {}
 
 _ARM = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1",
         "mattr": ["+neon", "+dotprod", "+fullfp16"]}
+_ARM_I8MM = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-v2",
+             "mattr": ["+neon", "+dotprod", "+i8mm", "+fullfp16"]}
 #: The CUDA architecture of a target that names none (and of "cuda" without a visible GPU).
 DEFAULT_CUDA_ARCH = "sm_90a"
 _CUDA_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152,
@@ -72,10 +75,12 @@ def _from_name(name: str, given) -> tvm.target.Target:
         return tvm.target.Target(host_cpu() if _host_is_x86() else {"kind": "llvm", "mcpu": "x86-64-v3"})
     if name in ("arm", "aarch64", "neon"):
         return tvm.target.Target(dict(_ARM))
+    if name == "arm-i8mm":
+        return tvm.target.Target(dict(_ARM_I8MM))
     if name == "cuda" or name.startswith("cuda:"):
         arch = name.split(":", 1)[1] if ":" in name else _visible_cuda_arch() or DEFAULT_CUDA_ARCH
         return cuda_target(arch)
-    raise ValueError(f"unknown target {given!r}: use 'host', 'llvm'/'x86', 'arm', 'cuda', "
+    raise ValueError(f"unknown target {given!r}: use 'host', 'llvm'/'x86', 'arm', 'arm-i8mm', 'cuda', "
                      "'cuda:sm_XX', or a TVM target dict")
 
 

@@ -47,6 +47,9 @@ ADDED_KNOBS = {"rows": 1, "prefetch": 0, "chains": 1, "in_place": 0}
 # (int32 lanes, intrinsic, needed LLVM features) per architecture
 DOT = {"x86": (16, "llvm.x86.avx512.vpdpbusd.512", ("avx512vnni", "avx512bw")),
        "aarch64": (4, "llvm.aarch64.neon.sdot", ("dotprod",))}
+#: NEON's unsigned-by-signed dot product (Armv8.6 ``i8mm``): codes in place (knob ``in_place``)
+#: as the unsigned operand, as on x86.
+USDOT = "llvm.aarch64.neon.usdot"
 
 
 def supports(spec, target) -> bool:
@@ -98,19 +101,27 @@ def slot_sums(spec) -> int:
 
 
 def default_in_place(spec, target) -> int:
-    """1 for 1-bit codes where they may stay in place (:func:`masks_in_place`): 7 of a byte's 8
-    shifts saved. On the 2-core Emerald Rapids VM, M = 1 (``benchmarks/results/cpu_in_place_emr.md``)
+    """1 for 1-bit codes on x86 (:func:`masks_in_place`; on NEON ``usdot`` a knob, untimed): 7 of
+    a byte's 8 shifts saved. On the 2-core Emerald Rapids VM, M = 1 (``benchmarks/results/cpu_in_place_emr.md``)
     W1 took 0.89-0.97x the time at 2 threads and 0.88-0.99x at 1 thread on 4096 x 4096,
     4096 x 11008, 11008 x 4096 and 14336 x 4096; W2 0.92-1.06x and W4 1.00-1.04x: their 3 and 1
     shifts per byte did not set the time."""
-    return int(code_bits(spec.wbits) == 1 and masks_in_place(target))
+    return int(code_bits(spec.wbits) == 1 and arch(target) == "x86")
 
 
 def masks_in_place(target) -> bool:
-    """Whether codes may stay in place, masked but not shifted (knob ``in_place``): where they
-    are the unsigned operand (x86's ``vpdpbusd``); NEON's ``sdot`` takes them signed, and a top
-    slot in place (``3 << 6`` for 2 bits) is past 127."""
-    return arch(target) == "x86"
+    """Whether codes may stay in place, masked but not shifted (knob ``in_place``): where a dot
+    instruction takes them as its unsigned operand, x86's ``vpdpbusd`` and NEON's ``usdot``
+    (``i8mm``); ``sdot`` takes them signed, and a top slot in place (``3 << 6`` for 2 bits) is
+    past 127."""
+    family = arch(target)
+    return family == "x86" or (family == "aarch64" and has_features(target, "i8mm"))
+
+
+def dot_intrinsic(target, in_place: int) -> str:
+    """The dot instruction of ``target``: ``usdot`` for codes in place on NEON."""
+    family = arch(target)
+    return USDOT if in_place and family == "aarch64" else DOT[family][1]
 
 
 def chunks_per_block(spec) -> int:
@@ -129,15 +140,15 @@ def default_rows(spec) -> int:
 def schedule(func, spec, target, row_tiles: int = 4, rows=None, prefetch: int = 0, chains: int = 1,
              in_place=None) -> s_tir.Schedule:
     """The dot-product kernel for ``spec`` on ``target`` (``func``: its reference semantics)."""
-    lanes, intrin, _ = DOT[arch(target)]
+    lanes = DOT[arch(target)][0]
     rows = default_rows(spec) if rows is None else rows
     in_place = default_in_place(spec, target) if in_place is None else in_place
     layout(spec, target, chains=chains)    # refuses a chain count that does not divide a block
     if in_place and not masks_in_place(target):
-        raise ValueError(f"dot_mac knob in_place=1 needs codes as the unsigned operand (x86 vpdpbusd), "
-                         f"not {arch(target)}'s signed dot product")
-    return s_tir.Schedule(IRModule({"main": dot_kernel(spec, lanes, intrin, row_tiles, rows, prefetch, chains,
-                                                       in_place)}))
+        raise ValueError("dot_mac knob in_place=1 needs codes as the unsigned operand (x86 vpdpbusd, "
+                         "or NEON usdot with i8mm), not sdot's signed one")
+    return s_tir.Schedule(IRModule({"main": dot_kernel(spec, lanes, dot_intrinsic(target, in_place), row_tiles,
+                                                       rows, prefetch, chains, in_place)}))
 
 
 def exact_sum(acc, mr, tt, r, chains: int, slots: int, bits: int):

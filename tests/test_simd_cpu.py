@@ -219,6 +219,7 @@ def test_multiply_add_tuning_space_skips_kernels_it_already_has():
     x86, arm = lutc.target.resolve("x86"), lutc.target.resolve("arm")
     assert worth(decode, x86, row_tiles=4, in_place=1) and worth(batch, x86, row_tiles=4, rows=2, in_place=1)
     assert not worth(batch, x86, row_tiles=4, rows=4, in_place=1) and not worth(decode, arm, in_place=1)
+    assert worth(decode, lutc.target.resolve("arm-i8mm"), in_place=1)    # usdot
     with pytest.raises(ValueError, match="in_place=1 needs codes as the unsigned operand"):
         lutc.build(decode, target="arm", schedule="dot_mac", knobs={"in_place": 1})
     w1 = lutc.MPGemmSpec(1, 64, 256, wbits=1, group_size=32, table_dtype="int8")
