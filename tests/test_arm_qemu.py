@@ -94,31 +94,18 @@ def test_neon_bf16_under_qemu(runner_object, tmp_path):
     assert rel_error(y, reference(x, qw)) < tolerance(spec)
 
 
+@pytest.mark.parametrize("target,knobs,dot", [("arm", {}, "sdot"), ("arm-i8mm", {"in_place": 1, "row_tiles": 2}, "usdot")])
 @pytest.mark.parametrize("fmt,wbits,zp", [("uniform", 1, False), ("uniform", 2, True),
                                           ("uniform", 3, False), ("uniform", 4, True),
                                           ("ternary", 2, False)], ids=str)
-def test_neon_sdot_kernel_under_qemu(fmt, wbits, zp, runner_object, tmp_path):
+def test_neon_dot_kernel_under_qemu(fmt, wbits, zp, target, knobs, dot, runner_object, tmp_path):
+    """``sdot`` on shifted codes, and with ``in_place`` on an Armv8.6 target (qemu-aarch64's
+    default CPU has ``i8mm``) ``usdot`` on codes masked where they stand (up to 192 for 2 bits,
+    unsigned), a sum per slot shifted down per block."""
     spec = lutc.MPGemmSpec(3, 42, 1024, wbits=wbits, format=fmt, zero_point=zp, table_dtype="int8",
                            group_size=-1 if fmt == "ternary" else 64)
-    kernel = lutc.build(spec, target="arm", schedule="dot_mac")
-    assert kernel.layout == "dot4" and "sdot" in kernel.source
-    x, qw = random_case(spec, seed=wbits)
-    y = run_under_qemu(kernel, [x, *kernel.pack(qw).tensors()], (3, 42), x.dtype, runner_object, tmp_path)
-    ref = reference(x, qw)
-    assert ((y.double() - ref).abs() <= int8_activation_bound(spec, x, qw) + 1e-5 * ref.abs().max()).all()
-    assert rel_error(y, ref) < tolerance(spec)
-
-
-@pytest.mark.parametrize("fmt,wbits,zp", [("uniform", 1, False), ("uniform", 2, True), ("uniform", 4, False),
-                                          ("ternary", 2, False)], ids=str)
-def test_neon_usdot_codes_in_place_under_qemu(fmt, wbits, zp, runner_object, tmp_path):
-    """``in_place``: code slots masked where they stand (up to 192 for 2 bits) as ``usdot``'s
-    unsigned operand, a sum per slot shifted down per block, on an Armv8.6 target (qemu-aarch64's
-    default CPU has ``i8mm``): within the bounds of ``sdot``'s shifted codes."""
-    spec = lutc.MPGemmSpec(3, 42, 1024, wbits=wbits, format=fmt, zero_point=zp, table_dtype="int8",
-                           group_size=-1 if fmt == "ternary" else 64)
-    kernel = lutc.build(spec, target="arm-i8mm", schedule="dot_mac", knobs={"in_place": 1, "row_tiles": 2})
-    assert kernel.layout == "dot4" and "usdot" in kernel.source
+    kernel = lutc.build(spec, target=target, schedule="dot_mac", knobs=knobs)
+    assert kernel.layout == "dot4" and dot in kernel.source
     x, qw = random_case(spec, seed=wbits)
     y = run_under_qemu(kernel, [x, *kernel.pack(qw).tensors()], (3, 42), x.dtype, runner_object, tmp_path)
     ref = reference(x, qw)
