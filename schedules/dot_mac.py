@@ -21,8 +21,9 @@ Loops: (1) per row of x, in parallel, per block: ``dx``, the int8 activations (e
 int32 word: one broadcast feeds a dot instruction), and ``sum xq``; (2) per group of
 ``row_tiles`` tiles of ``L`` rows, in parallel: for each block and each pass over ``rows`` rows
 of x, for each chunk of the block, one ``4L``-byte weight load; each of its ``8/w`` code slots
-(shift, mask) is unpacked once and meets the broadcast activation word of each of the ``rows``
-rows in one dot instruction per tile (``rows x row_tiles`` int32 accumulators: 16 of AVX-512's
+(shift, mask; or masked where it stands, into a sum per slot: knob ``in_place``) is unpacked
+once and meets the broadcast activation word of each of the ``rows`` rows in one dot
+instruction per tile (``rows x row_tiles`` int32 accumulators: 16 of AVX-512's
 32 registers by default), so one unpacked weight vector serves ``rows`` rows and the block's
 weights are read from L1 once per pass; (3) the epilogue per block scales the int32 sums into
 float accumulators. Weights: the ``dot{L}`` layout of :mod:`lutc.formats`.
