@@ -33,7 +33,7 @@ def add_format_args(g) -> None:
     g.add_argument("--zero-point", action="store_true", help="uniform: per-group zero points")
     g.add_argument("--act-dtype", default="float32", choices=ACT_DTYPES, help="dtype of x and y")
     g.add_argument("--target", default=None,
-                   help="host (default), llvm/x86, arm, cuda, cuda:sm_XX (see lutc.target)")
+                   help="host (default), llvm/x86, arm, arm-i8mm, cuda, cuda:sm_XX (see lutc.target)")
 
 
 def add_workload_args(p: argparse.ArgumentParser) -> None:
