@@ -46,7 +46,7 @@ from tvm.script import tirx as T
 from lutc.layouts import code_bits
 
 from .common import drop_param, has_features, weight_buffers
-from .dot_mac import block_term, quantize_activations, x_align
+from .dot_mac import block_term, code_slot, quantize_activations, x_align
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
@@ -137,7 +137,6 @@ def amx_kernel(spec, weight_tiles: int, token_tiles: int):
     XW = K + ROW_BYTES                        # xq's row: K bytes and one tile row more, so that an A
     # tile's 16 rows do not fall in one L1 set (a row stride of 4 KiB would)
     V = 4 * ROWS
-    mask = 2 ** w - 1
     act, zp = spec.act_dtype, spec.zero_point
     A0, C0 = WT, WT + TK                      # tile registers: B tiles, then A tiles, then C tiles
     used = C0 + WT * TK
@@ -186,8 +185,7 @@ def amx_kernel(spec, weight_tiles: int, token_tiles: int):
                     for kc in T.unroll(CPS):
                         wv = planes[wtile, (c * SB + j) * CPS + kc, T.ramp(0, 1, V)]
                         for s in T.unroll(cpb):
-                            codes[b, j, kc * cpb + s, T.ramp(0, 1, V)] = T.shift_right(
-                                wv, T.broadcast(T.uint8(w * s), V)) & T.broadcast(T.uint8(mask), V)
+                            codes[b, j, kc * cpb + s, T.ramp(0, 1, V)] = code_slot(wv, w, s, V)
                 for p in range(P):
                     for a in T.unroll(TK):
                         for b in T.unroll(WT):

@@ -248,6 +248,15 @@ def word(xq, row, k4):
     return T.reinterpret("int32", xq[row, T.ramp(4 * k4, 1, 4)])
 
 
+def code_slot(wv, bits: int, s, lanes: int, in_place: int = 0):
+    """Code slot ``s`` of the ``lanes`` weight bytes ``wv`` (the ``dot{L}`` layouts): shifted down
+    and masked, the codes ``q``; with ``in_place`` masked where it stands, ``q 2^(bits s)``."""
+    mask = T.uint8(2 ** bits - 1)
+    if in_place:
+        return wv & T.broadcast(T.shift_left(mask, T.uint8(bits * s)), lanes)
+    return T.shift_right(wv, T.broadcast(T.uint8(bits * s), lanes)) & T.broadcast(mask, lanes)
+
+
 def lanes(n: int) -> int:
     """Vector lanes for a loop of ``n`` iterations: the widest of 16 (an AVX-512 register of
     floats), 8, 4, 2 and 1 that divides ``n``."""
@@ -300,14 +309,12 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
     zp, act, sdt = spec.zero_point, spec.act_dtype, spec.scale_dtype
     V = 4 * L
     i8, i32 = f"int8x{V}", f"int32x{L}"
-    mask = 2 ** w - 1
     PLANES, scale_shape, zero_shape = weight_buffers(spec, f"dot{L}")   # lutc.layouts' shapes
     MR = min(rows, M)                         # rows of x per pass over the weights of a block
     quantize = quantize_activations(spec)
     MB = -(-M // MR)
     CH = chains                               # accumulator chains per tile row
     SL = slot_sums(spec) if in_place else 1   # sums per chain: one per code slot with in_place
-    IN_PLACE = bool(in_place)                 # (TIR's if needs a bool)
 
     @T.macro
     def add_block(task, c, m0, acc, accf, dx, xs, scales, zeros):
@@ -353,11 +360,7 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
                                         T.int32(0), T.int32(3), T.int32(1)))
                                 wv = planes[tile, c * CB + kc, T.ramp(0, 1, V)]
                                 for s in T.unroll(cpb):
-                                    if IN_PLACE:    # slot s where it stands: q 2^(w s)
-                                        codes = T.reinterpret(i8, wv & T.broadcast(T.shift_left(T.uint8(mask), T.uint8(w * s)), V))
-                                    else:
-                                        codes = T.reinterpret(i8, T.shift_right(wv, T.broadcast(T.uint8(w * s), V))
-                                                              & T.broadcast(T.uint8(mask), V))
+                                    codes = T.reinterpret(i8, code_slot(wv, w, s, V, in_place))
                                     # one unpacked code vector, MR rows of x (rows past M repeat the last)
                                     for mr in T.unroll(MR):
                                         xw = T.reinterpret(i8, T.broadcast(
