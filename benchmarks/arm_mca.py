@@ -27,8 +27,11 @@ import subprocess
 import tempfile
 
 import lutc
+from schedules import dot_mac
 
 CPUS = ("neoverse-v1", "neoverse-v2", "neoverse-n2", "apple-m1")
+#: How a row names dot_mac's knob in_place: codes in place in whole bytes (1) or in half bytes (2)
+IN_PLACE = {0: "", 1: " in place", 2: " in place, half bytes"}
 #: lutc formats and the ggml types of the same bit width (ggml's vec_dot of each against q8).
 PAIRS = ((1, "uniform", ("q1_0_q8_0",)), (2, "uniform", ("tq2_0_q8_K", "q2_K_q8_K")),
          (4, "uniform", ("q4_0_q8_0",)), (2, "ternary", ("tq1_0_q8_K", "tq2_0_q8_K")))
@@ -121,13 +124,16 @@ def main() -> None:
         planes = spec.planes
         blocks = []
         for schedule, mnemonic, target, knobs in (("arm", "tbl", "arm", {}), ("dot_mac", "sdot", "arm", {}),
-                                                  ("dot_mac", "usdot", "arm-i8mm", {"in_place": 1})):
+                                                  ("dot_mac", "usdot", "arm-i8mm", {"in_place": 1}),
+                                                  ("dot_mac", "sdot", "arm", {"in_place": 2})):
+            if schedule == "dot_mac" and not dot_mac.worth_tuning(spec, lutc.target.resolve(target), **knobs):
+                continue    # (in place in half bytes on 4-bit slots: not a kernel of its own)
             kernel = lutc.build(spec, target=target, schedule=schedule, knobs=knobs)
             block = hottest_block(kernel.executable.mod.inspect_source("asm"), mnemonic)
             count = sum(1 for ins in block if ins.split()[0] == mnemonic)
             # tbl: 16 lookups of g = 4 activations, each one plane: 64 / planes weights; (us)dot: 16
             weights = count * 16 * 4 // planes if mnemonic == "tbl" else count * 16
-            name = f"lutc {schedule}{' in place' if knobs else ''} ({mnemonic})"
+            name = f"lutc {schedule}{IN_PLACE[knobs.get('in_place', 0)]} ({mnemonic})"
             blocks.append((name, f"{fmt} W{wbits}", block, count, weights))
         for t in ggml_types:
             try:

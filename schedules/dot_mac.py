@@ -41,14 +41,14 @@ from .common import arch, drop_param, has_features, weight_buffers
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
 KNOBS = {"row_tiles": (1, 2, 4), "rows": (1, 2, 4, 8), "prefetch": (0, 16, 64), "chains": (1, 2, 4),
-         "in_place": (0, 1)}
+         "in_place": (0, 1, 2)}
 #: Knobs added after tuning logs were written, at the value their kernels had (``rows``: one row
 #: of x per pass over the weights, before rows shared an unpacked weight vector).
 ADDED_KNOBS = {"rows": 1, "prefetch": 0, "chains": 1, "in_place": 0}
 # (int32 lanes, intrinsic, needed LLVM features) per architecture
 DOT = {"x86": (16, "llvm.x86.avx512.vpdpbusd.512", ("avx512vnni", "avx512bw")),
        "aarch64": (4, "llvm.aarch64.neon.sdot", ("dotprod",))}
-#: NEON's unsigned-by-signed dot product (Armv8.6 ``i8mm``): codes in place (knob ``in_place``)
+#: NEON's unsigned-by-signed dot product (Armv8.6 ``i8mm``): codes in place (knob ``in_place=1``)
 #: as the unsigned operand, as on x86.
 USDOT = "llvm.aarch64.neon.usdot"
 
@@ -73,7 +73,8 @@ def layout(spec, target, chains: int = 1, **_) -> str:
 #: (and NEON's) 32 vector registers, the rest for codes, activations and addresses.
 MAX_ACCUMULATORS = 16
 #: With ``in_place``, all 32 (the slot sums of one row of x): W1's 8 sums x 4 row tiles measured
-#: faster than 2 row tiles within 16 (:func:`default_in_place`).
+#: faster than 2 row tiles within 16, though LLVM keeps 8 of them on the stack; ``in_place=2``'s 4
+#: sums x 4 tiles fit the registers and were faster still (:func:`default_in_place`).
 MAX_SLOT_SUMS = 32
 
 
@@ -82,32 +83,36 @@ def worth_tuning(spec, target, row_tiles: int = 4, rows: int = 1, chains: int = 
     """False for ``rows`` past M (the kernel of the next smaller value), where the accumulators
     would not fit the registers (:data:`MAX_ACCUMULATORS`), for several chains beside several
     rows of x or tiles already keeping the dot products independent (one tile and one row per
-    task is where chains pay: ``cpu_knobs_chains_epyc.md``), and for ``in_place`` where the codes
-    are not the unsigned operand (:func:`masks_in_place`)."""
+    task is where chains pay: ``cpu_knobs_chains_epyc.md``), for ``in_place=1`` where the codes
+    are not the unsigned operand (:func:`masks_in_place`), and for ``in_place=2`` on 4-bit slots
+    (one slot per half byte: the kernel of ``in_place=0``)."""
     fit = (chains * min(rows, spec.M) * row_tiles <= MAX_ACCUMULATORS
            and accumulators(spec, row_tiles, rows, chains, in_place) <= MAX_SLOT_SUMS)
     return ((rows == 1 or rows // 2 < spec.M) and fit and (chains == 1 or row_tiles * min(rows, spec.M) < 4)
-            and (not in_place or masks_in_place(target)))
+            and (in_place != 1 or masks_in_place(target)) and (in_place != 2 or code_bits(spec.wbits) < 4))
 
 
 def accumulators(spec, row_tiles: int, rows: int, chains: int, in_place: int) -> int:
     """int32 accumulator vectors of a task: ``chains x rows x row_tiles``, times the code slots of
     a byte with ``in_place``."""
-    return chains * min(rows, spec.M) * row_tiles * (slot_sums(spec) if in_place else 1)
+    return chains * min(rows, spec.M) * row_tiles * slot_sums(spec, in_place)
 
 
-def slot_sums(spec) -> int:
-    """Code slots per weight byte (``8 / bits``): the sums per tile row with ``in_place``."""
-    return 8 // code_bits(spec.wbits)
+def slot_sums(spec, in_place: int = 1) -> int:
+    """Sums per tile row (:func:`code_slot`): one per code slot of a byte (``8 / bits``) with
+    ``in_place=1``, of a half byte with ``in_place=2``, one with the codes shifted down."""
+    return {0: 1, 1: 8, 2: 4}[in_place] // (1 if in_place == 0 else code_bits(spec.wbits))
 
 
 def default_in_place(spec, target) -> int:
-    """1 for 1-bit codes on x86 (:func:`masks_in_place`; on NEON ``usdot`` a knob, untimed): 7 of
-    a byte's 8 shifts saved. On the 2-core Emerald Rapids VM, M = 1 (``benchmarks/results/cpu_in_place_emr.md``)
-    W1 took 0.89-0.97x the time at 2 threads and 0.88-0.99x at 1 thread on 4096 x 4096,
-    4096 x 11008, 11008 x 4096 and 14336 x 4096; W2 0.92-1.06x and W4 1.00-1.04x: their 3 and 1
-    shifts per byte did not set the time."""
-    return int(code_bits(spec.wbits) == 1 and arch(target) == "x86")
+    """2 for 1-bit codes on x86 (on NEON a knob, untimed): 6 of a byte's 7 shifts saved, in 4
+    sums per tile row. On the 2-core Emerald Rapids VM, M = 1 (``benchmarks/results/cpu_in_place_emr.md``)
+    ``in_place=1`` took 0.89-0.97x the shifted kernel's time at 2 threads and 0.88-0.99x at 1
+    thread on 4096 x 4096, 4096 x 11008, 11008 x 4096 and 14336 x 4096, and ``in_place=2``
+    0.89-0.93x ``in_place=1``'s at 1 thread: its 16 sums stay in registers where LLVM spilled 8
+    of the 32 (``cpu_in_place2_emr.md``). W2 0.92-1.06x and W4 1.00-1.04x: their 3 and 1 shifts
+    per byte did not set the time."""
+    return 2 if code_bits(spec.wbits) == 1 and arch(target) == "x86" else 0
 
 
 def masks_in_place(target) -> bool:
@@ -120,9 +125,9 @@ def masks_in_place(target) -> bool:
 
 
 def dot_intrinsic(target, in_place: int) -> str:
-    """The dot instruction of ``target``: ``usdot`` for codes in place on NEON."""
+    """The dot instruction of ``target``: ``usdot`` for whole bytes in place on NEON (``in_place=1``)."""
     family = arch(target)
-    return USDOT if in_place and family == "aarch64" else DOT[family][1]
+    return USDOT if in_place == 1 and family == "aarch64" else DOT[family][1]
 
 
 def chunks_per_block(spec) -> int:
@@ -145,7 +150,7 @@ def schedule(func, spec, target, row_tiles: int = 4, rows=None, prefetch: int = 
     rows = default_rows(spec) if rows is None else rows
     in_place = default_in_place(spec, target) if in_place is None else in_place
     layout(spec, target, chains=chains)    # refuses a chain count that does not divide a block
-    if in_place and not masks_in_place(target):
+    if in_place == 1 and not masks_in_place(target):
         raise ValueError("dot_mac knob in_place=1 needs codes as the unsigned operand (x86 vpdpbusd, "
                          "or NEON usdot with i8mm), not sdot's signed one")
     return s_tir.Schedule(IRModule({"main": dot_kernel(spec, lanes, dot_intrinsic(target, in_place), row_tiles,
@@ -250,11 +255,24 @@ def word(xq, row, k4):
 
 def code_slot(wv, bits: int, s, lanes: int, in_place: int = 0):
     """Code slot ``s`` of the ``lanes`` weight bytes ``wv`` (the ``dot{L}`` layouts): shifted down
-    and masked, the codes ``q``; with ``in_place`` masked where it stands, ``q 2^(bits s)``."""
+    and masked, the codes ``q``; with ``in_place=1`` masked where it stands, ``q 2^(bits s)``;
+    with ``in_place=2`` where it stands in its half byte (the high half shifted down once per
+    load, shared by its slots): ``q 2^(bits (s mod 4/bits))``, half the sums of ``in_place=1``."""
     mask = T.uint8(2 ** bits - 1)
+    if in_place == 2:     # (s is the unrolled loop's variable: the select folds away)
+        half = 4 // bits
+        wv = T.if_then_else(s >= half, high_halves(wv, lanes), wv)
+        s = s % half
     if in_place:
         return wv & T.broadcast(T.shift_left(mask, T.uint8(bits * s)), lanes)
     return T.shift_right(wv, T.broadcast(T.uint8(bits * s), lanes)) & T.broadcast(mask, lanes)
+
+
+def high_halves(wv, lanes: int):
+    """The high half of each of the ``lanes`` bytes ``wv`` in its low half: one 16-bit shift
+    (x86 has no byte shift); what the next byte carries into the high half, the slot masks drop."""
+    wide = f"uint16x{lanes // 2}"
+    return T.reinterpret(f"uint8x{lanes}", T.shift_right(T.reinterpret(wide, wv), T.broadcast(T.uint16(4), lanes // 2)))
 
 
 def lanes(n: int) -> int:
@@ -295,7 +313,10 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
     ``in_place``: each code slot masked where it stands, not shifted down first (``q 2^(b s)``,
     at most 192 for 2 bits: still an unsigned byte), into a sum of its own per slot, shifted down
     once per block (:func:`exact_sum`): one instruction fewer per slot past the first (2-bit codes:
-    8 instead of 11 per weight load), for ``8 / bits`` times the accumulators."""
+    8 instead of 11 per weight load), for ``8 / bits`` times the accumulators. ``in_place=2``:
+    where it stands in its half byte, the high half shifted down once per load (1-bit codes: 17
+    instructions per load against 16 and 23, in half the sums of ``in_place=1``; at most 15, so
+    ``sdot``'s signed operand takes them too)."""
     M, N, K = spec.M, spec.N, spec.K
     w = code_bits(spec.wbits)
     cpb = 8 // w                              # codes per byte: dot instructions per load
@@ -314,7 +335,7 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
     quantize = quantize_activations(spec)
     MB = -(-M // MR)
     CH = chains                               # accumulator chains per tile row
-    SL = slot_sums(spec) if in_place else 1   # sums per chain: one per code slot with in_place
+    SL = slot_sums(spec, in_place)            # sums per chain: one per code slot with in_place
 
     @T.macro
     def add_block(task, c, m0, acc, accf, dx, xs, scales, zeros):

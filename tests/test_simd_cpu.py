@@ -130,7 +130,8 @@ def check_dot(spec, kernel, seed=0):
 
 @pytest.mark.skipif(not HAS_VNNI, reason="host has no AVX-512 VNNI")
 @pytest.mark.parametrize("row_tiles,prefetch,chains,in_place", [(1, 0, 1, 0), (4, 0, 1, 0), (2, 16, 1, 0), (4, 64, 1, 0),
-                                                               (1, 0, 4, 0), (2, 16, 2, 0), (4, 0, 1, 1), (1, 16, 2, 1)])
+                                                               (1, 0, 4, 0), (2, 16, 2, 0), (4, 0, 1, 1), (1, 16, 2, 1),
+                                                               (4, 0, 1, 2), (2, 16, 2, 2)])
 @pytest.mark.parametrize("fmt,wbits,zp", DOT_FORMATS, ids=str)
 def test_x86_vnni_multiply_add_kernel(fmt, wbits, zp, row_tiles, prefetch, chains, in_place):
     gs = -1 if fmt == "ternary" else (32, 64, 128, -1)[wbits - 1]
@@ -224,7 +225,10 @@ def test_multiply_add_tuning_space_skips_kernels_it_already_has():
         lutc.build(decode, target="arm", schedule="dot_mac", knobs={"in_place": 1})
     w1 = lutc.MPGemmSpec(1, 64, 256, wbits=1, group_size=32, table_dtype="int8")
     default = schedules.dot_mac.default_in_place
-    assert default(w1, x86) == 1 and default(w1, arm) == 0 and default(decode, x86) == 0
+    assert default(w1, x86) == 2 and default(w1, arm) == 0 and default(decode, x86) == 0
+    # in place within half bytes: half the sums (W1 4 x 4 tiles), sdot's signed operand too; none on 4-bit slots
+    assert worth(w1, x86, row_tiles=4, in_place=2) and worth(decode, arm, in_place=2)
+    assert not worth(lutc.MPGemmSpec(1, 64, 256, wbits=4, table_dtype="int8"), x86, in_place=2)
 
 
 def test_multiply_add_refuses_bcq():
