@@ -333,6 +333,17 @@ def cp_commit():
     return T.cuda.func_call("lutc_cp_commit", source_code=COMMIT_SRC)
 
 
+SYNCWARP_SRC = """
+__device__ __forceinline__ void lutc_syncwarp() { __syncwarp(); }
+"""
+
+
+def syncwarp():
+    """Barrier of the warp's lanes, which also orders their shared-memory accesses (after each
+    lane's ``cp_wait``, every lane sees what the warp's ``cp.async`` copies wrote)."""
+    return T.cuda.func_call("lutc_syncwarp", source_code=SYNCWARP_SRC)
+
+
 def cp_wait(pending: int):
     """Wait until at most ``pending`` of this thread's newest ``cp.async`` groups are in flight
     (the count is an immediate in PTX, so each value is its own function)."""

@@ -47,14 +47,15 @@ from lutc.layouts import tc16_code_bits, tc16_vectors
 from .common import SMS, cuda_arch, drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
 from .cuda_ptx import (cp16, cp_commit, cp_wait, groups_per_unit, lds128, lds_scale_f32, lds_scale_h2, ldsm_x4, mma,
-                       reads_tc16, tc16_fragment)
+                       reads_tc16, syncwarp, tc16_fragment)
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
-KNOBS = {"warps": (1, 2, 4), "wn": (1, 2, 4, 8), "nw": (1, 2, 4), "stages": (2, 3, 4, 6, 8), "late_scale": (0, 1)}
+KNOBS = {"warps": (1, 2, 4), "wn": (1, 2, 4, 8), "nw": (1, 2, 4), "stages": (2, 3, 4, 6, 8), "late_scale": (0, 1),
+         "warp_sync": (0, 1)}
 #: Knobs added after tuning logs were written, at the value their kernels had (``late_scale``: the
-#: scales multiplied the dequantized fp16 weights).
-ADDED_KNOBS = {"late_scale": 0}
+#: scales multiplied the dequantized fp16 weights; ``warp_sync``: a block barrier per step).
+ADDED_KNOBS = {"late_scale": 0, "warp_sync": 0}
 MAX_M = 16
 #: Shared memory of one block (all of it dynamic: the ring, reused for the split-K sum): the
 #: opt-in limit of sm_86/sm_89 (99 KB), the smallest of the GPUs this kernel supports (sm_80
@@ -124,8 +125,13 @@ def default_knobs(spec) -> dict:
     us W2 / W4 against the 2-tile default: 8192 x 28672 31.3 / 37.0 against 33.5 / 39.0, the W4 at
     80% of the copy floor; 4096 x 11008 10.9 / 12.4 against 13.4 / 13.9; 4096 x 4096 5.6 / 6.1
     against 5.9 / 6.0; with 344 blocks, 11008 x 4096 kept the default: 9.2 / 11.3 against
-    11.5 / 11.7)."""
-    late = {"late_scale": int(can_scale_late(spec))}
+    11.5 / 11.7).
+
+    Each warp waits on its own copies (``warp_sync``): on the H200, these defaults at M = 1 and
+    4 on 28672 x 8192, 8192 x 28672 and 4096 x 4096 took 0.95-1.01x the time with the block
+    barrier, in turns (8192 x 28672 M = 4: 33.9 / 39.2 us W2 / W4 against 35.8 / 41.4;
+    ``benchmarks/results/cuda_stream_warp_sync_h200.log``)."""
+    late = {"late_scale": int(can_scale_late(spec)), "warp_sync": 1}
     if spec.M == 1 and -(-spec.N // 32) < FEW_BLOCKS:     # narrow: a tile per warp, deeper
         if tc16_code_bits(spec) == 4:
             return {"warps": 4, "wn": 2, "nw": 1, "stages": 6, **late}
@@ -166,18 +172,25 @@ def resolve_knobs(spec, **given) -> dict:
     return knobs
 
 
-def stage_bytes(spec, warps: int, wn: int, nw: int) -> dict:
-    """Bytes of one pipeline stage, by part (weights, scales, zero points, x)."""
+def stage_bytes(spec, warps: int, wn: int, nw: int, warp_sync: int = 0) -> dict:
+    """Bytes of one pipeline stage, by part (weights, scales, zero points, x: M rows per K slice,
+    or per warp with ``warp_sync``)."""
     per_warp_tile = 16 * groups_per_unit(spec) * scale_size(spec)
     coef = warps * wn * nw * per_warp_tile
     return {"w": warps * wn * nw * tc16_vectors(spec) * 512, "s": coef,
-            "z": coef if spec.zero_point else 0, "x": warps * spec.M * X_ROW * 2}
+            "z": coef if spec.zero_point else 0, "x": x_slices(warps, wn, warp_sync) * spec.M * X_ROW * 2}
 
 
-def smem_bytes(spec, warps: int, wn: int, nw: int, stages: int, late_scale: int = 0) -> int:
+def x_slices(warps: int, wn: int, warp_sync: int) -> int:
+    """Copies of x's M rows in a stage: one per K slice, shared by the slice's ``wn`` warps, or one
+    per warp with ``warp_sync`` (each warp then reads only what its own lanes copied)."""
+    return warps * wn if warp_sync else warps
+
+
+def smem_bytes(spec, warps: int, wn: int, nw: int, stages: int, late_scale: int = 0, warp_sync: int = 0) -> int:
     """Dynamic shared memory of one block: the ring, whose storage the split-K sum reuses
     (``late_scale`` changes none of it)."""
-    ring = stages * sum(stage_bytes(spec, warps, wn, nw).values())
+    ring = stages * sum(stage_bytes(spec, warps, wn, nw, warp_sync).values())
     red = warps * wn * 16 * nw * 16 * 4 if warps > 1 else 0
     return max(ring, red)
 
@@ -187,13 +200,14 @@ def scale_size(spec) -> int:
     return nbytes(spec.scale_dtype)
 
 
-def schedule(func, spec, target, warps=None, wn=None, nw=None, stages=None, late_scale=None) -> s_tir.Schedule:
+def schedule(func, spec, target, warps=None, wn=None, nw=None, stages=None, late_scale=None,
+             warp_sync=None) -> s_tir.Schedule:
     """The streamed dequantize + mma kernel for ``spec`` (``func`` is its reference semantics)."""
-    knobs = resolve_knobs(spec, warps=warps, wn=wn, nw=nw, stages=stages, late_scale=late_scale)
+    knobs = resolve_knobs(spec, warps=warps, wn=wn, nw=nw, stages=stages, late_scale=late_scale, warp_sync=warp_sync)
     return s_tir.Schedule(IRModule({"main": stream_kernel(spec, **knobs)}))
 
 
-def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: int = 0):
+def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: int = 0, warp_sync: int = 0):
     """The PrimFunc (module docstring). Arguments: ``x [M, K]`` fp16 or bf16, ``planes`` (``tc16``),
     ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``.
 
@@ -201,6 +215,10 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
     without its multiply: two instructions per pair instead of three) and multiplied into a
     tile's fp32 sums of the scale group, which are then scaled into the tile's accumulators,
     4 FMAs per tile and group per lane; one rounding less than scaling the fp16 weights.
+
+    ``warp_sync``: each warp copies its own rows of x too, so every byte of a stage is written and
+    read by one warp, and a step waits on ``__syncwarp`` instead of the block's barrier: a warp
+    whose copies have landed need not wait for the block's slowest.
 
     Fewer instructions per pair do not pay past this one: with the pairs as a single ``LOP3`` left
     them (``2^(P-e) + q``, the slot's own exponent making the code's bit worth 1) and the offsets'
@@ -225,11 +243,13 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
     CP_TILE = 16 * NG * ssz // 16             # 16-byte copies of one tile's coefficients per unit
     EL16 = 16 // ssz                          # coefficients per 16-byte copy
     CPL = -(-NW * CP_TILE // 32)               # such copies per lane
-    part = stage_bytes(spec, S, WN, NW)
+    part = stage_bytes(spec, S, WN, NW, warp_sync)
+    WS = bool(warp_sync)
     STAGE = sum(part.values())
     OFF_S, OFF_Z, OFF_X = part["w"], part["w"] + part["s"], part["w"] + part["s"] + part["z"]
-    XC = S * M * 16                           # 16-byte copies of x per stage
+    XC = S * M * 16                           # 16-byte copies of x per stage (block barrier)
     xpt = -(-XC // threads)
+    XW = M * 16                               # ... of a warp's own rows (warp_sync)
     HI = M > 8                                # rows 8..15 of the A fragment hold data
     SWAP = M <= 8                             # y^T = W x^T: one m16n8k16 per 16 x 16 weights
     PLANES, COEF, ZEROS = weight_buffers(spec, "tc16")   # lutc.layouts' shapes of tc16
@@ -267,13 +287,23 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
                             T.evaluate(cp16(
                                 base[0] + T.Cast("uint32", (j % P) * STAGE + OFF_Z + (warp * NW * CP_TILE + lane + e * 32) * 16),
                                 T.address_of(zeros[tile0 + copy // CP_TILE, group, row])))
-        for e in T.unroll(xpt):
-            vec = T.meta_var(tx + e * threads)         # 8 values of x: K slice, row, column
-            if vec < XC:
-                if j * S + vec // (M * 16) < KU:
-                    T.evaluate(cp16(
-                        base[0] + T.Cast("uint32", (j % P) * STAGE + OFF_X + ((vec // 16) * X_ROW + (vec % 16) * 8) * 2),
-                        T.address_of(x[(vec // 16) % M, (j * S + vec // (M * 16)) * 128 + (vec % 16) * 8])))
+        if WS:    # the warp's own M rows of its K slice, at its own place in the stage
+            for e in T.unroll(-(-XW // 32)):
+                vec = T.meta_var(lane + e * 32)            # 8 values of x: row, column
+                if vec < XW:
+                    if j * S + ks < KU:
+                        T.evaluate(cp16(
+                            base[0] + T.Cast("uint32", (j % P) * STAGE + OFF_X
+                                             + ((warp * M + vec // 16) * X_ROW + (vec % 16) * 8) * 2),
+                            T.address_of(x[vec // 16, (j * S + ks) * 128 + (vec % 16) * 8])))
+        else:
+            for e in T.unroll(xpt):
+                vec = T.meta_var(tx + e * threads)         # 8 values of x: K slice, row, column
+                if vec < XC:
+                    if j * S + vec // (M * 16) < KU:
+                        T.evaluate(cp16(
+                            base[0] + T.Cast("uint32", (j % P) * STAGE + OFF_X + ((vec // 16) * X_ROW + (vec % 16) * 8) * 2),
+                            T.address_of(x[(vec // 16) % M, (j * S + vec // (M * 16)) * 128 + (vec % 16) * 8])))
 
     @T.macro
     def multiply_step(i, tx, bx, base, wreg, sreg, zreg, areg, bfrag, acc, gacc):
@@ -315,7 +345,8 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
                     # are never stored), k 32 s2 + 8 m as matrix m
                     T.evaluate(ldsm_x4(
                         base[0] + T.Cast("uint32", at + OFF_X
-                                         + ((ks * M + T.min(r * 8 + lane % 8, M - 1)) * X_ROW + s2 * 32 + (lane // 8) * 8) * 2),
+                                         + (((warp if WS else ks) * M + T.min(r * 8 + lane % 8, M - 1)) * X_ROW
+                                            + s2 * 32 + (lane // 8) * 8) * 2),
                         T.address_of(areg[r, 0])))
                 for sp in T.unroll(2):
                     for t in T.unroll(NW):
@@ -419,7 +450,10 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
                 for j in range(steps + P - 1):
                     if j >= P - 1:
                         T.evaluate(cp_wait(P - 2))             # the group of step j - P + 1 has landed
-                        T.tvm_storage_sync("shared")           # ... for every thread; stage j - 1 is free
+                        if WS:                                 # ... for the warp's lanes; its part of
+                            T.evaluate(syncwarp())             # stage j - 1 is free
+                        else:
+                            T.tvm_storage_sync("shared")       # ... for every thread; stage j - 1 is free
                     if j < steps:
                         copy_step(j, tx, bx, x, planes, scales, zeros, base)
                     T.evaluate(cp_commit())                    # empty groups keep the count uniform

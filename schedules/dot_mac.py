@@ -98,7 +98,7 @@ def accumulators(spec, row_tiles: int, rows: int, chains: int, in_place: int) ->
     return chains * min(rows, spec.M) * row_tiles * slot_sums(spec, in_place)
 
 
-def slot_sums(spec, in_place: int = 1) -> int:
+def slot_sums(spec, in_place: int) -> int:
     """Sums per tile row (:func:`code_slot`): one per code slot of a byte (``8 / bits``) with
     ``in_place=1``, of a half byte with ``in_place=2``, one with the codes shifted down."""
     return {0: 1, 1: 8, 2: 4}[in_place] // (1 if in_place == 0 else code_bits(spec.wbits))

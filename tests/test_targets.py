@@ -116,6 +116,21 @@ def test_stream_late_scale_leaves_the_weights_unscaled():
 
 
 @needs_nvcc
+def test_stream_warp_sync_waits_on_the_warp():
+    """``cuda_stream``'s ``warp_sync``: the step's block barrier becomes ``__syncwarp`` (PTX
+    ``bar.warp.sync``; the block barriers left are the split-K sum's two), and x takes a copy per
+    warp in the stage instead of one per K slice."""
+    spec = lutc.MPGemmSpec(3, 1000, 1536, wbits=2, group_size=128, act_dtype="float16")
+    knobs = dict(warps=2, wn=2, nw=1, stages=3)
+    ptx = {ws: lutc.cuda_binary(lutc.build(spec, target="cuda:sm_90a", schedule="cuda_stream",
+                                           knobs={**knobs, "warp_sync": ws}), fmt="ptx").decode() for ws in (0, 1)}
+    barriers = {ws: len(re.findall(r"\b(bar|barrier)\.sync", p)) for ws, p in ptx.items()}
+    assert "bar.warp.sync" in ptx[1] and "bar.warp.sync" not in ptx[0] and barriers[1] == barriers[0] - 1 == 2
+    x_part = {ws: schedules.cuda_stream.stage_bytes(spec, 2, 2, 1, warp_sync=ws)["x"] for ws in (0, 1)}
+    assert x_part[1] == 2 * x_part[0] == 2 * 2 * 3 * schedules.cuda_stream.X_ROW * 2
+
+
+@needs_nvcc
 def test_wgmma_late_scale_leaves_the_weights_unscaled():
     """``cuda_wgmma``'s late scale: ``q - c`` into the A fragments (no fp16 multiply by the scale),
     each unit's sums scaled in fp32; refused where a unit holds several scale groups, with zero
