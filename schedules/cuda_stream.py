@@ -131,21 +131,21 @@ def default_knobs(spec) -> dict:
     4 on 28672 x 8192, 8192 x 28672 and 4096 x 4096 took 0.95-1.01x the time with the block
     barrier, in turns (8192 x 28672 M = 4: 33.9 / 39.2 us W2 / W4 against 35.8 / 41.4;
     ``benchmarks/results/cuda_stream_warp_sync_h200.log``)."""
-    late = {"late_scale": int(can_scale_late(spec)), "warp_sync": 1}
+    shared = {"late_scale": int(can_scale_late(spec)), "warp_sync": 1}    # (every default's)
     if spec.M == 1 and -(-spec.N // 32) < FEW_BLOCKS:     # narrow: a tile per warp, deeper
         if tc16_code_bits(spec) == 4:
-            return {"warps": 4, "wn": 2, "nw": 1, "stages": 6, **late}
-        return {"warps": 4, "wn": 1, "nw": 1, "stages": 8, **late}
+            return {"warps": 4, "wn": 2, "nw": 1, "stages": 6, **shared}
+        return {"warps": 4, "wn": 1, "nw": 1, "stages": 8, **shared}
     if spec.M == 1 and tc16_code_bits(spec) == 4:    # a step of 4-bit slots: 6 deep
-        return {"warps": 4, "wn": 1, "nw": 2, "stages": 6, **late}
+        return {"warps": 4, "wn": 1, "nw": 2, "stages": 6, **shared}
     if spec.M <= 4:
-        return {"warps": 4, "wn": 1, "nw": 2, "stages": 4, **late}
+        return {"warps": 4, "wn": 1, "nw": 2, "stages": 4, **shared}
     if spec.M <= 8:     # wide N: 2 tiles per warp (very wide: K split in 2, 4 stages); narrow N: 1
         if spec.N > 16384:
-            return {"warps": 2, "wn": 2, "nw": 2, "stages": 4, **late}
+            return {"warps": 2, "wn": 2, "nw": 2, "stages": 4, **shared}
         wide = spec.N > 4096
-        return {"warps": 4, "wn": 2, "nw": 2 if wide else 1, "stages": 3 if wide else 4, **late}
-    return {"warps": 4, "wn": 2, "nw": 2, "stages": 3, **late}
+        return {"warps": 4, "wn": 2, "nw": 2 if wide else 1, "stages": 3 if wide else 4, **shared}
+    return {"warps": 4, "wn": 2, "nw": 2, "stages": 3, **shared}
 
 
 def can_scale_late(spec) -> bool:

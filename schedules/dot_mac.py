@@ -93,15 +93,17 @@ def worth_tuning(spec, target, row_tiles: int = 4, rows: int = 1, chains: int = 
 
 
 def accumulators(spec, row_tiles: int, rows: int, chains: int, in_place: int) -> int:
-    """int32 accumulator vectors of a task: ``chains x rows x row_tiles``, times the code slots of
-    a byte with ``in_place``."""
+    """int32 accumulator vectors of a task: ``chains x rows x row_tiles``, times the sums per tile
+    row (:func:`slot_sums`)."""
     return chains * min(rows, spec.M) * row_tiles * slot_sums(spec, in_place)
 
 
 def slot_sums(spec, in_place: int) -> int:
     """Sums per tile row (:func:`code_slot`): one per code slot of a byte (``8 / bits``) with
     ``in_place=1``, of a half byte with ``in_place=2``, one with the codes shifted down."""
-    return {0: 1, 1: 8, 2: 4}[in_place] // (1 if in_place == 0 else code_bits(spec.wbits))
+    if in_place == 0:
+        return 1
+    return (8 if in_place == 1 else 4) // code_bits(spec.wbits)
 
 
 def default_in_place(spec, target) -> int:
@@ -110,7 +112,7 @@ def default_in_place(spec, target) -> int:
     ``in_place=1`` took 0.89-0.97x the shifted kernel's time at 2 threads and 0.88-0.99x at 1
     thread on 4096 x 4096, 4096 x 11008, 11008 x 4096 and 14336 x 4096, and ``in_place=2``
     0.89-0.93x ``in_place=1``'s at 1 thread: its 16 sums stay in registers where LLVM spilled 8
-    of the 32 (``cpu_in_place2_emr.md``). W2 0.92-1.06x and W4 1.00-1.04x: their 3 and 1 shifts
+    of the 32 (``benchmarks/results/cpu_in_place2_emr.md``). W2 0.92-1.06x and W4 1.00-1.04x: their 3 and 1 shifts
     per byte did not set the time."""
     return 2 if code_bits(spec.wbits) == 1 and arch(target) == "x86" else 0
 
@@ -335,7 +337,7 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
     quantize = quantize_activations(spec)
     MB = -(-M // MR)
     CH = chains                               # accumulator chains per tile row
-    SL = slot_sums(spec, in_place)            # sums per chain: one per code slot with in_place
+    SL = slot_sums(spec, in_place)            # sums per chain (one per code slot in place)
 
     @T.macro
     def add_block(task, c, m0, acc, accf, dx, xs, scales, zeros):
