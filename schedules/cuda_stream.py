@@ -287,23 +287,18 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
                             T.evaluate(cp16(
                                 base[0] + T.Cast("uint32", (j % P) * STAGE + OFF_Z + (warp * NW * CP_TILE + lane + e * 32) * 16),
                                 T.address_of(zeros[tile0 + copy // CP_TILE, group, row])))
-        if WS:    # the warp's own M rows of its K slice, at its own place in the stage
-            for e in T.unroll(-(-XW // 32)):
-                vec = T.meta_var(lane + e * 32)            # 8 values of x: row, column
-                if vec < XW:
-                    if j * S + ks < KU:
-                        T.evaluate(cp16(
-                            base[0] + T.Cast("uint32", (j % P) * STAGE + OFF_X
-                                             + ((warp * M + vec // 16) * X_ROW + (vec % 16) * 8) * 2),
-                            T.address_of(x[vec // 16, (j * S + ks) * 128 + (vec % 16) * 8])))
-        else:
-            for e in T.unroll(xpt):
-                vec = T.meta_var(tx + e * threads)         # 8 values of x: K slice, row, column
-                if vec < XC:
-                    if j * S + vec // (M * 16) < KU:
-                        T.evaluate(cp16(
-                            base[0] + T.Cast("uint32", (j % P) * STAGE + OFF_X + ((vec // 16) * X_ROW + (vec % 16) * 8) * 2),
-                            T.address_of(x[(vec // 16) % M, (j * S + vec // (M * 16)) * 128 + (vec % 16) * 8])))
+        # x: each warp its own M rows of its K slice (warp_sync), or the block's threads all the
+        # K slices' rows, one copy per slice
+        for e in T.unroll(-(-XW // 32) if WS else xpt):
+            vec = T.meta_var(lane + e * 32 if WS else tx + e * threads)   # 8 values of x: (slice,) row, column
+            part = T.meta_var(warp if WS else vec // (M * 16))           # whose rows: a warp's or a slice's
+            kslice = T.meta_var(ks if WS else vec // (M * 16))
+            if vec < (XW if WS else XC):
+                if j * S + kslice < KU:
+                    T.evaluate(cp16(
+                        base[0] + T.Cast("uint32", (j % P) * STAGE + OFF_X
+                                         + ((part * M + (vec // 16) % M) * X_ROW + (vec % 16) * 8) * 2),
+                        T.address_of(x[(vec // 16) % M, (j * S + kslice) * 128 + (vec % 16) * 8])))
 
     @T.macro
     def multiply_step(i, tx, bx, base, wreg, sreg, zreg, areg, bfrag, acc, gacc):
