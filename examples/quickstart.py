@@ -14,9 +14,10 @@ import os
 import statistics
 import time
 
-import torch
-
+# lutc before torch: it sets OMP_WAIT_POLICY=PASSIVE while torch is not loaded yet, so that
+# torch's OpenMP threads do not busy-wait on the cores lutc's kernels need (lutc's docstring)
 import lutc
+import torch
 from lutc.testing import reference, rel_error, rotation_copies, tolerance
 
 
