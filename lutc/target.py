@@ -38,8 +38,8 @@ _FACTS: dict = {}
 
 _ARM = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1",
         "mattr": ["+neon", "+dotprod", "+fullfp16"]}
-_ARM_I8MM = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-v2",
-             "mattr": ["+neon", "+dotprod", "+i8mm", "+fullfp16"]}
+#: "arm" on an Armv8.6+ core: the same triple and features, and ``i8mm``
+_ARM_I8MM = {**_ARM, "mcpu": "neoverse-v2", "mattr": [*_ARM["mattr"], "+i8mm"]}
 #: The CUDA architecture of a target that names none (and of "cuda" without a visible GPU).
 DEFAULT_CUDA_ARCH = "sm_90a"
 _CUDA_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152,
