@@ -19,7 +19,7 @@ quantization (:func:`quantize_activations`) and the block epilogue (:func:`block
 
 Loops: (1) per row of x, in parallel, per block: ``dx``, the int8 activations (each 4 bytes one
 int32 word: one broadcast feeds a dot instruction), and ``sum xq``; (2) per group of
-``row_tiles`` tiles of ``L`` rows, in parallel: for each block and each pass over ``rows`` rows
+``row_tiles`` tiles of ``L`` rows (and slice of K's blocks, knob ``splits``), in parallel: for each block and each pass over ``rows`` rows
 of x, for each chunk of the block, one ``4L``-byte weight load; each of its ``8/w`` code slots
 (shift, mask; or masked where it stands, into a sum per slot: knob ``in_place``) is unpacked
 once and meets the broadcast activation word of each of the ``rows`` rows in one dot
@@ -41,10 +41,10 @@ from .common import arch, drop_param, has_features, weight_buffers
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
 KNOBS = {"row_tiles": (1, 2, 4), "rows": (1, 2, 4, 8), "prefetch": (0, 16, 64), "chains": (1, 2, 4),
-         "in_place": (0, 1, 2)}
+         "in_place": (0, 1, 2), "splits": (1, 2, 4)}
 #: Knobs added after tuning logs were written, at the value their kernels had (``rows``: one row
 #: of x per pass over the weights, before rows shared an unpacked weight vector).
-ADDED_KNOBS = {"rows": 1, "prefetch": 0, "chains": 1, "in_place": 0}
+ADDED_KNOBS = {"rows": 1, "prefetch": 0, "chains": 1, "in_place": 0, "splits": 1}
 # (int32 lanes, intrinsic, needed LLVM features) per architecture
 DOT = {"x86": (16, "llvm.x86.avx512.vpdpbusd.512", ("avx512vnni", "avx512bw")),
        "aarch64": (4, "llvm.aarch64.neon.sdot", ("dotprod",))}
@@ -61,12 +61,27 @@ def supports(spec, target) -> bool:
             and has_features(target, *DOT[family][2]))
 
 
-def layout(spec, target, chains: int = 1, **_) -> str:
+def layout(spec, target, chains: int = 1, splits: int = 1, **_) -> str:
     chunks = chunks_per_block(spec)
     if chunks % chains:
         raise ValueError(f"dot_mac knob chains={chains} does not divide the {chunks} weight chunks of a "
                          f"{spec.block}-weight block")
+    if blocks(spec) % splits:
+        raise ValueError(f"dot_mac knob splits={splits} does not divide the {blocks(spec)} blocks of "
+                         f"{spec.block} activations in K={spec.K}")
     return f"dot{DOT[arch(target)][0]}"
+
+
+def blocks(spec) -> int:
+    """Blocks of activations along K (each with its own ``dx``): what ``splits`` divides."""
+    return spec.K // spec.block
+
+
+def tile_groups(spec, lanes: int, row_tiles: int) -> int:
+    """Groups of ``row_tiles`` tiles of ``lanes`` rows that cover N: the parallel tasks without
+    ``splits`` (with it, ``splits`` times as many)."""
+    tiles = -(-spec.N // lanes)
+    return -(-tiles // min(row_tiles, tiles))
 
 
 #: int32 accumulator vectors a task may hold (``chains x rows x row_tiles``): half of AVX-512's
@@ -78,18 +93,30 @@ MAX_ACCUMULATORS = 16
 MAX_SLOT_SUMS = 32
 
 
+#: Most tile groups at which K slices (knob ``splits``) are worth tuning: past four groups per
+#: thread of a 32-core host every thread already has several weight streams to read.
+SPLIT_MAX_GROUPS = 128
+#: Fewest blocks of K a slice keeps (knob ``splits``): each slice pays its own partial sums.
+SPLIT_MIN_BLOCKS = 8
+
+
 def worth_tuning(spec, target, row_tiles: int = 4, rows: int = 1, chains: int = 1, in_place: int = 0,
-                 **_) -> bool:
+                 splits: int = 1, **_) -> bool:
     """False for ``rows`` past M (the kernel of the next smaller value), where the accumulators
     would not fit the registers (:data:`MAX_ACCUMULATORS`), for several chains beside several
     rows of x or tiles already keeping the dot products independent (one tile and one row per
     task is where chains pay: ``cpu_knobs_chains_epyc.md``), for ``in_place=1`` where the codes
     are not the unsigned operand (:func:`masks_in_place`), and for ``in_place=2`` on 4-bit slots
-    (one slot per half byte: the kernel of ``in_place=0``)."""
+    (one slot per half byte: the kernel of ``in_place=0``), and for K slices (``splits``) where
+    the tile groups already number :data:`SPLIT_MAX_GROUPS` or a slice would keep fewer than
+    :data:`SPLIT_MIN_BLOCKS` blocks."""
     fit = (chains * min(rows, spec.M) * row_tiles <= MAX_ACCUMULATORS
            and accumulators(spec, row_tiles, rows, chains, in_place) <= MAX_SLOT_SUMS)
+    lanes = DOT[arch(target)][0]
+    sliced = splits == 1 or (tile_groups(spec, lanes, row_tiles) < SPLIT_MAX_GROUPS
+                             and blocks(spec) // splits >= SPLIT_MIN_BLOCKS)
     return ((rows == 1 or rows // 2 < spec.M) and fit and (chains == 1 or row_tiles * min(rows, spec.M) < 4)
-            and (in_place != 1 or masks_in_place(target)) and (in_place != 2 or code_bits(spec.wbits) < 4))
+            and (in_place != 1 or masks_in_place(target)) and (in_place != 2 or code_bits(spec.wbits) < 4) and sliced)
 
 
 def accumulators(spec, row_tiles: int, rows: int, chains: int, in_place: int) -> int:
@@ -146,17 +173,17 @@ def default_rows(spec) -> int:
 
 
 def schedule(func, spec, target, row_tiles: int = 4, rows=None, prefetch: int = 0, chains: int = 1,
-             in_place=None) -> s_tir.Schedule:
+             in_place=None, splits: int = 1) -> s_tir.Schedule:
     """The dot-product kernel for ``spec`` on ``target`` (``func``: its reference semantics)."""
     lanes = DOT[arch(target)][0]
     rows = default_rows(spec) if rows is None else rows
     in_place = default_in_place(spec, target) if in_place is None else in_place
-    layout(spec, target, chains=chains)    # refuses a chain count that does not divide a block
+    layout(spec, target, chains=chains, splits=splits)    # refuses chains or slices that do not divide
     if in_place == 1 and not masks_in_place(target):
         raise ValueError("dot_mac knob in_place=1 needs codes as the unsigned operand (x86 vpdpbusd, "
                          "or NEON usdot with i8mm), not sdot's signed one")
     return s_tir.Schedule(IRModule({"main": dot_kernel(spec, lanes, dot_intrinsic(target, in_place), row_tiles,
-                                                       rows, prefetch, chains, in_place)}))
+                                                       rows, prefetch, chains, in_place, splits)}))
 
 
 def exact_sum(acc, mr, tt, r, chains: int, slots: int, bits: int):
@@ -283,6 +310,14 @@ def lanes(n: int) -> int:
     return next(v for v in (16, 8, 4, 2, 1) if n % v == 0)
 
 
+def slices_sum(sliced, m, n, splits: int):
+    """Output ``(m, n)``'s fp32 partial sums of the ``splits`` slices of K, added in slice order."""
+    total = sliced[0, m, n]
+    for s in range(1, splits):
+        total = total + sliced[s, m, n]
+    return total
+
+
 def block_term(spec, scales, zeros, tile, c, r, dx, xs, total):
     """What block ``c`` adds to output row ``r`` of weight tile ``tile`` (``lutc.frontend``'s
     epilogue): the int32 dot product ``total`` less the code constant (or zero point, ternary:
@@ -295,7 +330,7 @@ def block_term(spec, scales, zeros, tile, c, r, dx, xs, total):
 
 
 def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, prefetch: int = 0, chains: int = 1,
-               in_place: int = 0):
+               in_place: int = 0, splits: int = 1):
     """The PrimFunc: ``x [M, K]``, ``planes [N/L, K/(4c), 4L]``, ``scales``, [``zeros``], ``out``.
 
     ``prefetch``: with each weight load, a software prefetch of the same tile's weights that many
@@ -318,7 +353,19 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
     8 instead of 11 per weight load), for ``8 / bits`` times the accumulators. ``in_place=2``:
     where it stands in its half byte, the high half shifted down once per load (1-bit codes: 17
     instructions per load against 16 and 23, in half the sums of ``in_place=1``; at most 15, so
-    ``sdot``'s signed operand takes them too)."""
+    ``sdot``'s signed operand takes them too).
+
+    ``splits``: how the threads share the product, N only (1) or N and K. With ``s`` slices a
+    task is a tile group and one of ``s`` consecutive ranges of K's blocks (``s`` times the tasks),
+    its fp32 sums go to a workspace ``[s, M, N]``, and a second parallel loop adds the slices in
+    order (deterministic) and rounds once to the output type. Why: the tasks are the tile groups,
+    ``N / (16 row_tiles)`` of them, and a host with more cores than that leaves cores, and their
+    share of the memory's bandwidth, idle (Qwen2.5-7B's k/v projection, 512 x 3584, is 8 groups),
+    where a thread that ends its last group early waits for the others; slices of K give every
+    thread a weight stream of its own at the cost of one fp32 partial sum per output and slice.
+    On a 16-core Emerald Rapids host (``benchmarks/results/cpu_splits_emr16.md``, M = 1) two
+    slices took Qwen2.5-7B's 3584 x 18944 (56 groups) from 255 to 228 us at W2 and 486 to 448 at
+    W4, and cost 0.85-0.98x where the groups share out evenly: a knob for the tuner, 1 by default."""
     M, N, K = spec.M, spec.N, spec.K
     w = code_bits(spec.wbits)
     cpb = 8 // w                              # codes per byte: dot instructions per load
@@ -328,7 +375,9 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
     CB = chunks_per_block(spec)               # weight chunks per block
     NT = -(-N // L)
     TT = min(row_tiles, NT)
-    NTG = -(-NT // TT)                        # parallel tasks
+    NTG = tile_groups(spec, L, row_tiles)     # tile groups (the parallel tasks without splits)
+    S = splits                                # K slices per tile group (knob splits)
+    CS = C // S                               # blocks per slice
     zp, act, sdt = spec.zero_point, spec.act_dtype, spec.scale_dtype
     V = 4 * L
     i8, i32 = f"int8x{V}", f"int32x{L}"
@@ -361,13 +410,17 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
         dx = T.alloc_buffer((M, C), "float32")
         xs = T.alloc_buffer((M, C), "float32")
         quantize(x, xq, dx, xs)
-        for task in T.parallel(NTG):
+        sliced = T.alloc_buffer((S, M, N), "float32")    # (used only with S > 1)
+        for task in T.parallel(NTG * S):
+            grp = T.meta_var(task // S)           # the tile group, and its slice of K
+            part = T.meta_var(task % S)
             accf = T.alloc_buffer((M, TT, L), "float32", scope="local")
             acc = T.alloc_buffer((CH, SL, MR, TT, L), "int32", scope="local")
             for m, tt in T.grid(M, TT):
                 for r in T.vectorized(L):
                     accf[m, tt, r] = T.float32(0)
-            for c in range(C):
+            for c1 in range(CS):
+                c = T.meta_var(part * CS + c1)
                 for m0 in range(MB):
                     for ch, sl, mr, tt in T.grid(CH, SL, MR, TT):
                         for r in T.vectorized(L):
@@ -376,7 +429,7 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
                         for ch in T.unroll(CH):
                             kc = T.meta_var(kc2 * CH + ch)    # (chunk kc adds into chain ch)
                             for tt in T.unroll(TT):
-                                tile = T.meta_var(T.min(task * TT + tt, NT - 1))   # (past N: the last again)
+                                tile = T.meta_var(T.min(grp * TT + tt, NT - 1))   # (past N: the last again)
                                 if prefetch > 0:   # (past the last chunk: the last again, harmless)
                                     T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
                                         planes[tile, T.min(c * CB + kc + prefetch, KC - 1), 0]),
@@ -390,9 +443,19 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
                                             word(xq, T.min(m0 * MR + mr, M - 1), (c * CB + kc) * cpb + s), L))
                                         acc[ch, s % SL, mr, tt, T.ramp(0, 1, L)] = T.call_llvm_pure_intrin(
                                             i32, intrin, acc[ch, s % SL, mr, tt, T.ramp(0, 1, L)], codes, xw)
-                    add_block(task, c, m0, acc, accf, dx, xs, scales, zeros)
+                    add_block(grp, c, m0, acc, accf, dx, xs, scales, zeros)
             for m, tt, r in T.grid(M, TT, L):
-                if (task * TT + tt) * L + r < N:
-                    out[m, (task * TT + tt) * L + r] = T.Cast(act, accf[m, tt, r])
+                n = T.meta_var((grp * TT + tt) * L + r)
+                if n < N:
+                    if S == 1:
+                        out[m, n] = T.Cast(act, accf[m, tt, r])
+                    else:
+                        sliced[part, m, n] = accf[m, tt, r]
+        if S > 1:
+            for grp in T.parallel(NTG):
+                for m, tt, r in T.grid(M, TT, L):
+                    n = T.meta_var((grp * TT + tt) * L + r)
+                    if n < N:
+                        out[m, n] = T.Cast(act, slices_sum(sliced, m, n, S))
 
     return main if zp else drop_param(main, "zeros")

@@ -95,7 +95,7 @@ def test_neon_bf16_under_qemu(runner_object, tmp_path):
 
 
 @pytest.mark.parametrize("target,knobs,dot", [("arm", {}, "sdot"), ("arm-i8mm", {"in_place": 1, "row_tiles": 2}, "usdot"),
-                                             ("arm", {"in_place": 2}, "sdot")])
+                                             ("arm", {"in_place": 2}, "sdot"), ("arm", {"splits": 2, "row_tiles": 1}, "sdot")])
 @pytest.mark.parametrize("fmt,wbits,zp", [("uniform", 1, False), ("uniform", 2, True),
                                           ("uniform", 3, False), ("uniform", 4, True),
                                           ("ternary", 2, False)], ids=str)
@@ -103,7 +103,7 @@ def test_neon_dot_kernel_under_qemu(fmt, wbits, zp, target, knobs, dot, runner_o
     """``sdot`` on shifted codes, and with ``in_place`` on an Armv8.6 target (qemu-aarch64's
     default CPU has ``i8mm``) ``usdot`` on codes masked where they stand (up to 192 for 2 bits,
     unsigned), a sum per slot shifted down per block; ``sdot`` on codes masked where they stand
-    in their half byte (at most 15, ``in_place=2``)."""
+    in their half byte (at most 15, ``in_place=2``); K in two slices summed by a second loop."""
     spec = lutc.MPGemmSpec(3, 42, 1024, wbits=wbits, format=fmt, zero_point=zp, table_dtype="int8",
                            group_size=-1 if fmt == "ternary" else 64)
     kernel = lutc.build(spec, target=target, schedule="dot_mac", knobs=knobs)

@@ -129,18 +129,19 @@ def check_dot(spec, kernel, seed=0):
 
 
 @pytest.mark.skipif(not HAS_VNNI, reason="host has no AVX-512 VNNI")
-@pytest.mark.parametrize("row_tiles,prefetch,chains,in_place", [(1, 0, 1, 0), (4, 0, 1, 0), (2, 16, 1, 0), (4, 64, 1, 0),
-                                                               (1, 0, 4, 0), (2, 16, 2, 0), (4, 0, 1, 1), (1, 16, 2, 1),
-                                                               (4, 0, 1, 2), (2, 16, 2, 2)])
+@pytest.mark.parametrize("row_tiles,prefetch,chains,in_place,splits", [
+    (1, 0, 1, 0, 1), (4, 0, 1, 0, 1), (2, 16, 1, 0, 1), (4, 64, 1, 0, 1), (1, 0, 4, 0, 1), (2, 16, 2, 0, 1),
+    (4, 0, 1, 1, 1), (1, 16, 2, 1, 1), (4, 0, 1, 2, 1), (2, 16, 2, 2, 1), (4, 0, 1, 0, 2), (1, 16, 2, 2, 4)])
 @pytest.mark.parametrize("fmt,wbits,zp", DOT_FORMATS, ids=str)
-def test_x86_vnni_multiply_add_kernel(fmt, wbits, zp, row_tiles, prefetch, chains, in_place):
+def test_x86_vnni_multiply_add_kernel(fmt, wbits, zp, row_tiles, prefetch, chains, in_place, splits):
     gs = -1 if fmt == "ternary" else (32, 64, 128, -1)[wbits - 1]
     M, N, K = ((1, 100, 512), (3, 40, 11008), (16, 130, 1024))[(wbits + zp) % 3]
     spec = lutc.MPGemmSpec(M, N, K, wbits=wbits, format=fmt, group_size=gs, zero_point=zp,
                            table_dtype="int8")
     chains = min(chains, schedules.dot_mac.chunks_per_block(spec))   # (W1 in blocks of 32: one load each)
+    splits = max(s for s in (1, 2, splits) if schedules.dot_mac.blocks(spec) % s == 0)   # (K = 11008: 86 blocks)
     kernel = lutc.build(spec, schedule="dot_mac", knobs={"row_tiles": row_tiles, "prefetch": prefetch,
-                                                         "chains": chains, "in_place": in_place})
+                                                         "chains": chains, "in_place": in_place, "splits": splits})
     assert kernel.layout == "dot16" and "vpdpbusd" in kernel.source
     assert ("@llvm.prefetch" in kernel.source) == (prefetch > 0)   # (a CPU kernel's source is its LLVM IR)
     check_dot(spec, kernel, seed=wbits)
@@ -204,6 +205,29 @@ def test_multiply_add_refuses_chains_that_do_not_divide_a_block():
     spec = lutc.MPGemmSpec(1, 64, 256, wbits=1, group_size=32, table_dtype="int8")
     with pytest.raises(ValueError, match="chains=2 does not divide the 1 weight chunks of a 32-weight block"):
         schedules.dot_mac.layout(spec, lutc.target.resolve(None), chains=2)
+    with pytest.raises(ValueError, match="splits=4 does not divide the 86 blocks of 128 activations in K=11008"):
+        lutc.build(lutc.MPGemmSpec(1, 64, 11008, group_size=128, table_dtype="int8"), target="x86",
+                   schedule="dot_mac", knobs={"splits": 4})
+
+
+@pytest.mark.skipif(not HAS_VNNI, reason="host has no AVX-512 VNNI")
+@pytest.mark.parametrize("splits", [2, 4])
+def test_multiply_add_k_slices_sum_in_order_and_carry_nan(splits):
+    """K slices (``splits``): as many parallel tasks again per slice, each slice's sums in a
+    workspace added in slice order; fp32 sums in another order than one slice's, so equal to
+    them within rounding; a NaN in one slice's activations reaches the whole output row."""
+    spec = lutc.MPGemmSpec(2, 72, 4096, wbits=2, group_size=128, table_dtype="int8")
+    one = lutc.build(spec, schedule="dot_mac")
+    sliced = lutc.build(spec, schedule="dot_mac", knobs={"splits": splits})
+    assert "sliced" in sliced.source and "sliced" not in one.source
+    x, qw = random_case(spec, seed=11)
+    check_dot(spec, sliced, seed=11)
+    packed = one.pack(qw)
+    a, b = one(x, packed), sliced(x, packed)
+    assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+    x[1, 4095] = float("nan")                # the last slice's last block
+    y = sliced(x, packed)
+    assert torch.isnan(y[1]).all() and torch.isfinite(y[0]).all()
 
 
 def test_multiply_add_tuning_space_skips_kernels_it_already_has():
@@ -229,6 +253,10 @@ def test_multiply_add_tuning_space_skips_kernels_it_already_has():
     # in place within half bytes: half the sums (W1 4 x 4 tiles), sdot's signed operand too; none on 4-bit slots
     assert worth(w1, x86, row_tiles=4, in_place=2) and worth(decode, arm, in_place=2)
     assert not worth(lutc.MPGemmSpec(1, 64, 256, wbits=4, table_dtype="int8"), x86, in_place=2)
+    # K slices: where the tile groups are few (512 rows: 8) and each slice keeps 8 blocks of K
+    narrow, wide = lutc.MPGemmSpec(1, 512, 3584, table_dtype="int8"), lutc.MPGemmSpec(1, 14336, 4096, table_dtype="int8")
+    assert worth(narrow, x86, splits=2) and worth(narrow, x86, splits=1) and not worth(narrow, x86, splits=4)
+    assert not worth(wide, x86, splits=2)      # 224 tile groups
 
 
 def test_multiply_add_refuses_bcq():
