@@ -52,7 +52,7 @@ from .measure import CUTOFF, Bench, reference_weights
 from .runtime import Kernel
 from .spec import MPGemmSpec
 from .tuner import CostModel, TuningLog, candidates, default_candidate, features, log_history, rank_correlation
-from .tuner.records import log_for
+from .tuner.records import log_for, same_threads
 from .tuner.space import Candidate
 
 
@@ -143,6 +143,8 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
         raise ValueError("cannot tune a CUDA target without a visible GPU: tune on the GPU machine")
     described = facts.described
     device = fleet.device if fleet is not None else facts.device
+    # a CPU record names the threads it was timed with (a fleet's servers': unknown here)
+    threads = targets.cpu_threads() if kind == "cpu" and fleet is None else None
     log = log or log_for(kind, described)
     t_start = time.time()
     rng = random.Random(seed)
@@ -158,7 +160,8 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
     history = []
     for rec in log.matching(spec.key(), described):   # resume (a failure stays tried; a time of
         # an older layout version's kernel is measured again)
-        if rec.get("device") == device and (rec.get("error") or record_layout(rec, kind, spec, tgt)):
+        if (rec.get("device") == device and same_threads(rec, threads)
+                and (rec.get("error") or record_layout(rec, kind, spec, tgt))):
             cand = Candidate(rec["schedule"], tuple(sorted(rec["knobs"].items())))
             done[cand] = None if rec.get("error") else rec["us"]
 
@@ -166,6 +169,8 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
         rec = {"workload": spec.key(), "target": described, "device": device, "versions": _versions(),
                "schedule": cand.schedule, "knobs": cand.knob_dict, "us": us, "error": error,
                "time": datetime.datetime.now().isoformat(timespec="seconds")}
+        if threads is not None:
+            rec["threads"] = threads
         layout = kernel_layout(rec, kind, spec, tgt)
         if layout is not None:
             rec["layout_version"] = layouts.get(layout).version

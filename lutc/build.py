@@ -172,6 +172,7 @@ def logged_record(log: TuningLog, spec: MPGemmSpec, tgt, default_schedule: Optio
     to prefer records of (default: this machine's, :func:`lutc.target.device_name`)."""
     facts = targets.facts(tgt)
     kind, described, device = facts.kind, facts.described, device or facts.device
+    threads = targets.cpu_threads() if kind == "cpu" else None    # (CPU records name their threads)
     # unbuildable records are skipped with a warning (``usable``); those of an older layout
     # version silently (``current``: they timed a kernel that no longer exists, tc16 v1's).
     # Each record's layout is read once per call (a transfer tests every record of the log).
@@ -188,7 +189,7 @@ def logged_record(log: TuningLog, spec: MPGemmSpec, tgt, default_schedule: Optio
     if log.schedules(spec.key(), described):
         # the log decides only if it timed today's default kernel
         timed = {r["schedule"] for r in log.matching(spec.key(), described) if current(r)}
-        record = best_for(log, spec.key(), described, device, usable=usable, where=current)
+        record = best_for(log, spec.key(), described, device, usable=usable, where=current, threads=threads)
         ok = record is not None and (default_schedule is None or default_schedule in timed)
         return (record, "tuned") if ok else None
     # A transfer needs records that pin every knob: a partial one means "the defaults for the
@@ -199,7 +200,7 @@ def logged_record(log: TuningLog, spec: MPGemmSpec, tgt, default_schedule: Optio
     pinned = lambda r: usable(r) and contract.pins_every_knob(  # noqa: E731
         _schedule_module(r["schedule"], kind, spec, tgt), r["knobs"])
     record = nearest_for(log, spec.key(), described, device, pinned, targets.transferable(tgt),
-                         default_schedule, current)
+                         default_schedule, current, threads=threads)
     return None if record is None else (record, "transferred")
 
 

@@ -254,6 +254,19 @@ def _isa(device: str) -> set:
     return set(device.split(" | ", 1)[-1].split(",")) & set(ISA_FEATURES)
 
 
+def cpu_threads() -> int:
+    """Threads lutc's CPU kernels run on: TVM's pool, which reads ``TVM_NUM_THREADS`` when it
+    starts (lutc sets it on import from ``LUTC_NUM_THREADS``, else the cores this process may run
+    on). A CPU tuning record names it beside the device (``"threads"``): which knobs win depends on
+    it (``dot_mac``'s ``splits``).
+
+    Example:
+        >>> cpu_threads() >= 1
+        True
+    """
+    return int(os.environ.get("TVM_NUM_THREADS") or len(os.sched_getaffinity(0)))
+
+
 def cpu_model() -> str:
     """This machine's CPU model (``/proc/cpuinfo``), else what ``platform`` knows of it.
 

@@ -164,6 +164,24 @@ def chunks_per_block(spec) -> int:
     return spec.block // (4 * (8 // code_bits(spec.wbits)))
 
 
+#: Fewest weights per row from which a decode prefetches by default (:func:`default_prefetch`).
+PREFETCH_MIN_K = 8192
+
+
+def default_prefetch(spec, target) -> int:
+    """16 chunks ahead (1 KB of a tile's weights) for a decode (M = 1) on x86 with rows of
+    :data:`PREFETCH_MIN_K` weights or more and codes of 2 bits or more; else 0, the hardware
+    prefetchers alone. On the 2-core Emerald Rapids VM, in turns, weights through 1 GiB
+    (``benchmarks/results/cpu_prefetch_long_k_emr.md``, 1 / 2 threads): 4096 x 11008 W2 1.23-1.26x /
+    1.24-1.41x, W4 1.19x / 1.10x; 4096 x 14336 W2 1.05x / 1.14x, W4 1.05x / 1.17x; but K = 4096
+    0.87-1.07x (14336 x 4096 W2 0.87x / 0.94x) and W1 (its codes in half bytes, more work per byte)
+    0.94-0.95x at 4096 x 11008. On the 2-core EPYC (Zen 5) 4096 x 11008 W2 took the same time
+    with it (``cpu_knobs_prefetch_epyc.md``), and the tuner there chose 64 for K = 27648 and 28672.
+    ARM (no hardware timed here) keeps 0."""
+    return int(spec.M == 1 and spec.K >= PREFETCH_MIN_K and code_bits(spec.wbits) >= 2
+               and arch(target) == "x86") * 16
+
+
 def default_rows(spec) -> int:
     """Rows of x that share each unpacked weight vector: up to 4 (4 x ``row_tiles`` = 16
     accumulator registers of the 32 that AVX-512 has). On the 2-core AVX-512 VM, 4096 x 4096
@@ -172,11 +190,12 @@ def default_rows(spec) -> int:
     return min(4, 1 << (spec.M - 1).bit_length())
 
 
-def schedule(func, spec, target, row_tiles: int = 4, rows=None, prefetch: int = 0, chains: int = 1,
+def schedule(func, spec, target, row_tiles: int = 4, rows=None, prefetch=None, chains: int = 1,
              in_place=None, splits: int = 1) -> s_tir.Schedule:
     """The dot-product kernel for ``spec`` on ``target`` (``func``: its reference semantics)."""
     lanes = DOT[arch(target)][0]
     rows = default_rows(spec) if rows is None else rows
+    prefetch = default_prefetch(spec, target) if prefetch is None else prefetch
     in_place = default_in_place(spec, target) if in_place is None else in_place
     layout(spec, target, chains=chains, splits=splits)    # refuses chains or slices that do not divide
     if in_place == 1 and not masks_in_place(target):
@@ -336,7 +355,7 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
     ``prefetch``: with each weight load, a software prefetch of the same tile's weights that many
     chunks (``4L`` bytes each) ahead, into all cache levels (0: none, the hardware prefetchers
     alone); a knob for the tuner, since how far ahead pays depends on the memory system and the
-    shape. On the 2-core EPYC VM (Zen 5) at M = 1 it never paid alone on 4096-wide shapes: 1.00x
+    shape (:func:`default_prefetch`). On the 2-core EPYC VM (Zen 5) at M = 1 it never paid alone on 4096-wide shapes: 1.00x
     at W2, 0.89-0.92x at W4 (``benchmarks/results/cpu_knobs_prefetch_epyc.md``; each thread
     reads its tiles' weights as one sequential stream, which the hardware prefetchers follow);
     the tuner chose 64 for the long-K shapes of Llama-3-70B and Qwen2.5-32B (K = 27648, 28672:

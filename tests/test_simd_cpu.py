@@ -259,6 +259,21 @@ def test_multiply_add_tuning_space_skips_kernels_it_already_has():
     assert not worth(wide, x86, splits=2)      # 224 tile groups
 
 
+def test_decode_prefetches_long_rows_by_default():
+    """``default_prefetch``: a decode on x86 prefetches 16 chunks ahead from K = 8192 with codes
+    of 2 bits or more (the time it saved there on the Emerald Rapids VM); shorter rows, W1,
+    batches and ARM keep the hardware prefetchers alone. A knob given wins."""
+    x86, arm = lutc.target.resolve("x86"), lutc.target.resolve("arm")
+    default = schedules.dot_mac.default_prefetch
+    long_w2 = lutc.MPGemmSpec(1, 64, 11008, wbits=2, group_size=128, table_dtype="int8")
+    assert default(long_w2, x86) == 16 and default(long_w2, arm) == 0
+    assert default(lutc.MPGemmSpec(1, 64, 4096, wbits=4, group_size=128, table_dtype="int8"), x86) == 0
+    assert default(lutc.MPGemmSpec(1, 64, 11008, wbits=1, group_size=32, table_dtype="int8"), x86) == 0
+    assert default(lutc.MPGemmSpec(4, 64, 11008, wbits=2, group_size=128, table_dtype="int8"), x86) == 0
+    assert "@llvm.prefetch" in lutc.build(long_w2, target="x86", schedule="dot_mac").source
+    assert "@llvm.prefetch" not in lutc.build(long_w2, target="x86", schedule="dot_mac", knobs={"prefetch": 0}).source
+
+
 def test_multiply_add_refuses_bcq():
     with pytest.raises(ValueError, match="does not support"):
         lutc.build(lutc.MPGemmSpec(1, 64, 256, format="bcq", table_dtype="int8"), schedule="dot_mac")

@@ -17,7 +17,7 @@ from lutc.build import choose, kernel_layout
 from lutc.cache import KernelCache
 from lutc.target import describe, device_name, resolve
 from lutc.tuner import Candidate, CostModel, TuningLog, best, candidates, features, log_history, rank_correlation
-from lutc.tuner.records import best_for, log_for
+from lutc.tuner.records import best_for, log_for, nearest_for
 from schedules import contract
 
 SPEC = lutc.MPGemmSpec(1, 256, 512, wbits=2, group_size=64, table_dtype="int8")
@@ -167,6 +167,39 @@ def test_compile_builds_the_best_tuned_record(tmp_path, monkeypatch):
     log.append(_record(45.0, spec=other, device="elsewhere"))   # the default was measured there too
     assert lutc.compile((1, 128, 512), wbits=2, group_size=64, cache=None).schedule == "dot_mac"
     assert best_for(log, other.key(), describe(tgt), device_name(tgt))["device"] == "elsewhere"
+
+
+def test_cpu_records_name_their_threads_and_this_count_is_preferred(tmp_path, monkeypatch):
+    """A CPU record names the threads it was timed with, and only records of this count (or of
+    none: written before records named it) are used: another count's knobs lost to the default
+    (``cpu_splits_emr16.md``). ``lutc tune`` writes the count."""
+    monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
+    tgt = resolve("host")
+    log = log_for("cpu", describe(tgt))
+    many = dict(_record(10.0, schedule="dot_mac", knobs={"splits": 2, "row_tiles": 2}), threads=16)
+    few = dict(_record(30.0, schedule="dot_mac", knobs={"row_tiles": 1}), threads=2)
+    legacy = _record(25.0, schedule="dot_mac", knobs={"row_tiles": 4})
+    for rec in (many, few):
+        log.append(rec)
+    find = lambda threads: best_for(log, SPEC.key(), describe(tgt), device_name(tgt), threads=threads)  # noqa: E731
+    assert find(2)["knobs"] == few["knobs"] and find(16)["knobs"] == many["knobs"]
+    assert find(4) is None                        # no record of 4 threads: the default
+    # a transfer to a shape nobody tuned takes only records of this count too
+    log.append(dict(_record(20.0, schedule="dot_mac"), threads=16))     # the default, in many's run
+    near = lambda threads: nearest_for(  # noqa: E731
+        log, lutc.MPGemmSpec(1, 128, 512, wbits=2, group_size=64, table_dtype="int8").key(), describe(tgt),
+        device_name(tgt), lambda r: True, lambda r: False, "dot_mac", threads=threads)
+    assert near(16)["knobs"] == many["knobs"] and near(2) is None
+    log.append(legacy)
+    assert find(2)["knobs"] == legacy["knobs"] and find(4)["knobs"] == legacy["knobs"]
+    monkeypatch.setenv("TVM_NUM_THREADS", "2")
+    assert lutc.target.cpu_threads() == 2
+    kernel = lutc.compile((1, 256, 512), wbits=2, group_size=64, cache=None)
+    assert (kernel.schedule, kernel.knobs["row_tiles"], kernel.tuned["us"]) == ("dot_mac", 4, 25.0)
+    tune([lutc.MPGemmSpec(1, 64, 256, wbits=2, group_size=64, table_dtype="int8")], trials=2, progress=False,
+         pool_mib=1)
+    tuned = [r for r in log.records() if r["workload"]["N"] == 64]
+    assert tuned and all(r["threads"] == 2 for r in tuned)
 
 
 def test_a_shape_nobody_tuned_takes_the_nearest_tuned_shapes_record(tmp_path, monkeypatch):

@@ -149,15 +149,25 @@ def log_for(target_kind: str, target_attrs: dict, directory: Optional[str] = Non
     return TuningLog(os.path.join(directory or log_dir(), name + ".jsonl"))
 
 
+def same_threads(record: dict, threads: Optional[int] = None) -> bool:
+    """Whether ``record`` was timed with ``threads`` threads. A CPU record names its thread count
+    (``"threads"``), and one of another count is not used: on the 2-core Emerald Rapids VM the
+    knobs tuned on a 16-core host of the same model took 1.04-1.29x the default's time
+    (``benchmarks/results/cpu_splits_emr16.md``). A record that names none (a GPU's, or a CPU's
+    written before records named it) counts as any; ``threads`` None (a GPU, or a caller that
+    names no count) takes only those."""
+    return record.get("threads", threads) == threads
+
+
 def best_for(log: TuningLog, workload: dict, target: dict, device: str,
              usable: Optional[Callable[[dict], bool]] = None,
-             where: Optional[Callable[[dict], bool]] = None) -> Optional[dict]:
-    """The best valid record for this workload and target: measured on this device if any,
-    else on any device with the same target. ``usable`` (the builder's check that it can build
+             where: Optional[Callable[[dict], bool]] = None, threads: Optional[int] = None) -> Optional[dict]:
+    """The best valid record for this workload and target, timed with ``threads`` threads
+    (:func:`same_threads`): measured on this device if any, else on any device with the same target. ``usable`` (the builder's check that it can build
     the record: a known schedule, knobs in their domains) filters first, and a record it
     refuses is skipped with one warning naming the log; ``where`` then narrows the choice
     (e.g. to kernels reading one weight layout)."""
-    records = log.matching(workload, target)
+    records = [r for r in log.matching(workload, target) if same_threads(r, threads)]
     if usable is not None:
         kept = [r for r in records if usable(r)]
         if len(kept) < len(records):
@@ -209,14 +219,15 @@ def workload_distance(a: dict, b: dict) -> Optional[float]:
 def nearest_for(log: TuningLog, workload: dict, target: dict, device: str,
                 usable: Callable[[dict], bool], transferable: Callable[[dict], bool],
                 default_schedule: Optional[str] = None,
-                where: Optional[Callable[[dict], bool]] = None) -> Optional[dict]:
+                where: Optional[Callable[[dict], bool]] = None, threads: Optional[int] = None) -> Optional[dict]:
     """The record to build for a workload that the log has no record of on this target: the
     best record of the nearest tuned workload (:func:`workload_distance`), this workload
     included where another target measured it. Sources rank by: this target before others
     (those ``transferable`` accepts: a CPU of the same ISA, a GPU of the same architecture;
     from them only records of ``default_schedule`` count, since which kernel is fastest
     differs between machines of one ISA: on a Rocket Lake the LUT kernel beat ``dot_mac`` at
-    M = 1 W2, on an EPYC they tie), this device before others, then distance. A source whose
+    M = 1 W2, on an EPYC they tie), this device before others, then distance; only records timed
+    with ``threads`` threads count (:func:`same_threads`). A source whose
     measurements do not include ``default_schedule`` (a kernel newer than the log) is passed
     over, as for an exact match;
     ``usable`` (the record builds for ``workload``) and ``where`` filter its records. The
@@ -228,6 +239,9 @@ def nearest_for(log: TuningLog, workload: dict, target: dict, device: str,
         first = recs[0]
         same_target = first.get("target") == target
         if (same_target and first["workload"] == workload) or not (same_target or transferable(first)):
+            continue
+        recs = [r for r in recs if same_threads(r, threads)]
+        if not recs:
             continue
         if not same_target:     # another machine: its knobs for our default kernel, not its choice of kernel
             recs = [r for r in recs if default_schedule is not None and r.get("schedule") == default_schedule]
