@@ -19,10 +19,10 @@ quantization (:func:`quantize_activations`) and the block epilogue (:func:`block
 
 Loops: (1) per row of x, in parallel, per block: ``dx``, the int8 activations (each 4 bytes one
 int32 word: one broadcast feeds a dot instruction), and ``sum xq``; (2) per group of
-``row_tiles`` tiles of ``L`` rows (and slice of K's blocks, knob ``splits``), in parallel: for each block and each pass over ``rows`` rows
-of x, for each chunk of the block, one ``4L``-byte weight load; each of its ``8/w`` code slots
-(shift, mask; or masked where it stands, into a sum per slot: knob ``in_place``) is unpacked
-once and meets the broadcast activation word of each of the ``rows`` rows in one dot
+``row_tiles`` tiles of ``L`` rows (and slice of K's blocks, knob ``splits``), in parallel: for
+each block and each pass over ``rows`` rows of x, for each chunk of the block, one ``4L``-byte
+weight load; each of its ``8/w`` code slots (shift, mask; or masked where it stands, into a sum
+per slot: knob ``in_place``) is unpacked once and meets the broadcast activation word of each of the ``rows`` rows in one dot
 instruction per tile (``rows x row_tiles`` int32 accumulators: 16 of AVX-512's
 32 registers by default), so one unpacked weight vector serves ``rows`` rows and the block's
 weights are read from L1 once per pass; (3) the epilogue per block scales the int32 sums into
@@ -355,8 +355,8 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
     ``prefetch``: with each weight load, a software prefetch of the same tile's weights that many
     chunks (``4L`` bytes each) ahead, into all cache levels (0: none, the hardware prefetchers
     alone); a knob for the tuner, since how far ahead pays depends on the memory system and the
-    shape (:func:`default_prefetch`). On the 2-core EPYC VM (Zen 5) at M = 1 it never paid alone on 4096-wide shapes: 1.00x
-    at W2, 0.89-0.92x at W4 (``benchmarks/results/cpu_knobs_prefetch_epyc.md``; each thread
+    shape (:func:`default_prefetch`). On the 2-core EPYC VM (Zen 5) at M = 1 it never paid alone
+    on 4096-wide shapes: 1.00x at W2, 0.89-0.92x at W4 (``benchmarks/results/cpu_knobs_prefetch_epyc.md``; each thread
     reads its tiles' weights as one sequential stream, which the hardware prefetchers follow);
     the tuner chose 64 for the long-K shapes of Llama-3-70B and Qwen2.5-32B (K = 27648, 28672:
     1.08-1.12x over the default, with other knobs changed too,
@@ -408,13 +408,13 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
     SL = slot_sums(spec, in_place)            # sums per chain (one per code slot in place)
 
     @T.macro
-    def add_block(task, c, m0, acc, accf, dx, xs, scales, zeros):
+    def add_block(grp, c, m0, acc, accf, dx, xs, scales, zeros):
         """The block's epilogue (:func:`block_term`) for the ``MR`` rows of x of pass ``m0``."""
         for mr in range(MR):
             row = T.meta_var(m0 * MR + mr)
             if row < M:
                 for tt in range(TT):
-                    tile = T.meta_var(T.min(task * TT + tt, NT - 1))
+                    tile = T.meta_var(T.min(grp * TT + tt, NT - 1))
                     for r in T.vectorized(L):
                         accf[row, tt, r] = accf[row, tt, r] + block_term(
                             spec, scales, zeros, tile, c, r, dx[row, c], xs[row, c],

@@ -95,7 +95,8 @@ def test_neon_bf16_under_qemu(runner_object, tmp_path):
 
 
 @pytest.mark.parametrize("target,knobs,dot", [("arm", {}, "sdot"), ("arm-i8mm", {"in_place": 1, "row_tiles": 2}, "usdot"),
-                                             ("arm", {"in_place": 2}, "sdot"), ("arm", {"splits": 2, "row_tiles": 1}, "sdot")])
+                                             ("arm", {"in_place": 2}, "sdot"),
+                                             ("arm", {"splits": 2, "row_tiles": 1}, "sdot")])
 @pytest.mark.parametrize("fmt,wbits,zp", [("uniform", 1, False), ("uniform", 2, True),
                                           ("uniform", 3, False), ("uniform", 4, True),
                                           ("ternary", 2, False)], ids=str)

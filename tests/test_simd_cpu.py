@@ -254,7 +254,8 @@ def test_multiply_add_tuning_space_skips_kernels_it_already_has():
     assert worth(w1, x86, row_tiles=4, in_place=2) and worth(decode, arm, in_place=2)
     assert not worth(lutc.MPGemmSpec(1, 64, 256, wbits=4, table_dtype="int8"), x86, in_place=2)
     # K slices: where the tile groups are few (512 rows: 8) and each slice keeps 8 blocks of K
-    narrow, wide = lutc.MPGemmSpec(1, 512, 3584, table_dtype="int8"), lutc.MPGemmSpec(1, 14336, 4096, table_dtype="int8")
+    narrow = lutc.MPGemmSpec(1, 512, 3584, table_dtype="int8")
+    wide = lutc.MPGemmSpec(1, 14336, 4096, table_dtype="int8")
     assert worth(narrow, x86, splits=2) and worth(narrow, x86, splits=1) and not worth(narrow, x86, splits=4)
     assert not worth(wide, x86, splits=2)      # 224 tile groups
 

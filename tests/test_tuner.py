@@ -474,8 +474,8 @@ def test_lutc_tune_takes_a_models_linear_layers(tmp_path, monkeypatch):
 def test_a_record_that_predates_a_knob_builds_the_kernel_it_measured():
     """``ADDED_KNOBS``: a dot_mac record written before ``rows``, ``prefetch``, ``chains``,
     ``in_place`` and ``splits`` existed measured one row of x per pass, no prefetch, one accumulator
-    chain, codes shifted down and K in one slice; it pins every knob and builds that kernel, not the defaults of today. A
-    record that leaves knobs to the defaults (``{}``) stays as it is."""
+    chain, codes shifted down and K in one slice; it pins every knob and builds that kernel, not
+    the defaults of today. A record that leaves knobs to the defaults (``{}``) stays as it is."""
     module = schedules.dot_mac
     assert contract.pins_every_knob(module, {"row_tiles": 2})
     assert contract.recorded_knobs(module, {"row_tiles": 2}) == {"row_tiles": 2, "rows": 1, "prefetch": 0, "chains": 1,

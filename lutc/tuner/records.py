@@ -163,10 +163,11 @@ def best_for(log: TuningLog, workload: dict, target: dict, device: str,
              usable: Optional[Callable[[dict], bool]] = None,
              where: Optional[Callable[[dict], bool]] = None, threads: Optional[int] = None) -> Optional[dict]:
     """The best valid record for this workload and target, timed with ``threads`` threads
-    (:func:`same_threads`): measured on this device if any, else on any device with the same target. ``usable`` (the builder's check that it can build
-    the record: a known schedule, knobs in their domains) filters first, and a record it
-    refuses is skipped with one warning naming the log; ``where`` then narrows the choice
-    (e.g. to kernels reading one weight layout)."""
+    (:func:`same_threads`): measured on this device if any, else on any device with the same
+    target. ``usable`` (the builder's check that it can build the record: a known schedule,
+    knobs in their domains) filters first, and a record it refuses is skipped with one warning
+    naming the log; ``where`` then narrows the choice (e.g. to kernels reading one weight
+    layout)."""
     records = [r for r in log.matching(workload, target) if same_threads(r, threads)]
     if usable is not None:
         kept = [r for r in records if usable(r)]
