@@ -22,9 +22,9 @@ int32 word: one broadcast feeds a dot instruction), and ``sum xq``; (2) per grou
 ``row_tiles`` tiles of ``L`` rows (and slice of K's blocks, knob ``splits``), in parallel: for
 each block and each pass over ``rows`` rows of x, for each chunk of the block, one ``4L``-byte
 weight load; each of its ``8/w`` code slots (shift, mask; or masked where it stands, into a sum
-per slot: knob ``in_place``) is unpacked once and meets the broadcast activation word of each of the ``rows`` rows in one dot
-instruction per tile (``rows x row_tiles`` int32 accumulators: 16 of AVX-512's
-32 registers by default), so one unpacked weight vector serves ``rows`` rows and the block's
+per slot: knob ``in_place``) is unpacked once and meets the broadcast activation word of each of
+the ``rows`` rows in one dot instruction per tile (``rows x row_tiles`` int32 accumulators: 16 of
+AVX-512's 32 registers by default), so one unpacked weight vector serves ``rows`` rows and the block's
 weights are read from L1 once per pass; (3) the epilogue per block scales the int32 sums into
 float accumulators. Weights: the ``dot{L}`` layout of :mod:`lutc.formats`.
 """
@@ -164,22 +164,31 @@ def chunks_per_block(spec) -> int:
     return spec.block // (4 * (8 // code_bits(spec.wbits)))
 
 
-#: Fewest weights per row from which a decode prefetches by default (:func:`default_prefetch`).
+#: Fewest weights per row from which a decode prefetches by default on any x86 CPU
+#: (:func:`default_prefetch`; from fewer, only where it was timed to pay: CPUs with AMX).
 PREFETCH_MIN_K = 8192
 
 
 def default_prefetch(spec, target) -> int:
-    """16 chunks ahead (1 KB of a tile's weights) for a decode (M = 1) on x86 with rows of
-    :data:`PREFETCH_MIN_K` weights or more and codes of 2 bits or more; else 0, the hardware
-    prefetchers alone. On the 2-core Emerald Rapids VM, in turns, weights through 1 GiB
-    (``benchmarks/results/cpu_prefetch_long_k_emr.md``, 1 / 2 threads): 4096 x 11008 W2 1.23-1.26x /
-    1.24-1.41x, W4 1.19x / 1.10x; 4096 x 14336 W2 1.05x / 1.14x, W4 1.05x / 1.17x; but K = 4096
-    0.87-1.07x (14336 x 4096 W2 0.87x / 0.94x) and W1 (its codes in half bytes, more work per byte)
-    0.94-0.95x at 4096 x 11008. On the 2-core EPYC (Zen 5) 4096 x 11008 W2 took the same time
-    with it (``cpu_knobs_prefetch_epyc.md``), and the tuner there chose 64 for K = 27648 and 28672.
+    """16 chunks ahead (1 KB of a tile's weights, then the next task's: :func:`prefetched`) for a
+    decode (M = 1) on x86 with codes of 2 bits or more, where rows hold :data:`PREFETCH_MIN_K`
+    weights or more or the CPU has AMX; else 0, the hardware prefetchers alone. Measured in turns,
+    weights through 1 GiB, against no prefetch (1 / 2 threads):
+
+    - the 2-core Emerald Rapids VM (``benchmarks/results/cpu_prefetch_long_k_emr.md``,
+      ``cpu_prefetch_next_task_emr.md``): 4096 x 11008 W2 1.23-1.26x / 1.24-1.41x over three runs,
+      W4 1.19x / 1.10x; 4096 x 14336 W2 1.05x / 1.14x, W4 1.05x / 1.17x; K = 4096 with the next
+      task's prefetch 1.03-1.07x / 0.99-1.12x (1024 x 4096, 4096 x 4096, 11008 x 4096, 14336 x 4096);
+    - a 16-core Emerald Rapids host (``cpu_prefetch_next_task_emr.md``): 1.10-1.34x / 1.04-1.19x
+      at W2 and W4 on every shape timed, K = 4096 included;
+    - W1 (its codes in half bytes: more work per byte) 0.94-1.03x: left at 0;
+    - the 2-core EPYC (Zen 5, ``cpu_knobs_prefetch_epyc.md``, prefetches held to the tile): 4096 x
+      11008 W2 1.00x, but 4096 x 4096 and 11008 x 4096 W4 0.89-0.92x, so K = 4096 only with AMX
+      (Sapphire Rapids on: the CPUs timed); its tuner chose 64 for K = 27648 and 28672.
+
     ARM (no hardware timed here) keeps 0."""
-    return int(spec.M == 1 and spec.K >= PREFETCH_MIN_K and code_bits(spec.wbits) >= 2
-               and arch(target) == "x86") * 16
+    x86_decode = spec.M == 1 and code_bits(spec.wbits) >= 2 and arch(target) == "x86"
+    return 16 if x86_decode and (spec.K >= PREFETCH_MIN_K or has_features(target, "amx-int8")) else 0
 
 
 def default_rows(spec) -> int:
@@ -329,6 +338,21 @@ def lanes(n: int) -> int:
     return next(v for v in (16, 8, 4, 2, 1) if n % v == 0)
 
 
+def prefetched(tile, ahead, row_tiles: int, tiles: int, chunks: int) -> tuple:
+    """``(tile, chunk)`` of the weights a prefetch ``ahead`` chunks into ``tile``'s row asks for:
+    that chunk of the tile, or past its end the same count into the tile ``row_tiles`` on (the
+    same tile of the next tile group: the thread's next task, as TVM's parallel loop hands each
+    thread a run of them; the last tile again past N, the last chunk past the row). Python ints
+    or TIR expressions alike (the kernel asks with its loop variables, the tests with ints)."""
+    past = least(ahead // chunks, 1)
+    return least(tile + row_tiles * past, tiles - 1), least(ahead - chunks * past, chunks - 1)
+
+
+def least(a, b):
+    """The smaller of ``a`` and ``b``: Python's ``min`` for ints, ``T.min`` for TIR expressions."""
+    return min(a, b) if isinstance(a, int) and isinstance(b, int) else T.min(a, b)
+
+
 def slices_sum(sliced, m, n, splits: int):
     """Output ``(m, n)``'s fp32 partial sums of the ``splits`` slices of K, added in slice order."""
     total = sliced[0, m, n]
@@ -354,10 +378,14 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
 
     ``prefetch``: with each weight load, a software prefetch of the same tile's weights that many
     chunks (``4L`` bytes each) ahead, into all cache levels (0: none, the hardware prefetchers
-    alone); a knob for the tuner, since how far ahead pays depends on the memory system and the
-    shape (:func:`default_prefetch`). On the 2-core EPYC VM (Zen 5) at M = 1 it never paid alone
-    on 4096-wide shapes: 1.00x at W2, 0.89-0.92x at W4 (``benchmarks/results/cpu_knobs_prefetch_epyc.md``; each thread
-    reads its tiles' weights as one sequential stream, which the hardware prefetchers follow);
+    alone); near a tile's end, of the next task's (:func:`prefetched`; 0.93-1.01x the time of
+    prefetches held at the tile's last chunk on the Emerald Rapids VM, median 0.97x of 14 cells,
+    and 0.92-1.04x on the 16-core host, ``benchmarks/results/cpu_prefetch_next_task_emr.md``); a
+    knob for the tuner, since how far ahead pays depends on the memory system and the shape
+    (:func:`default_prefetch`). On the 2-core EPYC VM (Zen 5) at M = 1 it never paid alone
+    on 4096-wide shapes: 1.00x at W2, 0.89-0.92x at W4
+    (``benchmarks/results/cpu_knobs_prefetch_epyc.md``; each thread reads its tiles' weights as
+    one sequential stream, which the hardware prefetchers follow);
     the tuner chose 64 for the long-K shapes of Llama-3-70B and Qwen2.5-32B (K = 27648, 28672:
     1.08-1.12x over the default, with other knobs changed too,
     ``benchmarks/results/tuning_cpu_epyc_llama3_70b_qwen2.5_32b.md``).
@@ -449,9 +477,9 @@ def dot_kernel(spec, L: int, intrin: str, row_tiles: int = 4, rows: int = 1, pre
                             kc = T.meta_var(kc2 * CH + ch)    # (chunk kc adds into chain ch)
                             for tt in T.unroll(TT):
                                 tile = T.meta_var(T.min(grp * TT + tt, NT - 1))   # (past N: the last again)
-                                if prefetch > 0:   # (past the last chunk: the last again, harmless)
+                                if prefetch > 0:
                                     T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
-                                        planes[tile, T.min(c * CB + kc + prefetch, KC - 1), 0]),
+                                        planes[(*prefetched(tile, c * CB + kc + prefetch, TT, NT, KC), 0)]),
                                         T.int32(0), T.int32(3), T.int32(1)))
                                 wv = planes[tile, c * CB + kc, T.ramp(0, 1, V)]
                                 for s in T.unroll(cpb):

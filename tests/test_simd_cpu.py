@@ -260,19 +260,32 @@ def test_multiply_add_tuning_space_skips_kernels_it_already_has():
     assert not worth(wide, x86, splits=2)      # 224 tile groups
 
 
-def test_decode_prefetches_long_rows_by_default():
-    """``default_prefetch``: a decode on x86 prefetches 16 chunks ahead from K = 8192 with codes
-    of 2 bits or more (the time it saved there on the Emerald Rapids VM); shorter rows, W1,
-    batches and ARM keep the hardware prefetchers alone. A knob given wins."""
-    x86, arm = lutc.target.resolve("x86"), lutc.target.resolve("arm")
+def test_decode_prefetches_by_default_where_it_was_timed_to_pay():
+    """``default_prefetch``: a decode on x86 with codes of 2 bits or more prefetches 16 chunks
+    ahead from K = 8192, and at any K on a CPU with AMX (the Emerald Rapids machines it was timed
+    on); K = 4096 elsewhere (an EPYC lost), W1, batches and ARM keep the hardware prefetchers
+    alone. A knob given wins."""
+    amx, vnni, arm = resolve(AMX_CPU), resolve({"kind": "llvm", "mcpu": "icelake-server"}), resolve("arm")
     default = schedules.dot_mac.default_prefetch
     long_w2 = lutc.MPGemmSpec(1, 64, 11008, wbits=2, group_size=128, table_dtype="int8")
-    assert default(long_w2, x86) == 16 and default(long_w2, arm) == 0
-    assert default(lutc.MPGemmSpec(1, 64, 4096, wbits=4, group_size=128, table_dtype="int8"), x86) == 0
-    assert default(lutc.MPGemmSpec(1, 64, 11008, wbits=1, group_size=32, table_dtype="int8"), x86) == 0
-    assert default(lutc.MPGemmSpec(4, 64, 11008, wbits=2, group_size=128, table_dtype="int8"), x86) == 0
-    assert "@llvm.prefetch" in lutc.build(long_w2, target="x86", schedule="dot_mac").source
-    assert "@llvm.prefetch" not in lutc.build(long_w2, target="x86", schedule="dot_mac", knobs={"prefetch": 0}).source
+    short_w4 = lutc.MPGemmSpec(1, 64, 4096, wbits=4, group_size=128, table_dtype="int8")
+    assert default(long_w2, vnni) == default(long_w2, amx) == 16 and default(long_w2, arm) == 0
+    assert default(short_w4, amx) == 16 and default(short_w4, vnni) == 0
+    assert default(lutc.MPGemmSpec(1, 64, 11008, wbits=1, group_size=32, table_dtype="int8"), amx) == 0
+    assert default(lutc.MPGemmSpec(4, 64, 11008, wbits=2, group_size=128, table_dtype="int8"), amx) == 0
+    assert "@llvm.prefetch" in lutc.build(long_w2, target=vnni, schedule="dot_mac").source
+    assert "@llvm.prefetch" not in lutc.build(long_w2, target=vnni, schedule="dot_mac", knobs={"prefetch": 0}).source
+
+
+def test_prefetch_past_a_tiles_end_reads_the_next_tasks_tile():
+    """``prefetched``: 16 chunks ahead of a tile's last chunks is the next tile group's same tile
+    (the thread's next task), as far into it as past the end; past N the last tile again, past
+    the row the last chunk. The product with prefetches: ``test_x86_vnni_multiply_add_kernel``."""
+    at = lambda tile, ahead: schedules.dot_mac.prefetched(tile, ahead, 4, 10, 64)  # noqa: E731
+    assert at(2, 30) == (2, 30) and at(2, 63) == (2, 63)
+    assert at(2, 64) == (6, 0) and at(2, 70) == (6, 6)
+    assert at(8, 70) == (9, 6)                    # past N: the last tile
+    assert at(2, 200) == (6, 63)                  # a distance past a whole row: its last chunk
 
 
 def test_multiply_add_refuses_bcq():
