@@ -66,15 +66,10 @@ def layout(spec, target, chains: int = 1, splits: int = 1, **_) -> str:
     if chunks % chains:
         raise ValueError(f"dot_mac knob chains={chains} does not divide the {chunks} weight chunks of a "
                          f"{spec.block}-weight block")
-    if blocks(spec) % splits:
-        raise ValueError(f"dot_mac knob splits={splits} does not divide the {blocks(spec)} blocks of "
+    if spec.blocks % splits:
+        raise ValueError(f"dot_mac knob splits={splits} does not divide the {spec.blocks} blocks of "
                          f"{spec.block} activations in K={spec.K}")
     return f"dot{DOT[arch(target)][0]}"
-
-
-def blocks(spec) -> int:
-    """Blocks of activations along K (each with its own ``dx``): what ``splits`` divides."""
-    return spec.K // spec.block
 
 
 def tile_groups(spec, lanes: int, row_tiles: int) -> int:
@@ -114,7 +109,7 @@ def worth_tuning(spec, target, row_tiles: int = 4, rows: int = 1, chains: int = 
            and accumulators(spec, row_tiles, rows, chains, in_place) <= MAX_SLOT_SUMS)
     lanes = DOT[arch(target)][0]
     sliced = splits == 1 or (tile_groups(spec, lanes, row_tiles) < SPLIT_MAX_GROUPS
-                             and blocks(spec) // splits >= SPLIT_MIN_BLOCKS)
+                             and spec.blocks // splits >= SPLIT_MIN_BLOCKS)
     return ((rows == 1 or rows // 2 < spec.M) and fit and (chains == 1 or row_tiles * min(rows, spec.M) < 4)
             and (in_place != 1 or masks_in_place(target)) and (in_place != 2 or code_bits(spec.wbits) < 4) and sliced)
 

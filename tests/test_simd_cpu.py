@@ -139,7 +139,7 @@ def test_x86_vnni_multiply_add_kernel(fmt, wbits, zp, row_tiles, prefetch, chain
     spec = lutc.MPGemmSpec(M, N, K, wbits=wbits, format=fmt, group_size=gs, zero_point=zp,
                            table_dtype="int8")
     chains = min(chains, schedules.dot_mac.chunks_per_block(spec))   # (W1 in blocks of 32: one load each)
-    splits = max(s for s in (1, 2, splits) if schedules.dot_mac.blocks(spec) % s == 0)   # (K = 11008: 86 blocks)
+    splits = max(s for s in (1, 2, splits) if spec.blocks % s == 0)   # (K = 11008: 86 blocks)
     kernel = lutc.build(spec, schedule="dot_mac", knobs={"row_tiles": row_tiles, "prefetch": prefetch,
                                                          "chains": chains, "in_place": in_place, "splits": splits})
     assert kernel.layout == "dot16" and "vpdpbusd" in kernel.source
