@@ -143,8 +143,6 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
         raise ValueError("cannot tune a CUDA target without a visible GPU: tune on the GPU machine")
     described = facts.described
     device = fleet.device if fleet is not None else facts.device
-    # a CPU record names the threads it was timed with (a fleet's servers': unknown here)
-    threads = targets.cpu_threads() if kind == "cpu" and fleet is None else None
     log = log or log_for(kind, described)
     t_start = time.time()
     rng = random.Random(seed)
@@ -156,6 +154,8 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
     bench = Bench(spec, pool_mib, calls, device_type="cuda" if kind == "cuda" else "cpu")
     if fleet is not None:      # one session per server, for this workload's data
         fleet.open(bench, calls, compiler_for(tgt))
+    # a CPU record names the threads it was timed with (this process's, or the fleet's servers')
+    threads = (fleet.threads if fleet is not None else targets.cpu_threads()) if kind == "cpu" else None
     done = {}          # candidate -> us (None when invalid)
     history = []
     for rec in log.matching(spec.key(), described):   # resume (a failure stays tried; a time of

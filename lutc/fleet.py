@@ -23,7 +23,10 @@ not this machine's, :func:`lutc.target.c_compiler`) and a :class:`Fleet` measure
   for a live server, once; the dead session is not used again.
 
 Records are keyed by ``TARGET``'s description and the device name ``rpc:KEY`` (or ``device=``),
-so ``lutc.compile`` / ``lutc.export`` for ``TARGET`` here find them.
+and name the servers' thread count (their TVM pool's, asked over RPC; servers of one key must
+agree), so ``lutc.compile`` / ``lutc.export`` for ``TARGET`` here find them when this process
+runs that many threads (:func:`lutc.tuner.records.same_threads`: set ``LUTC_NUM_THREADS`` to
+the devices' count when building for them).
 """
 from __future__ import annotations
 
@@ -73,6 +76,8 @@ class RemoteBench:
     def __init__(self, bench, session, calls: int, compiler: Optional[str] = None):
         self.bench, self.session, self.calls = bench, session, calls
         self.dev = session.cpu(0)
+        # the server's TVM thread pool, as it runs the kernels (TVM_NUM_THREADS, capped at its cores)
+        self.threads = int(session.get_function("runtime.NumThreads")())
         self.compiler = compiler
         self._pools: dict = {}
         self._x = self._tensor(bench.x)
@@ -171,6 +176,17 @@ class Fleet:
         tracker = rpc.connect_tracker(self.host, self.port)
         self._benches = [RemoteBench(bench, tracker.request(self.key, session_timeout=self.session_timeout),
                                      calls, compiler) for _ in range(n)]
+        counts = sorted({rb.threads for rb in self._benches})
+        if len(counts) > 1:     # one key, one kind of device: the records name one count
+            self.close()
+            raise ValueError(f"the RPC servers under key {self.key!r} run {counts} threads: register "
+                             "servers with the same TVM_NUM_THREADS (and device) under one key")
+
+    @property
+    def threads(self) -> Optional[int]:
+        """Threads the open sessions' servers run kernels on (their records name it), or None
+        before :meth:`open`."""
+        return self._benches[0].threads if self._benches else None
 
     def close(self) -> None:
         """Drop the sessions (a server returns to the tracker when its session is freed)."""

@@ -29,7 +29,10 @@ def test_two_servers_share_the_measurements_and_records_name_the_fleet(tmp_path,
     assert {r["device"] for r in recs} == {"rpc:lutc-test"}
     assert [r["error"] for r in recs if r["error"]] == []            # each checked against float64
     assert len(fleet.stats["measured"]) == 2 and fleet.stats["lost"] == 0   # both servers measured
-    # lutc.compile for this target finds the fleet's records: it builds the confirmed winner
+    assert {r["threads"] for r in recs} == {1}     # the servers' pool (local_fleet: TVM_NUM_THREADS=1)
+    # lutc.compile for this target, in a process of that thread count, finds the fleet's records:
+    # it builds the confirmed winner (the count is read per lookup; the pool here is unchanged)
+    monkeypatch.setenv("TVM_NUM_THREADS", "1")
     kernel = lutc.build(SPEC, "host", cache=None)
     assert kernel.tuned is not None and kernel.tuned["device"] == "rpc:lutc-test"
     assert (kernel.schedule, kernel.knobs) == (res.best.schedule, res.best.knob_dict) or not res.best.knobs
@@ -52,6 +55,24 @@ def test_a_server_that_dies_costs_only_its_candidate():
     assert sorted(c for c, us, err in events if us is not None and err is None) == [0, 1, 2, 3]
     time.sleep(0.5)
     assert not _session_workers(), "local_fleet left session workers running"
+
+
+def test_servers_of_one_key_must_run_one_thread_count(monkeypatch):
+    import lutc.fleet as fleet_module
+    made = []
+    real_init = fleet_module.RemoteBench.__init__
+
+    def init(self, *args, **kwargs):       # the second server reports another pool size
+        real_init(self, *args, **kwargs)
+        self.threads += len(made)
+        made.append(self)
+
+    monkeypatch.setattr(fleet_module.RemoteBench, "__init__", init)
+    with local_fleet(2, key="lutc-threads") as (address, _):
+        fleet = Fleet(address, "lutc-threads")
+        with pytest.raises(ValueError, match=r"key 'lutc-threads' run \[1, 2\] threads"):
+            fleet.open(Bench(SPEC, pool_mib=8, calls=5, device_type="cpu"), calls=5)
+    assert fleet.alive == 0 and fleet.threads is None
 
 
 def test_bad_fleet_requests_name_the_problem(tmp_path):
