@@ -50,8 +50,8 @@ def default(target_kind: str, spec, target):
 def for_layout(target_kind: str, spec, target, layout: str):
     """``(module, knobs)`` of the kernel for ``spec`` that reads weights in ``layout``, or None.
 
-    Modules are tried as :func:`default` ranks them (the target's candidates, then its
-    alternatives); a module whose default knobs read another layout is built with the fewest
+    Modules that may read ``layout`` (``contract.may_read``) are tried as :func:`default` ranks
+    them (the target's candidates, then its alternatives); a module whose default knobs read another layout is built with the fewest
     knob changes that make it read ``layout`` (e.g. x86 ``tiles64``: ``vector_bytes=32,
     paired=False``). Used where the weight is already packed (the torch op, ``LUTLinear``).
 
@@ -64,7 +64,7 @@ def for_layout(target_kind: str, spec, target, layout: str):
     """
     ranked = _ranked(CANDIDATES, target_kind, spec, target) + [
         m for m in ALTERNATIVES.get(target_kind, ()) if m.supports(spec, target)]
-    for module in ranked:
+    for module in (m for m in ranked if contract.may_read(m, layout)):
         names = sorted(module.KNOBS)
         for changed in range(len(names) + 1):
             for subset in itertools.combinations(names, changed):

@@ -53,6 +53,8 @@ TEMPLATE = True
 #: ``weight_tiles``: 16-row weight tiles per task (B tiles); ``token_tiles``: 16-token tiles per
 #: pass (A tiles). Each pair has its C tile, and all must fit the 8 tile registers
 #: (:func:`fits`): 1 x 1..3, 2 x 1..2, 3 x 1. More pairs keep more ``tdpbsud`` independent.
+#: The weight layout it reads (:mod:`lutc.layouts`), whatever the knobs: ``dot_mac``'s on x86.
+LAYOUTS = ("dot16",)
 KNOBS = {"weight_tiles": (1, 2, 3), "token_tiles": (1, 2, 3)}
 #: Weight rows (and tokens) of a tile, bytes of a tile row, tile registers.
 ROWS, ROW_BYTES, TILES = 16, 64, 8

@@ -13,6 +13,8 @@ from .simd_lut import lut_kernel
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
+#: The weight layout it reads (:mod:`lutc.layouts`), whatever the knobs.
+LAYOUTS = ("tiles32",)
 KNOBS = {"unroll": (1, 2, 4, 8, 16, 32)}
 SHUFFLE = "llvm.aarch64.neon.tbl1"
 

@@ -19,6 +19,9 @@ Optional, asked for through the functions below (never with ``getattr`` elsewher
   defaults filling the rest): the knobs a kernel is built with, defaults filled in
   (``default_knobs(spec)``, the untuned choice) and impossible combinations refused with
   ``ValueError`` (the CUDA templates, whose defaults depend on the spec);
+* ``LAYOUTS`` (default: any): the layouts ``layout`` can return for some spec and knobs, so that
+  :func:`schedules.for_layout` asks only modules that may read a weight's layout (walking
+  ``cuda_wgmma``'s knob combinations for a ``warp32`` weight took 18 s per M bucket);
 * ``PASS_CONFIG`` (default None): TVM pass options its kernels need (CUDA);
 * ``ADDED_KNOBS`` (default none): knobs added after tuning logs were written, each with the value
   their kernels had before (``dot_mac``'s ``rows``: 1, ``prefetch``: 0; the CUDA templates'
@@ -103,6 +106,13 @@ def recorded_knobs(module: ModuleType, knobs: dict) -> dict:
     return {**getattr(module, "ADDED_KNOBS", {}), **knobs}
 
 
+def may_read(module: ModuleType, layout: str) -> bool:
+    """Whether some knobs of ``module`` read weights in ``layout`` (its ``LAYOUTS``; True where it
+    names none)."""
+    layouts = getattr(module, "LAYOUTS", None)
+    return layouts is None or layout in layouts
+
+
 def pass_config(module: ModuleType) -> Optional[dict]:
     """TVM pass options ``module``'s kernels need (default None)."""
     return getattr(module, "PASS_CONFIG", None)
@@ -114,4 +124,4 @@ def is_template(module: ModuleType) -> bool:
 
 
 __all__ = ["Schedule", "REQUIRED", "check", "preferred", "resolve_knobs", "worth_tuning", "pins_every_knob",
-           "recorded_knobs", "pass_config", "is_template"]
+           "recorded_knobs", "may_read", "pass_config", "is_template"]

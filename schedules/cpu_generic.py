@@ -27,6 +27,8 @@ from tvm import IRModule, s_tir, tirx
 from .common import has_block, inline_table_scale, loops_below, parallelize, table_stages
 
 #: Knobs and their domains, for the tuner.
+#: The weight layout it reads (:mod:`lutc.layouts`), whatever the knobs.
+LAYOUTS = ("bitplane",)
 KNOBS = {"n_block": (4, 8, 16, 32, 64), "unroll": (1, 8, 16, 32, 64)}
 
 

@@ -18,6 +18,8 @@ from tvm import IRModule, s_tir, tirx
 
 from .common import bind_threads, has_block, inline_table_scale, table_stages
 
+#: The weight layout it reads (:mod:`lutc.layouts`), whatever the knobs.
+LAYOUTS = ("bitplane",)
 KNOBS = {"threads": (64, 128, 256)}
 
 

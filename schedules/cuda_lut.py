@@ -47,6 +47,8 @@ from .common import drop_param, merge_knobs, plane_coef, weight_buffers
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
+#: The weight layout it reads (:mod:`lutc.layouts`), whatever the knobs.
+LAYOUTS = ("warp32",)
 KNOBS = {"warps": (1, 2, 4, 8), "tiles": (1, 2, 4), "rows": (1, 2), "units": (1, 2, 4)}
 MAX_M = 8
 SMEM_LIMIT = 48 * 1024

@@ -58,6 +58,8 @@ from .cuda_lut import PASS_CONFIG, SMEM_LIMIT  # noqa: F401  (one limit; TVM can
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
+#: The weight layout it reads (:mod:`lutc.layouts`), whatever the knobs.
+LAYOUTS = ("tc16",)
 KNOBS = {"warps": (1, 2, 4, 8), "wn": (1, 2, 4, 8), "nw": (1, 2, 4), "mt": (1, 2, 4, 8), "xsm": (True, False),
          "units": (1, 2)}
 

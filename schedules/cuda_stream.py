@@ -51,6 +51,8 @@ from .cuda_ptx import (cp16, cp_commit, cp_wait, groups_per_unit, lds128, lds_sc
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
+#: The weight layout it reads (:mod:`lutc.layouts`), whatever the knobs.
+LAYOUTS = ("tc16",)
 KNOBS = {"warps": (1, 2, 4), "wn": (1, 2, 4, 8), "nw": (1, 2, 4), "stages": (2, 3, 4, 6, 8), "late_scale": (0, 1),
          "warp_sync": (0, 1)}
 #: Knobs added after tuning logs were written, at the value their kernels had (``late_scale``: the

@@ -158,6 +158,8 @@ from .cuda_stream import scale_size
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
+#: The weight layout it reads (:mod:`lutc.layouts`), whatever the knobs.
+LAYOUTS = ("tc16",)
 KNOBS = {"wg": (1, 2, 3, 4), "wn": (1, 2), "bm": (64, 128, 176, 256), "stages": (3, 4),
          "ws": (False, True, 2), "splits": (1, 2, 4), "streamk": (0, 78, 114, SMS), "late_scale": (0, 1),
          "ak": (8, 4, 2, 1)}

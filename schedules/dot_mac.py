@@ -48,6 +48,8 @@ ADDED_KNOBS = {"rows": 1, "prefetch": 0, "chains": 1, "in_place": 0, "splits": 1
 # (int32 lanes, intrinsic, needed LLVM features) per architecture
 DOT = {"x86": (16, "llvm.x86.avx512.vpdpbusd.512", ("avx512vnni", "avx512bw")),
        "aarch64": (4, "llvm.aarch64.neon.sdot", ("dotprod",))}
+#: The weight layouts it reads (:mod:`lutc.layouts`): ``dot{L}``, ``L`` the dot instruction's lanes.
+LAYOUTS = tuple(f"dot{lanes}" for lanes, _, _ in DOT.values())
 #: NEON's unsigned-by-signed dot product (Armv8.6 ``i8mm``): codes in place (knob ``in_place=1``)
 #: as the unsigned operand, as on x86.
 USDOT = "llvm.aarch64.neon.usdot"

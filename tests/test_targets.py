@@ -407,6 +407,29 @@ def test_every_schedule_module_provides_the_contract():
         contract.check(broken)
 
 
+
+def test_a_layout_is_asked_only_of_modules_that_may_read_it(monkeypatch):
+    """A warp32 weight on Hopper: cuda_lut reads it with its default knobs, and the tensor-core
+    modules ranked before it (tc16 whatever their knobs) are not walked knob by knob."""
+    from schedules import contract
+    spec = lutc.MPGemmSpec(4, 64, 512, wbits=2, group_size=64, act_dtype="float16")
+    tgt = resolve("cuda:sm_90a")
+    asked = []
+    for m in (schedules.cuda_wgmma, schedules.cuda_stream, schedules.cuda_mma):
+        monkeypatch.setattr(m, "layout", lambda *a, _name=m.__name__, **k: asked.append(_name) or "tc16")
+    assert schedules.for_layout("cuda", spec, tgt, "warp32") == (schedules.cuda_lut, {})
+    assert asked == []
+    # every module's LAYOUTS holds what its layout() says, on each kind of target
+    checked = set()
+    for t, s in ((tgt, spec), (resolve("x86"), spec.with_(act_dtype="float32", table_dtype="int8")),
+                 (resolve("arm"), spec.with_(act_dtype="float32", table_dtype="int8"))):
+        for m in schedules.MODULES:
+            if m.supports(s, t):
+                assert contract.may_read(m, m.layout(s, t)), m.__name__
+                checked.add(m.__name__.rsplit(".", 1)[-1])
+    assert {"cuda_lut", "cuda_generic", "x86", "dot_mac", "arm", "cpu_generic"} <= checked
+    assert not contract.may_read(schedules.cuda_lut, "tc16") and contract.may_read(schedules.x86, "tiles64")
+
 def test_templates_do_not_build_the_front_end_function(monkeypatch):
     import importlib
     build_module = importlib.import_module("lutc.build")     # lutc.build is the function
