@@ -4,16 +4,22 @@ For each N x K, bit width (uniform, group 128) and M, one run times, as users ca
 
 * **kernel**: ``kernel(x, qw)`` of ``lutc.compile((M, N, K), ...)`` (whatever it picks for this
   shape, target and tuning log), weights packed once in its layout;
-* **LUTLinear**: ``module(x)`` of ``LUTLinear.from_packed(qw)`` under ``torch.inference_mode()``
+* **LUTLinear**: ``module(x)`` of ``LUTLinear.from_packed(qw)``
   (the weights held in the layout its plan chose, ``M`` bucketed by the op's kernel cache);
 * **op**: ``torch.ops.lutc.mpgemm`` on the module's buffers (the dispatcher path that
   ``torch.compile`` traces);
 * **dense**: ``F.linear`` on a dense weight of the same shape (fp32 on CPUs, fp16 on GPUs), for
   context;
+* **custom_op**: the op's body (:func:`lutc.torch_ops.check_args`, then the kernel cache)
+  registered as a ``torch.library.custom_op``, as lutc's op was before 2026-12: the baseline of
+  the op's own registration (``lutc.torch_ops``' docstring), timed in the same run;
 
-each with its own pool of weight copies rotating through ``--pool-mib`` MiB (more than the
+all under ``torch.no_grad()`` (what ``transformers``' ``generate`` runs in; ``--grad-mode
+inference_mode`` for ``torch.inference_mode()``, where torch dispatches ops with less work), each
+with its own pool of weight copies rotating through ``--pool-mib`` MiB (more than the
 caches hold: a decode step reads every layer's weights once). CPU times are medians of per-call
-wall times (at least 30 calls and 50 ms). On CUDA every method is timed twice, as
+wall times, the methods timed in turns, 5 rounds of at least 30 calls and 20 ms each (the median
+of the rounds' medians). On CUDA every method is timed twice, as
 ``bench_cuda.py`` times its rows: kernel time in a CUDA graph of rotating calls and eager time
 (back-to-back calls, host overhead included); the four graphs are timed in turns, round by round
 (``lutc.measure.interleaved_graph_us``). The targets of the front-door issue are checked per row:
@@ -32,7 +38,9 @@ import copy
 import datetime
 import json
 import os
+import statistics
 import sys
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +54,35 @@ from lutc.measure import interleaved_graph_us  # noqa: E402
 from lutc.testing import random_weights, reference, rel_error, rotation_copies, tolerance  # noqa: E402
 
 
-def measure(N: int, K: int, wbits: int, M: int, device: str, pool_bytes: int) -> dict:
+def custom_op_baseline():
+    """``lutc_bench::mpgemm``: the op's body (checks, then the kernel cache) registered with
+    ``torch.library.custom_op``, once per process."""
+    if not hasattr(torch.ops.lutc_bench, "mpgemm"):
+        @torch.library.custom_op("lutc_bench::mpgemm", mutates_args=())
+        def mpgemm(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
+                   wbits: int, group_size: int, format: str, g: int, symmetrize: bool,
+                   table_dtype: Optional[str], layout: str, N: int) -> torch.Tensor:
+            spec = lutc.torch_ops.check_args(x, planes, scales, zeros, wbits, group_size, format, g, symmetrize,
+                                             table_dtype, layout, N)
+            return lutc.torch_ops.kernel_cache().run(spec, x, layout, planes, scales,
+                                                     *([zeros] if zeros is not None else []))
+    return torch.ops.lutc_bench.mpgemm
+
+
+def in_turns_us(fns: dict, pool: int, rounds: int = 5) -> dict:
+    """Median per-call time of each of ``fns`` (``fn(i)``, ``i`` rotating over ``pool``), the
+    methods timed one after another, round by round; the median of each method's rounds."""
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(median_us(fn, pool, min_seconds=0.02))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+GRAD_MODES = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
+
+
+def measure(N: int, K: int, wbits: int, M: int, device: str, pool_bytes: int, grad_mode: str = "no_grad") -> dict:
     act = torch.float32 if device == "cpu" else torch.float16
     act_name = str(act).removeprefix("torch.")
     spec = lutc.MPGemmSpec(1, N, K, wbits=wbits, group_size=128)
@@ -81,23 +117,29 @@ def measure(N: int, K: int, wbits: int, M: int, device: str, pool_bytes: int) ->
         return torch.ops.lutc.mpgemm(xd, p, s, z, wbits, 128, "uniform", 4, True, plan.table_dtype,
                                      plan.layouts[layout_i], N)
 
+    def run_custom_op(i):
+        p, s, z = op_args[i]
+        return custom_op_baseline()(xd, p, s, z, wbits, 128, "uniform", 4, True, plan.table_dtype,
+                                    plan.layouts[layout_i], N)
+
     def run_dense(i):
         return F.linear(xd, dense[i % len(dense)])
 
-    with torch.inference_mode():
+    with GRAD_MODES[grad_mode]():
         tol = tolerance(kernel.spec)
         errors = {name: rel_error(fn(0).cpu(), ref) for name, fn in
-                  (("kernel", run_kernel), ("LUTLinear", run_module), ("op", run_op))}
+                  (("kernel", run_kernel), ("LUTLinear", run_module), ("op", run_op),
+                   ("custom_op", run_custom_op))}
         bad = {k: v for k, v in errors.items() if not v < tol}
         if bad:
             raise SystemExit(f"{N}x{K} W{wbits} M={M}: wrong results {bad} (bound {tol})")
         row = {"N": N, "K": K, "wbits": wbits, "M": M, "kernel_schedule": kernel.schedule,
                "kernel_layout": kernel.layout, "module_layouts": list(plan.layouts), "copies": copies,
                "max_rel_error": max(errors.values())}
-        fns = {"kernel": run_kernel, "LUTLinear": run_module, "op": run_op, "dense": run_dense}
+        fns = {"kernel": run_kernel, "LUTLinear": run_module, "op": run_op, "custom_op": run_custom_op,
+               "dense": run_dense}
         if device == "cpu":
-            for name, fn in fns.items():
-                row[name] = median_us(fn, copies, min_seconds=0.05)
+            row.update(in_turns_us(fns, copies))
         else:
             # in turns: timed one after another, the later ones ran on a hotter, slower GPU
             graph_us = interleaved_graph_us({name: rotating(fn, copies) for name, fn in fns.items()},
@@ -171,24 +213,27 @@ def markdown(rows: list, device: str, machine: str, args) -> str:
              f"`python benchmarks/bench_front_doors.py {' '.join(sys.argv[1:])}`, "
              f"{datetime.date.today()}, lutc {lutc.__version__}, torch {torch.__version__}, "
              f"{os.environ.get('TVM_NUM_THREADS')} TVM threads, weights rotating through "
-             f"{args.pool_mib} MiB per method. Times in us (median per call).", ""]
+             f"{args.pool_mib} MiB per method, under torch.{args.grad_mode}(). Times in us (median per call).", ""]
     if device == "cpu":
-        lines += ["| N x K | W | M | kernel (lutc.compile) | LUTLinear | op | dense fp32 | LUTLinear / kernel | "
-                  "target | kernel schedule, layout | LUTLinear layout, schedules |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| N x K | W | M | kernel (lutc.compile) | LUTLinear | op | op as custom_op | dense fp32 | "
+                  "LUTLinear / kernel | op / kernel | target | kernel schedule, layout | LUTLinear layout, schedules |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r['N']}x{r['K']} | {r['wbits']} | {r['M']} | {r['kernel']:.0f} | {r['LUTLinear']:.0f} | "
-                         f"{r['op']:.0f} | {r['dense']:.0f} | {r['LUTLinear'] / r['kernel']:.2f} | "
+                         f"{r['op']:.0f} | {r['custom_op']:.0f} | {r['dense']:.0f} | {r['LUTLinear'] / r['kernel']:.2f} | "
+                         f"{r['op'] / r['kernel']:.2f} | "
                          f"{'met' if r['target_met'] else 'missed'} | {r['kernel_schedule']}, {r['kernel_layout']} | "
                          f"{'+'.join(r['module_layouts'])}, {'/'.join(r['module_schedules'])} |")
     else:
         lines += ["| N x K | W | M | kernel graph | LUTLinear graph | op graph | kernel eager | LUTLinear eager | "
-                  "op eager | cuBLAS fp16 graph | LUTLinear / kernel (graph) | target | kernel | LUTLinear layouts |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "op eager | op as custom_op eager | cuBLAS fp16 graph | LUTLinear / kernel (graph) | target | kernel | "
+                  "LUTLinear layouts |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r['N']}x{r['K']} | {r['wbits']} | {r['M']} | {r['kernel_graph']:.1f} | "
                          f"{r['LUTLinear_graph']:.1f} | {r['op_graph']:.1f} | {r['kernel_eager']:.1f} | "
-                         f"{r['LUTLinear_eager']:.1f} | {r['op_eager']:.1f} | {r['dense_graph']:.1f} | "
+                         f"{r['LUTLinear_eager']:.1f} | {r['op_eager']:.1f} | {r['custom_op_eager']:.1f} | "
+                         f"{r['dense_graph']:.1f} | "
                          f"{r['LUTLinear_graph'] / r['kernel_graph']:.2f} | {'met' if r['target_met'] else 'missed'} | "
                          f"{r['kernel_schedule']} ({r['kernel_layout']}) | {'+'.join(r['module_layouts'])} |")
     met = sum(r["target_met"] for r in rows)  # (decode steps are appended after this table)
@@ -211,6 +256,8 @@ def main() -> None:
     ap.add_argument("--m", default="1,16,128")
     ap.add_argument("--pool-mib", type=int, default=None, help="default 1024 (CPU), 512 (CUDA)")
     ap.add_argument("--out", default=None, help="write the Markdown table (and .json beside it) here")
+    ap.add_argument("--grad-mode", default="no_grad", choices=sorted(GRAD_MODES),
+                    help="the context every method runs in (default: torch.no_grad(), as transformers' generate)")
     ap.add_argument("--decode-layers", type=int, default=0,
                     help="also time a decode step of this many Llama-7B-sized blocks' Linear layers")
     args = ap.parse_args()
@@ -221,7 +268,7 @@ def main() -> None:
         N, K = (int(v) for v in shape.lower().split("x"))
         for wbits in (int(w) for w in args.wbits.split(",")):
             for M in (int(m) for m in args.m.split(",")):
-                row = measure(N, K, wbits, M, args.device, args.pool_mib << 20)
+                row = measure(N, K, wbits, M, args.device, args.pool_mib << 20, args.grad_mode)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     text = markdown(rows, args.device, machine_name(args.device), args)

@@ -68,8 +68,20 @@ synchronizes, and TVM launches on torch's current stream (tvm-ffi reads it from 
 Kernels are compiled on first use, so run the model once before capturing (as for any lazily
 initialized CUDA code).
 
-Autograd is not registered: the op is for inference (``torch.no_grad()``/``inference_mode()``);
-backward through it raises torch's "no autograd formula" error.
+No gradient: the op is for inference (``torch.no_grad()``/``inference_mode()``). Called in grad
+mode on an input that wants a gradient it still computes the product, and a backward through it
+raises, naming the op.
+
+Eager cost: the op is defined with ``torch.library.Library`` and its own Autograd kernel, which
+sends plain CPU/CUDA tensors straight to the kernel cache, not with ``torch.library.custom_op``,
+whose Python autograd wrapper and aliasing check run on every call outside
+``torch.inference_mode()`` (an empty op: 24 us per call as a ``custom_op``, 6.6 us so, on a
+2-core x86). Under ``torch.no_grad()``, the op's body registered both ways in one run: on the
+H200 machine an eager 4096 x 4096 call took 26.8-31.1 us against 39.4-43.5
+(``benchmarks/results/front_doors_cuda_op_dispatch.md``), on its 16-core host CPU at 2 threads
+a decode 19-31 us less (4096 x 4096 W2: 204 against 223 us,
+``front_doors_cpu_op_dispatch_host.md``). What is left over ``LUTLinear``'s own path is mostly
+the argument checks (:func:`check_args`, about 7 us on the 2-core x86).
 """
 from __future__ import annotations
 
@@ -445,13 +457,37 @@ def check_args(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor,
     return spec
 
 
-@torch.library.custom_op("lutc::mpgemm", mutates_args=())
+#: The op's schema: the arguments of :func:`mpgemm` in ``torch.library``'s spelling.
+SCHEMA = ("mpgemm(Tensor x, Tensor planes, Tensor scales, Tensor? zeros, int wbits, int group_size, "
+          "str format='uniform', int g=4, bool symmetrize=True, str? table_dtype=None, "
+          "str layout='bitplane', int N=-1, Tensor? perm=None) -> Tensor")
+
+# torch.library.Library rather than custom_op: its eager calls cost less (module docstring).
+_LIB = torch.library.Library("lutc", "DEF")
+_LIB.define(SCHEMA)
+
+
 def mpgemm(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor,
            zeros: Optional[torch.Tensor], wbits: int, group_size: int, format: str = "uniform",
            g: int = 4, symmetrize: bool = True, table_dtype: Optional[str] = None,
            layout: str = "bitplane", N: int = -1, perm: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``y[M, N] = x[M, K] @ W[N, K]^T`` for packed ``W`` (module docstring); ``y`` in x's dtype.
-    ``perm``: the weight's column order (act-order checkpoints), applied to ``x``'s features."""
+    ``perm``: the weight's column order (act-order checkpoints), applied to ``x``'s features.
+    The same as ``torch.ops.lutc.mpgemm``.
+
+    Example:
+        >>> import lutc
+        >>> qw = lutc.quantize(torch.randn(64, 256), wbits=2, group_size=64)
+        >>> mpgemm(torch.randn(3, 256), qw.planes, qw.scales, qw.zeros, 2, 64).shape
+        torch.Size([3, 64])
+    """
+    return torch.ops.lutc.mpgemm.default(x, planes, scales, zeros, wbits, group_size, format, g, symmetrize,
+                                         table_dtype, layout, N, perm)
+
+
+def _mpgemm_kernel(x, planes, scales, zeros, wbits, group_size, format="uniform", g=4, symmetrize=True,
+                   table_dtype=None, layout="bitplane", N=-1, perm=None):
+    """The op on CPU and CUDA tensors: check, then run the bucket's kernel."""
     spec = check_args(x, planes, scales, zeros, wbits, group_size, format, g, symmetrize, table_dtype,
                       layout, N, perm)
     if perm is not None:
@@ -459,7 +495,43 @@ def mpgemm(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor,
     return _CACHE.run(spec, x, layout, planes, scales, *([zeros] if zeros is not None else []))
 
 
-@mpgemm.register_fake
+def _below_autograd(*args):
+    """The op dispatched past its Autograd kernel: to the CPU/CUDA kernel, the fake kernel under
+    torch.compile, or a tensor subclass's handler."""
+    with torch._C._AutoDispatchBelowAutograd():
+        return torch.ops.lutc.mpgemm.default(*args)
+
+
+class _NoBackward(torch.autograd.Function):
+    """The op where a gradient was asked for: the forward runs, a backward raises."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        return _below_autograd(*args)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("lutc::mpgemm has no backward: lutc's kernels are for inference; run the "
+                           "model under torch.no_grad() or torch.inference_mode()")
+
+
+def _mpgemm_autograd(*args):
+    """The op's Autograd kernel: plain CPU/CUDA tensors go straight to the kernel (one dispatch),
+    unless an input wants a gradient; other tensors are dispatched on below autograd."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return _NoBackward.apply(*args)
+    if all(type(t) is torch.Tensor and not t.is_meta for t in tensors):
+        return _mpgemm_kernel(*args)
+    return _below_autograd(*args)
+
+
+_LIB.impl("mpgemm", _mpgemm_kernel, "CPU")
+_LIB.impl("mpgemm", _mpgemm_kernel, "CUDA")
+_LIB.impl("mpgemm", _mpgemm_autograd, "Autograd")
+
+
+@torch.library.register_fake("lutc::mpgemm", lib=_LIB)
 def _mpgemm_fake(x, planes, scales, zeros, wbits, group_size, format="uniform", g=4,
                  symmetrize=True, table_dtype=None, layout="bitplane", N=-1, perm=None):
     # Same checks at trace time, so torch.compile reports a bad argument before running anything.

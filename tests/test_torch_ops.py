@@ -149,6 +149,21 @@ def test_zero_rows():
     assert _op(torch.empty(0, 256), qw).shape == (0, 64)
 
 
+def test_a_gradient_asked_for_runs_forward_and_refuses_backward():
+    """Grad mode with an input that wants a gradient (a model called without torch.no_grad()):
+    the product is still right, and a backward raises instead of leaving x.grad silently unset."""
+    qw = _weights(wbits=3)
+    x = torch.randn(4, 256, generator=GEN, requires_grad=True)
+    y = _op(x, qw)
+    assert y.requires_grad and rel_error(y.detach(), reference(x.detach(), qw)) < _tol(x, qw)
+    with pytest.raises(RuntimeError, match="lutc::mpgemm has no backward"):
+        y.sum().backward()
+    with torch.no_grad():
+        assert not _op(x, qw).requires_grad
+    with torch.inference_mode():
+        assert rel_error(_op(x.detach(), qw), y.detach()) == 0
+
+
 def test_compile_fullgraph_no_graph_break():
     qw = _weights(wbits=4, zero_point=True)
 
