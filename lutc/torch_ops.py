@@ -517,11 +517,12 @@ class _NoBackward(torch.autograd.Function):
 
 def _mpgemm_autograd(*args):
     """The op's Autograd kernel: plain CPU/CUDA tensors go straight to the kernel (one dispatch),
-    unless an input wants a gradient; other tensors are dispatched on below autograd."""
+    unless an input wants a gradient; other tensors, and any call under a TorchDispatchMode
+    (which must see the op), are dispatched on below autograd."""
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return _NoBackward.apply(*args)
-    if all(type(t) is torch.Tensor and not t.is_meta for t in tensors):
+    if not torch._C._len_torch_dispatch_stack() and all(type(t) is torch.Tensor and not t.is_meta for t in tensors):
         return _mpgemm_kernel(*args)
     return _below_autograd(*args)
 

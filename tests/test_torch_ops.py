@@ -164,6 +164,24 @@ def test_a_gradient_asked_for_runs_forward_and_refuses_backward():
         assert rel_error(_op(x.detach(), qw), y.detach()) == 0
 
 
+def test_a_dispatch_mode_sees_the_op():
+    """Plain tensors skip the dispatcher's lower levels, but not under a TorchDispatchMode."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    qw = _weights()
+    x = torch.randn(2, 256, generator=GEN)
+    with torch.no_grad(), Seen():
+        y = _op(x, qw)
+    assert "lutc.mpgemm.default" in Seen.ops and rel_error(y, reference(x, qw)) < _tol(x, qw)
+
+
 def test_compile_fullgraph_no_graph_break():
     qw = _weights(wbits=4, zero_point=True)
 
