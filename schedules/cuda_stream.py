@@ -53,7 +53,7 @@ from .cuda_ptx import (cp16, cp_commit, cp_wait, groups_per_unit, lds128, lds_sc
 TEMPLATE = True
 #: The weight layout it reads (:mod:`lutc.layouts`), whatever the knobs.
 LAYOUTS = ("tc16",)
-KNOBS = {"warps": (1, 2, 4), "wn": (1, 2, 4, 8), "nw": (1, 2, 4), "stages": (2, 3, 4, 6, 8), "late_scale": (0, 1),
+KNOBS = {"warps": (1, 2, 4, 8), "wn": (1, 2, 4, 8), "nw": (1, 2, 4), "stages": (2, 3, 4, 6, 8), "late_scale": (0, 1),
          "warp_sync": (0, 1)}
 #: Knobs added after tuning logs were written, at the value their kernels had (``late_scale``: the
 #: scales multiplied the dequantized fp16 weights; ``warp_sync``: a block barrier per step).
@@ -69,6 +69,9 @@ X_ROW = 136
 #: Blocks of the 2-tile decode default (N / 32) under which a warp takes one tile instead: two
 #: blocks per SM (:func:`default_knobs`).
 FEW_BLOCKS = 2 * SMS
+#: K from which a wide M = 1 decode splits K in 8 slices per block (:func:`default_knobs`): each
+#: warp still walks 8 units or more.
+LONG_K = 8192
 
 
 def supports(spec, target) -> bool:
@@ -129,11 +132,22 @@ def default_knobs(spec) -> dict:
     against 5.9 / 6.0; with 344 blocks, 11008 x 4096 kept the default: 9.2 / 11.3 against
     11.5 / 11.7).
 
+    At M = 1 with K >= :data:`LONG_K` and at least one 2-tile block per SM, K is split in 8
+    slices per block (8 warps of 2 row tiles, 4 stages): the 4-warp blocks left an SM 12.6 warps of the 24 its
+    registers allow, stalled on fixed-latency dependencies (the docstring of
+    :func:`stream_kernel`), and twice the warps per block doubles them. On the H200, in turns
+    against the tuned 4-warp kernels (``benchmarks/results/cuda_stream_warps8_h200.log``):
+    28672 x 8192 W2 26.1 against 28.2 us, W4 33.7 against 36.5; 8192 x 28672 W2 26.0 against
+    30.4, W4 33.3 against 34.7. At M = 4 it lost on 28672 x 8192 (W2 31.6 against 28.5), so
+    from M = 2 the 4-warp defaults stay.
+
     Each warp waits on its own copies (``warp_sync``): on the H200, these defaults at M = 1 and
     4 on 28672 x 8192, 8192 x 28672 and 4096 x 4096 took 0.95-1.01x the time with the block
     barrier, in turns (8192 x 28672 M = 4: 33.9 / 39.2 us W2 / W4 against 35.8 / 41.4;
     ``benchmarks/results/cuda_stream_warp_sync_h200.log``)."""
     shared = {"late_scale": int(can_scale_late(spec)), "warp_sync": 1}    # (every default's)
+    if spec.M == 1 and spec.K >= LONG_K and -(-spec.N // 32) >= SMS:   # K in 8 slices per block
+        return {"warps": 8, "wn": 1, "nw": 2, "stages": 4, **shared}
     if spec.M == 1 and -(-spec.N // 32) < FEW_BLOCKS:     # narrow: a tile per warp, deeper
         if tc16_code_bits(spec) == 4:
             return {"warps": 4, "wn": 2, "nw": 1, "stages": 6, **shared}

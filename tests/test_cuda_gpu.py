@@ -104,6 +104,11 @@ STREAM_CASES = [
     # decode on a narrow weight: a row tile per warp (the M = 1 defaults where N / 32 blocks are few)
     (lutc.MPGemmSpec(1, 1000, 11008, wbits=4, group_size=128, act_dtype="float16"), dict(wn=2, nw=1, stages=6)),
     (lutc.MPGemmSpec(1, 1000, 14336, wbits=2, group_size=128, act_dtype="bfloat16"), dict(nw=1, stages=8)),
+    # K in 8 slices per block (8 warps): a slice with fewer units than the others (86 units)
+    (lutc.MPGemmSpec(1, 1000, 11008, wbits=2, group_size=128, act_dtype="float16"),
+     dict(warps=8, wn=1, nw=4, stages=2, late_scale=1)),
+    (lutc.MPGemmSpec(13, 1000, 11008, wbits=4, group_size=64, zero_point=True, act_dtype="float16"),
+     dict(warps=8, wn=1, nw=2, stages=2, warp_sync=1)),
     # warp_sync: each warp copies its own rows of x and waits on __syncwarp (x per warp beside
     # other warps of its K slice, rows 8..15, zero points, two stages)
     (lutc.MPGemmSpec(13, 1000, 11008, wbits=2, group_size=32, act_dtype="float16"),
