@@ -261,10 +261,10 @@ def test_multiply_add_tuning_space_skips_kernels_it_already_has():
 
 
 def test_decode_prefetches_by_default_where_it_was_timed_to_pay():
-    """``default_prefetch``: a decode on x86 with codes of 2 bits or more prefetches 16 chunks
-    ahead from K = 8192, and at any K on a CPU with AMX (the Emerald Rapids machines it was timed
-    on); K = 4096 elsewhere (an EPYC lost), W1, batches and ARM keep the hardware prefetchers
-    alone. A knob given wins."""
+    """``default_prefetch``: a decode (or a batch of 2) on x86 with codes of 2 bits or more
+    prefetches 16 chunks ahead from K = 8192, and at any K on a CPU with AMX (the Emerald Rapids
+    machines it was timed on); K = 4096 elsewhere (an EPYC lost), W1, batches from 3 rows and ARM
+    keep the hardware prefetchers alone. A knob given wins."""
     amx, vnni, arm = resolve(AMX_CPU), resolve({"kind": "llvm", "mcpu": "icelake-server"}), resolve("arm")
     default = schedules.dot_mac.default_prefetch
     long_w2 = lutc.MPGemmSpec(1, 64, 11008, wbits=2, group_size=128, table_dtype="int8")
@@ -272,6 +272,8 @@ def test_decode_prefetches_by_default_where_it_was_timed_to_pay():
     assert default(long_w2, vnni) == default(long_w2, amx) == 16 and default(long_w2, arm) == 0
     assert default(short_w4, amx) == 16 and default(short_w4, vnni) == 0
     assert default(lutc.MPGemmSpec(1, 64, 11008, wbits=1, group_size=32, table_dtype="int8"), amx) == 0
+    assert default(lutc.MPGemmSpec(2, 64, 11008, wbits=2, group_size=128, table_dtype="int8"), amx) == 16
+    assert default(lutc.MPGemmSpec(3, 64, 11008, wbits=2, group_size=128, table_dtype="int8"), amx) == 0
     assert default(lutc.MPGemmSpec(4, 64, 11008, wbits=2, group_size=128, table_dtype="int8"), amx) == 0
     assert "@llvm.prefetch" in lutc.build(long_w2, target=vnni, schedule="dot_mac").source
     assert "@llvm.prefetch" not in lutc.build(long_w2, target=vnni, schedule="dot_mac", knobs={"prefetch": 0}).source
