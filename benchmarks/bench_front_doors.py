@@ -220,14 +220,15 @@ def markdown(rows: list, device: str, machine: str, args) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r['N']}x{r['K']} | {r['wbits']} | {r['M']} | {r['kernel']:.0f} | {r['LUTLinear']:.0f} | "
-                         f"{r['op']:.0f} | {r['custom_op']:.0f} | {r['dense']:.0f} | {r['LUTLinear'] / r['kernel']:.2f} | "
+                         f"{r['op']:.0f} | {r['custom_op']:.0f} | {r['dense']:.0f} | "
+                         f"{r['LUTLinear'] / r['kernel']:.2f} | "
                          f"{r['op'] / r['kernel']:.2f} | "
                          f"{'met' if r['target_met'] else 'missed'} | {r['kernel_schedule']}, {r['kernel_layout']} | "
                          f"{'+'.join(r['module_layouts'])}, {'/'.join(r['module_schedules'])} |")
     else:
         lines += ["| N x K | W | M | kernel graph | LUTLinear graph | op graph | kernel eager | LUTLinear eager | "
-                  "op eager | op as custom_op eager | cuBLAS fp16 graph | LUTLinear / kernel (graph) | target | kernel | "
-                  "LUTLinear layouts |",
+                  "op eager | op as custom_op eager | cuBLAS fp16 graph | LUTLinear / kernel (graph) | target | "
+                  "kernel | LUTLinear layouts |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r['N']}x{r['K']} | {r['wbits']} | {r['M']} | {r['kernel_graph']:.1f} | "

@@ -51,9 +51,9 @@ def for_layout(target_kind: str, spec, target, layout: str):
     """``(module, knobs)`` of the kernel for ``spec`` that reads weights in ``layout``, or None.
 
     Modules that may read ``layout`` (``contract.may_read``) are tried as :func:`default` ranks
-    them (the target's candidates, then its alternatives); a module whose default knobs read another layout is built with the fewest
-    knob changes that make it read ``layout`` (e.g. x86 ``tiles64``: ``vector_bytes=32,
-    paired=False``). Used where the weight is already packed (the torch op, ``LUTLinear``).
+    them (the target's candidates, then its alternatives); a module whose default knobs read
+    another layout is built with the fewest knob changes that make it read ``layout`` (e.g. x86
+    ``tiles64``: ``vector_bytes=32, paired=False``). Used where the weight is already packed (the torch op, ``LUTLinear``).
 
     Example:
         >>> import lutc, lutc.target

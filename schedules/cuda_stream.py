@@ -133,8 +133,8 @@ def default_knobs(spec) -> dict:
     11.5 / 11.7).
 
     At M = 1 with K >= :data:`LONG_K` and at least one 2-tile block per SM, K is split in 8
-    slices per block (8 warps of 2 row tiles, 4 stages): the 4-warp blocks left an SM 12.6 warps of the 24 its
-    registers allow, stalled on fixed-latency dependencies (the docstring of
+    slices per block (8 warps of 2 row tiles, 4 stages): the 4-warp blocks left an SM 12.6 warps
+    of the 24 its registers allow, stalled on fixed-latency dependencies (the docstring of
     :func:`stream_kernel`), and twice the warps per block doubles them. On the H200, in turns
     against the tuned 4-warp kernels (``benchmarks/results/cuda_stream_warps8_h200.log``):
     28672 x 8192 W2 26.1 against 28.2 us, W4 33.7 against 36.5; 8192 x 28672 W2 26.0 against

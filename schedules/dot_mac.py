@@ -168,8 +168,8 @@ PREFETCH_MIN_K = 8192
 
 def default_prefetch(spec, target) -> int:
     """16 chunks ahead (1 KB of a tile's weights, then the next task's: :func:`prefetched`) for a
-    decode (M = 1, and batches of 2) on x86 with codes of 2 bits or more, where rows hold :data:`PREFETCH_MIN_K`
-    weights or more or the CPU has AMX; else 0, the hardware prefetchers alone. Measured in turns,
+    decode (M = 1, and batches of 2) on x86 with codes of 2 bits or more, where rows hold
+    :data:`PREFETCH_MIN_K` weights or more or the CPU has AMX; else 0, the hardware prefetchers alone. Measured in turns,
     weights through 1 GiB, against no prefetch (1 / 2 threads):
 
     - the 2-core Emerald Rapids VM (``benchmarks/results/cpu_prefetch_long_k_emr.md``,
@@ -185,7 +185,7 @@ def default_prefetch(spec, target) -> int:
 
     At M = 2 on the VM it paid 1.00-1.17x over none on all 8 rows of two runs (4096 x 11008,
     11008 x 4096, 4096 x 4096, 4096 x 14336, W2 and W4); from M = 3 it lost as often as it won
-    (0.71-1.09x: the rows of x, not the loads, take the time): ``cpu_prefetch_batches_emr.md``.
+    (0.71-1.09x): ``benchmarks/results/cpu_prefetch_batches_emr.md``.
 
     ARM (no hardware timed here) keeps 0."""
     x86_decode = spec.M <= 2 and code_bits(spec.wbits) >= 2 and arch(target) == "x86"
