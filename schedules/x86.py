@@ -14,9 +14,9 @@ from .simd_lut import lut_kernel
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
-#: The weight layouts it reads (:mod:`lutc.layouts`): paired or not, 32- or 64-byte vectors.
-LAYOUTS = ("ptiles32", "ptiles64", "tiles64", "tiles128")
 KNOBS = {"vector_bytes": (32, 64), "unroll": (1, 2, 4, 8, 16, 32), "paired": (True, False)}
+#: The weight layouts it reads (:mod:`lutc.layouts`, :func:`layout`): paired or not, per vector width.
+LAYOUTS = tuple(f"ptiles{v}" for v in KNOBS["vector_bytes"]) + tuple(f"tiles{2 * v}" for v in KNOBS["vector_bytes"])
 SHUFFLE = {32: "llvm.x86.avx2.pshuf.b", 64: "llvm.x86.avx512.pshuf.b.512"}
 PAIR_MADD = {32: "llvm.x86.avx2.pmadd.ub.sw", 64: "llvm.x86.avx512.pmaddubs.w.512"}
 
