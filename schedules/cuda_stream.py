@@ -25,16 +25,20 @@ fragments' order, so x stays in its own), the fragments of two k16 steps of weig
 ``cuda_mma`` does (:func:`schedules.cuda_ptx.deq`: ``(q - c) s``, one rounding; without zero
 points :func:`~schedules.cuda_ptx.deq_c`, which folds ``- c`` into the magic-number FMA: at
 M <= 8 the kernel is bound by these instructions, W2 and W4 took the same time), then the mma.
-For M <= 8 the product is computed transposed, ``y^T = W x^T``: the 16 x 16 weight fragment is
-the A operand (its registers are exactly the two 8-row B fragments of ``cuda_mma``) and x^T the
-8-column B operand, so one ``m16n8k16`` covers 16 rows of N (``2 x nw`` per k16 pair) where
-padding M to 16 took two (``2 x nw x 2``); for 8 < M <= 16, x is A (rows 8..15 loaded).
+For M up to ``swap_upto`` tokens (knob: 8, or 16, the default from M = 9) the product is
+computed transposed, ``y^T = W x^T``: the 16 x 16 weight fragment is the A operand (its registers
+are exactly the two 8-row B fragments of ``cuda_mma``) and x^T the B operand, 8 tokens per
+fragment, so one ``m16n8k16`` per 8 tokens covers 16 rows of N (``2 x nw`` per k16 pair at
+M <= 8) where padding M to 16 took two (``2 x nw x 2``); past ``swap_upto``, x is A (rows 8..15
+loaded). Transposed, the fp32 sums hold rows of N, which is what the late scale needs: at M = 16
+on 28672 x 8192 W2 (H200, 4 warps x 2, 2 tiles, 3 stages) 48.2 us against 60.1 with x as A
+(``benchmarks/results/cuda_stream_batches_h200.md``).
 
 Limits (``supports``): CUDA sm_80+, fp16 or bf16 activations, the formats ``tc16`` holds (uniform
 W1-W4, ternary: :func:`~schedules.cuda_ptx.reads_tc16`), K % 128 == 0, M <= 16. Results equal
-``cuda_mma``'s up to the order of the fp32 sums; with the late scale (the default at M <= 8
-without zero points, :func:`stream_kernel`) the scale multiplies fp32 sums instead of fp16
-weights: one rounding less.
+``cuda_mma``'s up to the order of the fp32 sums; with the late scale (the default of the
+transposed product without zero points, :func:`stream_kernel`) the scale multiplies fp32 sums
+instead of fp16 weights: one rounding less.
 """
 from __future__ import annotations
 
@@ -54,10 +58,11 @@ TEMPLATE = True
 #: The weight layout it reads (:mod:`lutc.layouts`), whatever the knobs.
 LAYOUTS = ("tc16",)
 KNOBS = {"warps": (1, 2, 4, 8), "wn": (1, 2, 4, 8), "nw": (1, 2, 4), "stages": (2, 3, 4, 6, 8), "late_scale": (0, 1),
-         "warp_sync": (0, 1)}
+         "warp_sync": (0, 1), "swap_upto": (8, 16)}
 #: Knobs added after tuning logs were written, at the value their kernels had (``late_scale``: the
-#: scales multiplied the dequantized fp16 weights; ``warp_sync``: a block barrier per step).
-ADDED_KNOBS = {"late_scale": 0, "warp_sync": 0}
+#: scales multiplied the dequantized fp16 weights; ``warp_sync``: a block barrier per step;
+#: ``swap_upto``: the product transposed at M <= 8 only).
+ADDED_KNOBS = {"late_scale": 0, "warp_sync": 0, "swap_upto": 8}
 MAX_M = 16
 #: Shared memory of one block (all of it dynamic: the ring, reused for the split-K sum): the
 #: opt-in limit of sm_86/sm_89 (99 KB), the smallest of the GPUs this kernel supports (sm_80
@@ -138,16 +143,24 @@ def default_knobs(spec) -> dict:
     :func:`stream_kernel`), and twice the warps per block doubles them. On the H200, in turns
     against the tuned 4-warp kernels (``benchmarks/results/cuda_stream_warps8_h200.log``):
     28672 x 8192 W2 26.1 against 28.2 us, W4 33.7 against 36.5; 8192 x 28672 W2 26.0 against
-    30.4, W4 33.3 against 34.7. At M = 4 it lost on 28672 x 8192 (W2 31.6 against 28.5), so
-    from M = 2 the 4-warp defaults stay.
+    30.4, W4 33.3 against 34.7. With 2-bit slots it is the default up to M = 8 too, with 4 row
+    tiles per warp and 2 stages, which keep a block's ring (x grows with M) small enough for 4
+    blocks per SM (H200, in turns, ``benchmarks/results/cuda_stream_batches_h200.md``): W2 on
+    28672 x 8192 at M = 2 / 4 / 8 27.1 / 27.5 / 38.0 us against the 4-warp default's 30.2 / 34.1 /
+    52.0 (``cuda_wgmma`` 33.3 / 32.1 / 32.2: it stays first from M = 5 on a wide weight), on
+    8192 x 28672 26.1 / 27.1 / 31.2 against 30.5 / 33.6 / 45.5. 4-bit slots keep the 4-warp
+    defaults from M = 2 (W4 on 28672 x 8192 at M = 2: 43.4 against 38.4).
 
     Each warp waits on its own copies (``warp_sync``): on the H200, these defaults at M = 1 and
     4 on 28672 x 8192, 8192 x 28672 and 4096 x 4096 took 0.95-1.01x the time with the block
     barrier, in turns (8192 x 28672 M = 4: 33.9 / 39.2 us W2 / W4 against 35.8 / 41.4;
     ``benchmarks/results/cuda_stream_warp_sync_h200.log``)."""
-    shared = {"late_scale": int(can_scale_late(spec)), "warp_sync": 1}    # (every default's)
-    if spec.M == 1 and spec.K >= LONG_K and -(-spec.N // 32) >= SMS:   # K in 8 slices per block
+    swap_upto = 8 if spec.M <= 8 else 16
+    shared = {"late_scale": int(can_scale_late(spec, swap_upto)), "warp_sync": 1, "swap_upto": swap_upto}
+    if spec.M == 1 and eight_slices(spec):     # K in 8 slices per block
         return {"warps": 8, "wn": 1, "nw": 2, "stages": 4, **shared}
+    if eight_slices(spec):                     # ... with 4 row tiles per warp, 2 stages (M <= 8)
+        return {"warps": 8, "wn": 1, "nw": 4, "stages": 2, **shared}
     if spec.M == 1 and -(-spec.N // 32) < FEW_BLOCKS:     # narrow: a tile per warp, deeper
         if tc16_code_bits(spec) == 4:
             return {"warps": 4, "wn": 2, "nw": 1, "stages": 6, **shared}
@@ -164,20 +177,36 @@ def default_knobs(spec) -> dict:
     return {"warps": 4, "wn": 2, "nw": 2, "stages": 3, **shared}
 
 
-def can_scale_late(spec) -> bool:
-    """Whether the ``late_scale`` knob can be 1: the transposed product (M <= 8), whose fp32 sums
-    of a tile hold one row of N per register pair, and the format's constant zero (a zero point
-    would have to leave the dequantization too)."""
-    return spec.M <= 8 and not spec.zero_point
+def eight_slices(spec) -> bool:
+    """Whether the default splits K in 8 slices per block (8 warps): a long K (:data:`LONG_K`) on
+    a weight with a 2-tile block per SM, at M = 1, and at M = 2..8 for 2-bit slots (W1, W2,
+    ternary), whose cheaper dequantization leaves the product bound by the chains in flight longest
+    (:func:`default_knobs`)."""
+    long_wide = spec.K >= LONG_K and -(-spec.N // 32) >= SMS
+    return long_wide and (spec.M == 1 or (spec.M <= 8 and tc16_code_bits(spec) == 2))
+
+
+def can_scale_late(spec, swap_upto: int = MAX_M) -> bool:
+    """Whether the ``late_scale`` knob can be 1: the transposed product (M <= ``swap_upto``), whose
+    fp32 sums of a tile hold one row of N per register pair, and the format's constant zero (a
+    zero point would have to leave the dequantization too)."""
+    return spec.M <= swap_upto and not spec.zero_point
+
+
+def worth_tuning(spec, target, swap_upto=None, **knobs) -> bool:
+    """At M <= 8 both ``swap_upto`` values build the same kernel: the tuner times one."""
+    return spec.M > 8 or swap_upto != 16
 
 
 def resolve_knobs(spec, **given) -> dict:
     """The knobs a kernel is built with: ``given`` (None = default) over :func:`default_knobs`.
     Raises ValueError for a value outside ``KNOBS`` or more shared memory than a block has."""
     knobs = merge_knobs("cuda_stream", KNOBS, default_knobs(spec), given)
-    if knobs["late_scale"] and not can_scale_late(spec):
-        raise ValueError("cuda_stream knob late_scale=1 needs M <= 8 and no zero points "
-                         f"(M = {spec.M}, zero_point = {spec.zero_point})")
+    if given.get("late_scale") is None:     # the default follows the product's form
+        knobs["late_scale"] = int(can_scale_late(spec, knobs["swap_upto"]))
+    if knobs["late_scale"] and not can_scale_late(spec, knobs["swap_upto"]):
+        raise ValueError("cuda_stream knob late_scale=1 needs the transposed product (M <= swap_upto) and no "
+                         f"zero points (M = {spec.M}, swap_upto = {knobs['swap_upto']}, zero_point = {spec.zero_point})")
     for name in ("stages", "warps", "nw"):    # a default that does not fit beside the knobs given
         while given.get(name) is None and smem_bytes(spec, **knobs) > SMEM_LIMIT and knobs[name] > min(KNOBS[name]):
             knobs[name] = max(v for v in KNOBS[name] if v < knobs[name])
@@ -203,9 +232,10 @@ def x_slices(warps: int, wn: int, warp_sync: int) -> int:
     return warps * wn if warp_sync else warps
 
 
-def smem_bytes(spec, warps: int, wn: int, nw: int, stages: int, late_scale: int = 0, warp_sync: int = 0) -> int:
+def smem_bytes(spec, warps: int, wn: int, nw: int, stages: int, late_scale: int = 0, warp_sync: int = 0,
+               swap_upto: int = 8) -> int:
     """Dynamic shared memory of one block: the ring, whose storage the split-K sum reuses
-    (``late_scale`` changes none of it)."""
+    (``late_scale`` and ``swap_upto`` change none of it)."""
     ring = stages * sum(stage_bytes(spec, warps, wn, nw, warp_sync).values())
     red = warps * wn * 16 * nw * 16 * 4 if warps > 1 else 0
     return max(ring, red)
@@ -217,13 +247,15 @@ def scale_size(spec) -> int:
 
 
 def schedule(func, spec, target, warps=None, wn=None, nw=None, stages=None, late_scale=None,
-             warp_sync=None) -> s_tir.Schedule:
+             warp_sync=None, swap_upto=None) -> s_tir.Schedule:
     """The streamed dequantize + mma kernel for ``spec`` (``func`` is its reference semantics)."""
-    knobs = resolve_knobs(spec, warps=warps, wn=wn, nw=nw, stages=stages, late_scale=late_scale, warp_sync=warp_sync)
+    knobs = resolve_knobs(spec, warps=warps, wn=wn, nw=nw, stages=stages, late_scale=late_scale, warp_sync=warp_sync,
+                          swap_upto=swap_upto)
     return s_tir.Schedule(IRModule({"main": stream_kernel(spec, **knobs)}))
 
 
-def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: int = 0, warp_sync: int = 0):
+def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: int = 0, warp_sync: int = 0,
+                  swap_upto: int = 8):
     """The PrimFunc (module docstring). Arguments: ``x [M, K]`` fp16 or bf16, ``planes`` (``tc16``),
     ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``.
 
@@ -274,8 +306,9 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
     XC = S * M * 16                           # 16-byte copies of x per stage (block barrier)
     xpt = -(-XC // threads)
     XW = M * 16                               # ... of a warp's own rows (warp_sync)
-    HI = M > 8                                # rows 8..15 of the A fragment hold data
-    SWAP = M <= 8                             # y^T = W x^T: one m16n8k16 per 16 x 16 weights
+    HI = M > 8                                # x's rows 8..15 hold data
+    SWAP = M <= swap_upto                     # y^T = W x^T: one m16n8k16 per 16 x 16 weights and 8 tokens
+    TB = -(-M // 8) if SWAP else 2            # mma per tile and k16 step: 8-token B fragments, or 8-row ones
     PLANES, COEF, ZEROS = weight_buffers(spec, "tc16")   # lutc.layouts' shapes of tc16
     RED = S * WN * 16 * NW * 16 if S > 1 else 0   # fp32 partial sums of the K slices, in the ring
     WORDS = max(P * STAGE, 4 * RED) // 4
@@ -370,17 +403,18 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
                 for sp in T.unroll(2):
                     for t in T.unroll(NW):
                         if tile0 + t < NT:
-                            if SWAP:   # W tile as A (16 rows of N), x^T as B (8 rows of M)
-                                T.evaluate(mma(
-                                    T.address_of(gacc[t, 0] if LATE else acc[t, 0, 0]),
-                                    bfrag[sp, t, 0, 0], bfrag[sp, t, 1, 0], bfrag[sp, t, 0, 1], bfrag[sp, t, 1, 1],
-                                    areg[0, sp * 2], areg[0, sp * 2 + 1], adt))
-                                if LATE and (s2 * 2 + sp + 1) % SPG == 0:
-                                    # the group's last step: its sums, rows g4 (q < 2) and g4 + 8, scaled
-                                    for q in T.unroll(4):
-                                        acc[t, 0, q] = acc[t, 0, q] + gacc[t, q] * T.reinterpret(
-                                            "float32", sreg[t, q // 2, (s2 * 2 + sp) // SPG])
-                                        gacc[t, q] = T.float32(0)
+                            if SWAP:   # W tile as A (16 rows of N), x^T as B (tokens 8 r .. 8 r + 7)
+                                for r in T.unroll(TB):
+                                    T.evaluate(mma(
+                                        T.address_of(gacc[t, r, 0] if LATE else acc[t, r, 0]),
+                                        bfrag[sp, t, 0, 0], bfrag[sp, t, 1, 0], bfrag[sp, t, 0, 1], bfrag[sp, t, 1, 1],
+                                        areg[r, sp * 2], areg[r, sp * 2 + 1], adt))
+                                    if LATE and (s2 * 2 + sp + 1) % SPG == 0:
+                                        # the group's last step: its sums, rows g4 (q < 2) and g4 + 8, scaled
+                                        for q in T.unroll(4):
+                                            acc[t, r, q] = acc[t, r, q] + gacc[t, r, q] * T.reinterpret(
+                                                "float32", sreg[t, q // 2, (s2 * 2 + sp) // SPG])
+                                            gacc[t, r, q] = T.float32(0)
                             else:
                                 for t8 in T.unroll(2):
                                     T.evaluate(mma(
@@ -399,16 +433,16 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
         g4 = T.meta_var(lane // 4)
         c4 = T.meta_var(lane % 4)
         # epilogue. Lane holds, of each 16 x 8 tile of C: rows g4, g4 + 8, columns 2 c4, 2 c4 + 1;
-        # rows are M and columns N, or (SWAP) rows are N and columns M.
+        # rows are M and columns N, or (SWAP) rows are N and columns M (tile t8: tokens 8 t8 ..).
         if S == 1:
             for t in T.unroll(NW):
-                for t8 in T.unroll(1 if SWAP else 2):
+                for t8 in T.unroll(TB):
                     for q in T.unroll(4 if HI or SWAP else 2):
-                        if SWAP:   # register q: token 2 c4 + q % 2, weight row g4 + 8 (q // 2)
-                            token = T.meta_var(c4 * 2 + q % 2)
+                        if SWAP:   # register q: token 8 t8 + 2 c4 + q % 2, weight row g4 + 8 (q // 2)
+                            token = T.meta_var(t8 * 8 + c4 * 2 + q % 2)
                             n = T.meta_var((tile0 + t) * 16 + (q // 2) * 8 + g4)
                             if token < M and n < N:
-                                out[token, n] = T.Cast(adt, acc[t, 0, q])
+                                out[token, n] = T.Cast(adt, acc[t, t8, q])
                         else:      # register q: token g4 + 8 (q // 2), weight row t8 8 + 2 c4 + q % 2
                             token = T.meta_var(g4 + (q // 2) * 8)
                             n = T.meta_var((tile0 + t) * 16 + t8 * 8 + c4 * 2 + q % 2)
@@ -417,11 +451,11 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
         else:
             T.tvm_storage_sync("shared")           # every warp is done with the stages
             for t in T.unroll(NW):
-                for t8 in T.unroll(1 if SWAP else 2):
+                for t8 in T.unroll(TB):
                     for q in T.unroll(4):
                         if SWAP:
-                            ring[((ks * WN + warp // S) * 16 + c4 * 2 + q % 2) * NW * 16
-                                 + t * 16 + (q // 2) * 8 + g4] = T.reinterpret("uint32", acc[t, 0, q])
+                            ring[((ks * WN + warp // S) * 16 + t8 * 8 + c4 * 2 + q % 2) * NW * 16
+                                 + t * 16 + (q // 2) * 8 + g4] = T.reinterpret("uint32", acc[t, t8, q])
                         else:
                             ring[((ks * WN + warp // S) * 16 + g4 + (q // 2) * 8) * NW * 16
                                  + t * 16 + t8 * 8 + c4 * 2 + q % 2] = T.reinterpret("uint32", acc[t, t8, q])
@@ -455,7 +489,7 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
                 areg = T.alloc_buffer((2, 4), "uint32", scope="local")
                 bfrag = T.alloc_buffer((2, NW, 2, 2), "uint32", scope="local")
                 acc = T.alloc_buffer((NW, 2, 4), "float32", scope="local")
-                gacc = T.alloc_buffer((NW, 4), "float32", scope="local")   # a scale group's sums (late_scale)
+                gacc = T.alloc_buffer((NW, 2, 4), "float32", scope="local")   # a scale group's sums (late_scale)
                 tot = T.alloc_buffer((1,), "float32", scope="local")
                 base = T.alloc_buffer((1,), "uint32", scope="local")
                 base[0] = T.cuda.cvta_generic_to_shared(T.address_of(ring[0]))
@@ -464,7 +498,7 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
                     for i1 in T.unroll(2):
                         for i2 in T.unroll(4):
                             acc[i0, i1, i2] = T.float32(0)
-                            gacc[i0, i2] = T.float32(0)
+                            gacc[i0, i1, i2] = T.float32(0)
                 # Prologue: steps 0 .. P-2 in flight, one cp.async group each.
                 for j in range(steps + P - 1):
                     if j >= P - 1:

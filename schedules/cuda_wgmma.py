@@ -154,7 +154,7 @@ from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by i
 from .cuda_ptx import (cp16, cp_commit, cp_mbar_arrive, cp_wait, groups_per_unit, lds128, lds_scale_f32, lds_scale_h2,
                        mbar_arrive, mbar_init, mbar_wait, proxy_fence_async, setmaxnreg, wgmma_commit, wgmma_fence,
                        reads_tc16, tc16_fragment, wgmma_fence_acc, wgmma_m64k16, wgmma_wait)
-from .cuda_stream import scale_size
+from .cuda_stream import eight_slices, scale_size
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
@@ -227,8 +227,13 @@ WIDE_TILE = (2, 2, 64, True, 100)
 def wide_min_m(spec) -> int:
     """Fewest tokens from which this kernel beats ``cuda_stream`` on a wide weight: 2 for 4-bit
     slots (W3, W4), 4 for 2-bit ones (W1, W2, ternary), whose dequantization costs less per
-    weight, so that ``cuda_stream``'s transposed product stays ahead longer."""
-    return 2 if tc16_code_bits(spec) == 4 else 4
+    weight, so that ``cuda_stream``'s transposed product stays ahead longer; 5 where
+    ``cuda_stream`` splits a long K in 8 slices at M <= 4 (:func:`schedules.cuda_stream.eight_slices`;
+    H200, 28672 x 8192 W2 at M = 4: 27.5 us against this kernel's 32.1, at M = 8 38.0 against
+    32.2, ``benchmarks/results/cuda_stream_batches_h200.md``)."""
+    if tc16_code_bits(spec) == 4:
+        return 2
+    return 5 if eight_slices(spec.with_(M=4)) else 4
 
 
 def fits_wide_batch(spec) -> bool:

@@ -84,7 +84,7 @@ MMA_SPEC = lutc.MPGemmSpec(40, 1000, 11008, wbits=4, group_size=32, zero_point=T
 # A fragments with and without rows 8..15, partial row tiles (N = 1000), scale groups of 32 to all of K.
 STREAM_CASES = [
     (lutc.MPGemmSpec(13, 1000, 11008, wbits=4, group_size=64, zero_point=True, act_dtype="float16"),
-     dict(warps=1, wn=4, nw=2, stages=2)),
+     dict(warps=1, wn=4, nw=2, stages=2, swap_upto=8)),
     (lutc.MPGemmSpec(13, 1000, 11008, wbits=2, group_size=32, act_dtype="float16"),
      dict(warps=2, wn=2, nw=1, stages=4)),
     (lutc.MPGemmSpec(3, 1000, 1536, wbits=4, group_size=-1, act_dtype="float16"),
@@ -117,6 +117,18 @@ STREAM_CASES = [
      dict(warps=4, wn=1, nw=2, stages=3, warp_sync=1)),
     (lutc.MPGemmSpec(1, 1000, 14336, wbits=2, group_size=128, act_dtype="bfloat16"),
      dict(warps=4, wn=1, nw=4, stages=2, late_scale=1, warp_sync=1)),
+    # the product transposed past 8 tokens (swap_upto=16: two 8-token B fragments per tile) with the
+    # late scale, groups of 32, bf16, ternary; zero points (no late scale); x as A beside it
+    (lutc.MPGemmSpec(13, 1000, 11008, wbits=2, group_size=32, act_dtype="float16"),
+     dict(warps=2, wn=2, nw=1, stages=4, swap_upto=16, late_scale=1)),
+    (lutc.MPGemmSpec(16, 1000, 11008, wbits=4, group_size=128, act_dtype="bfloat16"),
+     dict(warps=8, wn=1, nw=1, stages=2, swap_upto=16)),
+    (lutc.MPGemmSpec(9, 1000, 1536, wbits=2, group_size=64, zero_point=True, act_dtype="float16"),
+     dict(warps=4, wn=2, nw=2, stages=2, warp_sync=0, swap_upto=16)),
+    (lutc.MPGemmSpec(16, 200, 1536, format="ternary", act_dtype="bfloat16"),
+     dict(warps=4, wn=1, nw=4, stages=2, swap_upto=16)),
+    (lutc.MPGemmSpec(11, 1000, 11008, wbits=3, group_size=128, act_dtype="float16"),
+     dict(warps=4, wn=2, nw=2, stages=2, warp_sync=0, swap_upto=8)),
 ]
 
 

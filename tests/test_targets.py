@@ -100,7 +100,7 @@ def test_mma_sync_kernels_compile_for_bf16(schedule, knobs):
 def test_stream_late_scale_leaves_the_weights_unscaled():
     """``cuda_stream``'s late scale (its default at M <= 8 without zero points): the dequantized
     pairs are ``q - c`` (no fp16 multiply by the scale), the groups' fp32 sums are scaled; with
-    zero points, or at M > 8, the knob is refused by name."""
+    zero points, or past ``swap_upto`` tokens, the knob is refused by name."""
     spec = lutc.MPGemmSpec(4, 1000, 1536, wbits=2, group_size=64, act_dtype="float16")
     assert schedules.cuda_stream.resolve_knobs(spec)["late_scale"] == 1
     ptx = {late: lutc.cuda_binary(lutc.build(spec, target="cuda:sm_90a", schedule="cuda_stream",
@@ -108,11 +108,13 @@ def test_stream_late_scale_leaves_the_weights_unscaled():
     assert ptx[0].count("mul.f16x2") == ptx[0].count("fma.rn.f16x2") > 0       # one multiply per pair
     assert "mul.f16x2" not in ptx[1] and ptx[1].count("fma.rn.f16x2") == ptx[0].count("fma.rn.f16x2")
     assert re.search(r"fma\.rn(\.ftz)?\.f32", ptx[1]) and not re.search(r"fma\.rn(\.ftz)?\.f32", ptx[0])
-    for bad in (lutc.MPGemmSpec(4, 1000, 1536, wbits=2, zero_point=True, act_dtype="float16"),
-                lutc.MPGemmSpec(9, 1000, 1536, wbits=2, act_dtype="float16")):
-        assert schedules.cuda_stream.resolve_knobs(bad)["late_scale"] == 0
+    tall = lutc.MPGemmSpec(9, 1000, 1536, wbits=2, act_dtype="float16")
+    assert schedules.cuda_stream.resolve_knobs(tall)["late_scale"] == 1     # transposed at 9 tokens too
+    for bad, knobs in ((lutc.MPGemmSpec(4, 1000, 1536, wbits=2, zero_point=True, act_dtype="float16"), {}),
+                       (tall, {"swap_upto": 8})):                           # x as A from 9 tokens
+        assert schedules.cuda_stream.resolve_knobs(bad, **knobs)["late_scale"] == 0
         with pytest.raises(ValueError, match="late_scale"):
-            schedules.cuda_stream.resolve_knobs(bad, late_scale=1)
+            schedules.cuda_stream.resolve_knobs(bad, late_scale=1, **knobs)
 
 
 @needs_nvcc
@@ -284,9 +286,11 @@ def test_cuda_default_kernel_for_each_m():
         assert schedules.default("cuda", spec, lutc.target.resolve("cuda:sm_90a")) is schedules.cuda_wgmma
         assert schedules.cuda_wgmma.resolve_knobs(spec)["splits"] == splits
     # M = 2..8: wgmma where N is wide enough for its 256-row tile alone (28672 x 8192 W4 at M = 2:
-    # 36.3 us against 40.3), from M = 4 for 2-bit slots (W2 at M = 2: 33.2 against cuda_stream's 29.0)
+    # 36.3 us against 40.3), from M = 4 for 2-bit slots (W2 at M = 2: 33.2 against cuda_stream's 29.0),
+    # from M = 5 where cuda_stream splits a long K in 8 (28672 x 8192 W2 at M = 4: 27.5 against 32.1)
     for M, N, K, wbits, sname in ((2, 28672, 8192, 4, "cuda_wgmma"), (2, 28672, 8192, 2, "cuda_stream"),
-                                  (4, 28672, 8192, 2, "cuda_wgmma"), (8, 57344, 8192, 1, "cuda_wgmma"),
+                                  (4, 28672, 8192, 2, "cuda_stream"), (5, 28672, 8192, 2, "cuda_wgmma"),
+                                  (4, 28672, 4096, 2, "cuda_wgmma"), (8, 57344, 8192, 1, "cuda_wgmma"),
                                   (8, 8192, 28672, 4, "cuda_stream"), (8, 16384, 4096, 2, "cuda_stream")):
         spec = lutc.MPGemmSpec(M, N, K, wbits=wbits, group_size=128, act_dtype="float16")
         assert schedules.default("cuda", spec, lutc.target.resolve("cuda:sm_90a")).__name__ == f"schedules.{sname}"
@@ -303,6 +307,12 @@ def test_cuda_default_kernel_for_each_m():
                                (28672, 8192, 4, dict(warps=8, wn=1, nw=2, stages=4))):
         chosen = schedules.cuda_stream.resolve_knobs(lutc.MPGemmSpec(1, N, K, wbits=wbits, act_dtype="float16"))
         assert {k: chosen[k] for k in knobs} == knobs, (N, K, wbits, chosen)
+    # ... and up to M = 8 for 2-bit slots, with 4 tiles per warp and 2 stages (8192 x 28672 W2 at
+    # M = 8: 31.2 us against 45.5 for the 4-warp default); 4-bit slots and short K keep 4 warps
+    for M, N, K, wbits, warps in ((2, 8192, 28672, 2, 8), (8, 28672, 8192, 2, 8), (2, 8192, 28672, 4, 4),
+                                  (4, 28672, 4096, 2, 4), (9, 8192, 28672, 2, 4)):
+        chosen = schedules.cuda_stream.resolve_knobs(lutc.MPGemmSpec(M, N, K, wbits=wbits, act_dtype="float16"))
+        assert chosen["warps"] == warps and (warps == 4 or chosen["nw"] == 4), (M, N, K, wbits, chosen)
     # W1, W3 and ternary take the tensor-core kernels too (tc16 holds them in 2- or 4-bit slots);
     # bcq has none, nor fp32 activations
     # (M = 1: the LUT kernel for W1, the streamed one for W3 and ternary, as for W2 and W4)
