@@ -151,30 +151,41 @@ def default_knobs(spec) -> dict:
     8192 x 28672 26.1 / 27.1 / 31.2 against 30.5 / 33.6 / 45.5. 4-bit slots keep the 4-warp
     defaults from M = 2 (W4 on 28672 x 8192 at M = 2: 43.4 against 38.4).
 
-    Each warp waits on its own copies (``warp_sync``): on the H200, these defaults at M = 1 and
-    4 on 28672 x 8192, 8192 x 28672 and 4096 x 4096 took 0.95-1.01x the time with the block
-    barrier, in turns (8192 x 28672 M = 4: 33.9 / 39.2 us W2 / W4 against 35.8 / 41.4;
-    ``benchmarks/results/cuda_stream_warp_sync_h200.log``)."""
+    Each warp waits on its own copies (``warp_sync``) up to M = 4, and past it where a K slice has
+    one warp (``wn=1``): on the H200, the defaults at M = 1 and 4 on 28672 x 8192, 8192 x 28672 and
+    4096 x 4096 took 0.95-1.01x the time with the block barrier, in turns (8192 x 28672 M = 4:
+    33.9 / 39.2 us W2 / W4 against 35.8 / 41.4; ``benchmarks/results/cuda_stream_warp_sync_h200.log``).
+    With ``wn=2`` each warp copies x's rows again, and from M = 5 that costs more than the barrier:
+    in turns at M = 5 and 8, W2 / W4, the defaults without it took 0.73-0.90x the time with it on
+    4096 x 4096, 4096 x 11008 and 11008 x 4096 (4096 x 4096 at M = 8: 6.1 / 6.7 us against 8.2 /
+    9.2; ``benchmarks/results/cuda_stream_warp_sync_m5_m8_h200.log``)."""
+    tiles = default_tiles(spec)
     swap_upto = 8 if spec.M <= 8 else 16
-    shared = {"late_scale": int(can_scale_late(spec, swap_upto)), "warp_sync": 1, "swap_upto": swap_upto}
+    return {**tiles, "late_scale": int(can_scale_late(spec, swap_upto)), "swap_upto": swap_upto,
+            "warp_sync": int(spec.M <= 4 or tiles["wn"] == 1)}
+
+
+def default_tiles(spec) -> dict:
+    """The default block shape and pipeline: ``warps``, ``wn``, ``nw``, ``stages``
+    (:func:`default_knobs`)."""
     if spec.M == 1 and eight_slices(spec):     # K in 8 slices per block
-        return {"warps": 8, "wn": 1, "nw": 2, "stages": 4, **shared}
+        return {"warps": 8, "wn": 1, "nw": 2, "stages": 4}
     if eight_slices(spec):                     # ... with 4 row tiles per warp, 2 stages (M <= 8)
-        return {"warps": 8, "wn": 1, "nw": 4, "stages": 2, **shared}
+        return {"warps": 8, "wn": 1, "nw": 4, "stages": 2}
     if spec.M == 1 and -(-spec.N // 32) < FEW_BLOCKS:     # narrow: a tile per warp, deeper
         if tc16_code_bits(spec) == 4:
-            return {"warps": 4, "wn": 2, "nw": 1, "stages": 6, **shared}
-        return {"warps": 4, "wn": 1, "nw": 1, "stages": 8, **shared}
+            return {"warps": 4, "wn": 2, "nw": 1, "stages": 6}
+        return {"warps": 4, "wn": 1, "nw": 1, "stages": 8}
     if spec.M == 1 and tc16_code_bits(spec) == 4:    # a step of 4-bit slots: 6 deep
-        return {"warps": 4, "wn": 1, "nw": 2, "stages": 6, **shared}
+        return {"warps": 4, "wn": 1, "nw": 2, "stages": 6}
     if spec.M <= 4:
-        return {"warps": 4, "wn": 1, "nw": 2, "stages": 4, **shared}
+        return {"warps": 4, "wn": 1, "nw": 2, "stages": 4}
     if spec.M <= 8:     # wide N: 2 tiles per warp (very wide: K split in 2, 4 stages); narrow N: 1
         if spec.N > 16384:
-            return {"warps": 2, "wn": 2, "nw": 2, "stages": 4, **shared}
+            return {"warps": 2, "wn": 2, "nw": 2, "stages": 4}
         wide = spec.N > 4096
-        return {"warps": 4, "wn": 2, "nw": 2 if wide else 1, "stages": 3 if wide else 4, **shared}
-    return {"warps": 4, "wn": 2, "nw": 2, "stages": 3, **shared}
+        return {"warps": 4, "wn": 2, "nw": 2 if wide else 1, "stages": 3 if wide else 4}
+    return {"warps": 4, "wn": 2, "nw": 2, "stages": 3}
 
 
 def eight_slices(spec) -> bool:
