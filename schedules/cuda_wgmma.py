@@ -215,7 +215,9 @@ def preferred(spec, target) -> bool:
     M = 2 / 4 / 8, W2 32.4 / 32.4 against 34.7 / 36.0 at M = 4 / 8 (but 33.2 against 30.3 at
     M = 2), ternary 31.6 / 32.9 against 34.3 / 34.2 at M = 4 / 8; on 8192 x 28672 and 4096 x 4096,
     whose tiles need split-K, ``cuda_stream`` is faster at every M <= 8 (W4 at M = 8: 41.2 against
-    46.9 us). An earlier run of the same pairs (``cuda_raw_codes_stream_h200.log``) agrees."""
+    46.9 us). An earlier run of the same pairs (``cuda_raw_codes_stream_h200.log``) agrees. Those
+    were ``cuda_stream``'s 4-warp defaults; with K in 8 slices it keeps 2-bit slots to M = 4 on a
+    long K (:func:`wide_min_m`)."""
     return spec.M >= MIN_M or (spec.M >= wide_min_m(spec) and fits_wide_batch(spec))
 
 
