@@ -107,6 +107,23 @@ def test_unusable_records_are_skipped_with_a_warning(tmp_path, monkeypatch):
     assert kernel.knobs == {"unroll": 2, "paired": False} and kernel.tuned["us"] == 20.0
 
 
+@pytest.mark.parametrize("name,kind", [("cuda.jsonl", "cuda"), ("cpu-x86_64.jsonl", "cpu")])
+def test_every_shipped_record_still_builds(name, kind):
+    """The committed logs hold no record this lutc cannot build: a record that pins only some knobs
+    is built with today's defaults for the rest, so a default that moves can strand it (cuda_stream's
+    ``warp_sync`` default once put 23 records over the shared memory limit, 6 of them 16 x 28672 x 8192 W2), and
+    every user compiling that workload would see the skip warning."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tuning_logs", name)
+    stranded = []
+    with open(path) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec["error"] is None and kernel_layout(rec, kind, lutc.MPGemmSpec(**rec["workload"]),
+                                                      resolve(rec["target"])) is None:
+                stranded.append((rec["schedule"], rec["knobs"], rec["workload"]))
+    assert not stranded, f"{len(stranded)} records of {name} no longer build, e.g. {stranded[:3]}"
+
+
 def test_a_log_decides_only_among_the_kernels_it_measured(tmp_path, monkeypatch):
     """Records of M = 2 made before ``dot_mac`` became the batch default measured only the LUT
     kernel: the default is built until the log has a record of it, then the best record wins."""
