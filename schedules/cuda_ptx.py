@@ -227,19 +227,69 @@ def dequant_tc16(words, lead: tuple, e, b: int, s2, z2, zero_points: bool, c: fl
     """Pair (uint32, ``dtype``) of the code pair ``e`` (0..31) of a lane's ``tc16`` vector, held
     in ``words[(*lead, j4, w)]`` (``b/2`` x 4 words, :func:`tc16_slot`), dequantized with the zero
     points ``z2`` (:func:`deq`) or the format's constant ``c`` (:func:`deq_c`). The one place the
-    kernels read ``tc16`` codes.
+    kernels read ``tc16`` codes (with :func:`raw_tc16`).
 
     ``s2=None`` (no zero points only): ``q - c`` unscaled, for a kernel that scales its sums."""
     if zero_points and s2 is None:
         raise ValueError("an unscaled dequantization (late scale) needs the format's constant zero, not zero points")
-    word, shift, v = tc16_slot(e, b, dtype, up=int(not zero_points))
-    w = T.Cast("uint32", words[(*lead, *word)])
-    if zero_points:
-        shifted = T.shift_right(w, T.Cast("uint32", shift))
-    else:   # one bit up: (w >> shift) << 1 in one shift (bit 0, which differs, is in no slot's mask)
-        shifted = T.if_then_else(shift == 0, T.shift_left(w, T.uint32(1)),
-                                 T.shift_right(w, T.Cast("uint32", T.max(shift - 1, 0))))
+    shifted, v = _slot_word(words, lead, e, b, dtype, up=int(not zero_points))
     return deq(shifted, b, v, s2, z2, dtype) if zero_points else deq_c(shifted, b, v, s2, c, dtype)
+
+
+def raw_tc16(words, lead: tuple, e, b: int, c: float, dtype: str = "float16") -> tuple:
+    """``(pair, offset)`` of code pair ``e`` read raw: the codes under a magic number whose exponent
+    makes the code's lowest bit worth 1, ``2^(P-e) + q`` (``e = b v + 1``, the slot one bit up as
+    in :func:`deq_c`), one ``LOP3`` and no ``HFMA2``; ``offset`` is the pair ``2^(P-e) + c`` (exact:
+    the spacing at ``2^(P-e)`` is at most 1/2). A kernel multiplies the raw pairs and takes
+    ``offset`` times the sum of x off its sums (for the constant zero ``c``; not zero points)."""
+    shifted, v = _slot_word(words, lead, e, b, dtype, up=1)
+    ee = b * v + 1
+    mask = T.shift_left(T.uint32((2 ** b - 1) * 0x10001), T.Cast("uint32", ee))
+    pair = T.cuda.func_call("lutc_lop3", shifted, mask, _twice(_pair_bits(dtype, 0, HALVES[dtype][2] - ee)),
+                            source_code=LOP3_SRC, return_type="uint32")
+    return pair, raw_offset(e, b, c, dtype)
+
+
+def raw_offset(e, b: int, c: float, dtype: str = "float16"):
+    """The pair ``2^(P-e) + c`` that code pair ``e`` read raw (:func:`raw_tc16`) stands above
+    ``q - c``: the exponent of ``2^(P-e)``, mantissa ``c 2^e = (2c) 2^(e-1)``."""
+    v = tc16_slot(e, b, dtype, up=1)[2]
+    ee = b * v + 1
+    offset = _pair_bits(dtype, 0, HALVES[dtype][2] - ee) | T.shift_left(T.uint32(int(2 * c)), T.Cast("uint32", ee - 1))
+    return _twice(offset)
+
+
+LOP3_SRC = """
+__device__ __forceinline__ unsigned lutc_lop3(unsigned w, unsigned mask, unsigned magic) {
+  unsigned h;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(h) : "r"(w), "r"(mask), "r"(magic));
+  return h;
+}
+"""
+
+
+def _slot_word(words, lead: tuple, e, b: int, dtype: str, up: int) -> tuple:
+    """``(word, v)``: the lane's word holding code pair ``e``, shifted so that the pair sits in
+    ``b``-bit slot ``v`` of each half, ``up`` bits higher (:func:`tc16_slot`)."""
+    word, shift, v = tc16_slot(e, b, dtype, up=up)
+    w = T.Cast("uint32", words[(*lead, *word)])
+    if not up:
+        return T.shift_right(w, T.Cast("uint32", shift)), v
+    # one bit up: (w >> shift) << 1 in one shift (bit 0, which differs, is in no slot's mask)
+    return T.if_then_else(shift == 0, T.shift_left(w, T.uint32(1)),
+                          T.shift_right(w, T.Cast("uint32", T.max(shift - 1, 0)))), v
+
+
+def tc16_raw_fragment(spec, words, lead: tuple, t, s, t8, h):
+    """Register ``t8 + 2 h`` of weight tile ``t``'s fragment in k16 step ``s`` read raw
+    (:func:`raw_tc16`; :func:`tc16_fragment` reads it dequantized)."""
+    return raw_tc16(words, (*lead, t), s * 4 + t8 * 2 + h, layouts.tc16_code_bits(spec), spec.code_center,
+                    spec.act_dtype)[0]
+
+
+def tc16_raw_offset(spec, s, t8, h):
+    """The offset of that register's raw pairs (:func:`raw_offset`): the same in every tile and row."""
+    return raw_offset(s * 4 + t8 * 2 + h, layouts.tc16_code_bits(spec), spec.code_center, spec.act_dtype)
 
 
 def groups_per_unit(spec) -> int:

@@ -51,18 +51,18 @@ from lutc.layouts import tc16_code_bits, tc16_vectors
 from .common import SMS, cuda_arch, drop_param, merge_knobs, weight_buffers
 from .cuda_lut import PASS_CONFIG  # noqa: F401  (TVM cannot see reads made by inline PTX)
 from .cuda_ptx import (cp16, cp_commit, cp_wait, groups_per_unit, lds128, lds_scale_f32, lds_scale_h2, ldsm_x4, mma,
-                       reads_tc16, syncwarp, tc16_fragment)
+                       reads_tc16, syncwarp, tc16_fragment, tc16_raw_fragment, tc16_raw_offset)
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
 #: The weight layout it reads (:mod:`lutc.layouts`), whatever the knobs.
 LAYOUTS = ("tc16",)
 KNOBS = {"warps": (1, 2, 4, 8), "wn": (1, 2, 4, 8), "nw": (1, 2, 4), "stages": (2, 3, 4, 6, 8), "late_scale": (0, 1),
-         "warp_sync": (0, 1), "swap_upto": (8, 16)}
+         "warp_sync": (0, 1), "swap_upto": (8, 16), "raw_codes": (0, 1)}
 #: Knobs added after tuning logs were written, at the value their kernels had (``late_scale``: the
 #: scales multiplied the dequantized fp16 weights; ``warp_sync``: a block barrier per step;
-#: ``swap_upto``: the product transposed at M <= 8 only).
-ADDED_KNOBS = {"late_scale": 0, "warp_sync": 0, "swap_upto": 8}
+#: ``swap_upto``: the product transposed at M <= 8 only; ``raw_codes``: every pair dequantized).
+ADDED_KNOBS = {"late_scale": 0, "warp_sync": 0, "swap_upto": 8, "raw_codes": 0}
 MAX_M = 16
 #: Shared memory of one block (all of it dynamic: the ring, reused for the split-K sum): the
 #: opt-in limit of sm_86/sm_89 (99 KB), the smallest of the GPUs this kernel supports (sm_80
@@ -151,6 +151,12 @@ def default_knobs(spec) -> dict:
     8192 x 28672 26.1 / 27.1 / 31.2 against 30.5 / 33.6 / 45.5. 4-bit slots keep the 4-warp
     defaults from M = 2 (W4 on 28672 x 8192 at M = 2: 43.4 against 38.4).
 
+    The 8-slice kernels of 2-bit slots read their codes raw (``raw_codes``, :func:`stream_kernel`):
+    in turns on the H200 W2 took 0.96-1.00x the time at M = 1..8 on 28672 x 8192 and 8192 x 28672
+    (28672 x 8192 at M = 1: 25.1 against 26.2 us; 8192 x 28672 at M = 4: 25.9 against 27.1), while
+    W4, and the 4-warp kernels of 4096 x 4096, took 1.00-1.16x
+    (``benchmarks/results/cuda_stream_raw_codes_w8_h200.log``).
+
     Each warp waits on its own copies (``warp_sync``) up to M = 4, and past it where a K slice has
     one warp (``wn=1``): on the H200, the defaults at M = 1 and 4 on 28672 x 8192, 8192 x 28672 and
     4096 x 4096 took 0.95-1.01x the time with the block barrier, in turns (8192 x 28672 M = 4:
@@ -161,8 +167,10 @@ def default_knobs(spec) -> dict:
     9.2; ``benchmarks/results/cuda_stream_warp_sync_m5_m8_h200.log``)."""
     tiles = default_tiles(spec)
     swap_upto = 8 if spec.M <= 8 else 16
-    return {**tiles, "late_scale": int(can_scale_late(spec, swap_upto)), "swap_upto": swap_upto,
-            "warp_sync": int(spec.M <= 4 or tiles["wn"] == 1)}
+    late = can_scale_late(spec, swap_upto)
+    return {**tiles, "late_scale": int(late), "swap_upto": swap_upto,
+            "warp_sync": int(spec.M <= 4 or tiles["wn"] == 1),
+            "raw_codes": int(late and eight_slices(spec) and tc16_code_bits(spec) == 2)}
 
 
 def default_tiles(spec) -> dict:
@@ -215,9 +223,14 @@ def resolve_knobs(spec, **given) -> dict:
     knobs = merge_knobs("cuda_stream", KNOBS, default_knobs(spec), given)
     if given.get("late_scale") is None:     # the default follows the product's form
         knobs["late_scale"] = int(can_scale_late(spec, knobs["swap_upto"]))
+    if given.get("raw_codes") is None:      # ... and raw codes the late scale
+        knobs["raw_codes"] = knobs["raw_codes"] and knobs["late_scale"]
     if knobs["late_scale"] and not can_scale_late(spec, knobs["swap_upto"]):
         raise ValueError("cuda_stream knob late_scale=1 needs the transposed product (M <= swap_upto) and no "
                          f"zero points (M = {spec.M}, swap_upto = {knobs['swap_upto']}, zero_point = {spec.zero_point})")
+    if knobs["raw_codes"] and not knobs["late_scale"]:
+        raise ValueError("cuda_stream knob raw_codes=1 needs late_scale=1 (the raw pairs' offsets come off the "
+                         "unscaled sums of a scale group)")
     for name in ("stages", "warps", "nw"):    # a default that does not fit beside the knobs given
         while given.get(name) is None and smem_bytes(spec, **knobs) > SMEM_LIMIT and knobs[name] > min(KNOBS[name]):
             knobs[name] = max(v for v in KNOBS[name] if v < knobs[name])
@@ -244,9 +257,9 @@ def x_slices(warps: int, wn: int, warp_sync: int) -> int:
 
 
 def smem_bytes(spec, warps: int, wn: int, nw: int, stages: int, late_scale: int = 0, warp_sync: int = 0,
-               swap_upto: int = 8) -> int:
+               swap_upto: int = 8, raw_codes: int = 0) -> int:
     """Dynamic shared memory of one block: the ring, whose storage the split-K sum reuses
-    (``late_scale`` and ``swap_upto`` change none of it)."""
+    (``late_scale``, ``swap_upto`` and ``raw_codes`` change none of it)."""
     ring = stages * sum(stage_bytes(spec, warps, wn, nw, warp_sync).values())
     red = warps * wn * 16 * nw * 16 * 4 if warps > 1 else 0
     return max(ring, red)
@@ -258,15 +271,15 @@ def scale_size(spec) -> int:
 
 
 def schedule(func, spec, target, warps=None, wn=None, nw=None, stages=None, late_scale=None,
-             warp_sync=None, swap_upto=None) -> s_tir.Schedule:
+             warp_sync=None, swap_upto=None, raw_codes=None) -> s_tir.Schedule:
     """The streamed dequantize + mma kernel for ``spec`` (``func`` is its reference semantics)."""
     knobs = resolve_knobs(spec, warps=warps, wn=wn, nw=nw, stages=stages, late_scale=late_scale, warp_sync=warp_sync,
-                          swap_upto=swap_upto)
+                          swap_upto=swap_upto, raw_codes=raw_codes)
     return s_tir.Schedule(IRModule({"main": stream_kernel(spec, **knobs)}))
 
 
 def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: int = 0, warp_sync: int = 0,
-                  swap_upto: int = 8):
+                  swap_upto: int = 8, raw_codes: int = 0):
     """The PrimFunc (module docstring). Arguments: ``x [M, K]`` fp16 or bf16, ``planes`` (``tc16``),
     ``scales [N/16, G, 16]``, ``zeros`` (zero points only), ``out [M, N]``.
 
@@ -279,27 +292,28 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
     read by one warp, and a step waits on ``__syncwarp`` instead of the block's barrier: a warp
     whose copies have landed need not wait for the block's slowest.
 
-    Fewer instructions per pair do not pay past this one: with the pairs as a single ``LOP3`` left
-    them (``2^(P-e) + q``, the slot's own exponent making the code's bit worth 1) and the offsets'
-    products taken off each group's sums by one more mma per k16 step, 28672 x 8192 W2 at M = 1
-    went from 247 to 203 instructions per step and took the same time (29.4 against 29.3 us on the
-    H200), 1.00-1.15x the time elsewhere (``benchmarks/results/cuda_raw_codes_stream_h200.log``). Nsight
-    Compute shows this decode bound by latency, not issue: 0.65 instructions per cycle and
-    scheduler, DRAM 36% busy at the profiler's clock, 22 of 32 warps per SM active
-    (``ncu_stream_w2_m1_h200.txt``). The tuned W2 kernel (4 tiles, 2 stages: 448 blocks, 76
-    registers) keeps 12.6 warps per SM of the 24 its registers allow, 3.2 per scheduler, and its
-    warps wait 5.4 cycles per instruction issued: 1.65 on fixed-latency dependencies (the
-    ``LOP3`` -> ``HFMA2`` -> mma chains), 0.60 on a busy math pipe, 0.41 dispatch, 0.37 on global
-    memory, 0.29 at the barrier, 0.16 on shared memory (``ncu_stream_w2_m1_stalls.txt``,
-    H200 at the profiler's 1.35 GHz). W2 at M = 1 is therefore bound by how many independent
-    dequantize-and-multiply chains a scheduler holds, not by the bytes in flight: more stages
-    measured the same (``tuning_logs/cuda.jsonl``), and a kernel for 75% of the copy floor needs
-    more warps per SM (fewer registers per warp) or more chains per warp. The 8-warp default
-    (``warps=8``, 58 registers) holds 4 blocks, 32 warps per SM (registers and shared memory both
-    allow 4) and issues 0.69 instructions per cycle per scheduler at the profiler's 1.33 GHz, 62%
-    of the SM's throughput, DRAM 40% busy (``ncu_stream_w2_m1_warps8.txt``): at 1.98 GHz its
-    14.8 million warp instructions alone take 14 us, so fewer instructions per weight pair is what
-    is left to cut."""
+    ``raw_codes`` (with the late scale): each pair is one ``LOP3``, the codes under a magic number
+    whose exponent makes the code's lowest bit worth 1, ``2^(P-e) + q``
+    (:func:`~schedules.cuda_ptx.raw_tc16`), and no ``HFMA2``; a fragment of the pairs' offsets
+    ``2^(P-e) + c`` (the same in every row and tile) times x, one more mma per k16 step and 8
+    tokens, is taken off each group's sums before they are scaled. 64 fewer ``HFMA2`` and 8 more mma
+    per step of 2 tiles (PTX; ``tests/test_targets.py``). The fp32 sums then carry the offsets'
+    products (up to ``2^(P-1)`` times x) and lose up to 9 of their 24 bits to the subtraction, far
+    below the fp16 output's rounding.
+
+    Why it pays only with 8 warps: with 4 warps it measured the same time (29.4 against 29.3 us,
+    28672 x 8192 W2 at M = 1; ``benchmarks/results/cuda_raw_codes_stream_h200.log``), when Nsight
+    Compute showed the decode bound by latency: the tuned 4-warp W2 kernel (4 tiles, 2 stages: 448
+    blocks, 76 registers) kept 12.6 warps per SM of the 24 its registers allow, waiting 5.4 cycles
+    per instruction issued: 1.65 on fixed-latency dependencies (the ``LOP3`` -> ``HFMA2`` -> mma
+    chains), 0.60 on a busy math pipe, 0.41 dispatch, 0.37 on global memory, 0.29 at the barrier,
+    0.16 on shared memory (``ncu_stream_w2_m1_stalls.txt``, the profiler's 1.35 GHz). The 8-warp
+    default (``warps=8``, 58 registers) holds 4 blocks, 32 warps per SM (registers and shared memory
+    both allow 4) and issues 0.69 instructions per cycle per scheduler at the profiler's 1.33 GHz,
+    62% of the SM's throughput, DRAM 40% busy (``ncu_stream_w2_m1_warps8.txt``): at 1.98 GHz its
+    14.8 million warp instructions alone take 14 us of its 26, so there the instructions cut count
+    (25.1 against 26.2 us; :func:`default_knobs`). A kernel for 75% of the copy floor (20 us) needs
+    fewer still."""
     M, N, K = spec.M, spec.N, spec.K
     S, WN, NW, P = warps, wn, nw, stages
     NT, KU, gs = -(-N // 16), K // 128, spec.group
@@ -312,6 +326,7 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
     NG = groups_per_unit(spec)
     SPG = 8 // NG                             # k16 steps per scale group (a unit has 8)
     LATE = bool(late_scale)
+    RAW = bool(raw_codes)                     # pairs read raw, their offsets' products off each group's sums
     CP_TILE = 16 * NG * ssz // 16             # 16-byte copies of one tile's coefficients per unit
     EL16 = 16 // ssz                          # coefficients per 16-byte copy
     CPL = -(-NW * CP_TILE // 32)               # such copies per lane
@@ -374,7 +389,7 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
                         T.address_of(x[(vec // 16) % M, (j * S + kslice) * 128 + (vec % 16) * 8])))
 
     @T.macro
-    def multiply_step(i, tx, bx, base, wreg, sreg, zreg, areg, bfrag, acc, gacc):
+    def multiply_step(i, tx, bx, base, wreg, sreg, zreg, areg, bfrag, acc, gacc, xacc):
         """Step ``i`` from stage ``i % P``: the warp's weight vectors and coefficients into
         registers, then per pair of k16 steps the weight fragments, x's, and the mma (with a
         late scale: into the group's sums ``gacc``, scaled into ``acc`` where a group ends)."""
@@ -406,8 +421,11 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
                     for t in T.unroll(NW):
                         for t8 in T.unroll(2):
                             for h in T.unroll(2):
-                                bfrag[sp, t, t8, h] = tc16_fragment(spec, wreg, None if LATE else sreg, zreg, (), t,
-                                                                    s2 * 2 + sp, t8, h)
+                                if RAW:
+                                    bfrag[sp, t, t8, h] = tc16_raw_fragment(spec, wreg, (), t, s2 * 2 + sp, t8, h)
+                                else:
+                                    bfrag[sp, t, t8, h] = tc16_fragment(spec, wreg, None if LATE else sreg, zreg, (),
+                                                                        t, s2 * 2 + sp, t8, h)
                 for r in T.unroll(2 if HI else 1):
                     # x rows r 8 .. r 8 + 7 (the last row again past M: its products
                     # are never stored), k 32 s2 + 8 m as matrix m
@@ -417,6 +435,13 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
                                             + s2 * 32 + (lane // 8) * 8) * 2),
                         T.address_of(areg[r, 0])))
                 for sp in T.unroll(2):
+                    if RAW:    # the raw pairs' offsets times x: one mma for every tile
+                        for r in T.unroll(TB):
+                            T.evaluate(mma(
+                                T.address_of(xacc[r, 0]),
+                                tc16_raw_offset(spec, s2 * 2 + sp, 0, 0), tc16_raw_offset(spec, s2 * 2 + sp, 1, 0),
+                                tc16_raw_offset(spec, s2 * 2 + sp, 0, 1), tc16_raw_offset(spec, s2 * 2 + sp, 1, 1),
+                                areg[r, sp * 2], areg[r, sp * 2 + 1], adt))
                     for t in T.unroll(NW):
                         if tile0 + t < NT:
                             if SWAP:   # W tile as A (16 rows of N), x^T as B (tokens 8 r .. 8 r + 7)
@@ -428,7 +453,8 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
                                     if LATE and (s2 * 2 + sp + 1) % SPG == 0:
                                         # the group's last step: its sums, rows g4 (q < 2) and g4 + 8, scaled
                                         for q in T.unroll(4):
-                                            acc[t, r, q] = acc[t, r, q] + gacc[t, r, q] * T.reinterpret(
+                                            acc[t, r, q] = acc[t, r, q] + (
+                                                gacc[t, r, q] - xacc[r, q] if RAW else gacc[t, r, q]) * T.reinterpret(
                                                 "float32", sreg[t, q // 2, (s2 * 2 + sp) // SPG])
                                             gacc[t, r, q] = T.float32(0)
                             else:
@@ -438,6 +464,10 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
                                         areg[0, sp * 2], areg[1, sp * 2] if HI else T.uint32(0),
                                         areg[0, sp * 2 + 1], areg[1, sp * 2 + 1] if HI else T.uint32(0),
                                         bfrag[sp, t, t8, 0], bfrag[sp, t, t8, 1], adt))
+                    if RAW and (s2 * 2 + sp + 1) % SPG == 0:   # every tile has taken the group's offsets
+                        for r in T.unroll(TB):
+                            for q in T.unroll(4):
+                                xacc[r, q] = T.float32(0)
 
     @T.macro
     def store(tx, bx, acc, ring, tot, out):
@@ -506,6 +536,7 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
                 bfrag = T.alloc_buffer((2, NW, 2, 2), "uint32", scope="local")
                 acc = T.alloc_buffer((NW, 2, 4), "float32", scope="local")
                 gacc = T.alloc_buffer((NW, 2, 4), "float32", scope="local")   # a scale group's sums (late_scale)
+                xacc = T.alloc_buffer((2, 4), "float32", scope="local")   # its raw pairs' offsets times x (raw_codes)
                 tot = T.alloc_buffer((1,), "float32", scope="local")
                 base = T.alloc_buffer((1,), "uint32", scope="local")
                 base[0] = T.cuda.cvta_generic_to_shared(T.address_of(ring[0]))
@@ -515,6 +546,7 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
                         for i2 in T.unroll(4):
                             acc[i0, i1, i2] = T.float32(0)
                             gacc[i0, i1, i2] = T.float32(0)
+                            xacc[i1, i2] = T.float32(0)
                 # Prologue: steps 0 .. P-2 in flight, one cp.async group each.
                 for j in range(steps + P - 1):
                     if j >= P - 1:
@@ -527,7 +559,7 @@ def stream_kernel(spec, warps: int, wn: int, nw: int, stages: int, late_scale: i
                         copy_step(j, tx, bx, x, planes, scales, zeros, base)
                     T.evaluate(cp_commit())                    # empty groups keep the count uniform
                     if j >= P - 1:
-                        multiply_step(j - P + 1, tx, bx, base, wreg, sreg, zreg, areg, bfrag, acc, gacc)
+                        multiply_step(j - P + 1, tx, bx, base, wreg, sreg, zreg, areg, bfrag, acc, gacc, xacc)
                 store(tx, bx, acc, ring, tot, out)
 
     return main if zp else drop_param(main, "zeros")

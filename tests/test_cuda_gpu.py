@@ -129,6 +129,21 @@ STREAM_CASES = [
      dict(warps=4, wn=1, nw=4, stages=2, swap_upto=16)),
     (lutc.MPGemmSpec(11, 1000, 11008, wbits=3, group_size=128, act_dtype="float16"),
      dict(warps=4, wn=2, nw=2, stages=2, warp_sync=0, swap_upto=8)),
+    # raw codes (a pair read by one LOP3 as 2^(P-e) + q; the offsets' products taken off each group's
+    # sums): W2 / W4 / W3 / W1 / ternary, groups of 32..128 and a row's one scale, fp16 and bf16,
+    # fp32 scales, 1..16 tokens, 8 warps
+    (lutc.MPGemmSpec(1, 1000, 14336, wbits=2, group_size=128, act_dtype="float16"), dict(raw_codes=1)),
+    (lutc.MPGemmSpec(1, 1000, 11008, wbits=2, group_size=128, act_dtype="bfloat16"),
+     dict(warps=8, wn=1, nw=2, stages=4, raw_codes=1)),
+    (lutc.MPGemmSpec(3, 1000, 11008, wbits=4, group_size=64, act_dtype="bfloat16"), dict(raw_codes=1)),
+    (lutc.MPGemmSpec(8, 1000, 1536, wbits=3, group_size=32, act_dtype="float16", scale_dtype="float32"),
+     dict(warps=4, wn=1, nw=2, stages=3, raw_codes=1)),
+    (lutc.MPGemmSpec(1, 200, 14336, wbits=1, group_size=-1, act_dtype="float16"), dict(raw_codes=1)),
+    (lutc.MPGemmSpec(5, 1000, 1536, format="ternary", act_dtype="bfloat16"), dict(raw_codes=1)),
+    (lutc.MPGemmSpec(13, 1000, 11008, wbits=2, group_size=64, act_dtype="float16"),
+     dict(warps=4, wn=2, nw=1, stages=3, warp_sync=0, swap_upto=16, raw_codes=1)),
+    (lutc.MPGemmSpec(4, 1000, 11008, wbits=2, group_size=128, act_dtype="float16"),
+     dict(warps=8, wn=1, nw=4, stages=2, raw_codes=1)),
 ]
 
 

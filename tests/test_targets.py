@@ -118,6 +118,25 @@ def test_stream_late_scale_leaves_the_weights_unscaled():
 
 
 @needs_nvcc
+def test_stream_raw_codes_drop_the_dequantizing_fma():
+    """``cuda_stream``'s ``raw_codes``: each pair is one ``LOP3`` (no ``HFMA2``), and one more mma per
+    k16 step and 8 tokens (not per tile) takes the pairs' offsets times x off the group's sums; it
+    needs the late scale."""
+    spec = lutc.MPGemmSpec(1, 1000, 1536, wbits=2, group_size=128, act_dtype="float16")
+    knobs = dict(warps=4, wn=1, nw=2, stages=2)
+    ptx = {raw: lutc.cuda_binary(lutc.build(spec, target="cuda:sm_90a", schedule="cuda_stream",
+                                            knobs={**knobs, "raw_codes": raw}), fmt="ptx").decode() for raw in (0, 1)}
+    fma16 = {raw: len(re.findall(r"fma\.rn\.f16x2", p)) for raw, p in ptx.items()}
+    mmas = {raw: len(re.findall(r"mma\.sync", p)) for raw, p in ptx.items()}
+    assert fma16[0] == 64 and fma16[1] == 0      # 2 tiles x 8 k16 steps x 4 pairs per lane
+    assert mmas[1] == mmas[0] + 8 == 24
+    with pytest.raises(ValueError, match="raw_codes"):
+        schedules.cuda_stream.resolve_knobs(spec, late_scale=0, raw_codes=1)
+    with pytest.raises(ValueError, match="raw_codes|late_scale"):
+        schedules.cuda_stream.resolve_knobs(spec.with_(zero_point=True), raw_codes=1)
+
+
+@needs_nvcc
 def test_stream_warp_sync_waits_on_the_warp():
     """``cuda_stream``'s ``warp_sync``: the step's block barrier becomes ``__syncwarp`` (PTX
     ``bar.warp.sync``; the block barriers left are the split-K sum's two), and x takes a copy per
@@ -319,6 +338,15 @@ def test_cuda_default_kernel_for_each_m():
                                  (16, 28672, 8192, 2, 0), (8, 8192, 28672, 2, 1)):
         chosen = schedules.cuda_stream.resolve_knobs(lutc.MPGemmSpec(M, N, K, wbits=wbits, act_dtype="float16"))
         assert chosen["warp_sync"] == sync, (M, N, K, wbits, chosen)
+    # the 8-slice kernels of 2-bit slots read their codes raw (28672 x 8192 W2 at M = 1: 25.1 us
+    # against 26.2), where they scale late; W4 and the 4-warp kernels do not
+    for M, N, K, wbits, zp, raw in ((1, 28672, 8192, 2, False, 1), (4, 8192, 28672, 2, False, 1),
+                                    (1, 28672, 8192, 4, False, 0), (1, 4096, 4096, 2, False, 0),
+                                    (1, 28672, 8192, 2, True, 0)):
+        spec = lutc.MPGemmSpec(M, N, K, wbits=wbits, zero_point=zp, act_dtype="float16")
+        assert schedules.cuda_stream.resolve_knobs(spec)["raw_codes"] == raw, (M, N, K, wbits, zp)
+    assert schedules.cuda_stream.resolve_knobs(lutc.MPGemmSpec(1, 28672, 8192, wbits=2, act_dtype="float16"),
+                                               late_scale=0)["raw_codes"] == 0
     # W1, W3 and ternary take the tensor-core kernels too (tc16 holds them in 2- or 4-bit slots);
     # bcq has none, nor fp32 activations
     # (M = 1: the LUT kernel for W1, the streamed one for W3 and ternary, as for W2 and W4)
