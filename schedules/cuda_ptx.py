@@ -236,23 +236,22 @@ def dequant_tc16(words, lead: tuple, e, b: int, s2, z2, zero_points: bool, c: fl
     return deq(shifted, b, v, s2, z2, dtype) if zero_points else deq_c(shifted, b, v, s2, c, dtype)
 
 
-def raw_tc16(words, lead: tuple, e, b: int, c: float, dtype: str = "float16") -> tuple:
-    """``(pair, offset)`` of code pair ``e`` read raw: the codes under a magic number whose exponent
-    makes the code's lowest bit worth 1, ``2^(P-e) + q`` (``e = b v + 1``, the slot one bit up as
-    in :func:`deq_c`), one ``LOP3`` and no ``HFMA2``; ``offset`` is the pair ``2^(P-e) + c`` (exact:
-    the spacing at ``2^(P-e)`` is at most 1/2). A kernel multiplies the raw pairs and takes
-    ``offset`` times the sum of x off its sums (for the constant zero ``c``; not zero points)."""
+def raw_tc16(words, lead: tuple, e, b: int, dtype: str = "float16"):
+    """Code pair ``e`` read raw: the codes under a magic number whose exponent makes the code's
+    lowest bit worth 1, ``2^(P-e) + q`` (``e = b v + 1``, the slot one bit up as in :func:`deq_c`),
+    one ``LOP3`` and no ``HFMA2``. A kernel multiplies the raw pairs and takes :func:`raw_offset`
+    times x off its sums (for the format's constant zero; not zero points)."""
     shifted, v = _slot_word(words, lead, e, b, dtype, up=1)
     ee = b * v + 1
     mask = T.shift_left(T.uint32((2 ** b - 1) * 0x10001), T.Cast("uint32", ee))
-    pair = T.cuda.func_call("lutc_lop3", shifted, mask, _twice(_pair_bits(dtype, 0, HALVES[dtype][2] - ee)),
+    return T.cuda.func_call("lutc_lop3", shifted, mask, _twice(_pair_bits(dtype, 0, HALVES[dtype][2] - ee)),
                             source_code=LOP3_SRC, return_type="uint32")
-    return pair, raw_offset(e, b, c, dtype)
 
 
 def raw_offset(e, b: int, c: float, dtype: str = "float16"):
     """The pair ``2^(P-e) + c`` that code pair ``e`` read raw (:func:`raw_tc16`) stands above
-    ``q - c``: the exponent of ``2^(P-e)``, mantissa ``c 2^e = (2c) 2^(e-1)``."""
+    ``q - c``: the exponent of ``2^(P-e)``, mantissa ``c 2^e = (2c) 2^(e-1)``; exact, since the
+    spacing at ``2^(P-e)`` is at most 1/2."""
     v = tc16_slot(e, b, dtype, up=1)[2]
     ee = b * v + 1
     offset = _pair_bits(dtype, 0, HALVES[dtype][2] - ee) | T.shift_left(T.uint32(int(2 * c)), T.Cast("uint32", ee - 1))
@@ -283,8 +282,7 @@ def _slot_word(words, lead: tuple, e, b: int, dtype: str, up: int) -> tuple:
 def tc16_raw_fragment(spec, words, lead: tuple, t, s, t8, h):
     """Register ``t8 + 2 h`` of weight tile ``t``'s fragment in k16 step ``s`` read raw
     (:func:`raw_tc16`; :func:`tc16_fragment` reads it dequantized)."""
-    return raw_tc16(words, (*lead, t), s * 4 + t8 * 2 + h, layouts.tc16_code_bits(spec), spec.code_center,
-                    spec.act_dtype)[0]
+    return raw_tc16(words, (*lead, t), s * 4 + t8 * 2 + h, layouts.tc16_code_bits(spec), spec.act_dtype)
 
 
 def tc16_raw_offset(spec, s, t8, h):
