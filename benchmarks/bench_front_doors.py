@@ -10,8 +10,8 @@ For each N x K, bit width (uniform, group 128) and M, one run times, as users ca
   ``torch.compile`` traces);
 * **dense**: ``F.linear`` on a dense weight of the same shape (fp32 on CPUs, fp16 on GPUs), for
   context;
-* **custom_op**: the op's body (:func:`lutc.torch_ops.check_args`, then the kernel cache)
-  registered as a ``torch.library.custom_op``, as lutc's op was before 2026-12: the baseline of
+* **custom_op**: the op's body (:func:`lutc.torch_ops.mpgemm_kernel`: its checks, then the kernel
+  cache) registered as a ``torch.library.custom_op``, as lutc's op was before 2026-12: the baseline of
   the op's own registration (``lutc.torch_ops``' docstring), timed in the same run;
 
 all under ``torch.no_grad()`` (what ``transformers``' ``generate`` runs in; ``--grad-mode
@@ -62,10 +62,8 @@ def custom_op_baseline():
         def mpgemm(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
                    wbits: int, group_size: int, format: str, g: int, symmetrize: bool,
                    table_dtype: Optional[str], layout: str, N: int) -> torch.Tensor:
-            spec = lutc.torch_ops.check_args(x, planes, scales, zeros, wbits, group_size, format, g, symmetrize,
-                                             table_dtype, layout, N)
-            return lutc.torch_ops.kernel_cache().run(spec, x, layout, planes, scales,
-                                                     *([zeros] if zeros is not None else []))
+            return lutc.torch_ops.mpgemm_kernel(x, planes, scales, zeros, wbits, group_size, format, g, symmetrize,
+                                                table_dtype, layout, N)
     return torch.ops.lutc_bench.mpgemm
 
 

@@ -490,9 +490,20 @@ def mpgemm(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor,
                                          table_dtype, layout, N, perm)
 
 
-def _mpgemm_kernel(x, planes, scales, zeros, wbits, group_size, format="uniform", g=4, symmetrize=True,
-                   table_dtype=None, layout="bitplane", N=-1, perm=None):
-    """The op on CPU and CUDA tensors: check, then run the bucket's kernel."""
+def mpgemm_kernel(x: torch.Tensor, planes: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
+                  wbits: int, group_size: int, format: str = "uniform", g: int = 4, symmetrize: bool = True,
+                  table_dtype: Optional[str] = None, layout: str = "bitplane", N: int = -1,
+                  perm: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The op's CPU and CUDA kernel, without the dispatcher: check (:func:`check_args`), then run the
+    bucket's kernel. Public so that ``benchmarks/bench_front_doors.py`` can time the same body
+    registered another way.
+
+    Example:
+        >>> import lutc
+        >>> qw = lutc.quantize(torch.randn(64, 256), wbits=2, group_size=64)
+        >>> mpgemm_kernel(torch.randn(3, 256), qw.planes, qw.scales, qw.zeros, 2, 64).shape
+        torch.Size([3, 64])
+    """
     spec = check_args(x, planes, scales, zeros, wbits, group_size, format, g, symmetrize, table_dtype,
                       layout, N, perm)
     if perm is not None:
@@ -528,12 +539,12 @@ def _mpgemm_autograd(*args):
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return _NoBackward.apply(*args)
     if not torch._C._len_torch_dispatch_stack() and all(type(t) is torch.Tensor and not t.is_meta for t in tensors):
-        return _mpgemm_kernel(*args)
+        return mpgemm_kernel(*args)
     return _below_autograd(*args)
 
 
-_LIB.impl("mpgemm", _mpgemm_kernel, "CPU")
-_LIB.impl("mpgemm", _mpgemm_kernel, "CUDA")
+_LIB.impl("mpgemm", mpgemm_kernel, "CPU")
+_LIB.impl("mpgemm", mpgemm_kernel, "CUDA")
 _LIB.impl("mpgemm", _mpgemm_autograd, "Autograd")
 
 
@@ -581,5 +592,5 @@ def _describe(spec: MPGemmSpec) -> str:
             f"{spec.act_dtype} activations, {spec.table_dtype} tables")
 
 
-__all__ = ["mpgemm", "linear", "linear_packed", "check_args", "weight_spec", "OpKernels", "LayoutPlan",
-           "kernel_cache", "set_kernel_cache", "DEFAULT_BUCKETS"]
+__all__ = ["mpgemm", "mpgemm_kernel", "linear", "linear_packed", "check_args", "weight_spec", "OpKernels",
+           "LayoutPlan", "kernel_cache", "set_kernel_cache", "DEFAULT_BUCKETS"]

@@ -227,7 +227,8 @@ def resolve_knobs(spec, **given) -> dict:
         knobs["raw_codes"] = knobs["raw_codes"] and knobs["late_scale"]
     if knobs["late_scale"] and not can_scale_late(spec, knobs["swap_upto"]):
         raise ValueError("cuda_stream knob late_scale=1 needs the transposed product (M <= swap_upto) and no "
-                         f"zero points (M = {spec.M}, swap_upto = {knobs['swap_upto']}, zero_point = {spec.zero_point})")
+                         f"zero points (M = {spec.M}, swap_upto = {knobs['swap_upto']}, "
+                         f"zero_point = {spec.zero_point})")
     if knobs["raw_codes"] and not knobs["late_scale"]:
         raise ValueError("cuda_stream knob raw_codes=1 needs late_scale=1 (the raw pairs' offsets come off the "
                          "unscaled sums of a scale group)")
