@@ -230,9 +230,9 @@ def wide_min_m(spec) -> int:
     """Fewest tokens from which this kernel beats ``cuda_stream`` on a wide weight: 2 for 4-bit
     slots (W3, W4), 4 for 2-bit ones (W1, W2, ternary), whose dequantization costs less per
     weight, so that ``cuda_stream``'s transposed product stays ahead longer; 5 where
-    ``cuda_stream`` splits a long K in 8 slices at M <= 4 (:func:`schedules.cuda_stream.eight_slices`;
-    H200, 28672 x 8192 W2 at M = 4: 27.5 us against this kernel's 32.1, at M = 8 38.0 against
-    32.2, ``benchmarks/results/cuda_stream_batches_h200.md``)."""
+    ``cuda_stream`` splits a long K in 8 slices (:func:`schedules.cuda_stream.eight_slices`), which
+    leads to M = 4 and not past it (H200, 28672 x 8192 W2 at M = 4: 27.5 us against this kernel's
+    32.1; at M = 8 38.0 against 32.2; ``benchmarks/results/cuda_stream_batches_h200.md``)."""
     if tc16_code_bits(spec) == 4:
         return 2
     return 5 if eight_slices(spec.with_(M=4)) else 4
