@@ -11,7 +11,7 @@ three interleaved rounds of 200 calls per value (30 from M = 64), the best media
 bytes per second it implies and the streaming read rate measured in the same process
 (``lutc.measure.read_bandwidth_gbs``). ``--knob-sets`` times whole knob sets (JSON, over the
 defaults) instead of one knob's values; a set's ``"schedule"`` names another schedule (its defaults
-under the other knobs given). ``--ms``: the batch sizes (rows of x), M = 1 by default. Threads:
+under the other knobs given; sets reading different weight layouts rotate through a GiB of each). ``--ms``: the batch sizes (rows of x), M = 1 by default. Threads:
 lutc's (``LUTC_NUM_THREADS``, default every core this process may run on; ``LUTC_NUM_THREADS=1``
 for one).
 """
@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=["4096x4096:2", "4096x11008:2", "11008x4096:4", "4096x4096:4"])
     ap.add_argument("--knob-sets", nargs="+", type=json.loads, default=None)
     ap.add_argument("--ms", nargs="+", type=int, default=[1], help="rows of x (M) to time each shape at")
+    ap.add_argument("--target", type=lambda t: json.loads(t) if t.startswith("{") else t, default=None,
+                    help='lutc target (a name, or TVM JSON: \'{"kind": "llvm", "mcpu": "haswell"}\' for AVX2 alone)')
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     threads = int(os.environ["TVM_NUM_THREADS"])    # lutc's pool (set on import from LUTC_NUM_THREADS)
@@ -49,8 +51,11 @@ def main() -> None:
     command = (f"--knob-sets {' '.join(repr(n) for n in names)}" if args.knob_sets
                else f"--knob {args.knob} --values {' '.join(map(str, args.values))}")
     command += f" --ms {' '.join(map(str, args.ms))} --shapes {' '.join(args.shapes)}"
+    target = lutc.target.resolve(args.target)
+    if args.target is not None:
+        command += f" --target '{json.dumps(args.target)}'" if isinstance(args.target, dict) else f" --target {args.target}"
     lines = [f"`python benchmarks/bench_cpu_knobs.py --schedule {args.schedule} {command}`; "
-             f"{lutc.target.resolve('cpu').attrs.get('mcpu', '')}, {threads} thread(s) (TVM_NUM_THREADS), read rate "
+             f"{target.attrs.get('mcpu', '')}, {threads} thread(s) (TVM_NUM_THREADS), read rate "
              f"{read_bandwidth_gbs(threads=threads):.1f} GB/s (same process). us per call (GB/s of weights).", "",
              "| N x K | W | M | " + " | ".join(names) + " | best / first |",
              "|---|---|---|" + "---|" * (len(sets) + 1)]
@@ -60,18 +65,17 @@ def main() -> None:
         for M in args.ms:
             spec = lutc.MPGemmSpec(M, N, K, wbits=int(bits), group_size=128, table_dtype="int8")
             x, qw = random_case(spec, seed=1)
-            kernels = [lutc.build(spec, schedule=kn.get("schedule", args.schedule),
+            kernels = [lutc.build(spec, target, schedule=kn.get("schedule", args.schedule),
                                   knobs={k: v for k, v in kn.items() if k != "schedule"}) for kn in sets]
-            if len({k.layout for k in kernels}) > 1:
-                raise SystemExit(f"the sets read different weight layouts: {[k.layout for k in kernels]}")
-            packed = kernels[0].pack(qw)
-            nbytes, copies = packed_bytes(packed), packed_copies(packed)
-            pool = len(copies)
+            packed = {k.layout: k.pack(qw) for k in kernels}     # one rotation per weight layout read
+            nbytes = {layout: packed_bytes(p) for layout, p in packed.items()}
+            copies = {layout: packed_copies(p) for layout, p in packed.items()}
             best = [float("inf")] * len(sets)
             for _ in range(3):                    # interleaved rounds against drift
                 for j, k in enumerate(kernels):
-                    best[j] = min(best[j], median_us(lambda i: k(x, copies[i]), pool, calls=200 if M < 64 else 30))
-            cells = [f"{t:.0f} ({nbytes / t / 1e3:.1f})" for t in best]
+                    mine = copies[k.layout]
+                    best[j] = min(best[j], median_us(lambda i: k(x, mine[i]), len(mine), calls=200 if M < 64 else 30))
+            cells = [f"{t:.0f} ({nbytes[k.layout] / t / 1e3:.1f})" for t, k in zip(best, kernels)]
             lines.append(f"| {N}x{K} | {bits} | {M} | " + " | ".join(cells) + f" | {best[0] / min(best):.2f}x |")
             print(lines[-1], flush=True)
             del copies

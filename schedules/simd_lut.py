@@ -14,12 +14,21 @@ Loops:
    8 are their negations (symmetrization: ``T[15 - p] = -T[p]``, exact in int8). Each 16-entry
    table is stored ``VL / 16`` times, once per 128-bit lane, because x86 shuffles look up within
    a lane. With ``symmetrize=False`` all 16 entries are computed directly (same values).
-2. **Lookups**, parallel over row tiles of ``2 VL``: for each block, each row of x, each group
-   (unrolled) and each plane (unrolled): load the table register once per group and the weight
-   register once per plane, split the nibbles (``& 15``, ``>> 4``), two shuffles, widen to int16
-   and add into the plane's own accumulator: ``b`` independent add chains (one chain was
-   latency-bound: llvm-mca gave IPC 1.2-1.6 on Neoverse-V1), and widen+add fuse (NEON
-   ``saddw``). With paired planes (x86 ``vpmaddubsw``, see ``pair_madd``) one accumulator holds
+2. **Lookups**, parallel over tasks of ``row_groups`` groups of ``tiles`` row tiles of ``2 VL``
+   rows (knobs; 4 tiles and one group by default, :func:`default_tiles`): for each span of
+   ``k_span`` blocks (all of K by default: the K-block order), each group, each block of the
+   span, each row of x, each group of 4 activations (unrolled), each tile and each plane
+   (unrolled): load the table register once per activation group for all the tiles and the
+   weight register once per tile and plane, split the nibbles (``& 15``, ``>> 4``), two
+   shuffles, widen to int16 and add into the tile's and plane's own accumulator: ``b``
+   independent add chains per tile (one chain was latency-bound: llvm-mca gave IPC 1.2-1.6 on
+   Neoverse-V1), and widen+add fuse (NEON ``saddw``). Four tiles per table load took 0.61-0.90x
+   the time of one (AVX2 code, M = 1, :func:`default_tiles`). Spans keep the tables of a few
+   blocks in L1 while several groups use them (a task's partial sums stay on its stack in
+   between): with AVX2 code two span settings took 0.96-1.39x the time of the 4-tile default at
+   M = 1; the tuner chose spans of 8 blocks for W1 with AVX-512 on the same VM
+   (``benchmarks/results/tuning_cpu_emr_lut_tiles.md``).
+   With paired planes (x86 ``vpmaddubsw``, see ``pair_madd``) one accumulator holds
    ``sum_i 2^i Q_i``. The int16 sums cannot overflow: ``MPGemmSpec.block`` limits a block to
    ``32767 / (127 * plane_weight)`` groups. Weights of one block (``block/4 * b * VL`` bytes,
    at most 8 KiB) stay in L1 while every row of x uses them.
@@ -44,7 +53,85 @@ from lutc.frontend import nan_if, nonfinite
 from .common import drop_param, plane_coef, weight_buffers
 
 
-def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""):
+#: The task-shape knobs of both LUT schedules (x86, arm): row tiles per table load, groups of
+#: them per task, and the K-block order (:func:`lut_kernel`).
+ORDER_KNOBS = {"tiles": (1, 2, 4), "row_groups": (1, 2, 4, 8), "k_span": (0, 1, 2, 4, 8)}
+#: Their values in kernels built before they existed (one tile per task, all of K per tile).
+ORDER_ADDED = {"tiles": 1, "row_groups": 1, "k_span": 0}
+
+
+def order_worth_tuning(row_groups: int, k_span: int) -> bool:
+    """Only the orders that differ: several groups per task walking K in spans. One group walks
+    its blocks in the same order whatever the span, and groups walking all of K in turn are the
+    tasks of ``row_groups = 1`` taken in a row."""
+    return (row_groups == 1) == (k_span == 0)
+
+
+#: Bytes of a task's float partial sums (``M x row_groups x tiles`` rows of ``R``) it may keep on
+#: its thread's stack.
+TASK_SUMS_LIMIT = 64 * 1024
+#: Fewest parallel tasks the default ``tiles`` leaves (:func:`default_tiles`).
+MIN_TASKS = 8
+
+
+def default_tiles(spec, R: int, most: int = 4) -> int:
+    """Row tiles per table load when the knob is not given: ``most`` (4, or what a target's
+    registers hold: ``schedules.arm``), or fewer where N's tiles of ``R`` rows would make fewer
+    than :data:`MIN_TASKS` tasks (a task is one thread's share at a time) or the partial sums
+    would pass :data:`TASK_SUMS_LIMIT` (M = 128 and more).
+
+    Measured on the 2-core Emerald Rapids VM compiled for AVX2 alone (``mcpu=haswell``: the CPUs
+    where this kernel is the default), M = 1, 2 threads, weights rotating through 1 GiB, us for 1 /
+    2 / 4 tiles (``benchmarks/results/cpu_lut_tiles_avx2_emr.md``): W2 4096 x 4096 352 / 276 / 233,
+    14336 x 4096 1184 / 917 / 769, 4096 x 14336 1082 / 836 / 701; W4 4096 x 4096 609 / 476 / 427,
+    4096 x 14336 1841 / 1235 / 1121; W1 4096 x 14336 547 / 433 / 391: 4 tiles 1.11-1.64x faster than
+    one on all 12 rows (Llama-3-8B's shapes, W1 / W2 / W4). Each table register load then serves 4
+    tiles' lookups, and each thread reads 4 weight streams at once; 8 tiles was no faster with
+    AVX-512 (4096 x 4096 W2: 230 against 222 us)."""
+    NT = -(-spec.N // R)
+    fits = (t for t in (4, 2) if t <= most and -(-NT // t) >= MIN_TASKS and sums_bytes(spec, R, t) <= TASK_SUMS_LIMIT)
+    return next(fits, 1)
+
+
+def sums_bytes(spec, R: int, tiles: int, row_groups: int = 1) -> int:
+    """Bytes of one task's float partial sums: ``M`` rows of x by its tiles' rows."""
+    return spec.M * row_groups * tiles * R * 4
+
+
+def task_shape(spec, R: int, tiles=None, row_groups: int = 1, k_span: int = 0) -> tuple:
+    """``(tiles, row_groups, k_span, tasks)`` of the lookup loop for row tiles of ``R`` rows:
+    the knobs fitted to the spec (``tiles`` None: :func:`default_tiles`; no more tiles than N
+    has; ``k_span`` 0 is all of K's blocks) and the parallel tasks they make. Raises
+    ``ValueError`` for a span that does not divide K's blocks, or for several tiles per task
+    whose partial sums pass :data:`TASK_SUMS_LIMIT`.
+
+    Example:
+        >>> import lutc
+        >>> task_shape(lutc.MPGemmSpec(1, 4096, 4096, wbits=2, table_dtype="int8"), 64, 2, 4, 8)
+        (2, 4, 8, 8)
+    """
+    NT = -(-spec.N // R)
+    C = spec.K // spec.block
+    TT = min(default_tiles(spec, R) if tiles is None else tiles, NT)
+    G = min(row_groups, -(-NT // TT))
+    if k_span and C % k_span:
+        raise ValueError(f"knob k_span={k_span} does not divide the {C} blocks of K = {spec.K} "
+                         f"(block {spec.block})")
+    if G * TT > 1 and sums_bytes(spec, R, TT, G) > TASK_SUMS_LIMIT:     # (one tile's: as ever)
+        raise ValueError(f"knobs tiles={tiles}, row_groups={row_groups} at M = {spec.M} need "
+                         f"{sums_bytes(spec, R, TT, G) // 1024} KiB of partial sums per task "
+                         f"(at most {TASK_SUMS_LIMIT // 1024} KiB)")
+    return TT, G, k_span or C, -(-NT // (G * TT))
+
+
+def task_tile(task, group, tile, row_groups: int, tiles: int):
+    """Row tile ``tile`` of group ``group`` of ``task`` (past the last tile the kernel reads the
+    last again and stores nothing)."""
+    return (task * row_groups + group) * tiles + tile
+
+
+def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = "", tiles=None,
+               row_groups: int = 1, k_span: int = 0):
     """The PrimFunc of the SIMD LUT mpGEMM for ``spec`` (``g = 4``, int8 tables).
 
     Args:
@@ -57,6 +144,11 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""
             ``(2^2p, 2^(2p+1))`` and adds each pair (``vpmaddubsw``): one instruction widens
             and combines two planes, instead of a widening, a shift and an add per plane.
             Uniform codes with 2 or 4 bits and ternary only.
+        tiles: row tiles whose lookups share each table register load (None:
+            :func:`default_tiles`).
+        row_groups: groups of ``tiles`` row tiles per parallel task.
+        k_span: the K-block order within a task: 0, each group walks all of K in turn; ``s``, K
+            in spans of ``s`` blocks, every group of the task walking the span before the next.
 
     Arguments of the PrimFunc: ``x [M, K]``, ``planes [NT, K/4, b, VL]`` (``[NT, K/4, b/2,
     VL]`` paired), ``scales`` (tile-major, see :mod:`lutc.formats`), ``zeros`` (zero points
@@ -79,6 +171,8 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""
     const = spec.code_center         # constant of identity (1) in lutc.frontend
     PLANES, scale_shape, zero_shape = weight_buffers(spec, f"ptiles{R}" if paired else f"tiles{R}")
     U = next(u for u in range(min(unroll, GB), 0, -1) if GB % u == 0)   # a divisor of GB
+    TT, G, KS, NTASK = task_shape(spec, R, tiles, row_groups, k_span)
+    GT = G * TT                      # row tiles per task
     nplanes = b // 2 if paired else b       # weight registers per group
     H = VL // 2
     i16h = f"int16x{H}"
@@ -130,53 +224,67 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""
                 for k in range(B):
                     xsum[row, block] = xsum[row, block] + T.Cast("float32", x[row, (block) * B + k])
         # 2. lookups and 3. epilogue
-        for nt in T.parallel(NT):
-            accf = T.alloc_buffer((M, R), "float32", scope="local")
-            acc = T.alloc_buffer((NACC, R), "int16", scope="local")
-            for m in range(M):
+        for task in T.parallel(NTASK):
+            accf = T.alloc_buffer((GT, M, R), "float32", scope="local")
+            acc = T.alloc_buffer((TT, NACC, R), "int16", scope="local")
+            for u, m in T.grid(GT, M):
                 for r in T.vectorized(R):
-                    accf[m, r] = T.float32(0)
-            for c in range(C):
-                for m in range(M):
-                    for a in range(NACC):
-                        for r in T.vectorized(R):
-                            acc[a, r] = T.int16(0)
-                    for qo in range(GB // U):
-                      for qi in T.unroll(U):  # noqa: E111 (keeps the body's indentation)
-                        tab = table[m, c * GB + qo * U + qi, T.ramp(0, 1, VL)]
-                        for i in T.unroll(nplanes):
-                            w = planes[nt, c * GB + qo * U + qi, i, T.ramp(0, 1, VL)]
-                            lo = T.call_llvm_pure_intrin(i8, shuffle, tab, T.reinterpret(i8, w & T.broadcast(T.uint8(15), VL)))
-                            hi = T.call_llvm_pure_intrin(i8, shuffle, tab, T.reinterpret(i8, T.shift_right(w, T.broadcast(T.uint8(4), VL))))
-                            if paired:
-                                # bytes (2r, 2r+1) = planes (2i, 2i+1) of row r: weights (4^i, 2 * 4^i)
-                                pw = T.reinterpret(i8, T.broadcast(
-                                    T.Cast("uint16", T.int32(pair_unit) * T.shift_left(T.int32(1), 2 * i)), H))
-                                acc[0, T.ramp(0, 1, H)] = acc[0, T.ramp(0, 1, H)] + T.call_llvm_pure_intrin(i16h, pair_madd, pw, lo)
-                                acc[0, T.ramp(H, 1, H)] = acc[0, T.ramp(H, 1, H)] + T.call_llvm_pure_intrin(i16h, pair_madd, pw, hi)
-                            else:
-                                acc[i, T.ramp(0, 1, VL)] = acc[i, T.ramp(0, 1, VL)] + T.Cast(i16, lo)
-                                acc[i, T.ramp(VL, 1, VL)] = acc[i, T.ramp(VL, 1, VL)] + T.Cast(i16, hi)
-                    # 3. epilogue: y += d * sum_i coef_i * acc_i (+ zero-point term)
-                    for i in T.unroll(NACC):
-                        for r in T.vectorized(R):
-                            if fmt == "bcq":
-                                accf[m, r] = accf[m, r] + tscale[m, c] * T.Cast(
-                                    "float32", scales[nt, c // per_group, i, r]) * T.Cast("float32", acc[i, r])
-                            elif fmt == "ternary":
-                                accf[m, r] = accf[m, r] + tscale[m, c] * plane_coef(spec, i) * T.Cast(
-                                    "float32", scales[0]) * T.Cast("float32", acc[i, r])
-                            else:  # a paired accumulator (i = 0) holds sum_i 2^i Q_i: plane 0's 1/2 makes it 2^(i-1)
-                                accf[m, r] = accf[m, r] + tscale[m, c] * T.Cast(
-                                    "float32", scales[nt, c // per_group, r]) * plane_coef(spec, i) * T.Cast(
-                                    "float32", acc[i, r])
-                    if zp:
-                        for r in T.vectorized(R):
-                            accf[m, r] = accf[m, r] + T.Cast("float32", scales[nt, c // per_group, r]) * (
-                                T.float32(const) - T.Cast("float32", zeros[nt, c // per_group, r])) * xsum[m, c]
-            for m in range(M):
+                    accf[u, m, r] = T.float32(0)
+            for span in range(C // KS):
+              for rg in range(G):  # noqa: E111 (the task's tile groups, each walking the span's blocks)
+                for c1 in range(KS):
+                    c = T.meta_var(span * KS + c1)
+                    for m in range(M):
+                        for tt, a in T.grid(TT, NACC):
+                            for r in T.vectorized(R):
+                                acc[tt, a, r] = T.int16(0)
+                        for qo in range(GB // U):
+                          for qi in T.unroll(U):  # noqa: E111 (keeps the body's indentation)
+                            kg = T.meta_var(c * GB + qo * U + qi)
+                            tab = table[m, kg, T.ramp(0, 1, VL)]     # one table load, TT tiles' lookups
+                            for tt in T.unroll(TT):
+                                nt = T.meta_var(T.min(task_tile(task, rg, tt, G, TT), NT - 1))
+                                for i in T.unroll(nplanes):
+                                    w = planes[nt, kg, i, T.ramp(0, 1, VL)]
+                                    low = T.reinterpret(i8, w & T.broadcast(T.uint8(15), VL))     # nibbles
+                                    high = T.reinterpret(i8, T.shift_right(w, T.broadcast(T.uint8(4), VL)))
+                                    lo = T.call_llvm_pure_intrin(i8, shuffle, tab, low)
+                                    hi = T.call_llvm_pure_intrin(i8, shuffle, tab, high)
+                                    if paired:
+                                        # bytes (2r, 2r+1) = planes (2i, 2i+1) of row r: weights (4^i, 2 * 4^i)
+                                        pw = T.reinterpret(i8, T.broadcast(
+                                            T.Cast("uint16", T.int32(pair_unit) * T.shift_left(T.int32(1), 2 * i)), H))
+                                        acc[tt, 0, T.ramp(0, 1, H)] = acc[tt, 0, T.ramp(0, 1, H)] + (
+                                            T.call_llvm_pure_intrin(i16h, pair_madd, pw, lo))
+                                        acc[tt, 0, T.ramp(H, 1, H)] = acc[tt, 0, T.ramp(H, 1, H)] + (
+                                            T.call_llvm_pure_intrin(i16h, pair_madd, pw, hi))
+                                    else:
+                                        acc[tt, i, T.ramp(0, 1, VL)] = acc[tt, i, T.ramp(0, 1, VL)] + T.Cast(i16, lo)
+                                        acc[tt, i, T.ramp(VL, 1, VL)] = acc[tt, i, T.ramp(VL, 1, VL)] + T.Cast(i16, hi)
+                        # 3. epilogue: y += d * sum_i coef_i * acc_i (+ zero-point term)
+                        for tt in range(TT):
+                            nt = T.meta_var(T.min(task_tile(task, rg, tt, G, TT), NT - 1))
+                            u = T.meta_var(rg * TT + tt)
+                            for i in T.unroll(NACC):
+                                for r in T.vectorized(R):
+                                    plane_sum = T.meta_var(tscale[m, c] * T.Cast("float32", acc[tt, i, r]))
+                                    if fmt == "bcq":
+                                        accf[u, m, r] = accf[u, m, r] + plane_sum * T.Cast(
+                                            "float32", scales[nt, c // per_group, i, r])
+                                    elif fmt == "ternary":
+                                        accf[u, m, r] = accf[u, m, r] + plane_sum * plane_coef(spec, i) * T.Cast(
+                                            "float32", scales[0])
+                                    else:  # a paired accumulator (i = 0) holds sum_i 2^i Q_i: plane 0's 1/2 makes it 2^(i-1)
+                                        accf[u, m, r] = accf[u, m, r] + plane_sum * T.Cast(
+                                            "float32", scales[nt, c // per_group, r]) * plane_coef(spec, i)
+                            if zp:
+                                for r in T.vectorized(R):
+                                    accf[u, m, r] = accf[u, m, r] + T.Cast("float32", scales[nt, c // per_group, r]) * (
+                                        T.float32(const) - T.Cast("float32", zeros[nt, c // per_group, r])) * xsum[m, c]
+            for rg, tt, m in T.grid(G, TT, M):
                 for r in range(R):
-                    if nt * R + r < N:
-                        out[m, nt * R + r] = T.Cast(act, accf[m, r])
+                    n = T.meta_var(task_tile(task, rg, tt, G, TT) * R + r)   # (past N: a repeated tile, not stored)
+                    if n < N:
+                        out[m, n] = T.Cast(act, accf[rg * TT + tt, m, r])
 
     return main if zp else drop_param(main, "zeros")

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from tvm import IRModule, s_tir
 from .common import arch, has_features
-from .simd_lut import lut_kernel
+from .simd_lut import ORDER_ADDED, ORDER_KNOBS, lut_kernel, order_worth_tuning, task_shape
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
 TEMPLATE = True
-KNOBS = {"vector_bytes": (32, 64), "unroll": (1, 2, 4, 8, 16, 32), "paired": (True, False)}
+KNOBS = {"vector_bytes": (32, 64), "unroll": (1, 2, 4, 8, 16, 32), "paired": (True, False), **ORDER_KNOBS}
+#: Knobs added after tuning logs were written, at the value their kernels had.
+ADDED_KNOBS = ORDER_ADDED
 #: The weight layouts it reads (:mod:`lutc.layouts`, :func:`layout`): paired or not, per vector width.
 LAYOUTS = tuple(f"ptiles{v}" for v in KNOBS["vector_bytes"]) + tuple(f"tiles{2 * v}" for v in KNOBS["vector_bytes"])
 SHUFFLE = {32: "llvm.x86.avx2.pshuf.b", 64: "llvm.x86.avx512.pshuf.b.512"}
@@ -39,23 +41,33 @@ def preferred(spec, target) -> bool:
     return spec.M == 1 and not has_features(target, "avx512vnni")
 
 
-def layout(spec, target, vector_bytes=None, paired=None, **_) -> str:
+def layout(spec, target, vector_bytes=None, paired=None, tiles=None, row_groups: int = 1, k_span: int = 0,
+           **_) -> str:
     """The weight layout the kernel reads: ``ptiles{vector_bytes}`` when planes are paired,
     else ``tiles{2 * vector_bytes}``."""
     vl = _width(target, vector_bytes)
-    return f"ptiles{vl}" if _paired(spec, paired) else f"tiles{2 * vl}"
+    pairs = _paired(spec, paired)
+    task_shape(spec, vl if pairs else 2 * vl, tiles, row_groups, k_span)     # refuses what cannot build
+    return f"ptiles{vl}" if pairs else f"tiles{2 * vl}"
 
 
-def schedule(func, spec, target, vector_bytes=None, unroll: int = 16,
-             paired=None) -> s_tir.Schedule:
+def worth_tuning(spec, target, row_groups: int = 1, k_span: int = 0, **_) -> bool:
+    """See :func:`schedules.simd_lut.order_worth_tuning`."""
+    return order_worth_tuning(row_groups, k_span)
+
+
+def schedule(func, spec, target, vector_bytes=None, unroll: int = 16, paired=None, tiles=None,
+             row_groups: int = 1, k_span: int = 0) -> s_tir.Schedule:
     """The SIMD LUT kernel for ``spec`` on ``target`` (``func`` is its reference semantics).
 
     ``paired`` (default: wherever it applies) combines planes two at a time with
-    ``vpmaddubsw`` (see :func:`schedules.simd_lut.lut_kernel`).
+    ``vpmaddubsw``; ``tiles``, ``row_groups`` and ``k_span`` shape each task and its K-block
+    order (see :func:`schedules.simd_lut.lut_kernel`).
     """
     vl = _width(target, vector_bytes)
     madd = PAIR_MADD[vl] if _paired(spec, paired) else ""
-    return s_tir.Schedule(IRModule({"main": lut_kernel(spec, vl, SHUFFLE[vl], unroll, madd)}))
+    return s_tir.Schedule(IRModule({"main": lut_kernel(spec, vl, SHUFFLE[vl], unroll, madd, tiles, row_groups,
+                                                       k_span)}))
 
 
 def _paired(spec, paired) -> bool:

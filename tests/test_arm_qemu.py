@@ -74,6 +74,21 @@ def test_neon_tbl_kernel_under_qemu(fmt, wbits, zp, runner_object, tmp_path):
     assert rel_error(y, ref) < tolerance(spec)
 
 
+@pytest.mark.parametrize("wbits,knobs", [(2, {"tiles": 2}), (1, {"tiles": 4, "row_groups": 2, "k_span": 2}),
+                                          (4, {"tiles": 2, "row_groups": 2, "k_span": 1})], ids=str)
+def test_neon_tbl_task_shapes_under_qemu(wbits, knobs, runner_object, tmp_path):
+    """Several row tiles per table load, groups of them per task and a K-block order: 7 tiles of
+    32 rows (the last task repeats a tile it does not store), NaN-poisoned output."""
+    spec = lutc.MPGemmSpec(2, 200, 1024, wbits=wbits, group_size=128, table_dtype="int8")
+    kernel = lutc.build(spec, target="arm", schedule="arm", knobs=knobs)
+    x, qw = random_case(spec, seed=11 + wbits)
+    y = run_under_qemu(kernel, [x, *kernel.pack(qw).tensors()], (2, 200), x.dtype, runner_object, tmp_path)
+    ref = reference(x, qw)
+    assert torch.isfinite(y).all()
+    assert ((y.double() - ref).abs() <= int8_table_bound(spec, x, qw) + 1e-5 * ref.abs().max()).all()
+    assert rel_error(y, ref) < tolerance(spec)
+
+
 @pytest.mark.parametrize("spec", [
     lutc.MPGemmSpec(2, 50, 256, wbits=2, group_size=64, table_dtype="float32"),
     lutc.MPGemmSpec(1, 64, 512, wbits=4, group_size=128, zero_point=True, g=2, act_dtype="float16"),

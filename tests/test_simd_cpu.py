@@ -59,6 +59,35 @@ def test_x86_simd_kernel(spec, width):
         check_simd(spec, kernel, seed=spec.N + spec.wbits)
 
 
+@pytest.mark.parametrize("knobs", [{"tiles": 2}, {"tiles": 4, "row_groups": 2, "k_span": 2},
+                                   {"tiles": 1, "row_groups": 4, "k_span": 1},
+                                   {"tiles": 4, "row_groups": 8, "k_span": 8, "paired": False}], ids=str)
+@pytest.mark.parametrize("fmt,wbits,zp,gs", [("uniform", 2, False, 128), ("uniform", 4, True, 64), ("bcq", 3, False, 128),
+                                             ("ternary", 2, False, -1), ("uniform", 1, False, -1)])
+def test_x86_simd_task_shapes(knobs, fmt, wbits, zp, gs):
+    """Row tiles sharing each table load, groups of them per task, K in spans: N = 330 is 6 tiles
+    of 64 rows (or 3 of 128), so tasks repeat tiles past N that they must not store; M = 3."""
+    spec = lutc.MPGemmSpec(3, 330, 2048, wbits=wbits, format=fmt, group_size=gs, zero_point=zp, table_dtype="int8")
+    knobs = dict(knobs, paired=False) if fmt in ("bcq",) or wbits in (1, 3) else knobs
+    check_simd(spec, lutc.build(spec, schedule="x86", knobs=knobs), seed=wbits + 20)
+
+
+def test_lut_task_shape_defaults_and_refusals():
+    from schedules import arm, simd_lut
+    spec = lutc.MPGemmSpec(1, 4096, 4096, wbits=2, table_dtype="int8")
+    assert simd_lut.default_tiles(spec, 64) == 4                          # 64 tiles: 16 tasks
+    assert simd_lut.default_tiles(spec.with_(N=1024), 64) == 2            # 16 tiles: 8 tasks of 2
+    assert simd_lut.default_tiles(spec.with_(N=300), 64) == 1
+    assert simd_lut.default_tiles(spec.with_(M=128), 64) == 2             # 4 tiles' sums: 128 KiB
+    assert [arm.default_tiles(spec.with_(wbits=b)) for b in (1, 2, 4)] == [4, 2, 1]   # NEON registers
+    assert simd_lut.task_shape(spec, 64, None, 4, 8) == (4, 4, 8, 4)
+    with pytest.raises(ValueError, match=r"k_span=8 does not divide the 12 blocks of K = 1536"):
+        lutc.build(spec.with_(K=1536), schedule="x86", knobs={"row_groups": 2, "k_span": 8})
+    with pytest.raises(ValueError, match=r"tiles=4, row_groups=8 at M = 16 need 256 KiB of partial sums"):
+        lutc.build(spec.with_(M=16), schedule="x86", knobs={"tiles": 4, "row_groups": 8, "k_span": 1,
+                                                             "paired": False})
+
+
 @pytest.mark.parametrize("act_dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("fmt,wbits,zp,gs", [("uniform", 4, True, 128), ("bcq", 2, False, 64),
                                              ("ternary", 2, False, -1)])

@@ -175,7 +175,9 @@ def test_compile_builds_the_best_tuned_record(tmp_path, monkeypatch):
     log.append(_record(1.0, knobs={"unroll": 8}, error="wrong result: relative error 1e+00"))
     log.append(_record(30.0, schedule="dot_mac", knobs={"row_tiles": 2}))
     kernel = lutc.compile((1, 256, 512), wbits=2, group_size=64, cache=None)
-    assert kernel.schedule == "x86" and kernel.knobs == {"unroll": 2, "paired": True, "vector_bytes": 32}
+    # (it pins every knob the x86 kernel had then: the knobs added since take their old values)
+    assert kernel.schedule == "x86"
+    assert kernel.knobs == dict({"unroll": 2, "paired": True, "vector_bytes": 32}, **schedules.x86.ADDED_KNOBS)
     assert kernel.tuned["us"] == 20.0
     assert lutc.compile((1, 256, 512), wbits=2, group_size=64, cache=None, tuned=False).tuned is None
     # a record from another device with the same target is used when this device has none
@@ -227,12 +229,13 @@ def test_a_shape_nobody_tuned_takes_the_nearest_tuned_shapes_record(tmp_path, mo
     near = SPEC.with_(N=1024)                       # 2 N of the asked N = 512: distance 1
     far = SPEC.with_(N=4096, K=4096)
     default = lutc.build(SPEC.with_(N=512), tuned=False, cache=None).schedule
-    pinned = {"unroll": 2, "paired": False, "vector_bytes": 32}      # every knob of x86
+    pinned = {"unroll": 2, "paired": False, "vector_bytes": 32}      # every knob x86 had (ADDED_KNOBS: the rest)
     for spec, us in ((near, 20.0), (far, 10.0)):
         log.append(_record(us, knobs=dict(pinned, unroll=2 if spec is near else 8), spec=spec))
         log.append(_record(us * 2, schedule=default, knobs={}, spec=spec))   # the default, slower
     kernel = lutc.build(SPEC.with_(N=512), cache=None)
-    assert kernel.origin == "transferred" and kernel.schedule == "x86" and kernel.knobs == pinned
+    assert kernel.origin == "transferred" and kernel.schedule == "x86"
+    assert kernel.knobs == dict(pinned, **schedules.x86.ADDED_KNOBS)
     assert kernel.tuned["workload"] == near.key()
     # a record that leaves knobs to the defaults of the lutc reading it, or one that won by less
     # than MARGIN, does not transfer
