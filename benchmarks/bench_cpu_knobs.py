@@ -11,7 +11,9 @@ three interleaved rounds of 200 calls per value (30 from M = 64), the best media
 bytes per second it implies and the streaming read rate measured in the same process
 (``lutc.measure.read_bandwidth_gbs``). ``--knob-sets`` times whole knob sets (JSON, over the
 defaults) instead of one knob's values; a set's ``"schedule"`` names another schedule (its defaults
-under the other knobs given; sets reading different weight layouts rotate through a GiB of each). ``--ms``: the batch sizes (rows of x), M = 1 by default. Threads:
+under the other knobs given; sets reading different weight layouts rotate through a GiB of each).
+``--ms``: the batch sizes (rows of x), M = 1 by default. ``--target``: a lutc target, by name or
+as TVM's JSON (``'{"kind": "llvm", "mcpu": "haswell"}'``: AVX2 code on an AVX-512 host). Threads:
 lutc's (``LUTC_NUM_THREADS``, default every core this process may run on; ``LUTC_NUM_THREADS=1``
 for one).
 """
@@ -41,7 +43,7 @@ def main() -> None:
     ap.add_argument("--knob-sets", nargs="+", type=json.loads, default=None)
     ap.add_argument("--ms", nargs="+", type=int, default=[1], help="rows of x (M) to time each shape at")
     ap.add_argument("--target", type=lambda t: json.loads(t) if t.startswith("{") else t, default=None,
-                    help='lutc target (a name, or TVM JSON: \'{"kind": "llvm", "mcpu": "haswell"}\' for AVX2 alone)')
+                    help="lutc target: a name, or TVM's JSON (see above)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     threads = int(os.environ["TVM_NUM_THREADS"])    # lutc's pool (set on import from LUTC_NUM_THREADS)
@@ -53,7 +55,8 @@ def main() -> None:
     command += f" --ms {' '.join(map(str, args.ms))} --shapes {' '.join(args.shapes)}"
     target = lutc.target.resolve(args.target)
     if args.target is not None:
-        command += f" --target '{json.dumps(args.target)}'" if isinstance(args.target, dict) else f" --target {args.target}"
+        named = f"'{json.dumps(args.target)}'" if isinstance(args.target, dict) else args.target
+        command += f" --target {named}"
     lines = [f"`python benchmarks/bench_cpu_knobs.py --schedule {args.schedule} {command}`; "
              f"{target.attrs.get('mcpu', '')}, {threads} thread(s) (TVM_NUM_THREADS), read rate "
              f"{read_bandwidth_gbs(threads=threads):.1f} GB/s (same process). us per call (GB/s of weights).", "",

@@ -62,17 +62,19 @@ def test_x86_simd_kernel(spec, width):
 @pytest.mark.parametrize("knobs", [{"tiles": 2}, {"tiles": 4, "row_groups": 2, "k_span": 2},
                                    {"tiles": 1, "row_groups": 4, "k_span": 1},
                                    {"tiles": 4, "row_groups": 8, "k_span": 8, "paired": False}], ids=str)
-@pytest.mark.parametrize("fmt,wbits,zp,gs", [("uniform", 2, False, 128), ("uniform", 4, True, 64), ("bcq", 3, False, 128),
-                                             ("ternary", 2, False, -1), ("uniform", 1, False, -1)])
+@pytest.mark.parametrize("fmt,wbits,zp,gs", [("uniform", 2, False, 128), ("uniform", 4, True, 64),
+                                             ("bcq", 3, False, 128), ("ternary", 2, False, -1),
+                                             ("uniform", 1, False, -1)])
 def test_x86_simd_task_shapes(knobs, fmt, wbits, zp, gs):
     """Row tiles sharing each table load, groups of them per task, K in spans: N = 330 is 6 tiles
     of 64 rows (or 3 of 128), so tasks repeat tiles past N that they must not store; M = 3."""
     spec = lutc.MPGemmSpec(3, 330, 2048, wbits=wbits, format=fmt, group_size=gs, zero_point=zp, table_dtype="int8")
-    knobs = dict(knobs, paired=False) if fmt in ("bcq",) or wbits in (1, 3) else knobs
+    knobs = dict(knobs, paired=False) if fmt == "bcq" or wbits in (1, 3) else knobs
     check_simd(spec, lutc.build(spec, schedule="x86", knobs=knobs), seed=wbits + 20)
 
 
 def test_lut_task_shape_defaults_and_refusals():
+    """Default tiles per task (fewer where N or the partial sums ask it), and knobs that cannot build."""
     from schedules import arm, simd_lut
     spec = lutc.MPGemmSpec(1, 4096, 4096, wbits=2, table_dtype="int8")
     assert simd_lut.default_tiles(spec, 64) == 4                          # 64 tiles: 16 tasks
