@@ -131,7 +131,11 @@ M = 16 40.8 against Humming's 49.5; with the tuned 256-row tiles (``tuning_logs/
 tables timed lutc first; see ``lutc.measure.interleaved_graph_us`` for why that favoured lutc by
 up to 5-10% at M >= 96.) Fewer instructions per dequantized pair: the knob ``late_scale``
 (:func:`wgmma_kernel`), the default up to M = 32 (28672 x 8192 W2 at M = 16: 36.8 us against
-40.4, ``benchmarks/results/cuda_late_scale_h200.md``).
+40.4, ``benchmarks/results/cuda_late_scale_h200.md``). ``cuda_stream``'s raw codes (one ``LOP3`` a
+pair, the offsets times x off the sums) were tried here with one more wgmma per k16 step for the
+offsets and removed: slower in every cell timed (28672 x 8192 W2 at M = 16: 40.3 against 35.4 us;
+2x with one tile per warp), the extra wgmma lengthen the chain each unit waits on before its
+scale (``benchmarks/results/cuda_wgmma_raw_codes_h200.md``).
 
 Limits (``supports``): sm_90a, fp16 or bf16 activations (the weights are dequantized to the
 activations' type; bf16 rounds the scale to bf16 first, except with the late scale, which
