@@ -12,7 +12,8 @@ and where the CPU has AMX-INT8 the same arithmetic on tiles (``amx``) from M = 9
 on other CPUs the SIMD LUT kernel (``x86``/``arm``) at M = 1; the generic schedules otherwise. :data:`ALTERNATIVES` holds kernels that are only ever tuned (none
 now). On CUDA: ``cuda_wgmma`` (sm_90a: ``tc16`` weights dequantized in registers as the A
 operand of ``wgmma``, x in shared memory from copying warpgroups, K split where blocks are
-few; preferred from M = 9, and from M = 2 to 5 where N is wide enough for its tile alone),
+few; preferred from M = 9, and from M = 2 (4-bit slots) or 4 (2-bit) where N is wide enough for its
+tile alone and K too short for ``cuda_stream``'s 8 slices: ``cuda_wgmma.wide_min_m``),
 ``cuda_stream`` (dequantize + ``mma.sync`` fed by a ``cp.async``
 pipeline, ``tc16`` weights: uniform W1-W4 and ternary, M <= 16; preferred for M = 2..8 and for
 W2-W4 and ternary at M = 1), ``cuda_lut`` (shared-memory tables, ``warp32`` weights; builds M <= 8 and

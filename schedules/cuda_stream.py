@@ -147,7 +147,8 @@ def default_knobs(spec) -> dict:
     tiles per warp and 2 stages, which keep a block's ring (x grows with M) small enough for 4
     blocks per SM (H200, in turns, ``benchmarks/results/cuda_stream_batches_h200.md``): W2 on
     28672 x 8192 at M = 2 / 4 / 8 27.1 / 27.5 / 38.0 us against the 4-warp default's 30.2 / 34.1 /
-    52.0 (``cuda_wgmma`` 33.3 / 32.1 / 32.2: it stays first from M = 5 on a wide weight), on
+    52.0 (``cuda_wgmma`` 33.3 / 32.1 / 32.2; since the raw codes this kernel leads to M = 8 there,
+    :func:`schedules.cuda_wgmma.wide_min_m`), on
     8192 x 28672 26.1 / 27.1 / 31.2 against 30.5 / 33.6 / 45.5. 4-bit slots keep the 4-warp
     defaults from M = 2 (W4 on 28672 x 8192 at M = 2: 43.4 against 38.4).
 

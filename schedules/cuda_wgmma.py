@@ -233,13 +233,17 @@ WIDE_TILE = (2, 2, 64, True, 100)
 def wide_min_m(spec) -> int:
     """Fewest tokens from which this kernel beats ``cuda_stream`` on a wide weight: 2 for 4-bit
     slots (W3, W4), 4 for 2-bit ones (W1, W2, ternary), whose dequantization costs less per
-    weight, so that ``cuda_stream``'s transposed product stays ahead longer; 5 where
-    ``cuda_stream`` splits a long K in 8 slices (:func:`schedules.cuda_stream.eight_slices`), which
-    leads to M = 4 and not past it (H200, 28672 x 8192 W2 at M = 4: 27.5 us against this kernel's
-    32.1; at M = 8 38.0 against 32.2; ``benchmarks/results/cuda_stream_batches_h200.md``)."""
+    weight, so that ``cuda_stream``'s transposed product stays ahead longer; :data:`MIN_M` (none
+    of M = 2..8) where ``cuda_stream`` splits a long K in 8 slices
+    (:func:`schedules.cuda_stream.eight_slices`) and reads its 2-bit slots raw: on the H200, two
+    runs in turns (``benchmarks/results/cuda_stream_m5_m8_h200.log``), 28672 x 8192 W2 at M = 5 /
+    6 / 7 / 8 took 27.5-27.7 / 31.8-32.0 / 31.3-31.7 / 31.2-31.5 us against this kernel's 32.2-32.5
+    / 32.1-32.4 / 31.6-32.3 / 32.0-32.4, and W1 and ternary likewise (M = 8: 30.1-30.3 against
+    32.0-33.0). Before the raw codes ``cuda_stream`` led to M = 4 only (M = 8: 38.0 against 32.2,
+    ``benchmarks/results/cuda_stream_batches_h200.md``)."""
     if tc16_code_bits(spec) == 4:
         return 2
-    return 5 if eight_slices(spec.with_(M=4)) else 4
+    return MIN_M if eight_slices(spec.with_(M=8)) else 4
 
 
 def fits_wide_batch(spec) -> bool:

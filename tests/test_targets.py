@@ -306,11 +306,14 @@ def test_cuda_default_kernel_for_each_m():
         assert schedules.cuda_wgmma.resolve_knobs(spec)["splits"] == splits
     # M = 2..8: wgmma where N is wide enough for its 256-row tile alone (28672 x 8192 W4 at M = 2:
     # 36.3 us against 40.3), from M = 4 for 2-bit slots (W2 at M = 2: 33.2 against cuda_stream's 29.0),
-    # from M = 5 where cuda_stream splits a long K in 8 (28672 x 8192 W2 at M = 4: 27.5 against 32.1)
+    # and for them not at all where cuda_stream splits a long K in 8 and reads the slots raw
+    # (28672 x 8192 W2 at M = 5: 27.5 against 32.2; M = 8: 31.2 against 32.0)
     for M, N, K, wbits, sname in ((2, 28672, 8192, 4, "cuda_wgmma"), (2, 28672, 8192, 2, "cuda_stream"),
-                                  (4, 28672, 8192, 2, "cuda_stream"), (5, 28672, 8192, 2, "cuda_wgmma"),
-                                  (4, 28672, 4096, 2, "cuda_wgmma"), (8, 57344, 8192, 1, "cuda_wgmma"),
-                                  (8, 8192, 28672, 4, "cuda_stream"), (8, 16384, 4096, 2, "cuda_stream")):
+                                  (4, 28672, 8192, 2, "cuda_stream"), (5, 28672, 8192, 2, "cuda_stream"),
+                                  (8, 28672, 8192, 2, "cuda_stream"), (8, 28672, 8192, 4, "cuda_wgmma"),
+                                  (4, 28672, 4096, 2, "cuda_wgmma"), (8, 57344, 8192, 1, "cuda_stream"),
+                                  (8, 57344, 4096, 1, "cuda_wgmma"), (8, 8192, 28672, 4, "cuda_stream"),
+                                  (8, 16384, 4096, 2, "cuda_stream")):
         spec = lutc.MPGemmSpec(M, N, K, wbits=wbits, group_size=128, act_dtype="float16")
         assert schedules.default("cuda", spec, lutc.target.resolve("cuda:sm_90a")).__name__ == f"schedules.{sname}"
     # ... where both kernels scale late, as measured (zero points keep cuda_stream)
