@@ -95,6 +95,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 
 import schedules
 
@@ -150,6 +151,17 @@ class LayoutPlan:
     def layout_for(self, M: int) -> int:
         """Index into :attr:`layouts` of the copy that serves ``M`` rows."""
         return 0 if self.split is None or M <= self.split else 1
+
+
+def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``x`` with zero rows appended up to ``rows``, in one copy (a bucket's kernel reads them:
+    zero rows give all-zero tables and outputs, which the op drops).
+
+    Example:
+        >>> pad_rows(torch.ones(3, 2), 4).tolist()
+        [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [0.0, 0.0]]
+    """
+    return F.pad(x, (0, 0, 0, rows - x.shape[0]))
 
 
 class OpKernels:
@@ -322,29 +334,34 @@ class OpKernels:
         ``weights``: ``planes, scales[, zeros]`` in ``layout``. The arguments must have passed
         :func:`check_args` (this is the op's fast path: the kernels skip their own checks).
         """
-        M, N, K = x.shape[0], spec.N, spec.K
-        y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+        M, N = x.shape[0], spec.N
         dev = x.device.type
         whole = self._whole.get((spec, M, dev, layout))
+        if whole is None:
+            limit = self.rows_limit(spec, dev, layout)
+            if M and M <= limit and self.bucket(M, limit) == M:
+                whole = self._whole[(spec, M, dev, layout)] = self._get(spec, M, dev, layout)
         if whole is not None:   # M is a bucket its kernels build (decode: M = 1): one call
+            y = torch.empty((M, N), dtype=x.dtype, device=x.device)
             whole.launch(x, *weights, y)
             return y
-        limit = self.rows_limit(spec, dev, layout)
-        if M and M <= limit and self.bucket(M, limit) == M:
-            kernel = self._whole[(spec, M, dev, layout)] = self._get(spec, M, dev, layout)
-            kernel.launch(x, *weights, y)
-            return y
+        if 0 < M < limit:
+            # one padded call, and the first M rows of the bucket's output returned as they are:
+            # H200, 28672 x 8192 W2 at M = 5, 32.5 us in a CUDA graph against 34.8 with y's rows
+            # copied out (benchmarks/results/front_doors_cuda_padding.md)
+            bucket = self.bucket(M, limit)
+            padded = torch.empty((bucket, N), dtype=x.dtype, device=x.device)
+            self._get(spec, bucket, dev, layout).launch(pad_rows(x, bucket), *weights, padded)
+            return padded[:M]
+        y = torch.empty((M, N), dtype=x.dtype, device=x.device)
         for start, rows, bucket in self.plan(M, limit):
             kernel = self._get(spec, bucket, dev, layout)
             out = y[start:start + rows]
             if rows == bucket and out.data_ptr() % ALIGN == 0:   # a whole chunk, written in place (x is copied if misaligned)
                 kernel.launch(x[start:start + rows], *weights, out)
                 continue
-            # Zero rows give all-zero tables and outputs; they are dropped again below.
-            xp = torch.zeros((bucket, K), dtype=x.dtype, device=x.device)
-            xp[:rows] = x[start:start + rows]
             yp = torch.empty((bucket, N), dtype=x.dtype, device=x.device)
-            kernel.launch(xp, *weights, yp)
+            kernel.launch(pad_rows(x[start:start + rows], bucket), *weights, yp)
             y[start:start + rows] = yp[:rows]
         return y
 
