@@ -135,7 +135,10 @@ up to 5-10% at M >= 96.) Fewer instructions per dequantized pair: the knob ``lat
 pair, the offsets times x off the sums) were tried here with one more wgmma per k16 step for the
 offsets and removed: slower in every cell timed (28672 x 8192 W2 at M = 16: 40.3 against 35.4 us;
 2x with one tile per warp), the extra wgmma lengthen the chain each unit waits on before its
-scale (``benchmarks/results/cuda_wgmma_raw_codes_h200.md``).
+scale (``benchmarks/results/cuda_wgmma_raw_codes_h200.md``). So was a late scale over A buffers of
+part of a unit (``ak`` 2 or 4: 60-111 registers per thread instead of 168, four computing
+warpgroups or two blocks per SM): 41.3-64.1 us against 35.6 there, each chunk's wgmma waited
+for (``benchmarks/results/cuda_wgmma_late_ak_h200.md``).
 
 Limits (``supports``): sm_90a, fp16 or bf16 activations (the weights are dequantized to the
 activations' type; bf16 rounds the scale to bf16 first, except with the late scale, which
