@@ -154,8 +154,8 @@ class LayoutPlan:
 
 
 def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
-    """``x`` with zero rows appended up to ``rows``, in one copy (a bucket's kernel reads them:
-    zero rows give all-zero tables and outputs, which the op drops).
+    """``x`` with zero rows appended up to ``rows`` (a bucket's kernel reads them: zero rows give
+    all-zero tables and outputs, which the op drops).
 
     Example:
         >>> pad_rows(torch.ones(3, 2), 4).tolist()
