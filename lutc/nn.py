@@ -80,9 +80,10 @@ class LUTLinear(nn.Module):
             (:func:`lutc.quantize`); ``group_size`` defaults to 128 (-1 for ternary).
         g, symmetrize, table_dtype: the LUT algorithm (:func:`lutc.compile`); ``table_dtype=None``
             is the device's default (int8 on SIMD CPUs, float32 on CUDA).
-        single_layout: hold one packed copy on CUDA too (the decode kernel's layout; larger ``M``
-            then runs the fastest kernel reading it) instead of a second copy for the
-            tensor-core kernel (:class:`lutc.torch_ops.LayoutPlan`).
+        single_layout: hold one packed copy where two would be (:class:`lutc.torch_ops.LayoutPlan`):
+            on CUDA the decode kernel's layout, without the copy for the tensor-core kernels; on a
+            CPU the batch kernel's, without the decode kernel's copy. Every ``M`` then runs the
+            fastest kernel reading it.
         device, dtype: where the (zero-initialized) weight lives, and the bias and activation
             dtype (which picks the CUDA kernels; ``.half()``/``.to(dtype)`` update it).
 

@@ -124,12 +124,37 @@ def _warn_busy_openmp_once() -> None:
                      "is imported (lutc docstring)")
 
 
+#: How much faster (by the tuning log's times at M = 1) a CPU's decode kernel must be than the
+#: best kernel reading the batch kernel's layout for a weight to be held in both layouts: a
+#: second copy doubles the memory held, so a gain within the tuner's noise (1-5%) does not buy it.
+SECOND_COPY_GAIN = 1.1
+
+
+def second_copy_pays(decode, other) -> bool:
+    """Whether a CPU weight is worth a decode copy beside its batch copy: ``decode`` (the M = 1
+    :class:`lutc.build.Choice`) and ``other`` (the M = 1 choice among kernels reading the batch
+    layout) are records of one workload timed on one device, and ``decode`` took at most
+    ``1 / SECOND_COPY_GAIN`` of ``other``'s time. Defaults (no record, no time) never pay.
+
+    Example:
+        >>> from types import SimpleNamespace as C
+        >>> run = lambda us: C(record={"workload": {"M": 1}, "device": "cpu0", "us": us})
+        >>> second_copy_pays(run(104.4), run(132.0)), second_copy_pays(run(167.6), run(171.8))
+        (True, False)
+    """
+    mine, theirs = decode.record, other.record if other is not None else None
+    if not (mine and theirs and mine.get("us") and theirs.get("us")):
+        return False
+    same = all(mine.get(k) == theirs.get(k) for k in ("workload", "device"))
+    return same and theirs["us"] >= SECOND_COPY_GAIN * mine["us"]
+
+
 @dataclass(frozen=True)
 class LayoutPlan:
     """How a weight is held on one device: ``layouts[0]`` serves ``M <= split`` (every ``M`` when
     ``split`` is None), ``layouts[1]`` (if any) the larger ``M``.
 
-    A second copy is planned only on CUDA, where the decode kernel (``cuda_lut``, ``warp32``) and
+    A second copy is planned on CUDA where the decode kernel (``cuda_lut``, ``warp32``) and
     the batch kernels (``cuda_stream``, ``cuda_wgmma``, ``cuda_mma``: ``tc16``) read different layouts: fp16 W1,
     where on an H200 at 28672x8192 the LUT kernel takes 23.5 us at M = 1 and ``cuda_stream``
     29.3 (it reads a 2-bit slot), and the LUT kernel builds one table per row of x (W2 M = 4:
@@ -141,7 +166,11 @@ class LayoutPlan:
     tuned LUT kernel beat ``dot_mac`` at M = 1 by 1.08x (4096 x 4096 W2, 123.8 against 133.6 us,
     ``benchmarks/results/tuning_cpu_epyc_llama3_8b.md``), where at M = 16 the LUT kernel takes
     1.9x ``dot_mac``'s time (797 against 414 us, ``front_doors_cpu_batches.md``). Every bucket
-    then runs the fastest kernel that reads the held layout.
+    then runs the fastest kernel that reads the held layout. The exception
+    (:func:`second_copy_pays`): where the tuning log timed the decode kernel at least
+    :data:`SECOND_COPY_GAIN` times faster than the best kernel reading the batch layout, a CPU
+    holds the decode copy too (on the Emerald Rapids VM W1's LUT kernel, 1.25-1.27x ``dot_mac``
+    at 4096 x 4096 and 14336 x 4096: 1.125 more bits per weight held, none more read per token).
     """
 
     layouts: tuple
@@ -269,7 +298,8 @@ class OpKernels:
         """The layout(s) to hold a weight of ``spec`` in on ``device`` (:class:`LayoutPlan`).
 
         ``spec.table_dtype`` and ``act_dtype`` are taken as given (the op resolves a None table
-        dtype with :func:`lutc.build.default_table_dtype`). ``single``: one copy on CUDA too.
+        dtype with :func:`lutc.build.default_table_dtype`). ``single``: one copy wherever a second
+        would be planned (on CUDA the decode kernel's layout, on a CPU the batch kernel's).
 
         Example:
             >>> spec = MPGemmSpec(1, 4096, 4096, wbits=2, table_dtype="int8")
@@ -286,11 +316,13 @@ class OpKernels:
                 raise ValueError(f"no lutc kernel for {dev} builds {_describe(spec)} at M = 1"
                                  + (f" with schedule {self.schedule}" if self.schedule else ""))
             decode, batch = picks[0][1], picks[-1][1]      # the M = 1 kernel, the largest bucket's
-            if dev != "cuda" and batch.layout != decode.layout and batch.module not in schedules.GENERIC:
+            differ = batch.layout != decode.layout and batch.module not in schedules.GENERIC
+            two = differ and not single and (
+                dev == "cuda" or second_copy_pays(decode, self._choice(spec, tgt, batch.layout)))
+            if differ and not two and dev != "cuda":
                 # one CPU copy: the batch kernel's layout (M = 1 then runs the best kernel reading it)
                 plan = LayoutPlan((batch.layout,), None, spec.table_dtype)
-            elif (dev != "cuda" or single or batch.layout == decode.layout
-                    or batch.module in schedules.GENERIC):
+            elif not two:
                 plan = LayoutPlan((decode.layout,), None, spec.table_dtype)
             else:   # the decode layout serves the buckets before the first that reads the batch layout
                 first_batch = next(b for b, c in picks if c.layout == batch.layout)

@@ -72,26 +72,47 @@ def test_eager_formats_and_dtypes(fmt, dtype):
         assert rel_error(y, reference(x, qw)) < _tol(x, qw)
 
 
-def test_one_cpu_copy_is_the_batch_kernels_layout_when_a_tuned_decode_kernel_reads_another(tmp_path, monkeypatch):
-    """A tuning record that makes the LUT kernel the M = 1 choice (a few percent there) must not
-    send batches to the LUT kernel (about 2x slower at M = 16 than dot_mac on a VNNI CPU)."""
+@pytest.mark.parametrize("dot_mac_us", [10.5, 13.0])
+def test_a_cpu_holds_the_decode_copy_only_where_the_log_says_it_pays(tmp_path, monkeypatch, dot_mac_us):
+    """A tuning record that makes the LUT kernel the M = 1 choice by a few percent must not send
+    batches to the LUT kernel (about 2x slower at M = 16 than dot_mac on a VNNI CPU, more than amx) nor double
+    the memory held: one copy, the batch kernel's. Where it is 1.3x faster (W1's LUT kernel on
+    the Emerald Rapids VM: 1.25x), ``LUTLinear`` holds both, M = 1 runs the LUT kernel and the
+    batches ``dot_mac`` (or ``amx``), each within the bound; ``single_layout`` keeps the batch copy alone."""
     from lutc.target import describe, device_name, resolve
-    from lutc.torch_ops import OpKernels
+    from lutc.torch_ops import SECOND_COPY_GAIN
     from lutc.tuner.records import log_for
     spec = lutc.MPGemmSpec(1, 256, 512, wbits=2, group_size=64, table_dtype="int8")
     batch = lutc.build(spec.with_(M=16), tuned=False, cache=None)
-    if batch.schedule != "dot_mac":
+    if batch.layout != "dot16":
         pytest.skip("no VNNI: the LUT kernel serves every M here")
     monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
     tgt = resolve("host")
     log = log_for("cpu", describe(tgt))
-    for schedule, knobs, us in (("x86", {"unroll": 4, "paired": False, "vector_bytes": 64}, 10.0),
-                                ("dot_mac", {}, 11.0)):
+    lut_knobs = {"unroll": 4, "paired": False, "vector_bytes": 64}
+    for schedule, knobs, us in (("x86", lut_knobs, 10.0), ("dot_mac", {}, dot_mac_us)):
         log.append({"workload": spec.key(), "target": describe(tgt), "device": device_name(tgt), "versions": {},
                     "schedule": schedule, "knobs": knobs, "us": us, "error": None, "confirm": "run"})
-    assert lutc.build(spec, cache=None).schedule == "x86"             # the tuned M = 1 kernel
+    decode = lutc.build(spec, cache=None)
+    assert decode.schedule == "x86"             # the tuned M = 1 kernel
+    pays = dot_mac_us >= SECOND_COPY_GAIN * 10.0
     plan = OpKernels().layout_plan(spec, "cpu")
-    assert plan.layouts == (batch.layout,) and plan.split is None
+    assert plan.layouts == ((decode.layout, batch.layout) if pays else (batch.layout,))
+    assert plan.split == (1 if pays else None)
+    assert OpKernels().layout_plan(spec, "cpu", single=True).layouts == (batch.layout,)
+    if not pays:
+        return
+    monkeypatch.setattr(lutc.torch_ops, "_CACHE", OpKernels())   # plans made with this log
+    lin = torch.nn.Linear(512, 256, bias=False)
+    q = lutc.LUTLinear.from_linear(lin, wbits=2, group_size=64)
+    assert q.layouts == (decode.layout, batch.layout)
+    assert lutc.LUTLinear.from_linear(lin, wbits=2, group_size=64, single_layout=True).layouts == (batch.layout,)
+    w = q.packed().dequantize()
+    for M in (1, 16):
+        x = torch.randn(M, 512, generator=GEN)
+        assert rel_error(q(x), x.double() @ w.T) < tolerance(q.kernel_spec())
+    ran = {(k.spec.M, k.schedule) for k in kernel_cache().kernels() if k.spec.N == 256}
+    assert (1, "x86") in ran and (16, batch.schedule) in ran
 
 
 def test_default_layout_runs_the_simd_kernel():
