@@ -238,6 +238,41 @@ two planes of a row in adjacent bytes, so one vpmaddubsw widens and combines the
         return _from_nibbles(idx)
 
 
+class GroupTiles(Layout):
+    family = "gtiles"
+    family_doc = """
+Rows in tiles of R = 32 (N padded with zero-scale rows), activations in quads of 4 groups of 4;
+planes uint8 [N/32, K/16, b, 64]: byte 4 j + u of planes[t, kq, i] holds in its low nibble the 4
+bits of plane i of row 32 t + j for activations 16 kq + 4 u .. 16 kq + 4 u + 3 (least significant
+first), in its high nibble those of row 32 t + 16 + j. A nibble with u in bits 4-5 indexes the
+64-byte register of the quad's four 16-entry tables (AVX-512 VBMI vpermb), and the four bytes
+of a row are the operand of one 4-way dot product that sums them (VNNI vpdpbusd)."""
+
+    rows = 32
+
+    def __init__(self):
+        self.name = "gtiles32"
+
+    def check(self, spec):
+        if spec.K % 16:
+            raise ValueError(f"layout {self.name!r} needs K to be a multiple of 16, got K={spec.K}")
+
+    def _planes_shape(self, spec):
+        return (self.tiles(spec), spec.K // 16, spec.planes, 64)
+
+    def _pack_planes(self, spec, byte):
+        b, K, NT = spec.planes, spec.K, self.tiles(spec)
+        idx = _nibbles(byte, NT * 32).reshape(b, NT, 2, 16, K // 16, 4)    # plane tile half row quad group
+        t = idx.permute(1, 4, 0, 3, 5, 2).reshape(NT, K // 16, b, 64, 2)
+        return (t[..., 0] | (t[..., 1] << 4)).contiguous()
+
+    def _unpack_planes(self, spec, p):
+        NT, KQ, b, _ = p.shape
+        t = torch.stack([p & 15, p >> 4], -1).reshape(NT, KQ, b, 16, 4, 2)  # tile quad plane row group half
+        idx = t.permute(2, 0, 5, 3, 1, 4).reshape(b, NT * 32, KQ * 4)[:, :spec.N]
+        return _from_nibbles(idx)
+
+
 def code_bits(wbits: int) -> int:
     """Bits of a code's slot in the ``dot{L}`` layouts (3-bit codes take 4-bit slots)."""
     return {1: 1, 2: 2, 3: 4, 4: 4}[wbits]
@@ -446,7 +481,7 @@ DOT_ROWS = (4, 16)          # int32 lanes of a NEON / AVX-512 register
 #: Every layout this lutc reads and writes, by name.
 LAYOUTS = {lay.name: lay for lay in [Bitplane(), *(Tiles(r) for r in TILE_ROWS),
                                      *(PairedTiles(r) for r in PAIRED_ROWS),
-                                     *(Dot(r) for r in DOT_ROWS), Warp32(), TC16()]}
+                                     GroupTiles(), *(Dot(r) for r in DOT_ROWS), Warp32(), TC16()]}
 
 
 def get(name: str) -> Layout:

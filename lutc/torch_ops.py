@@ -131,18 +131,25 @@ SECOND_COPY_GAIN = 1.1
 
 
 def second_copy_pays(decode, other) -> bool:
-    """Whether a CPU weight is worth a decode copy beside its batch copy: ``decode`` (the M = 1
-    :class:`lutc.build.Choice`) and ``other`` (the M = 1 choice among kernels reading the batch
-    layout) are records of one workload timed on one device, and ``decode`` took at most
-    ``1 / SECOND_COPY_GAIN`` of ``other``'s time. Defaults (no record, no time) never pay.
+    """Whether a CPU weight is worth a decode copy beside its batch copy. ``decode`` is the M = 1
+    :class:`lutc.build.Choice`, ``other`` the M = 1 choice among kernels reading the batch layout.
+    With tuning records of one workload timed on one device for both, ``decode`` must have taken
+    at most ``1 / SECOND_COPY_GAIN`` of ``other``'s time; with neither (both the untuned defaults)
+    the schedules' own measurements, which made the M = 1 default read another layout, decide
+    (W1 in quads on VBMI + VNNI CPUs: ``schedules.x86.preferred``); a record on one side only
+    leaves one copy.
 
     Example:
         >>> from types import SimpleNamespace as C
         >>> run = lambda us: C(record={"workload": {"M": 1}, "device": "cpu0", "us": us})
         >>> second_copy_pays(run(104.4), run(132.0)), second_copy_pays(run(167.6), run(171.8))
         (True, False)
+        >>> second_copy_pays(C(record=None), C(record=None)), second_copy_pays(C(record=None), run(50.0))
+        (True, False)
     """
     mine, theirs = decode.record, other.record if other is not None else None
+    if mine is None and theirs is None:
+        return other is not None
     if not (mine and theirs and mine.get("us") and theirs.get("us")):
         return False
     same = all(mine.get(k) == theirs.get(k) for k in ("workload", "device"))
@@ -166,11 +173,13 @@ class LayoutPlan:
     tuned LUT kernel beat ``dot_mac`` at M = 1 by 1.08x (4096 x 4096 W2, 123.8 against 133.6 us,
     ``benchmarks/results/tuning_cpu_epyc_llama3_8b.md``), where at M = 16 the LUT kernel takes
     1.9x ``dot_mac``'s time (797 against 414 us, ``front_doors_cpu_batches.md``). Every bucket
-    then runs the fastest kernel that reads the held layout. The exception
+    then runs the fastest kernel that reads the held layout. The exceptions
     (:func:`second_copy_pays`): where the tuning log timed the decode kernel at least
-    :data:`SECOND_COPY_GAIN` times faster than the best kernel reading the batch layout, a CPU
-    holds the decode copy too (on the Emerald Rapids VM W1's LUT kernel, 1.25-1.27x ``dot_mac``
-    at 4096 x 4096 and 14336 x 4096: 1.125 more bits per weight held, none more read per token).
+    :data:`SECOND_COPY_GAIN` times faster than the best kernel reading the batch layout, or where
+    the untuned defaults differ (W1 looked up in quads on VBMI + VNNI CPUs, 1.02-1.30x
+    ``dot_mac``), a CPU holds the decode copy too (on the Emerald Rapids VM W1's tuned LUT kernel,
+    1.25-1.27x ``dot_mac`` at 4096 x 4096 and 14336 x 4096: 1.125 more bits per weight held, none
+    more read per token).
     """
 
     layouts: tuple

@@ -41,7 +41,7 @@ PathLike = Union[str, os.PathLike]
 #: (``NAME_LAYOUT_CODE``): a fixed list, only ever appended to, spelled again as the
 #: ``LUTC_LAYOUT_*`` codes of ``lutc_weights.h``. Code 0 is ``bitplane``, what version-1 files hold.
 FILE_LAYOUTS = ("bitplane", "tiles32", "tiles64", "tiles128", "ptiles32", "ptiles64", "dot4", "dot16",
-                "warp32", "tc16")
+                "warp32", "tc16", "gtiles32")
 
 _MAGIC = b"LUTCWGT\0"
 _FILE_VERSION = 2

@@ -67,6 +67,10 @@ def order_worth_tuning(row_groups: int, k_span: int) -> bool:
     return (row_groups == 1) == (k_span == 0)
 
 
+#: Rows of a ``gtiles32`` tile: the 16 int32 lanes of a 64-byte dot product, twice (two nibbles).
+QUAD_ROWS = 32
+
+
 #: Bytes of a task's float partial sums (``M x row_groups x tiles`` rows of ``R``) it may keep on
 #: its thread's stack.
 TASK_SUMS_LIMIT = 64 * 1024
@@ -131,7 +135,7 @@ def task_tile(task, group, tile, row_groups: int, tiles: int):
 
 
 def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = "", tiles=None,
-               row_groups: int = 1, k_span: int = 0):
+               row_groups: int = 1, k_span: int = 0, quad_dot: str = ""):
     """The PrimFunc of the SIMD LUT mpGEMM for ``spec`` (``g = 4``, int8 tables).
 
     Args:
@@ -149,6 +153,10 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""
         row_groups: groups of ``tiles`` row tiles per parallel task.
         k_span: the K-block order within a task: 0, each group walks all of K in turn; ``s``, K
             in spans of ``s`` blocks, every group of the task walking the span before the next.
+        quad_dot: lookups in quads (the ``gtiles32`` layout, :func:`quad_lookups`): ``shuffle``
+            is then a full-register permute ``(table int8x64, index int8x64)`` (AVX-512 VBMI
+            ``vpermb``) and this the LLVM intrinsic of a 4-way dot product into int32 lanes
+            ``(int32x16, uint8x64, int8x64) -> int32x16`` (VNNI ``vpdpbusd``).
 
     Arguments of the PrimFunc: ``x [M, K]``, ``planes [NT, K/4, b, VL]`` (``[NT, K/4, b/2,
     VL]`` paired), ``scales`` (tile-major, see :mod:`lutc.formats`), ``zeros`` (zero points
@@ -156,21 +164,27 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""
     """
     M, N, K, b = spec.M, spec.N, spec.K, spec.planes
     paired = bool(pair_madd)
-    R = VL if paired else 2 * VL
+    QUAD = bool(quad_dot)
+    assert not (QUAD and (paired or VL != 64)), "quads: 64-byte registers, one accumulator per plane"
+    R = QUAD_ROWS if QUAD else VL if paired else 2 * VL
     NT = -(-N // R)
     KG = K // 4
     B = spec.block
     GB = B // 4                      # groups per block
     C = K // B                       # blocks per row
     per_group = spec.group // B      # blocks per weight group
-    NACC = 1 if pair_madd else b     # int16 accumulators per row: one per plane unless paired
+    NACC = 1 if pair_madd else b     # accumulators per row: one per plane unless paired
+    ACC_T = "int32" if QUAD else "int16"    # (a dot product's lanes are int32)
     fmt, zp, sym = spec.format, spec.zero_point, spec.symmetrize
     act, sdt = spec.act_dtype, spec.scale_dtype
     i8, i16 = f"int8x{VL}", f"int16x{VL}"
-    dup = VL // 16
+    dup = 1 if QUAD else VL // 16    # copies of a group's table: one per 128-bit lane a shuffle looks up in
+    TW = 16 * dup                    # table bytes per group
     const = spec.code_center         # constant of identity (1) in lutc.frontend
-    PLANES, scale_shape, zero_shape = weight_buffers(spec, f"ptiles{R}" if paired else f"tiles{R}")
-    U = next(u for u in range(min(unroll, GB), 0, -1) if GB % u == 0)   # a divisor of GB
+    PLANES, scale_shape, zero_shape = weight_buffers(spec, "gtiles32" if QUAD else f"ptiles{R}" if paired
+                                                     else f"tiles{R}")
+    GQ = GB // 4 if QUAD else GB     # table registers per block: quads of groups, or groups
+    U = next(u for u in range(min(unroll, GQ), 0, -1) if GQ % u == 0)   # a divisor of GQ
     TT, G, KS, NTASK = task_shape(spec, R, tiles, row_groups, k_span)
     GT = G * TT                      # row tiles per task
     nplanes = b // 2 if paired else b       # weight registers per group
@@ -178,13 +192,17 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""
     i16h = f"int16x{H}"
     # uint16 of the byte pair (lo, hi) = (1, 2) for uniform codes (times 4^i for pair i), (1, 1) ternary
     pair_unit = 1 + 2 * 256 if fmt == "uniform" else 1 + 256
+    # quads: byte 4 j + u of an index register gets u in bits 4-5 (its group's table in the
+    # register), and the dot product multiplies each looked-up byte by 1
+    quad_bits = T.reinterpret("uint8x64", T.broadcast(T.uint32(0x30201000), 16))
+    ones = T.reinterpret("int8x64", T.broadcast(T.uint32(0x01010101), 16))
 
     @T.prim_func(s_tir=True)
     def main(x: T.Buffer((M, K), act), planes: T.Buffer(PLANES, "uint8"),
              scales: T.Buffer(scale_shape, sdt), zeros: T.Buffer(zero_shape, sdt),
              out: T.Buffer((M, N), act)):
         T.func_attr({"tirx.noalias": True})
-        table = T.alloc_buffer((M, KG, VL), "int8")
+        table = T.alloc_buffer((M, KG * TW), "int8")
         tscale = T.alloc_buffer((M, C), "float32")
         xsum = T.alloc_buffer((M, C), "float32")
         # 1. tables
@@ -210,7 +228,7 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""
                     # one vector expression over the entries: 4 sign-selects and adds, a divide,
                     # a round, a narrowing store
                     for p in T.vectorized(8 if sym else 16):
-                        table[row, kg, lane * 16 + p] = T.Cast("int8", T.round(
+                        table[row, kg * TW + lane * 16 + p] = T.Cast("int8", T.round(
                             (T.Select(p & 1 == 1, T.float32(1), T.float32(-1)) * T.Cast("float32", x[row, kg * 4])
                              + T.Select(p & 2 == 2, T.float32(1), T.float32(-1)) * T.Cast("float32", x[row, kg * 4 + 1])
                              + T.Select(p & 4 == 4, T.float32(1), T.float32(-1)) * T.Cast("float32", x[row, kg * 4 + 2])
@@ -218,7 +236,7 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""
                             / tscale[row, block]))
                     if sym:  # the other half by negation: T[15 - p] = -T[p]
                         for p in T.vectorized(8):
-                            table[row, kg, lane * 16 + 15 - p] = T.int8(0) - table[row, kg, lane * 16 + p]
+                            table[row, kg * TW + lane * 16 + 15 - p] = T.int8(0) - table[row, kg * TW + lane * 16 + p]
             if zp:
                 xsum[row, block] = T.float32(0)
                 for k in range(B):
@@ -226,7 +244,7 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""
         # 2. lookups and 3. epilogue
         for task in T.parallel(NTASK):
             accf = T.alloc_buffer((GT, M, R), "float32", scope="local")
-            acc = T.alloc_buffer((TT, NACC, R), "int16", scope="local")
+            acc = T.alloc_buffer((TT, NACC, R), ACC_T, scope="local")
             for u, m in T.grid(GT, M):
                 for r in T.vectorized(R):
                     accf[u, m, r] = T.float32(0)
@@ -237,12 +255,26 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""
                     for m in range(M):
                         for tt, a in T.grid(TT, NACC):
                             for r in T.vectorized(R):
-                                acc[tt, a, r] = T.int16(0)
-                        for qo in range(GB // U):
+                                acc[tt, a, r] = T.Cast(ACC_T, 0)
+                        for qo in range(GQ // U):
                           for qi in T.unroll(U):  # noqa: E111 (keeps the body's indentation)
-                            kg = T.meta_var(c * GB + qo * U + qi)
-                            tab = table[m, kg, T.ramp(0, 1, VL)]     # one table load, TT tiles' lookups
-                            for tt in T.unroll(TT):
+                            kg = T.meta_var(c * GQ + qo * U + qi)    # (with quads: kq, groups 4 kq ..)
+                            tab = table[m, T.ramp(kg * VL if QUAD else kg * TW, 1, VL)]   # one table load, TT tiles' lookups
+                            if QUAD:
+                              for tt in T.unroll(TT):  # noqa: E111 (as the branch below)
+                                nt = T.meta_var(T.min(task_tile(task, rg, tt, G, TT), NT - 1))
+                                for i in T.unroll(b):
+                                    w = planes[nt, kg, i, T.ramp(0, 1, VL)]
+                                    low = T.reinterpret(i8, (w & T.broadcast(T.uint8(15), VL)) | quad_bits)
+                                    high = T.reinterpret(i8, T.shift_right(w, T.broadcast(T.uint8(4), VL)) | quad_bits)
+                                    lo = T.call_llvm_pure_intrin(i8, shuffle, tab, low)     # rows 0..15, 4 groups each
+                                    hi = T.call_llvm_pure_intrin(i8, shuffle, tab, high)    # rows 16..31
+                                    acc[tt, i, T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin(
+                                        "int32x16", quad_dot, acc[tt, i, T.ramp(0, 1, 16)], ones, lo)
+                                    acc[tt, i, T.ramp(16, 1, 16)] = T.call_llvm_pure_intrin(
+                                        "int32x16", quad_dot, acc[tt, i, T.ramp(16, 1, 16)], ones, hi)
+                            else:
+                              for tt in T.unroll(TT):  # noqa: E111
                                 nt = T.meta_var(T.min(task_tile(task, rg, tt, G, TT), NT - 1))
                                 for i in T.unroll(nplanes):
                                     w = planes[nt, kg, i, T.ramp(0, 1, VL)]

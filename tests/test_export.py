@@ -538,7 +538,7 @@ def _field(path: Path, name: str, value: int) -> Path:
 
 @pytest.mark.parametrize("field,value,message", [
     ("file_version", 3, r"field file_version is 3; this lutc reads weight files of versions 1, 2"),
-    ("layout", 99, r"field layout is 99; layout codes are 0\.\.9"),
+    ("layout", 99, r"field layout is 99; layout codes are 0\.\.10"),
     ("layout_version", 2, r"field layout_version is 2; layout 'ptiles64' v2: this lutc reads v1"),
     ("format", 7, r"field format is 7; format codes are 0\.\.2"),
     ("wbits", 9, r"field wbits is 9; weights have 1-4 bits"),

@@ -49,12 +49,12 @@ def _cases():
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("spec", list(_cases()))
 def test_x86_simd_kernel(spec, width):
-    kernel = lutc.build(spec, schedule="x86", knobs={"vector_bytes": width})
+    kernel = lutc.build(spec, schedule="x86", knobs={"vector_bytes": width, "quads": False})
     pairs = spec.format != "bcq" and spec.planes % 2 == 0
     assert kernel.layout == (f"ptiles{width}" if pairs else f"tiles{2 * width}")
     check_simd(spec, kernel, seed=spec.N + spec.wbits)
     if pairs:   # the unpaired variant of the same spec
-        kernel = lutc.build(spec, schedule="x86", knobs={"vector_bytes": width, "paired": False})
+        kernel = lutc.build(spec, schedule="x86", knobs={"vector_bytes": width, "paired": False, "quads": False})
         assert kernel.layout == f"tiles{2 * width}"
         check_simd(spec, kernel, seed=spec.N + spec.wbits)
 
@@ -71,6 +71,43 @@ def test_x86_simd_task_shapes(knobs, fmt, wbits, zp, gs):
     spec = lutc.MPGemmSpec(3, 330, 2048, wbits=wbits, format=fmt, group_size=gs, zero_point=zp, table_dtype="int8")
     knobs = dict(knobs, paired=False) if fmt == "bcq" or wbits in (1, 3) else knobs
     check_simd(spec, lutc.build(spec, schedule="x86", knobs=knobs), seed=wbits + 20)
+
+
+QUADS = codegen.llvm_cpu_has_features(["avx512vbmi", "avx512vnni"], HOST)
+
+
+@pytest.mark.skipif(not QUADS, reason="lookups in quads need AVX-512 VBMI and VNNI")
+@pytest.mark.parametrize("spec", list(_cases()))
+def test_x86_lookups_in_quads(spec):
+    """Four groups' tables per vpermb register, each row's four lookups summed by vpdpbusd
+    (``gtiles32``): every format, ragged N (130 and 40 rows are not multiples of 32), M = 1..16."""
+    kernel = lutc.build(spec, schedule="x86", knobs={"quads": True})
+    assert kernel.layout == "gtiles32"
+    check_simd(spec, kernel, seed=spec.N + spec.wbits + 1)
+
+
+@pytest.mark.skipif(not QUADS, reason="lookups in quads need AVX-512 VBMI and VNNI")
+@pytest.mark.parametrize("knobs", [{"tiles": 1}, {"tiles": 4, "row_groups": 2, "k_span": 2}, {"unroll": 1}], ids=str)
+def test_x86_quads_task_shapes_and_default(knobs):
+    """W1 at M = 1 defaults to quads where the CPU has VBMI and VNNI; the task-shape knobs apply
+    (N = 330: tasks repeat tiles past N that they must not store)."""
+    spec = lutc.MPGemmSpec(1, 330, 2048, wbits=1, group_size=64, table_dtype="int8")
+    default = lutc.build(spec, tuned=False)
+    assert (default.schedule, default.layout) == ("x86", "gtiles32")
+    check_simd(spec, lutc.build(spec, schedule="x86", knobs={**knobs, "quads": True}), seed=31)
+
+
+def test_quads_refusals():
+    """Quads need VBMI + VNNI, 64-byte registers and unpaired planes: errors name the knob."""
+    spec = lutc.MPGemmSpec(1, 64, 512, wbits=2, table_dtype="int8")
+    with pytest.raises(ValueError, match="quads=True needs AVX-512 VBMI and VNNI"):
+        lutc.build(spec, {"kind": "llvm", "mcpu": "skylake-avx512"}, schedule="x86", knobs={"quads": True})
+    for knobs in ({"quads": True, "vector_bytes": 32}, {"quads": True, "paired": True}):
+        with pytest.raises(ValueError, match="quads=True uses 64-byte registers"):
+            lutc.build(spec, {"kind": "llvm", "mcpu": "icelake-server"}, schedule="x86", knobs=knobs)
+    # W1 at M = 1 on an AVX-512 CPU without VBMI keeps the shuffles
+    from lutc.build import choose
+    assert choose(spec.with_(wbits=1), {"kind": "llvm", "mcpu": "skylake-avx512"}, tuned=False).layout == "tiles128"
 
 
 def test_lut_task_shape_defaults_and_refusals():

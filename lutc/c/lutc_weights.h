@@ -44,13 +44,13 @@ enum { LUTC_FORMAT_UNIFORM = 0, LUTC_FORMAT_BCQ = 1, LUTC_FORMAT_TERNARY = 2 };
 enum {
   LUTC_LAYOUT_BITPLANE = 0, LUTC_LAYOUT_TILES32 = 1, LUTC_LAYOUT_TILES64 = 2, LUTC_LAYOUT_TILES128 = 3,
   LUTC_LAYOUT_PTILES32 = 4, LUTC_LAYOUT_PTILES64 = 5, LUTC_LAYOUT_DOT4 = 6, LUTC_LAYOUT_DOT16 = 7,
-  LUTC_LAYOUT_WARP32 = 8, LUTC_LAYOUT_TC16 = 9, LUTC_NUM_LAYOUTS = 10
+  LUTC_LAYOUT_WARP32 = 8, LUTC_LAYOUT_TC16 = 9, LUTC_LAYOUT_GTILES32 = 10, LUTC_NUM_LAYOUTS = 11
 };
 static const char* const lutc_layout_names[LUTC_NUM_LAYOUTS] = {
     "bitplane", "tiles32", "tiles64", "tiles128", "ptiles32", "ptiles64", "dot4", "dot16",
-    "warp32", "tc16"};
+    "warp32", "tc16", "gtiles32"};
 /* The version of each layout this header reads (lutc.layouts: tc16 changed its k order in 2). */
-static const int64_t lutc_layout_versions[LUTC_NUM_LAYOUTS] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 2};
+static const int64_t lutc_layout_versions[LUTC_NUM_LAYOUTS] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1};
 
 typedef struct {
   int64_t file_version;   /* 1 or 2 (LUTC_WEIGHTS_FILE_VERSION) */
