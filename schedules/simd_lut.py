@@ -28,6 +28,9 @@ Loops:
    between): with AVX2 code two span settings took 0.96-1.39x the time of the 4-tile default at
    M = 1; the tuner chose spans of 8 blocks for W1 with AVX-512 on the same VM
    (``benchmarks/results/tuning_cpu_emr_lut_tiles.md``).
+   In quads (``quad_dot``, x86 VBMI + VNNI) one table register holds four groups' tables, a
+   permute looks each row up in its group's table, and a 4-way dot product by 1 sums a row's
+   four lookups into int32 (32-row tiles, ``gtiles32``).
    With paired planes (x86 ``vpmaddubsw``, see ``pair_madd``) one accumulator holds
    ``sum_i 2^i Q_i``. The int16 sums cannot overflow: ``MPGemmSpec.block`` limits a block to
    ``32767 / (127 * plane_weight)`` groups. Weights of one block (``block/4 * b * VL`` bytes,
@@ -153,13 +156,13 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""
         row_groups: groups of ``tiles`` row tiles per parallel task.
         k_span: the K-block order within a task: 0, each group walks all of K in turn; ``s``, K
             in spans of ``s`` blocks, every group of the task walking the span before the next.
-        quad_dot: lookups in quads (the ``gtiles32`` layout, :func:`quad_lookups`): ``shuffle``
+        quad_dot: lookups in quads (the ``gtiles32`` layout; :mod:`schedules.x86` says why): ``shuffle``
             is then a full-register permute ``(table int8x64, index int8x64)`` (AVX-512 VBMI
             ``vpermb``) and this the LLVM intrinsic of a 4-way dot product into int32 lanes
             ``(int32x16, uint8x64, int8x64) -> int32x16`` (VNNI ``vpdpbusd``).
 
     Arguments of the PrimFunc: ``x [M, K]``, ``planes [NT, K/4, b, VL]`` (``[NT, K/4, b/2,
-    VL]`` paired), ``scales`` (tile-major, see :mod:`lutc.formats`), ``zeros`` (zero points
+    VL]`` paired, ``[NT, K/16, b, 64]`` in quads), ``scales`` (tile-major, see :mod:`lutc.formats`), ``zeros`` (zero points
     only), ``out [M, N]``.
     """
     M, N, K, b = spec.M, spec.N, spec.K, spec.planes
