@@ -262,7 +262,8 @@ def lut_kernel(spec, VL: int, shuffle: str, unroll: int = 8, pair_madd: str = ""
                         for qo in range(GQ // U):
                           for qi in T.unroll(U):  # noqa: E111 (keeps the body's indentation)
                             kg = T.meta_var(c * GQ + qo * U + qi)    # (with quads: kq, groups 4 kq ..)
-                            tab = table[m, T.ramp(kg * VL if QUAD else kg * TW, 1, VL)]   # one table load, TT tiles' lookups
+                            # one table load (a group's copies, or a quad's four tables), TT tiles' lookups
+                            tab = table[m, T.ramp(kg * VL, 1, VL)]
                             if QUAD:
                               for tt in T.unroll(TT):  # noqa: E111 (as the branch below)
                                 nt = T.meta_var(T.min(task_tile(task, rg, tt, G, TT), NT - 1))

@@ -74,7 +74,6 @@ def layout(spec, target, vector_bytes=None, paired=None, tiles=None, row_groups:
     """The weight layout the kernel reads: ``gtiles32`` in quads, ``ptiles{vector_bytes}`` when
     planes are paired, else ``tiles{2 * vector_bytes}``."""
     if _quads(spec, target, quads, vector_bytes, paired):
-        _check_quads(spec, target, vector_bytes, paired)
         task_shape(spec, QUAD_ROWS, tiles, row_groups, k_span)
         return "gtiles32"
     vl = _width(target, vector_bytes)
@@ -99,7 +98,6 @@ def schedule(func, spec, target, vector_bytes=None, unroll: int = 16, paired=Non
     default: :func:`default_quads`, unless other knobs ask for shuffles).
     """
     if _quads(spec, target, quads, vector_bytes, paired):
-        _check_quads(spec, target, vector_bytes, paired)
         return s_tir.Schedule(IRModule({"main": lut_kernel(spec, 64, QUAD_PERMUTE, unroll, "", tiles, row_groups,
                                                            k_span, quad_dot=QUAD_DOT)}))
     vl = _width(target, vector_bytes)
@@ -109,10 +107,13 @@ def schedule(func, spec, target, vector_bytes=None, unroll: int = 16, paired=Non
 
 
 def _quads(spec, target, quads, vector_bytes, paired) -> bool:
-    """Whether the kernel looks up in quads: as asked, or by default where :func:`default_quads`
-    says so and no shuffle-only knob (``vector_bytes=32``, ``paired=True``) is given."""
+    """Whether the kernel looks up in quads: as asked (refused with :func:`_check_quads`'s error
+    where it cannot build), or by default where :func:`default_quads` says so and no shuffle-only
+    knob (``vector_bytes=32``, ``paired=True``) is given."""
     if quads is None:
         return default_quads(spec, target) and vector_bytes in (None, 64) and not paired
+    if quads:
+        _check_quads(spec, target, vector_bytes, paired)
     return bool(quads)
 
 
