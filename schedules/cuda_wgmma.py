@@ -96,9 +96,14 @@ takes K's ``z``-th slice of ``KU / s`` units and stores fp32 partial sums into a
 ``[s, M, N]`` (TVM's, allocated per call from its pool), and a second kernel adds the slices in
 order (deterministic) and rounds once to the output type. On the H200: 8192 x 28672 W2 at M = 16
 51.6 against 71.2 us unsplit, 4096 x 4096 7.4 against 12.1; at M = 128 it lost (the tensor
-cores, not idle SMs, set the time there): :func:`default_splits`. The workspace comes from TVM's
+cores, not idle SMs, set the time there): :func:`default_splits`. Where no tile gives its
+blocks alone, the 256-row tile of two computing warpgroups in K slices that fill one wave beats
+64-row tiles in twice the slices (:func:`one_wave_split`: one warpgroup per SM dequantizes in
+those), and to M = 32 the 64-row tiles in two waves of slices or more do without the copying
+warpgroup (:func:`split_ws`: two blocks share an SM). The workspace comes from TVM's
 per-thread pool, so two calls of one kernel on different CUDA streams at the same time would
-share it (as ``cuda_generic``'s table workspaces would): one stream per thread is the supported use.
+share it (as ``cuda_generic``'s table workspaces would): one stream per thread is the supported
+use.
 
 Stream-K (knob ``streamk``: the grid's block count, 0 for a block per tile;
 :mod:`schedules.stream_k`). The grid is one block per SM; block ``c`` runs its even share of the
@@ -149,6 +154,8 @@ fp16 results equal ``cuda_mma``'s up to the order of the fp32 sums (and, with th
 one rounding fewer).
 """
 from __future__ import annotations
+
+from typing import Optional
 
 from tvm import IRModule, s_tir
 from tvm.script import tirx as T
@@ -393,22 +400,82 @@ def wgmma_fits(spec, wg: int, bm: int, ws: int = 0) -> bool:
 def default_knobs(spec) -> dict:
     """The first tile of :data:`TILES` that fits, gives its blocks and is not cut down to M (to
     :data:`BATCH_TILE`'s 128 tokens, a tile of more than 64 tokens that M does not fill is left
-    to the smaller tiles), else the one that gives the most blocks; 4 stages where they fit,
-    else 3."""
+    to the smaller tiles), else the one that gives the most blocks (to M = 64 first the split
+    tile of :func:`one_wave_split`; the last tile in :func:`default_splits`' slices, with the
+    copying warpgroups of :func:`split_ws`); 4 stages where they fit, else 3."""
     tiles = [t for t in TILES if fits(spec, t[0], t[1], t[2], ws=t[3])]
     chosen = next((t for t in tiles if blocks(spec, *t[:3]) >= t[4]
                    and (t[2] == 64 or tokens(spec, t[2]) == t[2] or spec.M > BATCH_TILE[2])),
                   max(tiles, key=lambda t: blocks(spec, *t[:3])))
+    split_tile = one_wave_split(spec) if chosen == TILES[-1] else None
     streamk = default_streamk(spec, chosen)
-    if streamk:
+    splits = 1
+    if split_tile:
+        (wg, wn, bm, ws, splits), ak = split_tile, 8
+    elif streamk:
         wg, wn, bm, ws, ak = streamk_tile(spec)
     elif fits_batch(spec):
         wg, wn, bm, ws, ak = BATCH_TILE
     else:
         (wg, wn, bm, ws), ak = chosen[:4], 8
+        if chosen == TILES[-1]:
+            splits = default_splits(spec, blocks(spec, wg, wn, bm))
+            ws = split_ws(spec, blocks(spec, wg, wn, bm) * splits, ws)
     return {"wg": wg, "wn": wn, "bm": bm, "stages": 4 if fits(spec, wg, wn, bm, 4, ws=ws, ak=ak) else 3, "ws": ws,
-            "splits": default_splits(spec, blocks(spec, wg, wn, bm)) if chosen == TILES[-1] and not streamk else 1,
-            "streamk": streamk, "late_scale": default_late_scale(spec, wn, bm, wg, ws, ak), "ak": ak}
+            "splits": splits, "streamk": streamk, "late_scale": default_late_scale(spec, wn, bm, wg, ws, ak), "ak": ak}
+
+
+#: Tiles (wg, wn, bm, ws) that split-K may fill one wave with (:func:`one_wave_split`), and the
+#: least part of the SMs that wave must cover. (``(2, 1, 64, True)`` too lost on 4096 x 4096 at
+#: M = 64 in the log: 9.9 / 10.6 us W2 / W4 against 9.5 / 9.9 for the 64-row tiles in 4 slices.)
+SPLIT_WAVE_TILES = (WIDE_TILE[:4],)
+SPLIT_WAVE_MIN = 0.75
+
+
+def one_wave_split(spec) -> Optional[tuple]:
+    """``(wg, wn, bm, ws, splits)``: where M <= :data:`SPLIT_MAX_M` leaves no tile of
+    :data:`TILES` its blocks (:func:`default_knobs`), the first of :data:`SPLIT_WAVE_TILES` whose
+    blocks times the fewest slices of K fill one wave (from :data:`SPLIT_WAVE_MIN` of the SMs to
+    all), else None. Why: two computing warpgroups keep 8 warps per SM dequantizing, where the last
+    tile of :data:`TILES` (one warpgroup; its registers leave room for one block per SM) keeps 4
+    and needs twice the slices. On the H200, in turns, W2 / W4 us, this tile in 4 slices against
+    64-row tiles in 2 (``benchmarks/results/cuda_wgmma_split_wave_h200.log``): 8192 x 28672 at
+    M = 16 33.1 / 38.5 against 46.5 / 52.3, at M = 64 63.0 / 60.0 against 78.5 / 76.9; 8192 x 8192
+    at M = 16 13.1 / 14.9 against 16.1 / 17.9; 7168 x 18432 (against 4 slices) at M = 16 22.9 /
+    25.9 against 31.7 / 35.3; 0.68-0.89x the time in all 24 rows (M = 12, 16, 32, 64). On 4096 x
+    4096 (16 such tiles) no split fills a wave and the 64-row tiles stay.
+    Example: ``one_wave_split(MPGemmSpec(16, 8192, 28672, act_dtype="float16"))`` is
+    ``(2, 2, 64, True, 4)``: 32 tiles of 256 rows in 4 slices, 128 blocks."""
+    if spec.M > SPLIT_MAX_M:
+        return None
+    usable = usable_splits(spec)
+    for wg, wn, bm, ws in SPLIT_WAVE_TILES:
+        if fits(spec, wg, wn, bm, ws=ws):
+            s = next((s for s in usable if SPLIT_WAVE_MIN * SMS <= blocks(spec, wg, wn, bm) * s <= SMS), None)
+            if s:
+                return wg, wn, bm, ws, s
+    return None
+
+
+#: To this M the last tile of :data:`TILES`, split into :data:`SPLIT_BLOCKS` blocks or more,
+#: computes without a copying warpgroup (:func:`split_ws`; at M = 64 it was 0.98-1.04x the time).
+SPLIT_WS_MAX_M = 32
+
+
+def split_ws(spec, grid: int, ws):
+    """The copying warpgroups of the last tile of :data:`TILES` in a split-K grid of ``grid``
+    blocks: none to M = :data:`SPLIT_WS_MAX_M` where the grid reaches :data:`SPLIT_BLOCKS` (two
+    waves), else ``ws``. Why: without it a block is one warpgroup of 4 warps whose registers and
+    shared memory leave room for a second block per SM, so two waves of blocks keep 8 warps per
+    SM dequantizing and one block's barrier per unit is covered by the other's work; with it, one
+    block of 4 computing warps holds the SM. Under two waves an SM holds one block either way and
+    the copying warpgroup pays. On the H200, in turns, M = 9..32, W2 and W4
+    (``benchmarks/results/cuda_wgmma_split_ws_h200.log``) without it the kernel took 0.76-0.81x
+    the time with it on 11008 x 4096 and 5120 x 5120 (W2 at M = 16: 11.9 against 15.1 us, 9.0 against 11.4),
+    0.94-0.98x on 4096 x 4096, 4096 x 14336 and 14336 x 4096; under two waves (4096 x 11008 in
+    128 blocks, 1024 x 8192 in 64) 1.02-1.11x, so those keep it.
+    Example: ``split_ws(MPGemmSpec(16, 11008, 4096, act_dtype="float16"), 344, True)`` is False."""
+    return False if spec.M <= SPLIT_WS_MAX_M and grid >= SPLIT_BLOCKS else ws
 
 
 def fits_batch(spec) -> bool:
@@ -481,6 +548,11 @@ def default_streamk(spec, tile) -> int:
     return 0
 
 
+def usable_splits(spec) -> list:
+    """The values of ``KNOBS["splits"]`` that divide K's 128-weight units (each slice whole units)."""
+    return [s for s in KNOBS["splits"] if (spec.K // 128) % s == 0]
+
+
 def default_splits(spec, tile_blocks: int) -> int:
     """K slices for the last tile of :data:`TILES` (the one taken when no larger tile gives its
     blocks) with ``tile_blocks`` blocks: up to M = 64 (:data:`SPLIT_MAX_M`) the fewest of
@@ -488,10 +560,10 @@ def default_splits(spec, tile_blocks: int) -> int:
     units). On the H200 (``cuda_small_m_h200.md``) 8192 x 28672 W2 at M = 64 took 71.3 us with 2
     slices against 85.6 without, 4096 x 4096 9.8 with 4 against 14.1; at M = 128 slices lost
     (135.2 against 132.7 on 8192 x 28672: the tensor cores set the time there). Larger tiles
-    were not measured with slices and keep none (28672 x 8192 at M = 16: 40.8 us unsplit)."""
+    keep none (28672 x 8192 at M = 16: 40.8 us unsplit), but for :func:`one_wave_split`'s."""
     if spec.M > SPLIT_MAX_M:
         return 1
-    usable = [s for s in KNOBS["splits"] if (spec.K // 128) % s == 0]
+    usable = usable_splits(spec)
     return next((s for s in usable if tile_blocks * s >= SPLIT_BLOCKS), usable[-1])
 
 

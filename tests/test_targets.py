@@ -299,11 +299,28 @@ def test_cuda_default_kernel_for_each_m():
     assert lutc.build(lutc.MPGemmSpec(16, 256, 512, act_dtype="float16"), target="cuda:sm_80").schedule == "cuda_mma"
     # M = 9..16 on Hopper: wgmma (28672 x 8192 W2 at M = 16: 40.8 us against cuda_stream's 60.9),
     # with K split where its blocks are few (8192 x 28672: 51.6 against 62.1)
-    for M, N, K, splits in ((16, 256, 512, 4), (9, 28672, 8192, 1), (16, 14336, 4096, 1), (12, 8192, 28672, 2),
+    for M, N, K, splits in ((16, 256, 512, 4), (9, 28672, 8192, 1), (16, 14336, 4096, 1), (12, 8192, 28672, 4),
                             (64, 4096, 4096, 4), (128, 4096, 4096, 1)):
         spec = lutc.MPGemmSpec(M, N, K, act_dtype="float16")
         assert schedules.default("cuda", spec, lutc.target.resolve("cuda:sm_90a")) is schedules.cuda_wgmma
         assert schedules.cuda_wgmma.resolve_knobs(spec)["splits"] == splits
+    # where no tile gives its blocks alone, 256-row tiles in the slices that fill one wave (8192 x
+    # 28672 at M = 16: 33.1 us against 46.5 for 64-row tiles in 2 slices); else 64-row tiles, to
+    # M = 32 without a copying warpgroup where their slices make two waves (11008 x 4096: 11.9 against 15.1)
+    for M, N, K, tile in ((12, 8192, 28672, (2, 2, True, 4, 128)), (64, 8192, 28672, (2, 2, True, 4, 128)),
+                          (16, 8192, 8192, (2, 2, True, 4, 128)), (16, 7168, 18432, (2, 2, True, 4, 112)),
+                          (16, 4096, 4096, (1, 1, False, 4, 256)), (32, 4096, 4096, (1, 1, False, 4, 256)),
+                          (33, 4096, 4096, (1, 1, True, 4, 256)),
+                          (16, 11008, 4096, (1, 1, False, 2, 344)), (9, 5120, 5120, (1, 1, False, 4, 320)),
+                          (16, 4096, 11008, (1, 1, True, 2, 128)), (16, 1024, 8192, (1, 1, True, 4, 64)),
+                          (65, 8192, 28672, None)):
+        spec = lutc.MPGemmSpec(M, N, K, act_dtype="float16")
+        knobs = schedules.cuda_wgmma.resolve_knobs(spec)
+        if tile is None:
+            assert schedules.cuda_wgmma.one_wave_split(spec) is None
+            continue
+        blocks = schedules.cuda_wgmma.blocks(spec, knobs["wg"], knobs["wn"], knobs["bm"]) * knobs["splits"]
+        assert (knobs["wg"], knobs["wn"], knobs["ws"], knobs["splits"], blocks) == tile, (M, N, K, knobs)
     # M = 2..8: wgmma where N is wide enough for its 256-row tile alone (28672 x 8192 W4 at M = 2:
     # 36.3 us against 40.3), from M = 4 for 2-bit slots (W2 at M = 2: 33.2 against cuda_stream's 29.0),
     # and for them not at all where cuda_stream splits a long K in 8 and reads the slots raw
