@@ -197,8 +197,15 @@ def logged_record(log: TuningLog, spec: MPGemmSpec, tgt, default_schedule: Optio
     # count at the value its kernel had (``ADDED_KNOBS``: dot_mac grew ``rows`` after the Xeon's
     # reference log, whose ``{"row_tiles": 2}`` measured one row of x per pass; built with the
     # default 4 rows it was 1.75x slower than the default at 16 x 4096 x 4096 W4 on an EPYC).
-    pinned = lambda r: usable(r) and contract.pins_every_knob(  # noqa: E731
-        _schedule_module(r["schedule"], kind, spec, tgt), r["knobs"])
+    # The schedule judges whether another shape's knobs suit this one (``transfers``: cuda_wgmma's
+    # grid, which a tile and K slices tuned for a wider N can leave mostly idle).
+    def pinned(r):
+        if not usable(r):
+            return False
+        module = _schedule_module(r["schedule"], kind, spec, tgt)
+        return contract.pins_every_knob(module, r["knobs"]) and contract.transfers(
+            module, spec, contract.recorded_knobs(module, r["knobs"]))
+
     record = nearest_for(log, spec.key(), described, device, pinned, targets.transferable(tgt),
                          default_schedule, current, threads=threads)
     return None if record is None else (record, "transferred")

@@ -19,6 +19,9 @@ Optional, asked for through the functions below (never with ``getattr`` elsewher
   defaults filling the rest): the knobs a kernel is built with, defaults filled in
   (``default_knobs(spec)``, the untuned choice) and impossible combinations refused with
   ``ValueError`` (the CUDA templates, whose defaults depend on the spec);
+* ``transfers(spec, **knobs) -> bool`` (default True): False for knobs tuned on another shape
+  that do not suit ``spec`` (a transferred record, :func:`lutc.tuner.records.nearest_for`; e.g.
+  a CUDA grid far smaller than this shape's default);
 * ``LAYOUTS`` (default: any): the layouts ``layout`` can return for some spec and knobs, so that
   :func:`schedules.for_layout` asks only modules that may read a weight's layout (walking
   ``cuda_wgmma``'s knob combinations for a ``warp32`` weight took 18 s per M bucket);
@@ -89,6 +92,12 @@ def worth_tuning(module: ModuleType, spec, target, **knobs) -> bool:
     """Whether the tuner should try ``knobs`` of ``module`` for ``spec`` (default True)."""
     rule = getattr(module, "worth_tuning", None)
     return True if rule is None else bool(rule(spec, target, **knobs))
+
+
+def transfers(module: ModuleType, spec, knobs: dict) -> bool:
+    """Whether ``knobs`` tuned on another shape may be built for ``spec`` (default True)."""
+    rule = getattr(module, "transfers", None)
+    return True if rule is None else bool(rule(spec, **knobs))
 
 
 def pins_every_knob(module: ModuleType, knobs: dict) -> bool:

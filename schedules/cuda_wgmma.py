@@ -478,6 +478,32 @@ def split_ws(spec, grid: int, ws):
     return False if spec.M <= SPLIT_WS_MAX_M and grid >= SPLIT_BLOCKS else ws
 
 
+def grid(spec, knobs: dict) -> int:
+    """Thread blocks of the main kernel built with resolved ``knobs``: the stream-K grid, else
+    tiles x K slices."""
+    return knobs["streamk"] or blocks(spec, knobs["wg"], knobs["wn"], knobs["bm"]) * knobs["splits"]
+
+
+def transfers(spec, **knobs) -> bool:
+    """Whether ``knobs`` tuned on another shape (a transferred record) suit ``spec``: they
+    build, and to M = :data:`SPLIT_MAX_M` (where the weights, not the tensor cores, set the time)
+    their :func:`grid` reaches the default's or :data:`SPLIT_WAVE_MIN` of the SMs, whichever is
+    fewer. Why: a tile and K slices tuned for a wider N leave most SMs idle on a narrower one. On
+    the H200 (``benchmarks/results/cuda_model_shapes_h200.log``) 3584 x 18944 W4 at M = 64 took
+    38.4 us with 8192 x 28672's record (256-row tiles in 4 slices: 56 blocks) against the
+    default's 28.0 (224 blocks). At M = 128 fewer blocks of larger tiles can win: leave-one-out
+    on the H200 log (``benchmarks/eval_transfer.py``) chose 1.17x slower kernels for 8192 x 8192
+    with the grid checked there, and with it checked to M = 64 its table is unchanged.
+    Example: ``transfers(MPGemmSpec(64, 3584, 18944, wbits=4, act_dtype="float16"), wg=2, wn=2,
+    bm=64, splits=4)`` is False."""
+    try:
+        resolved = resolve_knobs(spec, **knobs)
+    except ValueError:
+        return False
+    enough = min(grid(spec, resolve_knobs(spec)), SPLIT_WAVE_MIN * SMS)
+    return spec.M > SPLIT_MAX_M or grid(spec, resolved) >= enough
+
+
 def fits_batch(spec) -> bool:
     """Whether :data:`BATCH_TILE` is the default without stream-K: M = 65..128 (from
     :data:`SPLIT_MAX_M`, where the weights set the time; to its 128 tokens) and at least

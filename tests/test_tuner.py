@@ -256,6 +256,26 @@ def test_a_shape_nobody_tuned_takes_the_nearest_tuned_shapes_record(tmp_path, mo
     assert lutc.build(SPEC.with_(N=512, format="bcq"), cache=None).origin == "default"
 
 
+def test_cuda_wgmma_records_transfer_only_where_their_grid_fits(tmp_path, monkeypatch):
+    """A tile and K slices tuned for a wide N (8192 x 28672 at M = 64: 256-row tiles in 4 slices,
+    128 blocks) transfer where they still fill most of a wave (7168 x 28672: 112 blocks), not to
+    a narrow N where they would leave most SMs idle (3584 x 18944: 56 blocks against the
+    default's 224; on the H200 38.4 us against 28.0)."""
+    monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
+    tgt = resolve("cuda:sm_90a")
+    log = log_for("cuda", describe(tgt))
+    source = lutc.MPGemmSpec(64, 8192, 28672, wbits=4, group_size=128, act_dtype="float16")
+    knobs = {"wg": 2, "wn": 2, "bm": 64, "ws": True, "splits": 4, "stages": 4, "streamk": 0, "late_scale": 0, "ak": 8}
+    for us, kn in ((60.0, knobs), (78.0, {})):
+        log.append(dict(_record(us, knobs=kn, schedule="cuda_wgmma", spec=source), target=describe(tgt),
+                        device=device_name(tgt), layout_version=layouts.get("tc16").version))
+    wide = choose(source.with_(N=7168), tgt)
+    assert (wide.origin, wide.knobs) == ("transferred", knobs)
+    assert not schedules.cuda_wgmma.transfers(source.with_(N=3584, K=18944), **knobs)
+    narrow = choose(source.with_(N=3584, K=18944), tgt)
+    assert (narrow.origin, narrow.knobs) == ("default", {})
+
+
 def test_distance_keeps_formats_and_decode_apart():
     from lutc.tuner.records import workload_distance
     a = SPEC.key()
