@@ -203,7 +203,7 @@ WGMMA_CASES = [
      dict(wg=1, bm=64, splits=2)),
     (lutc.MPGemmSpec(130, 200, 14336, wbits=4, group_size=-1, act_dtype="float16"), dict(splits=4)),
     (lutc.MPGemmSpec(33, 1000, 1536, wbits=4, group_size=32, act_dtype="bfloat16"), dict(ws=False, splits=2)),
-    # the split-K default to M = 16 of two waves or more (schedules.cuda_wgmma.split_ws): 64-row
+    # the split-K default to M = 32 of two waves or more (schedules.cuda_wgmma.split_ws): 64-row
     # tiles, no copying warpgroup, late scale; rows past N (5000), K in 4 slices of 10 and 28 units
     (lutc.MPGemmSpec(9, 5000, 5120, wbits=2, group_size=128, act_dtype="float16"), dict()),
     (lutc.MPGemmSpec(12, 1000, 14336, wbits=4, group_size=128, act_dtype="bfloat16"),
