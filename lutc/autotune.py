@@ -5,7 +5,8 @@ For one workload on one target (:func:`tune_spec`):
 1. the space is every valid candidate of every schedule that supports the spec (LUT and
    multiply-add kernels alike: :mod:`lutc.tuner.space`); candidates already in the tuning log
    for this workload, target and device are not measured again (resume);
-2. the default kernel (what ``lutc.compile`` builds untuned) is measured first;
+2. the default kernel (what ``lutc.compile`` builds untuned) is measured first, then what it
+   would build from the nearest tuned workload (:func:`transferred_candidate`), if anything;
 3. then batches: the predicted-fastest unmeasured candidates, plus a fraction ``epsilon`` at
    random to keep exploring, by the XGBoost cost model trained on all valid measurements so
    far and on this device's measurements of other workloads on this target in the log
@@ -44,9 +45,12 @@ from typing import Callable, Iterable, Optional
 import torch
 import tvm
 
+import schedules
+from schedules import contract
+
 from . import layouts
 from . import target as targets
-from .build import build, kernel_layout, record_layout, spec_for
+from .build import build, kernel_layout, record_layout, spec_for, transferred_record
 from .fleet import Fleet, compiler_for
 from .measure import CUTOFF, Bench, reference_weights
 from .runtime import Kernel
@@ -185,6 +189,10 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
     if default not in done:
         record(default, *(fleet or bench).measure(_builder(spec, tgt, default)()))
     measured_here = 1 if history else 0
+    transferred = transferred_candidate(log, spec, tgt, default.schedule, device)
+    if transferred is not None and transferred not in done:
+        record(transferred, *(fleet or bench).measure(_builder(spec, tgt, transferred)()))
+        measured_here += 1
 
     model = CostModel(seed)
     # what this device measured for other shapes on this target: the model's start
@@ -273,6 +281,27 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
                       trials=measured_here, invalid=sum(1 for _, u, _ in history if u is None),
                       wall_s=time.time() - t_start, rank_corr=rank_correlation(held_out_pred, held_out_meas),
                       space=len(space), history=history)
+
+
+def transferred_candidate(log: TuningLog, spec: MPGemmSpec, tgt, default_schedule: str,
+                          device: Optional[str] = None) -> Optional[Candidate]:
+    """The candidate ``lutc.compile`` would build for ``spec`` from the nearest tuned workload
+    (:func:`lutc.build.transferred_record`), as the tuner's space spells it, or None. The tuner
+    times it right after the default (step 2 of the module docstring), so that a search whose
+    model looks elsewhere cannot end slower than the transfer it replaces: on the H200, 16 x
+    18944 x 3584 W2 was tuned to 18.5 us in 24 trials, where the knobs transferred before (64-row
+    tiles in 4 slices without a copying warpgroup) had run 14.7
+    (``benchmarks/results/tuning_h200_qwen25_7b_llama3_8b.md``).
+
+    Example: with the committed H200 log, ``transferred_candidate(log, MPGemmSpec(16, 5120, 27648,
+    act_dtype="float16"), resolve("cuda:sm_90a"), "cuda_wgmma", "NVIDIA H200 | sm_90")`` is
+    ``cuda_wgmma(ak=8, bm=64, late_scale=1, splits=4, stages=4, streamk=0, wg=1, wn=2, ws=False)``
+    (16 x 8192 x 28672's best)."""
+    rec = transferred_record(log, spec, tgt, default_schedule, device=device)
+    if rec is None:
+        return None
+    module = schedules.named(rec["schedule"])
+    return Candidate(rec["schedule"], tuple(sorted(contract.recorded_knobs(module, rec["knobs"]).items())))
 
 
 def report(results: list) -> str:

@@ -168,30 +168,38 @@ def logged_record(log: TuningLog, spec: MPGemmSpec, tgt, default_schedule: Optio
     """``(record, origin)`` of what ``log`` says to build for ``spec`` on ``tgt`` (the tuning
     part of :func:`choose`), or None for the default: the best record of this workload
     (``"tuned"``) if the log measured ``default_schedule`` for it; for a workload with no record
-    on this target, the nearest tuned workload's (``"transferred"``). ``device``: the hardware
-    to prefer records of (default: this machine's, :func:`lutc.target.device_name`)."""
+    on this target, the nearest tuned workload's (``"transferred"``, :func:`transferred_record`).
+    ``device``: the hardware to prefer records of (default: this machine's,
+    :func:`lutc.target.device_name`)."""
     facts = targets.facts(tgt)
     kind, described, device = facts.kind, facts.described, device or facts.device
-    threads = targets.cpu_threads() if kind == "cpu" else None    # (CPU records name their threads)
-    # unbuildable records are skipped with a warning (``usable``); those of an older layout
-    # version silently (``current``: they timed a kernel that no longer exists, tc16 v1's).
-    # Each record's layout is read once per call (a transfer tests every record of the log).
-    read = {}   # id -> (record, layout): holding the record keeps its id from being reused
-
-    def layout_of(r):
-        if id(r) not in read:
-            read[id(r)] = (r, kernel_layout(r, kind, spec, tgt))
-        return read[id(r)][1]
-
-    usable = lambda r: layout_of(r) is not None  # noqa: E731
-    current = lambda r: (is_current(r, layout_of(r))  # noqa: E731
-                         and (layout is None or layout_of(r) == layout))
     if log.schedules(spec.key(), described):
+        threads = targets.cpu_threads() if kind == "cpu" else None    # (CPU records name their threads)
+        usable, current = _record_filters(kind, spec, tgt, layout)
         # the log decides only if it timed today's default kernel
         timed = {r["schedule"] for r in log.matching(spec.key(), described) if current(r)}
         record = best_for(log, spec.key(), described, device, usable=usable, where=current, threads=threads)
         ok = record is not None and (default_schedule is None or default_schedule in timed)
         return (record, "tuned") if ok else None
+    record = transferred_record(log, spec, tgt, default_schedule, layout, device)
+    return None if record is None else (record, "transferred")
+
+
+def transferred_record(log: TuningLog, spec: MPGemmSpec, tgt, default_schedule: Optional[str],
+                       layout: Optional[str] = None, device: Optional[str] = None) -> Optional[dict]:
+    """The record ``lutc.compile`` builds for ``spec`` where ``log`` holds none of it on ``tgt``:
+    the best record of the nearest tuned workload whose knobs suit this shape
+    (:func:`lutc.tuner.records.nearest_for`), or None for the default. Records of ``spec`` itself
+    on ``tgt`` are not asked (the tuner seeds its search with this choice while it has them).
+
+    Example: with the committed H200 log, ``transferred_record(log, MPGemmSpec(16, 5120, 27648,
+    act_dtype="float16"), resolve("cuda:sm_90a"), "cuda_wgmma", device="NVIDIA H200 | sm_90")``
+    is 16 x 8192 x 28672's best record (64-row tiles, two per warpgroup, in 4 K slices)."""
+    facts = targets.facts(tgt)
+    kind, described, device = facts.kind, facts.described, device or facts.device
+    threads = targets.cpu_threads() if kind == "cpu" else None
+    usable, current = _record_filters(kind, spec, tgt, layout)
+
     # A transfer needs records that pin every knob: a partial one means "the defaults for the
     # rest", which depend on the shape and on the lutc that reads it. Knobs added after a record
     # count at the value its kernel had (``ADDED_KNOBS``: dot_mac grew ``rows`` after the Xeon's
@@ -206,9 +214,26 @@ def logged_record(log: TuningLog, spec: MPGemmSpec, tgt, default_schedule: Optio
         return contract.pins_every_knob(module, r["knobs"]) and contract.transfers(
             module, spec, contract.recorded_knobs(module, r["knobs"]))
 
-    record = nearest_for(log, spec.key(), described, device, pinned, targets.transferable(tgt),
-                         default_schedule, current, threads=threads)
-    return None if record is None else (record, "transferred")
+    return nearest_for(log, spec.key(), described, device, pinned, targets.transferable(tgt),
+                       default_schedule, current, threads=threads)
+
+
+def _record_filters(kind: str, spec: MPGemmSpec, tgt, layout: Optional[str]) -> tuple:
+    """``(usable, current)``: whether a record builds for ``spec`` (unbuildable records are
+    skipped with a warning), and whether it timed a kernel that still exists (not an older
+    layout version's, e.g. tc16 v1's: skipped silently) reading ``layout`` where one is asked
+    for. Each record's layout is read once per call (a transfer tests every record of the log)."""
+    read = {}   # id -> (record, layout): holding the record keeps its id from being reused
+
+    def layout_of(r):
+        if id(r) not in read:
+            read[id(r)] = (r, kernel_layout(r, kind, spec, tgt))
+        return read[id(r)][1]
+
+    usable = lambda r: layout_of(r) is not None  # noqa: E731
+    current = lambda r: (is_current(r, layout_of(r))  # noqa: E731
+                         and (layout is None or layout_of(r) == layout))
+    return usable, current
 
 
 def _default_choice(spec: MPGemmSpec, tgt, kind: str, layout: Optional[str]) -> Optional[Choice]:

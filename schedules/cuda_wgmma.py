@@ -400,15 +400,18 @@ def wgmma_fits(spec, wg: int, bm: int, ws: int = 0) -> bool:
 def default_knobs(spec) -> dict:
     """The first tile of :data:`TILES` that fits, gives its blocks and is not cut down to M (to
     :data:`BATCH_TILE`'s 128 tokens, a tile of more than 64 tokens that M does not fill is left
-    to the smaller tiles), else the one that gives the most blocks (to M = 64 first the split
-    tile of :func:`one_wave_split`; the last tile in :func:`default_splits`' slices, with the
-    copying warpgroups of :func:`split_ws`); 4 stages where they fit, else 3."""
+    to the smaller tiles), else the one that gives the most blocks (unless stream-K takes the
+    product: first the split tile of :func:`one_wave_split` to M = 64 or of :func:`batch_split`
+    to M = 128; the last tile in :func:`default_splits`' slices, with the copying warpgroups of
+    :func:`split_ws`); 4 stages where they fit, else 3."""
     tiles = [t for t in TILES if fits(spec, t[0], t[1], t[2], ws=t[3])]
     chosen = next((t for t in tiles if blocks(spec, *t[:3]) >= t[4]
                    and (t[2] == 64 or tokens(spec, t[2]) == t[2] or spec.M > BATCH_TILE[2])),
                   max(tiles, key=lambda t: blocks(spec, *t[:3])))
-    split_tile = one_wave_split(spec) if chosen == TILES[-1] else None
     streamk = default_streamk(spec, chosen)
+    split_tile = None
+    if not streamk and not fits_batch(spec):
+        split_tile = (one_wave_split(spec) if chosen == TILES[-1] else None) or batch_split(spec, chosen)
     splits = 1
     if split_tile:
         (wg, wn, bm, ws, splits), ak = split_tile, 8
@@ -455,6 +458,50 @@ def one_wave_split(spec) -> Optional[tuple]:
             if s:
                 return wg, wn, bm, ws, s
     return None
+
+
+#: The tile (wg, wn, bm, ws) that :func:`batch_split` cuts along K: 128 weight rows x 128 tokens,
+#: two computing and two copying warpgroups (the fourth of :data:`TILES`).
+BATCH_SPLIT_TILE = TILES[3][:4]
+#: The least part of the SMs that :func:`batch_split`'s blocks must cover.
+BATCH_SPLIT_MIN = 0.5
+#: What each K slice past the first costs (:func:`split_cost`), in runs of the unsplit K loop.
+SLICE_COST = 0.1
+
+
+def split_cost(tile_blocks: int, splits: int) -> float:
+    """Time of ``tile_blocks`` tiles in ``splits`` K slices, in runs of one tile's whole K loop:
+    the waves of :data:`SMS` blocks, each ``1 / splits`` of the loop, plus :data:`SLICE_COST` per
+    slice past the first (partial sums written and added, a pipeline filled per block). On the
+    H200 (``tuning_logs/cuda.jsonl``) 11008 x 4096 W4 at M = 128 in :data:`BATCH_SPLIT_TILE` took
+    27.2 us unsplit (86 blocks: cost 1.0), 34.3 in 2 slices (1.1) and 33.0 in 4 (1.05); 8192 x 8192
+    31.1 in 2 slices (0.6) against 37.6 for the 64-token tiles.
+    Example: ``split_cost(32, 4)`` is 0.55: 128 blocks in one wave of a quarter of the loop."""
+    return -(-tile_blocks * splits // SMS) / splits + SLICE_COST * (splits - 1)
+
+
+def batch_split(spec, tile) -> Optional[tuple]:
+    """``(wg, wn, bm, ws, splits)``: at M = 65..128 (past :data:`SPLIT_MAX_M`, to
+    :data:`BATCH_TILE`'s tokens) where the tile the block count chose (``tile`` of :data:`TILES`)
+    takes fewer tokens than M and neither stream-K nor :data:`BATCH_TILE` takes the product
+    (:func:`default_knobs`), :data:`BATCH_SPLIT_TILE` in the K slices that :func:`split_cost`
+    ranks first, where their blocks cover :data:`BATCH_SPLIT_MIN` of the SMs; else None (the last
+    tile of :data:`TILES` then takes :func:`default_splits`' slices). Why: one block of 128 tokens
+    dequantizes each weight once where 64-token blocks do it twice, and the slices give it the SMs
+    that its few row tiles would leave idle. On the H200 the tuner timed it
+    (``benchmarks/results/tuning_h200_qwen25_7b_llama3_8b.md``, ``tuning_logs/cuda.jsonl``) at M = 128 on 4096 x
+    14336 27.7 / 28.1 us W2 / W4 against the unsplit 64-row tiles' 43.1 / 44.0, on 3584 x 18944
+    32.6 / 33.0 against 55.6 / 57.0, on 8192 x 8192 (2 slices) 31.1 / 31.4 against 37.6 / 39.4: the
+    fastest of the 14-22 candidates timed in each of those and of 3584 x 3584 and 4096 x 4096.
+    Example: ``batch_split(MPGemmSpec(128, 4096, 14336, act_dtype="float16"), TILES[-1])`` is
+    ``(2, 1, 128, 2, 4)``: 32 tiles in 4 slices, 128 blocks."""
+    wg, wn, bm, ws = BATCH_SPLIT_TILE
+    if not (SPLIT_MAX_M < spec.M <= BATCH_TILE[2] and tokens(spec, tile[2]) < tokens(spec, bm)
+            and fits(spec, wg, wn, bm, ws=ws)):
+        return None
+    tile_blocks = blocks(spec, wg, wn, bm)
+    s = min(usable_splits(spec), key=lambda s: split_cost(tile_blocks, s))
+    return (wg, wn, bm, ws, s) if tile_blocks * s >= BATCH_SPLIT_MIN * SMS else None
 
 
 #: To this M the last tile of :data:`TILES`, split into :data:`SPLIT_BLOCKS` blocks or more,
@@ -581,13 +628,16 @@ def usable_splits(spec) -> list:
 
 def default_splits(spec, tile_blocks: int) -> int:
     """K slices for the last tile of :data:`TILES` (the one taken when no larger tile gives its
-    blocks) with ``tile_blocks`` blocks: up to M = 64 (:data:`SPLIT_MAX_M`) the fewest of
+    blocks) with ``tile_blocks`` blocks: up to M = 128 (:data:`BATCH_TILE`'s tokens) the fewest of
     ``KNOBS["splits"]`` that reach :data:`SPLIT_BLOCKS` blocks (or the most that divide K's
     units). On the H200 (``cuda_small_m_h200.md``) 8192 x 28672 W2 at M = 64 took 71.3 us with 2
-    slices against 85.6 without, 4096 x 4096 9.8 with 4 against 14.1; at M = 128 slices lost
-    (135.2 against 132.7 on 8192 x 28672: the tensor cores set the time there). Larger tiles
-    keep none (28672 x 8192 at M = 16: 40.8 us unsplit), but for :func:`one_wave_split`'s."""
-    if spec.M > SPLIT_MAX_M:
+    slices against 85.6 without, 4096 x 4096 9.8 with 4 against 14.1; at M = 128, where
+    :func:`batch_split` finds no wave, 1024 x 8192 10.1 / 10.3 us (W2 / W4, 4 slices) against 25.3
+    / 26.3 unsplit, 512 x 3584 5.5 / 6.2 against 12.1 / 12.4 (the tuner's times,
+    ``tuning_logs/cuda.jsonl``). (With 64-token tiles on 8192 x 28672 at M = 128 slices lost,
+    135.2 against 132.7 us: stream-K takes that product now.) Larger tiles keep none (28672 x
+    8192 at M = 16: 40.8 us unsplit), but for :func:`one_wave_split`'s and :func:`batch_split`'s."""
+    if spec.M > BATCH_TILE[2]:
         return 1
     usable = usable_splits(spec)
     return next((s for s in usable if tile_blocks * s >= SPLIT_BLOCKS), usable[-1])

@@ -237,6 +237,11 @@ WGMMA_CASES = [
      dict(wg=2, wn=2, bm=128, ak=2, ws=2)),
     (lutc.MPGemmSpec(128, 1000, 1536, wbits=4, group_size=64, zero_point=True, act_dtype="bfloat16"),
      dict(wg=2, wn=2, bm=128, ak=2, ws=2)),
+    # the split default of M = 65..128 on few blocks (schedules.cuda_wgmma.batch_split): 128-token
+    # tiles of two copying warpgroups in 4 K slices (rows and tokens past N and M, zero points, bf16),
+    # else 64-row tiles in 2 slices
+    (lutc.MPGemmSpec(96, 3300, 14336, wbits=4, group_size=64, zero_point=True, act_dtype="bfloat16"), dict()),
+    (lutc.MPGemmSpec(128, 1000, 11008, wbits=2, group_size=128, act_dtype="float16"), dict()),
     # 256-token tiles that M = 129..192 does not fill, two copying warpgroups (the default there)
     (lutc.MPGemmSpec(150, 1000, 11008, wbits=4, group_size=128, zero_point=True, act_dtype="bfloat16"),
      dict(wg=2, wn=1, bm=256, ws=2)),

@@ -223,6 +223,13 @@ def test_wgmma_split_k_is_two_kernels_and_a_workspace(tmp_path):
     assert lutc.cuda_binary(kernel, fmt="cubin")[:4] == b"\x7fELF"
     with pytest.raises(ValueError, match="splits=4 does not divide the 10 128-weight units"):
         lutc.build(spec.with_(K=1280), target="cuda:sm_90a", schedule="cuda_wgmma", knobs={"splits": 4})
+    # the untuned default at M = 65..128 on few blocks: 128-token tiles, two copying warpgroups,
+    # 4 slices (cuda_wgmma.batch_split)
+    batch = lutc.build(spec.with_(M=128, N=4096, K=14336), target="cuda:sm_90a", tuned=False, cache=None)
+    assert batch.schedule == "cuda_wgmma"
+    res = lutc.export(batch, tmp_path / "batch", name="k", emit=["cu"])
+    assert res.manifest["launches"][0]["grid"][2] == 4 and len(res.manifest["launches"]) == 2
+    assert lutc.cuda_binary(batch, fmt="cubin")[:4] == b"\x7fELF"
 
 
 @needs_nvcc
@@ -258,12 +265,13 @@ def test_wgmma_stream_k_is_a_persistent_grid_and_a_fix_up(tmp_path):
     wide_default = lutc.build(lutc.MPGemmSpec(160, 8192, 28672, act_dtype="float16"), target="cuda:sm_90a")
     assert wide_default.schedule == "cuda_wgmma" and lutc.cuda_binary(wide_default, fmt="cubin")[:4] == b"\x7fELF"
     # M = 65..128 where the 256-row batch tile gives its blocks alone (28672 x 8192 at M = 96: 89.2 us
-    # against 129.9 for 128-row tiles, Humming 92.3); not at M = 64, 129 or on a narrow weight
+    # against 129.9 for 128-row tiles, Humming 92.3); not at M = 64 or 129, nor on a narrow weight
+    # (there 128-row tiles in K slices, cuda_wgmma.batch_split)
     # past it a 256-token tile that M does not fill, with two copying warpgroups to 192 tokens
     # (28672 x 8192 at M = 192: 150.5 us against 215.0 for 128-token tiles), where it gives its blocks
     for M, N, K, tile in ((96, 28672, 8192, (2, 2, 128, 2, 2)), (65, 57344, 8192, (2, 2, 128, 2, 2)),
                           (128, 28672, 8192, (2, 2, 128, 2, 2)), (64, 28672, 8192, (2, 2, 64, True, 8)),
-                          (96, 4096, 4096, (1, 1, 64, True, 8)), (129, 28672, 8192, (2, 1, 256, 2, 8)),
+                          (96, 4096, 4096, (2, 1, 128, 2, 8)), (129, 28672, 8192, (2, 1, 256, 2, 8)),
                           (192, 28672, 8192, (2, 1, 256, 2, 8)), (224, 28672, 8192, (2, 1, 256, True, 8)),
                           (224, 8192, 28672, (2, 1, 128, 2, 8))):
         knobs = schedules.cuda_wgmma.resolve_knobs(lutc.MPGemmSpec(M, N, K, act_dtype="float16"))
@@ -300,7 +308,7 @@ def test_cuda_default_kernel_for_each_m():
     # M = 9..16 on Hopper: wgmma (28672 x 8192 W2 at M = 16: 40.8 us against cuda_stream's 60.9),
     # with K split where its blocks are few (8192 x 28672: 51.6 against 62.1)
     for M, N, K, splits in ((16, 256, 512, 4), (9, 28672, 8192, 1), (16, 14336, 4096, 1), (12, 8192, 28672, 4),
-                            (64, 4096, 4096, 4), (128, 4096, 4096, 1)):
+                            (64, 4096, 4096, 4), (128, 4096, 4096, 4), (128, 14336, 4096, 1), (256, 4096, 4096, 1)):
         spec = lutc.MPGemmSpec(M, N, K, act_dtype="float16")
         assert schedules.default("cuda", spec, lutc.target.resolve("cuda:sm_90a")) is schedules.cuda_wgmma
         assert schedules.cuda_wgmma.resolve_knobs(spec)["splits"] == splits
@@ -313,11 +321,19 @@ def test_cuda_default_kernel_for_each_m():
                           (33, 4096, 4096, (1, 1, True, 4, 256)),
                           (16, 11008, 4096, (1, 1, False, 2, 344)), (9, 5120, 5120, (1, 1, False, 4, 320)),
                           (16, 4096, 11008, (1, 1, True, 2, 128)), (16, 1024, 8192, (1, 1, True, 4, 64)),
-                          (65, 8192, 28672, None)):
+                          (65, 8192, 28672, None),
+                          # M = 65..128 (batch_split): the 128-token tile of two copying warpgroups in
+                          # the slices that fill 3/4 of a wave (4096 x 14336 at M = 128: 27.7 us
+                          # against 43.1 unsplit), else the last tile in the most slices (1024 x 8192:
+                          # 10.1 against 25.3); stream-K keeps 8192 x 28672
+                          (128, 4096, 14336, (2, 1, 2, 4, 128)), (96, 3584, 18944, (2, 1, 2, 4, 112)),
+                          (128, 8192, 8192, (2, 1, 2, 2, 128)), (128, 1024, 8192, (1, 1, True, 4, 128)),
+                          (128, 4096, 11008, (1, 1, True, 2, 256)), (128, 8192, 28672, None)):
         spec = lutc.MPGemmSpec(M, N, K, act_dtype="float16")
         knobs = schedules.cuda_wgmma.resolve_knobs(spec)
         if tile is None:
             assert schedules.cuda_wgmma.one_wave_split(spec) is None
+            assert knobs["splits"] == 1 and knobs["streamk"] == 132, (M, N, K, knobs)
             continue
         blocks = schedules.cuda_wgmma.blocks(spec, knobs["wg"], knobs["wn"], knobs["bm"]) * knobs["splits"]
         assert (knobs["wg"], knobs["wn"], knobs["ws"], knobs["splits"], blocks) == tile, (M, N, K, knobs)

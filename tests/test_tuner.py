@@ -256,6 +256,30 @@ def test_a_shape_nobody_tuned_takes_the_nearest_tuned_shapes_record(tmp_path, mo
     assert lutc.build(SPEC.with_(N=512, format="bcq"), cache=None).origin == "default"
 
 
+def test_tuning_a_shape_times_its_transfer_right_after_the_default(tmp_path, monkeypatch):
+    """The tuner times what ``lutc.compile`` would transfer from the nearest tuned shape right
+    after the default, so a search whose model looks elsewhere cannot end slower than the
+    transfer it replaces (16 x 18944 x 3584 W2 on the H200: tuned to 18.5 us where the transfer
+    it replaced had run 14.7)."""
+    monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
+    log = log_for("cpu", describe(resolve("host")))
+    spec, near = SPEC.with_(N=512), SPEC.with_(N=1024)
+    default = lutc.build(spec, tuned=False, cache=None).schedule
+    pinned = {"unroll": 2, "paired": False, "vector_bytes": 32}
+    log.append(_record(20.0, knobs=pinned, spec=near))
+    log.append(_record(40.0, schedule=default, knobs={}, spec=near))
+    tune([spec], trials=2, progress=False, pool_mib=1)
+    searched = [r for r in log.records() if r["workload"] == spec.key() and not r.get("confirm")]
+    assert [(r["schedule"], r["knobs"]) for r in searched] == [
+        (default, {}), ("x86", dict(pinned, **schedules.x86.ADDED_KNOBS))]
+    assert all(r["error"] is None and 0 < r["us"] < 1e6 for r in searched)
+    # resumed: both are in the log, so a second run's 2 measurements are other candidates
+    tune([spec], trials=2, progress=False, pool_mib=1)
+    again = [r for r in log.records() if r["workload"] == spec.key() and not r.get("confirm")]
+    assert len(again) == 4 and all(r["knobs"] not in ({}, dict(pinned, **schedules.x86.ADDED_KNOBS))
+                                   for r in again[2:])
+
+
 def test_cuda_wgmma_records_transfer_only_where_their_grid_fits(tmp_path, monkeypatch):
     """A tile and K slices tuned for a wide N (8192 x 28672 at M = 64: 256-row tiles in 4 slices,
     128 blocks) transfer where they still fill most of a wave (7168 x 28672: 112 blocks), not to
