@@ -71,9 +71,6 @@ MAX_M = 16
 SMEM_LIMIT = 99 * 1024
 #: fp16 elements per padded row of x in shared memory (128 + 8: rows start 16 bytes apart mod 128)
 X_ROW = 136
-#: Blocks of the 2-tile decode default (N / 32) under which a warp takes one tile instead: two
-#: blocks per SM (:func:`default_knobs`).
-FEW_BLOCKS = 2 * SMS
 #: K from which a wide M = 1 decode splits K in 8 slices per block (:func:`default_knobs`): each
 #: warp still walks 8 units or more.
 LONG_K = 8192
@@ -116,10 +113,8 @@ def layout(spec, target, **knobs) -> str:
 def default_knobs(spec) -> dict:
     """Untuned choice, from the H200 sweeps of ``benchmarks/bench_cuda.py --sweep cuda_stream``
     (``benchmarks/results/sweep_cuda_stream_h200*.json``) on 4096 x 4096, 28672 x 8192 and
-    8192 x 28672: 4 warps splitting K with 4 stages; 2 row tiles each up to M = 4 (28672 x 8192
-    W2: 35.1 us at M = 1), 6 stages for 4-bit slots at M = 1 (28672 x 8192 W4 with the late
-    scale: 36.7 against 40.9 us with 4, 81% of the copy floor; 8192 x 28672: 39.8 against 40.0;
-    ``cuda_late_scale_h200.md``); for M = 5..8 (x fills more of each stage) 2 warps side by
+    8192 x 28672: 4 warps splitting K with 4 stages; 2 row tiles each at M = 2..4 (M = 1 takes
+    8 warps, below); for M = 5..8 (x fills more of each stage) 2 warps side by
     side, with 2 tiles each and 3 stages past N = 4096 (28672 x 8192 M = 8: 43.1 us W2, 47.6 W4,
     against 46.1 and 52.3 with 1 tile; 8192 x 28672 with the late scale: 38.7 and 41.7 against
     42.6 and 46.1, ``cuda_late_scale_h200.md``) and 1 tile, 4 stages up to it (4096 x 4096: 7.3
@@ -128,22 +123,20 @@ def default_knobs(spec) -> dict:
     does not fit in shared memory, stages, then warps, then tiles step down
     (:func:`resolve_knobs`).
 
-    At M = 1 on a narrow weight, whose 2-tile blocks are fewer than :data:`FEW_BLOCKS`, a warp
-    takes one row tile (twice the warps, each with a step in flight): 2-bit slots 8 deep, 4-bit
-    slots with 2 warps side by side, 6 deep (the faster 4-bit set on 8192 x 28672, 37.0 against
-    38.3 us 8 deep; 12.4 against 11.9 on 4096 x 11008) (H200, ``benchmarks/results/cuda_stream_narrow_h200.log``,
-    us W2 / W4 against the 2-tile default: 8192 x 28672 31.3 / 37.0 against 33.5 / 39.0, the W4 at
-    80% of the copy floor; 4096 x 11008 10.9 / 12.4 against 13.4 / 13.9; 4096 x 4096 5.6 / 6.1
-    against 5.9 / 6.0; with 344 blocks, 11008 x 4096 kept the default: 9.2 / 11.3 against
-    11.5 / 11.7).
-
-    At M = 1 with K >= :data:`LONG_K` and at least one 2-tile block per SM, K is split in 8
-    slices per block (8 warps of 2 row tiles, 4 stages): the 4-warp blocks left an SM 12.6 warps
-    of the 24 its registers allow, stalled on fixed-latency dependencies (the docstring of
-    :func:`stream_kernel`), and twice the warps per block doubles them. On the H200, in turns
-    against the tuned 4-warp kernels (``benchmarks/results/cuda_stream_warps8_h200.log``):
+    At M = 1, K is split in 8 slices per block (8 warps, 4 stages), each warp with 2 row tiles
+    where that still gives a block per SM (N / 32 >= :data:`SMS`), else 1: the 4-warp blocks left
+    an SM 12.6 warps of the 24 its registers allow, stalled on fixed-latency dependencies (the
+    docstring of :func:`stream_kernel`), and twice the warps per block doubles them. On the H200,
+    in turns against the tuned 4-warp kernels (``benchmarks/results/cuda_stream_warps8_h200.log``):
     28672 x 8192 W2 26.1 against 28.2 us, W4 33.7 against 36.5; 8192 x 28672 W2 26.0 against
-    30.4, W4 33.3 against 34.7. With 2-bit slots it is the default up to M = 8 too, with 4 row
+    30.4, W4 33.3 against 34.7. That was the default from K = :data:`LONG_K` on; the tuner's runs
+    on Qwen2.5-7B's and Llama-3-8B's shapes (``benchmarks/results/tuning_h200_qwen25_7b_llama3_8b.md``)
+    chose 8 warps in all 14 M = 1 workloads and timed these knobs faster than the 4-warp defaults
+    of shorter K and narrow weights in all 12 where they were timed (0.71-0.98x: 1024 x 4096 W2 / W4
+    2.7 / 3.3 us against 3.4 / 4.5, 3584 x 18944 12.6 / 13.9 against 13.4 / 16.0, 18944 x 3584 11.1 /
+    13.7 against 12.0 / 15.5, 3584 x 3584 4.5 / 5.0 against 4.6 / 5.3). (Those 4-warp defaults: a row
+    tile per warp on a narrow weight, 8 deep, ``cuda_stream_narrow_h200.log``, and 4-bit slots 6 deep.)
+    With 2-bit slots it is the default up to M = 8 too, with 4 row
     tiles per warp and 2 stages, which keep a block's ring (x grows with M) small enough for 4
     blocks per SM (H200, in turns, ``benchmarks/results/cuda_stream_batches_h200.md``): W2 on
     28672 x 8192 at M = 2 / 4 / 8 27.1 / 27.5 / 38.0 us against the 4-warp default's 30.2 / 34.1 /
@@ -177,16 +170,10 @@ def default_knobs(spec) -> dict:
 def default_tiles(spec) -> dict:
     """The default block shape and pipeline: ``warps``, ``wn``, ``nw``, ``stages``
     (:func:`default_knobs`)."""
-    if spec.M == 1 and eight_slices(spec):     # K in 8 slices per block
-        return {"warps": 8, "wn": 1, "nw": 2, "stages": 4}
+    if spec.M == 1:     # K in 8 slices per block; 2 row tiles per warp where that gives a block per SM
+        return {"warps": 8, "wn": 1, "nw": 2 if -(-spec.N // 32) >= SMS else 1, "stages": 4}
     if eight_slices(spec):                     # ... with 4 row tiles per warp, 2 stages (M <= 8)
         return {"warps": 8, "wn": 1, "nw": 4, "stages": 2}
-    if spec.M == 1 and -(-spec.N // 32) < FEW_BLOCKS:     # narrow: a tile per warp, deeper
-        if tc16_code_bits(spec) == 4:
-            return {"warps": 4, "wn": 2, "nw": 1, "stages": 6}
-        return {"warps": 4, "wn": 1, "nw": 1, "stages": 8}
-    if spec.M == 1 and tc16_code_bits(spec) == 4:    # a step of 4-bit slots: 6 deep
-        return {"warps": 4, "wn": 1, "nw": 2, "stages": 6}
     if spec.M <= 4:
         return {"warps": 4, "wn": 1, "nw": 2, "stages": 4}
     if spec.M <= 8:     # wide N: 2 tiles per warp (very wide: K split in 2, 4 stages); narrow N: 1
@@ -198,10 +185,10 @@ def default_tiles(spec) -> dict:
 
 
 def eight_slices(spec) -> bool:
-    """Whether the default splits K in 8 slices per block (8 warps): a long K (:data:`LONG_K`) on
-    a weight with a 2-tile block per SM, at M = 1, and at M = 2..8 for 2-bit slots (W1, W2,
-    ternary), whose cheaper dequantization leaves the product bound by the chains in flight longest
-    (:func:`default_knobs`)."""
+    """Whether the default splits a long K (:data:`LONG_K`) in 8 slices per block (8 warps) on a
+    weight with a 2-tile block per SM, reading 2-bit slots raw: at M = 1 (where every K is split in
+    8), and at M = 2..8 for 2-bit slots (W1, W2, ternary), whose cheaper dequantization leaves the
+    product bound by the chains in flight longest (:func:`default_knobs`)."""
     long_wide = spec.K >= LONG_K and -(-spec.N // 32) >= SMS
     return long_wide and (spec.M == 1 or (spec.M <= 8 and tc16_code_bits(spec) == 2))
 

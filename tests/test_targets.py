@@ -352,13 +352,14 @@ def test_cuda_default_kernel_for_each_m():
     # ... where both kernels scale late, as measured (zero points keep cuda_stream)
     spec = lutc.MPGemmSpec(4, 28672, 8192, wbits=4, group_size=128, zero_point=True, act_dtype="float16")
     assert schedules.default("cuda", spec, lutc.target.resolve("cuda:sm_90a")) is schedules.cuda_stream
-    # M = 1 on a narrow weight (fewer than 2 blocks of 2 tiles per SM): a tile per warp, deeper;
-    # from K = 8192 with a 2-tile block per SM, K in 8 slices per block (8192 x 28672 W2: 26.0 us
-    # against 31.4 with a tile per warp)
+    # M = 1: K in 8 slices per block (8192 x 28672 W2: 26.0 us against 31.4 with a tile per warp;
+    # 1024 x 4096 W4: 3.3 against 4.5), 2 row tiles per warp where that gives a block per SM
     for N, K, wbits, knobs in ((8192, 28672, 2, dict(warps=8, wn=1, nw=2, stages=4)),
-                               (4096, 11008, 4, dict(warps=4, wn=2, nw=1, stages=6)),
-                               (4096, 14336, 2, dict(warps=4, wn=1, nw=1, stages=8)),
-                               (11008, 4096, 2, dict(warps=4, wn=1, nw=2, stages=4)),
+                               (4096, 11008, 4, dict(warps=8, wn=1, nw=1, stages=4)),
+                               (4096, 14336, 2, dict(warps=8, wn=1, nw=1, stages=4)),
+                               (11008, 4096, 2, dict(warps=8, wn=1, nw=2, stages=4)),
+                               (1024, 4096, 4, dict(warps=8, wn=1, nw=1, stages=4, raw_codes=0)),
+                               (18944, 3584, 2, dict(warps=8, wn=1, nw=2, stages=4, raw_codes=0)),
                                (28672, 8192, 4, dict(warps=8, wn=1, nw=2, stages=4))):
         chosen = schedules.cuda_stream.resolve_knobs(lutc.MPGemmSpec(1, N, K, wbits=wbits, act_dtype="float16"))
         assert {k: chosen[k] for k in knobs} == knobs, (N, K, wbits, chosen)
