@@ -403,15 +403,23 @@ def default_knobs(spec) -> dict:
     to the smaller tiles), else the one that gives the most blocks (unless stream-K takes the
     product: first the split tile of :func:`one_wave_split` to M = 64 or of :func:`batch_split`
     to M = 128; the last tile in :func:`default_splits`' slices, with the copying warpgroups of
-    :func:`split_ws`); 4 stages where they fit, else 3."""
+    :func:`split_ws`); 4 stages where they fit, else 3. To M = 32 the last tile in K slices takes
+    the place of the 64-row tile of two warpgroups (``TILES[-2]``), whose 100 blocks or more on N
+    = 12800..25343 leave a wave part-empty: on the H200 18944 x 3584 at M = 16 took 13.8 / 17.6 us
+    (W2 / W4) against 25.3 / 27.1 in its 148 blocks, in turns
+    (``benchmarks/results/cuda_wave_quantization_h200.log``), and the tuner timed 14336 x 4096
+    at 13.7 / 15.0 against 15.0 / 16.4 (``benchmarks/results/tuning_h200_qwen25_7b_llama3_8b.md``)."""
     tiles = [t for t in TILES if fits(spec, t[0], t[1], t[2], ws=t[3])]
     chosen = next((t for t in tiles if blocks(spec, *t[:3]) >= t[4]
                    and (t[2] == 64 or tokens(spec, t[2]) == t[2] or spec.M > BATCH_TILE[2])),
                   max(tiles, key=lambda t: blocks(spec, *t[:3])))
+    wave_split = chosen == TILES[-1]
+    if chosen == TILES[-2] and spec.M <= SPLIT_WS_MAX_M:    # the last tile in K slices instead (default_splits)
+        chosen, wave_split = TILES[-1], False
     streamk = default_streamk(spec, chosen)
     split_tile = None
     if not streamk and not fits_batch(spec):
-        split_tile = (one_wave_split(spec) if chosen == TILES[-1] else None) or batch_split(spec, chosen)
+        split_tile = (one_wave_split(spec) if wave_split else None) or batch_split(spec, chosen)
     splits = 1
     if split_tile:
         (wg, wn, bm, ws, splits), ak = split_tile, 8
@@ -628,9 +636,12 @@ def usable_splits(spec) -> list:
 
 def default_splits(spec, tile_blocks: int) -> int:
     """K slices for the last tile of :data:`TILES` (the one taken when no larger tile gives its
-    blocks) with ``tile_blocks`` blocks: up to M = 128 (:data:`BATCH_TILE`'s tokens) the fewest of
-    ``KNOBS["splits"]`` that reach :data:`SPLIT_BLOCKS` blocks (or the most that divide K's
-    units). On the H200 (``cuda_small_m_h200.md``) 8192 x 28672 W2 at M = 64 took 71.3 us with 2
+    blocks) with ``tile_blocks`` blocks: to M = 32 (:data:`SPLIT_WS_MAX_M`) the most of
+    ``KNOBS["splits"]`` that divide K's units, then up to M = 128 (:data:`BATCH_TILE`'s tokens)
+    the fewest that reach :data:`SPLIT_BLOCKS` blocks (or the most that divide K's units). At
+    M = 16 the tuner timed 11008 x 4096 in 4 slices at 12.0 / 13.0 us (W2 / W4) against 15.1 /
+    16.2 in 2 (``benchmarks/results/tuning_h200_qwen25_7b_llama3_8b.md``: more blocks per SM
+    hide more of each one's latency while the weights stream). On the H200 (``cuda_small_m_h200.md``) 8192 x 28672 W2 at M = 64 took 71.3 us with 2
     slices against 85.6 without, 4096 x 4096 9.8 with 4 against 14.1; at M = 128, where
     :func:`batch_split` finds no wave, 1024 x 8192 10.1 / 10.3 us (W2 / W4, 4 slices) against 25.3
     / 26.3 unsplit, 512 x 3584 5.5 / 6.2 against 12.1 / 12.4 (the tuner's times,
@@ -640,6 +651,8 @@ def default_splits(spec, tile_blocks: int) -> int:
     if spec.M > BATCH_TILE[2]:
         return 1
     usable = usable_splits(spec)
+    if spec.M <= SPLIT_WS_MAX_M:
+        return usable[-1]
     return next((s for s in usable if tile_blocks * s >= SPLIT_BLOCKS), usable[-1])
 
 
