@@ -640,8 +640,9 @@ def default_splits(spec, tile_blocks: int) -> int:
     ``KNOBS["splits"]`` that divide K's units, then up to M = 128 (:data:`BATCH_TILE`'s tokens)
     the fewest that reach :data:`SPLIT_BLOCKS` blocks (or the most that divide K's units). At
     M = 16 the tuner timed 11008 x 4096 in 4 slices at 12.0 / 13.0 us (W2 / W4) against 15.1 /
-    16.2 in 2 (``benchmarks/results/tuning_h200_qwen25_7b_llama3_8b.md``: more blocks per SM
-    hide more of each one's latency while the weights stream). On the H200 (``cuda_small_m_h200.md``) 8192 x 28672 W2 at M = 64 took 71.3 us with 2
+    16.2 in 2 (``benchmarks/results/tuning_h200_4096_11008.md``'s run: more blocks per SM hide
+    more of each one's latency while the weights stream). On the H200
+    (``cuda_small_m_h200.md``) 8192 x 28672 W2 at M = 64 took 71.3 us with 2
     slices against 85.6 without, 4096 x 4096 9.8 with 4 against 14.1; at M = 128, where
     :func:`batch_split` finds no wave, 1024 x 8192 10.1 / 10.3 us (W2 / W4, 4 slices) against 25.3
     / 26.3 unsplit, 512 x 3584 5.5 / 6.2 against 12.1 / 12.4 (the tuner's times,
