@@ -416,16 +416,16 @@ def default_knobs(spec) -> dict:
     wave_split = chosen == TILES[-1]
     if chosen == TILES[-2] and spec.M <= SPLIT_WS_MAX_M:    # the last tile in K slices instead (default_splits)
         chosen, wave_split = TILES[-1], False
-    streamk = default_streamk(spec, chosen)
+    streamk, batch = default_streamk(spec, chosen), fits_batch(spec)
     split_tile = None
-    if not streamk and not fits_batch(spec):
+    if not streamk and not batch:
         split_tile = (one_wave_split(spec) if wave_split else None) or batch_split(spec, chosen)
     splits = 1
     if split_tile:
         (wg, wn, bm, ws, splits), ak = split_tile, 8
     elif streamk:
         wg, wn, bm, ws, ak = streamk_tile(spec)
-    elif fits_batch(spec):
+    elif batch:
         wg, wn, bm, ws, ak = BATCH_TILE
     else:
         (wg, wn, bm, ws), ak = chosen[:4], 8

@@ -327,7 +327,7 @@ def test_cuda_default_kernel_for_each_m():
                           (16, 4096, 11008, (1, 1, True, 2, 128)), (16, 1024, 8192, (1, 1, True, 4, 64)),
                           (65, 8192, 28672, None),
                           # M = 65..128 (batch_split): the 128-token tile of two copying warpgroups in
-                          # the slices that fill 3/4 of a wave (4096 x 14336 at M = 128: 27.7 us
+                          # the slices split_cost ranks first (4096 x 14336 at M = 128: 27.7 us
                           # against 43.1 unsplit), else the last tile in the most slices (1024 x 8192:
                           # 10.1 against 25.3); stream-K keeps 8192 x 28672
                           (128, 4096, 14336, (2, 1, 2, 4, 128)), (96, 3584, 18944, (2, 1, 2, 4, 112)),
