@@ -13,7 +13,9 @@ that kernel ran on ``D`` for ``W`` in ``W``'s own records:
 
 Only records of kernels this lutc still builds count (:func:`load`). Compared with the full tune
 (the best of ``W``'s confirmation on ``D``) and with the default
-of the log's time (the confirmation's ``knobs = {}`` record of the default schedule). A
+of the log's time (the confirmation's ``knobs = {}`` record of the default schedule); a workload
+tuned before its default last changed (``schedules.contract.default_changed``) is listed but
+not counted, since its log timed another kernel than today's default. A
 candidate's time is its confirmation time where it was a finalist, else the median of its
 search measurements (one setting each; the confirmation re-times finalists alternately, so
 the two phases can differ by a few percent); a candidate ``D`` never measured for ``W`` is
@@ -34,7 +36,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lutc  # noqa: E402
 from lutc import target as targets  # noqa: E402
-from lutc.build import logged_record, record_layout  # noqa: E402
+from lutc.build import logged_record, record_layout, timed_current_default  # noqa: E402
 from lutc.tuner.records import TuningLog, best  # noqa: E402
 import schedules  # noqa: E402
 from schedules import contract  # noqa: E402
@@ -129,20 +131,24 @@ def evaluate(records: list, mode: str) -> list:
         us, phase = time_of(recs, schedule, knobs)
         rows.append({"device": device.split(" |")[0], "workload": workload, "best_us": final["us"],
                      "default_us": default["us"], "chosen": f"{schedule} {knobs}", "source": source,
-                     "us": us, "phase": phase})
+                     "us": us, "phase": phase,
+                     "stale": not timed_current_default(default)})
     return rows
 
 
 def summary(rows: list) -> str:
     n, within, safe = counts(rows)
-    return (f"{len(rows)} workloads; chosen kernel timed for {n}: within 10% of the full tune "
+    stale = sum(r["stale"] for r in rows)
+    return (f"{len(rows)} workloads, {stale} of them tuned before their default last changed (not counted: "
+            f"the log did not time today's default there); chosen kernel timed for {n}: within 10% of the full tune "
             f"{within}/{n} ({within / max(1, n):.0%}), at most 5% slower than the default {safe}/{n} "
             f"({safe / max(1, n):.0%})")
 
 
 def counts(rows: list) -> tuple:
-    """(timed, within 10% of the full tune, at most 5% slower than the default)."""
-    timed = [r for r in rows if r["us"] is not None]
+    """(timed, within 10% of the full tune, at most 5% slower than the default), over the rows
+    whose log timed today's default (``lutc.build.timed_current_default``)."""
+    timed = [r for r in rows if r["us"] is not None and not r["stale"]]
     return (len(timed), sum(r["us"] <= 1.10 * r["best_us"] for r in timed),
             sum(r["us"] <= 1.05 * r["default_us"] for r in timed))
 
@@ -171,7 +177,7 @@ def markdown(results: dict) -> str:
             t = "not measured" if r["us"] is None else f"{r['us']:.1f} ({r['phase']})"
             ratio = lambda ref: "-" if r["us"] is None else f"{r['us'] / ref:.2f}"  # noqa: E731
             lines.append(f"| {r['device']} | {w['M']} | {w['N']}x{w['K']} | {w['wbits']}{' ' + w['format'] if w['format'] != 'uniform' else ''} "
-                         f"| {r['best_us']:.1f} | {r['default_us']:.1f} | {t} | {r['source']} | {r['chosen']} "
+                         f"| {r['best_us']:.1f} | {r['default_us']:.1f}{' (since re-ruled)' if r['stale'] else ''} | {t} | {r['source']} | {r['chosen']} "
                          f"| {ratio(r['best_us'])} | {ratio(r['default_us'])} |")
         lines.append("")
     return "\n".join(lines)

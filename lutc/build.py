@@ -192,9 +192,10 @@ def transferred_record(log: TuningLog, spec: MPGemmSpec, tgt, default_schedule: 
     (:func:`lutc.tuner.records.nearest_for`), or None for the default. Records of ``spec`` itself
     on ``tgt`` are not asked (the tuner seeds its search with this choice while it has them).
 
-    Example: with the committed H200 log, ``transferred_record(log, MPGemmSpec(16, 5120, 27648,
-    act_dtype="float16"), resolve("cuda:sm_90a"), "cuda_wgmma", device="NVIDIA H200 | sm_90")``
-    is 16 x 8192 x 28672's best record (64-row tiles, two per warpgroup, in 4 K slices)."""
+    Example: with the committed H200 log, ``transferred_record(log, MPGemmSpec(128, 5120, 27648,
+    wbits=4, act_dtype="float16"), resolve("cuda:sm_90a"), "cuda_wgmma", device="NVIDIA H200 |
+    sm_90")`` is the W2 weight's best record (a 128-token tile of three warpgroups in 4 K
+    slices: 65.9 us there against the default's 81.9)."""
     facts = targets.facts(tgt)
     kind, described, device = facts.kind, facts.described, device or facts.device
     threads = targets.cpu_threads() if kind == "cpu" else None
@@ -215,7 +216,40 @@ def transferred_record(log: TuningLog, spec: MPGemmSpec, tgt, default_schedule: 
             module, spec, contract.recorded_knobs(module, r["knobs"]))
 
     return nearest_for(log, spec.key(), described, device, pinned, targets.transferable(tgt),
-                       default_schedule, current, threads=threads)
+                       default_schedule, current, threads=threads,
+                       default_current=comparable_default(spec, default_schedule))
+
+
+def comparable_default(spec: MPGemmSpec, default_schedule: Optional[str]):
+    """Whether another workload's record of the default (``knobs = {}``) is a margin that a
+    transfer to ``spec`` may be judged by: it timed today's default (:func:`timed_current_default`)
+    and that default builds the same kernel as ``spec``'s (same resolved knobs). A source's win
+    over another default says little about ours: on the H200 log 128 x 5120 x 27648's tile of 128
+    tokens in 4 K slices beat its default 1.34x and took 1.23x its own default's time at 128 x
+    4096 x 12288, where the default is ``batch_split``'s (``benchmarks/results/transfer_eval.md``)."""
+    module = schedules.named(default_schedule) if default_schedule else None
+    mine = None if module is None else contract.resolve_knobs(module, spec)
+
+    def comparable(record: dict) -> bool:
+        if not timed_current_default(record):
+            return False
+        try:
+            return module is None or contract.resolve_knobs(module, MPGemmSpec(**record["workload"])) == mine
+        except (TypeError, ValueError):
+            return False
+    return comparable
+
+
+def timed_current_default(record: dict) -> bool:
+    """Whether ``record`` (a log's record of a default kernel, ``knobs = {}``) timed the kernel
+    its schedule's default builds today: it is no older than the last change of that default for
+    its workload (``schedules.contract.default_changed``)."""
+    module = schedules.named(record["schedule"])
+    try:
+        changed = None if module is None else contract.default_changed(module, MPGemmSpec(**record["workload"]))
+    except (TypeError, ValueError):     # a workload this lutc no longer describes
+        return False
+    return changed is None or record.get("time", "") >= changed
 
 
 def _record_filters(kind: str, spec: MPGemmSpec, tgt, layout: Optional[str]) -> tuple:

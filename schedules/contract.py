@@ -100,6 +100,14 @@ def transfers(module: ModuleType, spec, knobs: dict) -> bool:
     return True if rule is None else bool(rule(spec, **knobs))
 
 
+def default_changed(module: ModuleType, spec) -> Optional[str]:
+    """When ``module``'s default knobs last changed for shapes like ``spec`` (UTC, ISO 8601, as
+    a tuning record's ``time``), or None where they have not since the logs began: a log's record
+    of the default (``knobs = {}``) older than this timed another kernel than today's default."""
+    rule = getattr(module, "default_changed", None)
+    return None if rule is None else rule(spec)
+
+
 def pins_every_knob(module: ModuleType, knobs: dict) -> bool:
     """Whether a record's ``knobs`` fix every knob of ``module`` (the ones added after it was
     written, ``ADDED_KNOBS``, at the value its kernel had)."""

@@ -42,6 +42,8 @@ instead of fp16 weights: one rounding less.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from tvm import IRModule, s_tir
 from tvm.script import tirx as T
 
@@ -165,6 +167,12 @@ def default_knobs(spec) -> dict:
     return {**tiles, "late_scale": int(late), "swap_upto": swap_upto,
             "warp_sync": int(spec.M <= 4 or tiles["wn"] == 1),
             "raw_codes": int(late and eight_slices(spec) and tc16_code_bits(spec) == 2)}
+
+
+def default_changed(spec) -> Optional[str]:
+    """When :func:`default_knobs` last changed for ``spec``'s shapes (``schedules.contract``):
+    at M = 1 on 2026-12-02 (8 warps at every K, commit 2e18416). Move it with the rule."""
+    return "2026-12-02T11:34:31" if spec.M == 1 else None
 
 
 def default_tiles(spec) -> dict:

@@ -488,6 +488,15 @@ def split_cost(tile_blocks: int, splits: int) -> float:
     return -(-tile_blocks * splits // SMS) / splits + SLICE_COST * (splits - 1)
 
 
+def default_changed(spec) -> Optional[str]:
+    """When :func:`default_knobs` last changed for ``spec``'s shapes (``schedules.contract``), on
+    2026-12-02: to M = :data:`SPLIT_WS_MAX_M` the last tile in K slices (commit ec79324); at M =
+    65..128 :func:`batch_split` (fb92c81). Move it with the rule."""
+    if spec.M <= SPLIT_WS_MAX_M:
+        return "2026-12-02T12:14:26"
+    return "2026-12-02T11:25:24" if SPLIT_MAX_M < spec.M <= BATCH_TILE[2] else None
+
+
 def batch_split(spec, tile) -> Optional[tuple]:
     """``(wg, wn, bm, ws, splits)``: at M = 65..128 (past :data:`SPLIT_MAX_M`, to
     :data:`BATCH_TILE`'s tokens) where the tile the block count chose (``tile`` of :data:`TILES`)

@@ -302,6 +302,37 @@ def test_cuda_wgmma_records_transfer_only_where_their_grid_fits(tmp_path, monkey
     assert (narrow.origin, narrow.knobs) == ("default", {})
 
 
+def test_a_transfer_is_judged_only_by_a_margin_over_todays_default(tmp_path, monkeypatch):
+    """A source's win counts only where its run timed the default as it is today
+    (``default_changed``: cuda_wgmma's to M = 32 changed on 2026-12-02) and that default builds
+    the kernel this shape's default builds: a win over another kernel says little here (on the
+    H200 128 x 5120 x 27648's 1.34x win lost 1.23x to 128 x 4096 x 12288's own default)."""
+    from lutc.build import timed_current_default
+    monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
+    tgt = resolve("cuda:sm_90a")
+    log = log_for("cuda", describe(tgt))
+    source = lutc.MPGemmSpec(16, 8192, 28672, wbits=4, group_size=128, act_dtype="float16")
+    changed = schedules.cuda_wgmma.default_changed(source)
+    knobs = {"wg": 1, "wn": 2, "bm": 64, "ws": False, "splits": 4, "stages": 4, "streamk": 0, "late_scale": 1, "ak": 8}
+
+    def run(time, confirm, spec=source):
+        for us, kn in ((33.0, knobs), (47.0, {})):
+            log.append(dict(_record(us, knobs=kn, schedule="cuda_wgmma", spec=spec, confirm=confirm), time=time,
+                            target=describe(tgt), device=device_name(tgt), layout_version=layouts.get("tc16").version))
+    run("2026-12-01T00:00:00", "before")
+    before = list(log.records())[-1]
+    assert not timed_current_default(before) and timed_current_default(dict(before, time=changed))
+    assert timed_current_default(dict(before, workload=source.with_(M=512).key()))   # unchanged there
+    wide = source.with_(N=7168)      # the same default kernel as the source's
+    assert contract.resolve_knobs(schedules.cuda_wgmma, wide) == contract.resolve_knobs(schedules.cuda_wgmma, source)
+    assert choose(wide, tgt).origin == "default"
+    run("2026-12-03T00:00:00", "after")
+    assert (choose(wide, tgt).origin, choose(wide, tgt).knobs) == ("transferred", knobs)
+    narrow = source.with_(N=6144)    # its default is another tile (one warpgroup, no copying warps)
+    assert contract.resolve_knobs(schedules.cuda_wgmma, narrow) != contract.resolve_knobs(schedules.cuda_wgmma, source)
+    assert schedules.cuda_wgmma.transfers(narrow, **knobs) and choose(narrow, tgt).origin == "default"
+
+
 def test_distance_keeps_formats_and_decode_apart():
     from lutc.tuner.records import workload_distance
     a = SPEC.key()

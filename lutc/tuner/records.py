@@ -220,7 +220,8 @@ def workload_distance(a: dict, b: dict) -> Optional[float]:
 def nearest_for(log: TuningLog, workload: dict, target: dict, device: str,
                 usable: Callable[[dict], bool], transferable: Callable[[dict], bool],
                 default_schedule: Optional[str] = None,
-                where: Optional[Callable[[dict], bool]] = None, threads: Optional[int] = None) -> Optional[dict]:
+                where: Optional[Callable[[dict], bool]] = None, threads: Optional[int] = None,
+                default_current: Optional[Callable[[dict], bool]] = None) -> Optional[dict]:
     """The record to build for a workload that the log has no record of on this target: the
     best record of the nearest tuned workload (:func:`workload_distance`), this workload
     included where another target measured it. Sources rank by: this target before others
@@ -233,8 +234,11 @@ def nearest_for(log: TuningLog, workload: dict, target: dict, device: str,
     over, as for an exact match;
     ``usable`` (the record builds for ``workload``) and ``where`` filter its records. The
     nearest source that has a usable record and whose confirmation timed ``default_schedule``
-    with its default knobs decides: its best record if that beat the default there by
-    :data:`MARGIN`, else None (build the default). Returns a copy of the record, or None."""
+    with its default knobs, as they are today (``default_current`` of that record: a default
+    re-ruled since, e.g. ``cuda_wgmma``'s at M = 16 on 2026-12-02, leaves a margin measured
+    against a kernel the default no longer builds), decides: its best record if that beat the
+    default there by :data:`MARGIN`, else None (build the default). Returns a copy of the
+    record, or None."""
     ranked = []
     for recs in _by_workload(log):
         first = recs[0]
@@ -259,8 +263,8 @@ def nearest_for(log: TuningLog, workload: dict, target: dict, device: str,
         if found is not None:
             default = next((r for r in recs if r.get("confirm") == found["confirm"] and r.get("knobs") == {}
                             and r.get("schedule") == default_schedule and _finite_time(r.get("us"))), None)
-            if default is None:
-                continue        # its run did not time our default: no margin to judge by
+            if default is None or (default_current is not None and not default_current(default)):
+                continue        # its run did not time our default (as it is now): no margin to judge by
             if found["us"] > MARGIN * default["us"]:
                 return None     # the nearest tuned shape says: the default
             return copy.deepcopy(found)
