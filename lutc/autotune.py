@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import json
 import os
 import random
 import sys
@@ -50,12 +51,12 @@ from schedules import contract
 
 from . import layouts
 from . import target as targets
-from .build import build, kernel_layout, record_layout, spec_for, transferred_record
+from .build import build, kernel_layout, record_layout, spec_for, timed_current_default, transferred_record
 from .fleet import Fleet, compiler_for
 from .measure import CUTOFF, Bench, reference_weights
 from .runtime import Kernel
 from .spec import MPGemmSpec
-from .tuner import CostModel, TuningLog, candidates, default_candidate, features, log_history, rank_correlation
+from .tuner import CostModel, TuningLog, best, candidates, default_candidate, features, log_history, rank_correlation
 from .tuner.records import log_for, same_threads
 from .tuner.space import Candidate
 
@@ -293,15 +294,46 @@ def transferred_candidate(log: TuningLog, spec: MPGemmSpec, tgt, default_schedul
     tiles in 4 slices without a copying warpgroup) had run 14.7
     (``benchmarks/results/tuning_h200_qwen25_7b_llama3_8b.md``).
 
-    Example: with the committed H200 log, ``transferred_candidate(log, MPGemmSpec(16, 5120, 27648,
-    act_dtype="float16"), resolve("cuda:sm_90a"), "cuda_wgmma", "NVIDIA H200 | sm_90")`` is
-    ``cuda_wgmma(ak=8, bm=64, late_scale=1, splits=4, stages=4, streamk=0, wg=1, wn=2, ws=False)``
-    (16 x 8192 x 28672's best)."""
+    Example: with the committed H200 log, ``transferred_candidate(log, MPGemmSpec(128, 5120, 27648,
+    wbits=4, act_dtype="float16"), resolve("cuda:sm_90a"), "cuda_wgmma", "NVIDIA H200 | sm_90")``
+    is ``cuda_wgmma(ak=8, bm=128, late_scale=0, splits=4, stages=4, streamk=0, wg=3, wn=1, ws=True)``
+    (the W2 weight's best)."""
     rec = transferred_record(log, spec, tgt, default_schedule, device=device)
     if rec is None:
         return None
     module = schedules.named(rec["schedule"])
     return Candidate(rec["schedule"], tuple(sorted(contract.recorded_knobs(module, rec["knobs"]).items())))
+
+
+def stale_workloads(target: targets.TargetLike = None, log: Optional[TuningLog] = None,
+                    device: Optional[str] = None) -> list:
+    """The workloads this device tuned on ``target`` (its latest confirmation in ``log``; on a CPU,
+    with this process's thread count) whose run timed a default that has changed since
+    (:func:`lutc.build.timed_current_default`: ``schedules.contract.default_changed``), as
+    :class:`~lutc.spec.MPGemmSpec` objects in log order. Their records beat a kernel the default
+    no longer builds and may now lose to it: on the H200, five of six M = 1 records built kernels
+    up to 1.68x slower than the default that replaced the one they beat
+    (``benchmarks/results/tuning_h200_qwen3_8b_qwen25_32b.md``). ``lutc tune --stale`` tunes
+    them again.
+
+    Example:
+        >>> lutc.tune(stale_workloads("cuda"), trials=24)      # doctest: +SKIP
+    """
+    facts = targets.facts(target)
+    log = log or log_for(facts.kind, facts.described)
+    device = device or facts.device
+    threads = targets.cpu_threads() if facts.kind == "cpu" else None
+    runs: dict = {}
+    for r in log.records():
+        if r.get("target") == facts.described and r.get("device") == device and same_threads(r, threads):
+            runs.setdefault(json.dumps(r["workload"], sort_keys=True), []).append(r)
+    stale = []
+    for recs in runs.values():
+        final = best(recs)
+        default = final and next((r for r in recs if r.get("confirm") == final["confirm"] and r.get("knobs") == {}), None)
+        if default and not timed_current_default(default):
+            stale.append(MPGemmSpec(**recs[0]["workload"]))
+    return stale
 
 
 def report(results: list) -> str:

@@ -114,12 +114,16 @@ def add_tune(sub) -> None:
         description="Tune lutc kernels (lutc.tune); records go to the tuning logs. Examples: "
                     "lutc tune --shapes 1x4096x4096,1x11008x4096 --wbits 2 --trials 64; "
                     "lutc tune --model mypkg.models:build_model --m 1,16 --wbits 4 --seconds 120 --report tuned.md; "
-                    "lutc tune --model-shapes llama-3-8b --m 1,16,128 --wbits 2")
+                    "lutc tune --model-shapes llama-3-8b --m 1,16,128 --wbits 2; "
+                    "lutc tune --stale --target cuda (after an upgrade: re-tune records judged against an older default)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--shapes", help="comma-separated MxNxK, e.g. 1x4096x4096,16x11008x4096")
     src.add_argument("--model", help="module:callable returning an nn.Module; its Linear layers are tuned")
     src.add_argument("--model-shapes", choices=sorted(MODELS),
                      help="the Linear shapes of a known open model (lutc.model_shapes)")
+    src.add_argument("--stale", action="store_true",
+                     help="this device's logged workloads whose run timed a default that has changed "
+                          "since (lutc.autotune.stale_workloads): their records may now lose to it")
     p.add_argument("--m", default="1", help="with --model or --model-shapes: comma-separated M values")
     add_format_args(p)
     p.add_argument("--table-dtype", default=None, choices=TABLE_DTYPES,
@@ -139,7 +143,7 @@ def add_tune(sub) -> None:
 
 def run_tune(args: argparse.Namespace) -> int:
     import importlib
-    from .autotune import linear_shapes, report, tune
+    from .autotune import linear_shapes, report, stale_workloads, tune
     from .tuner import TuningLog
     if args.shapes:
         shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
@@ -147,6 +151,12 @@ def run_tune(args: argparse.Namespace) -> int:
             args.parser.error("--shapes takes MxNxK triples, e.g. 1x4096x4096")
     elif args.model_shapes:
         shapes = model_linear_shapes(args.model_shapes, [int(m) for m in args.m.split(",")])
+    elif args.stale:
+        shapes = stale_workloads(args.target, log=TuningLog(args.log) if args.log else None,
+                                 device=args.rpc_device)
+        print(f"{len(shapes)} workload(s) tuned before their default last changed", file=sys.stderr)
+        if not shapes:
+            return 0
     else:
         module_name, _, attr = args.model.partition(":")
         model = getattr(importlib.import_module(module_name), attr or "model")

@@ -333,6 +333,31 @@ def test_a_transfer_is_judged_only_by_a_margin_over_todays_default(tmp_path, mon
     assert schedules.cuda_wgmma.transfers(narrow, **knobs) and choose(narrow, tgt).origin == "default"
 
 
+def test_tune_stale_finds_the_workloads_tuned_before_their_default_changed(tmp_path, monkeypatch, capsys):
+    """``lutc tune --stale`` re-tunes this device's workloads whose tuning run timed a default
+    that has changed since (a schedule's ``default_changed``), and only those."""
+    from lutc.autotune import stale_workloads
+    from lutc.cli import main
+    monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
+    tgt = resolve("host")
+    log = log_for("cpu", describe(tgt))
+    default = lutc.build(SPEC, tuned=False, cache=None).schedule
+    monkeypatch.setattr(schedules.named(default), "default_changed",
+                        lambda spec: "2026-12-01T00:00:00" if spec.N == SPEC.N else None, raising=False)
+    old, fresh, other = SPEC, SPEC.with_(M=2), SPEC.with_(N=2 * SPEC.N)
+    for spec, time, device in ((old, "2026-11-30T00:00:00", None), (fresh, "2026-12-02T00:00:00", None),
+                               (other, "2026-11-30T00:00:00", None), (old.with_(K=2 * SPEC.K), "2026-11-30T00:00:00",
+                                                                    "another machine")):
+        for us, knobs in ((10.0, {"row_tiles": 1}), (12.0, {})):
+            log.append(dict(_record(us, knobs=knobs, schedule=default, spec=spec, device=device), time=time))
+    assert [s.key() for s in stale_workloads()] == [old.key()]
+    seen = []
+    monkeypatch.setattr("lutc.autotune.tune", lambda shapes, **kw: seen.extend(shapes) or [])
+    monkeypatch.setattr("lutc.autotune.report", lambda results: "")
+    assert main(["tune", "--stale"]) == 0 and [s.key() for s in seen] == [old.key()]
+    assert "1 workload(s) tuned before their default last changed" in capsys.readouterr().err
+
+
 def test_distance_keeps_formats_and_decode_apart():
     from lutc.tuner.records import workload_distance
     a = SPEC.key()
