@@ -173,7 +173,7 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
     def record(cand: Candidate, us: Optional[float], error: Optional[str], confirm: Optional[str] = None) -> None:
         rec = {"workload": spec.key(), "target": described, "device": device, "versions": _versions(),
                "schedule": cand.schedule, "knobs": cand.knob_dict, "us": us, "error": error,
-               "time": datetime.datetime.now().isoformat(timespec="seconds")}
+               "time": utc_now()}
         if threads is not None:
             rec["threads"] = threads
         layout = kernel_layout(rec, kind, spec, tgt)
@@ -266,7 +266,7 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
     winner = default if default_us == default_us else None
     confirmed = _confirm(spec, tgt, fleet or bench, final, jobs) if len(final) > 1 else {}
     if default in confirmed and len(confirmed) > 1:     # only a comparison with the default counts
-        run_id = f"{datetime.datetime.now().isoformat(timespec='seconds')}/{os.getpid()}"
+        run_id = f"{utc_now()}/{os.getpid()}"
         for cand, us in confirmed.items():
             record(cand, us, None, confirm=run_id)
         default_us = confirmed[default]
@@ -305,19 +305,26 @@ def transferred_candidate(log: TuningLog, spec: MPGemmSpec, tgt, default_schedul
     return Candidate(rec["schedule"], tuple(sorted(contract.recorded_knobs(module, rec["knobs"]).items())))
 
 
+def utc_now() -> str:
+    """The time a record is written, in UTC to the second (``2026-12-02T14:42:26``): the clock
+    that schedules date their default rules by (``schedules.contract.default_changed``)."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds")
+
+
 def stale_workloads(target: targets.TargetLike = None, log: Optional[TuningLog] = None,
-                    device: Optional[str] = None) -> list:
+                    device: Optional[str] = None) -> list[MPGemmSpec]:
     """The workloads this device tuned on ``target`` (its latest confirmation in ``log``; on a CPU,
-    with this process's thread count) whose run timed a default that has changed since
-    (:func:`lutc.build.timed_current_default`: ``schedules.contract.default_changed``), as
-    :class:`~lutc.spec.MPGemmSpec` objects in log order. Their records beat a kernel the default
+    with this process's thread count) whose run did not time today's default: another default
+    schedule, or this one before its rule last changed (:func:`lutc.build.timed_current_default`),
+    as :class:`~lutc.spec.MPGemmSpec` objects in log order. Their records beat a kernel the default
     no longer builds and may now lose to it: on the H200, five of six M = 1 records built kernels
     up to 1.68x slower than the default that replaced the one they beat
     (``benchmarks/results/tuning_h200_qwen3_8b_qwen25_32b.md``). ``lutc tune --stale`` tunes
     them again.
 
     Example:
-        >>> lutc.tune(stale_workloads("cuda"), trials=24)      # doctest: +SKIP
+        >>> [s.M for s in stale_workloads("cuda:sm_90a", device="NVIDIA H200 | sm_90")][:3]  # doctest: +SKIP
+        [1, 1, 1]
     """
     facts = targets.facts(target)
     log = log or log_for(facts.kind, facts.described)
@@ -330,9 +337,17 @@ def stale_workloads(target: targets.TargetLike = None, log: Optional[TuningLog] 
     stale = []
     for recs in runs.values():
         final = best(recs)
-        default = final and next((r for r in recs if r.get("confirm") == final["confirm"] and r.get("knobs") == {}), None)
-        if default and not timed_current_default(default):
-            stale.append(MPGemmSpec(**recs[0]["workload"]))
+        try:
+            spec = MPGemmSpec(**recs[0]["workload"])
+        except (TypeError, ValueError):     # a workload this lutc no longer describes
+            continue
+        if final is None:
+            continue
+        today = default_candidate(spec, facts.target, facts.kind).schedule
+        default = next((r for r in recs if r.get("confirm") == final["confirm"] and r.get("knobs") == {}
+                        and r.get("schedule") == today), None)
+        if default is None or not timed_current_default(default):
+            stale.append(spec)
     return stale
 
 

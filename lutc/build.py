@@ -13,11 +13,12 @@ time (:func:`precompile`), so the GPU machine skips nvcc.
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import tvm
 
@@ -220,36 +221,64 @@ def transferred_record(log: TuningLog, spec: MPGemmSpec, tgt, default_schedule: 
                        default_current=comparable_default(spec, default_schedule))
 
 
-def comparable_default(spec: MPGemmSpec, default_schedule: Optional[str]):
+def timed_current_default(record: dict) -> bool:
+    """Whether ``record`` (a log's record of a default kernel, ``knobs = {}``) timed the kernel
+    its schedule's default builds today: it is no older than the last change of that default for
+    its workload (``schedules.contract.default_changed``; both in UTC).
+
+    Example:
+        >>> rec = {"schedule": "cuda_wgmma", "time": "2026-12-01T09:00:00",
+        ...        "workload": MPGemmSpec(16, 4096, 4096, act_dtype="float16").key()}
+        >>> timed_current_default(rec), timed_current_default(dict(rec, time="2026-12-03T09:00:00"))
+        (False, True)
+    """
+    module = schedules.named(record.get("schedule"))
+    try:
+        changed = None if module is None else contract.default_changed(module, MPGemmSpec(**record["workload"]))
+    except (TypeError, ValueError):     # a workload this lutc no longer describes
+        return False
+    return changed is None or (record.get("time") or "") >= changed
+
+
+def comparable_default(spec: MPGemmSpec, default_schedule: Optional[str]) -> Callable[[dict], bool]:
     """Whether another workload's record of the default (``knobs = {}``) is a margin that a
     transfer to ``spec`` may be judged by: it timed today's default (:func:`timed_current_default`)
     and that default builds the same kernel as ``spec``'s (same resolved knobs). A source's win
     over another default says little about ours: on the H200 log 128 x 5120 x 27648's tile of 128
     tokens in 4 K slices beat its default 1.34x and took 1.23x its own default's time at 128 x
-    4096 x 12288, where the default is ``batch_split``'s (``benchmarks/results/transfer_eval.md``)."""
+    4096 x 12288, where the default is ``batch_split``'s (``benchmarks/results/transfer_eval.md``).
+    Answers are kept per workload (a transfer asks for every source's records).
+
+    Example:
+        >>> rec = {"schedule": "cuda_wgmma", "knobs": {}, "time": "2026-12-03T09:00:00",
+        ...        "workload": MPGemmSpec(128, 5120, 27648, act_dtype="float16").key()}
+        >>> comparable_default(MPGemmSpec(128, 4096, 12288, act_dtype="float16"), "cuda_wgmma")(rec)
+        False
+    """
     module = schedules.named(default_schedule) if default_schedule else None
-    mine = None if module is None else contract.resolve_knobs(module, spec)
+
+    def resolved(s: MPGemmSpec):
+        try:
+            return contract.resolve_knobs(module, s)
+        except ValueError:      # no default kernel for that shape: nothing to compare with
+            return None
+    mine = None if module is None else resolved(spec)
+    answers: dict = {}
 
     def comparable(record: dict) -> bool:
         if not timed_current_default(record):
             return False
-        try:
-            return module is None or contract.resolve_knobs(module, MPGemmSpec(**record["workload"])) == mine
-        except (TypeError, ValueError):
-            return False
+        if module is None:
+            return True
+        key = json.dumps(record["workload"], sort_keys=True)
+        if key not in answers:
+            try:
+                theirs = resolved(MPGemmSpec(**record["workload"]))
+            except (TypeError, ValueError):
+                theirs = None
+            answers[key] = mine is not None and theirs == mine
+        return answers[key]
     return comparable
-
-
-def timed_current_default(record: dict) -> bool:
-    """Whether ``record`` (a log's record of a default kernel, ``knobs = {}``) timed the kernel
-    its schedule's default builds today: it is no older than the last change of that default for
-    its workload (``schedules.contract.default_changed``)."""
-    module = schedules.named(record["schedule"])
-    try:
-        changed = None if module is None else contract.default_changed(module, MPGemmSpec(**record["workload"]))
-    except (TypeError, ValueError):     # a workload this lutc no longer describes
-        return False
-    return changed is None or record.get("time", "") >= changed
 
 
 def _record_filters(kind: str, spec: MPGemmSpec, tgt, layout: Optional[str]) -> tuple:

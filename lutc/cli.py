@@ -122,8 +122,8 @@ def add_tune(sub) -> None:
     src.add_argument("--model-shapes", choices=sorted(MODELS),
                      help="the Linear shapes of a known open model (lutc.model_shapes)")
     src.add_argument("--stale", action="store_true",
-                     help="this device's logged workloads whose run timed a default that has changed "
-                          "since (lutc.autotune.stale_workloads): their records may now lose to it")
+                     help="this device's logged workloads whose run did not time today's default (it has changed "
+                          "since: lutc.autotune.stale_workloads); their records may now lose to it")
     p.add_argument("--m", default="1", help="with --model or --model-shapes: comma-separated M values")
     add_format_args(p)
     p.add_argument("--table-dtype", default=None, choices=TABLE_DTYPES,
@@ -152,9 +152,9 @@ def run_tune(args: argparse.Namespace) -> int:
     elif args.model_shapes:
         shapes = model_linear_shapes(args.model_shapes, [int(m) for m in args.m.split(",")])
     elif args.stale:
-        shapes = stale_workloads(args.target, log=TuningLog(args.log) if args.log else None,
-                                 device=args.rpc_device)
-        print(f"{len(shapes)} workload(s) tuned before their default last changed", file=sys.stderr)
+        fleet_device = args.rpc_device or (f"rpc:{args.rpc_key}" if args.rpc_tracker else None)
+        shapes = stale_workloads(args.target, log=TuningLog(args.log) if args.log else None, device=fleet_device)
+        print(f"{len(shapes)} workload(s) whose tuning run did not time today's default", file=sys.stderr)
         if not shapes:
             return 0
     else:

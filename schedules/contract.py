@@ -22,6 +22,10 @@ Optional, asked for through the functions below (never with ``getattr`` elsewher
 * ``transfers(spec, **knobs) -> bool`` (default True): False for knobs tuned on another shape
   that do not suit ``spec`` (a transferred record, :func:`lutc.tuner.records.nearest_for`; e.g.
   a CUDA grid far smaller than this shape's default);
+* ``default_changed(spec) -> str | None`` (default None): when the rule of its default knobs
+  last changed for shapes like ``spec`` (UTC, as tuning records' ``time``): a log's record of the
+  default older than that timed another kernel (:func:`lutc.build.timed_current_default`);
+  whoever changes the rule moves the date;
 * ``LAYOUTS`` (default: any): the layouts ``layout`` can return for some spec and knobs, so that
   :func:`schedules.for_layout` asks only modules that may read a weight's layout (walking
   ``cuda_wgmma``'s knob combinations for a ``warp32`` weight took 18 s per M bucket);
@@ -140,5 +144,5 @@ def is_template(module: ModuleType) -> bool:
     return bool(getattr(module, "TEMPLATE", False))
 
 
-__all__ = ["Schedule", "REQUIRED", "check", "preferred", "resolve_knobs", "worth_tuning", "pins_every_knob",
+__all__ = ["Schedule", "REQUIRED", "check", "preferred", "resolve_knobs", "worth_tuning", "default_changed", "pins_every_knob",
            "recorded_knobs", "may_read", "pass_config", "is_template"]

@@ -334,28 +334,37 @@ def test_a_transfer_is_judged_only_by_a_margin_over_todays_default(tmp_path, mon
 
 
 def test_tune_stale_finds_the_workloads_tuned_before_their_default_changed(tmp_path, monkeypatch, capsys):
-    """``lutc tune --stale`` re-tunes this device's workloads whose tuning run timed a default
-    that has changed since (a schedule's ``default_changed``), and only those."""
+    """``lutc tune --stale`` re-tunes this device's workloads whose tuning run did not time
+    today's default: one timed before its schedule's ``default_changed``, or another schedule
+    as the default; and only those."""
     from lutc.autotune import stale_workloads
     from lutc.cli import main
     monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
     tgt = resolve("host")
     log = log_for("cpu", describe(tgt))
     default = lutc.build(SPEC, tuned=False, cache=None).schedule
+    other_schedule = "cpu_generic" if default != "cpu_generic" else "x86"
     monkeypatch.setattr(schedules.named(default), "default_changed",
                         lambda spec: "2026-12-01T00:00:00" if spec.N == SPEC.N else None, raising=False)
-    old, fresh, other = SPEC, SPEC.with_(M=2), SPEC.with_(N=2 * SPEC.N)
-    for spec, time, device in ((old, "2026-11-30T00:00:00", None), (fresh, "2026-12-02T00:00:00", None),
-                               (other, "2026-11-30T00:00:00", None), (old.with_(K=2 * SPEC.K), "2026-11-30T00:00:00",
-                                                                    "another machine")):
-        for us, knobs in ((10.0, {"row_tiles": 1}), (12.0, {})):
-            log.append(dict(_record(us, knobs=knobs, schedule=default, spec=spec, device=device), time=time))
-    assert [s.key() for s in stale_workloads()] == [old.key()]
+    before, after = "2026-11-30T00:00:00", "2026-12-02T00:00:00"
+    runs = [(SPEC, before, None, default),                                  # stale: the rule changed since
+            (SPEC.with_(K=2 * SPEC.K), after, None, default),               # timed today's default
+            (SPEC.with_(N=2 * SPEC.N), before, None, default),              # no change there
+            (SPEC.with_(K=4 * SPEC.K), before, "another machine", default),  # not this device's
+            (SPEC.with_(K=8 * SPEC.K), after, None, other_schedule)]        # stale: another default then
+    for spec, time, device, default_schedule in runs:
+        for us, knobs, schedule in ((10.0, {"row_tiles": 1}, default), (12.0, {}, default_schedule)):
+            log.append(dict(_record(us, knobs=knobs, schedule=schedule, spec=spec, device=device), time=time))
+    stale = [SPEC.key(), SPEC.with_(K=8 * SPEC.K).key()]
+    assert [s.key() for s in stale_workloads()] == stale
     seen = []
     monkeypatch.setattr("lutc.autotune.tune", lambda shapes, **kw: seen.extend(shapes) or [])
     monkeypatch.setattr("lutc.autotune.report", lambda results: "")
-    assert main(["tune", "--stale"]) == 0 and [s.key() for s in seen] == [old.key()]
-    assert "1 workload(s) tuned before their default last changed" in capsys.readouterr().err
+    assert main(["tune", "--stale"]) == 0 and [s.key() for s in seen] == stale
+    assert "2 workload(s) whose tuning run did not time today's default" in capsys.readouterr().err
+    # a record without a time (or a null one) counts as older than any change, not as an error
+    from lutc.build import timed_current_default
+    assert not timed_current_default(dict(_record(12.0, schedule=default), time=None))
 
 
 def test_distance_keeps_formats_and_decode_apart():

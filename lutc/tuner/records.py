@@ -258,6 +258,9 @@ def nearest_for(log: TuningLog, workload: dict, target: dict, device: str,
     for *_, recs in sorted(ranked):
         if default_schedule is not None and default_schedule not in {r.get("schedule") for r in recs}:
             continue
+        if default_current is not None and not any(r.get("knobs") == {} and r.get("schedule") == default_schedule
+                                                   and default_current(r) for r in recs):
+            continue    # (before the costly usable check of its records: most sources end here)
         mine = [r for r in recs if r.get("device") == device] or recs
         found = best(r for r in mine if usable(r) and (where is None or where(r)))
         if found is not None:
