@@ -109,6 +109,9 @@ def kind(target: tvm.target.Target) -> str:
 #: The LLVM features of a CPU target that decide which kernels build (``schedules.x86``,
 #: ``schedules.dot_mac``): what :attr:`Facts.features` holds where the target has them.
 LLVM_FEATURES = ("avx2", "avx512bw", "avx512vnni", "avx512vbmi", "amx-tile", "amx-int8", "neon", "dotprod", "i8mm", "sve")
+#: LLVM CPU names whose cores run 512-bit integer instructions as two 256-bit halves (AMD Zen 4):
+#: :attr:`Facts.half_rate_512`.
+HALF_RATE_512_CPUS = ("znver4",)
 #: SIMD family of each CPU architecture (as :func:`lutc.cpu_arch.machine` spells it).
 _SIMD = {"x86_64": "x86", "i686": "x86", "aarch64": "aarch64"}
 
@@ -118,8 +121,9 @@ class Facts:
     """What lutc asks of a target, resolved once (:func:`facts`): the TVM target, its kind
     (:func:`kind`), its JSON identity for logs and caches (:func:`describe`), the hardware
     measurements on it are taken on (:func:`device_name`), and what the schedules ask: the SIMD
-    family of a CPU target (``"x86"``, ``"aarch64"``, else None), its :data:`LLVM_FEATURES`, and
-    a CUDA target's architecture (``"sm_90a"``; "" for a CPU)."""
+    family of a CPU target (``"x86"``, ``"aarch64"``, else None), its :data:`LLVM_FEATURES`,
+    whether its cores run 512-bit integer instructions at half rate (:data:`HALF_RATE_512_CPUS`),
+    and a CUDA target's architecture (``"sm_90a"``; "" for a CPU)."""
     target: tvm.target.Target
     kind: str
     described: dict = field(compare=False)
@@ -127,6 +131,7 @@ class Facts:
     simd: Optional[str] = None
     features: frozenset = frozenset()
     cuda_arch: str = ""
+    half_rate_512: bool = False
 
     def has(self, *features: str) -> bool:
         """Whether the target has every one of the LLVM ``features`` (:data:`LLVM_FEATURES`).
@@ -174,7 +179,8 @@ def _read_facts(tgt: tvm.target.Target) -> Facts:
         return Facts(tgt, k, describe(tgt), device_name(tgt), cuda_arch=arch)
     simd = _SIMD.get(machine(str(tgt.attrs.get("mtriple", "") or "")))
     features = frozenset(f for f in LLVM_FEATURES if codegen.llvm_cpu_has_features([f], tgt))
-    return Facts(tgt, k, describe(tgt), device_name(tgt), simd=simd, features=features)
+    half_rate = str(tgt.attrs.get("mcpu", "") or "") in HALF_RATE_512_CPUS
+    return Facts(tgt, k, describe(tgt), device_name(tgt), simd=simd, features=features, half_rate_512=half_rate)
 
 
 def describe(target: tvm.target.Target) -> dict:

@@ -119,6 +119,13 @@ def has_features(target, *features: str) -> bool:
     return targets.facts(target).has(*features)
 
 
+def half_rate_512(target) -> bool:
+    """Whether the CPU ``target`` runs 512-bit integer instructions as two 256-bit halves (AMD
+    Zen 4: :attr:`lutc.target.Facts.half_rate_512`), where VNNI's multiply-adds cost twice what
+    the LUT kernel's byte shuffles do."""
+    return targets.facts(target).half_rate_512
+
+
 def cuda_arch(target) -> str:
     """The CUDA architecture of ``target`` (``"sm_90a"``, ``"sm_80"``, ...), "" for any other
     target (or None): what the CUDA schedules' ``supports`` and ``preferred`` ask."""

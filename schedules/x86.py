@@ -15,7 +15,7 @@ block limit from int16 sums. The default for one bit plane at M = 1 (:func:`defa
 from __future__ import annotations
 
 from tvm import IRModule, s_tir
-from .common import arch, has_features
+from .common import arch, half_rate_512, has_features
 from .simd_lut import ORDER_ADDED, ORDER_KNOBS, QUAD_ROWS, lut_kernel, order_worth_tuning, task_shape
 
 #: Writes its kernel itself; the front end's function is only its reference (schedules.contract).
@@ -56,8 +56,27 @@ def preferred(spec, target) -> bool:
     ``benchmarks/results/cpu_quads_emr_{2t,1t}.md``) against ``dot_mac``: 2 threads 46 / 117 /
     339 / 322 against 47 / 124 / 411 / 352 on 1024 x 4096, 4096 x 4096, 14336 x 4096, 4096 x 14336;
     1 thread 60 / 187 / 639 / 610 against 64 / 231 / 829 / 651 (1.02-1.30x). At W2 and W4
-    ``dot_mac`` stays ahead (quads at 0.71-0.96x its speed)."""
-    return spec.M == 1 and (not has_features(target, "avx512vnni") or default_quads(spec, target))
+    ``dot_mac`` stays ahead (quads at 0.71-0.96x its speed), but not on Zen 4 (:func:`half_rate_lut`)."""
+    return spec.M == 1 and (not has_features(target, "avx512vnni") or default_quads(spec, target)
+                            or half_rate_lut(spec, target))
+
+
+#: Fewest rows from which W4 takes the LUT kernel at half rate (:func:`half_rate_lut`): 1024 x 4096
+#: lost (0.86x / 0.78x at 1 / 2 threads), 4096 rows and more won 1.02-1.23x.
+HALF_RATE_W4_MIN_N = 4096
+
+
+def half_rate_lut(spec, target) -> bool:
+    """The LUT kernel at M = 1 for uniform W2, and W4 from :data:`HALF_RATE_W4_MIN_N` rows, where
+    512-bit integer instructions run at half rate (Zen 4: ``dot_mac``'s ``vpdpbusd`` per 4 codes
+    costs more there than a shuffle); W2 in quads (:func:`default_quads`). On a 2-core Zen 4 EPYC
+    VM, weights rotating through 1 GiB, in turns against ``dot_mac``
+    (``benchmarks/results/cpu_zen4_lut_vs_dot_mac.md``): W2 1.14-1.31x at 1 thread and
+    0.95-1.12x at 2 on Llama-2's and Llama-3-8B's six shapes (4096 x 4096: 203 against 267 us,
+    146 against 163); W4 1.03-1.23x / 1.02-1.06x from 4096 rows. The tuner's runs there chose it
+    at W2 on three of Llama-3-8B's four shapes (1.11-1.36x over ``dot_mac``)."""
+    return (spec.format == "uniform" and (spec.wbits == 2 or (spec.wbits == 4 and spec.N >= HALF_RATE_W4_MIN_N))
+            and half_rate_512(target))
 
 
 def default_quads(spec, target) -> bool:
@@ -65,8 +84,9 @@ def default_quads(spec, target) -> bool:
     with two ``vpermb`` and two ``vpdpbusd``, where the 16-entry shuffles and their int16 widening
     took about twice the instructions: 73.7 against 150.4 us at 4096 x 4096 with the weights in
     cache, 2 threads), on a CPU with VBMI and VNNI. More planes cost a lookup each, and
-    ``dot_mac``'s multiply-adds are cheaper there."""
-    return spec.planes == 1 and spec.block % 16 == 0 and has_features(target, *QUAD_FEATURES)
+    ``dot_mac``'s multiply-adds are cheaper there (but on Zen 4, W2: :func:`half_rate_lut`)."""
+    planes = 2 if half_rate_lut(spec, target) else 1    # W2 in quads too at half rate (half_rate_lut)
+    return spec.planes <= planes and spec.block % 16 == 0 and has_features(target, *QUAD_FEATURES)
 
 
 def layout(spec, target, vector_bytes=None, paired=None, tiles=None, row_groups: int = 1, k_span: int = 0,

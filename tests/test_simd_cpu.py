@@ -110,6 +110,24 @@ def test_quads_refusals():
     assert choose(spec.with_(wbits=1), {"kind": "llvm", "mcpu": "skylake-avx512"}, tuned=False).layout == "tiles128"
 
 
+def test_zen4_decodes_w2_and_w4_with_the_lut_kernel():
+    """Where 512-bit integer instructions run at half rate (Zen 4), M = 1 uniform W2 takes the LUT
+    kernel in quads and W4 the shuffles from 4096 rows (``x86.half_rate_lut``, timed 1.02-1.31x
+    over ``dot_mac`` there); W4 on 1024 rows, batches, and Zen 5 keep ``dot_mac``. (Choices only:
+    CI hosts need not run Zen 4 code.)"""
+    from lutc.build import choose
+    from lutc.target import facts
+    zen4, zen5 = {"kind": "llvm", "mcpu": "znver4"}, {"kind": "llvm", "mcpu": "znver5"}
+    assert facts(zen4).half_rate_512 and not facts(zen5).half_rate_512
+    spec = lutc.MPGemmSpec(1, 4096, 4096, wbits=2, table_dtype="int8")
+    picked = lambda s, t: (lambda c: (c.module.__name__.rsplit(".", 1)[-1], c.layout))(choose(s, t, tuned=False))  # noqa: E731
+    assert picked(spec, zen4) == ("x86", "gtiles32")
+    assert picked(spec.with_(wbits=4), zen4) == ("x86", "ptiles64")
+    assert picked(spec.with_(wbits=4, N=1024), zen4)[0] == "dot_mac"
+    assert picked(spec.with_(M=16), zen4)[0] == "dot_mac"
+    assert picked(spec, zen5)[0] == "dot_mac" and picked(spec.with_(wbits=4), zen5)[0] == "dot_mac"
+
+
 def test_lut_task_shape_defaults_and_refusals():
     """Default tiles per task (fewer where N or the partial sums ask it), and knobs that cannot build."""
     from schedules import arm, simd_lut
