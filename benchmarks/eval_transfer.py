@@ -14,8 +14,9 @@ that kernel ran on ``D`` for ``W`` in ``W``'s own records:
 Only records of kernels this lutc still builds count (:func:`load`). Compared with the full tune
 (the best of ``W``'s confirmation on ``D``) and with the default
 of the log's time (the confirmation's ``knobs = {}`` record of the default schedule); a workload
-tuned before its default last changed (``schedules.contract.default_changed``) is listed but
-not counted, since its log timed another kernel than today's default. A
+tuned before its default last changed (``schedules.contract.default_changed``), or whose run's
+default was another schedule than today's, is listed but not counted, since its log timed
+another kernel than today's default. A
 candidate's time is its confirmation time where it was a finalist, else the median of its
 search measurements (one setting each; the confirmation re-times finalists alternately, so
 the two phases can differ by a few percent); a candidate ``D`` never measured for ``W`` is
@@ -38,6 +39,7 @@ import lutc  # noqa: E402
 from lutc import target as targets  # noqa: E402
 from lutc.build import logged_record, record_layout, timed_current_default  # noqa: E402
 from lutc.tuner.records import TuningLog, best  # noqa: E402
+from lutc.tuner.space import default_candidate  # noqa: E402
 import schedules  # noqa: E402
 from schedules import contract  # noqa: E402
 
@@ -89,6 +91,12 @@ def time_of(recs: list, schedule: str, knobs: dict):
     return (statistics.median(search), "search") if search else (None, None)
 
 
+def today(workload: dict, target: dict) -> str:
+    """The schedule ``lutc.compile`` builds for ``workload`` on ``target`` when nothing is tuned."""
+    tgt = targets.resolve(target)
+    return default_candidate(lutc.MPGemmSpec(**workload), tgt, targets.kind(tgt)).schedule
+
+
 def choose_from(records: list, workload: dict, target: dict, device: str, default_schedule: str):
     """What ``lutc.compile`` builds for ``workload`` on ``device`` from a log of ``records``
     (:func:`lutc.build.logged_record`: the same lookup): ``(record, origin)`` or None."""
@@ -132,15 +140,15 @@ def evaluate(records: list, mode: str) -> list:
         rows.append({"device": device.split(" |")[0], "workload": workload, "best_us": final["us"],
                      "default_us": default["us"], "chosen": f"{schedule} {knobs}", "source": source,
                      "us": us, "phase": phase,
-                     "stale": not timed_current_default(default)})
+                     "stale": not timed_current_default(default) or default["schedule"] != today(workload, target)})
     return rows
 
 
 def summary(rows: list) -> str:
     n, within, safe = counts(rows)
     stale = sum(r["stale"] for r in rows)
-    return (f"{len(rows)} workloads, {stale} of them tuned before their default last changed (not counted: "
-            f"the log did not time today's default there); chosen kernel timed for {n}: within 10% of the full tune "
+    return (f"{len(rows)} workloads, {stale} of them not counted (their run timed another default than "
+            f"today's: before its rule changed, or another schedule); chosen kernel timed for {n}: within 10% of the full tune "
             f"{within}/{n} ({within / max(1, n):.0%}), at most 5% slower than the default {safe}/{n} "
             f"({safe / max(1, n):.0%})")
 
@@ -177,7 +185,7 @@ def markdown(results: dict) -> str:
             t = "not measured" if r["us"] is None else f"{r['us']:.1f} ({r['phase']})"
             ratio = lambda ref: "-" if r["us"] is None else f"{r['us'] / ref:.2f}"  # noqa: E731
             lines.append(f"| {r['device']} | {w['M']} | {w['N']}x{w['K']} | {w['wbits']}{' ' + w['format'] if w['format'] != 'uniform' else ''} "
-                         f"| {r['best_us']:.1f} | {r['default_us']:.1f}{' (since re-ruled)' if r['stale'] else ''} | {t} | {r['source']} | {r['chosen']} "
+                         f"| {r['best_us']:.1f} | {r['default_us']:.1f}{' (another default then)' if r['stale'] else ''} | {t} | {r['source']} | {r['chosen']} "
                          f"| {ratio(r['best_us'])} | {ratio(r['default_us'])} |")
         lines.append("")
     return "\n".join(lines)
