@@ -130,14 +130,15 @@ def _warn_busy_openmp_once() -> None:
 SECOND_COPY_GAIN = 1.1
 
 
-def second_copy_pays(decode, other) -> bool:
+def second_copy_pays(decode, other, wbits: int = 1) -> bool:
     """Whether a CPU weight is worth a decode copy beside its batch copy. ``decode`` is the M = 1
     :class:`lutc.build.Choice`, ``other`` the M = 1 choice among kernels reading the batch layout.
     With tuning records of one workload timed on one device for both, ``decode`` must have taken
     at most ``1 / SECOND_COPY_GAIN`` of ``other``'s time; with neither (both the untuned defaults)
     the schedules' own measurements, which made the M = 1 default read another layout, decide
-    (W1 in quads on VBMI + VNNI CPUs: ``schedules.x86.preferred``); a record on one side only
-    leaves one copy.
+    for one bit per weight (W1 in quads on VBMI + VNNI CPUs, 1.02-1.30x: ``schedules.x86.preferred``),
+    not for ``wbits`` more (Zen 4's W2 LUT kernel, 0.95-1.31x, does not pay for doubling the
+    memory held: ``schedules.x86.half_rate_lut``); a record on one side only leaves one copy.
 
     Example:
         >>> from types import SimpleNamespace as C
@@ -146,10 +147,12 @@ def second_copy_pays(decode, other) -> bool:
         (True, False)
         >>> second_copy_pays(C(record=None), C(record=None)), second_copy_pays(C(record=None), run(50.0))
         (True, False)
+        >>> second_copy_pays(C(record=None), C(record=None), wbits=2)
+        False
     """
     mine, theirs = decode.record, other.record if other is not None else None
     if mine is None and theirs is None:
-        return other is not None
+        return other is not None and wbits == 1
     if not (mine and theirs and mine.get("us") and theirs.get("us")):
         return False
     same = all(mine.get(k) == theirs.get(k) for k in ("workload", "device"))
@@ -312,7 +315,7 @@ class OpKernels:
 
         Example:
             >>> spec = MPGemmSpec(1, 4096, 4096, wbits=2, table_dtype="int8")
-            >>> kernel_cache().layout_plan(spec, "cpu").layouts[0] in ("dot16", "ptiles64", "ptiles32", "tiles64", "tiles128")
+            >>> kernel_cache().layout_plan(spec, "cpu").layouts[0] in ("dot16", "ptiles64", "ptiles32", "tiles64", "tiles128", "gtiles32")
             True
         """
         dev = torch.device(device).type
@@ -327,7 +330,7 @@ class OpKernels:
             decode, batch = picks[0][1], picks[-1][1]      # the M = 1 kernel, the largest bucket's
             differ = batch.layout != decode.layout and batch.module not in schedules.GENERIC
             two = differ and not single and (
-                dev == "cuda" or second_copy_pays(decode, self._choice(spec, tgt, batch.layout)))
+                dev == "cuda" or second_copy_pays(decode, self._choice(spec, tgt, batch.layout), spec.wbits))
             if differ and not two and dev != "cuda":
                 # one CPU copy: the batch kernel's layout (M = 1 then runs the best kernel reading it)
                 plan = LayoutPlan((batch.layout,), None, spec.table_dtype)

@@ -142,7 +142,7 @@ def test_lut_task_shape_defaults_and_refusals():
         lutc.build(spec.with_(K=1536), schedule="x86", knobs={"row_groups": 2, "k_span": 8})
     with pytest.raises(ValueError, match=r"tiles=4, row_groups=8 at M = 16 need 256 KiB of partial sums"):
         lutc.build(spec.with_(M=16), schedule="x86", knobs={"tiles": 4, "row_groups": 8, "k_span": 1,
-                                                             "paired": False})
+                                                             "paired": False, "quads": False})
 
 
 @pytest.mark.parametrize("act_dtype", ["float16", "bfloat16"])
