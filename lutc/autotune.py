@@ -51,7 +51,7 @@ from schedules import contract
 
 from . import layouts
 from . import target as targets
-from .build import build, kernel_layout, record_layout, spec_for, timed_current_default, transferred_record
+from .build import build, default_knobs_of, kernel_layout, record_layout, spec_for, timed_current_default, transferred_record
 from .fleet import Fleet, compiler_for
 from .measure import CUTOFF, Bench, reference_weights
 from .runtime import Kernel
@@ -176,6 +176,9 @@ def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int =
                "time": utc_now()}
         if threads is not None:
             rec["threads"] = threads
+        known = None if cand.knob_dict else default_knobs_of(cand.schedule, spec)
+        if known:       # the default, and which kernel it was (lutc.build.timed_current_default)
+            rec["default_knobs"] = known
         layout = kernel_layout(rec, kind, spec, tgt)
         if layout is not None:
             rec["layout_version"] = layouts.get(layout).version

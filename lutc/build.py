@@ -221,10 +221,29 @@ def transferred_record(log: TuningLog, spec: MPGemmSpec, tgt, default_schedule: 
                        default_current=comparable_default(spec, default_schedule))
 
 
+def default_knobs_of(schedule: str, spec: MPGemmSpec) -> Optional[dict]:
+    """The knobs ``schedule``'s default builds ``spec`` with today (``contract.resolve_knobs``),
+    as a tuning record of the default stores them (``default_knobs``); None where it has none,
+    and ``{}`` for a schedule whose defaults are its keyword arguments (the CPU schedules: not
+    stored, nothing to compare).
+
+    Example:
+        >>> default_knobs_of("cuda_stream", MPGemmSpec(1, 4096, 4096, act_dtype="float16"))["warps"]
+        8
+    """
+    module = schedules.named(schedule)
+    try:
+        return None if module is None else contract.resolve_knobs(module, spec)
+    except ValueError:
+        return None
+
+
 def timed_current_default(record: dict) -> bool:
     """Whether ``record`` (a log's record of a default kernel, ``knobs = {}``) timed the kernel
-    its schedule's default builds today: it is no older than the last change of that default for
-    its workload (``schedules.contract.default_changed``; both in UTC).
+    its schedule's default builds today: the knobs it stored (``default_knobs``, written since
+    2026-12-02) are today's (:func:`default_knobs_of`), or, in a record without them, it is no
+    older than the last change of that default for its workload
+    (``schedules.contract.default_changed``; both in UTC).
 
     Example:
         >>> rec = {"schedule": "cuda_wgmma", "time": "2026-12-01T09:00:00",
@@ -234,9 +253,12 @@ def timed_current_default(record: dict) -> bool:
     """
     module = schedules.named(record.get("schedule"))
     try:
-        changed = None if module is None else contract.default_changed(module, MPGemmSpec(**record["workload"]))
+        spec = MPGemmSpec(**record["workload"])
+        changed = None if module is None else contract.default_changed(module, spec)
     except (TypeError, ValueError):     # a workload this lutc no longer describes
         return False
+    if record.get("default_knobs") and module is not None:
+        return record["default_knobs"] == default_knobs_of(record["schedule"], spec)
     return changed is None or (record.get("time") or "") >= changed
 
 

@@ -325,6 +325,10 @@ def test_a_transfer_is_judged_only_by_a_margin_over_todays_default(tmp_path, mon
     before = list(log.records())[-1]
     assert not timed_current_default(before) and timed_current_default(dict(before, time=changed))
     assert timed_current_default(dict(before, workload=source.with_(M=512).key()))   # unchanged there
+    # a record that stored the knobs its default built is judged by them, not by its time
+    today = schedules.cuda_wgmma.default_knobs(source)
+    assert timed_current_default(dict(before, default_knobs=today))
+    assert not timed_current_default(dict(before, time="2026-12-03T00:00:00", default_knobs=dict(today, splits=1)))
     wide = source.with_(N=7168)      # the same default kernel as the source's
     assert contract.resolve_knobs(schedules.cuda_wgmma, wide) == contract.resolve_knobs(schedules.cuda_wgmma, source)
     assert choose(wide, tgt).origin == "default"
