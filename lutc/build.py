@@ -254,11 +254,13 @@ def timed_current_default(record: dict) -> bool:
     module = schedules.named(record.get("schedule"))
     try:
         spec = MPGemmSpec(**record["workload"])
-        changed = None if module is None else contract.default_changed(module, spec)
     except (TypeError, ValueError):     # a workload this lutc no longer describes
         return False
-    if record.get("default_knobs") and module is not None:
+    if module is None:
+        return True
+    if record.get("default_knobs"):
         return record["default_knobs"] == default_knobs_of(record["schedule"], spec)
+    changed = contract.default_changed(module, spec)
     return changed is None or (record.get("time") or "") >= changed
 
 
@@ -277,27 +279,17 @@ def comparable_default(spec: MPGemmSpec, default_schedule: Optional[str]) -> Cal
         >>> comparable_default(MPGemmSpec(128, 4096, 12288, act_dtype="float16"), "cuda_wgmma")(rec)
         False
     """
-    module = schedules.named(default_schedule) if default_schedule else None
-
-    def resolved(s: MPGemmSpec):
-        try:
-            return contract.resolve_knobs(module, s)
-        except ValueError:      # no default kernel for that shape: nothing to compare with
-            return None
-    mine = None if module is None else resolved(spec)
+    mine = default_knobs_of(default_schedule, spec) if default_schedule else None
     answers: dict = {}
 
     def comparable(record: dict) -> bool:
         if not timed_current_default(record):
             return False
-        if module is None:
+        if not default_schedule or schedules.named(default_schedule) is None:
             return True
         key = json.dumps(record["workload"], sort_keys=True)
-        if key not in answers:
-            try:
-                theirs = resolved(MPGemmSpec(**record["workload"]))
-            except (TypeError, ValueError):
-                theirs = None
+        if key not in answers:      # (a workload timed_current_default accepted is one MPGemmSpec takes)
+            theirs = default_knobs_of(default_schedule, MPGemmSpec(**record["workload"]))
             answers[key] = mine is not None and theirs == mine
         return answers[key]
     return comparable

@@ -152,8 +152,9 @@ def run_tune(args: argparse.Namespace) -> int:
     elif args.model_shapes:
         shapes = model_linear_shapes(args.model_shapes, [int(m) for m in args.m.split(",")])
     elif args.stale:
-        fleet_device = args.rpc_device or (f"rpc:{args.rpc_key}" if args.rpc_tracker else None)
-        shapes = stale_workloads(args.target, log=TuningLog(args.log) if args.log else None, device=fleet_device)
+        from .fleet import fleet_device
+        device = fleet_device(args.rpc_key, args.rpc_device) if args.rpc_tracker else None
+        shapes = stale_workloads(args.target, log=TuningLog(args.log) if args.log else None, device=device)
         print(f"{len(shapes)} workload(s) whose tuning run did not time today's default", file=sys.stderr)
         if not shapes:
             return 0

@@ -128,6 +128,16 @@ class RemoteBench:
         return statistics.median(times) * 1e6, None
 
 
+def fleet_device(key: str, device: Optional[str] = None) -> str:
+    """The device name a fleet's tuning records carry: ``device``, else ``"rpc:KEY"``.
+
+    Example:
+        >>> fleet_device("pixel8"), fleet_device("pixel8", "Pixel 8 | neon")
+        ('rpc:pixel8', 'Pixel 8 | neon')
+    """
+    return device or f"rpc:{key}"
+
+
 @dataclass
 class Fleet:
     """The servers registered under ``key`` at the tracker ``address`` (``"HOST:PORT"``).
@@ -149,7 +159,7 @@ class Fleet:
 
     def __post_init__(self):
         self.host, self.port = parse_tracker(self.address)
-        self.device = self.device or f"rpc:{self.key}"
+        self.device = fleet_device(self.key, self.device)
         self._benches: list = []
         self._lock = threading.Lock()
 
