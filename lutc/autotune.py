@@ -84,7 +84,7 @@ class TuneResult:
 def tune(workloads: Iterable, target: targets.TargetLike = None, trials: int = 64,
          seconds: Optional[float] = None, log: Optional[TuningLog] = None, progress: bool = True,
          rpc_tracker: Optional[str] = None, rpc_key: Optional[str] = None, rpc_device: Optional[str] = None,
-         **options) -> list:
+         total_seconds: Optional[float] = None, **options) -> list:
     """Tune several workloads; returns one :class:`TuneResult` each.
 
     Args:
@@ -92,6 +92,9 @@ def tune(workloads: Iterable, target: targets.TargetLike = None, trials: int = 6
             other spec fields come from ``options``: wbits, group_size, format, ...).
         trials: measurements per workload (the default kernel counts as one).
         seconds: wall-clock budget per workload (None: no limit).
+        total_seconds: wall-clock budget for the whole run: a workload starts only if the longest
+            one so far (or ``seconds``) still fits in what is left; the rest are named on stderr and
+            left for a later run (their records stay as they were).
         log: where records go; default: ``tuning_logs/<family>.jsonl`` (see
             :func:`lutc.tuner.records.log_dir`).
         rpc_tracker, rpc_key: measure on the RPC servers registered under ``rpc_key`` at the TVM
@@ -108,10 +111,15 @@ def tune(workloads: Iterable, target: targets.TargetLike = None, trials: int = 6
     if (rpc_tracker is None) != (rpc_key is None):
         raise ValueError("RPC tuning needs both rpc_tracker (HOST:PORT) and rpc_key")
     fleet = Fleet(rpc_tracker, rpc_key, device=rpc_device) if rpc_tracker else None
-    results = []
+    results, started, workloads = [], time.monotonic(), list(workloads)
     try:
-        for w in workloads:
+        for i, w in enumerate(workloads):
             spec = w if isinstance(w, MPGemmSpec) else spec_for(w, tgt, **spec_fields)
+            if not fits_budget(time.monotonic() - started, [r.wall_s for r in results], seconds, total_seconds):
+                left = ", ".join(_shape(x) for x in workloads[i:])
+                print(f"lutc tune: the {total_seconds:g} s budget is spent; {len(workloads) - i} workload(s) "
+                      f"left untuned: {left}", file=sys.stderr, flush=True)
+                break
             results.append(tune_spec(spec, tgt, trials=trials, seconds=seconds, log=log,
                                      progress=progress, fleet=fleet, **options))
             if progress:   # each row as it comes: a long run that gets cut off still says something
@@ -121,6 +129,26 @@ def tune(workloads: Iterable, target: targets.TargetLike = None, trials: int = 6
             fleet.close()
     reference_weights.cache_clear()
     return results
+
+
+def fits_budget(elapsed: float, walls: list, seconds: Optional[float], total_seconds: Optional[float]) -> bool:
+    """Whether another workload fits a run's ``total_seconds`` after ``elapsed`` seconds, judged by
+    the longest workload so far (``walls``) or, before the first, by its own budget ``seconds``.
+
+    Example:
+        >>> fits_budget(500.0, [20.0, 31.0], 16, 540), fits_budget(500.0, [20.0, 41.0], 16, 540)
+        (True, False)
+        >>> fits_budget(0.0, [], None, 10), fits_budget(1e9, [1.0], None, None)
+        (True, True)
+    """
+    if total_seconds is None:
+        return True
+    return elapsed + max(walls, default=seconds or 0.0) <= total_seconds
+
+
+def _shape(w) -> str:
+    """``MxNxK`` of a spec or shape triple (for messages)."""
+    return "x".join(str(v) for v in ((w.M, w.N, w.K) if isinstance(w, MPGemmSpec) else w))
 
 
 def tune_spec(spec: MPGemmSpec, target: targets.TargetLike = None, trials: int = 64,

@@ -130,6 +130,9 @@ def add_tune(sub) -> None:
                    help="default: the target's (int8 where a SIMD lookup kernel exists)")
     p.add_argument("--trials", type=int, default=64, help="measurements per shape")
     p.add_argument("--seconds", type=float, default=None, help="time budget per shape")
+    p.add_argument("--total-seconds", type=float, default=None,
+                   help="time budget for the whole run: no shape starts that would overrun it (the "
+                        "longest so far is the estimate); those left are named, for a later run")
     p.add_argument("--log", default=None, help="tuning log file (default: tuning_logs/<family>.jsonl)")
     p.add_argument("--report", default=None, help="also write the closing table (Markdown) here")
     p.add_argument("--pool-mib", type=int, default=512, help="weight copies rotated while timing")
@@ -169,7 +172,8 @@ def run_tune(args: argparse.Namespace) -> int:
                    log=TuningLog(args.log) if args.log else None, pool_mib=args.pool_mib,
                    wbits=args.wbits, group_size=args.group_size, format=args.format,
                    zero_point=args.zero_point, act_dtype=args.act_dtype, table_dtype=args.table_dtype,
-                   rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, rpc_device=args.rpc_device)
+                   rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, rpc_device=args.rpc_device,
+                   total_seconds=args.total_seconds)
     text = report(results)
     print(text)
     if args.report:

@@ -552,6 +552,21 @@ def test_lutc_tune_command(tmp_path, monkeypatch, capsys):
         main(["tune", "--shapes", "1x128"])
 
 
+def test_lutc_tune_stops_at_its_total_budget(tmp_path, monkeypatch, capsys):
+    """--total-seconds: the first shape runs, a second that the first's wall time says would
+    overrun the budget is not started, and is named for a later run."""
+    from lutc.cli import main
+    monkeypatch.setenv("LUTC_TUNING_LOGS", str(tmp_path))
+    report = tmp_path / "report.md"
+    assert main(["tune", "--shapes", "1x128x256,1x256x256", "--wbits", "2", "--group-size", "64", "--trials", "2",
+                 "--pool-mib", "4", "--total-seconds", "0.5", "--report", str(report)]) == 0
+    rows = [line for line in report.read_text().splitlines() if line.startswith("| 1x")]
+    assert rows and rows[0].startswith("| 1x128x256 |") and len(rows) == 1
+    assert "1 workload(s) left untuned: 1x256x256" in capsys.readouterr().err
+    workloads = {json.dumps(r["workload"]["N"]) for r in log_for("cpu", describe(resolve("host"))).records()}
+    assert workloads == {"128"}
+
+
 @pytest.mark.parametrize("fields", [dict(wbits=2), dict(wbits=3, zero_point=True), dict(wbits=2, format="bcq"),
                                     dict(wbits=2, format="ternary")])
 def test_bench_checks_then_times_random_weights(fields):
