@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lutc  # noqa: E402
 from lutc import target as targets  # noqa: E402
 from lutc.build import logged_record, record_layout, timed_current_default  # noqa: E402
-from lutc.tuner.records import TuningLog, best  # noqa: E402
+from lutc.tuner.records import TuningLog, best, confirmed_default  # noqa: E402
 from lutc.tuner.space import default_candidate  # noqa: E402
 import schedules  # noqa: E402
 from schedules import contract  # noqa: E402
@@ -117,7 +117,7 @@ def evaluate(records: list, mode: str) -> list:
         final = best(recs)
         if final is None:
             continue
-        default = next((r for r in recs if r.get("confirm") == final["confirm"] and r["knobs"] == {}), None)
+        default = confirmed_default(recs, final["confirm"])
         if default is None:
             continue
         workload, target = recs[0]["workload"], recs[0]["target"]

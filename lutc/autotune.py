@@ -57,7 +57,7 @@ from .measure import CUTOFF, Bench, reference_weights
 from .runtime import Kernel
 from .spec import MPGemmSpec
 from .tuner import CostModel, TuningLog, best, candidates, default_candidate, features, log_history, rank_correlation
-from .tuner.records import log_for, same_threads
+from .tuner.records import confirmed_default, log_for, same_threads
 from .tuner.space import Candidate
 
 
@@ -375,8 +375,7 @@ def stale_workloads(target: targets.TargetLike = None, log: Optional[TuningLog] 
         if final is None:
             continue
         today = default_candidate(spec, facts.target, facts.kind).schedule
-        default = next((r for r in recs if r.get("confirm") == final["confirm"] and r.get("knobs") == {}
-                        and r.get("schedule") == today), None)
+        default = confirmed_default(recs, final["confirm"], today)
         if default is None or not timed_current_default(default):
             stale.append(spec)
     return stale

@@ -264,8 +264,7 @@ def nearest_for(log: TuningLog, workload: dict, target: dict, device: str,
         mine = [r for r in recs if r.get("device") == device] or recs
         found = best(r for r in mine if usable(r) and (where is None or where(r)))
         if found is not None:
-            default = next((r for r in recs if r.get("confirm") == found["confirm"] and r.get("knobs") == {}
-                            and r.get("schedule") == default_schedule and _finite_time(r.get("us"))), None)
+            default = confirmed_default(recs, found["confirm"], default_schedule)
             if default is None or (default_current is not None and not default_current(default)):
                 continue        # its run did not time our default (as it is now): no margin to judge by
             if found["us"] > MARGIN * default["us"]:
@@ -316,6 +315,21 @@ def best(records: Iterable[dict]) -> Optional[dict]:
         return None
     valid = [r for r in valid if r.get("confirm") == confirms[-1]]   # file order: newest last
     return min(valid, key=lambda r: r["us"])
+
+
+def confirmed_default(records: Iterable[dict], confirm, schedule: Optional[str] = None) -> Optional[dict]:
+    """The record of the default kernel (``knobs`` ``{}``, of ``schedule`` if given) timed with a
+    measured time in the confirmation ``confirm`` (the margin a run's choice is judged by); None
+    where that run did not time it.
+
+    Example:
+        >>> recs = [{"confirm": "c1", "knobs": {}, "schedule": "x86", "us": 9.0},
+        ...         {"confirm": "c1", "knobs": {"unroll": 4}, "schedule": "x86", "us": 7.0}]
+        >>> confirmed_default(recs, "c1")["us"], confirmed_default(recs, "c1", "dot_mac")
+        (9.0, None)
+    """
+    return next((r for r in records if r.get("confirm") == confirm and r.get("knobs") == {}
+                 and (schedule is None or r.get("schedule") == schedule) and _finite_time(r.get("us"))), None)
 
 
 def _finite_time(us) -> bool:
