@@ -5,7 +5,7 @@
     python benchmarks/bench_cpu_knobs.py --knob-sets '{}' '{"row_tiles": 1, "chains": 4}'
     python benchmarks/bench_cpu_knobs.py --knob-sets '{}' '{"schedule": "amx"}' --ms 1 16 128
 
-Each shape (``NxK:bits``, group 128) is built once per value; the packed weight is cloned into
+Each shape (``NxK:bits``, group 128; ``NxK:t`` ternary, one scale) is built once per value; the packed weight is cloned into
 copies totalling 1 GiB that every call rotates through (a decode step reads each weight once);
 three interleaved rounds of 200 calls per value (30 from M = 64), the best median kept (us), with the weight
 bytes per second it implies and the streaming read rate measured in the same process
@@ -66,7 +66,9 @@ def main() -> None:
         shape, bits = item.split(":")
         N, K = (int(v) for v in shape.split("x"))
         for M in args.ms:
-            spec = lutc.MPGemmSpec(M, N, K, wbits=int(bits), group_size=128, table_dtype="int8")
+            weights = (dict(wbits=2, format="ternary", group_size=-1) if bits == "t"
+                       else dict(wbits=int(bits), group_size=128))
+            spec = lutc.MPGemmSpec(M, N, K, table_dtype="int8", **weights)
             x, qw = random_case(spec, seed=1)
             kernels = [lutc.build(spec, target, schedule=kn.get("schedule", args.schedule),
                                   knobs={k: v for k, v in kn.items() if k != "schedule"}) for kn in sets]

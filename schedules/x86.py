@@ -67,15 +67,19 @@ HALF_RATE_W4_MIN_N = 4096
 
 
 def half_rate_lut(spec, target) -> bool:
-    """The LUT kernel at M = 1 for uniform W2, and W4 from :data:`HALF_RATE_W4_MIN_N` rows, where
-    512-bit integer instructions run at half rate (Zen 4: ``dot_mac``'s ``vpdpbusd`` per 4 codes
-    costs more there than a shuffle); W2 in quads (:func:`default_quads`). On a 2-core Zen 4 EPYC
-    VM, weights rotating through 1 GiB, in turns against ``dot_mac``
+    """The LUT kernel at M = 1 for uniform W2 and ternary, and W4 from :data:`HALF_RATE_W4_MIN_N`
+    rows, where 512-bit integer instructions run at half rate (Zen 4: ``dot_mac``'s ``vpdpbusd``
+    per 4 codes costs more there than a shuffle); W2 and ternary in quads (:func:`default_quads`).
+    On a 2-core Zen 4 EPYC VM, weights rotating through 1 GiB, in turns against ``dot_mac``
     (``benchmarks/results/cpu_zen4_lut_vs_dot_mac.md``): W2 1.14-1.31x at 1 thread and
     0.95-1.12x at 2 on Llama-2's and Llama-3-8B's six shapes (4096 x 4096: 203 against 267 us,
-    146 against 163); W4 1.03-1.23x / 1.02-1.06x from 4096 rows. The tuner's runs there chose it
-    at W2 on three of Llama-3-8B's four shapes (1.11-1.36x over ``dot_mac``)."""
-    return (spec.format == "uniform" and (spec.wbits == 2 or (spec.wbits == 4 and spec.N >= HALF_RATE_W4_MIN_N))
+    146 against 163); W4 1.03-1.23x / 1.02-1.06x from 4096 rows; ternary in quads 1.14-1.44x /
+    0.93-1.12x on Llama-3-8B's four (``cpu_zen4_batches_ternary_w3.md``). The tuner's runs there
+    chose it at W2 on three of Llama-3-8B's four shapes (1.11-1.36x over ``dot_mac``). Not W3
+    (``dot_mac`` 1.17-1.21x faster at 1 thread) and not from M = 2 (``dot_mac`` 1.1-2.9x faster
+    at 2 threads: the LUT kernel builds a table per row of x)."""
+    two_bit = spec.wbits == 2 and spec.format in ("uniform", "ternary")
+    return ((two_bit or (spec.format == "uniform" and spec.wbits == 4 and spec.N >= HALF_RATE_W4_MIN_N))
             and half_rate_512(target))
 
 
@@ -84,8 +88,8 @@ def default_quads(spec, target) -> bool:
     with two ``vpermb`` and two ``vpdpbusd``, where the 16-entry shuffles and their int16 widening
     took about twice the instructions: 73.7 against 150.4 us at 4096 x 4096 with the weights in
     cache, 2 threads), on a CPU with VBMI and VNNI. More planes cost a lookup each, and
-    ``dot_mac``'s multiply-adds are cheaper there (but on Zen 4, W2: :func:`half_rate_lut`)."""
-    planes = 2 if half_rate_lut(spec, target) else 1    # W2 in quads too at half rate (half_rate_lut)
+    ``dot_mac``'s multiply-adds are cheaper there (but on Zen 4, W2 and ternary: :func:`half_rate_lut`)."""
+    planes = 2 if half_rate_lut(spec, target) else 1    # W2 and ternary in quads too at half rate
     return spec.planes <= planes and spec.block % 16 == 0 and has_features(target, *QUAD_FEATURES)
 
 

@@ -110,10 +110,10 @@ def test_quads_refusals():
     assert choose(spec.with_(wbits=1), {"kind": "llvm", "mcpu": "skylake-avx512"}, tuned=False).layout == "tiles128"
 
 
-def test_zen4_decodes_w2_and_w4_with_the_lut_kernel():
-    """Where 512-bit integer instructions run at half rate (Zen 4), M = 1 uniform W2 takes the LUT
-    kernel in quads and W4 the shuffles from 4096 rows (``x86.half_rate_lut``, timed 1.02-1.31x
-    over ``dot_mac`` there); W4 on 1024 rows, batches, and Zen 5 keep ``dot_mac``. (Choices only:
+def test_zen4_decodes_w2_w4_and_ternary_with_the_lut_kernel():
+    """Where 512-bit integer instructions run at half rate (Zen 4), M = 1 uniform W2 and ternary take
+    the LUT kernel in quads and W4 the shuffles from 4096 rows (``x86.half_rate_lut``, timed
+    0.93-1.44x over ``dot_mac`` there); W3, W4 on 1024 rows, batches, and Zen 5 keep ``dot_mac``. (Choices only:
     CI hosts need not run Zen 4 code.)"""
     from lutc.build import choose
     from lutc.target import facts
@@ -123,6 +123,9 @@ def test_zen4_decodes_w2_and_w4_with_the_lut_kernel():
     picked = lambda s, t: (lambda c: (c.module.__name__.rsplit(".", 1)[-1], c.layout))(choose(s, t, tuned=False))  # noqa: E731
     assert picked(spec, zen4) == ("x86", "gtiles32")
     assert picked(spec.with_(wbits=4), zen4) == ("x86", "ptiles64")
+    assert picked(spec.with_(format="ternary", group_size=-1), zen4) == ("x86", "gtiles32")
+    assert picked(spec.with_(wbits=3), zen4)[0] == "dot_mac"
+    assert picked(spec.with_(format="ternary", group_size=-1, M=2), zen4)[0] == "dot_mac"
     assert picked(spec.with_(wbits=4, N=1024), zen4)[0] == "dot_mac"
     assert picked(spec.with_(M=16), zen4)[0] == "dot_mac"
     assert picked(spec, zen5)[0] == "dot_mac" and picked(spec.with_(wbits=4), zen5)[0] == "dot_mac"
